@@ -1,4 +1,4 @@
-"""The ``circuitlens`` command: ``demo``, ``distill``, ``zoo list``, ``zoo train NAME``."""
+"""The ``circuitlens`` command: ``reproduce``, ``demo``, ``distill``, ``zoo list|train``."""
 
 from __future__ import annotations
 
@@ -119,10 +119,54 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from circuitlens.experiments import ExperimentConfig, run_experiment
+
+    if args.config:
+        config = ExperimentConfig.load(args.config)
+    else:
+        config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+    overrides = {
+        k: v
+        for k, v in {
+            "tasks": args.tasks,
+            "conditions": args.conditions,
+            "seeds": args.seeds,
+            "steps": args.steps,
+        }.items()
+        if v is not None
+    }
+    if overrides:
+        config = config.with_overrides(**overrides)
+    out = args.out or ("results/reproduce-quick" if args.quick else "results/reproduce")
+    t0 = time.time()
+    result = run_experiment(config, out, fresh=args.fresh, progress=not args.no_progress)
+    print()
+    print(result.markdown())
+    print(f"{len(result.cells)} cells in {time.time() - t0:.0f} s")
+    print(f"report: {result.directory / 'report.html'} (table.md, table.csv, cells.csv beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuitlens", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="the paper's comparison: tasks x conditions x seeds, table and HTML report",
+    )
+    rep.add_argument("--quick", action="store_true", help="one seed, 60 steps: a few minutes")
+    rep.add_argument("--config", help="a .toml/.json ExperimentConfig")
+    rep.add_argument("--out", help="results directory (default results/reproduce[-quick])")
+    rep.add_argument("--fresh", action="store_true", help="delete the results directory first")
+    rep.add_argument("--tasks", nargs="+", help="a subset of the tasks")
+    rep.add_argument("--conditions", nargs="+", help="a subset of the conditions")
+    rep.add_argument("--seeds", nargs="+", type=int, help="training seeds")
+    rep.add_argument("--steps", type=int, help="training steps per cell")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.set_defaults(fn=_reproduce)
 
     demo = sub.add_parser("demo", help="evaluate the zoo teachers and students on both tasks")
     demo.add_argument("--n", type=int, default=500, help="test prompts per task")

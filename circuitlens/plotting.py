@@ -207,3 +207,55 @@ def plot_circuit(circuit: Any, n_layers: int, n_heads: int, title: str | None = 
         width=560,
     )
     return fig
+
+
+def plot_training_curves(result: Any, task: str, title: str | None = None) -> Any:
+    """Validation accuracy and mean CKA of the mapped pairs against training steps, one line
+    per condition (mean over seeds, error bars: std), from an
+    :class:`~circuitlens.experiments.ExperimentResult`; the dotted line is the target of
+    "steps to target", the dashed one the teacher's test accuracy."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from circuitlens.experiments import LABELS
+
+    df = result.curves()
+    df = df[df.task == task]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.1,
+        subplot_titles=["validation accuracy", "mean CKA of the mapped pairs (validation)"],
+    )
+    colors = {c: f"hsl({int(360 * i / len(LABELS))},70%,45%)" for i, c in enumerate(LABELS)}
+    for condition, sub in df.groupby("condition", sort=False):
+        for col, key in ((1, "val_accuracy"), (2, "val_cka")):
+            if key not in sub or sub[key].isna().all():
+                continue
+            g = sub.groupby("step")[key]
+            mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+            fig.add_trace(
+                go.Scatter(
+                    x=mean.index,
+                    y=mean.values,
+                    error_y={"type": "data", "array": std.values, "visible": True},
+                    mode="lines+markers",
+                    name=LABELS.get(condition, condition),
+                    legendgroup=condition,
+                    showlegend=col == 1,
+                    line={"color": colors.get(condition)},
+                ),
+                row=1,
+                col=col,
+            )
+    target = result.target(task)
+    if target is not None:
+        fig.add_hline(y=target, line_dash="dot", row=1, col=1, annotation_text="target")
+    setup = result.setups.get(task)
+    if setup is not None:
+        fig.add_hline(
+            y=setup["teacher_accuracy"], line_dash="dash", row=1, col=1, annotation_text="teacher"
+        )
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title=title or f"{task}: training curves", height=430, width=1000)
+    return fig

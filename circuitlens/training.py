@@ -60,6 +60,8 @@ class TrainConfig:
         kd_temperature: T of the ``kd`` condition.
         kv: grouped K/V policy, ``"shared"`` or ``"frozen"`` (see :mod:`circuitlens.heads`).
         eval_every, eval_n: validation accuracy every N steps on n prompts (0: never).
+        eval_cka: at each evaluation also record the mapped pairs' mean CKA on held-out
+            prompts (``val_cka``), in every condition (CE alone too: does it align the heads?).
         checkpoint_every: save a resumable checkpoint every N steps (needs a checkpoint dir).
         seed: every random choice (batches, initial state) follows from it.
     """
@@ -77,6 +79,7 @@ class TrainConfig:
     kv: str = "shared"
     eval_every: int = 50
     eval_n: int = 200
+    eval_cka: bool = False
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -179,31 +182,28 @@ class CircuitTrainer:
         self.state = TrainState()
         self.cka = _cka_fn(cfg.cka)
         self._saved: dict[int, Tensor] = {}
-        self._capture_depth = 0
+        self._hooks_on = False
 
     # -- one batch ---------------------------------------------------------------------------
     @contextmanager
     def _capturing(self) -> Iterator[None]:
         """Hooks that keep the student's z of the mapped layers; installed once for a whole
-        training loop (adding hooks to a bridge costs more than a tiny model's step)."""
-        if self._capture_depth or not self.config.uses_cka:
-            self._capture_depth += 1
-            try:
-                yield
-            finally:
-                self._capture_depth -= 1
+        training loop (adding hooks to a bridge costs more than a tiny model's step), and only
+        while the current condition needs them."""
+        if self._hooks_on or not self.config.uses_cka:
+            yield
             return
 
         def keep(z: Tensor, hook: Any) -> None:
             self._saved[int(hook.name.split(".")[1])] = z
 
         layers = sorted({s.layer for s, _ in self.head_map.pairs})
-        self._capture_depth += 1
+        self._hooks_on = True
         try:
             with hooked(self.student, [(z_name(layer), keep) for layer in layers]):
                 yield
         finally:
-            self._capture_depth -= 1
+            self._hooks_on = False
 
     def _positions(self, batch: PromptBatch, which: str) -> list[Tensor]:
         if self.config.positions == "last" or self.circuit is None:
@@ -307,7 +307,7 @@ class CircuitTrainer:
         if "cka" in parts:
             row["mean_cka"] = float(parts["cka"].float().mean())
         if "kd" in parts:
-            row["kd"] = float(parts["kd"])
+            row["kd"] = float(parts["kd"].detach())
         return row
 
     def train(self, progress: bool = True) -> list[dict[str, float]]:
@@ -338,6 +338,8 @@ class CircuitTrainer:
                 self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps
             ):
                 row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
+                if cfg.eval_cka and len(self.head_map):
+                    row["val_cka"] = self.mean_cka()
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
             self.state.history.append(row)
             bar.update(1)

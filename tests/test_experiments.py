@@ -1,0 +1,209 @@
+"""``run_experiment`` / ``circuitlens reproduce``: the table, resumption, refusal to mix configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from circuitlens.cli import main
+from circuitlens.experiments import (
+    ALL_CONDITIONS,
+    ExperimentConfig,
+    ExperimentResult,
+    run_experiment,
+)
+from circuitlens.training import CircuitTrainer
+
+TRAINED = ("ce", "ce+align", "ce+rand")
+
+
+def tiny(**overrides) -> ExperimentConfig:
+    base = ExperimentConfig(
+        tasks=("entity_tracking",),
+        conditions=("student", "teacher", *TRAINED),
+        seeds=(0, 1),
+        use_circuit=False,
+    ).with_overrides(
+        sweep_n=24,
+        test_n=48,
+        steps=4,
+        batch_size=8,
+        eval_every=2,
+        eval_n=24,
+        checkpoint_every=2,
+    )
+    return base.with_overrides(**overrides) if overrides else base
+
+
+def _strip(cell: dict) -> dict:
+    return {k: v for k, v in cell.items() if k not in ("seconds", "resumed")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> ExperimentResult:
+    return run_experiment(tiny(), tmp_path_factory.mktemp("exp") / "run", progress=False)
+
+
+def test_table_has_every_condition_with_mean_over_seeds(finished: ExperimentResult) -> None:
+    table = finished.table()
+    assert list(table.condition) == [
+        "student (before training)",
+        "teacher",
+        "CE",
+        "CE + Align CKA",
+        "CE + Rand CKA",
+    ]
+    trained = table[table.condition.isin(["CE", "CE + Align CKA", "CE + Rand CKA"])]
+    assert (trained.n_seeds == 2).all()
+    cells = finished.cells_frame()
+    for cond in TRAINED:
+        acc = cells[cells.condition == cond].accuracy
+        row = table[
+            table.condition
+            == {"ce": "CE", "ce+align": "CE + Align CKA", "ce+rand": "CE + Rand CKA"}[cond]
+        ].iloc[0]
+        assert row.accuracy_mean == pytest.approx(acc.mean())
+        assert row.accuracy_std == pytest.approx(acc.std(ddof=1))
+    # one of the student's 8 heads (budget 0.13) is trained, and a small part of the weights
+    assert (trained.head_fraction == 1 / 8).all()
+    assert (trained.param_fraction < 0.1).all() and (trained.param_fraction > 0).all()
+    assert table[table.condition == "CE"].points_vs_ce.iloc[0] == 0
+
+
+def test_random_control_keeps_the_student_heads(finished: ExperimentResult) -> None:
+    by = {(c["condition"], c["seed"]): c["pairs"] for c in finished.cells}
+    for seed in (0, 1):
+        align, rand = by[("ce+align", seed)], by[("ce+rand", seed)]
+        assert [s for s, _ in align] == [s for s, _ in rand]
+    assert by[("ce", 0)] == by[("ce+align", 0)]
+
+
+def test_report_files(finished: ExperimentResult) -> None:
+    d = finished.directory
+    for name in ("table.md", "table.csv", "cells.csv", "report.html", "config.json"):
+        assert (d / name).is_file(), name
+    html = (d / "report.html").read_text()
+    assert "plotly" in html.lower() and "mapping:" in html
+    assert "CE + Align CKA" in (d / "table.md").read_text()
+    saved = ExperimentConfig.from_dict(json.loads((d / "config.json").read_text()))
+    assert saved == finished.config
+    # curves: step 0 (the untrained student) and the evaluations at steps 2 and 4
+    curves = finished.curves()
+    assert sorted(curves.step.unique().tolist()) == [0, 2, 4]
+
+
+def test_resume_redoes_only_missing_cells(finished: ExperimentResult, tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    shutil.copytree(finished.directory, d)
+    gone = d / "entity_tracking" / "ce+align" / "seed1" / "cell.json"
+    original = json.loads(gone.read_text())
+    gone.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in d.rglob("cell.json")}
+    again = run_experiment(tiny(), d, progress=False)
+    for p, mtime in kept.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p} was redone"
+    assert _strip(json.loads(gone.read_text())) == _strip(original)  # same seed, same result
+    assert len(again.cells) == len(finished.cells)
+
+
+def test_interrupted_cell_resumes_to_the_same_result(
+    finished: ExperimentResult, tmp_path: Path, monkeypatch
+) -> None:
+    d = tmp_path / "run"
+    saves = []
+    real_save = CircuitTrainer.save_checkpoint
+
+    def save_then_stop(self) -> None:
+        real_save(self)
+        saves.append(self.state.step)
+        if len(saves) == 1:
+            raise KeyboardInterrupt  # stopped right after the step-2 checkpoint of cell one
+
+    monkeypatch.setattr(CircuitTrainer, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny(), d, progress=False)
+    assert (d / "entity_tracking" / "ce" / "seed0" / "checkpoint" / "trainer.pt").is_file()
+    monkeypatch.setattr(CircuitTrainer, "save_checkpoint", real_save)
+    resumed = run_experiment(tiny(), d, progress=False)
+    first = next(c for c in resumed.cells if c["condition"] == "ce" and c["seed"] == 0)
+    assert first["resumed"] is True
+    assert not (d / "entity_tracking" / "ce" / "seed0" / "checkpoint").exists()
+    ref = {(c["condition"], c["seed"]): _strip(c) for c in finished.cells}
+    for c in resumed.cells:
+        assert _strip(c) == ref[(c["condition"], c["seed"])]
+
+
+def test_other_config_is_refused_then_fresh_starts_over(
+    finished: ExperimentResult, tmp_path: Path
+) -> None:
+    d = tmp_path / "run"
+    shutil.copytree(finished.directory, d)
+    other = tiny(steps=6)
+    with pytest.raises(ValueError, match="another config.*distill.*fresh"):
+        run_experiment(other, d, progress=False)
+    assert len(ExperimentResult.load(d).cells) == len(finished.cells)  # nothing lost
+    cfg = tiny(conditions=("student", "teacher"))
+    result = run_experiment(cfg, d, fresh=True, progress=False)
+    assert result.cells == [] and len(result.table()) == 2
+
+
+def test_bad_names_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown condition.*'distil'.*ce\\+align"):
+        ExperimentConfig(conditions=("ce", "distil"))
+    with pytest.raises(ValueError, match="unknown task.*ioi.*entity_tracking"):
+        ExperimentConfig(tasks=("ioi",))
+    with pytest.raises(ValueError, match="unknown experiment config keys.*seed"):
+        ExperimentConfig.from_dict({"seed": 1})
+    with pytest.raises(ValueError, match="unknown config keys.*lamda"):
+        ExperimentConfig().with_overrides(lamda=2)
+    assert set(ALL_CONDITIONS) >= set(ExperimentConfig().conditions)
+
+
+def test_steps_to_target_hand_computed(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(tasks=("entity_tracking",), conditions=("ce", "ce+align"), seeds=(0, 1))
+    setup = {"student_val_accuracy": 0.5, "student_accuracy": 0.5, "teacher_accuracy": 0.9}
+
+    def cell(cond: str, seed: int, accs: list[float]) -> dict:
+        return {
+            "task": "entity_tracking", "condition": cond, "seed": seed, "accuracy": accs[-1],
+            "mean_cka_before": 0.1, "mean_cka_after": 0.2, "heads_trained": 1,
+            "head_fraction": 0.125, "param_fraction": 0.03, "pairs": [["L1H0", "L1H0"]],
+            "curve": [{"step": 10 * (i + 1), "val_accuracy": a} for i, a in enumerate(accs)],
+        }  # fmt: skip
+
+    cells = [
+        cell("ce", 0, [0.52, 0.58, 0.70]),
+        cell("ce", 1, [0.55, 0.62, 0.70]),  # CE ends at 0.70: target 0.5 + 0.2 / 2 = 0.60
+        cell("ce+align", 0, [0.61, 0.65, 0.72]),
+        cell("ce+align", 1, [0.50, 0.55, 0.59]),  # never reaches 0.60
+    ]
+    r = ExperimentResult(tmp_path, cfg, {"entity_tracking": setup}, cells)
+    assert r.target("entity_tracking") == pytest.approx(0.60)
+    assert [r.steps_to_target(c) for c in cells] == [30, 20, 10, None]
+    t = r.table().set_index("condition")
+    assert t.loc["CE", "steps_to_target"] == 25 and t.loc["CE", "reached_target"] == "2/2"
+    assert t.loc["CE + Align CKA", "steps_to_target"] == 10
+    assert t.loc["CE + Align CKA", "reached_target"] == "1/2"
+    assert t.loc["CE + Align CKA", "points_vs_ce"] == pytest.approx(100 * (0.655 - 0.70))
+    assert "never" not in r.markdown() and "10 (1/2)" in r.markdown()
+    fixed = ExperimentResult(tmp_path, ExperimentConfig(target_accuracy=0.8), r.setups, cells)
+    assert all(fixed.steps_to_target(c) is None for c in cells)
+    assert math.isnan(fixed.table().set_index("condition").loc["CE", "steps_to_target"])
+
+
+def test_cli_reproduce_prints_table_and_report(tmp_path: Path, capsys) -> None:
+    cfg = tiny(conditions=("student", "teacher", "ce"), seeds=(0,))
+    f = tmp_path / "exp.json"
+    f.write_text(json.dumps(cfg.to_dict()))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--config", str(f), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| entity_tracking | CE " in printed and "report.html" in printed
+    assert main(["reproduce", "--config", str(f), "--out", str(out), "--steps", "2"]) == 2
+    assert "another config" in capsys.readouterr().err
+    assert main(["reproduce", "--conditions", "ce", "bogus", "--out", str(out)]) == 2
+    assert "valid conditions" in capsys.readouterr().err

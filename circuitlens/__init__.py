@@ -5,7 +5,15 @@ impact, and train only those student heads to match their teacher heads (Wadhwa,
 Wallace 2025, "Circuit Distillation").
 """
 
+from circuitlens.ablation import AblationResult, ablation_sweep, mean_ablated
+from circuitlens.cka import linear_cka, rbf_cka
+from circuitlens.distill import DistillConfig, DistillResult, distill_circuit
+from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
+from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import ModelFacts, ModelLoadError, load_model, model_facts
+from circuitlens.patching import activation_patch, attribution_patch, path_patch
+from circuitlens.patching.circuits import CircuitConfig, faithfulness, find_circuit
+from circuitlens.plotting import plot_ablation, plot_circuit, plot_patching, plot_training_curves
 from circuitlens.tasks import (
     Prompt,
     PromptBatch,
@@ -16,22 +24,50 @@ from circuitlens.tasks import (
     make_metric,
     tokenize_prompts,
 )
-from circuitlens.types import Head
+from circuitlens.training import CircuitTrainer, TrainConfig
+from circuitlens.types import Circuit, Head, HeadMap
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationResult",
+    "Circuit",
+    "CircuitConfig",
+    "CircuitTrainer",
+    "DistillConfig",
+    "DistillResult",
+    "ExperimentConfig",
+    "ExperimentResult",
     "Head",
+    "HeadMap",
     "ModelFacts",
     "ModelLoadError",
     "Prompt",
     "PromptBatch",
     "Task",
     "TaskError",
+    "TrainConfig",
+    "ablation_sweep",
+    "activation_patch",
+    "attribution_patch",
+    "distill_circuit",
     "evaluate",
+    "faithfulness",
+    "find_circuit",
     "get_task",
+    "linear_cka",
     "load_model",
     "make_metric",
+    "map_heads",
+    "mean_ablated",
     "model_facts",
+    "path_patch",
+    "plot_ablation",
+    "plot_circuit",
+    "plot_patching",
+    "plot_training_curves",
+    "random_map",
+    "rbf_cka",
+    "run_experiment",
     "tokenize_prompts",
 ]

@@ -196,6 +196,32 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig) ->
     )
 
 
+def model_fingerprint(spec: str) -> str:
+    """What identifies a model's weights: the sha256 of a zoo model or of a directory's
+    ``model.safetensors`` / a ``.gguf`` file; otherwise the spec itself (a hub name)."""
+    from circuitlens.zoo import sha256, zoo_path
+
+    if spec.startswith("zoo:"):
+        return "sha256:" + sha256(zoo_path(spec[4:]) / "model.safetensors")
+    path = Path(spec)
+    for f in (path / "model.safetensors", path):
+        if f.is_file():
+            return "sha256:" + sha256(f)
+    return spec
+
+
+def _check_models(setup: dict[str, Any], cfg: ExperimentConfig, directory: Path) -> None:
+    t = setup["task"]
+    now = {role: model_fingerprint(cfg.models[t][role]) for role in ("teacher", "student")}
+    if setup.get("fingerprints", now) != now:
+        changed = [r for r in now if setup["fingerprints"].get(r) != now[r]]
+        raise ValueError(
+            f"the {' and '.join(changed)} of task {t!r} changed since {directory / t} was "
+            f"computed (other weights under the same name); results of two models are never "
+            f"mixed: delete {directory / t} to recompute that task, or use --fresh"
+        )
+
+
 def _setup_task(
     task_name: str, cfg: ExperimentConfig, teacher: Any, student: Any, progress: bool
 ) -> dict[str, Any]:
@@ -234,6 +260,9 @@ def _setup_task(
         "teacher_accuracy": evaluate(teacher, task, "test", d.test_n),
         "student_accuracy": evaluate(student, task, "test", d.test_n),
         "student_val_accuracy": evaluate(student, task, "val", d.train.eval_n),
+        "fingerprints": {
+            role: model_fingerprint(cfg.models[task_name][role]) for role in ("teacher", "student")
+        },
         "teacher_shape": [ft.n_layers, ft.n_heads, ft.n_kv_heads],
         "student_shape": [fs.n_layers, fs.n_heads, fs.n_kv_heads],
         "seconds": round(time.time() - t0, 1),
@@ -601,12 +630,13 @@ def run_experiment(
     for t in cfg.tasks:
         setup_file = directory / t / "setup.json"
         cells = [(c, s) for tt, c, s in todo if tt == t]
-        if setup_file.is_file() and not cells:
-            continue
-        teacher = load_model(cfg.models[t]["teacher"])
         if setup_file.is_file():
             setup = json.loads(setup_file.read_text())
-        else:
+            _check_models(setup, cfg, directory)
+            if not cells:
+                continue
+        teacher = load_model(cfg.models[t]["teacher"])
+        if not setup_file.is_file():
             bar.set_description(f"reproduce: {t} circuit and sweeps")
             student = load_model(cfg.models[t]["student"])
             torch.manual_seed(cfg.task_seed)

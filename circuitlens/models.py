@@ -138,7 +138,15 @@ def _load_dir(path: Path, device: str | None, dtype: torch.dtype) -> Any:
             f"{str(path)!r} holds a model but no tokenizer ({e}); save one beside it with "
             "tokenizer.save_pretrained(dir)"
         ) from e
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local load takes no time: no bar per model
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     return _boot(str(path), hf, tokenizer, device, dtype)
 
 

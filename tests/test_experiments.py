@@ -207,3 +207,19 @@ def test_cli_reproduce_prints_table_and_report(tmp_path: Path, capsys) -> None:
     assert "another config" in capsys.readouterr().err
     assert main(["reproduce", "--conditions", "ce", "bogus", "--out", str(out)]) == 2
     assert "valid conditions" in capsys.readouterr().err
+
+
+def test_changed_model_weights_are_refused(
+    finished: ExperimentResult, tmp_path: Path, monkeypatch
+) -> None:
+    d = tmp_path / "run"
+    shutil.copytree(finished.directory, d)
+    import circuitlens.experiments as ex
+
+    real = ex.model_fingerprint
+    monkeypatch.setattr(
+        ex, "model_fingerprint", lambda spec: "sha256:other" if "teacher" in spec else real(spec)
+    )
+    with pytest.raises(ValueError, match="teacher of task 'entity_tracking' changed.*delete"):
+        run_experiment(tiny(), d, progress=False)
+    assert finished.setups["entity_tracking"]["fingerprints"]["teacher"].startswith("sha256:")

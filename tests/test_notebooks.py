@@ -1,0 +1,47 @@
+"""Every notebook runs top to bottom (in the small setting, ``CIRCUITLENS_SMALL=1``).
+
+Execution, not output diffing: a cell that raises fails the test with the cell's error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_the_four_notebooks_are_there() -> None:
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_quickstart",
+        "02_circuit_discovery",
+        "03_ablation_and_mapping",
+        "04_circuit_distillation",
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    monkeypatch.setenv("CIRCUITLENS_SMALL", "1")
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    # the kernel spec's argv starts with 'python', which jupyter_client replaces by this
+    # interpreter (sys.executable): the notebooks run in the same environment as the tests
+    client.execute()
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
+    assert not errors

@@ -86,7 +86,7 @@ class ExperimentConfig:
         use_circuit: map into the teacher's circuit found by patching (False: any teacher head).
         circuit_n: prompts for circuit discovery.
         random_from: the random control draws teacher heads from ``"all"`` heads or the
-            ``"circuit"``.
+            ``"circuit"``, never the student head's aligned partner.
         target_accuracy: validation accuracy for "steps to target"; None: halfway from the
             untrained student to CE's mean final accuracy.
     """
@@ -285,6 +285,7 @@ def _cell_map(setup: dict[str, Any], condition: str, seed: int, cfg: ExperimentC
         cfg.distill.one_to_one,
         seed=seed,
         student_heads=head_map.student_heads,
+        avoid=head_map,
     )
 
 

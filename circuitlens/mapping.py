@@ -128,8 +128,13 @@ def random_map(
     one_to_one: bool = False,
     seed: int = 0,
     student_heads: list[Head | str] | None = None,
+    avoid: HeadMap | None = None,
 ) -> HeadMap:
-    """The control: the same student heads, teacher heads drawn at random from the candidates."""
+    """The control: the same student heads, teacher heads drawn at random from the candidates.
+
+    ``avoid`` (the ablation map) keeps each student head off its aligned partner, so the
+    control is never the treatment by chance (1 in 32 on the zoo teacher otherwise).
+    """
     students = (
         parse_heads(student_heads)
         if student_heads is not None
@@ -137,6 +142,28 @@ def random_map(
     )
     cands = _candidates(teacher_sweep, circuit)
     rng = random.Random(seed)
+    if avoid is not None:
+        taken = dict(avoid.pairs)
+        if one_to_one:
+            cands = [c for c in cands if c not in set(taken.values())]
+        else:
+            picked = []
+            for s in students:
+                pool = [c for c in cands if c != taken.get(s)]
+                if not pool:
+                    raise ValueError(f"no teacher head other than {taken.get(s)} to draw for {s}")
+                picked.append(rng.choice(pool))
+            return _random_result(
+                student_sweep,
+                teacher_sweep,
+                circuit,
+                budget,
+                one_to_one,
+                seed,
+                students,
+                picked,
+                avoid,
+            )
     if one_to_one:
         if len(cands) < len(students):
             raise ValueError(
@@ -146,6 +173,22 @@ def random_map(
         picked = rng.sample(cands, len(students))
     else:
         picked = [rng.choice(cands) for _ in students]
+    return _random_result(
+        student_sweep, teacher_sweep, circuit, budget, one_to_one, seed, students, picked, avoid
+    )
+
+
+def _random_result(
+    student_sweep: AblationResult,
+    teacher_sweep: AblationResult,
+    circuit: Circuit | None,
+    budget: float | int,
+    one_to_one: bool,
+    seed: int,
+    students: list[Head],
+    picked: list[Head],
+    avoid: HeadMap | None,
+) -> HeadMap:
     dist = [
         abs(
             float(student_sweep.delta[s.layer, s.head])
@@ -158,6 +201,7 @@ def random_map(
         "one_to_one": one_to_one,
         "seed": seed,
         "circuit": None if circuit is None else circuit.to_dict()["groups"],
+        "avoid": None if avoid is None else [[str(a), str(b)] for a, b in avoid.pairs],
     }
     return HeadMap(
         pairs=list(zip(students, picked, strict=True)), distances=dist, kind="random", config=config

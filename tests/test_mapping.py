@@ -87,6 +87,25 @@ def test_random_control_is_seeded() -> None:
     assert len(set(one.teacher_heads)) == 3
 
 
+def test_random_control_avoids_the_aligned_partner() -> None:
+    aligned = map_heads(STUDENT, TEACHER, budget=3)
+    partner = dict(aligned.pairs)
+    for seed in range(30):
+        for one_to_one in (False, True):
+            m = random_map(STUDENT, TEACHER, budget=3, seed=seed, one_to_one=one_to_one,
+                           avoid=aligned)  # fmt: skip
+            assert m.student_heads == aligned.student_heads
+            if one_to_one:
+                assert not set(m.teacher_heads) & set(aligned.teacher_heads)
+            else:
+                assert all(t != partner[s] for s, t in m.pairs)
+    # without it, some seed draws the aligned partner itself
+    assert any(
+        random_map(STUDENT, TEACHER, budget=1, seed=s).pairs == map_heads(STUDENT, TEACHER, budget=1).pairs
+        for s in range(60)
+    )  # fmt: skip
+
+
 def test_constant_student_warns(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         map_heads(_sweep([[0.0, 0.0], [0.0, 0.0]]), TEACHER, budget=1)

@@ -456,7 +456,9 @@ class ExperimentResult:
                         "cka_before": sub["mean_cka_before"].astype(float).mean(),
                         "cka_after": sub["mean_cka_after"].astype(float).mean(),
                         "steps_to_target": reached.mean() if len(reached) else float("nan"),
-                        "reached_target": f"{len(reached)}/{len(sub)}",
+                        "reached_target": f"{len(reached)}/{len(sub)}"
+                        if self.target(t) is not None
+                        else "",
                     }
                 rows.append(row)
         return pd.DataFrame(rows)
@@ -485,7 +487,7 @@ class ExperimentResult:
                 for a, b in zip(df.cka_before, df.cka_after, strict=True)
             ]
             show["steps to target"] = [
-                "" if pd_isna(r) else ("never" if pd_isna(s) else f"{s:.0f}") + f" ({r})"
+                "" if pd_isna(r) or not r else ("never" if pd_isna(s) else f"{s:.0f}") + f" ({r})"
                 for s, r in zip(df.steps_to_target, df.reached_target, strict=True)
             ]
             cols += ["heads trained", "params trained", "CKA before → after", "steps to target"]
@@ -550,6 +552,13 @@ class ExperimentResult:
                 for (s, tt), d in zip(head_map.pairs, head_map.distances, strict=True)
             )
             parts.append(f"<p>mapping: {pairs}</p>")
+            rand = [
+                f"seed {c['seed']}: " + ", ".join(f"{a} → {b}" for a, b in c["pairs"])
+                for c in self.cells
+                if c["task"] == t and c["condition"] == "ce+rand"
+            ]
+            if rand:
+                parts.append(f"<p>random control: {'; '.join(rand)}</p>")
             if setup["circuit"] is not None:
                 circuit = Circuit.from_dict(setup["circuit"])
                 meta = {k: circuit.meta.get(k) for k in ("faithfulness", "circuit_accuracy")}

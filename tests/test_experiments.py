@@ -193,6 +193,9 @@ def test_steps_to_target_hand_computed(tmp_path: Path) -> None:
     fixed = ExperimentResult(tmp_path, ExperimentConfig(target_accuracy=0.8), r.setups, cells)
     assert all(fixed.steps_to_target(c) is None for c in cells)
     assert math.isnan(fixed.table().set_index("condition").loc["CE", "steps_to_target"])
+    no_ce = ExperimentResult(tmp_path, cfg, r.setups, cells[2:])  # no CE: no automatic target
+    assert no_ce.target("entity_tracking") is None
+    assert no_ce.table().reached_target.tolist() == [""] and "never" not in no_ce.markdown()
 
 
 def test_cli_reproduce_prints_table_and_report(tmp_path: Path, capsys) -> None:

@@ -65,9 +65,9 @@ def attribution_patch(
         ]
     )  # [layer, head]
     return PatchingResult(
-        scores=(float(value) + scores).detach().cpu(),
+        scores=(float(value.detach()) + scores).detach().cpu(),
         clean_score=float(metric(clean_logits)),
-        corrupted_score=float(value),
+        corrupted_score=float(value.detach()),
         axis_names=("layer", "head"),
         config=PatchingConfig("z", False, 0),
     )

@@ -27,6 +27,9 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     monkeypatch.setenv("CIRCUITLENS_SMALL", "1")
+    # one thread in the kernel: tiny models gain nothing from two, and a busy machine makes
+    # two spinning OpenMP threads ten times slower (measured: 14 s vs 3-4 min per notebook)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb,

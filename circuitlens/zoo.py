@@ -91,6 +91,15 @@ class ZooRecipe:
     tom_probe_filler: bool = False  # theory of mind: probe each container mention for its filler
     tom_probe_knows: bool = False  # theory of mind: probe the answer slot for "can it be known"
     aux2_layer: int = 2  # hidden state read by the second probe
+    # theory of mind, the binding step: head ``tom_bind_head`` of block ``tom_bind_layer`` looks
+    # from the answer slot at the questioned character's own "<name> grabs" in the story (which
+    # tells whether they filled the first or the second container), weighted by
+    # ``tom_bind_weight`` (0 disables it); ``tom_probe_cq`` asks the second probe (at
+    # ``aux2_layer``) for the questioned character at the answer slot
+    tom_bind_weight: float = 0.0
+    tom_bind_layer: int = 2
+    tom_bind_head: int = 0
+    tom_probe_cq: bool = False
     eval_every: int = 250
     eval_n: int = 200
     stop_at: float = 0.99  # stop at the first evaluation with this validation accuracy
@@ -285,12 +294,12 @@ def train(
 
     tokenizer = build_tokenizer()
     model = build_model(spec.arch, len(tokenizer), r.seed)
-    if r.attn_weight > 0:  # attention weights are only returned by the eager implementation
+    if r.attn_weight > 0 or r.tom_bind_weight > 0:  # attention weights are only returned by the eager implementation
         model.config._attn_implementation = "eager"
     probe = nn.Linear(spec.arch.d_model, len(tokenizer), bias=False)
     probe2 = nn.Linear(spec.arch.d_model, len(tokenizer), bias=False)
     params = list(model.parameters()) + list(probe.parameters())
-    if r.tom_probe_knows:  # kept out otherwise, so earlier recipes keep their exact numerics
+    if r.tom_probe_knows or r.tom_probe_cq:  # kept out otherwise, so earlier recipes keep their exact numerics
         params += list(probe2.parameters())
     opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, betas=(0.9, 0.98))
 
@@ -345,12 +354,13 @@ def train(
     stop = False
     while state["step"] < r.steps and not stop:
         batch = training_batch(spec, tokenizer, rng, state["step"])
+        use_bind = r.tom_bind_weight > 0 and len(batch["bind_rows"]) > 0
         use_attn = r.attn_weight > 0 and len(batch["attn_rows"]) > 0
         out_ = model(
             input_ids=batch["input_ids"],
             labels=batch["labels"],
             output_hidden_states=r.aux_weight > 0,
-            output_attentions=use_attn,
+            output_attentions=use_attn or use_bind,
         )
         loss = out_.loss
         aux_loss = torch.zeros(())
@@ -364,6 +374,10 @@ def train(
             rows, q, k = batch["attn_rows"], batch["attn_q"], batch["attn_k"]
             att = out_.attentions[r.attn_layer][rows, batch["attn_h"], q, k]
             aux_loss = aux_loss - r.attn_weight * (att + 1e-6).log().mean()
+        if use_bind:
+            rows, q, k = batch["bind_rows"], batch["bind_q"], batch["bind_k"]
+            att = out_.attentions[r.tom_bind_layer][rows, r.tom_bind_head, q, k]
+            aux_loss = aux_loss - r.tom_bind_weight * (att + 1e-6).log().mean()
         opt.zero_grad(set_to_none=True)
         (loss + r.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -11,8 +11,12 @@ Recipe (what made the plateau of entity tracking finite; see docs and ZOO_NOTES)
 - a box-count curriculum: every batch draws its number of boxes from ``min_boxes..max_boxes``;
 - auxiliary linear probes, discarded after training, that ask an early layer for the moves the
   task composes (entity tracking: the object at its box label and the queried label at the
-  query's last token; theory of mind: the drink in the queried container at the answer
-  position). They are dense signals that end the plateau; the shipped model is a plain Llama.
+  query's last token; theory of mind: the queried container at the answer position, and for
+  the teacher the questioned character there too). They are dense signals that end the
+  plateau; the shipped model is a plain Llama.
+- supervised attention heads (entity tracking: the query's end to the queried label; theory of
+  mind: the answer slot to the container's drink and filler, and for the teacher a binding head
+  to the questioned character's own "<name> grabs").
 - AdamW with warm-up and cosine decay; the checkpoint with the best validation accuracy is kept;
   students stop at the first evaluation that reaches ``stop_at`` (the warm-student target).
 """
@@ -298,12 +302,14 @@ def train(
 
     tokenizer = build_tokenizer()
     model = build_model(spec.arch, len(tokenizer), r.seed)
-    if r.attn_weight > 0 or r.tom_bind_weight > 0:  # attention weights are only returned by the eager implementation
+    # attention weights are only returned by the eager implementation
+    if r.attn_weight > 0 or r.tom_bind_weight > 0:
         model.config._attn_implementation = "eager"
     probe = nn.Linear(spec.arch.d_model, len(tokenizer), bias=False)
     probe2 = nn.Linear(spec.arch.d_model, len(tokenizer), bias=False)
     params = list(model.parameters()) + list(probe.parameters())
-    if r.tom_probe_knows or r.tom_probe_cq:  # kept out otherwise, so earlier recipes keep their exact numerics
+    # the second probe is kept out otherwise, so earlier recipes keep their exact numerics
+    if r.tom_probe_knows or r.tom_probe_cq:
         params += list(probe2.parameters())
     opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, betas=(0.9, 0.98))
 

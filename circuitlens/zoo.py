@@ -11,8 +11,12 @@ Recipe (what made the plateau of entity tracking finite; see docs and ZOO_NOTES)
 - a box-count curriculum: every batch draws its number of boxes from ``min_boxes..max_boxes``;
 - auxiliary linear probes, discarded after training, that ask an early layer for the moves the
   task composes (entity tracking: the object at its box label and the queried label at the
-  query's last token; theory of mind: the drink in the queried container at the answer
-  position). They are dense signals that end the plateau; the shipped model is a plain Llama.
+  query's last token; theory of mind: the queried container at the answer position, and for
+  the teacher the questioned character there too). They are dense signals that end the
+  plateau; the shipped model is a plain Llama.
+- supervised attention heads (entity tracking: the query's end to the queried label; theory of
+  mind: the answer slot to the container's drink and filler, and for the teacher a binding head
+  to the questioned character's own "<name> grabs").
 - AdamW with warm-up and cosine decay; the checkpoint with the best validation accuracy is kept;
   students stop at the first evaluation that reaches ``stop_at`` (the warm-student target).
 """
@@ -91,6 +95,15 @@ class ZooRecipe:
     tom_probe_filler: bool = False  # theory of mind: probe each container mention for its filler
     tom_probe_knows: bool = False  # theory of mind: probe the answer slot for "can it be known"
     aux2_layer: int = 2  # hidden state read by the second probe
+    # theory of mind, the binding step: head ``tom_bind_head`` of block ``tom_bind_layer`` looks
+    # from the answer slot at the questioned character's own "<name> grabs" in the story (which
+    # tells whether they filled the first or the second container), weighted by
+    # ``tom_bind_weight`` (0 disables it); ``tom_probe_cq`` asks the second probe (at
+    # ``aux2_layer``) for the questioned character at the answer slot
+    tom_bind_weight: float = 0.0
+    tom_bind_layer: int = 2
+    tom_bind_head: int = 0
+    tom_probe_cq: bool = False
     eval_every: int = 250
     eval_n: int = 200
     stop_at: float = 0.99  # stop at the first evaluation with this validation accuracy
@@ -128,13 +141,17 @@ ZOO: dict[str, ZooSpec] = {
         "teacher",
         ZooArch(d_model=64, n_layers=4, n_heads=8, n_kv_heads=4, d_mlp=128),
         ZooRecipe(
-            steps=20_000,
+            steps=5_000,
             batch_size=32,
             n_queries=4,
-            stop_at=0.655,
+            stop_at=0.97,
             aux_weight=0.1,
             attn_weight=0.1,
             attn_layer=1,
+            aux2_layer=1,
+            tom_bind_weight=1.0,
+            tom_bind_layer=2,
+            tom_probe_cq=True,
         ),
         # the constant instruction block is left out of the zoo's prompts (shorter sequences)
         task_options={"instruction": False},
@@ -285,12 +302,14 @@ def train(
 
     tokenizer = build_tokenizer()
     model = build_model(spec.arch, len(tokenizer), r.seed)
-    if r.attn_weight > 0:  # attention weights are only returned by the eager implementation
+    # attention weights are only returned by the eager implementation
+    if r.attn_weight > 0 or r.tom_bind_weight > 0:
         model.config._attn_implementation = "eager"
     probe = nn.Linear(spec.arch.d_model, len(tokenizer), bias=False)
     probe2 = nn.Linear(spec.arch.d_model, len(tokenizer), bias=False)
     params = list(model.parameters()) + list(probe.parameters())
-    if r.tom_probe_knows:  # kept out otherwise, so earlier recipes keep their exact numerics
+    # the second probe is kept out otherwise, so earlier recipes keep their exact numerics
+    if r.tom_probe_knows or r.tom_probe_cq:
         params += list(probe2.parameters())
     opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, betas=(0.9, 0.98))
 
@@ -345,12 +364,13 @@ def train(
     stop = False
     while state["step"] < r.steps and not stop:
         batch = training_batch(spec, tokenizer, rng, state["step"])
+        use_bind = r.tom_bind_weight > 0 and len(batch["bind_rows"]) > 0
         use_attn = r.attn_weight > 0 and len(batch["attn_rows"]) > 0
         out_ = model(
             input_ids=batch["input_ids"],
             labels=batch["labels"],
             output_hidden_states=r.aux_weight > 0,
-            output_attentions=use_attn,
+            output_attentions=use_attn or use_bind,
         )
         loss = out_.loss
         aux_loss = torch.zeros(())
@@ -364,6 +384,10 @@ def train(
             rows, q, k = batch["attn_rows"], batch["attn_q"], batch["attn_k"]
             att = out_.attentions[r.attn_layer][rows, batch["attn_h"], q, k]
             aux_loss = aux_loss - r.attn_weight * (att + 1e-6).log().mean()
+        if use_bind:
+            rows, q, k = batch["bind_rows"], batch["bind_q"], batch["bind_k"]
+            att = out_.attentions[r.tom_bind_layer][rows, r.tom_bind_head, q, k]
+            aux_loss = aux_loss - r.tom_bind_weight * (att + 1e-6).log().mean()
         opt.zero_grad(set_to_none=True)
         (loss + r.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -30,6 +30,8 @@ class _Example:
     attn: list[tuple[int, int, int]] = field(default_factory=list)
     # (char span, target word) for the second probe, read deeper (recipe ``aux2_layer``)
     aux2: list[tuple[tuple[int, int], str]] = field(default_factory=list)
+    # (query char, key char): the binding head's attention (recipe ``tom_bind_weight``)
+    bind: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _et_example(task: Task, rng: random.Random, n_queries: int, p_mixed: float = 0.0) -> _Example:
@@ -73,6 +75,7 @@ def _tom_example(
     distinct: bool = False,
     probe_filler: bool = False,
     probe_knows: bool = False,
+    probe_cq: bool = False,
 ) -> _Example:
     from circuitlens.tasks.theory_of_mind import UNKNOWN, believed
 
@@ -91,6 +94,7 @@ def _tom_example(
         aux += [(m.span(2), c1), (m.span(5), c2)]
     attn: list[tuple[int, int, int]] = []
     aux2: list[tuple[tuple[int, int], str]] = []
+    bind: list[tuple[int, int]] = []
     answers = []
     cq, oq = p.meta["query"]
     # distinct questions: a repeated question could be answered by copying the earlier answer
@@ -109,6 +113,10 @@ def _tom_example(
         if probe_knows:  # deeper at the answer slot: can the character know? ("can"/"cannot")
             knows = believed(c1, c2, o1, o2, s1, s2, visible, cq, oq) != UNKNOWN
             aux2.append(((colon, len(text)), "can" if knows else "cannot"))
+        if probe_cq:  # the questioned character, moved to the answer slot
+            aux2.append(((colon, len(text)), cq))
+        # the binding head: the answer slot looks at the questioned character's "<name> grabs"
+        bind.append((colon, m.start(1) if cq == c1 else m.start(4)))
         first = oq == o1
         # the answer slot looks at the container's drink (head 0) and, with head 1, at who
         # filled it ("filler") or at the container's mention in the story ("container")
@@ -120,7 +128,7 @@ def _tom_example(
         ans = believed(c1, c2, o1, o2, s1, s2, visible, cq, oq)
         answers.append((len(text) + 1, len(text) + 1 + len(ans)))
         text += " " + ans
-    return _Example(text, answers, aux, attn, aux2)
+    return _Example(text, answers, aux, attn, aux2, bind)
 
 
 def _token_index(offsets: list[tuple[int, int]], start: int) -> int:
@@ -137,6 +145,7 @@ def _collate(tokenizer: Any, examples: list[_Example]) -> dict[str, Tensor]:
     aux_rows, aux_pos, aux_tgt = [], [], []
     aux2_rows, aux2_pos, aux2_tgt = [], [], []
     attn_rows, attn_q, attn_k, attn_h = [], [], [], []
+    bind_rows, bind_q, bind_k = [], [], []
     for r, (e, offsets) in enumerate(zip(examples, enc["offset_mapping"], strict=True)):
         for span in e.answers:
             j = _token_index(offsets, span[0])
@@ -154,6 +163,10 @@ def _collate(tokenizer: Any, examples: list[_Example]) -> dict[str, Tensor]:
             attn_h.append(head)
             attn_q.append(_token_index(offsets, qc))
             attn_k.append(_token_index(offsets, kc))
+        for qc, kc in e.bind:
+            bind_rows.append(r)
+            bind_q.append(_token_index(offsets, qc))
+            bind_k.append(_token_index(offsets, kc))
     return {
         "input_ids": ids,
         "labels": labels,
@@ -167,6 +180,9 @@ def _collate(tokenizer: Any, examples: list[_Example]) -> dict[str, Tensor]:
         "attn_q": torch.tensor(attn_q, dtype=torch.long),
         "attn_k": torch.tensor(attn_k, dtype=torch.long),
         "attn_h": torch.tensor(attn_h, dtype=torch.long),
+        "bind_rows": torch.tensor(bind_rows, dtype=torch.long),
+        "bind_q": torch.tensor(bind_q, dtype=torch.long),
+        "bind_k": torch.tensor(bind_k, dtype=torch.long),
     }
 
 
@@ -191,6 +207,7 @@ def training_batch(
                 r.tom_distinct,
                 r.tom_probe_filler,
                 r.tom_probe_knows,
+                r.tom_probe_cq,
             )
             for _ in range(r.batch_size)
         ]

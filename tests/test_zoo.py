@@ -116,10 +116,7 @@ def fresh_tasks():
 
 # Shipped models that do not meet their target yet: the test is expected to fail (strict: it
 # fails loudly once the model does meet it, so this entry must then go).
-BELOW_TARGET = {
-    "theory-of-mind-teacher": "the shipped ToM teacher reaches ~0.6-0.65, not 0.95: it has not "
-    "learnt who filled which container (see its card and docs/zoo.md)",
-}
+BELOW_TARGET: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,26 @@ class DistillResult:
         )
 
 
+def sweeps(
+    teacher: Any, student: Any, task: Task, cfg: DistillConfig, progress: bool = True
+) -> tuple[AblationResult, AblationResult]:
+    """The teacher's and the student's mean-ablation sweeps as ``cfg`` asks (metric, prompts,
+    the teacher's baseline)."""
+    t_sweep = ablation_sweep(
+        teacher,
+        task,
+        cfg.metric,
+        n=cfg.sweep_n,
+        progress=progress,
+        baseline_from=student if cfg.teacher_baseline == "student" else None,
+        model_name="teacher",
+    )
+    s_sweep = ablation_sweep(
+        student, task, cfg.metric, n=cfg.sweep_n, progress=progress, model_name="student"
+    )
+    return t_sweep, s_sweep
+
+
 def distill_circuit(
     teacher: Any,
     student: Any,
@@ -216,22 +236,19 @@ def distill_circuit(
     teacher, student = load_model(teacher), load_model(student)
     if isinstance(task, str):
         task = get_task(task, tokenizers=[teacher, student])
-    t_sweep = ablation_sweep(
-        teacher,
-        task,
-        cfg.metric,
-        n=cfg.sweep_n,
-        progress=progress,
-        baseline_from=student if cfg.teacher_baseline == "student" else None,
-        model_name="teacher",
-    )
-    s_sweep = ablation_sweep(
-        student, task, cfg.metric, n=cfg.sweep_n, progress=progress, model_name="student"
-    )
-    if cfg.train.condition == "ce+rand":
-        head_map = random_map(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one, cfg.map_seed)
-    else:
-        head_map = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
+    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress)
+    head_map = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
+    if cfg.train.condition == "ce+rand":  # the same student heads, never the aligned partner
+        head_map = random_map(
+            s_sweep,
+            t_sweep,
+            circuit,
+            cfg.budget,
+            cfg.one_to_one,
+            cfg.map_seed,
+            student_heads=head_map.student_heads,
+            avoid=head_map,
+        )
     trainer = CircuitTrainer(student, teacher, task, head_map, cfg.train, circuit, checkpoint_dir)
     before = evaluate(student, task, "test", cfg.test_n)
     cka_before = trainer.mean_cka()

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuitlens.ablation import AblationResult, ablation_sweep
-from circuitlens.distill import DistillConfig
+from circuitlens.ablation import AblationResult
+from circuitlens.distill import DistillConfig, sweeps
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import load_model, model_facts
@@ -235,18 +235,7 @@ def _setup_task(
         circuit = find_circuit(teacher, task, CircuitConfig(n=cfg.circuit_n), progress=progress)
         if not circuit.heads:
             note = "patching found no circuit heads: the map may use any teacher head"
-    t_sweep = ablation_sweep(
-        teacher,
-        task,
-        d.metric,
-        n=d.sweep_n,
-        progress=progress,
-        baseline_from=student if d.teacher_baseline == "student" else None,
-        model_name="teacher",
-    )
-    s_sweep = ablation_sweep(
-        student, task, d.metric, n=d.sweep_n, progress=progress, model_name="student"
-    )
+    t_sweep, s_sweep = sweeps(teacher, student, task, d, progress)
     map_circuit = circuit if circuit is not None and circuit.heads else None
     head_map = map_heads(s_sweep, t_sweep, map_circuit, d.budget, d.one_to_one)
     ft, fs = model_facts(teacher), model_facts(student)

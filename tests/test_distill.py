@@ -34,6 +34,8 @@ def test_distill_end_to_end_and_round_trip(make_llama_dir, tmp_path) -> None:
     rand = distill_circuit(teacher, student, task, steps=1, condition="ce+rand", **fast)
     assert rand.head_map.kind == "random"
     assert rand.head_map.student_heads == result.head_map.student_heads
+    avoided = dict(rand.head_map.config["avoid"])  # the aligned map of that call
+    assert all(str(t) != avoided[str(s)] for s, t in rand.head_map.pairs)
 
 
 def test_config_files(tmp_path) -> None:

@@ -31,6 +31,14 @@ from circuitlens.types import Circuit, HeadMap
 log = logging.getLogger(__name__)
 
 
+def refuse_unknown_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    """A config dict may only hold the dataclass's fields: name the others and the valid ones."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; valid keys: {valid}")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Every option of :func:`distill_circuit` (loads from TOML or JSON; unknown keys refused).
@@ -68,16 +76,10 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         d = dict(d)
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys: {valid}")
+        refuse_unknown_keys(cls, d, "config")
         train = d.pop("train", {})
         if isinstance(train, dict):
-            t_valid = [f.name for f in dataclasses.fields(TrainConfig)]
-            t_unknown = sorted(set(train) - set(t_valid))
-            if t_unknown:
-                raise ValueError(f"unknown [train] keys {t_unknown}; valid keys: {t_valid}")
+            refuse_unknown_keys(TrainConfig, train, "[train]")
             train = TrainConfig(**train)
         return cls(train=train, **d)
 

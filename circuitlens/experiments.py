@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
-from circuitlens.distill import DistillConfig, sweeps
+from circuitlens.distill import DistillConfig, refuse_unknown_keys, sweeps
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import load_model, model_facts
@@ -149,10 +149,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
         d = dict(d)
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown experiment config keys {unknown}; valid keys: {valid}")
+        refuse_unknown_keys(cls, d, "experiment config")
         if isinstance(d.get("distill"), dict):
             d["distill"] = DistillConfig.from_dict(d["distill"])
         if "models" in d:

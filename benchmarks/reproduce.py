@@ -1,0 +1,67 @@
+"""Benchmark: wall time and peak memory of ``circuitlens reproduce`` from scratch.
+
+Targets (issue 6): the full run (3 seeds, 300 steps, both tasks, every condition) within ~30
+minutes on 2 CPU cores, ``--quick`` within a few minutes (we write 5). Runs into a fresh
+temporary directory with the default torch threads, so it measures what a user's first run
+costs after set-up. Results: benchmarks/results/reproduce.json (one entry per setting).
+
+    .venv/bin/python benchmarks/reproduce.py --quick
+    .venv/bin/python benchmarks/reproduce.py          # the full run, ~10 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).parent / "results" / "reproduce.json"
+TARGET_S = {"quick": 5 * 60, "full": 30 * 60}
+
+
+def main() -> None:
+    import torch
+
+    from circuitlens.experiments import ExperimentConfig, run_experiment
+    from circuitlens.io import atomic_write_text
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    setting = "quick" if args.quick else "full"
+    config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        result = run_experiment(config, Path(tmp) / "run", progress=False)
+        wall = time.perf_counter() - t0
+    cells = result.cells_frame()
+    cells = cells[cells.seed.notna()]
+    entry = {
+        "benchmark": "reproduce",
+        "setting": setting,
+        "cells": len(result.cells),
+        "wall_s": round(wall, 1),
+        "target_s": TARGET_S[setting],
+        "within_target": wall <= TARGET_S[setting],
+        "setup_s": {t: s["seconds"] for t, s in result.setups.items()},
+        "mean_cell_s": {t: round(float(g.seconds.mean()), 1) for t, g in cells.groupby("task")},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "config": config.to_dict(),
+    }
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results[setting] = entry
+    atomic_write_text(OUT, json.dumps(results, indent=1))
+    print(json.dumps({k: v for k, v in entry.items() if k != "config"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -142,29 +142,9 @@ def random_map(
     )
     cands = _candidates(teacher_sweep, circuit)
     rng = random.Random(seed)
-    if avoid is not None:
-        taken = dict(avoid.pairs)
-        if one_to_one:
-            cands = [c for c in cands if c not in set(taken.values())]
-        else:
-            picked = []
-            for s in students:
-                pool = [c for c in cands if c != taken.get(s)]
-                if not pool:
-                    raise ValueError(f"no teacher head other than {taken.get(s)} to draw for {s}")
-                picked.append(rng.choice(pool))
-            return _random_result(
-                student_sweep,
-                teacher_sweep,
-                circuit,
-                budget,
-                one_to_one,
-                seed,
-                students,
-                picked,
-                avoid,
-            )
+    partner = dict(avoid.pairs) if avoid is not None else {}
     if one_to_one:
+        cands = [c for c in cands if c not in set(partner.values())]
         if len(cands) < len(students):
             raise ValueError(
                 f"one-to-one needs at least {len(students)} teacher heads, "
@@ -172,23 +152,12 @@ def random_map(
             )
         picked = rng.sample(cands, len(students))
     else:
-        picked = [rng.choice(cands) for _ in students]
-    return _random_result(
-        student_sweep, teacher_sweep, circuit, budget, one_to_one, seed, students, picked, avoid
-    )
-
-
-def _random_result(
-    student_sweep: AblationResult,
-    teacher_sweep: AblationResult,
-    circuit: Circuit | None,
-    budget: float | int,
-    one_to_one: bool,
-    seed: int,
-    students: list[Head],
-    picked: list[Head],
-    avoid: HeadMap | None,
-) -> HeadMap:
+        picked = []
+        for s in students:
+            pool = [c for c in cands if c != partner.get(s)]
+            if not pool:
+                raise ValueError(f"no teacher head other than {partner.get(s)} to draw for {s}")
+            picked.append(rng.choice(pool))
     dist = [
         abs(
             float(student_sweep.delta[s.layer, s.head])

@@ -217,7 +217,7 @@ def test_changed_model_weights_are_refused(
 ) -> None:
     d = tmp_path / "run"
     shutil.copytree(finished.directory, d)
-    import circuitlens.experiments as ex
+    import circuitlens.experiments.runner as ex  # where run_experiment looks it up
 
     real = ex.model_fingerprint
     monkeypatch.setattr(

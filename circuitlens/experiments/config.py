@@ -1,0 +1,150 @@
+"""What an experiment runs: tasks, conditions, seeds, models, and the shared trainer options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from circuitlens.distill import DistillConfig, refuse_unknown_keys
+from circuitlens.training import CONDITIONS
+
+ALL_CONDITIONS = ("student", "teacher", *CONDITIONS)
+#: tasks :func:`run_experiment` knows how to build (in the zoo's prompt format)
+TASKS = ("entity_tracking", "theory_of_mind")
+#: condition names as the paper writes them
+LABELS = {
+    "student": "student (before training)",
+    "teacher": "teacher",
+    "ce": "CE",
+    "ce+align": "CE + Align CKA",
+    "ce+rand": "CE + Rand CKA",
+    "align": "Align CKA",
+    "kd": "KD",
+    "full-ce": "full fine-tuning CE",
+}
+
+
+def _default_models() -> dict[str, dict[str, str]]:
+    return {
+        t: {
+            "teacher": f"zoo:{t.replace('_', '-')}-teacher",
+            "student": f"zoo:{t.replace('_', '-')}-student",
+        }
+        for t in TASKS
+    }
+
+
+def _default_distill() -> DistillConfig:
+    return DistillConfig().with_overrides(steps=300, eval_every=25, eval_n=200, eval_cka=True)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What :func:`run_experiment` runs (saved as ``config.json``; unknown keys refused).
+
+    Attributes:
+        tasks: task names, a subset of :data:`TASKS`.
+        conditions: table rows, a subset of :data:`ALL_CONDITIONS`.
+        seeds: training seeds (batches; the random map of ``ce+rand``).
+        models: per task, the ``teacher`` and ``student`` specs (anything
+            :func:`circuitlens.load_model` accepts as a string).
+        task_seed: the seed of the task's prompts (splits fixed across training seeds).
+        distill: sweeps, mapping and trainer options shared by every cell
+            (:class:`~circuitlens.distill.DistillConfig`); each cell sets the condition and seed.
+        use_circuit: map into the teacher's circuit found by patching (False: any teacher head).
+        circuit_n: prompts for circuit discovery.
+        random_from: the random control draws teacher heads from ``"all"`` heads or the
+            ``"circuit"``, never the student head's aligned partner.
+        target_accuracy: validation accuracy for "steps to target"; None: halfway from the
+            untrained student to CE's mean final accuracy.
+    """
+
+    tasks: tuple[str, ...] = TASKS
+    conditions: tuple[str, ...] = ALL_CONDITIONS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    models: dict[str, dict[str, str]] = field(default_factory=_default_models)
+    task_seed: int = 0
+    distill: DistillConfig = field(default_factory=_default_distill)
+    use_circuit: bool = True
+    circuit_n: int = 100
+    random_from: str = "all"
+    target_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"unknown task(s) {bad}; valid tasks: {', '.join(TASKS)}")
+        bad = [c for c in self.conditions if c not in ALL_CONDITIONS]
+        if bad or not self.conditions:
+            raise ValueError(
+                f"unknown condition(s) {bad}; valid conditions: {', '.join(ALL_CONDITIONS)}"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one (got {self.seeds})")
+        missing = [
+            t
+            for t in self.tasks
+            if not isinstance(self.models.get(t), dict)
+            or set(self.models[t]) != {"teacher", "student"}
+        ]
+        if missing:
+            raise ValueError(
+                f"models needs a {{'teacher': ..., 'student': ...}} entry for task(s) {missing}"
+            )
+        if self.random_from not in ("all", "circuit"):
+            raise ValueError(f"random_from must be 'all' or 'circuit' (got {self.random_from!r})")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> ExperimentConfig:
+        """A few minutes on 2 CPU cores: one seed, 60 steps, smaller evaluation sets."""
+        distill = DistillConfig().with_overrides(
+            sweep_n=100, test_n=300, steps=60, eval_every=15, eval_n=150, eval_cka=True
+        )
+        return cls(**({"seeds": (0,), "distill": distill, "circuit_n": 50} | overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tasks"], d["conditions"], d["seeds"] = (
+            list(self.tasks),
+            list(self.conditions),
+            list(self.seeds),
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        d = dict(d)
+        refuse_unknown_keys(cls, d, "experiment config")
+        if isinstance(d.get("distill"), dict):
+            d["distill"] = DistillConfig.from_dict(d["distill"])
+        if "models" in d:
+            d["models"] = _default_models() | d["models"]
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        """From a ``.toml`` or ``.json`` file (``[distill]`` and ``[distill.train]`` tables)."""
+        import tomllib
+
+        path = Path(path)
+        text = path.read_text()
+        return cls.from_dict(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
+
+    def with_overrides(self, **overrides: Any) -> ExperimentConfig:
+        """A copy with top-level fields replaced; trainer/distill fields (``steps``, ``lam``)
+        go into ``distill``."""
+        own = {f.name for f in dataclasses.fields(self)}
+        top = {k: v for k, v in overrides.items() if k in own}
+        sub = {k: v for k, v in overrides.items() if k not in own}
+        d = self.to_dict() | top
+        if isinstance(d["distill"], DistillConfig):
+            d["distill"] = d["distill"].to_dict()
+        if sub:
+            d["distill"] = DistillConfig.from_dict(d["distill"]).with_overrides(**sub).to_dict()
+        return ExperimentConfig.from_dict(d)

@@ -1,0 +1,256 @@
+"""Running an experiment: the per-task setup, the cells, resumption, refusal to mix."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from circuitlens.ablation import AblationResult
+from circuitlens.distill import sweeps
+from circuitlens.experiments.config import ExperimentConfig
+from circuitlens.experiments.result import ExperimentResult
+from circuitlens.io import atomic_write_text
+from circuitlens.mapping import map_heads, random_map
+from circuitlens.models import load_model, model_facts
+from circuitlens.patching.circuits import CircuitConfig, find_circuit
+from circuitlens.tasks import Task, evaluate
+from circuitlens.training import CONDITIONS, CircuitTrainer
+from circuitlens.types import Circuit, HeadMap
+
+
+def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig) -> Task:
+    from circuitlens.zoo import zoo_task
+
+    d = cfg.distill
+    n_test = max(d.test_n, cfg.circuit_n, d.sweep_n)
+    return zoo_task(
+        name,
+        seed=seed,
+        n_val=max(d.train.eval_n, 128),
+        n_test=n_test,
+        tokenizers=tokenizers,
+    )
+
+
+def model_fingerprint(spec: str) -> str:
+    """What identifies a model's weights: the sha256 of a zoo model or of a directory's
+    ``model.safetensors`` / a ``.gguf`` file; otherwise the spec itself (a hub name)."""
+    from circuitlens.zoo import sha256, zoo_path
+
+    if spec.startswith("zoo:"):
+        return "sha256:" + sha256(zoo_path(spec[4:]) / "model.safetensors")
+    path = Path(spec)
+    for f in (path / "model.safetensors", path):
+        if f.is_file():
+            return "sha256:" + sha256(f)
+    return spec
+
+
+def _fingerprints(cfg: ExperimentConfig, task_name: str) -> dict[str, str]:
+    return {role: model_fingerprint(spec) for role, spec in cfg.models[task_name].items()}
+
+
+def _check_models(setup: dict[str, Any], cfg: ExperimentConfig, directory: Path) -> None:
+    t = setup["task"]
+    now = _fingerprints(cfg, t)
+    if setup.get("fingerprints", now) != now:
+        changed = [r for r in now if setup["fingerprints"].get(r) != now[r]]
+        raise ValueError(
+            f"the {' and '.join(changed)} of task {t!r} changed since {directory / t} was "
+            f"computed (other weights under the same name); results of two models are never "
+            f"mixed: delete {directory / t} to recompute that task, or use --fresh"
+        )
+
+
+def _setup_task(
+    task: Task, cfg: ExperimentConfig, teacher: Any, student: Any, progress: bool
+) -> dict[str, Any]:
+    """Circuit, sweeps, head map and the untrained references of one task."""
+    t0 = time.time()
+    d = cfg.distill
+    circuit = None
+    note = ""
+    if cfg.use_circuit:
+        circuit = find_circuit(teacher, task, CircuitConfig(n=cfg.circuit_n), progress=progress)
+        if not circuit.heads:
+            note = "patching found no circuit heads: the map may use any teacher head"
+    t_sweep, s_sweep = sweeps(teacher, student, task, d, progress)
+    map_circuit = circuit if circuit is not None and circuit.heads else None
+    head_map = map_heads(s_sweep, t_sweep, map_circuit, d.budget, d.one_to_one)
+    ft, fs = model_facts(teacher), model_facts(student)
+    return {
+        "task": task.name,
+        "circuit": None if circuit is None else circuit.to_dict(),
+        "circuit_note": note,
+        "teacher_sweep": t_sweep.to_dict(),
+        "student_sweep": s_sweep.to_dict(),
+        "head_map": head_map.to_dict(),
+        "teacher_accuracy": evaluate(teacher, task, "test", d.test_n),
+        "student_accuracy": evaluate(student, task, "test", d.test_n),
+        "student_val_accuracy": evaluate(student, task, "val", d.train.eval_n),
+        "fingerprints": _fingerprints(cfg, task.name),
+        "teacher_shape": [ft.n_layers, ft.n_heads, ft.n_kv_heads],
+        "student_shape": [fs.n_layers, fs.n_heads, fs.n_kv_heads],
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def _cell_map(setup: dict[str, Any], condition: str, seed: int, cfg: ExperimentConfig) -> HeadMap:
+    head_map = HeadMap.from_dict(setup["head_map"])
+    if condition != "ce+rand":
+        return head_map
+    circuit = None
+    if cfg.random_from == "circuit" and setup["circuit"] is not None:
+        circuit = Circuit.from_dict(setup["circuit"])
+        circuit = circuit if circuit.heads else None
+    return random_map(
+        AblationResult.from_dict(setup["student_sweep"]),
+        AblationResult.from_dict(setup["teacher_sweep"]),
+        circuit,
+        cfg.distill.budget,
+        cfg.distill.one_to_one,
+        seed=seed,
+        student_heads=head_map.student_heads,
+        avoid=head_map,
+    )
+
+
+def _run_cell(
+    cell_dir: Path,
+    task: Task,
+    condition: str,
+    seed: int,
+    cfg: ExperimentConfig,
+    setup: dict[str, Any],
+    teacher: Any,
+    progress: bool,
+) -> dict[str, Any]:
+    t0 = time.time()
+    d = cfg.distill
+    student = load_model(cfg.models[task.name]["student"])
+    head_map = _cell_map(setup, condition, seed, cfg)
+    circuit = Circuit.from_dict(setup["circuit"]) if setup["circuit"] else None
+    train_cfg = dataclasses.replace(d.train, condition=condition, seed=seed)
+    trainer = CircuitTrainer(
+        student, teacher, task, head_map, train_cfg, circuit, cell_dir / "checkpoint"
+    )
+    resumed = (cell_dir / "checkpoint" / "trainer.pt").exists()
+    cka_before = trainer.mean_cka()  # the student is fresh: a checkpoint loads in train()
+    history = trainer.train(progress=progress)
+    curve = [
+        {k: row[k] for k in ("step", "val_accuracy", "val_cka") if k in row}
+        for row in history
+        if "val_accuracy" in row
+    ]
+    return {
+        "task": task.name,
+        "condition": condition,
+        "seed": seed,
+        "accuracy": evaluate(student, task, "test", d.test_n),
+        "mean_cka_before": cka_before,
+        "mean_cka_after": trainer.mean_cka(),
+        "heads_trained": trainer.fraction.heads,
+        "head_fraction": trainer.fraction.head_fraction,
+        "param_fraction": trainer.fraction.param_fraction,
+        "pairs": [[str(s), str(t)] for s, t in head_map.pairs],
+        "steps": trainer.state.step,
+        "final_loss": history[-1]["loss"] if history else float("nan"),
+        "curve": curve,
+        "seconds": round(time.time() - t0, 1),
+        "resumed": resumed,
+    }
+
+
+def _json_dump(obj: Any) -> str:
+    def fix(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [fix(v) for v in x]
+        return x
+
+    return json.dumps(fix(obj), indent=1)
+
+
+def _check_directory(directory: Path, cfg: ExperimentConfig, fresh: bool) -> None:
+    f = directory / "config.json"
+    if fresh and directory.exists():
+        shutil.rmtree(directory)
+    text = _json_dump(cfg.to_dict())
+    if f.is_file():
+        old, new = json.loads(f.read_text()), json.loads(text)
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ValueError(
+                f"{directory} holds a run of another config (differs in: {', '.join(diff)}); "
+                "results of two configs are never mixed. Pass another output directory, or "
+                "--fresh (fresh=True) to delete it and start over."
+            )
+    atomic_write_text(f, text)
+
+
+def run_experiment(
+    config: ExperimentConfig | None = None,
+    directory: str | Path = "results/reproduce",
+    fresh: bool = False,
+    progress: bool = True,
+) -> ExperimentResult:
+    """Run (or resume) every task x condition x seed of ``config`` into ``directory``.
+
+    Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
+    checkpoint. A directory holding another config is refused (``fresh=True`` deletes it).
+
+    Returns:
+        The :class:`ExperimentResult`, with its report written.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg = config or ExperimentConfig()
+    directory = Path(directory)
+    _check_directory(directory, cfg, fresh)
+    trained = [c for c in cfg.conditions if c in CONDITIONS]
+    todo = [
+        (t, c, s)
+        for t in cfg.tasks
+        for s in cfg.seeds
+        for c in trained
+        if not (directory / t / c / f"seed{s}" / "cell.json").is_file()
+    ]
+    n_cells = len(cfg.tasks) * len(cfg.seeds) * len(trained)
+    bar = tqdm(total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress)
+    for t in cfg.tasks:
+        setup_file = directory / t / "setup.json"
+        cells = [(c, s) for tt, c, s in todo if tt == t]
+        if setup_file.is_file():
+            setup = json.loads(setup_file.read_text())
+            _check_models(setup, cfg, directory)
+            if not cells:
+                continue
+        teacher = load_model(cfg.models[t]["teacher"])
+        student = load_model(cfg.models[t]["student"])  # untrained: setup and tokenizer
+        task = _task(t, cfg.task_seed, [teacher, student], cfg)  # one task for every cell
+        if not setup_file.is_file():
+            bar.set_description(f"reproduce: {t} circuit and sweeps")
+            torch.manual_seed(cfg.task_seed)
+            setup = _setup_task(task, cfg, teacher, student, progress=False)
+            atomic_write_text(setup_file, _json_dump(setup))
+        for c, s in cells:
+            bar.set_description(f"reproduce: {t} {c} seed {s}")
+            cell_dir = directory / t / c / f"seed{s}"
+            torch.manual_seed(s)
+            cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, progress=False)
+            atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
+            shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
+            bar.update(1)
+    bar.close()
+    result = ExperimentResult.load(directory)
+    result.write_report()
+    return result

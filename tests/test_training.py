@@ -44,7 +44,8 @@ def test_only_mapped_entries_move(pair) -> None:
     assert moved > 0.9 * trainer.fraction.params
     assert all(torch.equal(p, t_before[n]) for n, p in _snapshot(teacher).items())
     assert len(history) == 4 and all(math.isfinite(r["loss"]) for r in history)
-    assert "val_accuracy" in history[1] and 0 <= history[1]["mean_cka"] <= 1
+    # debiased CKA (the default) can fall slightly below 0 for unrelated activations
+    assert "val_accuracy" in history[1] and -1 <= history[1]["mean_cka"] <= 1
     assert trainer.fraction.heads == 2 and trainer.fraction.total_heads == 8
 
 

@@ -316,7 +316,9 @@ class ExperimentResult:
             )
         maps = []
         for t, setup in self.setups.items():
-            hm = setup["head_map"]
+            hm = setup.get("head_map")
+            if hm is None:
+                continue
             pairs = ", ".join(
                 f"{s} → {tt} (|ΔP_s − ΔP_t| = {d:.4f})"
                 for (s, tt), d in zip(hm["pairs"], hm["distances"], strict=True)

@@ -53,7 +53,7 @@ def budget_count(budget: float | int, n_heads: int) -> int:
     return count
 
 
-TIE = 1e-9
+TIE = 1e-6  # impacts are float32: closer than this is a tie decided by rounding
 
 
 def choose_student_heads(student: AblationResult, budget: float | int) -> list[Head]:

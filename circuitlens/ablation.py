@@ -196,8 +196,9 @@ class AblationResult:
         """Whether ``head``'s impact interval excludes 0 (None: no interval)."""
         if self.delta_ci is None:
             return None
-        lo, hi = float(self.delta_ci[0, head.layer, head.head]), float(
-            self.delta_ci[1, head.layer, head.head]
+        lo, hi = (
+            float(self.delta_ci[0, head.layer, head.head]),
+            float(self.delta_ci[1, head.layer, head.head]),
         )
         return lo > 0 or hi < 0
 

@@ -316,8 +316,12 @@ def cka_with_null(
         g = torch.Generator().manual_seed(seed)
         null = torch.stack(
             [
-                cka(flat(x), flat(permute_examples(y, torch.randperm(n, generator=g))), kernel,
-                    estimator)
+                cka(
+                    flat(x),
+                    flat(permute_examples(y, torch.randperm(n, generator=g))),
+                    kernel,
+                    estimator,
+                )
                 for _ in range(n_perm)
             ]
         ).double()

@@ -81,7 +81,10 @@ def map_warnings(
 ) -> list[str]:
     """What in a map is decided by noise or by ties (see the module docstring)."""
     out = []
-    for role, sweep, heads in (("student", student_sweep, students), ("teacher", teacher_sweep, chosen)):
+    for role, sweep, heads in (
+        ("student", student_sweep, students),
+        ("teacher", teacher_sweep, chosen),
+    ):
         flat = [h for h in dict.fromkeys(heads) if sweep.excludes_zero(h) is False]
         if flat:
             level = sweep.config.ci_level

@@ -339,9 +339,7 @@ class CircuitTrainer:
             )
             out["cka"] = value.detach()
             out["align"] = align
-        out["loss"] = total_loss(
-            cfg.condition, cfg.lam, out["ce"], out.get("align"), out.get("kd")
-        )
+        out["loss"] = total_loss(cfg.condition, cfg.lam, out["ce"], out.get("align"), out.get("kd"))
         return out
 
     @torch.no_grad()

@@ -172,6 +172,7 @@ class ExperimentResult:
                         continue
                     x = sub[col].astype(float).dropna()
                     ce = df[(df.task == t) & (df.condition == "ce")][col].astype(float).dropna()
+                    vs_ce = 100 * (x.mean() - ce.mean()) if len(ce) else float("nan")
                     rows.append(
                         {
                             "task": t,
@@ -179,7 +180,7 @@ class ExperimentResult:
                             "format": col[len("accuracy[") : -1],
                             "accuracy_mean": x.mean(),
                             "accuracy_std": x.std(ddof=1) if len(x) > 1 else float("nan"),
-                            "points_vs_ce": 100 * (x.mean() - ce.mean()) if len(ce) else float("nan"),
+                            "points_vs_ce": vs_ce,
                         }
                     )
         return pd.DataFrame(rows)
@@ -257,10 +258,11 @@ class ExperimentResult:
         def pm(m: Any, s: Any) -> str:
             return "" if _isna(m) else f"{m:.3f}" + ("" if _isna(s) else f" ± {s:.3f}")
 
-        show["accuracy"] = [pm(m, s) for m, s in zip(df.accuracy_mean, df.accuracy_std, strict=True)]
+        show["accuracy"] = [
+            pm(m, s) for m, s in zip(df.accuracy_mean, df.accuracy_std, strict=True)
+        ]
         show["circuit-only"] = [
-            pm(m, s)
-            for m, s in zip(df.circuit_accuracy_mean, df.circuit_accuracy_std, strict=True)
+            pm(m, s) for m, s in zip(df.circuit_accuracy_mean, df.circuit_accuracy_std, strict=True)
         ]
         show["vs CE (points)"] = ["" if _isna(x) else f"{x:+.1f}" for x in df.points_vs_ce]
         cols = ["task", "condition", "accuracy", "circuit-only", "n_seeds", "vs CE (points)"]
@@ -270,8 +272,7 @@ class ExperimentResult:
             show["CKA before → after (null)"] = [
                 ""
                 if _isna(a) and _isna(b)
-                else f"{a:.3f} → {b:.3f}"
-                + ("" if _isna(nm) else f" ({nm:+.3f} ± {ns:.3f})")
+                else f"{a:.3f} → {b:.3f}" + ("" if _isna(nm) else f" ({nm:+.3f} ± {ns:.3f})")
                 for a, b, nm, ns in zip(
                     df.cka_before, df.cka_after, df.cka_null_mean, df.cka_null_sd, strict=True
                 )
@@ -301,15 +302,22 @@ class ExperimentResult:
                     )
                 ]
             ).pivot_table(
-                index=["task", "condition"], columns="format", values="acc", aggfunc="first",
+                index=["task", "condition"],
+                columns="format",
+                values="acc",
+                aggfunc="first",
                 sort=False,
             )
             lines += ["", "Accuracy by prompt format (points vs CE in the same format):", ""]
             lines.append(wide.fillna("").reset_index().to_markdown(index=False))
         mc = self.mcnemar_table()
         if not mc.empty:
-            lines += ["", "McNemar's exact test, per-prompt test correctness pooled over seeds "
-                      "(b: A right and B wrong; c: A wrong and B right):", ""]
+            lines += [
+                "",
+                "McNemar's exact test, per-prompt test correctness pooled over seeds "
+                "(b: A right and B wrong; c: A wrong and B right):",
+                "",
+            ]
             mc = mc.assign(p=[f"{p:.3g}" for p in mc.p])
             lines.append(
                 mc[["task", "A", "B", "seeds", "n", "b", "c", "p"]].to_markdown(index=False)

@@ -24,9 +24,7 @@ from circuitlens.training import CONDITIONS, CircuitTrainer
 from circuitlens.types import Circuit, HeadMap
 
 
-def _task(
-    name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any
-) -> Task:
+def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any) -> Task:
     from circuitlens.zoo import zoo_task
 
     d = cfg.distill
@@ -43,9 +41,7 @@ def _task(
 
 def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[str, Task]:
     """The task in every prompt format it offers (the same seed: the same stories)."""
-    return format_tasks(
-        task, lambda **fmt: _task(task.name, cfg.task_seed, tokenizers, cfg, **fmt)
-    )
+    return format_tasks(task, lambda **fmt: _task(task.name, cfg.task_seed, tokenizers, cfg, **fmt))
 
 
 def _format_accuracy(model: Any, formats: dict[str, Task], n: int) -> dict[str, float]:

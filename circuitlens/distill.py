@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.evaluation import circuit_only_scores
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import load_model
 from circuitlens.tasks import Task, evaluate, get_task
@@ -126,7 +127,9 @@ class DistillResult:
         circuit: the teacher circuit used (None: every teacher head was a candidate).
         teacher_sweep, student_sweep: the ablation sweeps.
         history: one row per training step (loss parts, mean CKA, validation accuracy).
-        metrics: accuracy before/after, teacher accuracy, mean CKA before/after, fractions.
+        metrics: accuracy before/after (full model, and circuit-only: every student head
+            outside the mapped set mean-ablated), teacher accuracy, the pairs' mean held-out
+            debiased CKA before/after with its permutation null, fractions trained.
         config: the full config.
     """
 
@@ -272,7 +275,9 @@ def distill_circuit(
             avoid=head_map,
         )
     trainer = CircuitTrainer(student, teacher, task, head_map, cfg.train, circuit, checkpoint_dir)
+    keep = head_map.student_heads
     before = evaluate(student, task, "test", cfg.test_n)
+    circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
     cka_before = trainer.heldout_cka()
     history = trainer.train(progress=progress)
     cka_after = trainer.heldout_cka()
@@ -280,6 +285,10 @@ def distill_circuit(
         "teacher_accuracy": evaluate(teacher, task, "test", cfg.test_n),
         "student_accuracy_before": before,
         "student_accuracy_after": evaluate(student, task, "test", cfg.test_n),
+        "circuit_accuracy_before": circuit_before,
+        "circuit_accuracy_after": float(
+            circuit_only_scores(student, task, keep, "test", cfg.test_n).mean()
+        ),
         "mean_cka_before": float(cka_before.value.mean()),
         "mean_cka_after": float(cka_after.value.mean()),
         "cka_null_mean": float(cka_after.null_mean.mean()),

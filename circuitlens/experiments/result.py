@@ -10,7 +10,7 @@ from typing import Any
 from circuitlens.ablation import AblationResult
 from circuitlens.experiments.config import LABELS, ExperimentConfig
 from circuitlens.io import atomic_write_text
-from circuitlens.types import Circuit, HeadMap
+from circuitlens.types import Circuit, Head, HeadMap
 
 
 @dataclass
@@ -293,6 +293,9 @@ class ExperimentResult:
             if target is not None:
                 lines.append(f"- {t}: convergence target (CE's final val accuracy) {target:.3f}")
         fmt = self.format_table()
+        several = fmt.groupby("task")["format"].nunique() if not fmt.empty else None
+        if several is not None:
+            fmt = fmt[fmt.task.isin(several[several > 1].index)]  # one format: the main table
         if not fmt.empty:
             wide = fmt.assign(
                 acc=[
@@ -327,11 +330,26 @@ class ExperimentResult:
             hm = setup.get("head_map")
             if hm is None:
                 continue
-            pairs = ", ".join(
-                f"{s} → {tt} (|ΔP_s − ΔP_t| = {d:.4f})"
-                for (s, tt), d in zip(hm["pairs"], hm["distances"], strict=True)
-            )
-            maps.append(f"- {t}: {pairs} (metric {hm['config'].get('metric', '?')})")
+            sweeps = {
+                "s": AblationResult.from_dict(setup["student_sweep"]),
+                "t": AblationResult.from_dict(setup["teacher_sweep"]),
+            }
+
+            def impact(side: str, head: str) -> str:
+                sw, h = sweeps[side], Head.parse(head)
+                d = f"ΔP_{side} = {float(sw.delta[h.layer, h.head]):.4f}"
+                if sw.delta_ci is None:
+                    return d
+                lo, hi = sw.delta_ci[:, h.layer, h.head].tolist()
+                return d + f" [{lo:.4f}, {hi:.4f}]"
+
+            metric = hm["config"].get("metric", "?")
+            maps.append(f"- {t} (P = {metric}; 95% bootstrap intervals over prompts):")
+            for (s_, t_), d in zip(hm["pairs"], hm["distances"], strict=True):
+                maps.append(
+                    f"  - {s_} → {t_}: {impact('s', s_)}, {impact('t', t_)}, "
+                    f"|ΔP_s − ΔP_t| = {d:.4f}"
+                )
             for w in hm["config"].get("warnings", []):
                 maps.append(f"  - warning: {w}")
         if maps:

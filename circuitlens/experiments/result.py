@@ -335,7 +335,7 @@ class ExperimentResult:
                 "t": AblationResult.from_dict(setup["teacher_sweep"]),
             }
 
-            def impact(side: str, head: str) -> str:
+            def impact(side: str, head: str, sweeps: dict = sweeps) -> str:
                 sw, h = sweeps[side], Head.parse(head)
                 d = f"ΔP_{side} = {float(sw.delta[h.layer, h.head]):.4f}"
                 if sw.delta_ci is None:

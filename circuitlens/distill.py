@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.evaluation import circuit_only_scores
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import load_model
 from circuitlens.tasks import Task, evaluate, get_task
@@ -44,8 +45,12 @@ class DistillConfig:
     """Every option of :func:`distill_circuit` (loads from TOML or JSON; unknown keys refused).
 
     Attributes:
-        metric: P for the ablation sweeps, ``"accuracy"`` or ``"prob"``.
+        metric: P for the ablation sweeps: ``"prob"`` (answer probability, the default: a
+            continuous P separates heads that accuracy ties), ``"logit_diff"`` or
+            ``"accuracy"``.
         sweep_n: prompts per sweep.
+        n_boot: bootstrap resamples for each head's dP interval (0: none; then no warning
+            about impacts indistinguishable from zero is possible).
         teacher_baseline: ``"student"`` (dP_t = P_s - P_t^abl, the paper's apparent choice)
             or ``"own"``.
         budget: student heads to train, a fraction (default 0.13) or a count.
@@ -55,8 +60,9 @@ class DistillConfig:
         train: the trainer's options (:class:`TrainConfig`), including the condition.
     """
 
-    metric: str = "accuracy"
+    metric: str = "prob"
     sweep_n: int = 200
+    n_boot: int = 1000
     teacher_baseline: str = "student"
     budget: float | int = 0.13
     one_to_one: bool = False
@@ -65,6 +71,14 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        from circuitlens.tasks.metrics import METRICS
+
+        if self.metric not in METRICS:
+            raise ValueError(
+                f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)} (prob is the default)"
+            )
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {self.n_boot}")
         if self.teacher_baseline not in ("student", "own"):
             raise ValueError(
                 f"teacher_baseline must be 'student' or 'own' (got {self.teacher_baseline!r})"
@@ -113,7 +127,9 @@ class DistillResult:
         circuit: the teacher circuit used (None: every teacher head was a candidate).
         teacher_sweep, student_sweep: the ablation sweeps.
         history: one row per training step (loss parts, mean CKA, validation accuracy).
-        metrics: accuracy before/after, teacher accuracy, mean CKA before/after, fractions.
+        metrics: accuracy before/after (full model, and circuit-only: every student head
+            outside the mapped set mean-ablated), teacher accuracy, the pairs' mean held-out
+            debiased CKA before/after with its permutation null, fractions trained.
         config: the full config.
     """
 
@@ -201,9 +217,16 @@ def sweeps(
         progress=progress,
         baseline_from=student if cfg.teacher_baseline == "student" else None,
         model_name="teacher",
+        n_boot=cfg.n_boot,
     )
     s_sweep = ablation_sweep(
-        student, task, cfg.metric, n=cfg.sweep_n, progress=progress, model_name="student"
+        student,
+        task,
+        cfg.metric,
+        n=cfg.sweep_n,
+        progress=progress,
+        model_name="student",
+        n_boot=cfg.n_boot,
     )
     return t_sweep, s_sweep
 
@@ -252,15 +275,24 @@ def distill_circuit(
             avoid=head_map,
         )
     trainer = CircuitTrainer(student, teacher, task, head_map, cfg.train, circuit, checkpoint_dir)
+    keep = head_map.student_heads
     before = evaluate(student, task, "test", cfg.test_n)
-    cka_before = trainer.mean_cka()
+    circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
+    cka_before = trainer.heldout_cka()
     history = trainer.train(progress=progress)
+    cka_after = trainer.heldout_cka()
     metrics = {
         "teacher_accuracy": evaluate(teacher, task, "test", cfg.test_n),
         "student_accuracy_before": before,
         "student_accuracy_after": evaluate(student, task, "test", cfg.test_n),
-        "mean_cka_before": cka_before,
-        "mean_cka_after": trainer.mean_cka(),
+        "circuit_accuracy_before": circuit_before,
+        "circuit_accuracy_after": float(
+            circuit_only_scores(student, task, keep, "test", cfg.test_n).mean()
+        ),
+        "mean_cka_before": float(cka_before.value.mean()),
+        "mean_cka_after": float(cka_after.value.mean()),
+        "cka_null_mean": float(cka_after.null_mean.mean()),
+        "cka_null_sd": float(cka_after.null_sd.mean()),
         "heads_trained": trainer.fraction.heads,
         "heads_touched": trainer.fraction.heads_touched,
         "head_fraction": trainer.fraction.head_fraction,

@@ -210,10 +210,10 @@ def plot_circuit(circuit: Any, n_layers: int, n_heads: int, title: str | None = 
 
 
 def plot_training_curves(result: Any, task: str, title: str | None = None) -> Any:
-    """Validation accuracy and mean CKA of the mapped pairs against training steps, one line
-    per condition (mean over seeds, error bars: std), from an
-    :class:`~circuitlens.experiments.ExperimentResult`; the dotted line is the target of
-    "steps to target", the dashed one the teacher's test accuracy."""
+    """Validation accuracy, mean CKA of the mapped pairs and training loss against training
+    steps, one line per condition (mean over seeds, error bars: std), from an
+    :class:`~circuitlens.experiments.ExperimentResult`; the dotted line is CE's final
+    validation accuracy (the convergence target), the dashed one the teacher's test accuracy."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -223,13 +223,17 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
     df = df[df.task == task]
     fig = make_subplots(
         rows=1,
-        cols=2,
-        horizontal_spacing=0.1,
-        subplot_titles=["validation accuracy", "mean CKA of the mapped pairs (validation)"],
+        cols=3,
+        horizontal_spacing=0.07,
+        subplot_titles=[
+            "validation accuracy",
+            "mean CKA of the mapped pairs (validation)",
+            "training loss (mean since the last evaluation)",
+        ],
     )
     colors = {c: f"hsl({int(360 * i / len(LABELS))},70%,45%)" for i, c in enumerate(LABELS)}
     for condition, sub in df.groupby("condition", sort=False):
-        for col, key in ((1, "val_accuracy"), (2, "val_cka")):
+        for col, key in ((1, "val_accuracy"), (2, "val_cka"), (3, "loss")):
             if key not in sub or sub[key].isna().all():
                 continue
             g = sub.groupby("step")[key]
@@ -250,12 +254,12 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
             )
     target = result.target(task)
     if target is not None:
-        fig.add_hline(y=target, line_dash="dot", row=1, col=1, annotation_text="target")
+        fig.add_hline(y=target, line_dash="dot", row=1, col=1, annotation_text="CE final")
     setup = result.setups.get(task)
     if setup is not None:
         fig.add_hline(
             y=setup["teacher_accuracy"], line_dash="dash", row=1, col=1, annotation_text="teacher"
         )
     fig.update_xaxes(title_text="step")
-    fig.update_layout(title=title or f"{task}: training curves", height=430, width=1000)
+    fig.update_layout(title=title or f"{task}: training curves", height=430, width=1400)
     return fig

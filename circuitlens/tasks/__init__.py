@@ -14,7 +14,7 @@ from circuitlens.tasks.base import (
 )
 from circuitlens.tasks.entity_tracking import EntityTracking, EntityTrackingConfig, entity_tracking
 from circuitlens.tasks.jsonl import JsonlTask, JsonlTaskConfig, jsonl_task
-from circuitlens.tasks.metrics import METRICS, evaluate, make_metric
+from circuitlens.tasks.metrics import METRICS, evaluate, make_metric, prompt_scores
 from circuitlens.tasks.theory_of_mind import TheoryOfMind, TheoryOfMindConfig, theory_of_mind
 
 TASKS = {
@@ -58,6 +58,7 @@ __all__ = [
     "TheoryOfMind",
     "TheoryOfMindConfig",
     "evaluate",
+    "prompt_scores",
     "get_task",
     "get_tokenizer",
     "make_metric",

@@ -464,7 +464,10 @@ def train_adapter(
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
     model.save_pretrained(str(tmp))
     for f in tmp.iterdir():
-        f.replace(out / f.name)
+        if f.name == "README.md":  # peft's blank hub model card: ours is card.json
+            f.unlink()
+        else:
+            f.replace(out / f.name)
     tmp.rmdir()
     return model, {"steps": step, "history": history, "seconds": round(time.time() - t0, 1)}
 

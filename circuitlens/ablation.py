@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from circuitlens.hooks import hooked, resid_pre_name, run_from_layer, z_name
 from circuitlens.models import model_facts
 from circuitlens.tasks import PromptBatch, Task, evaluate
-from circuitlens.tasks.metrics import METRICS, model_device
+from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 from circuitlens.types import Head, parse_heads
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ def compute_means(
     for start in range(0, n, batch_size):
         chunk = tokens[start : start + batch_size].to(device)
         w = valid[start : start + batch_size]
-        _, cache = model.run_with_cache(chunk, names_filter=lambda name: name in names)
+        _, cache = model.run_with_cache(
+            chunk, names_filter=lambda name: name in names, **no_logits(model)
+        )
         for layer in range(facts.n_layers):
             z = cache[z_name(layer)].to("cpu", torch.float64)
             total[layer] += torch.einsum("bphd,bp->phd", z, w.double())
@@ -250,7 +252,8 @@ def ablated_scores(
     tokens = batch.tokens.to(device)
     layers = sorted({h.layer for h in heads})
     names = {resid_pre_name(layer) for layer in layers}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda x: x in names)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda x: x in names, **no_logits(model))
+    last = batch.positions["last"].to(device)
     out = torch.empty(len(heads))
     index = {h: i for i, h in enumerate(heads)}
     chunks = [
@@ -270,7 +273,7 @@ def ablated_scores(
 
         resid = cache[resid_pre_name(layer)].repeat(len(chunk), 1, 1)  # copy k ablates chunk[k]
         with hooked(model, [(z_name(layer), hook)]):
-            logits = run_from_layer(model, resid, layer)
+            logits = run_from_layer(model, resid, layer, last.repeat(len(chunk)))
         scores = (
             _per_example(metric, logits, batch.repeat(len(chunk)))
             .view(len(chunk), n)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from circuitlens.hooks import hooked, resid_pre_name, run_from_layer
 from circuitlens.models import model_facts
-from circuitlens.tasks.metrics import model_device
+from circuitlens.tasks.metrics import keep_positions, model_device
 
 COMPONENTS = {"z": "hook_z", "q": "hook_q", "k": "hook_k", "v": "hook_v", "pattern": "hook_pattern"}
 
@@ -90,12 +90,16 @@ def activation_patch(
     per_position: bool = False,
     patches_per_pass: int | None = None,
     progress: bool = True,
+    positions: Int[Tensor, " batch"] | None = None,
 ) -> PatchingResult:
     """Patch each head's ``component`` from the clean run into the corrupted run.
 
     Args:
         clean, corrupted: token batches of the same shape.
         metric: ``logits [batch, pos, d_vocab] -> scalar`` (TransformerLens' signature).
+        positions: the one position per prompt the metric reads (e.g. the task's ``last``):
+            logits are then computed there only and ``metric`` gets ``[batch, d_vocab]``
+            (the metrics of :func:`circuitlens.tasks.make_metric` accept both).
 
     Returns:
         :class:`PatchingResult` with ``scores[layer, head]`` (or ``[layer, head, pos]``).
@@ -118,11 +122,17 @@ def activation_patch(
         patches_per_pass = 8 if device.type == "cuda" else 1
     names = {_hook_name(component, layer) for layer in range(f.n_layers)}
     resid_names = {resid_pre_name(layer) for layer in range(f.n_layers)}
+    keep: dict[str, Any] = {}
+    if positions is not None:  # the unpatched runs compute their logits at positions only
+        positions = positions.to(device)
+        keep, gather = keep_positions(model, positions)
     with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names)
+        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names, **keep)
         corrupted_logits, corr = model.run_with_cache(
-            corrupted, names_filter=lambda x: x in resid_names
+            corrupted, names_filter=lambda x: x in resid_names, **keep
         )
+    if positions is not None:
+        clean_logits, corrupted_logits = gather(clean_logits), gather(corrupted_logits)
     # every patch: (layer, head, position or None); a pass holds patches of one layer and
     # starts at that layer from the corrupted residual stream (earlier blocks are unaffected)
     per_layer = [
@@ -158,7 +168,9 @@ def activation_patch(
 
         resid = corr[resid_pre_name(layer)].repeat(len(chunk), 1, 1)
         with torch.no_grad(), hooked(model, [(_hook_name(component, layer), hook)]):
-            logits = run_from_layer(model, resid, layer)
+            logits = run_from_layer(
+                model, resid, layer, None if positions is None else positions.repeat(len(chunk))
+            )
         for k in range(len(chunk)):
             scores[done + k] = float(metric(logits[k * n : (k + 1) * n]))
         done += len(chunk)

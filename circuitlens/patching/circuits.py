@@ -35,7 +35,7 @@ from circuitlens.models import model_facts
 from circuitlens.patching.activation import activation_patch
 from circuitlens.patching.path import path_patch
 from circuitlens.tasks import Task, make_metric
-from circuitlens.tasks.metrics import accuracy
+from circuitlens.tasks.metrics import accuracy, logits_at
 from circuitlens.types import Circuit, Head
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,14 @@ def circuit_accuracy(
     keep = set(heads)
     outside = [h for h in _all_heads(model) if h not in keep]
     with mean_ablated(model, outside, means):
-        return float(accuracy(model(batch.tokens), batch))
+        return float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
 
 
 def faithfulness(model: Any, task: Task, circuit: Circuit, n: int = 100) -> dict[str, float]:
     """Circuit-only accuracy, full-model accuracy, and their ratio."""
     batch = task.batch(model, "test", n)
     with torch.no_grad():
-        full = float(accuracy(model(batch.tokens), batch))
+        full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     alone = circuit_accuracy(model, task, circuit.heads, n)
     return {
         "full_accuracy": full,
@@ -128,7 +128,7 @@ def _complete(
 
     batch = task.batch(model, "test", cfg.n)
     with torch.no_grad():
-        full = float(accuracy(model(batch.tokens), batch))
+        full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     heads = [h for hs in groups.values() for h in hs]
     sweep = ablation_sweep(model, task, n=cfg.n, progress=False)
     order = sorted(sweep.heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
@@ -193,7 +193,12 @@ def find_circuit(
     else:
         metric = make_metric("logit_diff", batch)
         res = activation_patch(
-            model, batch.tokens, batch.corrupted_tokens, metric, progress=progress
+            model,
+            batch.tokens,
+            batch.corrupted_tokens,
+            metric,
+            progress=progress,
+            positions=batch.positions["last"],
         )
         gap = res.clean_score - res.corrupted_score
         recovered = (res.scores - res.corrupted_score) / (gap if gap != 0 else 1.0)

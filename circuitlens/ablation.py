@@ -24,17 +24,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitlens.hooks import hooked, resid_pre_name, run_from_layer, z_name
 from circuitlens.models import model_facts
+from circuitlens.screening import SCREENS, default_margin, screen_heads, settled, top_count
 from circuitlens.tasks import PromptBatch, Task, evaluate
 from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 from circuitlens.types import Head, parse_heads
 
 log = logging.getLogger(__name__)
+
+METHODS = ("auto", "exact", "screened")
+AUTO_SCREEN_ABOVE = 100  # heads: "auto" screens models with more heads than this
 
 
 @torch.no_grad()
@@ -147,6 +151,14 @@ class AblationConfig:
         heads_per_pass: heads ablated in one forward pass (each in its own copy of the batch);
             None: 1 on a CPU, 8 on a GPU.
         baseline: ``"own"``, or the name of the model whose unablated P is the baseline.
+        method: ``"exact"`` (every head ablated), ``"screened"`` (estimates for every head, the
+            candidates verified exactly: :mod:`circuitlens.screening`), or ``"auto"``:
+            screened above ``AUTO_SCREEN_ABOVE`` heads, exact otherwise.
+        top: screened: the heads whose top values must be exact, a fraction of all heads or a
+            count (0.15 covers the mapping's default budget of 0.13).
+        threshold: screened: also verify every head whose |impact| may reach this (or None).
+        safety: screened: an unverified head may be this many times its estimated |impact|.
+        screen: the estimator, ``"atp*"`` or ``"atp"`` (see :mod:`circuitlens.screening`).
     """
 
     metric: str = "accuracy"
@@ -154,12 +166,25 @@ class AblationConfig:
     n: int | None = 200
     heads_per_pass: int | None = None
     baseline: str = "own"
+    method: str = "auto"
+    top: float | int | None = 0.15
+    threshold: float | None = None
+    safety: float = 1.5
+    screen: str = "atp*"
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.heads_per_pass is not None and self.heads_per_pass < 1:
             raise ValueError(f"heads_per_pass must be >= 1 (got {self.heads_per_pass})")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.screen not in SCREENS:
+            raise ValueError(f"unknown screen {self.screen!r}; valid: {', '.join(SCREENS)}")
+        if self.safety < 1:
+            raise ValueError(f"safety must be >= 1 (got {self.safety})")
+        if self.method == "screened" and self.top is None and self.threshold is None:
+            raise ValueError("a screened sweep needs top= (a count or fraction) or threshold=")
 
 
 @dataclass
@@ -172,7 +197,11 @@ class AblationResult:
         p_ablated: ``[layer, head]`` P with that one head mean-ablated.
         delta: ``[layer, head]`` impact ``p_baseline - p_ablated``.
         model_name: a label for plots.
-        config: the sweep's options.
+        config: the sweep's options (``config.method`` is the method that ran).
+        exact: ``[layer, head]`` True where ``p_ablated`` was measured, False where it is a
+            screen's estimate (a screened sweep); None means all exact.
+        estimated: ``[layer, head]`` the screen's estimates of ``p_ablated`` for every head
+            (screened sweeps), else None.
     """
 
     p_own: float
@@ -182,11 +211,22 @@ class AblationResult:
     model_name: str = "model"
     config: AblationConfig = field(default_factory=AblationConfig)
     axis_names: tuple[str, str] = ("layer", "head")
+    exact: Bool[Tensor, "layer head"] | None = None
+    estimated: Float[Tensor, "layer head"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.exact is None:
+            self.exact = torch.ones(self.delta.shape, dtype=torch.bool)
 
     @property
     def heads(self) -> list[Head]:
         n_layers, n_heads = self.delta.shape
         return [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+
+    @property
+    def exact_heads(self) -> list[Head]:
+        """The heads whose values were measured (all of them unless the sweep was screened)."""
+        return [h for h in self.heads if bool(self.exact[h.layer, h.head])]
 
     def to_frame(self) -> Any:
         import pandas as pd
@@ -198,6 +238,7 @@ class AblationResult:
                 "head_index": [h.head for h in self.heads],
                 "p_ablated": self.p_ablated.flatten().tolist(),
                 "delta": self.delta.flatten().tolist(),
+                "exact": self.exact.flatten().tolist(),
             }
         )
 
@@ -209,6 +250,8 @@ class AblationResult:
             "delta": self.delta.tolist(),
             "model_name": self.model_name,
             "config": asdict(self.config),
+            "exact": self.exact.tolist(),
+            "estimated": None if self.estimated is None else self.estimated.tolist(),
         }
 
     @classmethod
@@ -220,6 +263,8 @@ class AblationResult:
             delta=torch.tensor(d["delta"]),
             model_name=d.get("model_name", "model"),
             config=AblationConfig(**d.get("config", {})),
+            exact=None if d.get("exact") is None else torch.tensor(d["exact"], dtype=torch.bool),
+            estimated=None if d.get("estimated") is None else torch.tensor(d["estimated"]),
         )
 
 
@@ -245,15 +290,36 @@ def ablated_scores(
     CPU it does not (see benchmarks/), so the default is 1 there and 8 on a GPU.
     """
     _check_means(model, means)
+    device = model_device(model)
+    layers = sorted({h.layer for h in heads})
+    names = {resid_pre_name(layer) for layer in layers}
+    _, cache = model.run_with_cache(
+        batch.tokens.to(device), names_filter=lambda x: x in names, **no_logits(model)
+    )
+    resid = {layer: cache[resid_pre_name(layer)] for layer in layers}
+    return scores_from_resid(model, batch, heads, means, metric, resid, heads_per_pass, progress)
+
+
+@torch.no_grad()
+def scores_from_resid(
+    model: Any,
+    batch: PromptBatch,
+    heads: Sequence[Head],
+    means: Tensor,
+    metric: str,
+    resid: dict[int, Float[Tensor, "batch pos d_model"]],
+    heads_per_pass: int | None = None,
+    progress: bool = True,
+) -> Float[Tensor, " n_heads"]:
+    """:func:`ablated_scores` from the clean residual stream entering each head's layer
+    (``resid[layer]``, from a run the caller made), so that several calls share one run."""
     n = len(batch)
     device = model_device(model)
     if heads_per_pass is None:
         heads_per_pass = 8 if device.type == "cuda" else 1
-    tokens = batch.tokens.to(device)
     layers = sorted({h.layer for h in heads})
-    names = {resid_pre_name(layer) for layer in layers}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda x: x in names, **no_logits(model))
     last = batch.positions["last"].to(device)
+    width = batch.tokens.shape[1]
     out = torch.empty(len(heads))
     index = {h: i for i, h in enumerate(heads)}
     chunks = [
@@ -263,7 +329,7 @@ def ablated_scores(
     ]
     for chunk in tqdm(chunks, desc="ablation sweep", disable=not progress):
         layer = chunk[0].layer
-        m = means[layer, : tokens.shape[1]]
+        m = means[layer, :width]
 
         def hook(z: Tensor, hook: Any, chunk: list = chunk, m: Tensor = m) -> Tensor:
             z = z.clone()
@@ -271,9 +337,9 @@ def ablated_scores(
                 z[k * n : (k + 1) * n, :, h.head] = m[:, h.head].to(z.device, z.dtype)
             return z
 
-        resid = cache[resid_pre_name(layer)].repeat(len(chunk), 1, 1)  # copy k ablates chunk[k]
+        x = resid[layer].repeat(len(chunk), 1, 1)  # copy k ablates chunk[k]
         with hooked(model, [(z_name(layer), hook)]):
-            logits = run_from_layer(model, resid, layer, last.repeat(len(chunk)))
+            logits = run_from_layer(model, x, layer, last.repeat(len(chunk)))
         scores = (
             _per_example(metric, logits, batch.repeat(len(chunk)))
             .view(len(chunk), n)
@@ -296,23 +362,42 @@ def ablation_sweep(
     means: Tensor | None = None,
     model_name: str | None = None,
     progress: bool = True,
+    method: str = "auto",
+    top: float | int | None = 0.15,
+    threshold: float | None = None,
+    safety: float = 1.5,
+    screen: str = "atp*",
+    verify: Sequence[Head | str] = (),
 ) -> AblationResult:
     """Mean-ablate every head alone and measure the drop in task performance.
 
     Args:
-        metric: ``"accuracy"`` or ``"prob"`` (answer probability).
+        metric: ``"accuracy"``, ``"prob"`` (answer probability) or ``"logit_diff"``.
         baseline_from: another model (the student) whose unablated P is the baseline, or None.
         means: precomputed means; by default from the task's ``ablation`` reference prompts.
+        method: ``"exact"``, ``"screened"`` or ``"auto"`` (the default: screened for models
+            of more than ``AUTO_SCREEN_ABOVE`` = 100 heads, exact otherwise).
+        top, threshold, safety, screen: a screened sweep's options (:class:`AblationConfig`).
+        verify: heads a screened sweep measures exactly in any case (e.g. a circuit's heads).
 
     Returns:
-        :class:`AblationResult` with ``delta[layer, head] = P_baseline - P_ablated``.
+        :class:`AblationResult` with ``delta[layer, head] = P_baseline - P_ablated``; after a
+        screened sweep ``exact`` marks the measured heads, the others hold estimates.
     """
+    f = model_facts(model)
+    if method == "auto":
+        method = "screened" if f.n_total_heads > AUTO_SCREEN_ABOVE else "exact"
     config = AblationConfig(
         metric=metric,
         split=split,
         n=n,
         heads_per_pass=heads_per_pass,
         baseline="own" if baseline_from is None else "other",
+        method=method,
+        top=top,
+        threshold=threshold,
+        safety=safety,
+        screen=screen,
     )
     batch = task.batch(model, split, n)
     if means is None:
@@ -322,11 +407,18 @@ def ablation_sweep(
                 "compute_means(model, reference_tokens)"
             )
         means = compute_means(model, batch.ablation_tokens)
-    p_own = evaluate(model, task, split=split, n=n, metric=metric)
-    p_base = p_own if baseline_from is None else evaluate(baseline_from, task, split, n, metric)
-    f = model_facts(model)
+    _check_means(model, means)
     heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
-    scores = ablated_scores(model, batch, heads, means, metric, heads_per_pass, progress)
+    estimated = None
+    if method == "exact":
+        p_own = evaluate(model, task, split=split, n=n, metric=metric)
+        scores = ablated_scores(model, batch, heads, means, metric, heads_per_pass, progress)
+        exact = torch.ones(len(heads), dtype=torch.bool)
+    else:
+        verify = [h.check(f.n_layers, f.n_heads) for h in parse_heads(list(verify))]
+        p_own, scores, exact, estimated = _screened(model, batch, heads, means, config, verify)
+        estimated = estimated.view(f.n_layers, f.n_heads)
+    p_base = p_own if baseline_from is None else evaluate(baseline_from, task, split, n, metric)
     p_abl = scores.view(f.n_layers, f.n_heads)
     delta = p_base - p_abl
     if float(delta.max() - delta.min()) == 0.0:
@@ -344,4 +436,61 @@ def ablation_sweep(
         delta=delta,
         model_name=str(name),
         config=config,
+        exact=exact.view(f.n_layers, f.n_heads),
+        estimated=estimated,
     )
+
+
+def _screened(
+    model: Any,
+    batch: PromptBatch,
+    heads: list[Head],
+    means: Tensor,
+    cfg: AblationConfig,
+    verify: list[Head],
+) -> tuple[float, Tensor, Tensor, Tensor]:
+    """Estimates for every head, then exact ablation in descending estimated |impact| until
+    the top ``cfg.top`` heads (and any above ``cfg.threshold``) are settled; ``verify`` heads
+    are measured first. Returns P_own, P_ablated (exact where measured), the exact mask and
+    the estimates."""
+    scr = screen_heads(model, batch, means, cfg.metric, cfg.screen)
+    est = scr.p_estimated.flatten()
+    impact_est = (scr.p_own - est).abs()  # [head]
+    k = None if cfg.top is None else top_count(cfg.top, len(heads))
+    margin = default_margin(k, len(heads))
+    index = {h: i for i, h in enumerate(heads)}
+    order = [index[h] for h in verify] + sorted(
+        range(len(heads)), key=lambda i: (-float(impact_est[i]), i)
+    )
+    order = list(dict.fromkeys(order))
+    measured: dict[int, float] = {}
+    first = max(len(verify), min(len(heads), (k or 0) + margin))
+    rounds = [order[:first]] + [order[i : i + margin] for i in range(first, len(order), margin)]
+    for chosen in rounds:
+        if measured and settled(
+            {i: abs(scr.p_own - v) for i, v in measured.items()},
+            impact_est,
+            k,
+            cfg.threshold,
+            cfg.safety,
+            margin,
+        ):
+            break
+        got = scores_from_resid(
+            model,
+            batch,
+            [heads[i] for i in chosen],
+            means,
+            cfg.metric,
+            scr.resid,
+            cfg.heads_per_pass,
+            progress=False,
+        )
+        measured.update(zip(chosen, got.tolist(), strict=True))
+    log.info("screened sweep: %d of %d heads measured exactly", len(measured), len(heads))
+    scores = est.clone()
+    exact = torch.zeros(len(heads), dtype=torch.bool)
+    for i, v in measured.items():
+        scores[i] = v
+        exact[i] = True
+    return scr.p_own, scores, exact, est

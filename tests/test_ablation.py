@@ -92,7 +92,7 @@ def test_sweep_equals_one_head_at_a_time(tiny_bridge, task, metric) -> None:
                     want = METRICS[metric](tiny_bridge(batch.tokens), batch).item()
                 assert float(result.p_ablated[layer, h]) == pytest.approx(want, abs=1e-6)
     torch.testing.assert_close(result.delta, result.p_own - result.p_ablated)
-    assert result.to_frame().shape == (8, 5)
+    assert result.to_frame().shape == (8, 6)  # head, layer, head_index, p_ablated, delta, exact
 
 
 def test_baseline_from_another_model(tiny_bridge, make_llama_dir, task) -> None:

@@ -131,7 +131,8 @@ def _complete(
         full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     heads = [h for hs in groups.values() for h in hs]
     sweep = ablation_sweep(model, task, n=cfg.n, progress=False)
-    order = sorted(sweep.heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
+    # measured heads only (a screened sweep, on a large model, estimates the rest)
+    order = sorted(sweep.exact_heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
     support: list[Head] = []
     for h in order:
         if circuit_accuracy(model, task, heads + support, cfg.n) >= cfg.complete_to * full:

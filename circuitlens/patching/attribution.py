@@ -46,21 +46,24 @@ def attribution_patch(
     names = {z_name(layer) for layer in range(f.n_layers)}
     with torch.no_grad():
         clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names)
-    leaves: dict[int, Tensor] = {}
+    deltas: dict[int, Tensor] = {}
+    zs: dict[int, Tensor] = {}
 
-    def make_leaf(z: Tensor, hook: Any) -> Tensor:
-        # a leaf from here on: the backward pass stops here and leaves the gradient
-        leaf = z.detach().requires_grad_(True)
-        leaves[int(hook.name.split(".")[1])] = leaf
-        return leaf
+    def open_z(z: Tensor, hook: Any) -> Tensor:
+        # a zero added (not a leaf swapped in) so that d/d(delta) is the total derivative by z,
+        # through the later heads too (a detached leaf at every layer would cut those paths)
+        layer = int(hook.name.split(".")[1])
+        zs[layer] = z.detach()
+        deltas[layer] = torch.zeros_like(z, requires_grad=True)
+        return z + deltas[layer]
 
-    with torch.enable_grad(), hooked(model, [(n, make_leaf) for n in names]):
+    with torch.enable_grad(), hooked(model, [(n, open_z) for n in names]):
         corrupted_logits = model(corrupted)
         value = metric(corrupted_logits)
-        grads = torch.autograd.grad(value, [leaves[layer] for layer in range(f.n_layers)])
+        grads = torch.autograd.grad(value, [deltas[layer] for layer in range(f.n_layers)])
     scores = torch.stack(
         [
-            ((cache[z_name(layer)] - leaves[layer].detach()) * grads[layer]).sum((0, 1, 3))
+            ((cache[z_name(layer)] - zs[layer]) * grads[layer]).sum((0, 1, 3))
             for layer in range(f.n_layers)
         ]
     )  # [layer, head]

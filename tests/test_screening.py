@@ -144,3 +144,69 @@ def test_to_dict_round_trip_keeps_the_exact_mask(tiny_bridge, task) -> None:
     assert torch.equal(back.exact, res.exact)
     torch.testing.assert_close(back.estimated, res.estimated)
     assert back.config == res.config
+
+
+def test_screened_activation_patch_equals_exact_where_measured(tiny_bridge, task) -> None:
+    from circuitlens.patching.activation import activation_patch
+    from circuitlens.patching.attribution import screened_activation_patch
+    from circuitlens.tasks import make_metric
+
+    batch = task.batch(tiny_bridge, "test")
+    metric = make_metric("logit_diff", batch)
+    exact = activation_patch(
+        tiny_bridge, batch.tokens, batch.corrupted_tokens, metric, progress=False
+    )
+    res = screened_activation_patch(
+        tiny_bridge,
+        batch.tokens,
+        batch.corrupted_tokens,
+        metric,
+        top=2,
+        positions=batch.positions["last"],
+        progress=False,
+    )
+    m = res.exact
+    assert int(m.sum()) >= 2 + 4
+    torch.testing.assert_close(res.scores[m], exact.scores[m], atol=1e-5, rtol=1e-5)
+    assert res.corrupted_score == pytest.approx(exact.corrupted_score, abs=1e-5)
+    subset = activation_patch(
+        tiny_bridge,
+        batch.tokens,
+        batch.corrupted_tokens,
+        metric,
+        progress=False,
+        heads=["L1H2"],
+    )
+    assert int(subset.exact.sum()) == 1 and bool(subset.scores[0].isnan().all())
+    assert float(subset.scores[1, 2]) == pytest.approx(float(exact.scores[1, 2]), abs=1e-5)
+
+
+def test_atp_of_activation_patching_is_the_directional_derivative(tiny_bridge, task) -> None:
+    """AtP at a layer-0 head (its effect runs through layer 1 too) equals the central finite
+    difference of the metric along clean z - corrupted z."""
+    from circuitlens.patching.attribution import attribution_patch
+    from circuitlens.tasks import make_metric
+
+    model = tiny_bridge
+    batch = task.batch(model, "test")
+    metric = make_metric("logit_diff", batch)
+    model.to(torch.float64)
+    try:
+        atp = attribution_patch(model, batch.tokens, batch.corrupted_tokens, metric)
+        with torch.no_grad():
+            _, clean = model.run_with_cache(batch.tokens)
+
+        def run(eps: float) -> float:
+            def hook(z, hook):
+                z = z.clone()
+                z[:, :, 1] += eps * (clean[z_name(0)][:, :, 1] - z[:, :, 1])
+                return z
+
+            with torch.no_grad(), hooked(model, [(z_name(0), hook)]):
+                return float(metric(model(batch.corrupted_tokens)))
+
+        eps = 1e-2
+        slope = (run(eps) - run(-eps)) / (2 * eps)
+        assert float(atp.scores[0, 1]) - atp.corrupted_score == pytest.approx(slope, rel=2e-3)
+    finally:
+        model.to(torch.float32)

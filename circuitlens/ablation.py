@@ -262,7 +262,8 @@ class AblationResult:
             p_ablated=torch.tensor(d["p_ablated"]),
             delta=torch.tensor(d["delta"]),
             model_name=d.get("model_name", "model"),
-            config=AblationConfig(**d.get("config", {})),
+            # results saved before screening existed were exact sweeps
+            config=AblationConfig(**{"method": "exact", **d.get("config", {})}),
             exact=None if d.get("exact") is None else torch.tensor(d["exact"], dtype=torch.bool),
             estimated=None if d.get("estimated") is None else torch.tensor(d["estimated"]),
         )

@@ -20,4 +20,5 @@ def test_gpu_script_runs_on_cpu_in_a_tiny_setting(tmp_path: Path) -> None:
     facts = json.loads(out.read_text())
     assert facts["scored_logits_max_abs_diff"] <= 1e-5
     assert facts["screened_vs_exact_max_abs_diff"] <= 1e-5
+    assert facts["screened_vs_exact_ci_max_abs_diff"] <= 1e-5
     assert facts["batched_vs_1_head_max_abs_diff"] <= 1e-5

@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--screens", nargs="+", default=["atp*", "atp"])
     ap.add_argument("--top", nargs="+", type=float, default=[0.15])
     ap.add_argument("--safety", type=float, default=1.5)
+    ap.add_argument("--rank", nargs="+", default=["signed", "abs"])
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = build(args.model)
@@ -129,7 +130,8 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
     d_exact = want.delta.flatten().tolist()
     n_heads = len(d_exact)
     rows = []
-    for screen in args.screens:
+    out_path = RESULTS / f"screened_{args.model}.json"
+    for screen, rank in [(s, r) for r in args.rank for s in args.screens]:
         for top in args.top:
             t0 = time.perf_counter()
             res = cl.ablation_sweep(
@@ -141,6 +143,7 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
                 top=top,
                 screen=screen,
                 safety=args.safety,
+                rank=rank,
                 progress=False,
             )
             seconds = time.perf_counter() - t0
@@ -153,7 +156,9 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
                 k = max(1, round(frac * n_heads))
                 truth = _top(d_exact, k)
                 recall[f"k={k} ({frac:.0%})"] = {
+                    # the mapping's choice (largest dP among measured heads) vs the exact top k
                     "recall_signed_measured": len(_top(d_measured, k) & truth) / k,
+                    # top k by |dP| over all heads (measured and estimated values)
                     "recall_abs": len(
                         _top([abs(v) for v in d], k) & _top([abs(v) for v in d_exact], k)
                     )
@@ -163,6 +168,7 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
             rows.append(
                 {
                     "screen": screen,
+                    "rank": rank,
                     "top": top,
                     "safety": args.safety,
                     "seconds": round(seconds, 2),
@@ -182,6 +188,10 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
+            write(out_path, args, exact, rows)  # after each row: a killed run keeps its rows
+
+
+def write(path: Path, args: argparse.Namespace, exact: dict, rows: list) -> None:
     out = {
         "benchmark": "screened ablation sweep vs exact",
         "model": args.model,
@@ -194,7 +204,7 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
         "rows": rows,
         **machine(),
     }
-    (RESULTS / f"screened_{args.model}.json").write_text(json.dumps(out, indent=1))
+    path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

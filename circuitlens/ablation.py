@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 
 from circuitlens.hooks import hooked, resid_pre_name, run_from_layer, z_name
 from circuitlens.models import model_facts
-from circuitlens.screening import SCREENS, default_margin, screen_heads, settled, top_count
+from circuitlens.screening import (
+    SCREENS,
+    default_margin,
+    screen_heads,
+    settled,
+    top_count,
+    verification_order,
+)
 from circuitlens.tasks import PromptBatch, Task, prompt_scores
 from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 from circuitlens.types import Head, parse_heads
@@ -162,6 +169,8 @@ class AblationConfig:
         threshold: screened: also verify every head whose |impact| may reach this (or None).
         safety: screened: an unverified head may be this many times its estimated |impact|.
         screen: the estimator, ``"atp*"`` or ``"atp"`` (see :mod:`circuitlens.screening`).
+        rank: screened: settle the top heads by impact (``"signed"``, what the mapping takes)
+            or by |impact| (``"abs"``).
     """
 
     metric: str = "accuracy"
@@ -176,6 +185,7 @@ class AblationConfig:
     threshold: float | None = None
     safety: float = 1.5
     screen: str = "atp*"
+    rank: str = "signed"
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -190,6 +200,8 @@ class AblationConfig:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         if self.screen not in SCREENS:
             raise ValueError(f"unknown screen {self.screen!r}; valid: {', '.join(SCREENS)}")
+        if self.rank not in ("signed", "abs"):
+            raise ValueError(f"rank must be 'signed' or 'abs' (got {self.rank!r})")
         if self.safety < 1:
             raise ValueError(f"safety must be >= 1 (got {self.safety})")
         if self.method == "screened" and self.top is None and self.threshold is None:
@@ -427,6 +439,7 @@ def ablation_sweep(
     safety: float = 1.5,
     screen: str = "atp*",
     verify: Sequence[Head | str] = (),
+    rank: str = "signed",
 ) -> AblationResult:
     """Mean-ablate every head alone and measure the drop in task performance.
 
@@ -438,7 +451,8 @@ def ablation_sweep(
             screened sweep has intervals at its measured heads only (NaN elsewhere).
         method: ``"exact"``, ``"screened"`` or ``"auto"`` (the default: screened for models
             of more than ``AUTO_SCREEN_ABOVE`` = 100 heads, exact otherwise).
-        top, threshold, safety, screen: a screened sweep's options (:class:`AblationConfig`).
+        top, threshold, safety, screen, rank: a screened sweep's options
+            (:class:`AblationConfig`).
         verify: heads a screened sweep measures exactly in any case (e.g. a circuit's heads).
 
     Returns:
@@ -462,6 +476,7 @@ def ablation_sweep(
         threshold=threshold,
         safety=safety,
         screen=screen,
+        rank=rank,
     )
     batch = task.batch(model, split, n)
     if means is None:
@@ -526,32 +541,32 @@ def _screened(
     cfg: AblationConfig,
     verify: list[Head],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Estimates for every head, then exact ablation in descending estimated |impact| until
-    the top ``cfg.top`` heads (and any above ``cfg.threshold``) are settled; ``verify`` heads
+    """Estimates for every head, then exact ablation in descending order of what each head's
+    impact may reach by its estimate (signed or |impact|, ``cfg.rank``) until the top
+    ``cfg.top`` heads (and any above ``cfg.threshold``) are settled; ``verify`` heads
     are measured first. Returns the unablated model's per-prompt scores ``[n]``, P_ablated
     (exact where measured), the exact mask, the estimates and the measured heads' per-prompt
     scores ``[n_measured, n]`` (in head order, the rows of ``exact``)."""
     scr = screen_heads(model, batch, means, cfg.metric, cfg.screen)
     est = scr.p_estimated.flatten()
-    impact_est = (scr.p_own - est).abs()  # [head]
+    impact_est = scr.p_own - est  # [head]: estimated own impact
     k = None if cfg.top is None else top_count(cfg.top, len(heads))
     margin = default_margin(k, len(heads))
     index = {h: i for i, h in enumerate(heads)}
-    order = [index[h] for h in verify] + sorted(
-        range(len(heads)), key=lambda i: (-float(impact_est[i]), i)
-    )
+    order = [index[h] for h in verify] + verification_order(impact_est, cfg.safety, cfg.rank)
     order = list(dict.fromkeys(order))
     measured: dict[int, Tensor] = {}  # head index -> per-prompt scores [n]
     first = max(len(verify), min(len(heads), (k or 0) + margin))
     rounds = [order[:first]] + [order[i : i + margin] for i in range(first, len(order), margin)]
     for chosen in rounds:
         if measured and settled(
-            {i: abs(scr.p_own - float(v.mean())) for i, v in measured.items()},
+            {i: scr.p_own - float(v.mean()) for i, v in measured.items()},
             impact_est,
             k,
             cfg.threshold,
             cfg.safety,
             margin,
+            cfg.rank,
         ):
             break
         got = scores_from_resid(

@@ -23,11 +23,14 @@ through later heads stay open).
   sweep. GradDrop (one backward pass per layer, against cancellation) costs about as much as
   a third of the exact sweep on a 30-layer model, beyond the screen's budget.
 
-**Verification** (adaptive, not a fixed top-k): heads are mean-ablated exactly in descending
-order of their estimated |impact|, in rounds, until the heads the caller needs are settled:
+**Verification** (adaptive, not a fixed top-k): heads are mean-ablated exactly, in rounds, in
+descending order of what their impact may reach by its estimate, until the heads the caller
+needs are settled:
 
-- top ``k``: at least ``k + margin`` heads verified, and the k-th largest verified |impact| is
-  at least ``safety`` times the largest estimated |impact| of any unverified head;
+- top ``k`` with ``rank="signed"`` (default; the mapping takes the largest impacts): at least
+  ``k + margin`` heads verified, and the k-th largest verified impact is at least the largest
+  bound ``estimate + (safety - 1) * |estimate|`` of any unverified head;
+- top ``k`` with ``rank="abs"``: the same on |impact|, with the bound ``safety * |estimate|``;
 - ``threshold`` t: every unverified head has ``safety * |estimated impact| < t``.
 
 Impacts here are a head's own effect ``P_own - P_ablated`` (a baseline from another model adds
@@ -150,6 +153,21 @@ def screen_heads(
     return Screen(p_own=p_own, p_estimated=p_est.cpu(), resid=resid, own_scores=own.cpu())
 
 
+def upper_bound(estimated_impact: Tensor, safety: float, rank: str) -> Tensor:
+    """What an unverified head's impact may reach, by its estimate: ``rank="abs"``:
+    ``safety * |estimate|``; ``rank="signed"``: ``estimate + (safety - 1) * |estimate|`` (the
+    estimate off by at most ``safety - 1`` of itself)."""
+    if rank == "abs":
+        return safety * estimated_impact.abs()
+    return estimated_impact + (safety - 1) * estimated_impact.abs()
+
+
+def verification_order(estimated_impact: Tensor, safety: float, rank: str) -> list[int]:
+    """Head indices in the order a screened sweep measures them: highest bound first."""
+    bound = upper_bound(estimated_impact, safety, rank).tolist()
+    return sorted(range(len(bound)), key=lambda i: (-bound[i], i))
+
+
 def settled(
     exact_impact: dict[int, float],
     estimated_impact: Tensor,
@@ -157,24 +175,28 @@ def settled(
     threshold: float | None,
     safety: float,
     margin: int,
+    rank: str = "signed",
 ) -> bool:
     """Whether the verified heads settle what the caller needs (see the module docstring).
 
     Args:
-        exact_impact: head index -> exact |impact| of the verified heads.
-        estimated_impact: ``[n_heads]`` estimated |impact| of every head.
+        exact_impact: head index -> exact impact of the verified heads.
+        estimated_impact: ``[n_heads]`` estimated impact of every head.
+        rank: ``"signed"``: the top k by impact (what the mapping takes: the largest dP);
+            ``"abs"``: the top k by |impact|.
     """
     n = estimated_impact.numel()
     unverified = [i for i in range(n) if i not in exact_impact]
     if not unverified:
         return True
-    worst = safety * float(estimated_impact[unverified].abs().max())
     if len(exact_impact) < min(n, margin + (k or 0)):
         return False
     if k is not None:
-        kth = sorted((abs(v) for v in exact_impact.values()), reverse=True)[k - 1]
-        if kth < worst:
+        values = exact_impact.values()
+        kth = sorted((abs(v) if rank == "abs" else v for v in values), reverse=True)[k - 1]
+        if kth < float(upper_bound(estimated_impact[unverified], safety, rank).max()):
             return False
+    worst = safety * float(estimated_impact[unverified].abs().max())
     return threshold is None or worst < threshold
 
 

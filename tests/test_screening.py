@@ -109,13 +109,21 @@ def test_atp_estimate_is_the_directional_derivative(tiny_bridge, task, metric) -
 
 
 def test_settled_on_hand_made_cases() -> None:
-    est = torch.tensor([0.5, 0.4, 0.1, 0.05])
-    # k=1: the best verified |impact| 0.45 against 1.5 x 0.1 of the unverified: settled
-    assert settled({0: 0.45, 1: 0.3}, est, k=1, threshold=None, safety=1.5, margin=1)
+    est = torch.tensor([0.5, 0.4, 0.1, -0.05])
+    # abs, k=1: the best verified |impact| 0.45 against 1.5 x 0.1 of the unverified: settled
+    assert settled({0: 0.45, 1: 0.3}, est, k=1, threshold=None, safety=1.5, margin=1, rank="abs")
     # the margin asks for 3 verified heads
-    assert not settled({0: 0.45, 1: 0.3}, est, k=1, threshold=None, safety=1.5, margin=2)
-    # k=2: the second verified 0.12 < 1.5 x 0.1
-    assert not settled({0: 0.45, 1: 0.12}, est, k=2, threshold=None, safety=1.5, margin=0)
+    assert not settled({0: 0.45, 1: 0.3}, est, 1, None, 1.5, margin=2, rank="abs")
+    # abs, k=2: the second verified 0.12 < 1.5 x 0.1
+    assert not settled(
+        {0: 0.45, 1: 0.12}, est, k=2, threshold=None, safety=1.5, margin=0, rank="abs"
+    )
+    # signed, k=2: a verified impact of -0.3 is not among the top; bound of head 2 is 0.15
+    assert not settled({0: 0.45, 1: -0.3}, est, 2, None, 1.5, 0, rank="signed")
+    assert settled({0: 0.45, 1: 0.16}, est, 2, None, 1.5, 0, rank="signed")
+    # signed: a negative estimate's bound is -0.05 + 0.5 x 0.05 = -0.025
+    assert settled({0: 0.45, 1: 0.3, 2: -0.02}, est, 3, None, 1.5, 0, rank="signed")
+    assert not settled({0: 0.45, 1: 0.3, 2: -0.03}, est, 3, None, 1.5, 0, rank="signed")
     # a threshold: unverified heads may reach 1.5 x 0.1 = 0.15
     assert not settled({0: 0.45, 1: 0.3}, est, k=None, threshold=0.1, safety=1.5, margin=0)
     assert settled({0: 0.45, 1: 0.3}, est, k=None, threshold=0.2, safety=1.5, margin=0)

@@ -19,7 +19,7 @@ from torch import Tensor
 from circuitlens.hooks import hooked, z_name
 from circuitlens.models import model_facts
 from circuitlens.patching.activation import PatchingConfig, PatchingResult, activation_patch
-from circuitlens.screening import default_margin, settled
+from circuitlens.screening import default_margin, settled, verification_order
 from circuitlens.tasks.metrics import keep_positions, model_device, model_logits
 from circuitlens.types import Head
 
@@ -114,10 +114,10 @@ def screened_activation_patch(
     atp = attribution_patch(model, clean, corrupted, metric, positions=positions)
     gap = abs(atp.clean_score - atp.corrupted_score)
     threshold = None if min_recovered is None else min_recovered * gap
-    est = (atp.scores - atp.corrupted_score).abs().flatten()
+    est = (atp.scores - atp.corrupted_score).flatten()
     heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
     margin = default_margin(top, len(heads))
-    order = sorted(range(len(heads)), key=lambda i: (-float(est[i]), i))
+    order = verification_order(est, safety, "abs")
     first = min(len(heads), (top or 0) + margin)
     scores = atp.scores.clone().flatten()
     exact = torch.zeros(len(heads), dtype=torch.bool)
@@ -125,7 +125,7 @@ def screened_activation_patch(
     for chosen in [order[:first]] + [
         order[i : i + margin] for i in range(first, len(order), margin)
     ]:
-        if measured and settled(measured, est, top, threshold, safety, margin):
+        if measured and settled(measured, est, top, threshold, safety, margin, "abs"):
             break
         res = activation_patch(
             model,
@@ -140,7 +140,7 @@ def screened_activation_patch(
         for i in chosen:
             scores[i] = res.scores.flatten()[i]
             exact[i] = True
-            measured[i] = abs(float(scores[i]) - res.corrupted_score)
+            measured[i] = float(scores[i]) - res.corrupted_score
     return PatchingResult(
         scores=scores.view(f.n_layers, f.n_heads),
         clean_score=atp.clean_score,

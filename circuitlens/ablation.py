@@ -181,6 +181,19 @@ class AblationResult:
     config: AblationConfig = field(default_factory=AblationConfig)
     axis_names: tuple[str, str] = ("layer", "head")
 
+    def __repr__(self) -> str:
+        n_layers, n_heads = self.delta.shape
+        top = self.delta.flatten().topk(min(3, self.delta.numel())).indices.tolist()
+        largest = ", ".join(
+            f"L{i // n_heads}H{i % n_heads} {float(self.delta.flatten()[i]):+.3f}" for i in top
+        )
+        base = "" if self.p_baseline == self.p_own else f", baseline {self.p_baseline:.3f}"
+        return (
+            f"AblationResult({self.model_name}: {self.config.metric} on {self.config.n} "
+            f"{self.config.split} prompts, P = {self.p_own:.3f}{base}; {n_layers}x{n_heads} "
+            f"heads; largest dP {largest})"
+        )
+
     @property
     def heads(self) -> list[Head]:
         n_layers, n_heads = self.delta.shape

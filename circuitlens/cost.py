@@ -124,3 +124,28 @@ def report_cost(cost: Cost, progress: bool = True) -> None:
         from tqdm.auto import tqdm
 
         tqdm.write(str(cost))
+
+
+def estimate_experiment_cost(
+    teacher: Any, student: Any, task: Any, cfg: Any, n_cells: int, setup: bool = True
+) -> Cost:
+    """The cost of one task of :func:`circuitlens.run_experiment` (an ExperimentConfig ``cfg``):
+    its setup (circuit discovery, sweeps) when ``setup``, and ``n_cells`` training cells."""
+    one = estimate_distill_cost(teacher, student, task, cfg.distill)
+    t_sec, _ = seconds_per_prompt(teacher, task)
+    parts: dict[str, float] = {}
+    if setup:
+        from circuitlens.models import model_facts
+
+        # path patching: about two passes of the circuit prompts per teacher head
+        circuit = 2 * model_facts(teacher).n_total_heads * cfg.circuit_n * t_sec
+        parts["setup"] = one.parts["sweeps"] + (circuit if cfg.use_circuit else 0.0)
+    cell = one.parts["training"] + one.parts["evaluation"]
+    parts[f"{n_cells} cells"] = n_cells * cell
+    return Cost(
+        what=f"reproduce {getattr(task, 'name', 'task')} ({n_cells} cells to run)",
+        prompt_passes={k: v * (n_cells + 1) for k, v in one.prompt_passes.items()},
+        seconds=sum(parts.values()),
+        flops=one.flops * (n_cells + 1),
+        parts=parts,
+    )

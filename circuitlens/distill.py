@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult, ablation_sweep
-from circuitlens.mapping import map_heads, random_map
 from circuitlens.cost import estimate_distill_cost, report_cost
+from circuitlens.io import atomic_write_text
+from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import copy_model, load_model
 from circuitlens.tasks import Task, evaluate, get_task
 from circuitlens.tasks.formats import check_task_format
@@ -103,7 +104,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         check_fields(self, {"sweep_n": (1, None), "test_n": (1, None), "budget": (0, None)})
         if self.metric not in METRICS:
-            raise ConfigError(f"DistillConfig.metric must be one of {list(METRICS)} (got {self.metric!r})")
+            raise ConfigError(
+                f"DistillConfig.metric must be one of {list(METRICS)} (got {self.metric!r})"
+            )
         if self.budget <= 0:
             raise ConfigError(
                 f"DistillConfig.budget must be a fraction in (0, 1] or a count >= 1 "
@@ -207,6 +210,9 @@ class DistillResult:
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        mask = os.umask(0o022)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is as readable as any
         try:
             from safetensors.torch import save_file
 
@@ -224,7 +230,7 @@ class DistillResult:
                 "config.json": self.config.to_dict(),
             }
             for name, obj in files.items():
-                (tmp / name).write_text(json.dumps(obj, indent=1))
+                atomic_write_text(tmp / name, json.dumps(obj, indent=1))
             if directory.exists():
                 old = directory.with_name(directory.name + ".old")
                 os.replace(directory, old)
@@ -255,6 +261,25 @@ class DistillResult:
             metrics=read("metrics.json"),
             config=DistillConfig.from_dict(read("config.json")),
         )
+
+
+def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
+    """Refuse, before any work, a config that asks for more prompts than a split holds."""
+    need = {"test": max(cfg.sweep_n, cfg.test_n)}
+    if cfg.train.eval_every:
+        need["val"] = cfg.train.eval_n
+    for split, n in need.items():
+        have = len(task.split(split))
+        if n > have:
+            fields = {
+                "test": "sweep_n / test_n",
+                "val": "eval_n (the trainer's validation prompts)",
+            }[split]
+            raise ConfigError(
+                f"the config asks for {n} {split} prompts ({fields}) but the task's {split} "
+                f"split holds {have}: build the task with n_{split}={n} (or more), or lower "
+                f"{fields.split(' (')[0]}"
+            )
 
 
 def sweeps(
@@ -320,6 +345,7 @@ def distill_circuit(
     else:
         check_task_format(task, [teacher, student])
     require_same_tokenizers(teacher, student, task)
+    check_split_sizes(task, cfg)
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
     t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress)
     head_map = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)

@@ -39,10 +39,25 @@ from circuitlens.io import atomic_torch_save
 from circuitlens.tasks import PromptBatch, Task, evaluate, tokenize_prompts
 from circuitlens.tasks.metrics import answer_logits, model_device, model_logits
 from circuitlens.types import Circuit, HeadMap
+from circuitlens.validate import ConfigError, check_fields
 
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("ce", "ce+align", "ce+rand", "align", "kd", "full-ce")
+
+
+#: numeric ranges of TrainConfig's fields (types and finiteness come from the annotations)
+_TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "steps": (0, None),
+    "batch_size": (1, None),
+    "lr": (0, None),
+    "weight_decay": (0, None),
+    "lam": (0, None),
+    "kd_temperature": (0, None),
+    "eval_every": (0, None),
+    "eval_n": (1, None),
+    "checkpoint_every": (0, None),
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self, _TRAIN_RANGES)
+        if self.lr <= 0 or self.kd_temperature <= 0:
+            raise ConfigError(
+                "TrainConfig.lr and kd_temperature must be > 0 "
+                f"(got {self.lr}, {self.kd_temperature})"
+            )
         if self.condition not in CONDITIONS:
             raise ValueError(
                 f"unknown condition {self.condition!r}; valid: {', '.join(CONDITIONS)}"
@@ -337,6 +358,7 @@ class CircuitTrainer:
             if cfg.eval_every and (
                 self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps
             ):
+                bar.set_postfix_str(f"evaluating on {cfg.eval_n} val prompts")  # a long step
                 row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
                 if cfg.eval_cka and len(self.head_map):
                     row["val_cka"] = self.mean_cka()

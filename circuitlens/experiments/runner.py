@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
+from circuitlens.cost import estimate_experiment_cost, report_cost
 from circuitlens.distill import sweeps
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
@@ -18,17 +19,18 @@ from circuitlens.io import atomic_write_text
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import load_model, model_facts
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
-from circuitlens.tasks import Task, evaluate
+from circuitlens.rundir import run_directory
+from circuitlens.tasks import Task, evaluate, get_task, require_same_tokenizers
 from circuitlens.training import CONDITIONS, CircuitTrainer
 from circuitlens.types import Circuit, HeadMap
 
 
 def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig) -> Task:
-    from circuitlens.zoo import zoo_task
-
+    """The task in the prompt format on the models' cards (the zoo's: theory of mind without
+    the instruction block), with words that are single tokens for both."""
     d = cfg.distill
     n_test = max(d.test_n, cfg.circuit_n, d.sweep_n)
-    return zoo_task(
+    return get_task(
         name,
         seed=seed,
         n_val=max(d.train.eval_n, 128),
@@ -179,10 +181,17 @@ def _json_dump(obj: Any) -> str:
     return json.dumps(fix(obj), indent=1)
 
 
-def _check_directory(directory: Path, cfg: ExperimentConfig, fresh: bool) -> None:
+def _same_config(directory: Path, cfg: ExperimentConfig) -> bool:
+    """Whether ``directory`` holds a run of ``cfg`` made before run markers existed."""
     f = directory / "config.json"
-    if fresh and directory.exists():
-        shutil.rmtree(directory)
+    try:
+        return json.loads(f.read_text()) == json.loads(_json_dump(cfg.to_dict()))
+    except (OSError, ValueError):
+        return False
+
+
+def _check_directory(directory: Path, cfg: ExperimentConfig) -> None:
+    f = directory / "config.json"
     text = _json_dump(cfg.to_dict())
     if f.is_file():
         old, new = json.loads(f.read_text()), json.loads(text)
@@ -205,17 +214,30 @@ def run_experiment(
     """Run (or resume) every task x condition x seed of ``config`` into ``directory``.
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
-    checkpoint. A directory holding another config is refused (``fresh=True`` deletes it).
+    checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and
+    only a directory that carries the run marker: see :mod:`circuitlens.rundir`). While the run
+    writes, it holds the directory's lock: a second run on it is refused.
 
     Returns:
         The :class:`ExperimentResult`, with its report written.
+
+    Raises:
+        RunDirectoryError: ``directory`` is not a run's (``fresh`` refuses to delete it) or
+            another live run holds it (:class:`~circuitlens.rundir.RunLockedError`).
+        TokenizerMismatchError: a task's teacher and student tokenize differently.
     """
+    cfg = config or ExperimentConfig()
+    directory = Path(directory)
+    adopt = lambda d: _same_config(d, cfg)  # noqa: E731
+    with run_directory(directory, fresh=fresh, kind="reproduce", adopt=adopt):
+        _check_directory(directory, cfg)
+        return _run(cfg, directory, progress)
+
+
+def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentResult:
     import torch
     from tqdm.auto import tqdm
 
-    cfg = config or ExperimentConfig()
-    directory = Path(directory)
-    _check_directory(directory, cfg, fresh)
     trained = [c for c in cfg.conditions if c in CONDITIONS]
     todo = [
         (t, c, s)
@@ -237,6 +259,11 @@ def run_experiment(
         teacher = load_model(cfg.models[t]["teacher"])
         student = load_model(cfg.models[t]["student"])  # untrained: setup and tokenizer
         task = _task(t, cfg.task_seed, [teacher, student], cfg)  # one task for every cell
+        require_same_tokenizers(teacher, student, task)
+        cost = estimate_experiment_cost(
+            teacher, student, task, cfg, len(cells), setup=not setup_file.is_file()
+        )
+        report_cost(cost, progress)
         if not setup_file.is_file():
             bar.set_description(f"reproduce: {t} circuit and sweeps")
             torch.manual_seed(cfg.task_seed)

@@ -12,6 +12,7 @@ from circuitlens.tasks.base import (
     get_tokenizer,
     tokenize_prompts,
 )
+from circuitlens.tasks.entity_tracking import EntityTracking, EntityTrackingConfig, entity_tracking
 from circuitlens.tasks.formats import (
     TaskFormatError,
     TaskFormatWarning,
@@ -19,15 +20,14 @@ from circuitlens.tasks.formats import (
     check_task_format,
     merge_options,
 )
+from circuitlens.tasks.jsonl import JsonlTask, JsonlTaskConfig, jsonl_task
+from circuitlens.tasks.metrics import METRICS, evaluate, make_metric
+from circuitlens.tasks.theory_of_mind import TheoryOfMind, TheoryOfMindConfig, theory_of_mind
 from circuitlens.tasks.tokenizers import (
     TokenizerMismatchError,
     check_tokenizers,
     require_same_tokenizers,
 )
-from circuitlens.tasks.entity_tracking import EntityTracking, EntityTrackingConfig, entity_tracking
-from circuitlens.tasks.jsonl import JsonlTask, JsonlTaskConfig, jsonl_task
-from circuitlens.tasks.metrics import METRICS, evaluate, make_metric
-from circuitlens.tasks.theory_of_mind import TheoryOfMind, TheoryOfMindConfig, theory_of_mind
 
 TASKS = {
     "entity_tracking": entity_tracking,

@@ -36,6 +36,7 @@ from circuitlens.cka import linear_cka, rbf_cka
 from circuitlens.heads import TrainedFraction, head_parameter_masks, trained_fraction
 from circuitlens.hooks import hooked, z_name
 from circuitlens.io import atomic_torch_save
+from circuitlens.progress import heartbeat
 from circuitlens.tasks import PromptBatch, Task, evaluate, tokenize_prompts
 from circuitlens.tasks.metrics import answer_logits, model_device, model_logits
 from circuitlens.types import Circuit, HeadMap
@@ -358,8 +359,8 @@ class CircuitTrainer:
             if cfg.eval_every and (
                 self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps
             ):
-                bar.set_postfix_str(f"evaluating on {cfg.eval_n} val prompts")  # a long step
-                row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
+                with heartbeat(bar, f"evaluating on {cfg.eval_n} val prompts"):  # a long step
+                    row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
                 if cfg.eval_cka and len(self.head_map):
                     row["val_cka"] = self.mean_cka()
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")

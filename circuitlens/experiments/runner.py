@@ -19,6 +19,7 @@ from circuitlens.io import atomic_write_text
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import load_model, model_facts
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
+from circuitlens.progress import heartbeat
 from circuitlens.rundir import run_directory
 from circuitlens.tasks import Task, evaluate, get_task, require_same_tokenizers
 from circuitlens.training import CONDITIONS, CircuitTrainer
@@ -267,13 +268,15 @@ def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentRe
         if not setup_file.is_file():
             bar.set_description(f"reproduce: {t} circuit and sweeps")
             torch.manual_seed(cfg.task_seed)
-            setup = _setup_task(task, cfg, teacher, student, progress=False)
+            with heartbeat(bar):
+                setup = _setup_task(task, cfg, teacher, student, progress=False)
             atomic_write_text(setup_file, _json_dump(setup))
         for c, s in cells:
             bar.set_description(f"reproduce: {t} {c} seed {s}")
             cell_dir = directory / t / c / f"seed{s}"
             torch.manual_seed(s)
-            cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, progress=False)
+            with heartbeat(bar):
+                cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, progress=False)
             atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
             shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
             bar.update(1)

@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitlens.ablation import AblationResult
 from circuitlens.experiments.config import LABELS, ExperimentConfig
 from circuitlens.io import atomic_write_text
-from circuitlens.types import Circuit, HeadMap
 
 
 @dataclass
@@ -178,8 +176,6 @@ class ExperimentResult:
     # -- report ------------------------------------------------------------------------------
     def write_report(self) -> dict[str, Path]:
         """``table.md``, ``table.csv``, ``cells.csv``, ``report.html`` in the run's directory."""
-        from circuitlens.plotting import plot_ablation, plot_circuit, plot_training_curves
-
         out = {
             "table.md": self.directory / "table.md",
             "table.csv": self.directory / "table.csv",
@@ -191,55 +187,9 @@ class ExperimentResult:
         atomic_write_text(out["table.md"], md)
         atomic_write_text(out["table.csv"], table.to_csv(index=False))
         atomic_write_text(out["cells.csv"], self.cells_frame().to_csv(index=False))
-        parts = [
-            "<h1>circuitlens reproduce</h1>",
-            f"<p>run <code>{self.directory}</code>; config in <code>config.json</code></p>",
-            table.to_html(index=False, float_format=lambda x: f"{x:.3f}"),
-        ]
-        first = True
+        from circuitlens.report import render_report
 
-        def fig_html(fig: Any) -> str:
-            nonlocal first
-            html = fig.to_html(full_html=False, include_plotlyjs="inline" if first else False)
-            first = False
-            return html
-
-        for t, setup in self.setups.items():
-            parts.append(f"<h2>{t}</h2>")
-            head_map = HeadMap.from_dict(setup["head_map"])
-            pairs = ", ".join(
-                f"{s} → {tt} (|ΔP_s − ΔP_t| = {d:.3f})"
-                for (s, tt), d in zip(head_map.pairs, head_map.distances, strict=True)
-            )
-            parts.append(f"<p>mapping: {pairs}</p>")
-            rand = [
-                f"seed {c['seed']}: " + ", ".join(f"{a} → {b}" for a, b in c["pairs"])
-                for c in self.cells
-                if c["task"] == t and c["condition"] == "ce+rand"
-            ]
-            if rand:
-                parts.append(f"<p>random control: {'; '.join(rand)}</p>")
-            if setup["circuit"] is not None:
-                circuit = Circuit.from_dict(setup["circuit"])
-                meta = {k: circuit.meta.get(k) for k in ("faithfulness", "circuit_accuracy")}
-                parts.append(f"<p>circuit: {circuit.groups} {meta} {setup['circuit_note']}</p>")
-                if circuit.heads:
-                    n_layers, n_heads = setup["teacher_shape"][:2]
-                    parts.append(fig_html(plot_circuit(circuit, n_layers, n_heads)))
-            parts.append(
-                fig_html(
-                    plot_ablation(
-                        AblationResult.from_dict(setup["teacher_sweep"]),
-                        AblationResult.from_dict(setup["student_sweep"]),
-                        head_map,
-                        title=f"{t}: mean-ablation impact ΔP per head",
-                    )
-                )
-            )
-            if any(c["task"] == t for c in self.cells):
-                parts.append(fig_html(plot_training_curves(self, t)))
-        body = "\n".join(parts)
-        html = f"<html><head><meta charset='utf-8'></head><body>{body}</body></html>"
+        html = render_report(self, table)
         atomic_write_text(out["report.html"], html)
         return out
 

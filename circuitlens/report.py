@@ -107,7 +107,7 @@ def format_table(df: Any) -> tuple[list[str], list[list[str]], list[bool]]:
             elif "fraction" in c:
                 row.append(DASH if _missing(r[c]) else f"{100 * float(r[c]):.1f}%")
             elif c == "steps_to_target":
-                reached = str(r.get("reached_target", "") or "")
+                reached = "" if _missing(r.get("reached_target")) else str(r["reached_target"])
                 row.append(
                     DASH if not reached else ("never" if _missing(r[c]) else f"{float(r[c]):.0f}")
                 )

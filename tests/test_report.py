@@ -112,6 +112,8 @@ def test_report_content(report: Path) -> None:
     assert not re.search(r"\bnan\b", table, re.IGNORECASE)
     assert "0.755 ± 0.007" in table and "25.0%" in table and "+1.0" in table
     assert "test accuracy (mean ± sd)" in table
+    teacher_row = table[table.index("<td class=text>teacher</td>") :].split("</tr>")[0]
+    assert "never" not in teacher_row and "—" in teacher_row  # references have no target
     circuit = _section(html, f"{TASK}-circuit")
     assert "title='L3H1: group A at last'" in circuit and "group <b>" not in circuit
     assert "<b>group B</b> at position <code>query_label</code>: L1H4" in circuit

@@ -99,3 +99,15 @@ def test_a_local_directory_card_is_read(make_llama_dir, tmp_path) -> None:
     assert model_card(model)["task_options"]["theory_of_mind"] == {"instruction": False}
     assert get_task("theory_of_mind", model=model).config.instruction is False
     assert model_card(load_model(make_llama_dir())) is None  # no card.json: no card
+
+
+def test_a_broken_card_is_named(make_llama_dir, tmp_path) -> None:
+    from circuitlens import ModelLoadError
+
+    path = tmp_path / "model"
+    shutil.copytree(make_llama_dir(), path)
+    (path / "card.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"card\.json' is not valid JSON .*fix or remove it"):
+        load_model(path)
+    (path / "card.json").unlink()  # the advice
+    assert model_card(load_model(path)) is None

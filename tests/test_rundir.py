@@ -97,3 +97,19 @@ def test_the_lock_is_released_on_an_exception(tmp_path: Path) -> None:
         with run_directory(tmp_path / "r"):
             raise KeyError("boom")
     assert not (tmp_path / "r" / LOCK).exists()
+
+
+def test_deleting_the_lock_file_frees_the_directory(tmp_path: Path) -> None:
+    run = prepare_run_directory(tmp_path / "run")
+    other = _sleeper()
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename}))
+        with pytest.raises(RunLockedError, match="delete the lock file"):
+            with run_lock(run):
+                pass
+        (run / LOCK).unlink()  # the advice, for a lock whose process is known to be gone
+        with run_lock(run):
+            pass
+    finally:
+        other.kill()
+        other.wait()

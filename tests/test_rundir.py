@@ -113,3 +113,26 @@ def test_deleting_the_lock_file_frees_the_directory(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_reproduce_checks_every_task_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    """A cross-tokenizer pair in the second task is refused before the first task's work."""
+    import circuitlens.experiments.runner as runner
+    from circuitlens.tasks import TokenizerMismatchError
+
+    calls = []
+    real = runner.require_same_tokenizers
+
+    def second_mismatches(teacher, student, task):  # noqa: ANN001, ANN202
+        calls.append(task.name)
+        if task.name == "theory_of_mind":
+            raise TokenizerMismatchError("stand-in mismatch")
+        return real(teacher, student, task)
+
+    monkeypatch.setattr(runner, "require_same_tokenizers", second_mismatches)
+    monkeypatch.setattr(runner, "_setup_task", lambda *a, **k: pytest.fail("work started"))
+    cfg = ExperimentConfig.quick(use_circuit=False)
+    with pytest.raises(TokenizerMismatchError, match="stand-in"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    assert calls == ["entity_tracking", "theory_of_mind"]
+    assert not (tmp_path / "run" / LOCK).exists()

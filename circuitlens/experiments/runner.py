@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
-from circuitlens.cost import estimate_experiment_cost, report_cost
+from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
 from circuitlens.distill import sweeps
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
@@ -235,6 +235,47 @@ def run_experiment(
         return _run(cfg, directory, progress)
 
 
+def _preflight(
+    cfg: ExperimentConfig, directory: Path, todo: list[tuple[str, str, int]], progress: bool
+) -> None:
+    """Before any work, for every task with work left: the models are those of its saved
+    setup, teacher and student tokenize alike, and what the whole run will cost (said once).
+    Each task's pair is loaded and freed in turn (peak memory: one pair)."""
+    import gc
+
+    costs: list[Cost] = []
+    parts: dict[str, float] = {}
+    for t in cfg.tasks:
+        setup_file = directory / t / "setup.json"
+        cells = [(c, s) for tt, c, s in todo if tt == t]
+        if setup_file.is_file():
+            _check_models(json.loads(setup_file.read_text()), cfg, directory)
+        if not cells and setup_file.is_file():
+            continue
+        teacher = load_model(cfg.models[t]["teacher"])
+        student = load_model(cfg.models[t]["student"])
+        task = _task(t, cfg.task_seed, [teacher, student], cfg)
+        require_same_tokenizers(teacher, student, task)
+        cost = estimate_experiment_cost(
+            teacher, student, task, cfg, len(cells), setup=not setup_file.is_file()
+        )
+        costs.append(cost)
+        parts[t] = cost.seconds
+        del teacher, student, task
+        gc.collect()
+    if costs:
+        total = Cost(
+            what=f"reproduce ({len(todo)} cells to run)",
+            prompt_passes={
+                k: sum(c.prompt_passes.get(k, 0.0) for c in costs) for k in costs[0].prompt_passes
+            },
+            seconds=sum(c.seconds for c in costs),
+            flops=sum(c.flops for c in costs),
+            parts=parts,
+        )
+        report_cost(total, progress)
+
+
 def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentResult:
     import torch
     from tqdm.auto import tqdm
@@ -248,6 +289,7 @@ def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentRe
         if not (directory / t / c / f"seed{s}" / "cell.json").is_file()
     ]
     n_cells = len(cfg.tasks) * len(cfg.seeds) * len(trained)
+    _preflight(cfg, directory, todo, progress)
     bar = tqdm(total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress)
     for t in cfg.tasks:
         setup_file = directory / t / "setup.json"
@@ -260,11 +302,6 @@ def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentRe
         teacher = load_model(cfg.models[t]["teacher"])
         student = load_model(cfg.models[t]["student"])  # untrained: setup and tokenizer
         task = _task(t, cfg.task_seed, [teacher, student], cfg)  # one task for every cell
-        require_same_tokenizers(teacher, student, task)
-        cost = estimate_experiment_cost(
-            teacher, student, task, cfg, len(cells), setup=not setup_file.is_file()
-        )
-        report_cost(cost, progress)
         if not setup_file.is_file():
             bar.set_description(f"reproduce: {t} circuit and sweeps")
             torch.manual_seed(cfg.task_seed)

@@ -33,6 +33,7 @@ from circuitlens.models import model_facts
 from circuitlens.tasks import PromptBatch, Task, evaluate
 from circuitlens.tasks.metrics import METRICS, model_device
 from circuitlens.types import Head, parse_heads
+from circuitlens.validate import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class AblationConfig:
     baseline: str = "own"
 
     def __post_init__(self) -> None:
+        check_fields(self, {"n": (1, None)})
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.heads_per_pass is not None and self.heads_per_pass < 1:

@@ -114,3 +114,18 @@ def test_experiment_toml_with_a_wrong_type(tmp_path: Path) -> None:
         ExperimentConfig.load(path)
     path.write_text("seeds = [0]\n[distill]\nsweep_n = 50\n")
     assert ExperimentConfig.load(path).distill.sweep_n == 50
+
+
+def test_circuit_and_ablation_configs_are_checked() -> None:
+    from circuitlens import CircuitConfig
+    from circuitlens.ablation import AblationConfig
+
+    with pytest.raises(ConfigError, match=r"CircuitConfig\.n must be >= 1"):
+        CircuitConfig(n=0)
+    with pytest.raises(ConfigError, match=r"CircuitConfig\.complete_to must be between 0 and 1"):
+        CircuitConfig(complete_to=1.5)
+    with pytest.raises(ConfigError, match=r"CircuitConfig\.min_effect must be a finite"):
+        CircuitConfig(min_effect=math.nan)
+    with pytest.raises(ConfigError, match=r"AblationConfig\.n must be >= 1"):
+        AblationConfig(n=0)
+    assert AblationConfig(n=None).n is None and CircuitConfig(n=5).n == 5

@@ -166,7 +166,9 @@ def _distill(args: argparse.Namespace) -> int:
 
     spec, config = _run_spec(args)  # every option checked before anything is loaded
     out = Path(args.out)
-    with run_directory(out, fresh=args.fresh, kind="distill"):
+    # an output of `circuitlens distill` from before run markers holds only these two
+    legacy = lambda d: {p.name for p in d.iterdir()} <= {"checkpoints", "result"}  # noqa: E731
+    with run_directory(out, fresh=args.fresh, kind="distill", adopt=legacy):
         teacher, student = load_model(spec["teacher"]), load_model(spec["student"])
         task = get_task(spec["task"], tokenizers=[teacher, student], **spec["task_options"])
         result = distill_circuit(

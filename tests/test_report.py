@@ -165,3 +165,8 @@ def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None
     for figure in (f"{TASK}-ablation-figure", f"{TASK}-curves-figure"):
         start = dom.index(f'id="{figure}"')
         assert "main-svg" in dom[start : start + 20000], figure
+
+
+def test_experiment_result_prints_short(report: Path) -> None:
+    text = repr(ExperimentResult.load(report.parent))
+    assert text.startswith("ExperimentResult(") and "6/6 cells done" in text and len(text) < 300

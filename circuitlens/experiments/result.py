@@ -27,6 +27,16 @@ class ExperimentResult:
     setups: dict[str, dict[str, Any]]
     cells: list[dict[str, Any]]
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        trained = [c for c in cfg.conditions if c not in ("student", "teacher")]
+        total = len(cfg.tasks) * len(cfg.seeds) * len(trained)
+        return (
+            f"ExperimentResult({str(self.directory)!r}: {len(self.cells)}/{total} cells done; "
+            f"tasks {', '.join(cfg.tasks)}; conditions {', '.join(cfg.conditions)}; "
+            f"seeds {', '.join(map(str, cfg.seeds))})"
+        )
+
     @classmethod
     def load(cls, directory: str | Path) -> ExperimentResult:
         directory = Path(directory)

@@ -7,6 +7,10 @@ costs after set-up. Results: benchmarks/results/reproduce.json (one entry per se
 
     .venv/bin/python benchmarks/reproduce.py --quick
     .venv/bin/python benchmarks/reproduce.py          # the full run, ~10 minutes
+    .venv/bin/python benchmarks/reproduce.py --out results/reproduce   # and keep the results
+
+The load average before and after is recorded: on a shared machine the wall time is an upper
+bound, not the idle-machine figure.
 """
 
 from __future__ import annotations
@@ -32,13 +36,17 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", help="keep the run here (a fresh directory; default: a temporary one)")
     args = ap.parse_args()
     setting = "quick" if args.quick else "full"
     config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp) / "run"
         t0 = time.perf_counter()
-        result = run_experiment(config, Path(tmp) / "run", progress=False)
+        result = run_experiment(config, out, fresh=True, progress=False)
         wall = time.perf_counter() - t0
+        table = result.markdown()
     cells = result.cells_frame()
     cells = cells[cells.seed.notna()]
     entry = {
@@ -53,6 +61,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "machine": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "config": config.to_dict(),
@@ -61,6 +70,7 @@ def main() -> None:
     results[setting] = entry
     atomic_write_text(OUT, json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in entry.items() if k != "config"}, indent=1))
+    print(table)
 
 
 if __name__ == "__main__":

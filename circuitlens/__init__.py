@@ -6,7 +6,7 @@ Wallace 2025, "Circuit Distillation").
 """
 
 from circuitlens.ablation import AblationResult, ablation_sweep, mean_ablated
-from circuitlens.cka import linear_cka, rbf_cka
+from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.distill import DistillConfig, DistillResult, distill_circuit
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
 from circuitlens.mapping import map_heads, random_map
@@ -50,6 +50,8 @@ __all__ = [
     "ablation_sweep",
     "activation_patch",
     "attribution_patch",
+    "cka",
+    "cka_with_null",
     "distill_circuit",
     "evaluate",
     "faithfulness",

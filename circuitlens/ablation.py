@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from circuitlens.hooks import hooked, resid_pre_name, run_from_layer, z_name
 from circuitlens.models import model_facts
-from circuitlens.tasks import PromptBatch, Task, evaluate
+from circuitlens.tasks import PromptBatch, Task, prompt_scores
 from circuitlens.tasks.metrics import METRICS, model_device
 from circuitlens.types import Head, parse_heads
 from circuitlens.validate import check_fields
@@ -146,6 +146,8 @@ class AblationConfig:
         heads_per_pass: heads ablated in one forward pass (each in its own copy of the batch);
             None: 1 on a CPU, 8 on a GPU.
         baseline: ``"own"``, or the name of the model whose unablated P is the baseline.
+        n_boot: bootstrap resamples of the prompts for each dP's confidence interval (0: none).
+        ci_level: the interval's coverage (percentile bootstrap).
     """
 
     metric: str = "accuracy"
@@ -153,11 +155,17 @@ class AblationConfig:
     n: int | None = 200
     heads_per_pass: int | None = None
     baseline: str = "own"
+    n_boot: int = 1000
+    ci_level: float = 0.95
 
     def __post_init__(self) -> None:
         check_fields(self, {"n": (1, None)})
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0 (0: no confidence intervals), got {self.n_boot}")
+        if not 0 < self.ci_level < 1:
+            raise ValueError(f"ci_level must lie in (0, 1), e.g. 0.95 (got {self.ci_level})")
         if self.heads_per_pass is not None and self.heads_per_pass < 1:
             raise ValueError(f"heads_per_pass must be >= 1 (got {self.heads_per_pass})")
 
@@ -173,6 +181,8 @@ class AblationResult:
         delta: ``[layer, head]`` impact ``p_baseline - p_ablated``.
         model_name: a label for plots.
         config: the sweep's options.
+        delta_ci: ``[2, layer, head]`` percentile-bootstrap interval of ``delta`` over prompts
+            (lower, upper), or None (``n_boot=0``, or a result saved before intervals).
     """
 
     p_own: float
@@ -182,6 +192,17 @@ class AblationResult:
     model_name: str = "model"
     config: AblationConfig = field(default_factory=AblationConfig)
     axis_names: tuple[str, str] = ("layer", "head")
+    delta_ci: Float[Tensor, "2 layer head"] | None = None
+
+    def excludes_zero(self, head: Head) -> bool | None:
+        """Whether ``head``'s impact interval excludes 0 (None: no interval)."""
+        if self.delta_ci is None:
+            return None
+        lo, hi = (
+            float(self.delta_ci[0, head.layer, head.head]),
+            float(self.delta_ci[1, head.layer, head.head]),
+        )
+        return lo > 0 or hi < 0
 
     def __repr__(self) -> str:
         n_layers, n_heads = self.delta.shape
@@ -204,15 +225,17 @@ class AblationResult:
     def to_frame(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame(
-            {
-                "head": [str(h) for h in self.heads],
-                "layer": [h.layer for h in self.heads],
-                "head_index": [h.head for h in self.heads],
-                "p_ablated": self.p_ablated.flatten().tolist(),
-                "delta": self.delta.flatten().tolist(),
-            }
-        )
+        cols = {
+            "head": [str(h) for h in self.heads],
+            "layer": [h.layer for h in self.heads],
+            "head_index": [h.head for h in self.heads],
+            "p_ablated": self.p_ablated.flatten().tolist(),
+            "delta": self.delta.flatten().tolist(),
+        }
+        if self.delta_ci is not None:
+            cols["delta_lo"] = self.delta_ci[0].flatten().tolist()
+            cols["delta_hi"] = self.delta_ci[1].flatten().tolist()
+        return pd.DataFrame(cols)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,6 +245,7 @@ class AblationResult:
             "delta": self.delta.tolist(),
             "model_name": self.model_name,
             "config": asdict(self.config),
+            "delta_ci": None if self.delta_ci is None else self.delta_ci.tolist(),
         }
 
     @classmethod
@@ -233,6 +257,7 @@ class AblationResult:
             delta=torch.tensor(d["delta"]),
             model_name=d.get("model_name", "model"),
             config=AblationConfig(**d.get("config", {})),
+            delta_ci=None if d.get("delta_ci") is None else torch.tensor(d["delta_ci"]),
         )
 
 
@@ -249,8 +274,10 @@ def ablated_scores(
     metric: str,
     heads_per_pass: int | None = None,
     progress: bool = True,
-) -> Float[Tensor, " n_heads"]:
-    """Mean metric with each head of ``heads`` ablated alone.
+    reduce: bool = True,
+) -> Float[Tensor, " n_heads"] | Float[Tensor, "n_heads n"]:
+    """Mean metric with each head of ``heads`` ablated alone (``reduce=False``: the metric of
+    each prompt, ``[n_heads, n]``, for bootstrap intervals).
 
     Each forward pass starts at the ablated head's layer from the clean residual stream (the
     earlier blocks are skipped: they cannot see the ablation), and ``heads_per_pass`` heads of
@@ -266,7 +293,7 @@ def ablated_scores(
     layers = sorted({h.layer for h in heads})
     names = {resid_pre_name(layer) for layer in layers}
     _, cache = model.run_with_cache(tokens, names_filter=lambda x: x in names)
-    out = torch.empty(len(heads))
+    out = torch.empty(len(heads), n)
     index = {h: i for i, h in enumerate(heads)}
     chunks = [
         [h for h in heads if h.layer == layer][i : i + heads_per_pass]
@@ -286,15 +313,34 @@ def ablated_scores(
         resid = cache[resid_pre_name(layer)].repeat(len(chunk), 1, 1)  # copy k ablates chunk[k]
         with hooked(model, [(z_name(layer), hook)]):
             logits = run_from_layer(model, resid, layer)
-        scores = (
-            _per_example(metric, logits, batch.repeat(len(chunk)))
-            .view(len(chunk), n)
-            .float()
-            .mean(1)
-        )
+        scores = _per_example(metric, logits, batch.repeat(len(chunk))).view(len(chunk), n).float()
         for k, h in enumerate(chunk):
             out[index[h]] = scores[k].cpu()
-    return out
+    return out.mean(1) if reduce else out
+
+
+def bootstrap_delta(
+    base: Float[Tensor, " n"],
+    ablated: Float[Tensor, "n_heads n"],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Float[Tensor, "2 n_heads"]:
+    """Percentile-bootstrap interval of ``dP = mean(base) - mean(ablated[h])`` over prompts.
+
+    Prompts are resampled with replacement, the same resample for the baseline and every head
+    (paired: both are scored on the same prompts). Returns ``[2, n_heads]``: lower, upper.
+    """
+    n = base.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)
+    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(n_boot, n, dtype=torch.float64)
+    )  # [boot, n]: how often each prompt is drawn
+    d = base.double()[None, :] - ablated.double()  # [head, n]
+    boots = d @ counts.T / n  # [head, boot]
+    a = (1 - level) / 2
+    return torch.stack([boots.quantile(a, dim=1), boots.quantile(1 - a, dim=1)]).float()
 
 
 def ablation_sweep(
@@ -308,6 +354,8 @@ def ablation_sweep(
     means: Tensor | None = None,
     model_name: str | None = None,
     progress: bool = True,
+    n_boot: int = 1000,
+    ci_level: float = 0.95,
 ) -> AblationResult:
     """Mean-ablate every head alone and measure the drop in task performance.
 
@@ -315,9 +363,11 @@ def ablation_sweep(
         metric: ``"accuracy"`` or ``"prob"`` (answer probability).
         baseline_from: another model (the student) whose unablated P is the baseline, or None.
         means: precomputed means; by default from the task's ``ablation`` reference prompts.
+        n_boot, ci_level: each dP's bootstrap interval over prompts (``n_boot=0``: none).
 
     Returns:
-        :class:`AblationResult` with ``delta[layer, head] = P_baseline - P_ablated``.
+        :class:`AblationResult` with ``delta[layer, head] = P_baseline - P_ablated`` and
+        ``delta_ci``.
     """
     config = AblationConfig(
         metric=metric,
@@ -325,6 +375,8 @@ def ablation_sweep(
         n=n,
         heads_per_pass=heads_per_pass,
         baseline="own" if baseline_from is None else "other",
+        n_boot=n_boot,
+        ci_level=ci_level,
     )
     batch = task.batch(model, split, n)
     if means is None:
@@ -334,13 +386,19 @@ def ablation_sweep(
                 "compute_means(model, reference_tokens)"
             )
         means = compute_means(model, batch.ablation_tokens)
-    p_own = evaluate(model, task, split=split, n=n, metric=metric)
-    p_base = p_own if baseline_from is None else evaluate(baseline_from, task, split, n, metric)
+    own = prompt_scores(model, task, split, n, metric)
+    base = own if baseline_from is None else prompt_scores(baseline_from, task, split, n, metric)
+    p_own, p_base = float(own.double().mean()), float(base.double().mean())
     f = model_facts(model)
     heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
-    scores = ablated_scores(model, batch, heads, means, metric, heads_per_pass, progress)
-    p_abl = scores.view(f.n_layers, f.n_heads)
+    per_prompt = ablated_scores(
+        model, batch, heads, means, metric, heads_per_pass, progress, reduce=False
+    )
+    p_abl = per_prompt.mean(1).view(f.n_layers, f.n_heads)
     delta = p_base - p_abl
+    ci = None
+    if n_boot:
+        ci = bootstrap_delta(base, per_prompt, n_boot, ci_level).view(2, f.n_layers, f.n_heads)
     if float(delta.max() - delta.min()) == 0.0:
         log.warning(
             "every head has the same impact (%.3f): the model's %s does not depend on "
@@ -356,4 +414,5 @@ def ablation_sweep(
         delta=delta,
         model_name=str(name),
         config=config,
+        delta_ci=ci,
     )

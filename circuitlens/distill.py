@@ -23,6 +23,7 @@ from typing import Any
 
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cost import estimate_distill_cost, report_cost
+from circuitlens.evaluation import circuit_only_scores
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import copy_model, load_model
@@ -81,8 +82,12 @@ class DistillConfig:
     """Every option of :func:`distill_circuit` (loads from TOML or JSON; unknown keys refused).
 
     Attributes:
-        metric: P for the ablation sweeps, ``"accuracy"`` or ``"prob"``.
+        metric: P for the ablation sweeps: ``"prob"`` (answer probability, the default: a
+            continuous P separates heads that accuracy ties), ``"logit_diff"`` or
+            ``"accuracy"``.
         sweep_n: prompts per sweep.
+        n_boot: bootstrap resamples for each head's dP interval (0: none; then no warning
+            about impacts indistinguishable from zero is possible).
         teacher_baseline: ``"student"`` (dP_t = P_s - P_t^abl, the paper's apparent choice)
             or ``"own"``.
         budget: student heads to train, a fraction (default 0.13) or a count.
@@ -92,8 +97,9 @@ class DistillConfig:
         train: the trainer's options (:class:`TrainConfig`), including the condition.
     """
 
-    metric: str = "accuracy"
+    metric: str = "prob"
     sweep_n: int = 200
+    n_boot: int = 1000
     teacher_baseline: str = "student"
     budget: float | int = 0.13
     one_to_one: bool = False
@@ -102,10 +108,14 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        check_fields(self, {"sweep_n": (1, None), "test_n": (1, None), "budget": (0, None)})
+        check_fields(
+            self,
+            {"sweep_n": (1, None), "test_n": (1, None), "budget": (0, None), "n_boot": (0, None)},
+        )
         if self.metric not in METRICS:
             raise ConfigError(
-                f"DistillConfig.metric must be one of {list(METRICS)} (got {self.metric!r})"
+                f"DistillConfig.metric must be one of {list(METRICS)} (got {self.metric!r}; "
+                "prob is the default)"
             )
         if self.budget <= 0:
             raise ConfigError(
@@ -167,7 +177,9 @@ class DistillResult:
         circuit: the teacher circuit used (None: every teacher head was a candidate).
         teacher_sweep, student_sweep: the ablation sweeps.
         history: one row per training step (loss parts, mean CKA, validation accuracy).
-        metrics: accuracy before/after, teacher accuracy, mean CKA before/after, fractions.
+        metrics: accuracy before/after (full model, and circuit-only: every student head
+            outside the mapped set mean-ablated), teacher accuracy, the pairs' mean held-out
+            debiased CKA before/after with its permutation null, fractions trained.
         config: the full config.
     """
 
@@ -295,9 +307,16 @@ def sweeps(
         progress=progress,
         baseline_from=student if cfg.teacher_baseline == "student" else None,
         model_name="teacher",
+        n_boot=cfg.n_boot,
     )
     s_sweep = ablation_sweep(
-        student, task, cfg.metric, n=cfg.sweep_n, progress=progress, model_name="student"
+        student,
+        task,
+        cfg.metric,
+        n=cfg.sweep_n,
+        progress=progress,
+        model_name="student",
+        n_boot=cfg.n_boot,
     )
     return t_sweep, s_sweep
 
@@ -361,15 +380,24 @@ def distill_circuit(
             avoid=head_map,
         )
     trainer = CircuitTrainer(student, teacher, task, head_map, cfg.train, circuit, checkpoint_dir)
+    keep = head_map.student_heads
     before = evaluate(student, task, "test", cfg.test_n)
-    cka_before = trainer.mean_cka()
+    circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
+    cka_before = trainer.heldout_cka()
     history = trainer.train(progress=progress)
+    cka_after = trainer.heldout_cka()
     metrics = {
         "teacher_accuracy": evaluate(teacher, task, "test", cfg.test_n),
         "student_accuracy_before": before,
         "student_accuracy_after": evaluate(student, task, "test", cfg.test_n),
-        "mean_cka_before": cka_before,
-        "mean_cka_after": trainer.mean_cka(),
+        "circuit_accuracy_before": circuit_before,
+        "circuit_accuracy_after": float(
+            circuit_only_scores(student, task, keep, "test", cfg.test_n).mean()
+        ),
+        "mean_cka_before": float(cka_before.value.mean()),
+        "mean_cka_after": float(cka_after.value.mean()),
+        "cka_null_mean": float(cka_after.null_mean.mean()),
+        "cka_null_sd": float(cka_after.null_sd.mean()),
         "heads_trained": trainer.fraction.heads,
         "heads_touched": trainer.fraction.heads_touched,
         "head_fraction": trainer.fraction.head_fraction,

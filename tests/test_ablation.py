@@ -92,7 +92,7 @@ def test_sweep_equals_one_head_at_a_time(tiny_bridge, task, metric) -> None:
                     want = METRICS[metric](tiny_bridge(batch.tokens), batch).item()
                 assert float(result.p_ablated[layer, h]) == pytest.approx(want, abs=1e-6)
     torch.testing.assert_close(result.delta, result.p_own - result.p_ablated)
-    assert result.to_frame().shape == (8, 5)
+    assert result.to_frame().shape == (8, 7)  # head, layer, index, p_ablated, delta, CI lo, hi
 
 
 def test_baseline_from_another_model(tiny_bridge, make_llama_dir, task) -> None:
@@ -105,3 +105,35 @@ def test_baseline_from_another_model(tiny_bridge, make_llama_dir, task) -> None:
     p_other = evaluate(other, task, "test", 24, "prob")
     assert res.p_baseline == pytest.approx(p_other)
     torch.testing.assert_close(res.delta, p_other - res.p_ablated)
+
+
+def test_bootstrap_interval_equals_a_slow_loop() -> None:
+    from circuitlens.ablation import bootstrap_delta
+
+    g = torch.Generator().manual_seed(0)
+    base = (torch.rand(40, generator=g) > 0.3).float()
+    abl = (torch.rand(3, 40, generator=g) > 0.5).float()
+    ci = bootstrap_delta(base, abl, n_boot=200, level=0.9, seed=4)
+    idx = torch.randint(0, 40, (200, 40), generator=torch.Generator().manual_seed(4))
+    slow = torch.tensor(
+        [[float(base[i].mean() - abl[h, i].mean()) for i in idx] for h in range(3)]
+    ).double()
+    torch.testing.assert_close(ci[0], slow.quantile(0.05, dim=1).float())
+    torch.testing.assert_close(ci[1], slow.quantile(0.95, dim=1).float())
+    delta = base.mean() - abl.mean(1)
+    assert ((ci[0] <= delta) & (delta <= ci[1])).all()
+    same = bootstrap_delta(torch.ones(10), torch.ones(2, 10) * 0.25)  # no spread: a point
+    torch.testing.assert_close(same, torch.full((2, 2), 0.75))
+
+
+def test_sweep_carries_intervals_and_round_trips(tiny_bridge, task) -> None:
+    from circuitlens.ablation import AblationResult
+
+    result = ablation_sweep(tiny_bridge, task, metric="prob", n=24, n_boot=100, progress=False)
+    assert result.delta_ci is not None and result.delta_ci.shape == (2, 2, 4)
+    assert (result.delta_ci[0] <= result.delta + 1e-6).all()
+    assert (result.delta + 1e-6 >= result.delta_ci[0]).all()
+    back = AblationResult.from_dict(result.to_dict())
+    torch.testing.assert_close(back.delta_ci, result.delta_ci)
+    none = ablation_sweep(tiny_bridge, task, metric="prob", n=24, n_boot=0, progress=False)
+    assert none.delta_ci is None and none.excludes_zero(Head(0, 0)) is None

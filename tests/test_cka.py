@@ -124,3 +124,89 @@ def test_gradcheck() -> None:
     assert torch.autograd.gradcheck(linear_cka, (x, y))
     assert torch.autograd.gradcheck(lambda a, b: rbf_cka(a, b), (x, y))
     assert torch.autograd.gradcheck(lambda a, b: minibatch_cka(a[None], b[None]), (x, y))
+
+
+# -- debiased CKA, named errors, the permutation null ----------------------------------------
+
+
+def test_debiased_cka_of_independent_features_is_zero_and_biased_is_not() -> None:
+    """Independent 64-dim Gaussian features over 32 rows: debiased CKA averages ~0, biased
+    ~0.67 (docs/cka.md)."""
+    from circuitlens.cka import cka
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 32, 64, generator=g, dtype=torch.float64)
+    y = torch.randn(200, 32, 64, generator=g, dtype=torch.float64)
+    unbiased, biased = cka(x, y), cka(x, y, estimator="biased")
+    assert abs(float(unbiased.mean())) < 0.05
+    assert float(biased.mean()) == pytest.approx(0.67, abs=0.05)
+    assert float(unbiased.std()) < 0.1  # null sd ~1.5/n (docs/cka.md)
+
+
+def test_feature_form_unbiased_equals_the_gram_form() -> None:
+    from circuitlens.cka import cka
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 10, 4, generator=g, dtype=torch.float64) + 2.0  # uncentred on purpose
+    y = x[..., :3] @ torch.randn(3, 5, generator=g, dtype=torch.float64)
+    y = y + torch.randn(3, 10, 5, generator=g, dtype=torch.float64)
+    want = gram_cka(linear_gram(x), linear_gram(y), unbiased=True)  # no centring: invariant
+    torch.testing.assert_close(cka(x, y), want)
+    torch.testing.assert_close(cka(x, x), torch.ones(3, dtype=torch.float64))
+    hand = []
+    for i in range(3):
+        kx, ly = linear_gram(x[i]), linear_gram(y[i])
+        num = _slow_unbiased_hsic(kx, ly)
+        hand.append(num / (_slow_unbiased_hsic(kx, kx) * _slow_unbiased_hsic(ly, ly)) ** 0.5)
+    torch.testing.assert_close(cka(x, y), torch.tensor(hand, dtype=torch.float64))
+
+
+def test_too_few_rows_and_non_finite_input_are_named_errors() -> None:
+    from circuitlens.cka import CKAError, NonFiniteActivationError, TooFewExamplesError, cka
+
+    x, y = torch.randn(2, 5), torch.randn(2, 3)
+    with pytest.raises(TooFewExamplesError, match="at least 3"):
+        linear_cka(x, y)  # biased CKA of 2 rows would be 1.0 whatever the data
+    with pytest.raises(TooFewExamplesError, match="at least 4"):
+        cka(torch.randn(3, 5), torch.randn(3, 3))
+    bad = torch.randn(8, 4)
+    bad[2, 1] = float("nan")
+    for estimator in ("unbiased", "biased"):
+        with pytest.raises(NonFiniteActivationError, match="NaN"):
+            cka(bad, torch.randn(8, 3), estimator=estimator)
+    assert issubclass(TooFewExamplesError, CKAError) and issubclass(CKAError, ValueError)
+
+
+def test_debiased_constant_activation_gives_zero_not_nan() -> None:
+    from circuitlens.cka import cka
+
+    x = torch.randn(12, 4)
+    with pytest.warns(RuntimeWarning, match="constant activation"):
+        out = cka(torch.full((12, 3), 0.7), x)
+    assert out.item() == 0.0
+
+
+def test_null_permutes_whole_examples() -> None:
+    from circuitlens.cka import cka, cka_with_null, permute_examples
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 64, 3, 6, generator=g)  # [pair, example, rows, p]
+    y = torch.cat([x[..., :4], 0.3 * torch.randn(2, 64, 3, 2, generator=g)], -1)
+    out = cka_with_null(x, y, n_perm=20, seed=0)
+    torch.testing.assert_close(out.value, cka(x.flatten(1, 2), y.flatten(1, 2)).double())
+    assert (out.value > 0.5).all() and (out.null_mean.abs() < 0.1).all()
+    assert (out.null_sd > 0).all() and out.n_perm == 20
+    perm = torch.tensor([1, 0, 2])
+    z = torch.arange(3 * 2 * 1.0).view(3, 2, 1)
+    torch.testing.assert_close(permute_examples(z, perm), z[[1, 0, 2]])  # rows stay together
+    with pytest.raises(ValueError, match="n_perm"):
+        cka_with_null(x, y, n_perm=1)
+
+
+def test_gradcheck_debiased() -> None:
+    from circuitlens.cka import cka
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: cka(a, b), (x, y))

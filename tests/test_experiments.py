@@ -177,19 +177,19 @@ def test_steps_to_target_hand_computed(tmp_path: Path) -> None:
 
     cells = [
         cell("ce", 0, [0.52, 0.58, 0.70]),
-        cell("ce", 1, [0.55, 0.62, 0.70]),  # CE ends at 0.70: target 0.5 + 0.2 / 2 = 0.60
-        cell("ce+align", 0, [0.61, 0.65, 0.72]),
-        cell("ce+align", 1, [0.50, 0.55, 0.59]),  # never reaches 0.60
+        cell("ce", 1, [0.55, 0.62, 0.70]),  # CE ends at 0.70 (both seeds): the target
+        cell("ce+align", 0, [0.61, 0.71, 0.72]),
+        cell("ce+align", 1, [0.50, 0.55, 0.69]),  # never reaches 0.70
     ]
     r = ExperimentResult(tmp_path, cfg, {"entity_tracking": setup}, cells)
-    assert r.target("entity_tracking") == pytest.approx(0.60)
-    assert [r.steps_to_target(c) for c in cells] == [30, 20, 10, None]
+    assert r.target("entity_tracking") == pytest.approx(0.70)
+    assert [r.steps_to_target(c) for c in cells] == [30, 30, 20, None]
     t = r.table().set_index("condition")
-    assert t.loc["CE", "steps_to_target"] == 25 and t.loc["CE", "reached_target"] == "2/2"
-    assert t.loc["CE + Align CKA", "steps_to_target"] == 10
+    assert t.loc["CE", "steps_to_target"] == 30 and t.loc["CE", "reached_target"] == "2/2"
+    assert t.loc["CE + Align CKA", "steps_to_target"] == 20
     assert t.loc["CE + Align CKA", "reached_target"] == "1/2"
-    assert t.loc["CE + Align CKA", "points_vs_ce"] == pytest.approx(100 * (0.655 - 0.70))
-    assert "never" not in r.markdown() and "10 (1/2)" in r.markdown()
+    assert t.loc["CE + Align CKA", "points_vs_ce"] == pytest.approx(100 * (0.705 - 0.70))
+    assert "never" not in r.markdown() and "20 (1/2)" in r.markdown()
     fixed = ExperimentResult(tmp_path, ExperimentConfig(target_accuracy=0.8), r.setups, cells)
     assert all(fixed.steps_to_target(c) is None for c in cells)
     assert math.isnan(fixed.table().set_index("condition").loc["CE", "steps_to_target"])
@@ -226,3 +226,33 @@ def test_changed_model_weights_are_refused(
     with pytest.raises(ValueError, match="teacher of task 'entity_tracking' changed.*delete"):
         run_experiment(tiny(), d, progress=False)
     assert finished.setups["entity_tracking"]["fingerprints"]["teacher"].startswith("sha256:")
+
+
+def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
+    from circuitlens.experiments.stats import mcnemar
+
+    n_test = finished.config.distill.test_n
+    for cell in finished.cells:
+        assert len(cell["test_correct"]) == n_test and set(cell["test_correct"]) <= {0, 1}
+        assert cell["accuracy"] == pytest.approx(sum(cell["test_correct"]) / n_test)
+        assert 0 <= cell["circuit_accuracy"] <= 1
+        assert set(cell["format_accuracy"]) == {"default"}  # entity tracking has one format
+        assert cell["format_accuracy"]["default"] == pytest.approx(cell["accuracy"])
+        after = cell["cka_after"]
+        assert after["estimator"] == "unbiased" and after["n_perm"] >= 20
+        assert len(after["value"]) == len(cell["pairs"]) == len(after["null_sd"])
+        assert all(sd > 0 for sd in after["null_sd"])
+        assert all({"loss", "val_accuracy", "step"} <= set(row) for row in cell["curve"])
+    table = finished.table().set_index("condition")
+    assert table.loc["CE", "circuit_accuracy_mean"] >= 0
+    assert not math.isnan(table.loc["CE + Align CKA", "cka_null_sd"])
+    # McNemar pooled over the two seeds equals the test on the concatenated outcomes
+    mc = finished.mcnemar_table().set_index("B")
+    by = {(c["condition"], c["seed"]): c["test_correct"] for c in finished.cells}
+    want = mcnemar(by[("ce+align", 0)] + by[("ce+align", 1)], by[("ce", 0)] + by[("ce", 1)])
+    assert mc.loc["CE", "p"] == pytest.approx(want.p) and mc.loc["CE", "n"] == 2 * n_test
+    assert mc.loc["CE", "seeds"] == 2 and "CE + Rand CKA" in mc.index
+    md = finished.markdown()
+    for words in ("circuit-only", "McNemar", "(null)", "steps to CE final", "Head maps"):
+        assert words in md, words
+    assert (finished.directory / "mcnemar.csv").is_file()

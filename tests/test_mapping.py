@@ -135,3 +135,26 @@ def test_plot_ablation_renders_html(tmp_path) -> None:
     assert "plotly" in html.lower() and "L1H2" in html and "pair 1" in html
     heatmaps = [t for t in fig.data if t.type == "heatmap"]
     assert len(heatmaps) == 2 and heatmaps[0].zmin == -heatmaps[0].zmax == heatmaps[1].zmin
+
+
+def _with_ci(sweep: AblationResult, half: float) -> AblationResult:
+    sweep.delta_ci = torch.stack([sweep.delta - half, sweep.delta + half])
+    return sweep
+
+
+def test_warnings_name_flat_impacts_and_ties(caplog) -> None:
+    student = _with_ci(_sweep([[0.30, 0.00], [0.10, 0.05]]), 0.07)  # L1H1: [-0.02, 0.12]
+    teacher = _with_ci(_sweep([[0.00, 0.29, 0.12], [0.05, 0.11, 0.30]]), 0.01)
+    with caplog.at_level(logging.WARNING):
+        hm = map_heads(student, teacher, budget=3)
+    w = hm.config["warnings"]
+    assert any("student head(s) L1H1" in x and "not distinguishable from 0" in x for x in w)
+    assert not any("teacher head(s)" in x for x in w)  # its chosen heads all exclude 0
+    assert "not distinguishable" in caplog.text
+    # a tie decides a partner (two teacher heads at distance 0.1), not every head tied
+    tied = map_heads(_sweep([[0.2, 0.0]]), _sweep([[0.1, 0.3, 0.9]]), budget=1)
+    assert any("a tie decides L0H0's partner: L0H0, L0H1" in x for x in tied.config["warnings"])
+    # a tie decides which student heads are chosen: 2nd and 3rd have the same dP_s
+    boundary = map_heads(_sweep([[0.3, 0.1, 0.1]]), TEACHER, budget=2)
+    assert any("tie decides the student heads" in x for x in boundary.config["warnings"])
+    assert map_heads(STUDENT, TEACHER, budget=3).config["warnings"] == []

@@ -44,7 +44,8 @@ def test_only_mapped_entries_move(pair) -> None:
     assert moved > 0.9 * trainer.fraction.params
     assert all(torch.equal(p, t_before[n]) for n, p in _snapshot(teacher).items())
     assert len(history) == 4 and all(math.isfinite(r["loss"]) for r in history)
-    assert "val_accuracy" in history[1] and 0 <= history[1]["mean_cka"] <= 1
+    # debiased CKA (the default) can fall slightly below 0 for unrelated activations
+    assert "val_accuracy" in history[1] and -1 <= history[1]["mean_cka"] <= 1
     assert trainer.fraction.heads == 2 and trainer.fraction.total_heads == 8
 
 
@@ -104,3 +105,18 @@ def test_bad_input(pair) -> None:
         CircuitTrainer(student, teacher, TASK, HeadMap(pairs=[("L5H0", "L0H0")]), FAST)
     with pytest.raises(ValueError, match="outside the model"):
         CircuitTrainer(student, teacher, TASK, HeadMap(pairs=[("L0H0", "L0H9")]), FAST)
+
+
+@pytest.mark.parametrize(("site", "positions"), [("result", "last"), ("z", "tokens")])
+def test_sites_train_the_mapped_heads(pair, site, positions) -> None:
+    teacher, student = pair
+    before = _snapshot(student)
+    cfg = dataclasses.replace(FAST, condition="align", steps=2, eval_every=0, site=site,
+                              positions=positions)  # fmt: skip
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg)
+    history = trainer.train(progress=False)
+    assert all(math.isfinite(r["loss"]) for r in history)
+    moved = sum(int((p != before[n]).sum()) for n, p in _snapshot(student).items())
+    assert moved > 0  # the alignment term alone has gradients at this site
+    null = trainer.heldout_cka(n=16)
+    assert null.value.shape == (2,) and (null.null_sd > 0).all()

@@ -21,6 +21,7 @@ LABELS = {
     "ce": "CE",
     "ce+align": "CE + Align CKA",
     "ce+rand": "CE + Rand CKA",
+    "ce+shuffled": "CE + Shuffled CKA",
     "align": "Align CKA",
     "kd": "KD",
     "full-ce": "full fine-tuning CE",
@@ -58,8 +59,8 @@ class ExperimentConfig:
         circuit_n: prompts for circuit discovery.
         random_from: the random control draws teacher heads from ``"all"`` heads or the
             ``"circuit"``, never the student head's aligned partner.
-        target_accuracy: validation accuracy for "steps to target"; None: halfway from the
-            untrained student to CE's mean final accuracy.
+        target_accuracy: validation accuracy for convergence ("steps to CE final"); None: the
+            CE condition's mean final validation accuracy.
     """
 
     tasks: tuple[str, ...] = TASKS

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from circuitlens.ablation import AblationResult
 from circuitlens.experiments.config import LABELS, ExperimentConfig
 from circuitlens.io import atomic_write_text
+from circuitlens.types import Head
 
 
 @dataclass
@@ -63,43 +65,67 @@ class ExperimentResult:
         rows = []
         targets = {t: self.target(t) for t in self.config.tasks}
         for t, setup in self.setups.items():
-            for c, key in (("student", "student_accuracy"), ("teacher", "teacher_accuracy")):
+            for c in ("student", "teacher"):
                 if c in self.config.conditions:
-                    rows.append({"task": t, "condition": c, "seed": None, "accuracy": setup[key]})
+                    rows.append(
+                        {
+                            "task": t,
+                            "condition": c,
+                            "seed": None,
+                            "accuracy": setup[f"{c}_accuracy"],
+                            "circuit_accuracy": setup.get(f"{c}_circuit_accuracy"),
+                        }
+                        | {
+                            f"accuracy[{f}]": a
+                            for f, a in setup.get(f"{c}_format_accuracy", {}).items()
+                        }
+                    )
+        skip = ("curve", "pairs", "test_correct", "cka_before", "cka_after", "format_accuracy")
         for cell in self.cells:
+            after = cell.get("cka_after") or {}
             rows.append(
-                {k: v for k, v in cell.items() if k not in ("curve", "pairs")}
+                {k: v for k, v in cell.items() if k not in skip}
                 | {"pairs": " ".join(f"{s}->{t}" for s, t in cell["pairs"])}
-                | {"steps_to_target": _first_step(cell, targets[cell["task"]])}
+                | {f"accuracy[{f}]": a for f, a in cell.get("format_accuracy", {}).items()}
+                | {
+                    "cka_null_mean": _mean(after.get("null_mean")),
+                    "cka_null_sd": _mean(after.get("null_sd")),
+                    "steps_to_target": _first_step(cell, targets[cell["task"]]),
+                }
             )
         return pd.DataFrame(rows)
 
     def target(self, task: str) -> float | None:
-        """The validation accuracy "steps to target" asks for (see the config)."""
+        """The validation accuracy convergence is measured against: the CE condition's final
+        validation accuracy (mean over seeds), unless the config fixes ``target_accuracy``."""
         if self.config.target_accuracy is not None:
             return self.config.target_accuracy
-        setup = self.setups.get(task)
         finals = [
             c["curve"][-1]["val_accuracy"]
             for c in self.cells
             if c["task"] == task and c["condition"] == "ce" and c["curve"]
         ]
-        if setup is None or not finals:
+        if task not in self.setups or not finals:
             return None
-        before = setup["student_val_accuracy"]
-        gain = sum(finals) / len(finals) - before
-        return before + gain / 2 if gain > 0 else None
+        return sum(finals) / len(finals)
 
     def steps_to_target(self, cell: dict[str, Any]) -> int | None:
         """The first evaluated step whose validation accuracy reaches the target (None: never)."""
         return _first_step(cell, self.target(cell["task"]))
 
     def table(self) -> Any:
-        """The paper's table: per task and condition, mean and std over seeds."""
+        """The paper's table: per task and condition, mean and sd over seeds."""
         import pandas as pd
 
         df = self.cells_frame()
         rows = []
+
+        def mean_sd(x: Any) -> tuple[float, float]:
+            x = pd.to_numeric(x, errors="coerce").dropna()
+            if x.empty:
+                return float("nan"), float("nan")
+            return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+
         for t in self.config.tasks:
             ce = df[(df.task == t) & (df.condition == "ce")]["accuracy"]
             for c in self.config.conditions:
@@ -107,11 +133,14 @@ class ExperimentResult:
                 if sub.empty:
                     continue
                 acc = sub["accuracy"].astype(float)
+                circ = mean_sd(sub["circuit_accuracy"]) if "circuit_accuracy" in sub else None
                 row: dict[str, Any] = {
                     "task": t,
                     "condition": LABELS[c],
                     "accuracy_mean": acc.mean(),
                     "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+                    "circuit_accuracy_mean": circ[0] if circ else float("nan"),
+                    "circuit_accuracy_std": circ[1] if circ else float("nan"),
                     "n_seeds": len(acc),
                     "points_vs_ce": 100 * (acc.mean() - ce.mean()) if len(ce) else float("nan"),
                 }
@@ -122,6 +151,13 @@ class ExperimentResult:
                         "param_fraction": sub["param_fraction"].mean(),
                         "cka_before": sub["mean_cka_before"].astype(float).mean(),
                         "cka_after": sub["mean_cka_after"].astype(float).mean(),
+                        "cka_after_std": mean_sd(sub["mean_cka_after"])[1],
+                        "cka_null_mean": mean_sd(sub.get("cka_null_mean"))[0]
+                        if "cka_null_mean" in sub
+                        else float("nan"),
+                        "cka_null_sd": mean_sd(sub.get("cka_null_sd"))[0]
+                        if "cka_null_sd" in sub
+                        else float("nan"),
                         "steps_to_target": reached.mean() if len(reached) else float("nan"),
                         "reached_target": f"{len(reached)}/{len(sub)}"
                         if self.target(t) is not None
@@ -130,8 +166,97 @@ class ExperimentResult:
                 rows.append(row)
         return pd.DataFrame(rows)
 
+    def format_table(self) -> Any:
+        """Accuracy in every prompt format the task offers: task, condition, format, mean, sd,
+        points against the same format's CE."""
+        import pandas as pd
+
+        df = self.cells_frame()
+        cols = [c for c in df.columns if c.startswith("accuracy[")]
+        rows = []
+        for t in self.config.tasks:
+            for c in self.config.conditions:
+                sub = df[(df.task == t) & (df.condition == c)]
+                for col in cols:
+                    if sub.empty or sub[col].isna().all():
+                        continue
+                    x = sub[col].astype(float).dropna()
+                    ce = df[(df.task == t) & (df.condition == "ce")][col].astype(float).dropna()
+                    vs_ce = 100 * (x.mean() - ce.mean()) if len(ce) else float("nan")
+                    rows.append(
+                        {
+                            "task": t,
+                            "condition": LABELS[c],
+                            "format": col[len("accuracy[") : -1],
+                            "accuracy_mean": x.mean(),
+                            "accuracy_std": x.std(ddof=1) if len(x) > 1 else float("nan"),
+                            "points_vs_ce": vs_ce,
+                        }
+                    )
+        return pd.DataFrame(rows)
+
+    #: McNemar comparisons: (A, B), the method against each baseline and control
+    COMPARISONS = (
+        ("ce+align", "ce"),
+        ("ce+align", "ce+rand"),
+        ("ce+align", "ce+shuffled"),
+        ("ce+align", "full-ce"),
+    )
+
+    def mcnemar_table(self) -> Any:
+        """McNemar's exact test of CE + Align against each baseline, per task, on per-prompt
+        test correctness pooled over the seeds both conditions have."""
+        import pandas as pd
+
+        from circuitlens.experiments.stats import mcnemar
+
+        rows = []
+        by = {(c["task"], c["condition"], c["seed"]): c for c in self.cells}
+        for t in self.config.tasks:
+            for a, b in self.COMPARISONS:
+                seeds = [
+                    s
+                    for s in self.config.seeds
+                    if (t, a, s) in by and (t, b, s) in by and "test_correct" in by[(t, a, s)]
+                ]
+                if not seeds:
+                    continue
+                xa = [v for s in seeds for v in by[(t, a, s)]["test_correct"]]
+                xb = [v for s in seeds for v in by[(t, b, s)]["test_correct"]]
+                m = mcnemar(xa, xb)
+                rows.append(
+                    {"task": t, "A": LABELS[a], "B": LABELS[b], "seeds": len(seeds)} | m.to_dict()
+                )
+        return pd.DataFrame(rows)
+
+    def cka_table(self) -> Any:
+        """Held-out CKA of every mapped pair after training, with its permutation null."""
+        import pandas as pd
+
+        rows = []
+        for cell in self.cells:
+            after = cell.get("cka_after")
+            if not after:
+                continue
+            for i, (s, t) in enumerate(cell["pairs"]):
+                rows.append(
+                    {
+                        "task": cell["task"],
+                        "condition": LABELS[cell["condition"]],
+                        "seed": cell["seed"],
+                        "pair": f"{s} → {t}",
+                        "cka_before": (cell.get("cka_before") or {}).get("value", [None])[i],
+                        "cka_after": after["value"][i],
+                        "null_mean": after["null_mean"][i],
+                        "null_sd": after["null_sd"][i],
+                        "n_perm": after["n_perm"],
+                        "estimator": after["estimator"],
+                    }
+                )
+        return pd.DataFrame(rows)
+
     def markdown(self, table: Any = None) -> str:
-        """The table as Markdown, with what each column means."""
+        """The tables as Markdown, with what each column means."""
         df = self.table() if table is None else table
         if df.empty:
             return "(no finished cells yet)\n"
@@ -140,29 +265,105 @@ class ExperimentResult:
         def pct(x: Any) -> str:
             return "" if _isna(x) else f"{100 * x:.1f}%"
 
+        def pm(m: Any, s: Any) -> str:
+            return "" if _isna(m) else f"{m:.3f}" + ("" if _isna(s) else f" ± {s:.3f}")
+
         show["accuracy"] = [
-            f"{m:.3f}" + ("" if _isna(s) else f" ± {s:.3f}")
-            for m, s in zip(df.accuracy_mean, df.accuracy_std, strict=True)
+            pm(m, s) for m, s in zip(df.accuracy_mean, df.accuracy_std, strict=True)
+        ]
+        show["circuit-only"] = [
+            pm(m, s) for m, s in zip(df.circuit_accuracy_mean, df.circuit_accuracy_std, strict=True)
         ]
         show["vs CE (points)"] = ["" if _isna(x) else f"{x:+.1f}" for x in df.points_vs_ce]
-        cols = ["task", "condition", "accuracy", "n_seeds", "vs CE (points)"]
+        cols = ["task", "condition", "accuracy", "circuit-only", "n_seeds", "vs CE (points)"]
         if "head_fraction" in df:
             show["heads trained"] = [pct(x) for x in df.head_fraction]
             show["params trained"] = [pct(x) for x in df.param_fraction]
-            show["CKA before → after"] = [
-                "" if _isna(a) and _isna(b) else f"{a:.3f} → {b:.3f}"
-                for a, b in zip(df.cka_before, df.cka_after, strict=True)
+            show["CKA before → after (null)"] = [
+                ""
+                if _isna(a) and _isna(b)
+                else f"{a:.3f} → {b:.3f}" + ("" if _isna(nm) else f" ({nm:+.3f} ± {ns:.3f})")
+                for a, b, nm, ns in zip(
+                    df.cka_before, df.cka_after, df.cka_null_mean, df.cka_null_sd, strict=True
+                )
             ]
-            show["steps to target"] = [
+            show["steps to CE final"] = [
                 "" if _isna(r) or not r else ("never" if _isna(s) else f"{s:.0f}") + f" ({r})"
                 for s, r in zip(df.steps_to_target, df.reached_target, strict=True)
             ]
-            cols += ["heads trained", "params trained", "CKA before → after", "steps to target"]
+            cols += [
+                "heads trained",
+                "params trained",
+                "CKA before → after (null)",
+                "steps to CE final",
+            ]
         lines = [show[cols].fillna("").to_markdown(index=False), ""]
         for t in self.config.tasks:
             target = self.target(t)
             if target is not None:
-                lines.append(f"- {t}: target validation accuracy {target:.3f}")
+                lines.append(f"- {t}: convergence target (CE's final val accuracy) {target:.3f}")
+        fmt = self.format_table()
+        several = fmt.groupby("task")["format"].nunique() if not fmt.empty else None
+        if several is not None:
+            fmt = fmt[fmt.task.isin(several[several > 1].index)]  # one format: the main table
+        if not fmt.empty:
+            wide = fmt.assign(
+                acc=[
+                    pm(m, s) + ("" if _isna(p) else f" ({p:+.1f})")
+                    for m, s, p in zip(
+                        fmt.accuracy_mean, fmt.accuracy_std, fmt.points_vs_ce, strict=True
+                    )
+                ]
+            ).pivot_table(
+                index=["task", "condition"],
+                columns="format",
+                values="acc",
+                aggfunc="first",
+                sort=False,
+            )
+            lines += ["", "Accuracy by prompt format (points vs CE in the same format):", ""]
+            lines.append(wide.fillna("").reset_index().to_markdown(index=False))
+        mc = self.mcnemar_table()
+        if not mc.empty:
+            lines += [
+                "",
+                "McNemar's exact test, per-prompt test correctness pooled over seeds "
+                "(b: A right and B wrong; c: A wrong and B right):",
+                "",
+            ]
+            mc = mc.assign(p=[f"{p:.3g}" for p in mc.p])
+            lines.append(
+                mc[["task", "A", "B", "seeds", "n", "b", "c", "p"]].to_markdown(index=False)
+            )
+        maps = []
+        for t, setup in self.setups.items():
+            hm = setup.get("head_map")
+            if hm is None:
+                continue
+            sweeps = {
+                "s": AblationResult.from_dict(setup["student_sweep"]),
+                "t": AblationResult.from_dict(setup["teacher_sweep"]),
+            }
+
+            def impact(side: str, head: str, sweeps: dict = sweeps) -> str:
+                sw, h = sweeps[side], Head.parse(head)
+                d = f"ΔP_{side} = {float(sw.delta[h.layer, h.head]):.4f}"
+                if sw.delta_ci is None:
+                    return d
+                lo, hi = sw.delta_ci[:, h.layer, h.head].tolist()
+                return d + f" [{lo:.4f}, {hi:.4f}]"
+
+            metric = hm["config"].get("metric", "?")
+            maps.append(f"- {t} (P = {metric}; 95% bootstrap intervals over prompts):")
+            for (s_, t_), d in zip(hm["pairs"], hm["distances"], strict=True):
+                maps.append(
+                    f"  - {s_} → {t_}: {impact('s', s_)}, {impact('t', t_)}, "
+                    f"|ΔP_s − ΔP_t| = {d:.4f}"
+                )
+            for w in hm["config"].get("warnings", []):
+                maps.append(f"  - warning: {w}")
+        if maps:
+            lines += ["", "Head maps:", "", *maps]
         return "\n".join(lines) + "\n"
 
     def curves(self) -> Any:
@@ -197,6 +398,8 @@ class ExperimentResult:
         atomic_write_text(out["table.md"], md)
         atomic_write_text(out["table.csv"], table.to_csv(index=False))
         atomic_write_text(out["cells.csv"], self.cells_frame().to_csv(index=False))
+        atomic_write_text(self.directory / "mcnemar.csv", self.mcnemar_table().to_csv(index=False))
+        atomic_write_text(self.directory / "cka.csv", self.cka_table().to_csv(index=False))
         from circuitlens.report import render_report
 
         html = render_report(self, table)
@@ -211,6 +414,12 @@ def _first_step(cell: dict[str, Any], target: float | None) -> int | None:
         if row["val_accuracy"] >= target:
             return int(row["step"])
     return None
+
+
+def _mean(x: Any) -> float:
+    if not x:
+        return float("nan")
+    return sum(x) / len(x)
 
 
 def _isna(x: Any) -> bool:

@@ -7,12 +7,14 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
 from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
 from circuitlens.distill import sweeps
+from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.io import atomic_write_text
@@ -21,32 +23,66 @@ from circuitlens.models import load_model, model_facts
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
 from circuitlens.progress import heartbeat
 from circuitlens.rundir import run_directory
-from circuitlens.tasks import Task, evaluate, get_task, require_same_tokenizers
+from circuitlens.tasks import (
+    Task,
+    TaskFormatWarning,
+    evaluate,
+    get_task,
+    prompt_scores,
+    require_same_tokenizers,
+)
 from circuitlens.training import CONDITIONS, CircuitTrainer
 from circuitlens.types import Circuit, HeadMap
 
 
-def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig) -> Task:
+def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any) -> Task:
     """The task in the prompt format on the models' cards (the zoo's: theory of mind without
-    the instruction block), with words that are single tokens for both."""
+    the instruction block), with words that are single tokens for both; ``fmt`` builds it in
+    another format on purpose (the per-format accuracies), without the override warning."""
     d = cfg.distill
     n_test = max(d.test_n, cfg.circuit_n, d.sweep_n)
-    return get_task(
-        name,
-        seed=seed,
-        n_val=max(d.train.eval_n, 128),
-        n_test=n_test,
-        tokenizers=tokenizers,
-    )
+    with warnings.catch_warnings():
+        if fmt:
+            warnings.simplefilter("ignore", TaskFormatWarning)
+        return get_task(
+            name,
+            seed=seed,
+            n_val=max(d.train.eval_n, d.train.cka_eval_n),
+            n_test=n_test,
+            tokenizers=tokenizers,
+            **fmt,
+        )
+
+
+def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[str, Task]:
+    """The task in every prompt format it offers (the same seed: the same stories)."""
+    return format_tasks(task, lambda **fmt: _task(task.name, cfg.task_seed, tokenizers, cfg, **fmt))
+
+
+def _format_accuracy(model: Any, formats: dict[str, Task], n: int) -> dict[str, float]:
+    with warnings.catch_warnings():  # other formats than the card's, on purpose
+        warnings.simplefilter("ignore", TaskFormatWarning)
+        return {name: evaluate(model, t, "test", n) for name, t in formats.items()}
+
+
+def _correct(model: Any, task: Task, n: int) -> list[int]:
+    return [int(x) for x in prompt_scores(model, task, "test", n).tolist()]
 
 
 def model_fingerprint(spec: str) -> str:
-    """What identifies a model's weights: the sha256 of a zoo model or of a directory's
-    ``model.safetensors`` / a ``.gguf`` file; otherwise the spec itself (a hub name)."""
+    """What identifies a model's weights: the sha256 of a zoo model, of a real model's base
+    file and adapter, or of a directory's ``model.safetensors`` / a ``.gguf`` file; otherwise
+    the spec itself (a hub name)."""
     from circuitlens.zoo import sha256, zoo_path
 
     if spec.startswith("zoo:"):
         return "sha256:" + sha256(zoo_path(spec[4:]) / "model.safetensors")
+    if spec.startswith("real:"):  # the pip base's file and the shipped adapter
+        from circuitlens.real import real_card
+
+        card = real_card(spec[5:]) or {}
+        base = card.get("base", {}).get("sha256", "?")
+        return f"sha256:{base}+adapter:{card.get('adapter_sha256', 'none')}"
     path = Path(spec)
     for f in (path / "model.safetensors", path):
         if f.is_file():
@@ -71,7 +107,12 @@ def _check_models(setup: dict[str, Any], cfg: ExperimentConfig, directory: Path)
 
 
 def _setup_task(
-    task: Task, cfg: ExperimentConfig, teacher: Any, student: Any, progress: bool
+    task: Task,
+    cfg: ExperimentConfig,
+    teacher: Any,
+    student: Any,
+    progress: bool,
+    formats: dict[str, Task],
 ) -> dict[str, Any]:
     """Circuit, sweeps, head map and the untrained references of one task."""
     t0 = time.time()
@@ -86,6 +127,13 @@ def _setup_task(
     map_circuit = circuit if circuit is not None and circuit.heads else None
     head_map = map_heads(s_sweep, t_sweep, map_circuit, d.budget, d.one_to_one)
     ft, fs = model_facts(teacher), model_facts(student)
+    student_correct = _correct(student, task, d.test_n)
+    teacher_correct = _correct(teacher, task, d.test_n)
+    teacher_circuit = None
+    if circuit is not None and circuit.heads:
+        teacher_circuit = float(
+            circuit_only_scores(teacher, task, circuit.heads, "test", d.test_n).mean()
+        )
     return {
         "task": task.name,
         "circuit": None if circuit is None else circuit.to_dict(),
@@ -93,8 +141,16 @@ def _setup_task(
         "teacher_sweep": t_sweep.to_dict(),
         "student_sweep": s_sweep.to_dict(),
         "head_map": head_map.to_dict(),
-        "teacher_accuracy": evaluate(teacher, task, "test", d.test_n),
-        "student_accuracy": evaluate(student, task, "test", d.test_n),
+        "teacher_accuracy": sum(teacher_correct) / len(teacher_correct),
+        "student_accuracy": sum(student_correct) / len(student_correct),
+        "student_test_correct": student_correct,
+        "teacher_test_correct": teacher_correct,
+        "student_circuit_accuracy": float(
+            circuit_only_scores(student, task, head_map.student_heads, "test", d.test_n).mean()
+        ),
+        "teacher_circuit_accuracy": teacher_circuit,
+        "student_format_accuracy": _format_accuracy(student, formats, d.test_n),
+        "teacher_format_accuracy": _format_accuracy(teacher, formats, d.test_n),
         "student_val_accuracy": evaluate(student, task, "val", d.train.eval_n),
         "fingerprints": _fingerprints(cfg, task.name),
         "teacher_shape": [ft.n_layers, ft.n_heads, ft.n_kv_heads],
@@ -123,6 +179,23 @@ def _cell_map(setup: dict[str, Any], condition: str, seed: int, cfg: ExperimentC
     )
 
 
+def _curve(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """One row per evaluation: step, validation accuracy and CKA, and the mean training loss
+    (and CKA term's batch CKA) over the steps since the previous evaluation."""
+    out, since = [], []
+    for row in history:
+        since.append(row)
+        if "val_accuracy" not in row:
+            continue
+        point = {k: row[k] for k in ("step", "val_accuracy", "val_cka") if k in row}
+        point["loss"] = sum(r["loss"] for r in since) / len(since)
+        if "mean_cka" in row:
+            point["train_cka"] = sum(r["mean_cka"] for r in since) / len(since)
+        out.append(point)
+        since = []
+    return out
+
+
 def _run_cell(
     cell_dir: Path,
     task: Task,
@@ -132,6 +205,7 @@ def _run_cell(
     setup: dict[str, Any],
     teacher: Any,
     progress: bool,
+    formats: dict[str, Task] | None = None,
 ) -> dict[str, Any]:
     t0 = time.time()
     d = cfg.distill
@@ -143,27 +217,31 @@ def _run_cell(
         student, teacher, task, head_map, train_cfg, circuit, cell_dir / "checkpoint"
     )
     resumed = (cell_dir / "checkpoint" / "trainer.pt").exists()
-    cka_before = trainer.mean_cka()  # the student is fresh: a checkpoint loads in train()
+    cka_before = trainer.heldout_cka()  # the student is fresh: a checkpoint loads in train()
     history = trainer.train(progress=progress)
-    curve = [
-        {k: row[k] for k in ("step", "val_accuracy", "val_cka") if k in row}
-        for row in history
-        if "val_accuracy" in row
-    ]
+    cka_after = trainer.heldout_cka()
+    correct = _correct(student, task, d.test_n)
     return {
         "task": task.name,
         "condition": condition,
         "seed": seed,
-        "accuracy": evaluate(student, task, "test", d.test_n),
-        "mean_cka_before": cka_before,
-        "mean_cka_after": trainer.mean_cka(),
+        "accuracy": sum(correct) / len(correct),
+        "test_correct": correct,
+        "circuit_accuracy": float(
+            circuit_only_scores(student, task, head_map.student_heads, "test", d.test_n).mean()
+        ),
+        "format_accuracy": _format_accuracy(student, formats or {"default": task}, d.test_n),
+        "mean_cka_before": float(cka_before.value.mean()),
+        "mean_cka_after": float(cka_after.value.mean()),
+        "cka_before": cka_before.to_dict(),
+        "cka_after": cka_after.to_dict(),
         "heads_trained": trainer.fraction.heads,
         "head_fraction": trainer.fraction.head_fraction,
         "param_fraction": trainer.fraction.param_fraction,
         "pairs": [[str(s), str(t)] for s, t in head_map.pairs],
         "steps": trainer.state.step,
         "final_loss": history[-1]["loss"] if history else float("nan"),
-        "curve": curve,
+        "curve": _curve(history),
         "seconds": round(time.time() - t0, 1),
         "resumed": resumed,
     }
@@ -302,18 +380,19 @@ def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentRe
         teacher = load_model(cfg.models[t]["teacher"])
         student = load_model(cfg.models[t]["student"])  # untrained: setup and tokenizer
         task = _task(t, cfg.task_seed, [teacher, student], cfg)  # one task for every cell
+        formats = _formats(task, cfg, [teacher, student])
         if not setup_file.is_file():
             bar.set_description(f"reproduce: {t} circuit and sweeps")
             torch.manual_seed(cfg.task_seed)
             with heartbeat(bar):
-                setup = _setup_task(task, cfg, teacher, student, progress=False)
+                setup = _setup_task(task, cfg, teacher, student, progress=False, formats=formats)
             atomic_write_text(setup_file, _json_dump(setup))
         for c, s in cells:
             bar.set_description(f"reproduce: {t} {c} seed {s}")
             cell_dir = directory / t / c / f"seed{s}"
             torch.manual_seed(s)
             with heartbeat(bar):
-                cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, progress=False)
+                cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, False, formats)
             atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
             shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
             bar.update(1)

@@ -21,7 +21,7 @@ from circuitlens.tasks.formats import (
     merge_options,
 )
 from circuitlens.tasks.jsonl import JsonlTask, JsonlTaskConfig, jsonl_task
-from circuitlens.tasks.metrics import METRICS, evaluate, make_metric
+from circuitlens.tasks.metrics import METRICS, evaluate, make_metric, prompt_scores
 from circuitlens.tasks.theory_of_mind import TheoryOfMind, TheoryOfMindConfig, theory_of_mind
 from circuitlens.tasks.tokenizers import (
     TokenizerMismatchError,
@@ -88,6 +88,7 @@ __all__ = [
     "check_task_format",
     "check_tokenizers",
     "evaluate",
+    "prompt_scores",
     "get_task",
     "get_tokenizer",
     "make_metric",

@@ -267,6 +267,8 @@ class Task:
 
     name: str = "task"
     position_names: tuple[str, ...] = ("last",)
+    #: the prompt formats the task offers: format name -> config options that select it
+    formats: dict[str, dict[str, Any]] = {"default": {}}
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -92,6 +92,28 @@ def model_device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
+def prompt_scores(
+    model: Any,
+    task: Task,
+    split: str = "test",
+    n: int | None = None,
+    metric: str = "accuracy",
+    batch_size: int = 64,
+    tokenizer: Any = None,
+) -> Float[Tensor, " n"]:
+    """The metric of each of the first ``n`` prompts of ``split`` (accuracy: 1.0 / 0.0 per
+    prompt, the paired data McNemar's test needs); ``evaluate`` is its mean."""
+    fn = _metric(metric)
+    prompts = task.split(split, n)
+    device = model_device(model)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenize_prompts(tokenizer or model, prompts[start : start + batch_size]).to(device)
+        out.append(fn(model_logits(model, batch.tokens), batch, reduce=False).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def evaluate(
     model: Any,
     task: Task,

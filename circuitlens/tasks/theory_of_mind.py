@@ -103,6 +103,7 @@ class TheoryOfMind(Task):
 
     name = "theory_of_mind"
     position_names = ("last", "query_character", "query_container", "state_1", "state_2")
+    formats = {"plain": {"instruction": False}, "instruction": {"instruction": True}}
 
     def __init__(self, config: TheoryOfMindConfig) -> None:
         super().__init__(config)

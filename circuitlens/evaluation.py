@@ -1,0 +1,74 @@
+"""Evaluation beyond full-model accuracy: circuit-only accuracy and accuracy per prompt format.
+
+- **Circuit-only** (the paper's second number): every head *outside* a kept set (the student's
+  mapped heads, or a teacher's circuit) is mean-ablated (:func:`circuitlens.ablation.
+  mean_ablated`, means over the split's ``ablation`` reference prompts, per position), and the
+  task is scored with the kept heads alone carrying head-specific information.
+- **Per format**: a task may offer several prompt formats (``Task.formats``; theory of mind:
+  ``plain`` and ``instruction``). The same prompts are scored in each, so a gain that appears
+  in one format only shows as such.
+
+Both return per-prompt scores (``[n]``: 1.0 / 0.0 for accuracy), the paired data of McNemar's
+test; their mean is the accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitlens.ablation import compute_means, mean_ablated
+from circuitlens.models import model_facts
+from circuitlens.tasks import Task, prompt_scores
+from circuitlens.types import Head, parse_heads
+
+
+@torch.no_grad()
+def circuit_only_scores(
+    model: Any,
+    task: Task,
+    keep: Sequence[Head | str],
+    split: str = "test",
+    n: int | None = None,
+    metric: str = "accuracy",
+    means: Tensor | None = None,
+) -> Float[Tensor, " n"]:
+    """Per-prompt metric with every head but ``keep`` mean-ablated.
+
+    Args:
+        keep: the heads left intact (e.g. the student's mapped heads).
+        means: ``[layer, pos, head_index, d_head]``; default: over the split's ablation
+            reference prompts.
+    """
+    f = model_facts(model)
+    kept = set(parse_heads(keep))
+    others = [
+        Head(layer, h)
+        for layer in range(f.n_layers)
+        for h in range(f.n_heads)
+        if Head(layer, h) not in kept
+    ]
+    if means is None:
+        batch = task.batch(model, split, n)
+        if batch.ablation_tokens is None:
+            raise ValueError(
+                f"task {task.name!r} has no ablation reference prompts: pass means="
+                "compute_means(model, reference_tokens)"
+            )
+        means = compute_means(model, batch.ablation_tokens)
+    with mean_ablated(model, others, means):
+        return prompt_scores(model, task, split, n, metric)
+
+
+def format_tasks(task: Task, make: Any) -> dict[str, Task]:
+    """One task per prompt format that ``task``'s kind offers (``Task.formats``):
+    ``make(**format_options)`` builds each (the same seed, so the same stories; only the
+    format differs)."""
+    return {name: make(**opts) for name, opts in type(task).formats.items()}
+
+
+__all__ = ["circuit_only_scores", "format_tasks"]

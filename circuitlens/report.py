@@ -126,6 +126,15 @@ def format_table(df: Any) -> tuple[list[str], list[list[str]], list[bool]]:
     shown too. Returns the header, the rows, and which rows are references (no training)."""
     cols = list(df.columns)
     shown, source = _pairs(cols)
+
+    def integral(col: str) -> bool:  # counts and seeds (a float column where one is missing)
+        vals = [x for x in df[col] if not _missing(x)]
+        return bool(vals) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and float(x).is_integer()
+            for x in vals
+        )
+
+    counts = {c for c in shown if source[c][1] is None and integral(source[c][0])}
     rows, refs = [], []
     for _, r in df.iterrows():
         row = []
@@ -144,6 +153,8 @@ def format_table(df: Any) -> tuple[list[str], list[list[str]], list[bool]]:
                 row.append(DASH if not reached else ("never" if _missing(v) else f"{v:.0f}"))
             elif isinstance(v, bool):
                 row.append("yes" if v else "no")
+            elif c in counts:
+                row.append(_num(v, ".0f"))
             elif isinstance(v, int | float) or _missing(v):
                 row.append(_auto(v))
             else:

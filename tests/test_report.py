@@ -79,6 +79,17 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
                 ],
                 "seconds": 1.0,
                 "resumed": False,
+                "circuit_accuracy": acc - 0.1,
+                "format_accuracy": {"default": acc, "instruction": acc - 0.05},
+                "test_correct": [int((i * (seed + 3) + len(c)) % 4 != 0) for i in range(40)],
+                "cka_before": {"value": [0.1, 0.2]},
+                "cka_after": {
+                    "value": [0.5, 0.6],
+                    "null_mean": [0.0, 0.01],
+                    "null_sd": [0.02, 0.03],
+                    "n_perm": 20,
+                    "estimator": "unbiased",
+                },
             }
             d = directory / TASK / c / f"seed{seed}"
             d.mkdir(parents=True)
@@ -122,6 +133,10 @@ def test_report_content(report: Path) -> None:
     assert "<svg" in mapping and ">student</text>" in mapping and ">teacher</text>" in mapping
     assert "L1H2 → L3H1" in mapping and "random control, seed 1: L0H3 → L2H0" in mapping
     assert "teacher (teacher)" not in html and "student (student)" not in html
+    for section_id in ("formats-table", "mcnemar-table", "cka-table"):
+        extra = _section(html, section_id)
+        assert "<table" in extra and not re.search(r"\bnan\b", extra, re.IGNORECASE)
+    assert "L1H2 → L3H1" in _section(html, "cka-table")
     curves = _section(html, f"{TASK}-curves")
     assert '"name":"CE + Align CKA"' in curves and "condition (mean \\u00b1 sd over" in curves
 

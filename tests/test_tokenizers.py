@@ -84,3 +84,16 @@ def test_cli_distill_names_the_mismatch(make_llama_dir, tmp_path, capsys) -> Non
     )
     assert code == 2
     assert "do not tokenize the task alike" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_teacher_with_a_zoo_student_is_refused_at_once(smollm2_bridge) -> None:
+    """The reported case: it crashed with an IndexError after 342 s; now a named error."""
+    teacher = smollm2_bridge
+    student = load_model("zoo:entity-tracking-student")
+    task = get_task("entity_tracking", tokenizers=[teacher, student], n_boxes=3)
+    assert check_tokenizers(teacher, student, task) is False
+    t0 = time.time()
+    with pytest.raises(TokenizerMismatchError, match="vocabularies differ"):
+        distill_circuit(teacher, student, task, steps=1, progress=False)
+    assert time.time() - t0 < 10

@@ -24,18 +24,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitlens.hooks import hooked, resid_pre_name, run_from_layer, z_name
 from circuitlens.models import model_facts
+from circuitlens.screening import SCREENS, default_margin, screen_heads, settled, top_count
 from circuitlens.tasks import PromptBatch, Task, prompt_scores
-from circuitlens.tasks.metrics import METRICS, model_device
+from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 from circuitlens.types import Head, parse_heads
 from circuitlens.validate import check_fields
 
 log = logging.getLogger(__name__)
+
+METHODS = ("auto", "exact", "screened")
+AUTO_SCREEN_ABOVE = 100  # heads: "auto" screens models with more heads than this
 
 
 @torch.no_grad()
@@ -69,7 +73,9 @@ def compute_means(
     for start in range(0, n, batch_size):
         chunk = tokens[start : start + batch_size].to(device)
         w = valid[start : start + batch_size]
-        _, cache = model.run_with_cache(chunk, names_filter=lambda name: name in names)
+        _, cache = model.run_with_cache(
+            chunk, names_filter=lambda name: name in names, **no_logits(model)
+        )
         for layer in range(facts.n_layers):
             z = cache[z_name(layer)].to("cpu", torch.float64)
             total[layer] += torch.einsum("bphd,bp->phd", z, w.double())
@@ -146,8 +152,17 @@ class AblationConfig:
         heads_per_pass: heads ablated in one forward pass (each in its own copy of the batch);
             None: 1 on a CPU, 8 on a GPU.
         baseline: ``"own"``, or the name of the model whose unablated P is the baseline.
-        n_boot: bootstrap resamples of the prompts for each dP's confidence interval (0: none).
+        n_boot: bootstrap resamples of the prompts for each dP's confidence interval (0: none);
+            a screened sweep has intervals for its measured heads only.
         ci_level: the interval's coverage (percentile bootstrap).
+        method: ``"exact"`` (every head ablated), ``"screened"`` (estimates for every head, the
+            candidates verified exactly: :mod:`circuitlens.screening`), or ``"auto"``:
+            screened above ``AUTO_SCREEN_ABOVE`` heads, exact otherwise.
+        top: screened: the heads whose top values must be exact, a fraction of all heads or a
+            count (0.15 covers the mapping's default budget of 0.13).
+        threshold: screened: also verify every head whose |impact| may reach this (or None).
+        safety: screened: an unverified head may be this many times its estimated |impact|.
+        screen: the estimator, ``"atp*"`` or ``"atp"`` (see :mod:`circuitlens.screening`).
     """
 
     metric: str = "accuracy"
@@ -157,6 +172,11 @@ class AblationConfig:
     baseline: str = "own"
     n_boot: int = 1000
     ci_level: float = 0.95
+    method: str = "auto"
+    top: float | int | None = 0.15
+    threshold: float | None = None
+    safety: float = 1.5
+    screen: str = "atp*"
 
     def __post_init__(self) -> None:
         check_fields(self, {"n": (1, None)})
@@ -168,6 +188,14 @@ class AblationConfig:
             raise ValueError(f"ci_level must lie in (0, 1), e.g. 0.95 (got {self.ci_level})")
         if self.heads_per_pass is not None and self.heads_per_pass < 1:
             raise ValueError(f"heads_per_pass must be >= 1 (got {self.heads_per_pass})")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.screen not in SCREENS:
+            raise ValueError(f"unknown screen {self.screen!r}; valid: {', '.join(SCREENS)}")
+        if self.safety < 1:
+            raise ValueError(f"safety must be >= 1 (got {self.safety})")
+        if self.method == "screened" and self.top is None and self.threshold is None:
+            raise ValueError("a screened sweep needs top= (a count or fraction) or threshold=")
 
 
 @dataclass
@@ -180,9 +208,14 @@ class AblationResult:
         p_ablated: ``[layer, head]`` P with that one head mean-ablated.
         delta: ``[layer, head]`` impact ``p_baseline - p_ablated``.
         model_name: a label for plots.
-        config: the sweep's options.
+        config: the sweep's options (``config.method`` is the method that ran).
         delta_ci: ``[2, layer, head]`` percentile-bootstrap interval of ``delta`` over prompts
-            (lower, upper), or None (``n_boot=0``, or a result saved before intervals).
+            (lower, upper), or None (``n_boot=0``, or a result saved before intervals); NaN at
+            the heads a screened sweep only estimated (no per-prompt scores, no interval).
+        exact: ``[layer, head]`` True where ``p_ablated`` was measured, False where it is a
+            screen's estimate (a screened sweep); None means all exact.
+        estimated: ``[layer, head]`` the screen's estimates of ``p_ablated`` for every head
+            (screened sweeps), else None.
     """
 
     p_own: float
@@ -193,15 +226,24 @@ class AblationResult:
     config: AblationConfig = field(default_factory=AblationConfig)
     axis_names: tuple[str, str] = ("layer", "head")
     delta_ci: Float[Tensor, "2 layer head"] | None = None
+    exact: Bool[Tensor, "layer head"] | None = None
+    estimated: Float[Tensor, "layer head"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.exact is None:
+            self.exact = torch.ones(self.delta.shape, dtype=torch.bool)
 
     def excludes_zero(self, head: Head) -> bool | None:
-        """Whether ``head``'s impact interval excludes 0 (None: no interval)."""
-        if self.delta_ci is None:
+        """Whether ``head``'s impact interval excludes 0 (None: no interval, e.g. a head that
+        a screened sweep only estimated)."""
+        if self.delta_ci is None or not bool(self.exact[head.layer, head.head]):
             return None
         lo, hi = (
             float(self.delta_ci[0, head.layer, head.head]),
             float(self.delta_ci[1, head.layer, head.head]),
         )
+        if lo != lo or hi != hi:  # NaN: not measured
+            return None
         return lo > 0 or hi < 0
 
     def __repr__(self) -> str:
@@ -222,6 +264,11 @@ class AblationResult:
         n_layers, n_heads = self.delta.shape
         return [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
 
+    @property
+    def exact_heads(self) -> list[Head]:
+        """The heads whose values were measured (all of them unless the sweep was screened)."""
+        return [h for h in self.heads if bool(self.exact[h.layer, h.head])]
+
     def to_frame(self) -> Any:
         import pandas as pd
 
@@ -232,9 +279,10 @@ class AblationResult:
             "p_ablated": self.p_ablated.flatten().tolist(),
             "delta": self.delta.flatten().tolist(),
         }
-        if self.delta_ci is not None:
+        if self.delta_ci is not None:  # NaN where a screened sweep only estimated
             cols["delta_lo"] = self.delta_ci[0].flatten().tolist()
             cols["delta_hi"] = self.delta_ci[1].flatten().tolist()
+        cols["exact"] = self.exact.flatten().tolist()  # False: p_ablated, delta are estimates
         return pd.DataFrame(cols)
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,6 +294,8 @@ class AblationResult:
             "model_name": self.model_name,
             "config": asdict(self.config),
             "delta_ci": None if self.delta_ci is None else self.delta_ci.tolist(),
+            "exact": self.exact.tolist(),
+            "estimated": None if self.estimated is None else self.estimated.tolist(),
         }
 
     @classmethod
@@ -256,8 +306,11 @@ class AblationResult:
             p_ablated=torch.tensor(d["p_ablated"]),
             delta=torch.tensor(d["delta"]),
             model_name=d.get("model_name", "model"),
-            config=AblationConfig(**d.get("config", {})),
+            # results saved before screening existed were exact sweeps
+            config=AblationConfig(**{"method": "exact", **d.get("config", {})}),
             delta_ci=None if d.get("delta_ci") is None else torch.tensor(d["delta_ci"]),
+            exact=None if d.get("exact") is None else torch.tensor(d["exact"], dtype=torch.bool),
+            estimated=None if d.get("estimated") is None else torch.tensor(d["estimated"]),
         )
 
 
@@ -285,14 +338,39 @@ def ablated_scores(
     CPU it does not (see benchmarks/), so the default is 1 there and 8 on a GPU.
     """
     _check_means(model, means)
+    device = model_device(model)
+    layers = sorted({h.layer for h in heads})
+    names = {resid_pre_name(layer) for layer in layers}
+    _, cache = model.run_with_cache(
+        batch.tokens.to(device), names_filter=lambda x: x in names, **no_logits(model)
+    )
+    resid = {layer: cache[resid_pre_name(layer)] for layer in layers}
+    return scores_from_resid(
+        model, batch, heads, means, metric, resid, heads_per_pass, progress, reduce=reduce
+    )
+
+
+@torch.no_grad()
+def scores_from_resid(
+    model: Any,
+    batch: PromptBatch,
+    heads: Sequence[Head],
+    means: Tensor,
+    metric: str,
+    resid: dict[int, Float[Tensor, "batch pos d_model"]],
+    heads_per_pass: int | None = None,
+    progress: bool = True,
+    reduce: bool = True,
+) -> Float[Tensor, " n_heads"] | Float[Tensor, "n_heads n"]:
+    """:func:`ablated_scores` from the clean residual stream entering each head's layer
+    (``resid[layer]``, from a run the caller made), so that several calls share one run."""
     n = len(batch)
     device = model_device(model)
     if heads_per_pass is None:
         heads_per_pass = 8 if device.type == "cuda" else 1
-    tokens = batch.tokens.to(device)
     layers = sorted({h.layer for h in heads})
-    names = {resid_pre_name(layer) for layer in layers}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda x: x in names)
+    last = batch.positions["last"].to(device)
+    width = batch.tokens.shape[1]
     out = torch.empty(len(heads), n)
     index = {h: i for i, h in enumerate(heads)}
     chunks = [
@@ -302,7 +380,7 @@ def ablated_scores(
     ]
     for chunk in tqdm(chunks, desc="ablation sweep", disable=not progress):
         layer = chunk[0].layer
-        m = means[layer, : tokens.shape[1]]
+        m = means[layer, :width]
 
         def hook(z: Tensor, hook: Any, chunk: list = chunk, m: Tensor = m) -> Tensor:
             z = z.clone()
@@ -310,9 +388,9 @@ def ablated_scores(
                 z[k * n : (k + 1) * n, :, h.head] = m[:, h.head].to(z.device, z.dtype)
             return z
 
-        resid = cache[resid_pre_name(layer)].repeat(len(chunk), 1, 1)  # copy k ablates chunk[k]
+        x = resid[layer].repeat(len(chunk), 1, 1)  # copy k ablates chunk[k]
         with hooked(model, [(z_name(layer), hook)]):
-            logits = run_from_layer(model, resid, layer)
+            logits = run_from_layer(model, x, layer, last.repeat(len(chunk)))
         scores = _per_example(metric, logits, batch.repeat(len(chunk))).view(len(chunk), n).float()
         for k, h in enumerate(chunk):
             out[index[h]] = scores[k].cpu()
@@ -330,6 +408,8 @@ def bootstrap_delta(
 
     Prompts are resampled with replacement, the same resample for the baseline and every head
     (paired: both are scored on the same prompts). Returns ``[2, n_heads]``: lower, upper.
+    A head's interval depends on its own scores and the seed only, not on which other heads
+    are passed (a screened sweep's measured heads get the exact sweep's intervals).
     """
     n = base.shape[0]
     g = torch.Generator().manual_seed(seed)
@@ -356,19 +436,34 @@ def ablation_sweep(
     progress: bool = True,
     n_boot: int = 1000,
     ci_level: float = 0.95,
+    method: str = "auto",
+    top: float | int | None = 0.15,
+    threshold: float | None = None,
+    safety: float = 1.5,
+    screen: str = "atp*",
+    verify: Sequence[Head | str] = (),
 ) -> AblationResult:
     """Mean-ablate every head alone and measure the drop in task performance.
 
     Args:
-        metric: ``"accuracy"`` or ``"prob"`` (answer probability).
+        metric: ``"accuracy"``, ``"prob"`` (answer probability) or ``"logit_diff"``.
         baseline_from: another model (the student) whose unablated P is the baseline, or None.
         means: precomputed means; by default from the task's ``ablation`` reference prompts.
-        n_boot, ci_level: each dP's bootstrap interval over prompts (``n_boot=0``: none).
+        n_boot, ci_level: each dP's bootstrap interval over prompts (``n_boot=0``: none); a
+            screened sweep has intervals at its measured heads only (NaN elsewhere).
+        method: ``"exact"``, ``"screened"`` or ``"auto"`` (the default: screened for models
+            of more than ``AUTO_SCREEN_ABOVE`` = 100 heads, exact otherwise).
+        top, threshold, safety, screen: a screened sweep's options (:class:`AblationConfig`).
+        verify: heads a screened sweep measures exactly in any case (e.g. a circuit's heads).
 
     Returns:
         :class:`AblationResult` with ``delta[layer, head] = P_baseline - P_ablated`` and
-        ``delta_ci``.
+        ``delta_ci``; after a screened sweep ``exact`` marks the measured heads, the others
+        hold estimates (and no interval).
     """
+    f = model_facts(model)
+    if method == "auto":
+        method = "screened" if f.n_total_heads > AUTO_SCREEN_ABOVE else "exact"
     config = AblationConfig(
         metric=metric,
         split=split,
@@ -377,6 +472,11 @@ def ablation_sweep(
         baseline="own" if baseline_from is None else "other",
         n_boot=n_boot,
         ci_level=ci_level,
+        method=method,
+        top=top,
+        threshold=threshold,
+        safety=safety,
+        screen=screen,
     )
     batch = task.batch(model, split, n)
     if means is None:
@@ -386,19 +486,32 @@ def ablation_sweep(
                 "compute_means(model, reference_tokens)"
             )
         means = compute_means(model, batch.ablation_tokens)
-    own = prompt_scores(model, task, split, n, metric)
+    _check_means(model, means)
+    heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
+    estimated = None
+    if method == "exact":
+        own = prompt_scores(model, task, split, n, metric)
+        per_prompt = ablated_scores(
+            model, batch, heads, means, metric, heads_per_pass, progress, reduce=False
+        )
+        scores = per_prompt.mean(1)
+        exact = torch.ones(len(heads), dtype=torch.bool)
+    else:
+        verify = [h.check(f.n_layers, f.n_heads) for h in parse_heads(list(verify))]
+        own, scores, exact, estimated, per_prompt = _screened(
+            model, batch, heads, means, config, verify
+        )
+        estimated = estimated.view(f.n_layers, f.n_heads)
     base = own if baseline_from is None else prompt_scores(baseline_from, task, split, n, metric)
     p_own, p_base = float(own.double().mean()), float(base.double().mean())
-    f = model_facts(model)
-    heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
-    per_prompt = ablated_scores(
-        model, batch, heads, means, metric, heads_per_pass, progress, reduce=False
-    )
-    p_abl = per_prompt.mean(1).view(f.n_layers, f.n_heads)
+    p_abl = scores.view(f.n_layers, f.n_heads)
     delta = p_base - p_abl
     ci = None
     if n_boot:
-        ci = bootstrap_delta(base, per_prompt, n_boot, ci_level).view(2, f.n_layers, f.n_heads)
+        # measured heads only: an estimate has no per-prompt scores (NaN: no interval)
+        ci = torch.full((2, len(heads)), float("nan"))
+        ci[:, exact] = bootstrap_delta(base, per_prompt, n_boot, ci_level)
+        ci = ci.view(2, f.n_layers, f.n_heads)
     if float(delta.max() - delta.min()) == 0.0:
         log.warning(
             "every head has the same impact (%.3f): the model's %s does not depend on "
@@ -415,4 +528,64 @@ def ablation_sweep(
         model_name=str(name),
         config=config,
         delta_ci=ci,
+        exact=exact.view(f.n_layers, f.n_heads),
+        estimated=estimated,
     )
+
+
+def _screened(
+    model: Any,
+    batch: PromptBatch,
+    heads: list[Head],
+    means: Tensor,
+    cfg: AblationConfig,
+    verify: list[Head],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Estimates for every head, then exact ablation in descending estimated |impact| until
+    the top ``cfg.top`` heads (and any above ``cfg.threshold``) are settled; ``verify`` heads
+    are measured first. Returns the unablated model's per-prompt scores ``[n]``, P_ablated
+    (exact where measured), the exact mask, the estimates and the measured heads' per-prompt
+    scores ``[n_measured, n]`` (in head order, the rows of ``exact``)."""
+    scr = screen_heads(model, batch, means, cfg.metric, cfg.screen)
+    est = scr.p_estimated.flatten()
+    impact_est = (scr.p_own - est).abs()  # [head]
+    k = None if cfg.top is None else top_count(cfg.top, len(heads))
+    margin = default_margin(k, len(heads))
+    index = {h: i for i, h in enumerate(heads)}
+    order = [index[h] for h in verify] + sorted(
+        range(len(heads)), key=lambda i: (-float(impact_est[i]), i)
+    )
+    order = list(dict.fromkeys(order))
+    measured: dict[int, Tensor] = {}  # head index -> per-prompt scores [n]
+    first = max(len(verify), min(len(heads), (k or 0) + margin))
+    rounds = [order[:first]] + [order[i : i + margin] for i in range(first, len(order), margin)]
+    for chosen in rounds:
+        if measured and settled(
+            {i: abs(scr.p_own - float(v.mean())) for i, v in measured.items()},
+            impact_est,
+            k,
+            cfg.threshold,
+            cfg.safety,
+            margin,
+        ):
+            break
+        got = scores_from_resid(
+            model,
+            batch,
+            [heads[i] for i in chosen],
+            means,
+            cfg.metric,
+            scr.resid,
+            cfg.heads_per_pass,
+            progress=False,
+            reduce=False,
+        )
+        measured.update(zip(chosen, got, strict=True))
+    log.info("screened sweep: %d of %d heads measured exactly", len(measured), len(heads))
+    scores = est.clone()
+    exact = torch.zeros(len(heads), dtype=torch.bool)
+    for i, v in measured.items():
+        scores[i] = v.mean()
+        exact[i] = True
+    per_prompt = torch.stack([measured[i] for i in sorted(measured)])
+    return scr.own_scores, scores, exact, est, per_prompt

@@ -25,8 +25,9 @@ from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cost import estimate_distill_cost, report_cost
 from circuitlens.evaluation import circuit_only_scores
 from circuitlens.io import atomic_write_text
-from circuitlens.mapping import map_heads, random_map
-from circuitlens.models import copy_model, load_model
+from circuitlens.mapping import budget_count, map_heads, random_map
+from circuitlens.models import copy_model, load_model, model_facts
+from circuitlens.screening import top_count
 from circuitlens.tasks import Task, evaluate, get_task
 from circuitlens.tasks.formats import check_task_format
 from circuitlens.tasks.metrics import METRICS
@@ -294,11 +295,28 @@ def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
             )
 
 
+def _student_top(student: Any, budget: float | int) -> float | int:
+    """A screened student sweep's ``top``: the default (0.15 of the heads), or the budget's
+    count where the budget asks for more heads (the map chooses among measured heads only)."""
+    default = 0.15
+    n = model_facts(student).n_total_heads
+    k = budget_count(budget, n)
+    return default if k <= top_count(default, n) else k
+
+
 def sweeps(
-    teacher: Any, student: Any, task: Task, cfg: DistillConfig, progress: bool = True
+    teacher: Any,
+    student: Any,
+    task: Task,
+    cfg: DistillConfig,
+    progress: bool = True,
+    circuit: Circuit | None = None,
 ) -> tuple[AblationResult, AblationResult]:
     """The teacher's and the student's mean-ablation sweeps as ``cfg`` asks (metric, prompts,
-    the teacher's baseline)."""
+    the teacher's baseline, bootstrap intervals). On models of more than 100 heads the sweeps
+    are screened (:func:`ablation_sweep`, ``method="auto"``): the teacher's sweep then measures
+    ``circuit``'s heads in any case (the map's candidates), the student's at least the
+    budget's heads."""
     t_sweep = ablation_sweep(
         teacher,
         task,
@@ -308,6 +326,7 @@ def sweeps(
         baseline_from=student if cfg.teacher_baseline == "student" else None,
         model_name="teacher",
         n_boot=cfg.n_boot,
+        verify=() if circuit is None else circuit.heads,
     )
     s_sweep = ablation_sweep(
         student,
@@ -317,6 +336,7 @@ def sweeps(
         progress=progress,
         model_name="student",
         n_boot=cfg.n_boot,
+        top=_student_top(student, cfg.budget),
     )
     return t_sweep, s_sweep
 
@@ -366,7 +386,7 @@ def distill_circuit(
     require_same_tokenizers(teacher, student, task)
     check_split_sizes(task, cfg)
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
-    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress)
+    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)
     head_map = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
     if cfg.train.condition == "ce+rand":  # the same student heads, never the aligned partner
         head_map = random_map(

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import Tensor
 
+from circuitlens.tasks.metrics import logits_at
+
 HookFn = Callable[..., Any]
 
 
@@ -52,9 +54,16 @@ def _blocks_skipped(model: Any, below: int) -> Iterator[None]:
                 inner.forward = forward
 
 
-def run_from_layer(model: Any, resid: Tensor, layer: int) -> Tensor:
+def run_from_layer(
+    model: Any, resid: Tensor, layer: int, positions: Tensor | None = None
+) -> Tensor:
     """Logits of a forward pass that starts at block ``layer`` from the residual stream
     ``resid`` (``blocks.{layer}.hook_resid_pre`` of an earlier run), skipping the compute of
-    the earlier blocks. Hooks on blocks ``>= layer`` fire as usual."""
+    the earlier blocks. Hooks on blocks ``>= layer`` fire as usual.
+
+    Returns ``[batch, pos, d_vocab]``, or with ``positions`` (one per row) the logits there
+    only, ``[batch, d_vocab]``, computed at those positions alone (see ``logits_at``)."""
     with _blocks_skipped(model, layer):
-        return model(resid, start_at_layer=layer)
+        if positions is None:
+            return model(resid, start_at_layer=layer)
+        return logits_at(model, resid, positions, start_at_layer=layer)

@@ -57,10 +57,16 @@ TIE = 1e-6  # impacts are float32: closer than this is a tie decided by rounding
 
 
 def choose_student_heads(student: AblationResult, budget: float | int) -> list[Head]:
-    """The ``budget`` student heads with the largest impact (ties: layer, head order)."""
-    heads = student.heads
-    k = budget_count(budget, len(heads))
-    delta = student.delta.flatten().tolist()
+    """The ``budget`` student heads with the largest impact (ties: layer, head order), among
+    the heads whose impact was measured (a screened sweep estimates the others)."""
+    k = budget_count(budget, len(student.heads))
+    heads = student.exact_heads
+    if len(heads) < k:
+        raise ValueError(
+            f"a budget of {k} heads, but the screened sweep measured only {len(heads)}: "
+            f"sweep with top={k} or more"
+        )
+    delta = [float(student.delta[h.layer, h.head]) for h in heads]
     if max(delta) == min(delta):
         log.warning(
             "the student's impact dP is %.3f for every head (e.g. its accuracy is 0 or no head "
@@ -93,7 +99,11 @@ def map_warnings(
                 f"distinguishable from 0 ({100 * level:.0f}% bootstrap interval over prompts "
                 "contains 0)"
             )
-    delta = student_sweep.delta.flatten()
+    # the measured heads, among which the students were chosen (a screened sweep's estimates
+    # are never chosen, so they cannot tie)
+    delta = torch.tensor(
+        [float(student_sweep.delta[h.layer, h.head]) for h in student_sweep.exact_heads]
+    )
     k = len(students)
     if k < delta.numel():
         ranked = delta.sort(descending=True).values
@@ -115,13 +125,22 @@ def map_warnings(
 def _candidates(teacher: AblationResult, circuit: Circuit | None) -> list[Head]:
     n_layers, n_heads = teacher.delta.shape
     if circuit is None:
-        return teacher.heads
+        return teacher.exact_heads  # a screened sweep's estimates are not mapped to
     heads = circuit.heads
     if not heads:
         raise ValueError("the circuit has no heads to map to")
     for h in heads:
         h.check(n_layers, n_heads)
-    return heads
+    measured = [h for h in heads if bool(teacher.exact[h.layer, h.head])]
+    if len(measured) < len(heads):
+        log.warning(
+            "the teacher's screened sweep did not measure circuit heads %s: they are left out "
+            "of the mapping (sweep with verify=circuit.heads to include them)",
+            ", ".join(str(h) for h in heads if h not in measured),
+        )
+    if not measured:
+        raise ValueError("the teacher sweep measured none of the circuit's heads")
+    return measured
 
 
 def map_heads(

@@ -162,9 +162,11 @@ class RealRecipe:
         return d
 
 
-# Student: the first 12 and the last 4 of SmolLM2's 30 layers (16 x 9 = 144 heads). Dropping a
-# contiguous block of late-middle layers costs a pretrained model least (Gromov et al. 2024).
-STUDENT_LAYERS = (*range(12), *range(26, 30))
+# Student: SmolLM2 without layers 4-11 (22 of 30 layers, 198 heads). SmolLM2 is not redundant
+# in depth: language-model loss on a plain paragraph, 1.89 with every layer, is 4.68 without
+# layers 4-11, 5.27 without 16-23, 11.1 without 24-27 and 14.3 without 20-27 (measured), so
+# the student drops the early-middle block that costs least and is healed from there.
+STUDENT_LAYERS = (*range(4), *range(12, 30))
 ET_OPTIONS: dict[str, Any] = {"n_boxes": 7}
 TOM_OPTIONS: dict[str, Any] = {"instruction": False}
 
@@ -177,8 +179,8 @@ RECIPES = {
         ),
         RealRecipe(
             "smollm2-entity-tracking-student", "smollm2-135m", "entity_tracking", "student",
-            keep_layers=STUDENT_LAYERS, task_options=ET_OPTIONS, lora_r=4, lora_alpha=8,
-            lr=1e-4, stop_at=0.55, eval_every=10, max_steps=400,
+            keep_layers=STUDENT_LAYERS, task_options=ET_OPTIONS, lr=5e-4, stop_at=0.55,
+            eval_every=10, max_steps=400,
         ),
         RealRecipe(
             "smollm2-theory-of-mind-teacher", "smollm2-135m", "theory_of_mind", "teacher",
@@ -186,8 +188,8 @@ RECIPES = {
         ),
         RealRecipe(
             "smollm2-theory-of-mind-student", "smollm2-135m", "theory_of_mind", "student",
-            keep_layers=STUDENT_LAYERS, task_options=TOM_OPTIONS, lora_r=4, lora_alpha=8,
-            lr=1e-4, stop_at=0.55, eval_every=10, max_steps=600,
+            keep_layers=STUDENT_LAYERS, task_options=TOM_OPTIONS, lr=5e-4, stop_at=0.55,
+            eval_every=10, max_steps=600,
         ),
     )
 }  # fmt: skip
@@ -464,7 +466,10 @@ def train_adapter(
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
     model.save_pretrained(str(tmp))
     for f in tmp.iterdir():
-        f.replace(out / f.name)
+        if f.name == "README.md":  # peft's blank hub model card: ours is card.json
+            f.unlink()
+        else:
+            f.replace(out / f.name)
     tmp.rmdir()
     return model, {"steps": step, "history": history, "seconds": round(time.time() - t0, 1)}
 

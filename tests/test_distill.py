@@ -57,3 +57,26 @@ def test_config_files(tmp_path) -> None:
     assert DistillConfig().with_overrides(lam=3.0, budget=4).train.lam == 3.0
     with pytest.raises(ValueError, match="lam"):
         DistillConfig().with_overrides(lam=-1.0)
+
+
+def test_screened_sweeps_measure_the_circuit_and_the_budget(make_llama_dir, monkeypatch) -> None:
+    """With screening forced on (the zoo's 8 heads are below AUTO_SCREEN_ABOVE), the teacher's
+    sweep measures the circuit's heads and the student's at least the budget's heads, and the
+    measured heads carry intervals."""
+    import circuitlens.ablation as ablation
+    from circuitlens.distill import sweeps
+    from circuitlens.types import Circuit
+
+    monkeypatch.setattr(ablation, "AUTO_SCREEN_ABOVE", 0)
+    teacher = load_model(make_llama_dir(seed=1, n_layers=3))
+    student = load_model(make_llama_dir(seed=2))
+    task = get_task("entity_tracking", n_boxes=3, n_test=16)
+    circuit = Circuit({"A": ["L0H0", "L2H3"]})
+    cfg = DistillConfig(sweep_n=16, budget=7, n_boot=50)
+    t, s = sweeps(teacher, student, task, cfg, progress=False, circuit=circuit)
+    assert t.config.method == "screened" and s.config.method == "screened"
+    assert bool(t.exact[0, 0]) and bool(t.exact[2, 3])
+    assert s.config.top == 7 and int(s.exact.sum()) >= 7
+    for sw in (t, s):
+        assert not bool(sw.delta_ci[:, sw.exact].isnan().any())
+        assert bool(sw.delta_ci[:, ~sw.exact].isnan().all())

@@ -206,9 +206,10 @@ def test_shipped_adapter_meets_its_card(name: str) -> None:
     hf, tok, loaded_card = load_real_hf(name)
     assert loaded_card == card
     recipe = RECIPES[name]
-    assert dataclasses.asdict(recipe) | {"keep_layers": None, "targets": None} == card[
-        "recipe"
-    ] | {"keep_layers": None, "targets": None}
+    assert dataclasses.asdict(recipe) | {"keep_layers": None, "targets": None} == card["recipe"] | {
+        "keep_layers": None,
+        "targets": None,
+    }
     prompts = real_task(recipe, tok, seed=12345).split("test", 50)
     acc = hf_accuracy(hf, tok, prompts)
     assert abs(acc - card["test_acc_first50"]) <= 0.05, (acc, card["test_acc_first50"])

@@ -123,8 +123,8 @@ def _setup_task(
         circuit = find_circuit(teacher, task, CircuitConfig(n=cfg.circuit_n), progress=progress)
         if not circuit.heads:
             note = "patching found no circuit heads: the map may use any teacher head"
-    t_sweep, s_sweep = sweeps(teacher, student, task, d, progress)
     map_circuit = circuit if circuit is not None and circuit.heads else None
+    t_sweep, s_sweep = sweeps(teacher, student, task, d, progress, map_circuit)
     head_map = map_heads(s_sweep, t_sweep, map_circuit, d.budget, d.one_to_one)
     ft, fs = model_facts(teacher), model_facts(student)
     student_correct = _correct(student, task, d.test_n)

@@ -17,7 +17,7 @@ The scores equal TransformerLens' one-forward-per-head functions
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from circuitlens.hooks import hooked, resid_pre_name, run_from_layer
 from circuitlens.models import model_facts
-from circuitlens.tasks.metrics import model_device
+from circuitlens.tasks.metrics import keep_positions, model_device
+from circuitlens.types import Head, parse_heads
 
 COMPONENTS = {"z": "hook_z", "q": "hook_q", "k": "hook_k", "v": "hook_v", "pattern": "hook_pattern"}
 
@@ -49,6 +50,8 @@ class PatchingResult:
         clean_score, corrupted_score: the metric of the unpatched runs.
         axis_names: names of the score axes.
         config: the options of the run.
+        exact: ``[layer, head]`` True where the score was measured; False where it is an
+            attribution estimate (a screened run) or was not asked for; None: all measured.
     """
 
     scores: Float[Tensor, "..."]
@@ -56,6 +59,7 @@ class PatchingResult:
     corrupted_score: float
     axis_names: tuple[str, ...]
     config: PatchingConfig = field(default_factory=PatchingConfig)
+    exact: Tensor | None = None
 
     def to_frame(self) -> Any:
         import pandas as pd
@@ -90,12 +94,19 @@ def activation_patch(
     per_position: bool = False,
     patches_per_pass: int | None = None,
     progress: bool = True,
+    positions: Int[Tensor, " batch"] | None = None,
+    heads: Sequence[Head | str] | None = None,
 ) -> PatchingResult:
     """Patch each head's ``component`` from the clean run into the corrupted run.
 
     Args:
         clean, corrupted: token batches of the same shape.
         metric: ``logits [batch, pos, d_vocab] -> scalar`` (TransformerLens' signature).
+        positions: the one position per prompt the metric reads (e.g. the task's ``last``):
+            logits are then computed there only and ``metric`` gets ``[batch, d_vocab]``
+            (the metrics of :func:`circuitlens.tasks.make_metric` accept both).
+        heads: patch only these heads (``k``/``v``: K/V heads); the others score NaN and
+            ``exact`` marks the patched ones.
 
     Returns:
         :class:`PatchingResult` with ``scores[layer, head]`` (or ``[layer, head, pos]``).
@@ -118,15 +129,27 @@ def activation_patch(
         patches_per_pass = 8 if device.type == "cuda" else 1
     names = {_hook_name(component, layer) for layer in range(f.n_layers)}
     resid_names = {resid_pre_name(layer) for layer in range(f.n_layers)}
+    keep: dict[str, Any] = {}
+    if positions is not None:  # the unpatched runs compute their logits at positions only
+        positions = positions.to(device)
+        keep, gather = keep_positions(model, positions)
     with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names)
+        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names, **keep)
         corrupted_logits, corr = model.run_with_cache(
-            corrupted, names_filter=lambda x: x in resid_names
+            corrupted, names_filter=lambda x: x in resid_names, **keep
         )
+    if positions is not None:
+        clean_logits, corrupted_logits = gather(clean_logits), gather(corrupted_logits)
     # every patch: (layer, head, position or None); a pass holds patches of one layer and
     # starts at that layer from the corrupted residual stream (earlier blocks are unaffected)
+    wanted = None if heads is None else {(h.layer, h.head) for h in parse_heads(list(heads))}
     per_layer = [
-        [(layer, h, p) for h in range(n_heads) for p in (range(width) if per_position else [None])]
+        [
+            (layer, h, p)
+            for h in range(n_heads)
+            if wanted is None or (layer, h) in wanted
+            for p in (range(width) if per_position else [None])
+        ]
         for layer in range(f.n_layers)
     ]
     chunks = [
@@ -134,9 +157,9 @@ def activation_patch(
         for patches in per_layer
         for i in range(0, len(patches), patches_per_pass)
     ]
-    scores = torch.empty(sum(len(c) for c in chunks))
+    n_pos = width if per_position else 1
+    scores = torch.full((f.n_layers * n_heads * n_pos,), float("nan"))
     head_axis = 1 if component == "pattern" else 2  # pattern: [batch, head, dest, src]
-    done = 0
     for chunk in tqdm(chunks, desc=f"patch {component}", disable=not progress):
         layer = chunk[0][0]
         src = cache[_hook_name(component, layer)]
@@ -158,10 +181,12 @@ def activation_patch(
 
         resid = corr[resid_pre_name(layer)].repeat(len(chunk), 1, 1)
         with torch.no_grad(), hooked(model, [(_hook_name(component, layer), hook)]):
-            logits = run_from_layer(model, resid, layer)
-        for k in range(len(chunk)):
-            scores[done + k] = float(metric(logits[k * n : (k + 1) * n]))
-        done += len(chunk)
+            logits = run_from_layer(
+                model, resid, layer, None if positions is None else positions.repeat(len(chunk))
+            )
+        for k, (_, h, pos) in enumerate(chunk):
+            flat = (layer * n_heads + h) * n_pos + (pos or 0)
+            scores[flat] = float(metric(logits[k * n : (k + 1) * n]))
     shape = (f.n_layers, n_heads, width) if per_position else (f.n_layers, n_heads)
     axes = ("layer", "head", "pos") if per_position else ("layer", "head")
     return PatchingResult(
@@ -170,4 +195,9 @@ def activation_patch(
         corrupted_score=float(metric(corrupted_logits)),
         axis_names=axes,
         config=PatchingConfig(component, per_position, patches_per_pass),
+        exact=None
+        if wanted is None
+        else torch.tensor(
+            [[(layer, h) in wanted for h in range(n_heads)] for layer in range(f.n_layers)]
+        ),
     )

@@ -18,8 +18,10 @@ from torch import Tensor
 
 from circuitlens.hooks import hooked, z_name
 from circuitlens.models import model_facts
-from circuitlens.patching.activation import PatchingConfig, PatchingResult
-from circuitlens.tasks.metrics import model_device
+from circuitlens.patching.activation import PatchingConfig, PatchingResult, activation_patch
+from circuitlens.screening import default_margin, settled
+from circuitlens.tasks.metrics import keep_positions, model_device, model_logits
+from circuitlens.types import Head
 
 
 def attribution_patch(
@@ -27,8 +29,12 @@ def attribution_patch(
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Callable[[Tensor], Tensor],
+    positions: Int[Tensor, " batch"] | None = None,
 ) -> PatchingResult:
     """AtP estimates of patching each head's ``z`` from clean into corrupted.
+
+    ``positions``: the one position per prompt the metric reads; logits are then computed
+    there only and ``metric`` gets ``[batch, d_vocab]`` (as in :func:`activation_patch`).
 
     Returns:
         :class:`PatchingResult` whose ``scores[layer, head]`` estimate the patched metric
@@ -44,23 +50,30 @@ def attribution_patch(
     device = model_device(model)
     clean, corrupted = clean.to(device), corrupted.to(device)
     names = {z_name(layer) for layer in range(f.n_layers)}
+    keep: dict[str, Any] = {}
+    gather: Callable[[Tensor], Tensor] = lambda x: x  # noqa: E731
+    if positions is not None:
+        keep, gather = keep_positions(model, positions.to(device))
     with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names)
-    leaves: dict[int, Tensor] = {}
+        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names, **keep)
+        clean_logits = gather(clean_logits)
+    deltas: dict[int, Tensor] = {}
+    zs: dict[int, Tensor] = {}
 
-    def make_leaf(z: Tensor, hook: Any) -> Tensor:
-        # a leaf from here on: the backward pass stops here and leaves the gradient
-        leaf = z.detach().requires_grad_(True)
-        leaves[int(hook.name.split(".")[1])] = leaf
-        return leaf
+    def open_z(z: Tensor, hook: Any) -> Tensor:
+        # a zero added (not a leaf swapped in) so that d/d(delta) is the total derivative by z,
+        # through the later heads too (a detached leaf at every layer would cut those paths)
+        layer = int(hook.name.split(".")[1])
+        zs[layer] = z.detach()
+        deltas[layer] = torch.zeros_like(z, requires_grad=True)
+        return z + deltas[layer]
 
-    with torch.enable_grad(), hooked(model, [(n, make_leaf) for n in names]):
-        corrupted_logits = model(corrupted)
-        value = metric(corrupted_logits)
-        grads = torch.autograd.grad(value, [leaves[layer] for layer in range(f.n_layers)])
+    with torch.enable_grad(), hooked(model, [(n, open_z) for n in names]):
+        value = metric(gather(model_logits(model, corrupted, **keep)))
+        grads = torch.autograd.grad(value, [deltas[layer] for layer in range(f.n_layers)])
     scores = torch.stack(
         [
-            ((cache[z_name(layer)] - leaves[layer].detach()) * grads[layer]).sum((0, 1, 3))
+            ((cache[z_name(layer)] - zs[layer]) * grads[layer]).sum((0, 1, 3))
             for layer in range(f.n_layers)
         ]
     )  # [layer, head]
@@ -70,6 +83,71 @@ def attribution_patch(
         corrupted_score=float(value.detach()),
         axis_names=("layer", "head"),
         config=PatchingConfig("z", False, 0),
+    )
+
+
+def screened_activation_patch(
+    model: Any,
+    clean: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"],
+    metric: Callable[[Tensor], Tensor],
+    top: int | None = None,
+    min_recovered: float | None = None,
+    safety: float = 1.5,
+    positions: Int[Tensor, " batch"] | None = None,
+    patches_per_pass: int | None = None,
+    progress: bool = True,
+) -> PatchingResult:
+    """Activation patching of ``z``, screened: AtP estimates for every head, then exact
+    patching in descending estimated |effect| (``score - corrupted_score``) until the ``top``
+    heads, and every head whose |effect| may reach ``min_recovered`` times the clean-corrupted
+    gap, are settled (the rule of :mod:`circuitlens.screening`: an unpatched head may be
+    ``safety`` times its estimate).
+
+    Returns:
+        :class:`PatchingResult` with exact scores where ``exact`` is True, AtP estimates
+        elsewhere.
+    """
+    if top is None and min_recovered is None:
+        raise ValueError("a screened patch needs top= (a count of heads) or min_recovered=")
+    f = model_facts(model)
+    atp = attribution_patch(model, clean, corrupted, metric, positions=positions)
+    gap = abs(atp.clean_score - atp.corrupted_score)
+    threshold = None if min_recovered is None else min_recovered * gap
+    est = (atp.scores - atp.corrupted_score).abs().flatten()
+    heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
+    margin = default_margin(top, len(heads))
+    order = sorted(range(len(heads)), key=lambda i: (-float(est[i]), i))
+    first = min(len(heads), (top or 0) + margin)
+    scores = atp.scores.clone().flatten()
+    exact = torch.zeros(len(heads), dtype=torch.bool)
+    measured: dict[int, float] = {}
+    for chosen in [order[:first]] + [
+        order[i : i + margin] for i in range(first, len(order), margin)
+    ]:
+        if measured and settled(measured, est, top, threshold, safety, margin):
+            break
+        res = activation_patch(
+            model,
+            clean,
+            corrupted,
+            metric,
+            patches_per_pass=patches_per_pass,
+            progress=progress,
+            positions=positions,
+            heads=[heads[i] for i in chosen],
+        )
+        for i in chosen:
+            scores[i] = res.scores.flatten()[i]
+            exact[i] = True
+            measured[i] = abs(float(scores[i]) - res.corrupted_score)
+    return PatchingResult(
+        scores=scores.view(f.n_layers, f.n_heads),
+        clean_score=atp.clean_score,
+        corrupted_score=atp.corrupted_score,
+        axis_names=("layer", "head"),
+        config=PatchingConfig("z", False, patches_per_pass),
+        exact=exact.view(f.n_layers, f.n_heads),
     )
 
 

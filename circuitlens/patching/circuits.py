@@ -33,9 +33,10 @@ import torch
 from circuitlens.ablation import compute_means, mean_ablated
 from circuitlens.models import model_facts
 from circuitlens.patching.activation import activation_patch
+from circuitlens.patching.attribution import screened_activation_patch
 from circuitlens.patching.path import path_patch
 from circuitlens.tasks import Task, make_metric
-from circuitlens.tasks.metrics import accuracy
+from circuitlens.tasks.metrics import accuracy, logits_at
 from circuitlens.types import Circuit, Head
 from circuitlens.validate import check_fields
 
@@ -55,6 +56,9 @@ class CircuitConfig:
         complete_to: add support heads until the circuit keeps this share of the accuracy
             (0 disables).
         max_support: the most support heads added.
+        method: other tasks' activation patching: ``"exact"``, ``"screened"`` (AtP estimates,
+            heads that may pass ``threshold`` patched exactly) or ``"auto"`` (screened above
+            100 heads).
     """
 
     n: int = 100
@@ -64,6 +68,7 @@ class CircuitConfig:
     threshold: float = 0.1
     complete_to: float = 0.8
     max_support: int = 8
+    method: str = "auto"
 
     def __post_init__(self) -> None:
         check_fields(
@@ -95,14 +100,14 @@ def circuit_accuracy(
     keep = set(heads)
     outside = [h for h in _all_heads(model) if h not in keep]
     with mean_ablated(model, outside, means):
-        return float(accuracy(model(batch.tokens), batch))
+        return float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
 
 
 def faithfulness(model: Any, task: Task, circuit: Circuit, n: int = 100) -> dict[str, float]:
     """Circuit-only accuracy, full-model accuracy, and their ratio."""
     batch = task.batch(model, "test", n)
     with torch.no_grad():
-        full = float(accuracy(model(batch.tokens), batch))
+        full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     alone = circuit_accuracy(model, task, circuit.heads, n)
     return {
         "full_accuracy": full,
@@ -136,10 +141,11 @@ def _complete(
 
     batch = task.batch(model, "test", cfg.n)
     with torch.no_grad():
-        full = float(accuracy(model(batch.tokens), batch))
+        full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     heads = [h for hs in groups.values() for h in hs]
     sweep = ablation_sweep(model, task, n=cfg.n, progress=False)
-    order = sorted(sweep.heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
+    # measured heads only (a screened sweep, on a large model, estimates the rest)
+    order = sorted(sweep.exact_heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
     support: list[Head] = []
     for h in order:
         if circuit_accuracy(model, task, heads + support, cfg.n) >= cfg.complete_to * full:
@@ -200,14 +206,34 @@ def find_circuit(
         method = "path patching (Prakash et al. A-D, plus E and support heads)"
     else:
         metric = make_metric("logit_diff", batch)
-        res = activation_patch(
-            model, batch.tokens, batch.corrupted_tokens, metric, progress=progress
+        screened = cfg.method == "screened" or (
+            cfg.method == "auto" and model_facts(model).n_total_heads > 100
         )
+        if screened:
+            res = screened_activation_patch(
+                model,
+                batch.tokens,
+                batch.corrupted_tokens,
+                metric,
+                min_recovered=cfg.threshold,
+                positions=batch.positions["last"],
+                progress=progress,
+            )
+        else:
+            res = activation_patch(
+                model,
+                batch.tokens,
+                batch.corrupted_tokens,
+                metric,
+                progress=progress,
+                positions=batch.positions["last"],
+            )
         gap = res.clean_score - res.corrupted_score
         recovered = (res.scores - res.corrupted_score) / (gap if gap != 0 else 1.0)
-        groups = {
-            "heads": [Head(layer, h) for layer, h in (recovered > cfg.threshold).nonzero().tolist()]
-        }
+        chosen = recovered > cfg.threshold
+        if res.exact is not None:
+            chosen &= res.exact  # measured heads only
+        groups = {"heads": [Head(layer, h) for layer, h in chosen.nonzero().tolist()]}
         positions = {"heads": "last"}
         scores = {"recovered": recovered.tolist()}
         method = "activation patching of z"

@@ -37,7 +37,14 @@ from tqdm.auto import tqdm
 from circuitlens.hooks import hooked, z_name
 from circuitlens.models import model_facts
 from circuitlens.tasks import PromptBatch
-from circuitlens.tasks.metrics import accuracy, answer_prob, model_device
+from circuitlens.tasks.metrics import (
+    accuracy,
+    answer_prob,
+    keep_positions,
+    logits_at,
+    model_device,
+    no_logits,
+)
 from circuitlens.types import Head, parse_heads
 
 VIA = ("q", "k", "v", "logits")
@@ -141,12 +148,17 @@ def path_patch(
     pos = batch.positions[position].to(device)
     z_names = {z_name(layer) for layer in range(f.n_layers)}
     mlp_names = {_mlp_name(layer) for layer in range(f.n_layers)}
+    last = batch.positions["last"].to(device)
+    keep, gather = keep_positions(model, last)  # the metric reads the last position only
     with torch.no_grad():
         clean_logits, clean = model.run_with_cache(
-            tokens, names_filter=lambda x: x in z_names or x in mlp_names
+            tokens, names_filter=lambda x: x in z_names or x in mlp_names, **keep
         )
+        clean_logits = gather(clean_logits)
         _, corr = model.run_with_cache(
-            batch.corrupted_tokens.to(device), names_filter=lambda x: x in z_names
+            batch.corrupted_tokens.to(device),
+            names_filter=lambda x: x in z_names,
+            **no_logits(model),
         )
     p_clean = answer_prob(clean_logits, batch, reduce=False)
     # the relative change is unstable where p_clean is near 0: score the prompts the model gets
@@ -180,7 +192,7 @@ def path_patch(
                 for name in mlp_names
             ]
             with torch.no_grad(), hooked(model, hooks):
-                logits = model(tokens.repeat(m, 1))
+                logits = logits_at(model, tokens.repeat(m, 1), last.repeat(m))
         else:
             recorded: dict[int, Tensor] = {}
 
@@ -189,7 +201,7 @@ def path_patch(
 
             hooks += [(_input_name(via, layer), record) for layer in recv_layers]
             with torch.no_grad(), hooked(model, hooks):
-                model(tokens.repeat(m, 1))
+                model(tokens.repeat(m, 1), **no_logits(model))
 
             def patch_input(x: Tensor, hook: Any, m: int = m, recorded: dict = recorded) -> Tensor:
                 layer = int(hook.name.split(".")[1])
@@ -206,7 +218,7 @@ def path_patch(
                 torch.no_grad(),
                 hooked(model, [(_input_name(via, layer), patch_input) for layer in recv_layers]),
             ):
-                logits = model(tokens.repeat(m, 1))
+                logits = logits_at(model, tokens.repeat(m, 1), last.repeat(m))
         p = answer_prob(logits, batch.repeat(m), reduce=False).view(m, n)
         rel = ((p - p_clean[None]) / p_clean[None].clamp(min=1e-12))[:, keep].mean(1)
         scores[c * senders_per_pass : c * senders_per_pass + m] = rel.cpu()

@@ -4,16 +4,23 @@ Every metric reads the logits at each prompt's ``last`` position and compares th
 answer token: ``accuracy`` (argmax is the answer), ``prob`` (softmax probability of the
 answer) and ``logit_diff`` (answer logit minus the mean logit of the wrong answers).
 ``make_metric(name, batch)`` binds a metric to a batch, giving a ``logits -> scalar`` callable
-for patching code; the per-example forms (``reduce=False``) return ``[batch]``.
+for patching code; the per-example forms (``reduce=False``) return ``[batch]``. Metrics accept
+full logits ``[batch, pos, d_vocab]`` or the scored position's ``[batch, d_vocab]``.
+
+Speed: :func:`logits_at` computes the final norm and the unembedding only at the scored
+positions (one per prompt) where the model allows it, instead of at every position (SmolLM2's
+vocabulary is 49,152 wide); ``evaluate``, ``prompt_scores``, the sweeps and patching use it
+by default.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuitlens.tasks.base import PromptBatch, Task, TaskError, tokenize_prompts
@@ -75,10 +82,60 @@ def make_metric(name: str, batch: PromptBatch, reduce: bool = True) -> Callable[
     return lambda logits: fn(logits, batch, reduce=reduce)
 
 
-def model_logits(model: Any, tokens: Tensor) -> Tensor:
+def model_logits(model: Any, tokens: Tensor, **kwargs: Any) -> Tensor:
     """Logits ``[batch, pos, d_vocab]`` of a bridge, HookedTransformer or Hugging Face model."""
-    out = model(tokens)
+    out = model(tokens, **kwargs)
     return out if isinstance(out, Tensor) else out.logits
+
+
+def _hf_model(model: Any) -> Any:
+    driver = getattr(model, "_driver", None)
+    inner = getattr(driver, "underlying_model", None) or getattr(model, "original_model", None)
+    return inner if inner is not None else model
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether ``model(tokens, logits_to_keep=...)`` computes logits at chosen positions only
+    (a bridge over a Hugging Face causal LM, or such a model itself; not a HookedTransformer)."""
+    forward = getattr(_hf_model(model), "forward", None)
+    if forward is None:
+        return False
+    try:
+        return "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def no_logits(model: Any) -> dict[str, Any]:
+    """Forward keyword arguments for a pass whose logits are not read (a caching run): the
+    final norm and unembedding then run at one position instead of all."""
+    return {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+
+
+def keep_positions(
+    model: Any, positions: Int[Tensor, " batch"]
+) -> tuple[dict[str, Any], Callable[[Tensor], Tensor]]:
+    """Forward keyword arguments that compute logits only at ``positions`` (one per prompt)
+    where the model allows it, and the function that takes that forward's logits to
+    ``[batch, d_vocab]``, ``logits[i, positions[i]]``: for a caller that runs the forward itself
+    (``run_with_cache``)."""
+    rows = torch.arange(positions.shape[0], device=positions.device)
+    if not accepts_logits_to_keep(model):
+        return {}, lambda logits: logits[rows, positions]
+    keep = positions.unique()  # sorted: the distinct scored positions
+    index = torch.searchsorted(keep, positions)
+    return {"logits_to_keep": keep}, lambda logits: logits[rows, index]
+
+
+def logits_at(
+    model: Any, input: Tensor, positions: Int[Tensor, " batch"], **kwargs: Any
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at one position per prompt, ``logits[i, positions[i]]``, computing the final norm
+    and unembedding only at the positions asked for where the model allows it (Hugging Face's
+    ``logits_to_keep``; the values equal the full computation's, which tests check). ``input``
+    is tokens, or a residual stream with ``start_at_layer=`` in ``kwargs``."""
+    keep, gather = keep_positions(model, positions.to(input.device))
+    return gather(model_logits(model, input, **keep, **kwargs))
 
 
 def model_device(model: Any) -> torch.device:
@@ -109,7 +166,8 @@ def prompt_scores(
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = tokenize_prompts(tokenizer or model, prompts[start : start + batch_size]).to(device)
-        out.append(fn(model_logits(model, batch.tokens), batch, reduce=False).float().cpu())
+        logits = logits_at(model, batch.tokens, batch.positions["last"])
+        out.append(fn(logits, batch, reduce=False).float().cpu())
     return torch.cat(out)
 
 
@@ -153,5 +211,6 @@ def evaluate(
     total = 0.0
     for start in range(0, len(prompts), batch_size):
         batch = tokenize_prompts(tokenizer or model, prompts[start : start + batch_size]).to(device)
-        total += float(fn(model_logits(model, batch.tokens), batch, reduce=False).sum())
+        logits = logits_at(model, batch.tokens, batch.positions["last"])
+        total += float(fn(logits, batch, reduce=False).sum())
     return total / len(prompts)

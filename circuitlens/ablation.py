@@ -41,6 +41,7 @@ from circuitlens.screening import (
 from circuitlens.tasks import PromptBatch, Task, prompt_scores
 from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 from circuitlens.types import Head, parse_heads
+from circuitlens.validate import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class AblationConfig:
     rank: str = "signed"
 
     def __post_init__(self) -> None:
+        check_fields(self, {"n": (1, None)})
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.n_boot < 0:
@@ -255,6 +257,19 @@ class AblationResult:
         if lo != lo or hi != hi:  # NaN: not measured
             return None
         return lo > 0 or hi < 0
+
+    def __repr__(self) -> str:
+        n_layers, n_heads = self.delta.shape
+        top = self.delta.flatten().topk(min(3, self.delta.numel())).indices.tolist()
+        largest = ", ".join(
+            f"L{i // n_heads}H{i % n_heads} {float(self.delta.flatten()[i]):+.3f}" for i in top
+        )
+        base = "" if self.p_baseline == self.p_own else f", baseline {self.p_baseline:.3f}"
+        return (
+            f"AblationResult({self.model_name}: {self.config.metric} on {self.config.n} "
+            f"{self.config.split} prompts, P = {self.p_own:.3f}{base}; {n_layers}x{n_heads} "
+            f"heads; largest dP {largest})"
+        )
 
     @property
     def heads(self) -> list[Head]:

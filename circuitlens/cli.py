@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -92,6 +94,69 @@ def _zoo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str) -> Any:
+    """A command-line value as JSON where it reads as JSON (numbers, true/false, lists), else
+    the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    from circuitlens.validate import ConfigError
+
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--task-option {pair!r}: write it as KEY=VALUE, e.g. --task-option n_boxes=3"
+            )
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """What ``distill`` runs: the file's run keys under the flags, and the DistillConfig."""
+    from circuitlens.distill import RUN_KEYS, DistillConfig, read_config_file
+    from circuitlens.validate import ConfigError
+
+    run: dict[str, Any] = {}
+    config = DistillConfig()
+    if args.config:
+        data = read_config_file(args.config)
+        run = {k: data[k] for k in RUN_KEYS if k in data}
+        for k in ("teacher", "student", "task"):
+            if k in run and not isinstance(run[k], str):
+                raise ConfigError(f"{args.config}: {k} must be a string (got {run[k]!r})")
+        if not isinstance(run.get("task_options", {}), dict):
+            raise ConfigError(f"{args.config}: task_options must be a table of options")
+        config = DistillConfig.from_dict({k: v for k, v in data.items() if k not in RUN_KEYS})
+    overrides = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "sweep_n": args.sweep_n,
+            "test_n": args.test_n,
+            "condition": args.condition,
+            "lam": args.lam,
+            "budget": args.budget,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    if overrides:
+        config = config.with_overrides(**overrides)
+    spec = {
+        "teacher": args.teacher or run.get("teacher", "zoo:entity-tracking-teacher"),
+        "student": args.student or run.get("student", "zoo:entity-tracking-student"),
+        "task": args.task or run.get("task", "entity_tracking"),
+        "task_options": dict(run.get("task_options", {})) | _task_options(args.task_option),
+    }
+    return spec, config
+
+
 def _real_list(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -133,26 +198,29 @@ def _real_build(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    import tomllib
     from pathlib import Path
 
-    from circuitlens.distill import DistillConfig, distill_circuit
+    from circuitlens import get_task, load_model
+    from circuitlens.distill import distill_circuit
+    from circuitlens.rundir import run_directory
 
-    run: dict = {}
-    if args.config:
-        path = Path(args.config)
-        run = tomllib.loads(path.read_text()) if path.suffix == ".toml" else {}
-        config = DistillConfig.load(path)
-    else:
-        config = DistillConfig()
-    teacher = args.teacher or run.get("teacher", "zoo:entity-tracking-teacher")
-    student = args.student or run.get("student", "zoo:entity-tracking-student")
-    task = args.task or run.get("task", "entity_tracking")
+    spec, config = _run_spec(args)  # every option checked before anything is loaded
     out = Path(args.out)
-    result = distill_circuit(
-        teacher, student, task, config=config, checkpoint_dir=out / "checkpoints"
-    )
-    result.save(out / "result")
+    # an output of `circuitlens distill` from before run markers holds only these two
+    legacy = lambda d: {p.name for p in d.iterdir()} <= {"checkpoints", "result"}  # noqa: E731
+    with run_directory(out, fresh=args.fresh, kind="distill", adopt=legacy):
+        teacher, student = load_model(spec["teacher"]), load_model(spec["student"])
+        task = get_task(spec["task"], tokenizers=[teacher, student], **spec["task_options"])
+        result = distill_circuit(
+            teacher,
+            student,
+            task,
+            config=config,
+            checkpoint_dir=out / "checkpoints",
+            progress=not args.no_progress,
+            inplace=True,  # loaded here: nobody else holds this student
+        )
+        result.save(out / "result")
     print(result.head_map)
     print(result.table().to_string())
     print(f"saved to {out / 'result'}")
@@ -189,7 +257,10 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from circuitlens import __version__
+
     p = argparse.ArgumentParser(prog="circuitlens", description=__doc__)
+    p.add_argument("--version", action="version", version=f"circuitlens {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -200,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true", help="one seed, 60 steps: a few minutes")
     rep.add_argument("--config", help="a .toml/.json ExperimentConfig")
     rep.add_argument("--out", help="results directory (default results/reproduce[-quick])")
-    rep.add_argument("--fresh", action="store_true", help="delete the results directory first")
+    rep.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the results directory first (only one a circuitlens run made)",
+    )
     rep.add_argument("--tasks", nargs="+", help="a subset of the tasks")
     rep.add_argument("--conditions", nargs="+", help="a subset of the conditions")
     rep.add_argument("--seeds", nargs="+", type=int, help="training seeds")
@@ -221,7 +296,27 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--teacher", help="model spec (default zoo:entity-tracking-teacher)")
     dist.add_argument("--student", help="model spec (default zoo:entity-tracking-student)")
     dist.add_argument("--task", help="task name (default entity_tracking)")
+    dist.add_argument(
+        "--task-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a task option (repeatable): --task-option n_boxes=3 --task-option seed=1; "
+        "the prompt format on the models' cards is used unless overridden",
+    )
+    dist.add_argument("--steps", type=int, help="training steps")
+    dist.add_argument("--sweep-n", type=int, help="prompts per ablation sweep")
+    dist.add_argument("--test-n", type=int, help="test prompts for the before/after accuracy")
+    dist.add_argument("--condition", help="training condition (default ce+align)")
+    dist.add_argument("--lam", type=float, help="weight of the CKA term")
+    dist.add_argument("--budget", type=_parse_value, help="student heads: a fraction or a count")
+    dist.add_argument("--seed", type=int, help="training seed")
     dist.add_argument("--out", default="results/distill", help="output directory")
+    dist.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the output directory first (only one a circuitlens run made)",
+    )
+    dist.add_argument("--no-progress", action="store_true", help="no progress bars")
     dist.set_defaults(fn=_distill)
 
     zoo = sub.add_parser("zoo", help="the embedded tiny models")

@@ -22,23 +22,60 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.cost import estimate_distill_cost, report_cost
 from circuitlens.evaluation import circuit_only_scores
+from circuitlens.io import atomic_write_text
 from circuitlens.mapping import budget_count, map_heads, random_map
-from circuitlens.models import load_model, model_facts
+from circuitlens.models import copy_model, load_model, model_facts
 from circuitlens.screening import top_count
 from circuitlens.tasks import Task, evaluate, get_task
+from circuitlens.tasks.formats import check_task_format
+from circuitlens.tasks.metrics import METRICS
+from circuitlens.tasks.tokenizers import require_same_tokenizers
 from circuitlens.training import CircuitTrainer, TrainConfig
 from circuitlens.types import Circuit, HeadMap
+from circuitlens.validate import ConfigError, check_fields
 
 log = logging.getLogger(__name__)
 
 
 def refuse_unknown_keys(cls: type, d: dict[str, Any], what: str) -> None:
     """A config dict may only hold the dataclass's fields: name the others and the valid ones."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} must be a table of options (got {type(d).__name__} {d!r})")
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(d) - set(valid))
     if unknown:
-        raise ValueError(f"unknown {what} keys {unknown}; valid keys: {valid}")
+        raise ConfigError(f"unknown {what} keys {unknown}; valid keys: {valid}")
+
+
+#: keys of a run file (``circuitlens distill --config``) that name what to run, not options
+RUN_KEYS = ("teacher", "student", "task", "task_options")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The table in a ``.toml`` or ``.json`` file; a :class:`ConfigError` that names the file
+    and the problem when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such config file: {str(path)!r}")
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError(f"config file {str(path)!r}: name it .toml or .json (read by its suffix)")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:]}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table of options at the top")
+    return data
+
+
+def _build(cls: type, d: dict[str, Any], what: str) -> Any:
+    try:
+        return cls(**d)
+    except TypeError as e:  # e.g. a table where a number belongs, caught by no __post_init__
+        raise ConfigError(f"{what}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -72,16 +109,32 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        from circuitlens.tasks.metrics import METRICS
-
+        check_fields(
+            self,
+            {"sweep_n": (1, None), "test_n": (1, None), "budget": (0, None), "n_boot": (0, None)},
+        )
         if self.metric not in METRICS:
-            raise ValueError(
-                f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)} (prob is the default)"
+            raise ConfigError(
+                f"DistillConfig.metric must be one of {list(METRICS)} (got {self.metric!r}; "
+                "prob is the default)"
             )
-        if self.n_boot < 0:
-            raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {self.n_boot}")
+        if self.budget <= 0:
+            raise ConfigError(
+                f"DistillConfig.budget must be a fraction in (0, 1] or a count >= 1 "
+                f"(got {self.budget!r})"
+            )
+        if isinstance(self.budget, float) and self.budget > 1:
+            raise ConfigError(
+                f"DistillConfig.budget {self.budget!r} is a fraction above 1: write a count of "
+                f"heads as an integer ({int(self.budget)}), or a fraction in (0, 1]"
+            )
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(
+                f"DistillConfig.train must be a TrainConfig or a table of its options (got "
+                f"{type(self.train).__name__})"
+            )
         if self.teacher_baseline not in ("student", "own"):
-            raise ValueError(
+            raise ConfigError(
                 f"teacher_baseline must be 'student' or 'own' (got {self.teacher_baseline!r})"
             )
 
@@ -90,23 +143,20 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
-        d = dict(d)
         refuse_unknown_keys(cls, d, "config")
+        d = dict(d)
         train = d.pop("train", {})
         if isinstance(train, dict):
             refuse_unknown_keys(TrainConfig, train, "[train]")
-            train = TrainConfig(**train)
-        return cls(train=train, **d)
+            train = _build(TrainConfig, train, "[train]")
+        return _build(cls, {"train": train, **d}, "config")
 
     @classmethod
     def load(cls, path: str | Path) -> DistillConfig:
-        """From a ``.toml`` or ``.json`` file (``[train]`` holds the trainer's options)."""
-        path = Path(path)
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        for k in ("teacher", "student", "task"):  # run-file keys read by the CLI, not options
-            data.pop(k, None)
-        return cls.from_dict(data)
+        """From a ``.toml`` or ``.json`` file (``[train]`` holds the trainer's options); the
+        run-file keys (:data:`RUN_KEYS`: teacher, student, task, task_options) are skipped."""
+        data = read_config_file(path)
+        return cls.from_dict({k: v for k, v in data.items() if k not in RUN_KEYS})
 
     def with_overrides(self, **overrides: Any) -> DistillConfig:
         """A copy with top-level or ``train`` fields replaced (``condition="ce"``, ``lam=2``)."""
@@ -143,6 +193,24 @@ class DistillResult:
     metrics: dict[str, float]
     config: DistillConfig
 
+    def __repr__(self) -> str:
+        m = self.metrics
+
+        def num(key: str, fmt: str = ".3f") -> str:
+            v = m.get(key)
+            return "?" if not isinstance(v, int | float) else format(v, fmt)
+
+        pairs = " ".join(f"{s}->{t}" for s, t in self.head_map.pairs[:4])
+        more = f" (+{len(self.head_map) - 4})" if len(self.head_map) > 4 else ""
+        return (
+            f"DistillResult({self.config.train.condition}, {m.get('steps', '?')} steps, "
+            f"{len(self.head_map)} {self.head_map.kind} pair(s) {pairs}{more}; "
+            f"student accuracy {num('student_accuracy_before')} -> "
+            f"{num('student_accuracy_after')} (teacher {num('teacher_accuracy')}); "
+            f"mean CKA {num('mean_cka_before')} -> {num('mean_cka_after')}; "
+            f"{num('param_fraction', '.1%')} of parameters trained; {m.get('seconds', '?')} s)"
+        )
+
     def table(self) -> Any:
         """The metrics as a one-column pandas table."""
         import pandas as pd
@@ -155,6 +223,9 @@ class DistillResult:
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        mask = os.umask(0o022)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is as readable as any
         try:
             from safetensors.torch import save_file
 
@@ -172,7 +243,7 @@ class DistillResult:
                 "config.json": self.config.to_dict(),
             }
             for name, obj in files.items():
-                (tmp / name).write_text(json.dumps(obj, indent=1))
+                atomic_write_text(tmp / name, json.dumps(obj, indent=1))
             if directory.exists():
                 old = directory.with_name(directory.name + ".old")
                 os.replace(directory, old)
@@ -203,6 +274,25 @@ class DistillResult:
             metrics=read("metrics.json"),
             config=DistillConfig.from_dict(read("config.json")),
         )
+
+
+def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
+    """Refuse, before any work, a config that asks for more prompts than a split holds."""
+    need = {"test": max(cfg.sweep_n, cfg.test_n)}
+    if cfg.train.eval_every:
+        need["val"] = cfg.train.eval_n
+    for split, n in need.items():
+        have = len(task.split(split))
+        if n > have:
+            fields = {
+                "test": "sweep_n / test_n",
+                "val": "eval_n (the trainer's validation prompts)",
+            }[split]
+            raise ConfigError(
+                f"the config asks for {n} {split} prompts ({fields}) but the task's {split} "
+                f"split holds {have}: build the task with n_{split}={n} (or more), or lower "
+                f"{fields.split(' (')[0]}"
+            )
 
 
 def _student_top(student: Any, budget: float | int) -> float | int:
@@ -259,6 +349,7 @@ def distill_circuit(
     circuit: Circuit | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    inplace: bool = False,
     **overrides: Any,
 ) -> DistillResult:
     """Distil the teacher's circuit into the student (see the module docstring).
@@ -270,17 +361,31 @@ def distill_circuit(
             trainer's: ``condition="ce"``, ``steps=100``, ``lam=0.5``).
         circuit: the teacher's circuit; None maps to any teacher head.
         checkpoint_dir: makes training resumable.
+        inplace: train the ``student`` object passed in; by default a ready model is copied
+            first, so the caller's student is left as it was (``result.student`` is trained).
 
     Returns:
         :class:`DistillResult`; ``result.table()`` shows the metrics.
+
+    Raises:
+        ConfigError: a bad option (named) before any work.
+        TokenizerMismatchError: teacher and student tokenize the task differently.
     """
     cfg = config or DistillConfig()
     if overrides:
         cfg = cfg.with_overrides(**overrides)
     t0 = time.time()
+    given = student
     teacher, student = load_model(teacher), load_model(student)
+    if not isinstance(given, str | Path) and not inplace:  # a ready model is the caller's
+        student = copy_model(student)
     if isinstance(task, str):
         task = get_task(task, tokenizers=[teacher, student])
+    else:
+        check_task_format(task, [teacher, student])
+    require_same_tokenizers(teacher, student, task)
+    check_split_sizes(task, cfg)
+    report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
     t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)
     head_map = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
     if cfg.train.condition == "ce+rand":  # the same student heads, never the aligned partner

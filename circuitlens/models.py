@@ -12,10 +12,18 @@
 - a ready model: a ``TransformerBridge`` (returned as is), a Hugging Face causal LM (booted,
   with ``tokenizer=``), or a legacy ``HookedTransformer`` (returned as is: it has the same
   ``run_with_hooks``, ``cfg`` and hook names).
+
+The model's *card*, where it has one, is attached to the returned model as the attribute
+``circuitlens_card`` (a dict; :func:`model_card` reads it). A card's ``"task_options"`` maps
+each task name to the prompt-format options the model expects (``{"theory_of_mind":
+{"instruction": False}}``); :func:`circuitlens.get_task` builds tasks in that format. Zoo models
+carry their card; a local directory's ``card.json`` is read as its card.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import socket
 import tempfile
@@ -85,6 +93,69 @@ def model_facts(model: Any) -> ModelFacts:
         d_model=int(cfg.d_model),
         d_vocab=int(cfg.d_vocab),
     )
+
+
+CARD_ATTR = "circuitlens_card"
+
+
+def normalize_card(card: dict[str, Any]) -> dict[str, Any]:
+    """A card with ``task_options`` as ``{task: {option: value}}`` (a zoo ``card.json`` stores
+    its own task's options flat, beside ``"task"``)."""
+    card = dict(card)
+    opts = card.get("task_options") or {}
+    if not isinstance(opts, dict):
+        raise ModelLoadError(f"a model card's task_options must be a table (got {opts!r})")
+    if opts and not all(isinstance(v, dict) for v in opts.values()):
+        if "task" not in card:
+            raise ModelLoadError(
+                "a model card's task_options must map task names to options, e.g. "
+                f'{{"theory_of_mind": {{"instruction": false}}}} (got {opts!r})'
+            )
+        opts = {card["task"]: opts}
+    card["task_options"] = {str(t): dict(o) for t, o in opts.items()}
+    return card
+
+
+def attach_card(model: Any, card: dict[str, Any] | None) -> Any:
+    """Attach ``card`` (normalized, see :func:`normalize_card`) as ``model.circuitlens_card``."""
+    if card is not None:
+        object.__setattr__(model, CARD_ATTR, normalize_card(card))
+    return model
+
+
+def model_card(model: Any) -> dict[str, Any] | None:
+    """The card :func:`load_model` attached to ``model`` (None: it has none).
+
+    ``card["task_options"][task]`` holds the prompt-format options of ``task`` for this model.
+    """
+    card = getattr(model, CARD_ATTR, None)
+    return card if isinstance(card, dict) else None
+
+
+def copy_model(model: Any) -> Any:
+    """A deep copy of a loaded model (its weights, hooks-free state and card)."""
+    return copy.deepcopy(model)
+
+
+def _zoo_card(name: str, path: Path) -> dict[str, Any]:
+    from circuitlens.zoo import ZOO
+
+    card = json.loads((path / "card.json").read_text())
+    # the zoo shares one tokenizer and one prompt format for every task it knows
+    card["task_options"] = {spec.task: dict(spec.task_options) for spec in ZOO.values()}
+    card.setdefault("source", f"zoo:{name}")
+    return card
+
+
+def _dir_card(path: Path) -> dict[str, Any] | None:
+    f = path / "card.json"
+    if not f.is_file():
+        return None
+    try:
+        card = json.loads(f.read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"{str(f)!r} is not valid JSON ({e}); fix or remove it") from e
+    return card if isinstance(card, dict) else None
 
 
 def _is_bridge(obj: Any) -> bool:
@@ -210,7 +281,8 @@ def load_model(
         device, dtype: where and in what precision to put the weights.
 
     Returns:
-        A ``TransformerBridge`` in eval mode (a legacy ``HookedTransformer`` is returned as is).
+        A ``TransformerBridge`` in eval mode (a legacy ``HookedTransformer`` is returned as is),
+        with its card, if it has one, as ``model.circuitlens_card`` (see :func:`model_card`).
 
     >>> model = load_model("zoo:entity-tracking-student")
     >>> model_facts(model).n_layers
@@ -245,14 +317,16 @@ def load_model(
     if spec.startswith("zoo:"):
         from circuitlens.zoo import zoo_path
 
-        return _load_dir(zoo_path(spec[len("zoo:") :]), device, dtype)
+        name = spec[len("zoo:") :]
+        path = zoo_path(name)
+        return attach_card(_load_dir(path, device, dtype), _zoo_card(name, path))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"no such GGUF file: {spec!r}")
         return _load_gguf(path, device, dtype)
     if path.is_dir():
-        return _load_dir(path, device, dtype)
+        return attach_card(_load_dir(path, device, dtype), _dir_card(path))
     if path.exists():
         raise ModelLoadError(
             f"{spec!r} is a file but not a .gguf; accepted forms: " + "; ".join(SPEC_FORMS)

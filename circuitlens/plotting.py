@@ -27,6 +27,12 @@ def _hover(sweep: AblationResult) -> list[list[str]]:
     ]
 
 
+def _role(role: str, sweep: AblationResult) -> str:
+    """``teacher`` or ``teacher <name>``: the name only where it says more than the role."""
+    name = sweep.model_name
+    return role if name in ("", "model", role) else f"{role} {name}"
+
+
 def plot_ablation(
     teacher_sweep: AblationResult,
     student_sweep: AblationResult,
@@ -48,9 +54,10 @@ def plot_ablation(
         cols=2,
         horizontal_spacing=0.12,
         subplot_titles=[
-            f"teacher ({s.model_name}): P = {s.p_own:.3f}, baseline {s.p_baseline:.3f}"
+            f"{_role('teacher', s)}: P = {s.p_own:.3f}"
+            + ("" if s.p_baseline == s.p_own else f", baseline P = {s.p_baseline:.3f}")
             if i == 0
-            else f"student ({s.model_name}): P = {s.p_own:.3f}"
+            else f"{_role('student', s)}: P = {s.p_own:.3f}"
             for i, s in enumerate(sweeps)
         ],
     )
@@ -231,7 +238,10 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
             "training loss (mean since the last evaluation)",
         ],
     )
-    colors = {c: f"hsl({int(360 * i / len(LABELS))},70%,45%)" for i, c in enumerate(LABELS)}
+    palette = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7")
+    colors = {
+        c: palette[i % len(palette)] for i, c in enumerate(c for c in LABELS if c != "student")
+    }
     for condition, sub in df.groupby("condition", sort=False):
         for col, key in ((1, "val_accuracy"), (2, "val_cka"), (3, "loss")):
             if key not in sub or sub[key].isna().all():
@@ -260,6 +270,14 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
         fig.add_hline(
             y=setup["teacher_accuracy"], line_dash="dash", row=1, col=1, annotation_text="teacher"
         )
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(title=title or f"{task}: training curves", height=430, width=1400)
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="mean CKA (mapped pairs)", row=1, col=2)
+    fig.update_yaxes(title_text="training loss", row=1, col=3)
+    fig.update_layout(
+        title=title or f"{task}: training curves",
+        height=430,
+        width=1400,
+        legend={"title": {"text": "condition (mean ± sd over seeds)"}},
+    )
     return fig

@@ -53,9 +53,11 @@ from circuitlens.losses import (
     shuffled_teacher,
     total_loss,
 )
+from circuitlens.progress import heartbeat
 from circuitlens.tasks import PromptBatch, Task, evaluate, tokenize_prompts
 from circuitlens.tasks.metrics import answer_logits, model_device, model_logits
 from circuitlens.types import Circuit, HeadMap
+from circuitlens.validate import ConfigError, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,22 @@ POSITIONS = ("last", "circuit", "tokens")
 class CKASiteError(ValueError):
     """The CKA rows of student and teacher cannot be matched (e.g. tokens as rows with
     prompts of unequal length in tokens)."""
+
+
+#: numeric ranges of TrainConfig's fields (types and finiteness come from the annotations)
+_TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "steps": (0, None),
+    "batch_size": (1, None),
+    "lr": (0, None),
+    "weight_decay": (0, None),
+    "lam": (0, None),
+    "kd_temperature": (0, None),
+    "eval_every": (0, None),
+    "eval_n": (1, None),
+    "checkpoint_every": (0, None),
+    "cka_eval_n": (1, None),
+    "null_perms": (1, None),
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,13 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self, _TRAIN_RANGES)
+        if self.lr <= 0 or self.kd_temperature <= 0:
+            raise ConfigError(
+                "TrainConfig.lr and kd_temperature must be > 0 "
+                f"(got {self.lr}, {self.kd_temperature})"
+            )
+
         def bad(name: str, valid: tuple[str, ...]) -> None:
             value = getattr(self, name)
             if value not in valid:
@@ -430,7 +455,8 @@ class CircuitTrainer:
             if cfg.eval_every and (
                 self.state.step % cfg.eval_every == 0 or self.state.step == cfg.steps
             ):
-                row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
+                with heartbeat(bar, f"evaluating on {cfg.eval_n} val prompts"):  # a long step
+                    row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
                 if cfg.eval_cka and len(self.head_map):
                     row["val_cka"] = self.mean_cka()
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")

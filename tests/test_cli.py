@@ -41,3 +41,51 @@ def test_zoo_list_shows_all_models(capsys) -> None:
 def test_unknown_zoo_model_is_an_error(capsys) -> None:
     assert main(["zoo", "train", "nope"]) == 2
     assert "the zoo holds" in capsys.readouterr().err
+
+
+def test_version(capsys) -> None:
+    from circuitlens import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"circuitlens {__version__}"
+
+
+def test_distill_reads_models_task_and_options_from_a_json_file(
+    make_llama_dir, tmp_path, capsys
+) -> None:
+    import json
+
+    run = {
+        "teacher": str(make_llama_dir(seed=1, n_layers=3)),
+        "student": str(make_llama_dir(seed=2)),
+        "task": "entity_tracking",
+        "task_options": {"n_boxes": 3, "n_val": 16, "n_test": 32},
+        "budget": 2,
+        "train": {"batch_size": 8, "eval_every": 0, "steps": 5},
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({**run, "task": "no_such_task"}))
+    out = tmp_path / "out"
+    assert main(["distill", "--config", str(path), "--out", str(out), "--no-progress"]) == 2
+    assert "unknown task 'no_such_task'" in capsys.readouterr().err  # the file's task is used
+    path.write_text(json.dumps(run))
+    args = ["distill", "--config", str(path), "--out", str(out), "--no-progress"]
+    flags = ["--steps", "2", "--sweep-n", "16", "--test-n", "32", "--task-option", "seed=3"]
+    assert main(args + flags) == 0
+    saved = json.loads((out / "result" / "config.json").read_text())
+    assert saved["train"]["steps"] == 2 and saved["sweep_n"] == 16 and saved["budget"] == 2
+    assert json.loads((out / "result" / "metrics.json").read_text())["steps"] == 2
+    assert main(args + flags + ["--fresh"]) == 0  # its own directory: --fresh may empty it
+
+
+def test_distill_bad_config_names_the_field_before_loading(tmp_path, capsys) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('teacher = "zoo:nope"\n[train]\nlam = "big"\n')
+    assert main(["distill", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "TrainConfig.lam must be a number (got str 'big')" in err
+    assert not (tmp_path / "o").exists()  # refused before anything was made
+    assert main(["distill", "--task-option", "n_boxes", "--out", str(tmp_path / "o")]) == 2
+    assert "write it as KEY=VALUE" in capsys.readouterr().err

@@ -31,7 +31,8 @@ def test_distill_end_to_end_and_round_trip(make_llama_dir, tmp_path) -> None:
     back = DistillResult.load(tmp_path / "run", fresh)
     assert back.metrics == m and back.head_map.pairs == result.head_map.pairs
     assert back.config == result.config
-    for (n, p), (_, q) in zip(fresh.named_parameters(), student.named_parameters(), strict=True):
+    trained = result.student
+    for (n, p), (_, q) in zip(fresh.named_parameters(), trained.named_parameters(), strict=True):
         assert torch.equal(p, q), n
     rand = distill_circuit(teacher, student, task, steps=1, condition="ce+rand", **fast)
     assert rand.head_map.kind == "random"

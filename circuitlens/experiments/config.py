@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuitlens.distill import DistillConfig, refuse_unknown_keys
+from circuitlens.distill import DistillConfig, read_config_file, refuse_unknown_keys
 from circuitlens.training import CONDITIONS
+from circuitlens.validate import ConfigError, check_fields, check_sequence
 
 ALL_CONDITIONS = ("student", "teacher", *CONDITIONS)
 #: tasks :func:`run_experiment` knows how to build (in the zoo's prompt format)
@@ -75,9 +75,22 @@ class ExperimentConfig:
     target_accuracy: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        object.__setattr__(self, "conditions", tuple(self.conditions))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "tasks", check_sequence(self.tasks, str, "tasks"))
+        object.__setattr__(self, "conditions", check_sequence(self.conditions, str, "conditions"))
+        object.__setattr__(self, "seeds", check_sequence(self.seeds, int, "seeds"))
+        check_fields(
+            self, {"circuit_n": (1, None), "target_accuracy": (0, 1)}, what="ExperimentConfig"
+        )
+        if not isinstance(self.models, dict):
+            raise ConfigError(
+                "ExperimentConfig.models must be a table of task -> {teacher, student} "
+                f"(got {type(self.models).__name__})"
+            )
+        if not isinstance(self.distill, DistillConfig):
+            raise ConfigError(
+                "ExperimentConfig.distill must be a DistillConfig or a table of its options "
+                f"(got {type(self.distill).__name__})"
+            )
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ValueError(f"unknown task(s) {bad}; valid tasks: {', '.join(TASKS)}")
@@ -95,7 +108,7 @@ class ExperimentConfig:
             or set(self.models[t]) != {"teacher", "student"}
         ]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"models needs a {{'teacher': ..., 'student': ...}} entry for task(s) {missing}"
             )
         if self.random_from not in ("all", "circuit"):
@@ -120,22 +133,21 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        d = dict(d)
         refuse_unknown_keys(cls, d, "experiment config")
+        d = dict(d)
         if isinstance(d.get("distill"), dict):
             d["distill"] = DistillConfig.from_dict(d["distill"])
-        if "models" in d:
+        if isinstance(d.get("models"), dict):
             d["models"] = _default_models() | d["models"]
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"experiment config: {e}") from e
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
         """From a ``.toml`` or ``.json`` file (``[distill]`` and ``[distill.train]`` tables)."""
-        import tomllib
-
-        path = Path(path)
-        text = path.read_text()
-        return cls.from_dict(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
+        return cls.from_dict(read_config_file(path))
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
         """A copy with top-level fields replaced; trainer/distill fields (``steps``, ``lam``)

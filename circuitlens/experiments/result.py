@@ -10,7 +10,7 @@ from typing import Any
 from circuitlens.ablation import AblationResult
 from circuitlens.experiments.config import LABELS, ExperimentConfig
 from circuitlens.io import atomic_write_text
-from circuitlens.types import Circuit, Head, HeadMap
+from circuitlens.types import Head
 
 
 @dataclass
@@ -28,6 +28,16 @@ class ExperimentResult:
     config: ExperimentConfig
     setups: dict[str, dict[str, Any]]
     cells: list[dict[str, Any]]
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        trained = [c for c in cfg.conditions if c not in ("student", "teacher")]
+        total = len(cfg.tasks) * len(cfg.seeds) * len(trained)
+        return (
+            f"ExperimentResult({str(self.directory)!r}: {len(self.cells)}/{total} cells done; "
+            f"tasks {', '.join(cfg.tasks)}; conditions {', '.join(cfg.conditions)}; "
+            f"seeds {', '.join(map(str, cfg.seeds))})"
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> ExperimentResult:
@@ -377,8 +387,6 @@ class ExperimentResult:
     # -- report ------------------------------------------------------------------------------
     def write_report(self) -> dict[str, Path]:
         """``table.md``, ``table.csv``, ``cells.csv``, ``report.html`` in the run's directory."""
-        from circuitlens.plotting import plot_ablation, plot_circuit, plot_training_curves
-
         out = {
             "table.md": self.directory / "table.md",
             "table.csv": self.directory / "table.csv",
@@ -392,65 +400,9 @@ class ExperimentResult:
         atomic_write_text(out["cells.csv"], self.cells_frame().to_csv(index=False))
         atomic_write_text(self.directory / "mcnemar.csv", self.mcnemar_table().to_csv(index=False))
         atomic_write_text(self.directory / "cka.csv", self.cka_table().to_csv(index=False))
-        parts = [
-            "<h1>circuitlens reproduce</h1>",
-            f"<p>run <code>{self.directory}</code>; config in <code>config.json</code></p>",
-            table.to_html(index=False, float_format=lambda x: f"{x:.3f}"),
-        ]
-        for title, extra in (
-            ("Accuracy by prompt format", self.format_table()),
-            ("McNemar's exact test (pooled over seeds)", self.mcnemar_table()),
-            ("Held-out CKA of each mapped pair, with its permutation null", self.cka_table()),
-        ):
-            if not extra.empty:
-                parts.append(f"<h2>{title}</h2>")
-                parts.append(extra.to_html(index=False, float_format=lambda x: f"{x:.4g}"))
-        first = True
+        from circuitlens.report import render_report
 
-        def fig_html(fig: Any) -> str:
-            nonlocal first
-            html = fig.to_html(full_html=False, include_plotlyjs="inline" if first else False)
-            first = False
-            return html
-
-        for t, setup in self.setups.items():
-            parts.append(f"<h2>{t}</h2>")
-            head_map = HeadMap.from_dict(setup["head_map"])
-            pairs = ", ".join(
-                f"{s} → {tt} (|ΔP_s − ΔP_t| = {d:.3f})"
-                for (s, tt), d in zip(head_map.pairs, head_map.distances, strict=True)
-            )
-            parts.append(f"<p>mapping: {pairs}</p>")
-            for w in head_map.config.get("warnings", []):
-                parts.append(f"<p>mapping warning: {w}</p>")
-            rand = [
-                f"seed {c['seed']}: " + ", ".join(f"{a} → {b}" for a, b in c["pairs"])
-                for c in self.cells
-                if c["task"] == t and c["condition"] == "ce+rand"
-            ]
-            if rand:
-                parts.append(f"<p>random control: {'; '.join(rand)}</p>")
-            if setup["circuit"] is not None:
-                circuit = Circuit.from_dict(setup["circuit"])
-                meta = {k: circuit.meta.get(k) for k in ("faithfulness", "circuit_accuracy")}
-                parts.append(f"<p>circuit: {circuit.groups} {meta} {setup['circuit_note']}</p>")
-                if circuit.heads:
-                    n_layers, n_heads = setup["teacher_shape"][:2]
-                    parts.append(fig_html(plot_circuit(circuit, n_layers, n_heads)))
-            parts.append(
-                fig_html(
-                    plot_ablation(
-                        AblationResult.from_dict(setup["teacher_sweep"]),
-                        AblationResult.from_dict(setup["student_sweep"]),
-                        head_map,
-                        title=f"{t}: mean-ablation impact ΔP per head",
-                    )
-                )
-            )
-            if any(c["task"] == t for c in self.cells):
-                parts.append(fig_html(plot_training_curves(self, t)))
-        body = "\n".join(parts)
-        html = f"<html><head><meta charset='utf-8'></head><body>{body}</body></html>"
+        html = render_report(self, table)
         atomic_write_text(out["report.html"], html)
         return out
 

@@ -7,10 +7,12 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
+from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
 from circuitlens.distill import sweeps
 from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
@@ -19,24 +21,37 @@ from circuitlens.io import atomic_write_text
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.models import load_model, model_facts
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
-from circuitlens.tasks import Task, evaluate, prompt_scores
+from circuitlens.progress import heartbeat
+from circuitlens.rundir import run_directory
+from circuitlens.tasks import (
+    Task,
+    TaskFormatWarning,
+    evaluate,
+    get_task,
+    prompt_scores,
+    require_same_tokenizers,
+)
 from circuitlens.training import CONDITIONS, CircuitTrainer
 from circuitlens.types import Circuit, HeadMap
 
 
 def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any) -> Task:
-    from circuitlens.zoo import zoo_task
-
+    """The task in the prompt format on the models' cards (the zoo's: theory of mind without
+    the instruction block), with words that are single tokens for both; ``fmt`` builds it in
+    another format on purpose (the per-format accuracies), without the override warning."""
     d = cfg.distill
     n_test = max(d.test_n, cfg.circuit_n, d.sweep_n)
-    return zoo_task(
-        name,
-        seed=seed,
-        n_val=max(d.train.eval_n, d.train.cka_eval_n),
-        n_test=n_test,
-        tokenizers=tokenizers,
-        **fmt,
-    )
+    with warnings.catch_warnings():
+        if fmt:
+            warnings.simplefilter("ignore", TaskFormatWarning)
+        return get_task(
+            name,
+            seed=seed,
+            n_val=max(d.train.eval_n, d.train.cka_eval_n),
+            n_test=n_test,
+            tokenizers=tokenizers,
+            **fmt,
+        )
 
 
 def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[str, Task]:
@@ -45,7 +60,9 @@ def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[s
 
 
 def _format_accuracy(model: Any, formats: dict[str, Task], n: int) -> dict[str, float]:
-    return {name: evaluate(model, t, "test", n) for name, t in formats.items()}
+    with warnings.catch_warnings():  # other formats than the card's, on purpose
+        warnings.simplefilter("ignore", TaskFormatWarning)
+        return {name: evaluate(model, t, "test", n) for name, t in formats.items()}
 
 
 def _correct(model: Any, task: Task, n: int) -> list[int]:
@@ -243,10 +260,17 @@ def _json_dump(obj: Any) -> str:
     return json.dumps(fix(obj), indent=1)
 
 
-def _check_directory(directory: Path, cfg: ExperimentConfig, fresh: bool) -> None:
+def _same_config(directory: Path, cfg: ExperimentConfig) -> bool:
+    """Whether ``directory`` holds a run of ``cfg`` made before run markers existed."""
     f = directory / "config.json"
-    if fresh and directory.exists():
-        shutil.rmtree(directory)
+    try:
+        return json.loads(f.read_text()) == json.loads(_json_dump(cfg.to_dict()))
+    except (OSError, ValueError):
+        return False
+
+
+def _check_directory(directory: Path, cfg: ExperimentConfig) -> None:
+    f = directory / "config.json"
     text = _json_dump(cfg.to_dict())
     if f.is_file():
         old, new = json.loads(f.read_text()), json.loads(text)
@@ -269,17 +293,71 @@ def run_experiment(
     """Run (or resume) every task x condition x seed of ``config`` into ``directory``.
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
-    checkpoint. A directory holding another config is refused (``fresh=True`` deletes it).
+    checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and
+    only a directory that carries the run marker: see :mod:`circuitlens.rundir`). While the run
+    writes, it holds the directory's lock: a second run on it is refused.
 
     Returns:
         The :class:`ExperimentResult`, with its report written.
+
+    Raises:
+        RunDirectoryError: ``directory`` is not a run's (``fresh`` refuses to delete it) or
+            another live run holds it (:class:`~circuitlens.rundir.RunLockedError`).
+        TokenizerMismatchError: a task's teacher and student tokenize differently.
     """
+    cfg = config or ExperimentConfig()
+    directory = Path(directory)
+    adopt = lambda d: _same_config(d, cfg)  # noqa: E731
+    with run_directory(directory, fresh=fresh, kind="reproduce", adopt=adopt):
+        _check_directory(directory, cfg)
+        return _run(cfg, directory, progress)
+
+
+def _preflight(
+    cfg: ExperimentConfig, directory: Path, todo: list[tuple[str, str, int]], progress: bool
+) -> None:
+    """Before any work, for every task with work left: the models are those of its saved
+    setup, teacher and student tokenize alike, and what the whole run will cost (said once).
+    Each task's pair is loaded and freed in turn (peak memory: one pair)."""
+    import gc
+
+    costs: list[Cost] = []
+    parts: dict[str, float] = {}
+    for t in cfg.tasks:
+        setup_file = directory / t / "setup.json"
+        cells = [(c, s) for tt, c, s in todo if tt == t]
+        if setup_file.is_file():
+            _check_models(json.loads(setup_file.read_text()), cfg, directory)
+        if not cells and setup_file.is_file():
+            continue
+        teacher = load_model(cfg.models[t]["teacher"])
+        student = load_model(cfg.models[t]["student"])
+        task = _task(t, cfg.task_seed, [teacher, student], cfg)
+        require_same_tokenizers(teacher, student, task)
+        cost = estimate_experiment_cost(
+            teacher, student, task, cfg, len(cells), setup=not setup_file.is_file()
+        )
+        costs.append(cost)
+        parts[t] = cost.seconds
+        del teacher, student, task
+        gc.collect()
+    if costs:
+        total = Cost(
+            what=f"reproduce ({len(todo)} cells to run)",
+            prompt_passes={
+                k: sum(c.prompt_passes.get(k, 0.0) for c in costs) for k in costs[0].prompt_passes
+            },
+            seconds=sum(c.seconds for c in costs),
+            flops=sum(c.flops for c in costs),
+            parts=parts,
+        )
+        report_cost(total, progress)
+
+
+def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentResult:
     import torch
     from tqdm.auto import tqdm
 
-    cfg = config or ExperimentConfig()
-    directory = Path(directory)
-    _check_directory(directory, cfg, fresh)
     trained = [c for c in cfg.conditions if c in CONDITIONS]
     todo = [
         (t, c, s)
@@ -289,6 +367,7 @@ def run_experiment(
         if not (directory / t / c / f"seed{s}" / "cell.json").is_file()
     ]
     n_cells = len(cfg.tasks) * len(cfg.seeds) * len(trained)
+    _preflight(cfg, directory, todo, progress)
     bar = tqdm(total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress)
     for t in cfg.tasks:
         setup_file = directory / t / "setup.json"
@@ -305,13 +384,15 @@ def run_experiment(
         if not setup_file.is_file():
             bar.set_description(f"reproduce: {t} circuit and sweeps")
             torch.manual_seed(cfg.task_seed)
-            setup = _setup_task(task, cfg, teacher, student, progress=False, formats=formats)
+            with heartbeat(bar):
+                setup = _setup_task(task, cfg, teacher, student, progress=False, formats=formats)
             atomic_write_text(setup_file, _json_dump(setup))
         for c, s in cells:
             bar.set_description(f"reproduce: {t} {c} seed {s}")
             cell_dir = directory / t / c / f"seed{s}"
             torch.manual_seed(s)
-            cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, False, formats)
+            with heartbeat(bar):
+                cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, False, formats)
             atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
             shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
             bar.update(1)

@@ -38,6 +38,7 @@ from circuitlens.patching.path import path_patch
 from circuitlens.tasks import Task, make_metric
 from circuitlens.tasks.metrics import accuracy, logits_at
 from circuitlens.types import Circuit, Head
+from circuitlens.validate import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,13 @@ class CircuitConfig:
     complete_to: float = 0.8
     max_support: int = 8
     method: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            # min_effect, prune_tol and threshold may be negative (keep every head)
+            {"n": (1, None), "top_k": (1, None), "complete_to": (0, 1), "max_support": (0, None)},
+        )
 
 
 def _all_heads(model: Any) -> list[Head]:

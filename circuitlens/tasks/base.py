@@ -175,10 +175,34 @@ def _span_to_token(offsets: list[tuple[int, int]], span: tuple[int, int], text: 
     raise TaskError(f"no token covers character {start} ({text[span[0] : span[1]]!r}) of {text!r}")
 
 
+def _refuse_unknown_words(
+    tokenizer: Any, encoded: list[tuple[list[int], list[tuple[int, int]]]], texts: list[str]
+) -> None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    words: dict[str, str] = {}
+    for (ids, offsets), text in zip(encoded, texts, strict=True):
+        for i, (a, b) in zip(ids, offsets, strict=True):
+            if i == unk and b > a:
+                words.setdefault(text[a:b], text)
+    if words:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        shown = ", ".join(repr(w) for w in list(words)[:20]) + (" ..." if len(words) > 20 else "")
+        first = next(iter(words.values()))
+        raise TaskError(
+            f"tokenizer {name!r} does not know these words of the prompts: {shown} (first in "
+            f"{first[:80]!r}); the model would read each as {tokenizer.unk_token!r} and score "
+            "meaninglessly. Rephrase the prompts with words the tokenizer knows, or use a "
+            "model whose tokenizer covers them."
+        )
+
+
 def _tokenize(
     tokenizer: Any, texts: list[str], spans: list[dict[str, tuple[int, int]]], pad_id: int
 ) -> tuple[Tensor, dict[str, Tensor]]:
     encoded = [_encode(tokenizer, t) for t in texts]
+    _refuse_unknown_words(tokenizer, encoded, texts)
     width = max(len(ids) for ids, _ in encoded)
     tokens = torch.full((len(texts), width), pad_id, dtype=torch.long)
     positions: dict[str, list[int]] = {"last": []}
@@ -197,7 +221,8 @@ def tokenize_prompts(model_or_tokenizer: Any, prompts: Sequence[Prompt]) -> Prom
     """Tokenize prompts for one model: tokens, answer ids, named positions, counterfactuals.
 
     Raises:
-        TaskError: an answer is not a single token for this tokenizer (the words are named).
+        TaskError: an answer is not a single token for this tokenizer, or a prompt holds words
+            the tokenizer maps to its unknown token (the words are named).
     """
     if not prompts:
         raise TaskError("no prompts to tokenize: ask for n >= 1")
@@ -284,6 +309,10 @@ class Task:
             self._splits = self._build_splits()
         prompts = self._splits[name]
         if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise TaskError(
+                    f"n must be a whole number >= 0, or None for the whole split (got {n!r})"
+                )
             if n > len(prompts):
                 raise TaskError(
                     f"asked for {n} {name} prompts but the split holds {len(prompts)}: pass "
@@ -291,6 +320,10 @@ class Task:
                 )
             prompts = prompts[:n]
         return prompts
+
+    def empty_split_hint(self, split: str) -> str:
+        """How to give ``split`` prompts (for the error when it is empty)."""
+        return f"build the task with n_{split} >= 1 (get_task(..., n_{split}=500))"
 
     def heldout_texts(self) -> set[str]:
         """Texts of the validation and test prompts (fresh training samples avoid them)."""

@@ -3,18 +3,27 @@
 One JSON object a line: ``{"prompt": "...", "answer": " word"}``, optional
 ``"wrong_answers": [" a", " b"]``, ``"corrupted": "..."``, ``"corrupted_answer": " w"`` and
 ``"ablation": "..."``. Blank lines are skipped. The file's prompts are shuffled with the seed
-and cut into train / val / test by the given fractions; duplicate prompts are dropped.
+and cut into train / val / test by the given fractions (a split with a fraction above 0 gets at
+least one prompt). A line repeated exactly is kept once (a warning counts them); one prompt
+given two different answers (or other fields) is an error naming both lines.
+
+Every word of a prompt must be known to the tokenizer of each model it is scored with: a word
+the tokenizer would read as its unknown token (a word-level tokenizer's ``<unk>``) is an error
+naming the word when the prompts are tokenized.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from circuitlens.tasks.base import SPLITS, Prompt, Task, TaskError
+
+log = logging.getLogger(__name__)
 
 _KEYS = {"prompt", "answer", "wrong_answers", "corrupted", "corrupted_answer", "ablation"}
 
@@ -87,21 +96,53 @@ class JsonlTask(Task):
         path = Path(config.path)
         if not path.is_file():
             raise TaskError(f"jsonl: no such file {str(path)!r}")
-        prompts: dict[str, Prompt] = {}
+        prompts: dict[str, tuple[int, Prompt]] = {}
+        repeated: list[int] = []
         for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                p = _parse_line(str(path), lineno, line)
-                prompts.setdefault(p.text, p)
+            if not line.strip():
+                continue
+            p = _parse_line(str(path), lineno, line)
+            if p.text not in prompts:
+                prompts[p.text] = (lineno, p)
+                continue
+            first, q = prompts[p.text]
+            if q != p:
+                diff = [
+                    k
+                    for k in (
+                        "answer",
+                        "wrong_answers",
+                        "corrupted",
+                        "corrupted_answer",
+                        "ablation",
+                    )
+                    if getattr(p, k) != getattr(q, k)
+                ]
+                raise TaskError(
+                    f"jsonl: {path}, lines {first} and {lineno} give the same prompt different "
+                    f"{', '.join(diff)} ({getattr(q, diff[0])!r} vs {getattr(p, diff[0])!r}): "
+                    "a prompt has one answer. Keep one of the two lines."
+                )
+            repeated.append(lineno)
         if not prompts:
             raise TaskError(f"jsonl: {str(path)!r} holds no prompts")
-        self._all = list(prompts.values())
+        if repeated:
+            log.warning(
+                "jsonl: %s repeats %d line(s) exactly (lines %s); each prompt is kept once",
+                path,
+                len(repeated),
+                ", ".join(map(str, repeated[:10])) + (" ..." if len(repeated) > 10 else ""),
+            )
+        self._all = [p for _, p in prompts.values()]
 
     def _build_splits(self) -> dict[str, list[Prompt]]:
         cfg = self.config
         order = list(self._all)
         random.Random(f"jsonl:{cfg.seed}").shuffle(order)
-        n_val = round(len(order) * cfg.val_fraction)
-        n_test = round(len(order) * cfg.test_fraction)
+        n_val, n_test = (
+            round(len(order) * f) or int(f > 0 and len(order) >= 3)
+            for f in (cfg.val_fraction, cfg.test_fraction)
+        )
         n_train = len(order) - n_val - n_test
         cuts = {
             "train": order[:n_train],
@@ -109,6 +150,12 @@ class JsonlTask(Task):
             "test": order[n_train + n_val :],
         }
         return {s: cuts[s] for s in SPLITS}
+
+    def empty_split_hint(self, split: str) -> str:
+        return (
+            f"{self.config.path} gives {len(self._all)} distinct prompt(s) and none went to "
+            f"{split}: add prompts to the file, or raise val_fraction / test_fraction"
+        )
 
     def make_prompt(self, rng: random.Random) -> Prompt:
         return rng.choice(self.split("train"))

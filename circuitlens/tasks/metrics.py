@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuitlens.tasks.base import PromptBatch, Task, TaskError, tokenize_prompts
+from circuitlens.tasks.formats import check_task_format
 
 
 def answer_logits(
@@ -188,9 +189,24 @@ def evaluate(
 
     Returns:
         The mean metric, a float (accuracy in [0, 1]).
+
+    Raises:
+        TaskError: ``n`` below 1, or an empty split (nothing to score).
     """
     fn = _metric(metric)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise TaskError(
+            f"evaluate: n must be a whole number >= 1, or None for the whole split (got {n!r})"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise TaskError(f"evaluate: batch_size must be a whole number >= 1 (got {batch_size!r})")
+    check_task_format(task, [model])
     prompts = task.split(split, n)
+    if not prompts:
+        raise TaskError(
+            f"evaluate: the {split} split of task {task.name!r} is empty: "
+            f"{task.empty_split_hint(split)}; or score another split"
+        )
     device = model_device(model)
     total = 0.0
     for start in range(0, len(prompts), batch_size):

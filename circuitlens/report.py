@@ -1,0 +1,481 @@
+"""The HTML report of an experiment: presentation only, built from an ExperimentResult.
+
+One standalone page (Plotly inlined once, no network): a header naming the run (models, tasks,
+conditions, seeds, training options, circuitlens version); the paper's table with mean ± sd
+and no empty cells; then per task the teacher's circuit as a labelled layer x head grid, the
+head mapping as a student -> teacher diagram (the aligned map, and each seed's random control),
+the mean-ablation heatmaps and the training curves. Every section has an ``id`` (``summary``,
+``results-table``, ``<task>-circuit``, ``<task>-mapping``, ``<task>-ablation``,
+``<task>-curves``) so that tests and links can find it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from typing import Any
+
+from circuitlens.ablation import AblationResult
+from circuitlens.types import Circuit, Head, HeadMap
+
+#: column names of the results table as the page shows them
+COLUMN_NAMES = {
+    "task": "task",
+    "condition": "condition",
+    "accuracy": "test accuracy (mean ± sd)",
+    "circuit_accuracy": "circuit-only accuracy",
+    "cka_null": "CKA null (mean ± sd)",
+    "null": "CKA null (mean ± sd)",
+    "null_mean": "null mean",
+    "null_sd": "null sd",
+    "n_perm": "permutations",
+    "acc_a": "accuracy A",
+    "acc_b": "accuracy B",
+    "b": "A right, B wrong",
+    "c": "A wrong, B right",
+    "n_seeds": "seeds",
+    "points_vs_ce": "vs CE (points)",
+    "head_fraction": "heads trained",
+    "param_fraction": "params trained",
+    "cka_before": "CKA before",
+    "cka_after": "CKA after (mean ± sd)",
+    "steps_to_target": "steps to target",
+    "reached_target": "reached target",
+}
+#: colours of circuit groups (colour-blind-safe, Okabe-Ito)
+GROUP_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+DASH = "—"
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1100px; color: #222; line-height: 1.45; padding: 0 1rem; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2rem;
+       margin-top: 2.5rem; } h3 { margin-top: 1.8rem; }
+table.data { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
+table.data th, table.data td { border-bottom: 1px solid #e3e3e3; padding: .3rem .65rem;
+       text-align: right; white-space: nowrap; }
+table.data th { background: #f4f6f8; text-align: center; white-space: normal;
+       vertical-align: bottom; }
+.scroll { overflow-x: auto; }
+table.data td.text { text-align: left; }
+table.data tr.reference td { color: #555; font-style: italic; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; }
+dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
+table.grid { border-collapse: separate; border-spacing: 3px; font-size: .8rem; }
+table.grid td { width: 3.2rem; height: 2rem; text-align: center; border-radius: 4px;
+       background: #eef0f2; color: #889; }
+table.grid td.member { color: white; font-weight: 700; }
+table.grid th { font-weight: 500; color: #555; padding: 0 .3rem; }
+.legend span.swatch { display: inline-block; width: .9rem; height: .9rem; border-radius: 3px;
+       vertical-align: middle; margin-right: .3rem; }
+.legend li { list-style: none; margin: .15rem 0; } .legend { padding-left: 0; }
+.note { color: #666; font-size: .9rem; }
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _missing(x: Any) -> bool:
+    if x is None or x == "":
+        return True
+    try:
+        return bool(isinstance(x, float) and math.isnan(x))
+    except TypeError:
+        return False
+
+
+def _num(x: Any, fmt: str = ".3f") -> str:
+    return DASH if _missing(x) else format(float(x), fmt)
+
+
+def _auto(x: Any) -> str:
+    """A number shown with the digits it needs (small p-values stay readable)."""
+    if _missing(x):
+        return DASH
+    v = float(x)
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.2g}"
+    if float(v).is_integer() and abs(v) >= 1:
+        return f"{v:.0f}"
+    return f"{v:.3f}"
+
+
+def _pairs(cols: list[str]) -> tuple[list[str], dict[str, tuple[str, str | None]]]:
+    """Columns to show, each with its (mean column, sd column or None): ``X_mean``/``X``
+    with ``X_std``/``X_sd`` become one column ``X``."""
+    shown: list[str] = []
+    source: dict[str, tuple[str, str | None]] = {}
+    used: set[str] = set()
+    for c in cols:
+        base = c[: -len("_mean")] if c.endswith("_mean") else c
+        sd = next((base + suf for suf in ("_std", "_sd") if base + suf in cols), None)
+        if sd is not None and sd != c:
+            used.add(sd)
+        source[base] = (c, sd if sd != c else None)
+        shown.append(base)
+    shown = [b for b in shown if source[b][0] not in used]
+    return shown, source
+
+
+def format_table(df: Any) -> tuple[list[str], list[list[str]], list[bool]]:
+    """A results table as display strings: ``X_mean``/``X`` with ``X_std``/``X_sd`` become one
+    "mean ± sd" column, fractions percentages, missing values a dash; unknown columns are
+    shown too. Returns the header, the rows, and which rows are references (no training)."""
+    cols = list(df.columns)
+    shown, source = _pairs(cols)
+
+    def integral(col: str) -> bool:  # counts and seeds (a float column where one is missing)
+        vals = [x for x in df[col] if not _missing(x)]
+        return bool(vals) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and float(x).is_integer()
+            for x in vals
+        )
+
+    counts = {c for c in shown if source[c][1] is None and integral(source[c][0])}
+    rows, refs = [], []
+    for _, r in df.iterrows():
+        row = []
+        for c in shown:
+            mean_col, sd_col = source[c]
+            v = r[mean_col]
+            if sd_col is not None:
+                s = r[sd_col]
+                row.append(_num(v) + ("" if _missing(s) or _missing(v) else f" ± {float(s):.3f}"))
+            elif c == "points_vs_ce":
+                row.append(_num(v, "+.1f"))
+            elif "fraction" in c:
+                row.append(DASH if _missing(v) else f"{100 * float(v):.1f}%")
+            elif c == "steps_to_target":
+                reached = "" if _missing(r.get("reached_target")) else str(r["reached_target"])
+                row.append(DASH if not reached else ("never" if _missing(v) else f"{v:.0f}"))
+            elif isinstance(v, bool):
+                row.append("yes" if v else "no")
+            elif c in counts:
+                row.append(_num(v, ".0f"))
+            elif isinstance(v, int | float) or _missing(v):
+                row.append(_auto(v))
+            else:
+                text = str(v)
+                row.append(esc(text.replace("_", " ") if c == "task" else text))
+        rows.append(row)
+        refs.append("head_fraction" in cols and _missing(r.get("head_fraction")))
+    header = [COLUMN_NAMES.get(c, c.replace("_", " ")) for c in shown]
+    return header, rows, refs
+
+
+def _text_columns(df: Any) -> list[bool]:
+    shown, source = _pairs(list(df.columns))
+    return [
+        bool(len(df)) and all(isinstance(x, str) for x in df[source[c][0]] if not _missing(x))
+        for c in shown
+    ]
+
+
+def table_html(df: Any) -> str:
+    if df.empty:
+        return "<p class='note'>No finished cells yet.</p>"
+    header, rows, refs = format_table(df)
+    text_cols = {i for i, t in enumerate(_text_columns(df)) if t}
+    out = ["<div class='scroll'><table class='data'><thead><tr>"]
+    out += [f"<th>{esc(h)}</th>" for h in header]
+    out.append("</tr></thead><tbody>")
+    for row, ref in zip(rows, refs, strict=True):
+        out.append(f"<tr{' class=reference' if ref else ''}>")
+        out += [f"<td{' class=text' if i in text_cols else ''}>{v}</td>" for i, v in enumerate(row)]
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def circuit_grid_html(circuit: Circuit, n_layers: int, n_heads: int) -> str:
+    """The circuit's heads on a layer x head grid, each labelled with its group."""
+    colour = {g: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, g in enumerate(circuit.groups)}
+    where: dict[Head, str] = {}
+    for g, heads in circuit.groups.items():
+        for h in heads:
+            where.setdefault(h, g)
+    out = ["<table class='grid' aria-label='circuit heads by layer and head'><tr><th></th>"]
+    out += [f"<th>H{h}</th>" for h in range(n_heads)]
+    out.append("</tr>")
+    for layer in range(n_layers):
+        out.append(f"<tr><th>L{layer}</th>")
+        for h in range(n_heads):
+            head = Head(layer, h)
+            g = where.get(head)
+            if g is None:
+                out.append(f"<td title='{head}: not in the circuit'>·</td>")
+            else:
+                pos = circuit.positions.get(g, "last")
+                out.append(
+                    f"<td class='member' style='background:{colour[g]}' "
+                    f"title='{head}: group {esc(g)} at {esc(pos)}'>{esc(g)}</td>"
+                )
+        out.append("</tr>")
+    out.append("</table><ul class='legend'>")
+    for g, heads in circuit.groups.items():
+        pos = circuit.positions.get(g, "last")
+        names = " ".join(str(h) for h in heads) or "(none)"
+        out.append(
+            f"<li><span class='swatch' style='background:{colour[g]}'></span>"
+            f"<b>group {esc(g)}</b> at position <code>{esc(pos)}</code>: {esc(names)}</li>"
+        )
+    out.append("</ul>")
+    return "".join(out)
+
+
+def mapping_svg(head_map: HeadMap, controls: dict[int, list[tuple[str, str]]]) -> str:
+    """Student heads (left) joined to their teacher heads (right): the aligned map as solid
+    lines labelled with the impact distance, each seed's random control dashed."""
+    students = sorted(
+        {s for s, _ in head_map.pairs} | {Head.parse(s) for c in controls.values() for s, _ in c}
+    )
+    teachers = sorted(
+        {t for _, t in head_map.pairs} | {Head.parse(t) for c in controls.values() for _, t in c}
+    )
+    row_h, top, width = 34, 50, 560
+    height = top + row_h * max(len(students), len(teachers), 1) + 20
+    xs, xt = 130, width - 130
+    ys = {h: top + row_h * i + row_h / 2 for i, h in enumerate(students)}
+    yt = {h: top + row_h * i + row_h / 2 for i, h in enumerate(teachers)}
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+        f"role='img' aria-label='head mapping: student heads to teacher heads' "
+        "font-family='system-ui, sans-serif' font-size='13'>",
+        f"<text x='{xs}' y='22' text-anchor='middle' font-weight='700'>student</text>",
+        f"<text x='{xt}' y='22' text-anchor='middle' font-weight='700'>teacher</text>",
+    ]
+    for k, (seed, pairs) in enumerate(sorted(controls.items())):
+        for s, t in pairs:
+            s, t = Head.parse(s), Head.parse(t)
+            out.append(
+                f"<line x1='{xs + 34}' y1='{ys[s] + 3 * k}' x2='{xt - 34}' y2='{yt[t] + 3 * k}' "
+                "stroke='#E69F00' stroke-width='1.6' stroke-dasharray='5 4'>"
+                f"<title>random control, seed {seed}: {s} → {t}</title></line>"
+            )
+    distances = head_map.distances or [math.nan] * len(head_map)
+    for (s, t), d in zip(head_map.pairs, distances, strict=True):
+        out.append(
+            f"<line x1='{xs + 34}' y1='{ys[s]}' x2='{xt - 34}' y2='{yt[t]}' stroke='#0072B2' "
+            f"stroke-width='2.5'><title>{s} → {t}, |ΔP_s − ΔP_t| = {_num(d)}</title></line>"
+        )
+        if not _missing(d):
+            mx, my = (xs + xt) / 2, (ys[s] + yt[t]) / 2 - 5
+            out.append(
+                f"<text x='{mx}' y='{my}' text-anchor='middle' fill='#0072B2' "
+                f"font-size='11'>|ΔP diff| {_num(d)}</text>"
+            )
+    for h, y in ys.items():
+        out.append(
+            f"<rect x='{xs - 34}' y='{y - 12}' width='68' height='24' rx='5' fill='#eef4fa' "
+            f"stroke='#0072B2'/><text x='{xs}' y='{y + 4.5}' text-anchor='middle'>{h}</text>"
+        )
+    for h, y in yt.items():
+        out.append(
+            f"<rect x='{xt - 34}' y='{y - 12}' width='68' height='24' rx='5' fill='#f6f1e9' "
+            f"stroke='#555'/><text x='{xt}' y='{y + 4.5}' text-anchor='middle'>{h}</text>"
+        )
+    out.append("</svg>")
+    legend = (
+        "<p class='note'><span style='color:#0072B2'>━━</span> aligned map (closest "
+        "mean-ablation impact; the label is the impact distance)"
+        + (
+            "; <span style='color:#E69F00'>╌╌</span> random control of each seed (the same "
+            "student heads, never their aligned partner)"
+            if controls
+            else ""
+        )
+        + "</p>"
+    )
+    return "".join(out) + legend
+
+
+def _meta_html(result: Any) -> str:
+    from circuitlens import __version__
+
+    cfg = result.config
+    d = cfg.distill
+    t = d.train
+    items = [
+        ("run", f"<code>{esc(result.directory)}</code> (config in <code>config.json</code>)"),
+        ("tasks", esc(", ".join(x.replace("_", " ") for x in cfg.tasks))),
+        ("conditions", esc(", ".join(cfg.conditions))),
+        ("seeds", esc(", ".join(map(str, cfg.seeds))) + f" (task seed {cfg.task_seed})"),
+        (
+            "training",
+            esc(
+                f"{t.steps} steps, batch {t.batch_size}, lr {t.lr:g}, λ = {t.lam:g} "
+                f"({t.cka} CKA at {t.positions}), budget {d.budget} of the student's heads"
+            ),
+        ),
+        ("evaluation", esc(f"{d.test_n} test prompts; sweeps on {d.sweep_n}")),
+        ("circuitlens", esc(__version__)),
+        ("generated", esc(time.strftime("%Y-%m-%d %H:%M %Z"))),
+    ]
+    models = ["<table class='data'><thead><tr><th>task</th><th>teacher</th><th>student</th>"]
+    models.append("<th>teacher L×H (K/V)</th><th>student L×H (K/V)</th></tr></thead><tbody>")
+    for task in cfg.tasks:
+        m = cfg.models[task]
+        setup = result.setups.get(task, {})
+
+        def shape(key: str, setup: dict = setup) -> str:
+            s = setup.get(key)
+            return DASH if not s else f"{s[0]}×{s[1]} ({s[2]})"
+
+        models.append(
+            f"<tr><td class=text>{esc(task.replace('_', ' '))}</td>"
+            f"<td class=text><code>{esc(m['teacher'])}</code></td>"
+            f"<td class=text><code>{esc(m['student'])}</code></td>"
+            f"<td>{shape('teacher_shape')}</td><td>{shape('student_shape')}</td></tr>"
+        )
+    models.append("</tbody></table>")
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    return f"<dl class='meta'>{dl}</dl>{''.join(models)}"
+
+
+def render_report(result: Any, table: Any) -> str:
+    """The report page of an :class:`~circuitlens.experiments.ExperimentResult` as HTML."""
+    from circuitlens.plotting import plot_ablation, plot_training_curves
+
+    first = True
+
+    def fig_html(fig: Any, div_id: str) -> str:
+        nonlocal first
+        out = fig.to_html(
+            full_html=False,
+            include_plotlyjs="inline" if first else False,
+            div_id=div_id,
+            config={"displaylogo": False, "responsive": True},
+        )
+        first = False
+        return out
+
+    title = "Circuit distillation: " + ", ".join(t.replace("_", " ") for t in result.config.tasks)
+    parts = [
+        f"<header id='summary'><h1>{esc(title)}</h1>",
+        "<p class='note'>Teacher circuit → head mapping by mean-ablation impact → training of "
+        "the mapped student heads (Wadhwa, Amir, Wallace 2025).</p>",
+        _meta_html(result),
+        "</header>",
+        "<section id='results-table'><h2>Results</h2>",
+        "<p class='note'>First-token accuracy on held-out test prompts, mean ± sd over "
+        "seeds; the student before training and the teacher are references (italic). "
+        "“vs CE” is in accuracy points.</p>",
+        table_html(table),
+    ]
+    targets = [
+        f"{t.replace('_', ' ')}: {result.target(t):.3f}"
+        for t in result.config.tasks
+        if result.target(t) is not None
+    ]
+    if targets:
+        parts.append(
+            "<p class='note'>“Steps to target”: the first evaluation whose validation accuracy "
+            f"reaches the target ({esc('; '.join(targets))}).</p>"
+        )
+    parts.append("</section>")
+    for section_id, title, getter, note in (
+        (
+            "formats-table",
+            "Accuracy by prompt format",
+            "format_table",
+            "The same stories in every prompt format the task offers; “vs CE” against the "
+            "same format's CE.",
+        ),
+        (
+            "mcnemar-table",
+            "McNemar's exact test (pooled over seeds)",
+            "mcnemar_table",
+            "CE + Align CKA (A) against each baseline (B) on per-prompt test correctness; "
+            "b and c are the discordant prompts, p the exact two-sided p-value.",
+        ),
+        (
+            "cka-table",
+            "Held-out CKA of each mapped pair, with its permutation null",
+            "cka_table",
+            "CKA on held-out prompts before and after training; the null permutes the "
+            "teacher's examples (mean ± sd over permutations).",
+        ),
+    ):
+        fn = getattr(result, getter, None)
+        extra = fn() if fn is not None else None
+        if extra is not None and not extra.empty:
+            parts.append(f"<section id='{section_id}'><h2>{esc(title)}</h2>")
+            parts.append(f"<p class='note'>{esc(note)}</p>{table_html(extra)}</section>")
+    for task, setup in result.setups.items():
+        name = task.replace("_", " ")
+        parts.append(f"<section id='{esc(task)}'><h2>{esc(name)}</h2>")
+        teacher_spec = result.config.models[task]["teacher"]
+        student_spec = result.config.models[task]["student"]
+        # circuit
+        parts.append(f"<section id='{esc(task)}-circuit'><h3>Teacher circuit</h3>")
+        if setup.get("circuit") is None:
+            parts.append(
+                "<p class='note'>No circuit search in this run (use_circuit = false): "
+                "the map may use any teacher head.</p>"
+            )
+        else:
+            circuit = Circuit.from_dict(setup["circuit"])
+            faith = circuit.meta.get("faithfulness")
+            acc = circuit.meta.get("circuit_accuracy")
+            facts = [f"{len(circuit.heads)} heads"]
+            if not _missing(faith):
+                facts.append(f"faithfulness {_num(faith)}")
+            if not _missing(acc):
+                facts.append(f"accuracy with only the circuit {_num(acc)}")
+            parts.append(f"<p>{esc(', '.join(facts))} in <code>{esc(teacher_spec)}</code>.</p>")
+            if setup.get("circuit_note"):
+                parts.append(f"<p class='note'>{esc(setup['circuit_note'])}</p>")
+            n_layers, n_heads = setup["teacher_shape"][:2]
+            parts.append(circuit_grid_html(circuit, n_layers, n_heads))
+        parts.append("</section>")
+        # mapping
+        head_map = HeadMap.from_dict(setup["head_map"])
+        controls = {
+            c["seed"]: [tuple(p) for p in c["pairs"]]
+            for c in result.cells
+            if c["task"] == task and c["condition"] == "ce+rand"
+        }
+        parts.append(f"<section id='{esc(task)}-mapping'><h3>Head mapping</h3>")
+        parts.append(
+            f"<p>{len(head_map)} student head(s) of <code>{esc(student_spec)}</code> trained, "
+            f"each aligned with the teacher head of closest ablation impact.</p>"
+        )
+        parts.append(mapping_svg(head_map, controls))
+        for warning in head_map.config.get("warnings", []):
+            parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
+        parts.append("</section>")
+        # ablation
+        t_sweep = AblationResult.from_dict(setup["teacher_sweep"])
+        s_sweep = AblationResult.from_dict(setup["student_sweep"])
+        t_sweep.model_name, s_sweep.model_name = teacher_spec, student_spec
+        parts.append(f"<section id='{esc(task)}-ablation'><h3>Mean-ablation impact</h3>")
+        parts.append(
+            fig_html(
+                plot_ablation(
+                    t_sweep, s_sweep, head_map, title=f"{name}: impact ΔP of ablating each head"
+                ),
+                f"{task}-ablation-figure",
+            )
+        )
+        parts.append("</section>")
+        # curves
+        if any(c["task"] == task for c in result.cells):
+            parts.append(f"<section id='{esc(task)}-curves'><h3>Training curves</h3>")
+            parts.append(
+                fig_html(
+                    plot_training_curves(result, task, title=f"{name}: training curves"),
+                    f"{task}-curves-figure",
+                )
+            )
+            parts.append("</section>")
+        parts.append("</section>")
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )

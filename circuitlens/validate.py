@@ -1,0 +1,125 @@
+"""Checking config dataclasses field by field, so a bad value is named before any work.
+
+:func:`check_fields` reads each field's annotation (``int``, ``float``, ``bool``, ``str``,
+unions of them, ``X | None``, ``tuple[int, ...]``) and checks the value's type, that numbers are
+finite, and the field's range when one is given. A wrong value raises :class:`ConfigError`
+naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+import typing
+from typing import Any
+
+_SIMPLE = (bool, int, float, str)
+
+
+class ConfigError(ValueError):
+    """A config field with a wrong type or value; the message names the field."""
+
+
+def _allowed(annotation: Any) -> tuple[set[type], bool] | None:
+    """The simple types a field may hold and whether None is allowed; None: not checked."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        out: set[type] = set()
+        none_ok = False
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                none_ok = True
+                continue
+            inner = _allowed(arg)
+            if inner is None:
+                return None
+            out |= inner[0]
+        return out, none_ok
+    if annotation in _SIMPLE:
+        return {annotation}, False
+    return None
+
+
+def _type_ok(value: Any, allowed: set[type]) -> bool:
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int):
+        return int in allowed or float in allowed
+    if isinstance(value, float):
+        return float in allowed
+    return any(isinstance(value, t) for t in allowed)
+
+
+def _names(allowed: set[type], none_ok: bool) -> str:
+    order = {"bool": 0, "int": 1, "float": 2, "str": 3}
+    words = sorted((t.__name__ for t in allowed), key=lambda w: order.get(w, 9))
+    words = ["an integer" if w == "int" else "a number" if w == "float" else w for w in words]
+    if "an integer" in words and "a number" in words:
+        words.remove("an integer")
+    return " or ".join(words + (["None"] if none_ok else []))
+
+
+def check_fields(
+    obj: Any,
+    ranges: dict[str, tuple[float | None, float | None]] | None = None,
+    what: str | None = None,
+) -> None:
+    """Check every field of a dataclass instance against its annotation and ``ranges``.
+
+    Args:
+        obj: a dataclass instance (call this from ``__post_init__``).
+        ranges: field -> ``(low, high)``, inclusive, either end ``None`` for unbounded.
+        what: the config's name in messages (default: the class name).
+
+    Raises:
+        ConfigError: naming the field, the bad value and what is allowed.
+    """
+    what = what or type(obj).__name__
+    ranges = ranges or {}
+    module = sys.modules.get(type(obj).__module__)
+    try:
+        hints = typing.get_type_hints(type(obj), vars(module) if module else None)
+    except Exception:  # an annotation we cannot resolve: check ranges only
+        hints = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        spec = _allowed(hints.get(f.name))
+        if spec is not None:
+            allowed, none_ok = spec
+            if value is None:
+                if not none_ok:
+                    raise ConfigError(f"{what}.{f.name} must be {_names(allowed, False)}, not None")
+                continue
+            if not _type_ok(value, allowed):
+                raise ConfigError(
+                    f"{what}.{f.name} must be {_names(allowed, none_ok)} "
+                    f"(got {type(value).__name__} {value!r})"
+                )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{what}.{f.name} must be a finite number (got {value!r})")
+        if f.name in ranges and isinstance(value, int | float) and not isinstance(value, bool):
+            low, high = ranges[f.name]
+            if (low is not None and value < low) or (high is not None and value > high):
+                where = (
+                    f">= {low}"
+                    if high is None
+                    else f"<= {high}"
+                    if low is None
+                    else f"between {low} and {high}"
+                )
+                raise ConfigError(f"{what}.{f.name} must be {where} (got {value!r})")
+
+
+def check_sequence(value: Any, item: type, field: str) -> tuple:
+    """``value`` as a tuple of ``item`` (a list or tuple, not a bare string); else a
+    :class:`ConfigError` naming ``field``."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(
+            f"{field} must be a list of {item.__name__} (got {type(value).__name__} {value!r})"
+        )
+    bad = [v for v in value if not isinstance(v, item) or isinstance(v, bool) and item is not bool]
+    if bad:
+        raise ConfigError(f"{field} must hold only {item.__name__} values (got {bad!r})")
+    return tuple(value)

@@ -1,0 +1,187 @@
+"""The HTML report: readable content (no NaN, labelled circuit, mapping diagram, header), and a
+page that loads in headless Chromium without console errors and shows every section."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitlens import __version__
+from circuitlens.ablation import AblationConfig, AblationResult
+from circuitlens.experiments import ExperimentConfig, ExperimentResult
+from circuitlens.types import Circuit, HeadMap
+
+TASK = "entity_tracking"
+
+
+def _sweep(name: str, n_layers: int, n_heads: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    delta = torch.rand(n_layers, n_heads, generator=g) * 0.4 - 0.1
+    return AblationResult(0.9, 0.7, 0.7 - delta, delta, name, AblationConfig()).to_dict()
+
+
+def _synthetic_run(directory: Path) -> ExperimentResult:
+    """A finished run written by hand: one task, the references and three conditions."""
+    cfg = ExperimentConfig(
+        tasks=(TASK,), conditions=("student", "teacher", "ce", "ce+align", "ce+rand"), seeds=(0, 1)
+    )
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
+    circuit = Circuit(
+        {"A": ["L3H1", "L2H0"], "B": ["L1H4"], "C": []},
+        {"A": "last", "B": "query_label", "C": "last"},
+        {"faithfulness": 0.91, "circuit_accuracy": float("nan")},
+    )
+    head_map = HeadMap([("L1H2", "L3H1"), ("L0H3", "L1H4")], [0.012, 0.05])
+    setup = {
+        "task": TASK,
+        "circuit": circuit.to_dict(),
+        "circuit_note": "",
+        "teacher_sweep": _sweep("teacher", 4, 8, 0),
+        "student_sweep": _sweep("student", 2, 4, 1),
+        "head_map": head_map.to_dict(),
+        "teacher_accuracy": 0.96,
+        "student_accuracy": 0.71,
+        "student_val_accuracy": 0.70,
+        "teacher_shape": [4, 8, 4],
+        "student_shape": [2, 4, 2],
+    }
+    (directory / TASK).mkdir()
+    (directory / TASK / "setup.json").write_text(json.dumps(setup).replace("NaN", "null"))
+    for c, base in (("ce", 0.75), ("ce+align", 0.76), ("ce+rand", 0.74)):
+        for seed in (0, 1):
+            acc = base + 0.01 * seed
+            cell = {
+                "task": TASK,
+                "condition": c,
+                "seed": seed,
+                "accuracy": acc,
+                "mean_cka_before": 0.3,
+                "mean_cka_after": 0.5,
+                "heads_trained": 2,
+                "head_fraction": 0.25,
+                "param_fraction": 0.031,
+                "pairs": [["L1H2", "L0H5"], ["L0H3", "L2H0"]]
+                if c == "ce+rand"
+                else head_map.to_dict()["pairs"],
+                "steps": 4,
+                "final_loss": 1.0,
+                "curve": [
+                    {"step": 2, "val_accuracy": acc - 0.02, "val_cka": 0.4},
+                    {"step": 4, "val_accuracy": acc, "val_cka": 0.5},
+                ],
+                "seconds": 1.0,
+                "resumed": False,
+                "circuit_accuracy": acc - 0.1,
+                "format_accuracy": {"default": acc, "instruction": acc - 0.05},
+                "test_correct": [int((i * (seed + 3) + len(c)) % 4 != 0) for i in range(40)],
+                "cka_before": {"value": [0.1, 0.2]},
+                "cka_after": {
+                    "value": [0.5, 0.6],
+                    "null_mean": [0.0, 0.01],
+                    "null_sd": [0.02, 0.03],
+                    "n_perm": 20,
+                    "estimator": "unbiased",
+                },
+            }
+            d = directory / TASK / c / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "cell.json").write_text(json.dumps(cell))
+    return ExperimentResult.load(directory)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    result = _synthetic_run(tmp_path_factory.mktemp("report") / "run")
+    return result.write_report()["report.html"]
+
+
+def _section(html: str, section_id: str) -> str:
+    start = html.index(f"id='{section_id}'")
+    end = html.find("<section id=", start + 1)
+    return html[start : end if end > 0 else len(html)]
+
+
+def test_report_content(report: Path) -> None:
+    html = report.read_text()
+    ids = ["summary", "results-table", f"{TASK}-circuit", f"{TASK}-mapping"]
+    ids += [f"{TASK}-ablation", f"{TASK}-curves"]
+    for section_id in ids:
+        assert f"id='{section_id}'" in html, section_id
+    summary = _section(html, "summary")
+    for word in ("zoo:entity-tracking-teacher", "zoo:entity-tracking-student", "4×8 (4)"):
+        assert word in summary
+    assert f"<dd>{__version__}</dd>" in summary and "0, 1 (task seed 0)" in summary
+    table = _section(html, "results-table")
+    assert not re.search(r"\bnan\b", table, re.IGNORECASE)
+    assert "0.755 ± 0.007" in table and "25.0%" in table and "+1.0" in table
+    assert "test accuracy (mean ± sd)" in table
+    teacher_row = table[table.index("<td class=text>teacher</td>") :].split("</tr>")[0]
+    assert "never" not in teacher_row and "—" in teacher_row  # references have no target
+    circuit = _section(html, f"{TASK}-circuit")
+    assert "title='L3H1: group A at last'" in circuit and "group <b>" not in circuit
+    assert "<b>group B</b> at position <code>query_label</code>: L1H4" in circuit
+    assert "faithfulness 0.910" in circuit and "nan" not in circuit.lower()
+    mapping = _section(html, f"{TASK}-mapping")
+    assert "<svg" in mapping and ">student</text>" in mapping and ">teacher</text>" in mapping
+    assert "L1H2 → L3H1" in mapping and "random control, seed 1: L0H3 → L2H0" in mapping
+    assert "teacher (teacher)" not in html and "student (student)" not in html
+    for section_id in ("formats-table", "mcnemar-table", "cka-table"):
+        extra = _section(html, section_id)
+        assert "<table" in extra and not re.search(r"\bnan\b", extra, re.IGNORECASE)
+    assert "L1H2 → L3H1" in _section(html, "cka-table")
+    curves = _section(html, f"{TASK}-curves")
+    assert '"name":"CE + Align CKA"' in curves and "condition (mean \\u00b1 sd over" in curves
+
+
+def _chromium() -> str | None:
+    return (
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
+def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, "\n".join(console)  # the page logs nothing: no errors, no warnings
+    dom = proc.stdout
+    for section_id in ("summary", "results-table", f"{TASK}-circuit", f"{TASK}-mapping"):
+        assert f'id="{section_id}"' in dom, section_id
+    # Plotly ran: each figure's div now holds its rendered SVG
+    for figure in (f"{TASK}-ablation-figure", f"{TASK}-curves-figure"):
+        start = dom.index(f'id="{figure}"')
+        assert "main-svg" in dom[start : start + 20000], figure
+
+
+def test_experiment_result_prints_short(report: Path) -> None:
+    text = repr(ExperimentResult.load(report.parent))
+    assert text.startswith("ExperimentResult(") and "6/6 cells done" in text and len(text) < 300

@@ -312,18 +312,32 @@ class AblationResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AblationResult:
+        def floats(x: Any) -> Tensor | None:
+            # strict JSON (the experiment runner's files) stores NaN, e.g. the interval of a
+            # head that a screened sweep only estimated, as null
+            return None if x is None else torch.tensor(_nan_for_none(x))
+
         return cls(
             p_own=d["p_own"],
             p_baseline=d["p_baseline"],
-            p_ablated=torch.tensor(d["p_ablated"]),
-            delta=torch.tensor(d["delta"]),
+            p_ablated=floats(d["p_ablated"]),
+            delta=floats(d["delta"]),
             model_name=d.get("model_name", "model"),
-            # results saved before screening existed were exact sweeps
-            config=AblationConfig(**{"method": "exact", **d.get("config", {})}),
-            delta_ci=None if d.get("delta_ci") is None else torch.tensor(d["delta_ci"]),
+            # results saved before screening existed were exact sweeps; screened sweeps saved
+            # before rank= settled the top heads by |impact|
+            config=AblationConfig(**{"method": "exact", "rank": "abs", **d.get("config", {})}),
+            delta_ci=floats(d.get("delta_ci")),
             exact=None if d.get("exact") is None else torch.tensor(d["exact"], dtype=torch.bool),
-            estimated=None if d.get("estimated") is None else torch.tensor(d["estimated"]),
+            estimated=floats(d.get("estimated")),
         )
+
+
+def _nan_for_none(x: Any) -> Any:
+    if x is None:
+        return float("nan")
+    if isinstance(x, list | tuple):
+        return [_nan_for_none(v) for v in x]
+    return x
 
 
 def _per_example(metric: str, logits: Tensor, batch: PromptBatch) -> Tensor:

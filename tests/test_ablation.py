@@ -148,3 +148,26 @@ def test_sweep_carries_intervals_and_round_trips(tiny_bridge, task) -> None:
     torch.testing.assert_close(back.delta_ci, result.delta_ci)
     none = ablation_sweep(tiny_bridge, task, metric="prob", n=24, n_boot=0, progress=False)
     assert none.delta_ci is None and none.excludes_zero(Head(0, 0)) is None
+
+
+def test_a_screened_sweep_round_trips_through_strict_json() -> None:
+    """The experiment runner writes NaN as null (strict JSON): a screened sweep's intervals at
+    heads it only estimated come back as NaN, and a sweep saved before rank= reads as 'abs'."""
+    import json
+
+    from circuitlens.ablation import AblationConfig, AblationResult
+    from circuitlens.experiments.runner import _json_dump
+
+    delta = torch.tensor([[0.3, 0.1], [0.0, -0.2]])
+    ci = torch.stack([delta - 0.05, delta + 0.05])
+    ci[:, 1, 0] = float("nan")
+    exact = torch.tensor([[True, True], [False, True]])
+    cfg = AblationConfig(method="screened", rank="signed")
+    result = AblationResult(0.9, 0.9, 0.9 - delta, delta, "m", cfg, delta_ci=ci, exact=exact)
+    back = AblationResult.from_dict(json.loads(_json_dump(result.to_dict())))
+    torch.testing.assert_close(back.delta_ci, ci, equal_nan=True)
+    assert back.excludes_zero(Head(1, 0)) is None and back.excludes_zero(Head(0, 0)) is True
+    assert back.config.rank == "signed"
+    old = result.to_dict()
+    del old["config"]["rank"]
+    assert AblationResult.from_dict(old).config.rank == "abs"

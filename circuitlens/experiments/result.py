@@ -348,13 +348,18 @@ class ExperimentResult:
             def impact(side: str, head: str, sweeps: dict = sweeps) -> str:
                 sw, h = sweeps[side], Head.parse(head)
                 d = f"ΔP_{side} = {float(sw.delta[h.layer, h.head]):.4f}"
+                if not bool(sw.exact[h.layer, h.head]):
+                    return d + " (estimated)"
                 if sw.delta_ci is None:
                     return d
                 lo, hi = sw.delta_ci[:, h.layer, h.head].tolist()
+                if lo != lo or hi != hi:  # NaN: no interval
+                    return d
                 return d + f" [{lo:.4f}, {hi:.4f}]"
 
             metric = hm["config"].get("metric", "?")
-            maps.append(f"- {t} (P = {metric}; 95% bootstrap intervals over prompts):")
+            level = f"{100 * sweeps['s'].config.ci_level:g}%"
+            maps.append(f"- {t} (P = {metric}; {level} bootstrap intervals over prompts):")
             for (s_, t_), d in zip(hm["pairs"], hm["distances"], strict=True):
                 maps.append(
                     f"  - {s_} → {t_}: {impact('s', s_)}, {impact('t', t_)}, "

@@ -3,8 +3,9 @@
 One standalone page (Plotly inlined once, no network): a header naming the run (models, tasks,
 conditions, seeds, training options, circuitlens version); the paper's table with mean ± sd
 and no empty cells; then per task the teacher's circuit as a labelled layer x head grid, the
-head mapping as a student -> teacher diagram (the aligned map, and each seed's random control),
-the mean-ablation heatmaps and the training curves. Every section has an ``id`` (``summary``,
+head mapping as a student -> teacher diagram (the aligned map, and each seed's random control)
+with each pair's impacts and their bootstrap intervals, the mean-ablation heatmaps and the
+training curves. Every section has an ``id`` (``summary``,
 ``results-table``, ``<task>-circuit``, ``<task>-mapping``, ``<task>-ablation``,
 ``<task>-curves``) so that tests and links can find it.
 """
@@ -226,6 +227,58 @@ def circuit_grid_html(circuit: Circuit, n_layers: int, n_heads: int) -> str:
     return "".join(out)
 
 
+def _impact(sweep: AblationResult, head: Head) -> str:
+    """A head's ΔP with its bootstrap interval (a dash where there is none: a sweep without
+    intervals, or a head that a screened sweep only estimated)."""
+    value = _num(float(sweep.delta[head.layer, head.head]), ".4f")
+    exact = sweep.exact is None or bool(sweep.exact[head.layer, head.head])
+    if not exact:
+        return f"{value} (estimated)"
+    if sweep.delta_ci is None:
+        return value
+    lo, hi = (float(x) for x in sweep.delta_ci[:, head.layer, head.head])
+    if _missing(lo) or _missing(hi):
+        return f"{value} [{DASH}]"
+    return f"{value} [{lo:.4f}, {hi:.4f}]"
+
+
+def pairs_table_html(head_map: HeadMap, student: AblationResult, teacher: AblationResult) -> str:
+    """Each mapped pair with both heads' impact ΔP and its bootstrap interval over prompts,
+    and the impact distance that chose the pair."""
+    level = f"{100 * student.config.ci_level:g}%"
+    header = [
+        "student head",
+        f"ΔP student [{level} interval]",
+        "teacher head",
+        f"ΔP teacher [{level} interval]",
+        "|ΔP_s − ΔP_t|",
+    ]
+    distances = head_map.distances or [math.nan] * len(head_map)
+    out = ["<div class='scroll'><table class='data pairs'><thead><tr>"]
+    out += [f"<th>{esc(h)}</th>" for h in header]
+    out.append("</tr></thead><tbody>")
+    for (s, t), d in zip(head_map.pairs, distances, strict=True):
+        cells = [
+            f"<td class=text>{esc(s)}</td>",
+            f"<td>{esc(_impact(student, s))}</td>",
+            f"<td class=text>{esc(t)}</td>",
+            f"<td>{esc(_impact(teacher, t))}</td>",
+            f"<td>{_num(d, '.4f')}</td>",
+        ]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    metric = head_map.config.get("metric") or student.config.metric
+    n_boot = student.config.n_boot
+    note = (
+        f"ΔP: the drop in P ({metric}) when the head alone is mean-ablated; the interval is a "
+        f"percentile bootstrap over prompts ({n_boot} resamples)"
+        if student.delta_ci is not None or teacher.delta_ci is not None
+        else f"ΔP: the drop in P ({metric}) when the head alone is mean-ablated (this run's "
+        "sweeps have no bootstrap intervals)"
+    )
+    return "".join(out) + f"<p class='note'>{esc(note)}.</p>"
+
+
 def mapping_svg(head_map: HeadMap, controls: dict[int, list[tuple[str, str]]]) -> str:
     """Student heads (left) joined to their teacher heads (right): the aligned map as solid
     lines labelled with the impact distance, each seed's random control dashed."""
@@ -444,13 +497,14 @@ def render_report(result: Any, table: Any) -> str:
             f"each aligned with the teacher head of closest ablation impact.</p>"
         )
         parts.append(mapping_svg(head_map, controls))
+        t_sweep = AblationResult.from_dict(setup["teacher_sweep"])
+        s_sweep = AblationResult.from_dict(setup["student_sweep"])
+        t_sweep.model_name, s_sweep.model_name = teacher_spec, student_spec
+        parts.append(pairs_table_html(head_map, s_sweep, t_sweep))
         for warning in head_map.config.get("warnings", []):
             parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
         parts.append("</section>")
         # ablation
-        t_sweep = AblationResult.from_dict(setup["teacher_sweep"])
-        s_sweep = AblationResult.from_dict(setup["student_sweep"])
-        t_sweep.model_name, s_sweep.model_name = teacher_spec, student_spec
         parts.append(f"<section id='{esc(task)}-ablation'><h3>Mean-ablation impact</h3>")
         parts.append(
             fig_html(

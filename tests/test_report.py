@@ -21,10 +21,19 @@ from circuitlens.types import Circuit, HeadMap
 TASK = "entity_tracking"
 
 
-def _sweep(name: str, n_layers: int, n_heads: int, seed: int) -> dict:
+def _sweep(name: str, n_layers: int, n_heads: int, seed: int, estimated=()) -> dict:
+    """A sweep with bootstrap intervals; ``estimated`` heads as a screened sweep leaves them
+    (no exact value, NaN interval)."""
     g = torch.Generator().manual_seed(seed)
     delta = torch.rand(n_layers, n_heads, generator=g) * 0.4 - 0.1
-    return AblationResult(0.9, 0.7, 0.7 - delta, delta, name, AblationConfig()).to_dict()
+    ci = torch.stack([delta - 0.02, delta + 0.03])
+    exact = torch.ones(n_layers, n_heads, dtype=torch.bool)
+    for layer, head in estimated:
+        ci[:, layer, head] = float("nan")
+        exact[layer, head] = False
+    return AblationResult(
+        0.9, 0.7, 0.7 - delta, delta, name, AblationConfig(), delta_ci=ci, exact=exact
+    ).to_dict()
 
 
 def _synthetic_run(directory: Path) -> ExperimentResult:
@@ -44,7 +53,7 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
         "task": TASK,
         "circuit": circuit.to_dict(),
         "circuit_note": "",
-        "teacher_sweep": _sweep("teacher", 4, 8, 0),
+        "teacher_sweep": _sweep("teacher", 4, 8, 0, estimated=[(1, 4)]),
         "student_sweep": _sweep("student", 2, 4, 1),
         "head_map": head_map.to_dict(),
         "teacher_accuracy": 0.96,
@@ -103,6 +112,10 @@ def report(tmp_path_factory) -> Path:
     return result.write_report()["report.html"]
 
 
+def _setup(report: Path) -> str:
+    return (report.parent / TASK / "setup.json").read_text()
+
+
 def _section(html: str, section_id: str) -> str:
     start = html.index(f"id='{section_id}'")
     end = html.find("<section id=", start + 1)
@@ -133,6 +146,12 @@ def test_report_content(report: Path) -> None:
     assert "<svg" in mapping and ">student</text>" in mapping and ">teacher</text>" in mapping
     assert "L1H2 → L3H1" in mapping and "random control, seed 1: L0H3 → L2H0" in mapping
     assert "teacher (teacher)" not in html and "student (student)" not in html
+    # each pair's impacts with science's bootstrap intervals; none at a screened-out head
+    assert "ΔP student [95% interval]" in mapping and "1000 resamples" in mapping
+    s_sweep = AblationResult.from_dict(json.loads(_setup(report))["student_sweep"])
+    d, lo, hi = (float(x) for x in (s_sweep.delta[1, 2], *s_sweep.delta_ci[:, 1, 2]))
+    assert f"{d:.4f} [{lo:.4f}, {hi:.4f}]" in mapping
+    assert "(estimated)" in mapping and not re.search(r"\bnan\b", mapping, re.IGNORECASE)
     for section_id in ("formats-table", "mcnemar-table", "cka-table"):
         extra = _section(html, section_id)
         assert "<table" in extra and not re.search(r"\bnan\b", extra, re.IGNORECASE)

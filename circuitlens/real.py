@@ -352,12 +352,13 @@ def load_real_hf(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, An
 
 def load_real(name: str, device: str | None = None, dtype: torch.dtype = torch.float32) -> Any:
     """``load_model("real:<name>")``: the model as a ``TransformerBridge`` carrying its card."""
-    from circuitlens.models import _boot
+    from circuitlens.models import _boot, attach_card
 
     hf, tok, card = load_real_hf(name, dtype)
     bridge = _boot(f"real:{name}", hf, tok, device, dtype)
-    bridge.circuitlens_card = card
-    return bridge
+    # the same card schema as the zoo's (task_options: {task: {...}}), read by model_card and
+    # get_task(model=); attach_card normalizes it and refuses a malformed one by name
+    return attach_card(bridge, {"source": f"real:{name}"} | card)
 
 
 # -- building ------------------------------------------------------------------------------

@@ -111,3 +111,24 @@ def test_a_broken_card_is_named(make_llama_dir, tmp_path) -> None:
         load_model(path)
     (path / "card.json").unlink()  # the advice
     assert model_card(load_model(path)) is None
+
+
+def test_a_real_model_card_is_read(make_llama_dir, zoo_tokenizer, monkeypatch) -> None:
+    """``real:`` models carry the card ``circuitlens real build`` writes (``task_options`` as
+    ``{task: {...}}``, the zoo's schema): model_card and get_task(model=) read it."""
+    from transformers import AutoModelForCausalLM
+
+    import circuitlens.real as real
+
+    name = "smollm2-entity-tracking-teacher"
+    card = real.real_card(name) or {"name": name, "task": "entity_tracking"}
+    card = card | {"task_options": {"entity_tracking": {"n_boxes": 3}}}  # not the default
+    hf = AutoModelForCausalLM.from_pretrained(make_llama_dir())
+    monkeypatch.setattr(real, "load_real_hf", lambda n, dtype=None: (hf, zoo_tokenizer, card))
+    model = load_model(f"real:{name}")
+    got = model_card(model)
+    assert got is not None and got["task_options"] == {"entity_tracking": {"n_boxes": 3}}
+    assert got["name"] == name and got["source"] == f"real:{name}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TaskFormatWarning)
+        assert get_task("entity_tracking", model=model, n_test=10).config.n_boxes == 3

@@ -212,7 +212,14 @@ def test_shipped_adapter_meets_its_card(name: str) -> None:
     }
     prompts = real_task(recipe, tok, seed=12345).split("test", 50)
     acc = hf_accuracy(hf, tok, prompts)
-    assert abs(acc - card["test_acc_first50"]) <= 0.05, (acc, card["test_acc_first50"])
+    # cards built before the build recorded its first 50 prompts: against all 500 (a sample of
+    # 50 lies within 0.1 of them)
+    ref, tol = (
+        (card["test_acc_first50"], 0.05)
+        if "test_acc_first50" in card
+        else (card["test_acc_seed12345"], 0.1)
+    )
+    assert abs(acc - ref) <= tol, (acc, ref)
     if recipe.role == "teacher":
         assert card["test_acc_seed12345"] >= 0.95
     else:

@@ -75,12 +75,39 @@ def seconds_per_prompt(model: Any, task: Any, n: int = 16) -> tuple[float, int]:
     return (time.perf_counter() - t0) / len(prompts), int(batch.tokens.shape[1])
 
 
-def _ablation_passes(model: Any, n: int) -> float:
+def sweep_passes(n_heads: int, n_layers: int, n: int, top: int | None = None) -> float:
+    """Prompt passes of one mean-ablation sweep on ``n`` prompts (``method="auto"``).
+
+    An exact sweep (``n_heads`` <= ``AUTO_SCREEN_ABOVE``) ablates every head. A screened sweep
+    costs one forward and one backward pass for the estimates (three passes), then at least
+    the ``top`` heads it must settle and their margin exactly (``top``: the heads asked for,
+    by default 0.15 of them); it measures more when the estimates leave the top unsettled.
+    """
+    from circuitlens.ablation import AUTO_SCREEN_ABOVE
+    from circuitlens.screening import default_margin, top_count
+
+    # each head's pass starts at its layer: on average (L + 1) / 2L of a full forward
+    per_head = n * (n_layers + 1) / (2 * n_layers)
+    means = 3 * n  # the reference prompts' means and the unablated scores
+    if n_heads <= AUTO_SCREEN_ABOVE:
+        return n_heads * per_head + means
+    k = top if top is not None else top_count(0.15, n_heads)
+    measured = min(n_heads, k + default_margin(k, n_heads))
+    return 3 * n + measured * per_head + means
+
+
+def _ablation_passes(model: Any, n: int, budget: float | int | None = None) -> float:
+    """A sweep's passes on ``model``; ``budget``: the mapping's (a student's screened sweep
+    settles at least the budget's heads)."""
+    from circuitlens.mapping import budget_count
     from circuitlens.models import model_facts
+    from circuitlens.screening import top_count
 
     f = model_facts(model)
-    # each head's pass starts at its layer: on average (L + 1) / 2L of a full forward
-    return f.n_total_heads * n * (f.n_layers + 1) / (2 * f.n_layers) + 3 * n
+    top = None
+    if budget is not None:
+        top = max(top_count(0.15, f.n_total_heads), budget_count(budget, f.n_total_heads))
+    return sweep_passes(f.n_total_heads, f.n_layers, n, top)
 
 
 def estimate_distill_cost(teacher: Any, student: Any, task: Any, cfg: Any) -> Cost:
@@ -89,14 +116,14 @@ def estimate_distill_cost(teacher: Any, student: Any, task: Any, cfg: Any) -> Co
     t_sec, t_tok = seconds_per_prompt(teacher, task)
     s_sec, s_tok = seconds_per_prompt(student, task)
     n_evals = (tcfg.steps // tcfg.eval_every + 1) if tcfg.eval_every else 0
-    cka_n = 128
+    cka_n = getattr(tcfg, "cka_eval_n", 128)  # held-out prompts of each reported CKA
     teacher_p = {
         "sweeps": _ablation_passes(teacher, cfg.sweep_n),
         "training": tcfg.steps * tcfg.batch_size,
         "evaluation": cfg.test_n + 2 * cka_n + (n_evals * cka_n if tcfg.eval_cka else 0),
     }
     student_p = {
-        "sweeps": _ablation_passes(student, cfg.sweep_n) + cfg.sweep_n,
+        "sweeps": _ablation_passes(student, cfg.sweep_n, cfg.budget) + cfg.sweep_n,
         "training": 3 * tcfg.steps * tcfg.batch_size,
         "evaluation": 2 * cfg.test_n
         + n_evals * tcfg.eval_n

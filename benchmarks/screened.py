@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--top", nargs="+", type=float, default=[0.15])
     ap.add_argument("--safety", type=float, default=1.5)
     ap.add_argument("--rank", nargs="+", default=["signed", "abs"])
+    ap.add_argument("--tag", default="", help="a suffix of the results file's name")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = build(args.model)
@@ -130,7 +131,7 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
     d_exact = want.delta.flatten().tolist()
     n_heads = len(d_exact)
     rows = []
-    out_path = RESULTS / f"screened_{args.model}.json"
+    out_path = RESULTS / f"screened_{args.model}{'_' + args.tag if args.tag else ''}.json"
     for screen, rank in [(s, r) for r in args.rank for s in args.screens]:
         for top in args.top:
             t0 = time.perf_counter()

@@ -75,17 +75,23 @@ def _zoo_list(args: argparse.Namespace) -> int:
 
 
 def _zoo_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from circuitlens.rundir import run_lock
     from circuitlens.zoo import ZOO, train
 
     names = list(ZOO) if args.name == "all" else [args.name]
     for name in names:
-        card = train(
-            name,
-            out_dir=args.out,
-            steps=args.steps,
-            resume=not args.fresh,
-            continue_shipped=args.continue_shipped,
-        )
+        if name not in ZOO:  # named before a lock directory is made for it
+            train(name)
+        with run_lock(Path("runs") / "zoo" / name):  # one trainer per checkpoint directory
+            card = train(
+                name,
+                out_dir=args.out,
+                steps=args.steps,
+                resume=not args.fresh,
+                continue_shipped=args.continue_shipped,
+            )
         acc = card["accuracy"]["first_token_accuracy"]
         print(
             f"{name}: test accuracy {acc:.3f} after {card['steps_trained']} steps "

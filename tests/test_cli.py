@@ -89,3 +89,24 @@ def test_distill_bad_config_names_the_field_before_loading(tmp_path, capsys) -> 
     assert not (tmp_path / "o").exists()  # refused before anything was made
     assert main(["distill", "--task-option", "n_boxes", "--out", str(tmp_path / "o")]) == 2
     assert "write it as KEY=VALUE" in capsys.readouterr().err
+
+
+def test_zoo_train_refuses_a_second_trainer_of_the_same_model(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import json
+    import os
+
+    from circuitlens.rundir import LOCK
+
+    monkeypatch.chdir(tmp_path)
+    lock = tmp_path / "runs" / "zoo" / "entity-tracking-student" / LOCK
+    lock.parent.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename}))
+        assert main(["zoo", "train", "entity-tracking-student", "--steps", "1"]) == 2
+        assert f"process {other.pid}" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()

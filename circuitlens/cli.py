@@ -240,6 +240,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         config = ExperimentConfig.load(args.config)
     else:
         config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+    if args.models == "real":
+        if args.config:
+            raise ValueError("--models real replaces the models of --config: give one of them")
+        config = ExperimentConfig.real(quick=args.quick)
     overrides = {
         k: v
         for k, v in {
@@ -252,7 +256,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     }
     if overrides:
         config = config.with_overrides(**overrides)
-    out = args.out or ("results/reproduce-quick" if args.quick else "results/reproduce")
+    real = "-real" if args.models == "real" else ""
+    out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
     t0 = time.time()
     result = run_experiment(config, out, fresh=args.fresh, progress=not args.no_progress)
     print()
@@ -276,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--quick", action="store_true", help="one seed, 60 steps: a few minutes")
     rep.add_argument("--config", help="a .toml/.json ExperimentConfig")
+    rep.add_argument(
+        "--models",
+        choices=("zoo", "real"),
+        default="zoo",
+        help="zoo: the embedded tiny models; real: SmolLM2-135M teachers and pruned students "
+        "(docs/real_models.md)",
+    )
     rep.add_argument("--out", help="results directory (default results/reproduce[-quick])")
     rep.add_argument(
         "--fresh",

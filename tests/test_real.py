@@ -224,3 +224,30 @@ def test_shipped_adapter_meets_its_card(name: str) -> None:
         assert card["test_acc_seed12345"] >= 0.95
     else:
         assert 0.40 <= card["test_acc_seed12345"] <= 0.75
+
+
+def test_real_experiment_preset() -> None:
+    from circuitlens.experiments import ExperimentConfig
+
+    for quick in (True, False):
+        cfg = ExperimentConfig.real(quick=quick)
+        for task, pair in cfg.models.items():
+            slug = task.replace("_", "-")
+            assert pair == {
+                "teacher": f"real:smollm2-{slug}-teacher",
+                "student": f"real:smollm2-{slug}-student",
+            }
+            assert all(spec[len("real:") :] in RECIPES for spec in pair.values())
+        assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert len(ExperimentConfig.real().seeds) >= 3
+
+
+def test_reproduce_real_refuses_an_unshipped_model_before_work(monkeypatch, tmp_path, capsys):
+    import circuitlens.real as real
+    from circuitlens.cli import main
+
+    monkeypatch.setattr(real, "REAL_DIR", tmp_path / "none")
+    code = main(["reproduce", "--models", "real", "--quick", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "circuitlens real build smollm2-entity-tracking-teacher" in capsys.readouterr().err
+    assert main(["reproduce", "--models", "real", "--config", "x.toml"]) == 2

@@ -251,3 +251,36 @@ def test_reproduce_real_refuses_an_unshipped_model_before_work(monkeypatch, tmp_
     assert code == 2
     assert "circuitlens real build smollm2-entity-tracking-teacher" in capsys.readouterr().err
     assert main(["reproduce", "--models", "real", "--config", "x.toml"]) == 2
+
+
+@pytest.mark.slow
+@needs_smollm2
+@needs_peft
+def test_one_training_step_on_the_real_pair_moves_only_the_mapped_slices() -> None:
+    from circuitlens import CircuitTrainer, TrainConfig, get_task
+    from circuitlens.types import HeadMap
+
+    name = "smollm2-entity-tracking"
+    if real_card(f"{name}-student") is None or real_card(f"{name}-teacher") is None:
+        pytest.skip("the entity-tracking pair is not shipped")
+    teacher = load_model(f"real:{name}-teacher")
+    student = load_model(f"real:{name}-student")
+    task = get_task("entity_tracking", model=student, tokenizers=[teacher, student], n_val=8)
+    # two student heads that share a K/V group and one in another layer (GQA: 3 heads per K/V)
+    head_map = HeadMap(pairs=[("L3H0", "L20H1"), ("L3H1", "L25H4"), ("L15H8", "L29H2")])
+    cfg = TrainConfig(
+        condition="ce+align", steps=1, batch_size=4, lr=1e-3, eval_every=0, weight_decay=0.1
+    )
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    trainer = CircuitTrainer(student, teacher, task, head_map, cfg)
+    trainer.train(progress=False)
+    moved = 0
+    for n, p in student.named_parameters():
+        mask = trainer.masks.get(n)
+        if mask is None:
+            assert torch.equal(p, before[n]), n
+        else:
+            assert torch.equal(p[~mask], before[n][~mask]), n
+            moved += int((p[mask] != before[n][mask]).sum())
+    assert moved > 0.5 * trainer.fraction.params
+    assert trainer.fraction.heads == 3 and trainer.fraction.total_heads == 22 * 9

@@ -193,7 +193,6 @@ def evaluate(
     Raises:
         TaskError: ``n`` below 1, or an empty split (nothing to score).
     """
-    fn = _metric(metric)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise TaskError(
             f"evaluate: n must be a whole number >= 1, or None for the whole split (got {n!r})"
@@ -207,10 +206,5 @@ def evaluate(
             f"evaluate: the {split} split of task {task.name!r} is empty: "
             f"{task.empty_split_hint(split)}; or score another split"
         )
-    device = model_device(model)
-    total = 0.0
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenize_prompts(tokenizer or model, prompts[start : start + batch_size]).to(device)
-        logits = logits_at(model, batch.tokens, batch.positions["last"])
-        total += float(fn(logits, batch, reduce=False).sum())
-    return total / len(prompts)
+    scores = prompt_scores(model, task, split, n, metric, batch_size, tokenizer)
+    return float(scores.double().sum()) / len(prompts)

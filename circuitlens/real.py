@@ -125,7 +125,8 @@ class RealRecipe:
         lora_r, lora_alpha, targets: the LoRA adapter (rank, scale, module names).
         lr, batch_size: AdamW on the adapter, cross-entropy on the answer token.
         max_steps: the most steps; training stops earlier at ``stop_at``.
-        stop_at: stop once validation accuracy (``eval_n`` prompts) is at least this.
+        stop_at: stop once validation accuracy (``eval_n`` prompts) is at least this...
+        min_steps: ...and at least this many steps were taken.
         eval_every, eval_n: the validation cadence (also the checkpoint cadence).
         seed: the sampling and initialisation seed; task seed 0 gives the splits.
     """
@@ -151,6 +152,7 @@ class RealRecipe:
     batch_size: int = 8
     max_steps: int = 600
     stop_at: float = 0.98
+    min_steps: int = 0
     eval_every: int = 25
     eval_n: int = 100
     seed: int = 0
@@ -184,7 +186,7 @@ RECIPES = {
         ),
         RealRecipe(
             "smollm2-theory-of-mind-teacher", "smollm2-135m", "theory_of_mind", "teacher",
-            task_options=TOM_OPTIONS, max_steps=1000,
+            task_options=TOM_OPTIONS, max_steps=1000, min_steps=300,
         ),
         RealRecipe(
             "smollm2-theory-of-mind-student", "smollm2-135m", "theory_of_mind", "student",
@@ -433,7 +435,7 @@ def train_adapter(
     heldout = task.heldout_texts()
     log.info("training %s: %s", recipe.name, json.dumps(recipe.to_dict()))
     t0 = time.time()
-    done = bool(history) and history[-1]["val_acc"] >= recipe.stop_at
+    done = bool(history) and history[-1]["val_acc"] >= recipe.stop_at and step >= recipe.min_steps
     bar = tqdm(total=recipe.max_steps, initial=step, desc=recipe.name, disable=not progress)
     while not done and step < recipe.max_steps:
         model.train()
@@ -461,7 +463,7 @@ def train_adapter(
                 "history": history,
             }
             atomic_torch_save(state, ckpt)
-            done = acc >= recipe.stop_at
+            done = acc >= recipe.stop_at and step >= recipe.min_steps
     bar.close()
     model.eval()
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))

@@ -5,11 +5,12 @@ impact, and train only those student heads to match their teacher heads (Wadhwa,
 Wallace 2025, "Circuit Distillation").
 """
 
-from circuitlens.ablation import AblationResult, ablation_sweep, mean_ablated
+from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.distill import DistillConfig, DistillResult, distill_circuit
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
 from circuitlens.mapping import map_heads, random_map
+from circuitlens.mean_ablation import mean_ablated
 from circuitlens.models import ModelFacts, ModelLoadError, load_model, model_facts
 from circuitlens.patching import activation_patch, attribution_patch, path_patch
 from circuitlens.patching.circuits import CircuitConfig, faithfulness, find_circuit

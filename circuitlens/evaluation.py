@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.ablation import compute_means, mean_ablated
+from circuitlens.mean_ablation import compute_means, mean_ablated
 from circuitlens.models import model_facts
 from circuitlens.tasks import Task, prompt_scores
 from circuitlens.types import Head, parse_heads

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.ablation import ablation_sweep, compute_means, mean_ablated
+from circuitlens.ablation import ablation_sweep
 from circuitlens.hooks import z_name
+from circuitlens.mean_ablation import compute_means, mean_ablated
 from circuitlens.tasks.metrics import METRICS
 from circuitlens.types import Head
 

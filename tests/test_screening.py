@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.ablation import AblationResult, ablation_sweep, compute_means
+from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.hooks import hooked, z_name
 from circuitlens.mapping import choose_student_heads, map_heads
+from circuitlens.mean_ablation import compute_means
 from circuitlens.screening import screen_heads, settled
 from circuitlens.tasks.metrics import METRICS, answer_logits
 from circuitlens.types import Head

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from circuitlens.ablation import compute_means, mean_ablated
+from circuitlens.mean_ablation import compute_means, mean_ablated
 from circuitlens.models import model_facts
 from circuitlens.patching.activation import activation_patch
 from circuitlens.patching.attribution import screened_activation_patch

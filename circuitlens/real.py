@@ -325,8 +325,11 @@ def real_card(name: str) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def load_real_hf(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, dict[str, Any]]:
-    """A ``real:`` model as a plain Hugging Face model (adapter merged), tokenizer and card."""
+def load_real_hf(
+    name: str, dtype: torch.dtype = torch.float32, adapter_dir: Path | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """A ``real:`` model as a plain Hugging Face model (adapter merged), tokenizer and card
+    (the shipped adapter, or the one in ``adapter_dir``)."""
     if name in BASES:
         hf, tok = load_base_hf(name, dtype)
         card = {"name": name, "role": "base", "base": {"package": BASES[name].package}}
@@ -337,8 +340,9 @@ def load_real_hf(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, An
             f"unknown real model {name!r}; valid: {', '.join(real_names())} "
             "(`circuitlens real list`)"
         )
-    card = real_card(name)
-    adapter = REAL_DIR / name
+    adapter = Path(adapter_dir) if adapter_dir is not None else REAL_DIR / name
+    f = adapter / "card.json"
+    card = json.loads(f.read_text()) if f.is_file() else None
     if card is None or not (adapter / "adapter_model.safetensors").is_file():
         raise RealModelError(
             f"real:{name} has no shipped adapter under {adapter}: build it with "
@@ -474,7 +478,29 @@ def train_adapter(
         else:
             f.replace(out / f.name)
     tmp.rmdir()
+    shrink_adapter(out / "adapter_model.safetensors")
     return model, {"steps": step, "history": history, "seconds": round(time.time() - t0, 1)}
+
+
+ADAPTER_DTYPE = torch.bfloat16  # shipped adapters: half the bytes of float32 (git budget)
+
+
+def shrink_adapter(path: Path, dtype: torch.dtype = ADAPTER_DTYPE) -> None:
+    """Store an adapter's floating tensors in ``dtype`` (atomically, metadata kept). Loading
+    copies them into the float32 model, so only the adapter's own rounding changes: the card's
+    accuracies are measured after this, through the load path."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from circuitlens.io import atomic_write_bytes
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+    if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
+        return
+    tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def build_real(
@@ -517,13 +543,29 @@ def build_real(
     }
     atomic_write_text(out / "card.json", json.dumps(card, indent=1))
     if out == REAL_DIR / name:
-        merged, tok, _ = load_real_hf(name)
-    else:
-        merged = model.merge_and_unload()
+        return measure_card(name)
+    merged, tok, _ = load_real_hf(name, adapter_dir=out)  # the stored (bf16) adapter
+    return _measure(card, merged, tok, recipe, out)
+
+
+def measure_card(name: str) -> dict[str, Any]:
+    """Measure a shipped adapter's test accuracy through the load path (500 prompts of the
+    unseen seed :data:`HELDOUT_SEED`, and the first 50, which the tests re-measure) and write
+    it, with the adapter file's sha256, into its card. Run after any change to the file."""
+    merged, tok, card = load_real_hf(name)
+    out = REAL_DIR / name
+    card["adapter_sha256"] = sha256_file(out / "adapter_model.safetensors")
+    return _measure(card, merged, tok, RECIPES[name], out)
+
+
+def _measure(card: dict, merged: Any, tok: Any, recipe: RealRecipe, out: Path) -> dict[str, Any]:
+    from circuitlens.io import atomic_write_text
+
     test = real_task(recipe, tok, seed=HELDOUT_SEED).split("test", 500)
     card["test_acc_seed12345"] = hf_accuracy(merged, tok, test)
     card["test_acc_first50"] = hf_accuracy(merged, tok, test[:50])  # what the tests re-measure
+    card["adapter_dtype"] = str(ADAPTER_DTYPE).removeprefix("torch.")
     atomic_write_text(out / "card.json", json.dumps(card, indent=1))
-    log.info("%s: test accuracy %.3f on 500 prompts of seed %d", name,
+    log.info("%s: test accuracy %.3f on 500 prompts of seed %d", card["name"],
              card["test_acc_seed12345"], HELDOUT_SEED)  # fmt: skip
     return card

@@ -55,8 +55,9 @@ from circuitlens.losses import (
 )
 from circuitlens.progress import heartbeat
 from circuitlens.tasks import PromptBatch, Task, evaluate, tokenize_prompts
-from circuitlens.tasks.metrics import answer_logits, model_device, model_logits
-from circuitlens.types import Circuit, HeadMap
+from circuitlens.tasks.metrics import logits_at, model_device
+from circuitlens.teacher_cache import TeacherBatch, TeacherCache, teacher_batch, token_rows
+from circuitlens.types import Circuit, Head, HeadMap
 from circuitlens.validate import ConfigError, check_fields
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,12 @@ class CircuitTrainer:
         config: :class:`TrainConfig`.
         circuit: the teacher's circuit (used for ``positions="circuit"``).
         checkpoint_dir: where resumable checkpoints go (None: no checkpoints).
+        teacher_cache: a :class:`~circuitlens.teacher_cache.TeacherCache` to share the
+            teacher's outputs with other trainers (other conditions of the same seed draw the
+            same batches); by default the trainer keeps its own, in memory. The teacher runs
+            once over every batch of the run before the first step, never during training.
+            ``False``: no cache, the teacher runs at every step (less memory: the ``kd``
+            condition caches ``d_vocab`` logits per prompt).
     """
 
     def __init__(
@@ -201,8 +208,12 @@ class CircuitTrainer:
         config: TrainConfig | None = None,
         circuit: Circuit | None = None,
         checkpoint_dir: str | Path | None = None,
+        teacher_cache: TeacherCache | None | bool = None,
     ) -> None:
         self.student, self.teacher, self.task = student, teacher, task
+        if teacher_cache is True or teacher_cache is None:
+            teacher_cache = TeacherCache()
+        self.teacher_cache: TeacherCache | None = teacher_cache or None
         self.head_map, self.config, self.circuit = head_map, config or TrainConfig(), circuit
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         cfg = self.config
@@ -238,6 +249,12 @@ class CircuitTrainer:
         )
         self.rng = random.Random(f"train:{cfg.seed}")
         self.heldout = task.heldout_texts()
+        # every step's prompts, drawn up front (the same draws, in the same order, as one per
+        # step): the teacher's outputs for all of them come from one cached pass
+        self.schedule = [
+            task.sample(self.rng, cfg.batch_size, exclude=self.heldout) for _ in range(cfg.steps)
+        ]
+        self._teacher_batches: list[TeacherBatch] | None = None
         self.state = TrainState()
         self._saved: dict[int, Tensor] = {}
         self._hooks_on = False
@@ -264,10 +281,25 @@ class CircuitTrainer:
         finally:
             self._hooks_on = False
 
-    def _rows(self, batch: PromptBatch, model: Any) -> list[Tensor]:
-        """Per pair, the token index of each row: ``[n_examples, rows]``."""
-        n = len(batch)
+    def _position_names(self) -> list[str]:
+        """Per pair, the position its CKA rows come from (``"tokens"``: every token)."""
         if self.config.positions == "tokens":
+            return ["tokens"] * len(self.head_map)
+        if self.config.positions == "last" or self.circuit is None:
+            return ["last"] * len(self.head_map)
+        names = [self.circuit.position_of(t) for _, t in self.head_map.pairs]
+        known = getattr(self.task, "position_names", None)
+        for (_, t), name in zip(self.head_map.pairs, names, strict=True):
+            if known and name not in known:
+                raise ValueError(
+                    f"the circuit puts {t} at position {name!r}, which task "
+                    f"{self.task.name!r} does not define ({sorted(known)})"
+                )
+        return names
+
+    def _check_rows(self, batch: PromptBatch) -> None:
+        names = set(self._position_names())
+        if "tokens" in names:
             last = batch.positions["last"]
             if bool((last != last[0]).any()):
                 raise CKASiteError(
@@ -275,47 +307,81 @@ class CircuitTrainer:
                     f"length in tokens (got {int(last.min()) + 1}..{int(last.max()) + 1}); use "
                     'positions="last" or a task whose prompts have one length'
                 )
-            bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-            start = 1 if bos is not None and bool((batch.tokens[:, 0] == bos).all()) else 0
-            idx = torch.arange(start, int(last[0]) + 1).expand(n, -1)  # the BOS is never a row
-            return [idx] * len(self.head_map)
-        if self.config.positions == "last" or self.circuit is None:
-            return [batch.positions["last"][:, None]] * len(self.head_map)
-        out = []
-        for _, t in self.head_map.pairs:
-            name = self.circuit.position_of(t)
-            if name not in batch.positions:
-                raise ValueError(
-                    f"the circuit puts {t} at position {name!r}, which task "
-                    f"{self.task.name!r} does not define ({sorted(batch.positions)})"
-                )
-            out.append(batch.positions[name][:, None])
-        return out
+        missing = sorted(names - {"tokens"} - set(batch.positions))
+        if missing:
+            raise ValueError(
+                f"the circuit puts heads at position(s) {missing}, which task "
+                f"{self.task.name!r} does not define ({sorted(batch.positions)})"
+            )
+
+    def _rows(self, batch: PromptBatch, model: Any) -> list[Tensor]:
+        """Per pair, the token index of each row: ``[n_examples, rows]``."""
+        self._check_rows(batch)
+        return [token_rows(batch, model, name) for name in self._position_names()]
 
     def _site(self, model: Any, z: Tensor, rows: Tensor, layer: int, head: int) -> Tensor:
         """``z [batch, pos, head_index, d_head]`` of one head at ``rows [batch, r]``:
         ``[batch, r, d_head]`` (site z) or ``[batch, r, d_model]`` (site result)."""
         rows = rows.to(z.device)
         picked = z[torch.arange(z.shape[0], device=z.device)[:, None], rows, head]
+        return self._site_rows(model, picked, Head(layer, head))
+
+    def _site_rows(self, model: Any, picked: Tensor, head: Head) -> Tensor:
+        """One head's ``z`` rows ``[batch, r, d_head]`` at the config's site."""
         if self.config.site == "result":
-            picked = picked @ model.W_O[layer, head].to(picked.dtype)  # [d_head, d_model]
+            w = model.W_O[head.layer, head.head]  # [d_head, d_model]
+            picked = picked.to(w.device) @ w.to(picked.dtype)
         return picked
 
-    def _forward(self, prompts: list) -> tuple[Tensor, Tensor, PromptBatch, Any, dict, Any]:
-        sb = tokenize_prompts(self.student, prompts).to(model_device(self.student))
-        tb = tokenize_prompts(self.teacher, prompts).to(model_device(self.teacher))
-        t_layers = {z_name(t.layer) for _, t in self.head_map.pairs}
-        with torch.no_grad():
-            t_logits, cache = self.teacher.run_with_cache(
-                tb.tokens, names_filter=lambda n: n in t_layers
+    def _teacher_request(self) -> dict[str, Any]:
+        layers = sorted({t.layer for _, t in self.head_map.pairs})
+        return {
+            "layers": layers,
+            "positions": sorted(set(self._position_names())) if layers else [],
+            "logits": self.config.condition == "kd",
+        }
+
+    def teacher_outputs(self, progress: bool = False) -> list[TeacherBatch]:
+        """The teacher's outputs for every step's batch (from the cache, or one pass)."""
+        if self.teacher_cache is None:
+            raise ValueError("this trainer runs without a teacher cache (teacher_cache=False)")
+        if self._teacher_batches is None:
+            self._teacher_batches = self.teacher_cache.get(
+                self.teacher, self.schedule, progress=progress, **self._teacher_request()
             )
+        return self._teacher_batches
+
+    def _teacher(self, prompts: list, step: int | None) -> tuple[PromptBatch, TeacherBatch]:
+        """The teacher's batch (tokenized) and outputs: step ``step``'s from the cache, or the
+        held-out prompts' (cached as one batch too)."""
+        tb = tokenize_prompts(self.teacher, prompts)
+        if (
+            self._teacher_batches is not None
+            and step is not None
+            and 1 <= step <= len(self.schedule)
+            and self.schedule[step - 1] == prompts
+        ):
+            out = self._teacher_batches[step - 1]
+        elif self.teacher_cache is None:
+            out = teacher_batch(
+                self.teacher, tb.to(model_device(self.teacher)), **self._teacher_request()
+            )
+        else:
+            (out,) = self.teacher_cache.get(self.teacher, [prompts], **self._teacher_request())
+        return tb, out
+
+    def _forward(
+        self, prompts: list, step: int | None = None
+    ) -> tuple[Tensor, PromptBatch, PromptBatch, dict, TeacherBatch]:
+        sb = tokenize_prompts(self.student, prompts).to(model_device(self.student))
+        tb, tout = self._teacher(prompts, step)
         with self._capturing():
             self._saved.clear()
-            s_logits = model_logits(self.student, sb.tokens)
-        return s_logits, t_logits, sb, tb, dict(self._saved), cache
+            s_last = logits_at(self.student, sb.tokens, sb.positions["last"])
+        return s_last, sb, tb, dict(self._saved), tout
 
     def _pair_activations(
-        self, sb: PromptBatch, tb: PromptBatch, saved: dict[int, Tensor], cache: Any
+        self, sb: PromptBatch, tb: PromptBatch, saved: dict[int, Tensor], tout: TeacherBatch
     ) -> tuple[Tensor, Tensor]:
         """Student and teacher activations of every pair: ``[pair, n_examples, rows, p]``."""
         s_rows, t_rows = self._rows(sb, self.student), self._rows(tb, self.teacher)
@@ -328,8 +394,10 @@ class CircuitTrainer:
         with torch.no_grad():
             ys = torch.stack(
                 [
-                    self._site(self.teacher, cache[z_name(t.layer)], r, t.layer, t.head)
-                    for (_, t), r in zip(self.head_map.pairs, t_rows, strict=True)
+                    self._site_rows(self.teacher, tout.z[t.layer, name][:, :, t.head], t)
+                    for (_, t), name in zip(
+                        self.head_map.pairs, self._position_names(), strict=True
+                    )
                 ]
             )
         xs = torch.stack(
@@ -346,15 +414,15 @@ class CircuitTrainer:
         ``step`` seeds the ``ce+shuffled`` derangement (default: the trainer's next step).
         """
         cfg = self.config
-        s_logits, t_logits, sb, tb, saved, cache = self._forward(prompts)
-        s_last = answer_logits(s_logits, sb)
-        t_last = answer_logits(t_logits, tb)
-        target = t_last.argmax(-1) if cfg.labels == "teacher" else sb.answer_ids
+        s_last, sb, tb, saved, tout = self._forward(prompts, step)
+        dev = s_last.device
+        target = tout.labels.to(dev) if cfg.labels == "teacher" else sb.answer_ids
         out: dict[str, Tensor] = {"ce": cross_entropy(s_last, target)}
         if cfg.condition == "kd":
-            out["kd"] = kd_loss(s_last, t_last, cfg.kd_temperature)
+            assert tout.logits is not None
+            out["kd"] = kd_loss(s_last, tout.logits.to(dev), cfg.kd_temperature)
         if cfg.uses_cka:
-            xs, ys = self._pair_activations(sb, tb, saved, cache)
+            xs, ys = self._pair_activations(sb, tb, saved, tout)
             if cfg.condition == "ce+shuffled":
                 step = self.state.step + 1 if step is None else step
                 perm = derangement(len(prompts), shuffle_generator(cfg.seed, step))
@@ -381,10 +449,10 @@ class CircuitTrainer:
         capture = self._capture
         self._capture = True
         try:
-            _, _, sb, tb, saved, cache = self._forward(prompts)
+            _, sb, tb, saved, tout = self._forward(prompts)
         finally:
             self._capture = capture
-        xs, ys = self._pair_activations(sb, tb, saved, cache)
+        xs, ys = self._pair_activations(sb, tb, saved, tout)
         return cka_with_null(
             xs, ys, n_perm or cfg.null_perms, seed=0, kernel=cfg.cka, estimator=cfg.cka_estimator
         )
@@ -399,8 +467,8 @@ class CircuitTrainer:
         self._capture = True
         try:
             with torch.no_grad():
-                _, _, sb, tb, saved, cache = self._forward(prompts)
-                xs, ys = self._pair_activations(sb, tb, saved, cache)
+                _, sb, tb, saved, tout = self._forward(prompts)
+                xs, ys = self._pair_activations(sb, tb, saved, tout)
                 _, value = alignment_loss(
                     xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
                 )
@@ -410,7 +478,7 @@ class CircuitTrainer:
 
     # -- the loop --------------------------------------------------------------------------
     def _step(self) -> dict[str, float]:
-        prompts = self.task.sample(self.rng, self.config.batch_size, exclude=self.heldout)
+        prompts = self.schedule[self.state.step]
         parts = self.losses(prompts, step=self.state.step + 1)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
@@ -431,6 +499,8 @@ class CircuitTrainer:
     def train(self, progress: bool = True) -> list[dict[str, float]]:
         """Run (or resume) to ``config.steps``; return the history (one row per step)."""
         self.load_checkpoint()
+        if self.teacher_cache is not None and self.state.step < self.config.steps:
+            self.teacher_outputs(progress=progress)  # the teacher's one pass, before step 1
         flags = {n: p.requires_grad for n, p in self.student.named_parameters()}
         for n, p in self.student.named_parameters():  # no gradients for wholly frozen weights
             p.requires_grad_(n in self.masks)

@@ -31,6 +31,7 @@ from circuitlens.tasks import (
     prompt_scores,
     require_same_tokenizers,
 )
+from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CONDITIONS, CircuitTrainer
 from circuitlens.types import Circuit, HeadMap
 
@@ -206,16 +207,22 @@ def _run_cell(
     teacher: Any,
     progress: bool,
     formats: dict[str, Task] | None = None,
+    student: Any = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> dict[str, Any]:
+    """Train and measure one cell. ``student``: the untrained student to train in place
+    (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells."""
     t0 = time.time()
     d = cfg.distill
-    student = load_model(cfg.models[task.name]["student"])
+    if student is None:
+        student = load_model(cfg.models[task.name]["student"])
     head_map = _cell_map(setup, condition, seed, cfg)
     circuit = Circuit.from_dict(setup["circuit"]) if setup["circuit"] else None
     train_cfg = dataclasses.replace(d.train, condition=condition, seed=seed)
     trainer = CircuitTrainer(
-        student, teacher, task, head_map, train_cfg, circuit, cell_dir / "checkpoint"
-    )
+        student, teacher, task, head_map, train_cfg, circuit, cell_dir / "checkpoint",
+        teacher_cache=teacher_cache,
+    )  # fmt: skip
     resumed = (cell_dir / "checkpoint" / "trainer.pt").exists()
     cka_before = trainer.heldout_cka()  # the student is fresh: a checkpoint loads in train()
     history = trainer.train(progress=progress)
@@ -245,6 +252,23 @@ def _run_cell(
         "seconds": round(time.time() - t0, 1),
         "resumed": resumed,
     }
+
+
+def _weights(model: Any) -> dict[str, Any]:
+    """A copy of every parameter and buffer of ``model``."""
+    out = {f"p:{n}": p.detach().clone() for n, p in model.named_parameters()}
+    out |= {f"b:{n}": b.detach().clone() for n, b in model.named_buffers()}
+    return out
+
+
+def _restore(model: Any, weights: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(weights[f"p:{n}"])
+        for n, b in model.named_buffers():
+            b.copy_(weights[f"b:{n}"])
 
 
 def _json_dump(obj: Any) -> str:
@@ -387,15 +411,24 @@ def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentRe
             with heartbeat(bar):
                 setup = _setup_task(task, cfg, teacher, student, progress=False, formats=formats)
             atomic_write_text(setup_file, _json_dump(setup))
+        # one student in memory, put back to its untrained weights before each cell (what a
+        # fresh load gives, bit for bit, without loading it again); one teacher cache per task
+        untrained = _weights(student)
+        cache = TeacherCache(directory / t / "teacher-cache")
         for c, s in cells:
             bar.set_description(f"reproduce: {t} {c} seed {s}")
             cell_dir = directory / t / c / f"seed{s}"
+            _restore(student, untrained)
             torch.manual_seed(s)
             with heartbeat(bar):
-                cell = _run_cell(cell_dir, task, c, s, cfg, setup, teacher, False, formats)
+                cell = _run_cell(
+                    cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache
+                )
             atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
             shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
             bar.update(1)
+        shutil.rmtree(directory / t / "teacher-cache", ignore_errors=True)  # the task is done
+        del teacher, student, untrained, cache
     bar.close()
     result = ExperimentResult.load(directory)
     result.write_report()

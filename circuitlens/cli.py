@@ -259,7 +259,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     real = "-real" if args.models == "real" else ""
     out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
     t0 = time.time()
-    result = run_experiment(config, out, fresh=args.fresh, progress=not args.no_progress)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = run_experiment(
+        config, out, fresh=args.fresh, progress=not args.no_progress, device=args.device
+    )
     print()
     print(result.markdown())
     print(f"{len(result.cells)} cells in {time.time() - t0:.0f} s")
@@ -298,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--conditions", nargs="+", help="a subset of the conditions")
     rep.add_argument("--seeds", nargs="+", type=int, help="training seeds")
     rep.add_argument("--steps", type=int, help="training steps per cell")
+    rep.add_argument("--device", help="where the models run: cpu (default), cuda, cuda:1, ...")
+    rep.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.set_defaults(fn=_reproduce)
 

@@ -31,7 +31,7 @@ from circuitlens.screening import top_count
 from circuitlens.tasks import Task, evaluate, get_task
 from circuitlens.tasks.formats import check_task_format
 from circuitlens.tasks.metrics import METRICS
-from circuitlens.tasks.tokenizers import require_same_tokenizers
+from circuitlens.tasks.tokenizers import require_compatible_tokenizers
 from circuitlens.training import CircuitTrainer, TrainConfig
 from circuitlens.types import Circuit, HeadMap
 from circuitlens.validate import ConfigError, check_fields
@@ -383,7 +383,9 @@ def distill_circuit(
         task = get_task(task, tokenizers=[teacher, student])
     else:
         check_task_format(task, [teacher, student])
-    require_same_tokenizers(teacher, student, task)
+    require_compatible_tokenizers(
+        teacher, student, task, [cfg.train.condition], cfg.train.positions
+    )
     check_split_sizes(task, cfg)
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
     t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)

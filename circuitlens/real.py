@@ -193,6 +193,16 @@ RECIPES = {
             keep_layers=STUDENT_LAYERS, task_options=TOM_OPTIONS, lr=5e-4, stop_at=0.55,
             eval_every=10, max_steps=600,
         ),
+        # the cross-family teachers (Gemma-3 -> the SmolLM2 students above: another tokenizer,
+        # other head counts and d_head)
+        RealRecipe(
+            "gemma3-entity-tracking-teacher", "gemma3-270m", "entity_tracking", "teacher",
+            task_options=ET_OPTIONS, max_steps=600,
+        ),
+        RealRecipe(
+            "gemma3-theory-of-mind-teacher", "gemma3-270m", "theory_of_mind", "teacher",
+            task_options=TOM_OPTIONS, max_steps=1000, min_steps=300,
+        ),
     )
 }  # fmt: skip
 

@@ -54,7 +54,14 @@ from circuitlens.losses import (
     total_loss,
 )
 from circuitlens.progress import heartbeat
-from circuitlens.tasks import PromptBatch, Task, evaluate, tokenize_prompts
+from circuitlens.tasks import (
+    LabelTranslator,
+    PromptBatch,
+    Task,
+    evaluate,
+    require_compatible_tokenizers,
+    tokenize_prompts,
+)
 from circuitlens.tasks.metrics import logits_at, model_device
 from circuitlens.teacher_cache import TeacherBatch, TeacherCache, teacher_batch, token_rows
 from circuitlens.types import Circuit, Head, HeadMap
@@ -242,6 +249,12 @@ class CircuitTrainer:
             self.fraction = dataclasses.replace(
                 self.fraction, heads=fs.n_total_heads, heads_touched=fs.n_total_heads
             )
+        # a cross-tokenizer pair (another model family): the teacher's labels cross by text
+        self.translate: LabelTranslator | None = None
+        if not require_compatible_tokenizers(
+            teacher, student, conditions=[cfg.condition], positions=cfg.positions
+        ):
+            self.translate = LabelTranslator(teacher, student)
         self.params = {n: params[n] for n in self.masks}
         self.frozen = {n: p.detach().clone() for n, p in self.params.items()}
         self.opt = torch.optim.AdamW(
@@ -416,7 +429,13 @@ class CircuitTrainer:
         cfg = self.config
         s_last, sb, tb, saved, tout = self._forward(prompts, step)
         dev = s_last.device
-        target = tout.labels.to(dev) if cfg.labels == "teacher" else sb.answer_ids
+        target = sb.answer_ids
+        if cfg.labels == "teacher":
+            target = tout.labels.to(dev)
+            if self.translate is not None:  # the teacher's token in the student's vocabulary;
+                # where its text is no single student token, the task's answer
+                t = self.translate(tout.labels).to(dev)
+                target = torch.where(t >= 0, t, sb.answer_ids.to(dev))
         out: dict[str, Tensor] = {"ce": cross_entropy(s_last, target)}
         if cfg.condition == "kd":
             assert tout.logits is not None

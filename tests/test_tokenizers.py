@@ -8,10 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from circuitlens import distill_circuit, get_task, load_model
 from circuitlens.cli import main
-from circuitlens.tasks import TokenizerMismatchError, check_tokenizers
+from circuitlens.tasks import (
+    LabelTranslator,
+    TokenizerMismatchError,
+    check_tokenizers,
+    require_compatible_tokenizers,
+    tokenize_prompts,
+)
 from circuitlens.zoo import ZooArch, build_model, build_tokenizer
 
 
@@ -54,16 +61,43 @@ def test_same_and_different_tokenizers(make_llama_dir, other) -> None:
     assert check_tokenizers(a, other, task) is False
 
 
-def test_distill_refuses_a_cross_tokenizer_pair_before_any_work(make_llama_dir, other) -> None:
+def test_distill_refuses_what_cannot_cross_tokenizers_before_any_work(
+    make_llama_dir, other
+) -> None:
     teacher = load_model(make_llama_dir(seed=1, n_layers=3))
     task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
     t0 = time.time()
-    with pytest.raises(TokenizerMismatchError, match="per-model batches.*share a tokenizer"):
-        distill_circuit(teacher, other, task, steps=1, sweep_n=16, test_n=32, eval_every=0)
+    with pytest.raises(TokenizerMismatchError, match="kd condition.*drop it"):
+        distill_circuit(
+            teacher, other, task, steps=1, sweep_n=16, test_n=32, eval_every=0, condition="kd"
+        )
+    with pytest.raises(TokenizerMismatchError, match='positions="tokens"'):
+        distill_circuit(
+            teacher, other, task, steps=1, sweep_n=16, test_n=32, eval_every=0, positions="tokens"
+        )
     assert time.time() - t0 < 30  # no sweep, no training
-    # the advice: a student that shares the teacher's tokenizer
-    student = load_model(make_llama_dir(seed=2))
-    assert check_tokenizers(teacher, student, task)
+
+
+def test_a_cross_tokenizer_pair_distills(make_llama_dir, other) -> None:
+    """The other tokenizer holds the same words at other ids: every step of the method runs,
+    each model on its own tokens, and the teacher's labels cross by their text."""
+    teacher = load_model(make_llama_dir(seed=1, n_layers=3))
+    task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32, tokenizers=[teacher, other])
+    assert require_compatible_tokenizers(teacher, other, task, ["ce+align"]) is False
+    result = distill_circuit(
+        teacher, other, task, steps=2, sweep_n=16, test_n=32, eval_every=0, batch_size=8
+    )
+    assert result.head_map.pairs and len(result.history) == 2
+
+
+def test_labels_cross_by_text(make_llama_dir, other) -> None:
+    teacher = load_model(make_llama_dir(seed=1))
+    translate = LabelTranslator(teacher, other)
+    words = [" apple", " Box", " contains"]
+    t_ids = torch.tensor([teacher.tokenizer.encode(w, add_special_tokens=False)[0] for w in words])
+    s_ids = torch.tensor([other.tokenizer.encode(w, add_special_tokens=False)[0] for w in words])
+    assert not torch.equal(t_ids, s_ids)  # other ids...
+    assert torch.equal(translate(t_ids), s_ids)  # ...for the same text
 
 
 def test_cli_distill_names_the_mismatch(make_llama_dir, tmp_path, capsys) -> None:
@@ -77,23 +111,36 @@ def test_cli_distill_names_the_mismatch(make_llama_dir, tmp_path, capsys) -> Non
             str(other_dir),
             "--task-option",
             "n_boxes=3",
+            "--condition",
+            "kd",
             "--out",
             str(tmp_path / "out"),
             "--no-progress",
         ]
     )
     assert code == 2
-    assert "do not tokenize the task alike" in capsys.readouterr().err
+    assert "tokenize differently" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_smollm2_teacher_with_a_zoo_student_is_refused_at_once(smollm2_bridge) -> None:
-    """The reported case: it crashed with an IndexError after 342 s; now a named error."""
+def test_smollm2_teacher_with_a_zoo_student(smollm2_bridge) -> None:
+    """The reported case crashed with an IndexError after 342 s. Now the pair is a
+    cross-tokenizer pair: positions land on the same words in both, labels cross by text,
+    and what cannot cross (kd) is refused at once."""
     teacher = smollm2_bridge
     student = load_model("zoo:entity-tracking-student")
     task = get_task("entity_tracking", tokenizers=[teacher, student], n_boxes=3)
     assert check_tokenizers(teacher, student, task) is False
+    prompts = task.split("test", 16)
+    tb, sb = tokenize_prompts(teacher, prompts), tokenize_prompts(student, prompts)
+    for name, pos in tb.positions.items():
+        for i in range(len(prompts)):
+            a = teacher.tokenizer.decode([int(tb.tokens[i, pos[i]])]).strip()
+            b = student.tokenizer.decode([int(sb.tokens[i, sb.positions[name][i]])]).strip()
+            assert a == b, (name, a, b)
+    translate = LabelTranslator(teacher, student)
+    assert torch.equal(translate(tb.answer_ids), sb.answer_ids)
     t0 = time.time()
-    with pytest.raises(TokenizerMismatchError, match="vocabularies differ"):
-        distill_circuit(teacher, student, task, steps=1, progress=False)
+    with pytest.raises(TokenizerMismatchError, match="vocabularies differ.*kd"):
+        distill_circuit(teacher, student, task, steps=1, progress=False, condition="kd")
     assert time.time() - t0 < 10

@@ -29,7 +29,7 @@ from circuitlens.tasks import (
     evaluate,
     get_task,
     prompt_scores,
-    require_same_tokenizers,
+    require_compatible_tokenizers,
 )
 from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CONDITIONS, CircuitTrainer
@@ -313,8 +313,11 @@ def run_experiment(
     directory: str | Path = "results/reproduce",
     fresh: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> ExperimentResult:
     """Run (or resume) every task x condition x seed of ``config`` into ``directory``.
+
+    ``device`` (e.g. ``"cuda"``) is where the models go (default: the loader's, the CPU).
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
     checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and
@@ -334,11 +337,15 @@ def run_experiment(
     adopt = lambda d: _same_config(d, cfg)  # noqa: E731
     with run_directory(directory, fresh=fresh, kind="reproduce", adopt=adopt):
         _check_directory(directory, cfg)
-        return _run(cfg, directory, progress)
+        return _run(cfg, directory, progress, device)
 
 
 def _preflight(
-    cfg: ExperimentConfig, directory: Path, todo: list[tuple[str, str, int]], progress: bool
+    cfg: ExperimentConfig,
+    directory: Path,
+    todo: list[tuple[str, str, int]],
+    progress: bool,
+    device: str | None = None,
 ) -> None:
     """Before any work, for every task with work left: the models are those of its saved
     setup, teacher and student tokenize alike, and what the whole run will cost (said once).
@@ -354,10 +361,12 @@ def _preflight(
             _check_models(json.loads(setup_file.read_text()), cfg, directory)
         if not cells and setup_file.is_file():
             continue
-        teacher = load_model(cfg.models[t]["teacher"])
-        student = load_model(cfg.models[t]["student"])
+        teacher = load_model(cfg.models[t]["teacher"], device=device)
+        student = load_model(cfg.models[t]["student"], device=device)
         task = _task(t, cfg.task_seed, [teacher, student], cfg)
-        require_same_tokenizers(teacher, student, task)
+        require_compatible_tokenizers(
+            teacher, student, task, [c for c, _ in cells], cfg.distill.train.positions
+        )
         cost = estimate_experiment_cost(
             teacher, student, task, cfg, len(cells), setup=not setup_file.is_file()
         )
@@ -378,7 +387,9 @@ def _preflight(
         report_cost(total, progress)
 
 
-def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentResult:
+def _run(
+    cfg: ExperimentConfig, directory: Path, progress: bool, device: str | None = None
+) -> ExperimentResult:
     import torch
     from tqdm.auto import tqdm
 
@@ -391,7 +402,7 @@ def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentRe
         if not (directory / t / c / f"seed{s}" / "cell.json").is_file()
     ]
     n_cells = len(cfg.tasks) * len(cfg.seeds) * len(trained)
-    _preflight(cfg, directory, todo, progress)
+    _preflight(cfg, directory, todo, progress, device)
     bar = tqdm(total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress)
     for t in cfg.tasks:
         setup_file = directory / t / "setup.json"
@@ -401,8 +412,8 @@ def _run(cfg: ExperimentConfig, directory: Path, progress: bool) -> ExperimentRe
             _check_models(setup, cfg, directory)
             if not cells:
                 continue
-        teacher = load_model(cfg.models[t]["teacher"])
-        student = load_model(cfg.models[t]["student"])  # untrained: setup and tokenizer
+        teacher = load_model(cfg.models[t]["teacher"], device=device)
+        student = load_model(cfg.models[t]["student"], device=device)  # untrained
         task = _task(t, cfg.task_seed, [teacher, student], cfg)  # one task for every cell
         formats = _formats(task, cfg, [teacher, student])
         if not setup_file.is_file():

@@ -24,8 +24,10 @@ from circuitlens.tasks.jsonl import JsonlTask, JsonlTaskConfig, jsonl_task
 from circuitlens.tasks.metrics import METRICS, evaluate, make_metric, prompt_scores
 from circuitlens.tasks.theory_of_mind import TheoryOfMind, TheoryOfMindConfig, theory_of_mind
 from circuitlens.tasks.tokenizers import (
+    LabelTranslator,
     TokenizerMismatchError,
     check_tokenizers,
+    require_compatible_tokenizers,
     require_same_tokenizers,
 )
 
@@ -87,6 +89,8 @@ __all__ = [
     "card_options",
     "check_task_format",
     "check_tokenizers",
+    "LabelTranslator",
+    "require_compatible_tokenizers",
     "evaluate",
     "prompt_scores",
     "get_task",

@@ -1,11 +1,18 @@
-"""Do teacher and student tokenize alike? One check, made before any work.
+"""Do teacher and student tokenize alike, and if not, can they still be paired? One check,
+made before any work.
 
-Training compares the student's logits with the teacher's token by token (the teacher's top
-token is the student's label; KD compares whole distributions), and one batch of token ids
-serves both, so today a pair must share its tokenizer: the same vocabulary (ids) and the same
-tokens for the task's prompts and answers. :func:`check_tokenizers` says whether they do (later
-work on per-model batches branches on it); :func:`require_same_tokenizers` raises
-:class:`TokenizerMismatchError`, with an example of the difference, where they do not.
+Prompts are text and every model tokenizes them itself (named positions are found per model
+from character spans), so a teacher and a student with different tokenizers (a cross-family
+pair: Gemma-3 -> SmolLM2) work: CKA compares the two heads at the same words, and the
+teacher's top token becomes the student's label through its text
+(:class:`LabelTranslator`). What cannot cross tokenizers: the ``kd`` condition (it compares
+two distributions over one vocabulary), CKA with every token as a row (``positions="tokens"``:
+the token counts differ) and a task whose answer words are not single tokens for both.
+
+:func:`check_tokenizers` says whether two models tokenize identically;
+:func:`require_compatible_tokenizers` raises :class:`TokenizerMismatchError`, before any work,
+where a pair cannot do what is asked of it; :func:`require_same_tokenizers` where they differ
+at all.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from circuitlens.tasks.base import TaskError, get_tokenizer
+from circuitlens.tasks.base import TaskError, get_tokenizer, single_token_id
 
 #: texts every comparison encodes, besides the task's own
 PROBES = (
@@ -99,9 +106,94 @@ def require_same_tokenizers(teacher: Any, student: Any, task: Any = None) -> Non
 
     raise TokenizerMismatchError(
         f"teacher {model_label(teacher)} and student {model_label(student)} do not tokenize "
-        f"the task alike: {why}. Training reads the teacher's tokens as the student's labels "
-        "and compares positions token by token, so a cross-tokenizer pair needs both models "
-        "to tokenize the text themselves (per-model batches), which circuitlens does not do "
-        "yet. Use a teacher and a student that share a tokenizer (e.g. the zoo's teacher and "
-        "student, or two models of one family)."
+        f"the task alike: {why}. Use a pair that shares a tokenizer, or where a "
+        "cross-tokenizer pair is allowed, require_compatible_tokenizers (distill_circuit and "
+        "reproduce use it: each model tokenizes the text itself)."
     )
+
+
+def _answer_words(task: Any) -> list[str]:
+    words: list[str] = []
+    for split in ("train", "val", "test"):
+        try:
+            prompts = task.split(split)
+        except Exception:
+            continue
+        for p in prompts:
+            words += [p.answer, *p.wrong_answers]
+    return list(dict.fromkeys(words))
+
+
+def require_compatible_tokenizers(
+    teacher: Any,
+    student: Any,
+    task: Any = None,
+    conditions: Iterable[str] = (),
+    positions: str = "last",
+) -> bool:
+    """Whether teacher and student share a tokenizer (True) or are a cross-tokenizer pair that
+    can run ``conditions`` (False); otherwise :class:`TokenizerMismatchError`, naming what
+    cannot cross and the fix.
+
+    Args:
+        teacher, student: loaded models (or tokenizers).
+        task: its answer words must be single tokens for both.
+        conditions: the training conditions to run (``kd`` cannot cross tokenizers).
+        positions: the CKA rows (``"tokens"`` cannot cross tokenizers).
+    """
+    why = _difference(teacher, student, task)
+    if why is None:
+        return True
+    problems = []
+    if "kd" in set(conditions):
+        problems.append(
+            "the kd condition (it compares the two output distributions over one vocabulary: "
+            "drop it from the conditions)"
+        )
+    if positions == "tokens":
+        problems.append(
+            'CKA with every token as a row (positions="tokens": the models cut the text into '
+            'different numbers of tokens; use positions="last" or "circuit")'
+        )
+    if task is not None:
+        a, b = get_tokenizer(teacher), get_tokenizer(student)
+        bad = [
+            w
+            for w in _answer_words(task)
+            if single_token_id(a, w) is None or single_token_id(b, w) is None
+        ]
+        if bad:
+            problems.append(
+                f"answer words that are not single tokens for both ({bad[:5]}: build the task "
+                "with get_task(name, tokenizers=[teacher, student]))"
+            )
+    if not problems:
+        return False
+    from circuitlens.tasks.formats import model_label
+
+    raise TokenizerMismatchError(
+        f"teacher {model_label(teacher)} and student {model_label(student)} tokenize "
+        f"differently ({why}). A cross-tokenizer pair works (each model tokenizes the text, "
+        "labels cross by their text), but not with: " + "; ".join(problems) + "."
+    )
+
+
+class LabelTranslator:
+    """Teacher token ids -> the student's ids of the same text (a cross-tokenizer pair's
+    labels): ``-1`` where the text is not a single student token."""
+
+    def __init__(self, teacher: Any, student: Any) -> None:
+        self.teacher, self.student = get_tokenizer(teacher), get_tokenizer(student)
+        self._memo: dict[int, int] = {}
+
+    def one(self, token: int) -> int:
+        if token not in self._memo:
+            text = self.teacher.decode([token])
+            found = single_token_id(self.student, text) if text else None
+            self._memo[token] = -1 if found is None else found
+        return self._memo[token]
+
+    def __call__(self, ids: Any) -> Any:
+        import torch
+
+        return torch.tensor([self.one(int(i)) for i in ids.tolist()], dtype=torch.long)

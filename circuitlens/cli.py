@@ -240,10 +240,13 @@ def _reproduce(args: argparse.Namespace) -> int:
         config = ExperimentConfig.load(args.config)
     else:
         config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
-    if args.models == "real":
+    if args.models.startswith("real"):
         if args.config:
-            raise ValueError("--models real replaces the models of --config: give one of them")
-        config = ExperimentConfig.real(quick=args.quick)
+            raise ValueError(
+                f"--models {args.models} replaces the models of --config: give one of them"
+            )
+        teacher = "gemma3" if args.models == "real-gemma3" else "smollm2"
+        config = ExperimentConfig.real(quick=args.quick, teacher=teacher)
     overrides = {
         k: v
         for k, v in {
@@ -256,7 +259,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     }
     if overrides:
         config = config.with_overrides(**overrides)
-    real = "-real" if args.models == "real" else ""
+    real = "" if args.models == "zoo" else f"-{args.models}"
     out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
     t0 = time.time()
     if args.threads:
@@ -289,10 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--config", help="a .toml/.json ExperimentConfig")
     rep.add_argument(
         "--models",
-        choices=("zoo", "real"),
+        choices=("zoo", "real", "real-gemma3"),
         default="zoo",
-        help="zoo: the embedded tiny models; real: SmolLM2-135M teachers and pruned students "
-        "(docs/real_models.md)",
+        help="zoo: the embedded tiny models; real: SmolLM2-135M teachers and pruned students; "
+        "real-gemma3: Gemma-3-270M teachers, the same students (docs/real_models.md)",
     )
     rep.add_argument("--out", help="results directory (default results/reproduce[-quick])")
     rep.add_argument(

@@ -6,6 +6,7 @@ the same names hold on a TransformerBridge and on a legacy HookedTransformer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,19 @@ from torch import Tensor
 from circuitlens.tasks.metrics import logits_at
 
 HookFn = Callable[..., Any]
+
+
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_layer(hook: Any) -> int:
+    """The layer of a hook point or hook name (``blocks.{l}....``): the one place hook names
+    are parsed."""
+    name = hook if isinstance(hook, str) else hook.name
+    m = _LAYER.match(name)
+    if m is None:
+        raise ValueError(f"{name!r} is not a per-layer hook name (blocks.<layer>....)")
+    return int(m.group(1))
 
 
 def z_name(layer: int) -> str:

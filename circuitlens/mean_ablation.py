@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitlens.hooks import hooked, z_name
+from circuitlens.hooks import hook_layer, hooked, z_name
 from circuitlens.models import model_facts
 from circuitlens.tasks.metrics import model_device, no_logits
 from circuitlens.types import Head, parse_heads
@@ -75,7 +75,7 @@ def _check_means(model: Any, means: Tensor) -> None:
 
 def _z_hook(heads: dict[int, list[int]], means: Tensor, rows: slice | None = None) -> Any:
     def hook(z: Tensor, hook: Any) -> Tensor:
-        layer = int(hook.name.split(".")[1])
+        layer = hook_layer(hook)
         if z.shape[1] > means.shape[1]:
             raise ValueError(
                 f"prompts of {z.shape[1]} tokens, but the means cover only {means.shape[1]} "

@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.hooks import hooked, resid_pre_name, z_name
+from circuitlens.hooks import hook_layer, hooked, resid_pre_name, z_name
 from circuitlens.models import model_facts
 from circuitlens.tasks import PromptBatch
 from circuitlens.tasks.metrics import METRICS, answer_logits, logits_at, model_device
@@ -116,14 +116,14 @@ def screen_heads(
     resid: dict[int, Tensor] = {}
 
     def open_z(z: Tensor, hook: Any) -> Tensor:
-        layer = int(hook.name.split(".")[1])
+        layer = hook_layer(hook)
         zs[layer] = z.detach()
         # a zero added, not a leaf swapped in: d/d(delta) is the total derivative by z
         deltas[layer] = torch.zeros_like(z, requires_grad=True)
         return z + deltas[layer]
 
     def keep_resid(x: Tensor, hook: Any) -> None:
-        resid[int(hook.name.split(".")[1])] = x.detach()
+        resid[hook_layer(hook)] = x.detach()
 
     hooks = [(z_name(layer), open_z) for layer in range(f.n_layers)]
     hooks += [(resid_pre_name(layer), keep_resid) for layer in range(f.n_layers)]

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from circuitlens.cka import ESTIMATORS, KERNELS, MIN_ROWS, CKAWithNull, cka_with_null
 from circuitlens.heads import TrainedFraction, head_parameter_masks, trained_fraction
-from circuitlens.hooks import hooked, z_name
+from circuitlens.hooks import hook_layer, hooked, z_name
 from circuitlens.io import atomic_torch_save
 from circuitlens.losses import (
     CKA_CONDITIONS,
@@ -284,7 +284,7 @@ class CircuitTrainer:
             return
 
         def keep(z: Tensor, hook: Any) -> None:
-            self._saved[int(hook.name.split(".")[1])] = z
+            self._saved[hook_layer(hook)] = z
 
         layers = sorted({s.layer for s, _ in self.head_map.pairs})
         self._hooks_on = True

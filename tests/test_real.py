@@ -239,6 +239,17 @@ def test_real_experiment_preset() -> None:
             assert all(spec[len("real:") :] in RECIPES for spec in pair.values())
         assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert len(ExperimentConfig.real().seeds) >= 3
+    cross = ExperimentConfig.real(teacher="gemma3")
+    for task, pair in cross.models.items():
+        slug = task.replace("_", "-")
+        assert pair == {
+            "teacher": f"real:gemma3-{slug}-teacher",
+            "student": f"real:smollm2-{slug}-student",
+        }
+        assert all(spec[len("real:") :] in RECIPES for spec in pair.values())
+    assert "kd" not in cross.conditions and "kd" in ExperimentConfig.real().conditions
+    with pytest.raises(ValueError, match="'smollm2' or 'gemma3'"):
+        ExperimentConfig.real(teacher="llama")
 
 
 def test_reproduce_real_refuses_an_unshipped_model_before_work(monkeypatch, tmp_path, capsys):

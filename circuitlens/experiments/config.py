@@ -28,6 +28,10 @@ LABELS = {
 }
 
 
+def _without(names: tuple[str, ...], *drop: str) -> tuple[str, ...]:
+    return tuple(n for n in names if n not in drop)
+
+
 def _default_models() -> dict[str, dict[str, str]]:
     return {
         t: {
@@ -123,21 +127,30 @@ class ExperimentConfig:
         return cls(**({"seeds": (0,), "distill": distill, "circuit_n": 50} | overrides))
 
     @classmethod
-    def real(cls, quick: bool = False, **overrides: Any) -> ExperimentConfig:
+    def real(
+        cls, quick: bool = False, teacher: str = "smollm2", **overrides: Any
+    ) -> ExperimentConfig:
         """The paper's comparison on real pretrained models (``reproduce --models real``): per
-        task, the SmolLM2-135M teacher fine-tuned on it and the 22-layer SmolLM2 student healed
-        to warm (:mod:`circuitlens.real`). The budget 0.13 trains 26 of the student's 198
-        heads. Learning rate 5e-5 (the paper: 2e-5 over ~3,500 steps; we train far fewer),
-        batch 8, prompts in the models' card format. ``quick``: one seed, 30 steps, smaller
-        sweeps and evaluation sets, and no circuit discovery (maps into any teacher head)."""
+        task, a fine-tuned teacher and the 22-layer SmolLM2 student healed to warm
+        (:mod:`circuitlens.real`). ``teacher="smollm2"``: the same-family pair (the SmolLM2-135M
+        teacher the student was pruned from); ``"gemma3"``: the cross-family pair (Gemma-3-270M
+        teacher: another tokenizer, 18 x 4 heads of d_head 256), without ``kd``, which cannot
+        cross vocabularies. The budget 0.13 trains 26 of the student's 198 heads. Learning rate
+        5e-5 (the paper: 2e-5 over ~3,500 steps; we train far fewer), batch 8, prompts in the
+        models' card format. ``quick``: one seed, 30 steps, smaller sweeps and evaluation sets,
+        and no circuit discovery (maps into any teacher head); the full setting: 100 steps,
+        3 seeds for the same-family pair and 1 for the cross-family one."""
+        if teacher not in ("smollm2", "gemma3"):
+            raise ValueError(f"teacher must be 'smollm2' or 'gemma3' (got {teacher!r})")
         models = {
             t: {
-                "teacher": f"real:smollm2-{t.replace('_', '-')}-teacher",
+                "teacher": f"real:{teacher}-{t.replace('_', '-')}-teacher",
                 "student": f"real:smollm2-{t.replace('_', '-')}-student",
             }
             for t in TASKS
         }
         common = {"lr": 5e-5, "batch_size": 8, "eval_cka": True}
+        conditions = ALL_CONDITIONS if teacher == "smollm2" else _without(ALL_CONDITIONS, "kd")
         if quick:
             distill = DistillConfig().with_overrides(
                 sweep_n=16, test_n=100, steps=30, eval_every=10, eval_n=50, cka_eval_n=32,
@@ -146,10 +159,12 @@ class ExperimentConfig:
             base = {"seeds": (0,), "circuit_n": 8, "use_circuit": False}
         else:
             distill = DistillConfig().with_overrides(
-                sweep_n=32, test_n=200, steps=150, eval_every=25, eval_n=100, cka_eval_n=64,
+                sweep_n=32, test_n=200, steps=100, eval_every=25, eval_n=100, cka_eval_n=64,
                 **common,
             )  # fmt: skip
-            base = {"seeds": (0, 1, 2), "circuit_n": 16}
+            seeds = (0, 1, 2) if teacher == "smollm2" else (0,)
+            base = {"seeds": seeds, "circuit_n": 16}
+        base |= {"conditions": conditions}
         return cls(**({"models": models, "distill": distill} | base | overrides))
 
     def to_dict(self) -> dict[str, Any]:

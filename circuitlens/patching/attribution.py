@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from circuitlens.hooks import hooked, z_name
+from circuitlens.hooks import hook_layer, hooked, z_name
 from circuitlens.models import model_facts
 from circuitlens.patching.activation import PatchingConfig, PatchingResult, activation_patch
 from circuitlens.screening import default_margin, settled, verification_order
@@ -63,7 +63,7 @@ def attribution_patch(
     def open_z(z: Tensor, hook: Any) -> Tensor:
         # a zero added (not a leaf swapped in) so that d/d(delta) is the total derivative by z,
         # through the later heads too (a detached leaf at every layer would cut those paths)
-        layer = int(hook.name.split(".")[1])
+        layer = hook_layer(hook)
         zs[layer] = z.detach()
         deltas[layer] = torch.zeros_like(z, requires_grad=True)
         return z + deltas[layer]

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitlens.hooks import hooked, z_name
+from circuitlens.hooks import hook_layer, hooked, z_name
 from circuitlens.models import model_facts
 from circuitlens.tasks import PromptBatch
 from circuitlens.tasks.metrics import (
@@ -173,7 +173,7 @@ def path_patch(
 
         def freeze_z(z: Tensor, hook: Any, chunk: list = chunk, m: int = m) -> Tensor:
             # hook.name may be the canonical name behind the alias: index by layer
-            layer = int(hook.name.split(".")[1])
+            layer = hook_layer(hook)
             out = clean[z_name(layer)].repeat(m, 1, 1, 1).clone()
             for k, s in enumerate(chunk):
                 if s.layer == layer:
@@ -185,9 +185,7 @@ def path_patch(
             hooks += [
                 (
                     name,
-                    lambda x, hook, m=m: clean[_mlp_name(int(hook.name.split(".")[1]))].repeat(
-                        m, 1, 1
-                    ),
+                    lambda x, hook, m=m: clean[_mlp_name(hook_layer(hook))].repeat(m, 1, 1),
                 )
                 for name in mlp_names
             ]
@@ -197,14 +195,14 @@ def path_patch(
             recorded: dict[int, Tensor] = {}
 
             def record(x: Tensor, hook: Any, recorded: dict = recorded) -> None:
-                recorded[int(hook.name.split(".")[1])] = x.detach()
+                recorded[hook_layer(hook)] = x.detach()
 
             hooks += [(_input_name(via, layer), record) for layer in recv_layers]
             with torch.no_grad(), hooked(model, hooks):
                 model(tokens.repeat(m, 1), **no_logits(model))
 
             def patch_input(x: Tensor, hook: Any, m: int = m, recorded: dict = recorded) -> Tensor:
-                layer = int(hook.name.split(".")[1])
+                layer = hook_layer(hook)
                 x = x.clone()
                 big_rows = torch.arange(m * n, device=x.device)
                 big_pos = pos.repeat(m)

@@ -7,7 +7,13 @@ Wallace 2025, "Circuit Distillation").
 
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
-from circuitlens.distill import DistillConfig, DistillResult, distill_circuit
+from circuitlens.distill import (
+    ConditionResult,
+    DistillConfig,
+    DistillResult,
+    distill_circuit,
+    train_condition,
+)
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.mean_ablation import mean_ablated
@@ -25,6 +31,7 @@ from circuitlens.tasks import (
     make_metric,
     tokenize_prompts,
 )
+from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CircuitTrainer, TrainConfig
 from circuitlens.types import Circuit, Head, HeadMap
 
@@ -54,6 +61,9 @@ __all__ = [
     "cka",
     "cka_with_null",
     "distill_circuit",
+    "train_condition",
+    "ConditionResult",
+    "TeacherCache",
     "evaluate",
     "faithfulness",
     "find_circuit",

@@ -22,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.cka import CKAWithNull
 from circuitlens.cost import estimate_distill_cost, report_cost
 from circuitlens.evaluation import circuit_only_scores
+from circuitlens.heads import TrainedFraction
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import budget_count, map_heads, random_map
 from circuitlens.models import copy_model, load_model, model_facts
 from circuitlens.screening import top_count
-from circuitlens.tasks import Task, evaluate, get_task
+from circuitlens.tasks import Task, evaluate, get_task, prompt_scores
 from circuitlens.tasks.formats import check_task_format
 from circuitlens.tasks.metrics import METRICS
 from circuitlens.tasks.tokenizers import require_compatible_tokenizers
+from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CircuitTrainer, TrainConfig
 from circuitlens.types import Circuit, HeadMap
 from circuitlens.validate import ConfigError, check_fields
@@ -341,6 +344,90 @@ def sweeps(
     return t_sweep, s_sweep
 
 
+@dataclass
+class ConditionResult:
+    """One trained condition (:func:`train_condition`): the history and what was measured.
+
+    Attributes:
+        condition, seed: what was trained.
+        head_map: the pairs trained (and aligned, in the CKA conditions).
+        history: the trainer's rows, one per step.
+        test_correct: 1/0 per test prompt after training (the first ``test_n``).
+        circuit_accuracy: accuracy after training with every student head outside the
+            map's mean-ablated.
+        cka_before, cka_after: the mapped pairs' held-out CKA with its permutation null.
+        fraction: heads and parameters trained.
+        steps: steps taken; resumed: whether a checkpoint was resumed.
+        seconds: wall time.
+    """
+
+    condition: str
+    seed: int
+    head_map: HeadMap
+    history: list[dict[str, float]]
+    test_correct: list[int]
+    circuit_accuracy: float
+    cka_before: CKAWithNull
+    cka_after: CKAWithNull
+    fraction: TrainedFraction
+    steps: int
+    resumed: bool
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.test_correct) / len(self.test_correct)
+
+    def __repr__(self) -> str:
+        return (
+            f"ConditionResult({self.condition!r}, seed={self.seed}, steps={self.steps}, "
+            f"accuracy={self.accuracy:.3f}, circuit_accuracy={self.circuit_accuracy:.3f}, "
+            f"heads={self.fraction.heads}, cka {float(self.cka_before.value.mean()):.3f} -> "
+            f"{float(self.cka_after.value.mean()):.3f})"
+        )
+
+
+def train_condition(
+    teacher: Any,
+    student: Any,
+    task: Task,
+    head_map: HeadMap,
+    config: TrainConfig,
+    test_n: int,
+    circuit: Circuit | None = None,
+    checkpoint_dir: str | Path | None = None,
+    teacher_cache: TeacherCache | None | bool = None,
+    progress: bool = True,
+) -> ConditionResult:
+    """Train ``student`` in place in one condition and measure it: the one path that
+    :func:`distill_circuit` and the reproduce runner share. The mapped pairs' held-out CKA
+    before and after, then per-prompt test accuracy and circuit-only accuracy after."""
+    t0 = time.time()
+    trainer = CircuitTrainer(
+        student, teacher, task, head_map, config, circuit, checkpoint_dir, teacher_cache
+    )
+    resumed = checkpoint_dir is not None and (Path(checkpoint_dir) / "trainer.pt").exists()
+    cka_before = trainer.heldout_cka()  # a checkpoint loads in train(): the student is fresh
+    history = trainer.train(progress=progress)
+    cka_after = trainer.heldout_cka()
+    correct = [int(x) for x in prompt_scores(student, task, "test", test_n).tolist()]
+    keep = head_map.student_heads
+    return ConditionResult(
+        condition=config.condition,
+        seed=config.seed,
+        head_map=head_map,
+        history=history,
+        test_correct=correct,
+        circuit_accuracy=float(circuit_only_scores(student, task, keep, "test", test_n).mean()),
+        cka_before=cka_before,
+        cka_after=cka_after,
+        fraction=trainer.fraction,
+        steps=trainer.state.step,
+        resumed=resumed,
+        seconds=round(time.time() - t0, 1),
+    )
+
+
 def distill_circuit(
     teacher: Any,
     student: Any,
@@ -401,30 +488,28 @@ def distill_circuit(
             student_heads=head_map.student_heads,
             avoid=head_map,
         )
-    trainer = CircuitTrainer(student, teacher, task, head_map, cfg.train, circuit, checkpoint_dir)
     keep = head_map.student_heads
     before = evaluate(student, task, "test", cfg.test_n)
     circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
-    cka_before = trainer.heldout_cka()
-    history = trainer.train(progress=progress)
-    cka_after = trainer.heldout_cka()
+    done = train_condition(
+        teacher, student, task, head_map, cfg.train, cfg.test_n, circuit, checkpoint_dir,
+        progress=progress,
+    )  # fmt: skip
     metrics = {
         "teacher_accuracy": evaluate(teacher, task, "test", cfg.test_n),
         "student_accuracy_before": before,
-        "student_accuracy_after": evaluate(student, task, "test", cfg.test_n),
+        "student_accuracy_after": done.accuracy,
         "circuit_accuracy_before": circuit_before,
-        "circuit_accuracy_after": float(
-            circuit_only_scores(student, task, keep, "test", cfg.test_n).mean()
-        ),
-        "mean_cka_before": float(cka_before.value.mean()),
-        "mean_cka_after": float(cka_after.value.mean()),
-        "cka_null_mean": float(cka_after.null_mean.mean()),
-        "cka_null_sd": float(cka_after.null_sd.mean()),
-        "heads_trained": trainer.fraction.heads,
-        "heads_touched": trainer.fraction.heads_touched,
-        "head_fraction": trainer.fraction.head_fraction,
-        "param_fraction": trainer.fraction.param_fraction,
-        "steps": trainer.state.step,
+        "circuit_accuracy_after": done.circuit_accuracy,
+        "mean_cka_before": float(done.cka_before.value.mean()),
+        "mean_cka_after": float(done.cka_after.value.mean()),
+        "cka_null_mean": float(done.cka_after.null_mean.mean()),
+        "cka_null_sd": float(done.cka_after.null_sd.mean()),
+        "heads_trained": done.fraction.heads,
+        "heads_touched": done.fraction.heads_touched,
+        "head_fraction": done.fraction.head_fraction,
+        "param_fraction": done.fraction.param_fraction,
+        "steps": done.steps,
         "seconds": round(time.time() - t0, 1),
     }
     return DistillResult(
@@ -433,7 +518,7 @@ def distill_circuit(
         circuit=circuit,
         teacher_sweep=t_sweep,
         student_sweep=s_sweep,
-        history=history,
+        history=done.history,
         metrics=metrics,
         config=cfg,
     )

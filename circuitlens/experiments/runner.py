@@ -13,7 +13,7 @@ from typing import Any
 
 from circuitlens.ablation import AblationResult
 from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
-from circuitlens.distill import sweeps
+from circuitlens.distill import sweeps, train_condition
 from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
@@ -32,7 +32,7 @@ from circuitlens.tasks import (
     require_compatible_tokenizers,
 )
 from circuitlens.teacher_cache import TeacherCache
-from circuitlens.training import CONDITIONS, CircuitTrainer
+from circuitlens.training import CONDITIONS
 from circuitlens.types import Circuit, HeadMap
 
 
@@ -219,38 +219,31 @@ def _run_cell(
     head_map = _cell_map(setup, condition, seed, cfg)
     circuit = Circuit.from_dict(setup["circuit"]) if setup["circuit"] else None
     train_cfg = dataclasses.replace(d.train, condition=condition, seed=seed)
-    trainer = CircuitTrainer(
-        student, teacher, task, head_map, train_cfg, circuit, cell_dir / "checkpoint",
-        teacher_cache=teacher_cache,
+    done = train_condition(
+        teacher, student, task, head_map, train_cfg, d.test_n, circuit, cell_dir / "checkpoint",
+        teacher_cache, progress=progress,
     )  # fmt: skip
-    resumed = (cell_dir / "checkpoint" / "trainer.pt").exists()
-    cka_before = trainer.heldout_cka()  # the student is fresh: a checkpoint loads in train()
-    history = trainer.train(progress=progress)
-    cka_after = trainer.heldout_cka()
-    correct = _correct(student, task, d.test_n)
     return {
         "task": task.name,
         "condition": condition,
         "seed": seed,
-        "accuracy": sum(correct) / len(correct),
-        "test_correct": correct,
-        "circuit_accuracy": float(
-            circuit_only_scores(student, task, head_map.student_heads, "test", d.test_n).mean()
-        ),
+        "accuracy": done.accuracy,
+        "test_correct": done.test_correct,
+        "circuit_accuracy": done.circuit_accuracy,
         "format_accuracy": _format_accuracy(student, formats or {"default": task}, d.test_n),
-        "mean_cka_before": float(cka_before.value.mean()),
-        "mean_cka_after": float(cka_after.value.mean()),
-        "cka_before": cka_before.to_dict(),
-        "cka_after": cka_after.to_dict(),
-        "heads_trained": trainer.fraction.heads,
-        "head_fraction": trainer.fraction.head_fraction,
-        "param_fraction": trainer.fraction.param_fraction,
+        "mean_cka_before": float(done.cka_before.value.mean()),
+        "mean_cka_after": float(done.cka_after.value.mean()),
+        "cka_before": done.cka_before.to_dict(),
+        "cka_after": done.cka_after.to_dict(),
+        "heads_trained": done.fraction.heads,
+        "head_fraction": done.fraction.head_fraction,
+        "param_fraction": done.fraction.param_fraction,
         "pairs": [[str(s), str(t)] for s, t in head_map.pairs],
-        "steps": trainer.state.step,
-        "final_loss": history[-1]["loss"] if history else float("nan"),
-        "curve": _curve(history),
+        "steps": done.steps,
+        "final_loss": done.history[-1]["loss"] if done.history else float("nan"),
+        "curve": _curve(done.history),
         "seconds": round(time.time() - t0, 1),
-        "resumed": resumed,
+        "resumed": done.resumed,
     }
 
 

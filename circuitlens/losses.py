@@ -26,6 +26,19 @@ from circuitlens.cka import cka, permute_examples
 #: the trained conditions, and which terms their loss has
 CONDITIONS = ("ce", "ce+align", "ce+rand", "ce+shuffled", "align", "kd", "full-ce")
 CKA_CONDITIONS = ("ce+align", "ce+rand", "ce+shuffled", "align")
+#: condition names as the paper writes them (the untrained rows "student" and "teacher"
+#: included): the tables, the report and the plots read them here
+LABELS = {
+    "student": "student (before training)",
+    "teacher": "teacher",
+    "ce": "CE",
+    "ce+align": "CE + Align CKA",
+    "ce+rand": "CE + Rand CKA",
+    "ce+shuffled": "CE + Shuffled CKA",
+    "align": "Align CKA",
+    "kd": "KD",
+    "full-ce": "full fine-tuning CE",
+}
 
 
 def cross_entropy(

@@ -224,7 +224,7 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from circuitlens.experiments import LABELS
+    from circuitlens.losses import LABELS
 
     df = result.curves()
     df = df[df.task == task]

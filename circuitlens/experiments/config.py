@@ -8,24 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.distill import DistillConfig, read_config_file, refuse_unknown_keys
+from circuitlens.losses import LABELS  # noqa: F401 (re-exported)
 from circuitlens.training import CONDITIONS
 from circuitlens.validate import ConfigError, check_fields, check_sequence
 
 ALL_CONDITIONS = ("student", "teacher", *CONDITIONS)
 #: tasks :func:`run_experiment` knows how to build (in the zoo's prompt format)
 TASKS = ("entity_tracking", "theory_of_mind")
-#: condition names as the paper writes them
-LABELS = {
-    "student": "student (before training)",
-    "teacher": "teacher",
-    "ce": "CE",
-    "ce+align": "CE + Align CKA",
-    "ce+rand": "CE + Rand CKA",
-    "ce+shuffled": "CE + Shuffled CKA",
-    "align": "Align CKA",
-    "kd": "KD",
-    "full-ce": "full fine-tuning CE",
-}
 
 
 def _without(names: tuple[str, ...], *drop: str) -> tuple[str, ...]:

@@ -202,6 +202,7 @@ def test_shipped_adapter_meets_its_card(name: str) -> None:
     card = real_card(name)
     if card is None or "test_acc_seed12345" not in card:
         pytest.skip(f"{name} is not shipped yet (circuitlens real build {name})")
+    _need_base(RECIPES[name].base)
     hf, tok, loaded_card = load_real_hf(name)
     assert loaded_card == card
     recipe = RECIPES[name]
@@ -223,6 +224,37 @@ def test_shipped_adapter_meets_its_card(name: str) -> None:
         assert card["test_acc_seed12345"] >= 0.95
     else:
         assert 0.40 <= card["test_acc_seed12345"] <= 0.75
+
+
+def _need_base(base: str) -> None:
+    try:
+        BASES[base].gguf_path()
+    except RealModelError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.slow
+@needs_smollm2
+@pytest.mark.parametrize("task", ["entity_tracking", "theory_of_mind"])
+def test_cross_family_positions_land_on_the_same_words(task: str) -> None:
+    """Gemma-3 and SmolLM2 cut the same prompts into different tokens; every named position
+    of each model is the same word, and the answers cross by text."""
+    from circuitlens.real import load_base_hf
+    from circuitlens.tasks import LabelTranslator, get_task, tokenize_prompts
+
+    _need_base("gemma3-270m")
+    _, gemma = load_base_hf("gemma3-270m")
+    _, smol = load_base_hf("smollm2-135m")
+    t = get_task(task, seed=3, tokenizers=[gemma, smol], n_test=24)
+    prompts = t.split("test", 24)
+    gb, sb = tokenize_prompts(gemma, prompts), tokenize_prompts(smol, prompts)
+    assert not torch.equal(gb.answer_ids, sb.answer_ids)  # other vocabularies
+    assert torch.equal(LabelTranslator(gemma, smol)(gb.answer_ids), sb.answer_ids)
+    for name, pos in gb.positions.items():
+        for i in range(len(prompts)):
+            a = gemma.decode([int(gb.tokens[i, pos[i]])]).strip()
+            b = smol.decode([int(sb.tokens[i, sb.positions[name][i]])]).strip()
+            assert a == b and a, (name, a, b)
 
 
 def test_real_experiment_preset() -> None:

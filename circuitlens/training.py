@@ -73,6 +73,16 @@ SITES = ("z", "result")
 POSITIONS = ("last", "circuit", "tokens")
 
 
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the world size under ``torch.distributed`` (``(0, 1)`` when
+    it is not initialised)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class CKASiteError(ValueError):
     """The CKA rows of student and teacher cannot be matched (e.g. tokens as rows with
     prompts of unequal length in tokens)."""
@@ -255,6 +265,12 @@ class CircuitTrainer:
             teacher, student, conditions=[cfg.condition], positions=cfg.positions
         ):
             self.translate = LabelTranslator(teacher, student)
+        self.rank_world = _rank_world()
+        if self.rank_world[1] > 1 and cfg.batch_size % self.rank_world[1]:
+            raise ConfigError(
+                f"data-parallel training splits each batch of {cfg.batch_size} over "
+                f"{self.rank_world[1]} processes: make batch_size a multiple of the world size"
+            )
         self.params = {n: params[n] for n in self.masks}
         self.frozen = {n: p.detach().clone() for n, p in self.params.items()}
         self.opt = torch.optim.AdamW(
@@ -399,7 +415,7 @@ class CircuitTrainer:
         """Student and teacher activations of every pair: ``[pair, n_examples, rows, p]``."""
         s_rows, t_rows = self._rows(sb, self.student), self._rows(tb, self.teacher)
         for (s, t), a, b in zip(self.head_map.pairs, s_rows, t_rows, strict=True):
-            if a.shape != b.shape:
+            if a.shape[1] != b.shape[1]:
                 raise CKASiteError(
                     f"student {s} has {a.shape[1]} rows per example and teacher {t} has "
                     f"{b.shape[1]}: with different tokenizers use positions 'last' or 'circuit'"
@@ -421,22 +437,78 @@ class CircuitTrainer:
         )
         return xs, ys.to(xs.device)
 
+    def _labels(self, tout_labels: Tensor, sb: PromptBatch, dev: torch.device) -> Tensor:
+        if self.config.labels != "teacher":
+            return sb.answer_ids.to(dev)
+        target = tout_labels.to(dev)
+        if self.translate is not None:  # the teacher's token in the student's vocabulary;
+            # where its text is no single student token, the task's answer
+            t = self.translate(tout_labels).to(dev)
+            target = torch.where(t >= 0, t, sb.answer_ids.to(dev))
+        return target
+
+    def _losses_data_parallel(self, prompts: list, step: int) -> dict[str, Tensor]:
+        """This rank's part of the loss of the global batch ``prompts`` (data parallel): the
+        student runs on the rank's contiguous shard; CE and KD are shard means weighted by the
+        shard's share; the CKA term is the global batch's (student activations gathered from
+        every rank with autograd, the teacher's global batch from the cache), divided by the
+        world size. Summing the ranks' gradients (``_step``) gives the single-process gradient.
+        """
+        import torch.distributed as dist
+        from torch.distributed.nn.functional import all_gather
+
+        cfg = self.config
+        rank, world = self.rank_world
+        k = len(prompts) // world
+        local = prompts[rank * k : (rank + 1) * k]
+        sb = tokenize_prompts(self.student, local).to(model_device(self.student))
+        tb, tout = self._teacher(prompts, step)
+        with self._capturing():
+            self._saved.clear()
+            s_last = logits_at(self.student, sb.tokens, sb.positions["last"])
+        saved = dict(self._saved)
+        dev = s_last.device
+        share = len(local) / len(prompts)
+        mine = slice(rank * k, (rank + 1) * k)
+        out: dict[str, Tensor] = {
+            "ce": cross_entropy(s_last, self._labels(tout.labels[mine], sb, dev)) * share
+        }
+        if cfg.condition == "kd":
+            assert tout.logits is not None
+            out["kd"] = kd_loss(s_last, tout.logits[mine].to(dev), cfg.kd_temperature) * share
+        if cfg.uses_cka:
+            xs, ys = self._pair_activations(sb, tb, saved, tout)
+            xs = torch.cat(all_gather(xs.contiguous()), dim=1)  # [pair, global n, rows, p]
+            if cfg.condition == "ce+shuffled":
+                perm = derangement(len(prompts), shuffle_generator(cfg.seed, step))
+                ys = shuffled_teacher(ys, perm)
+            align, value = alignment_loss(
+                xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
+            )
+            out["cka"] = value.detach()
+            out["align"] = align / world
+        out["loss"] = total_loss(cfg.condition, cfg.lam, out["ce"], out.get("align"), out.get("kd"))
+        for name in ("loss", "ce", "kd"):  # what the history shows: the global batch's values
+            if name in out:
+                shown = out[name].detach().clone()
+                dist.all_reduce(shown)
+                out[f"{name}_global"] = shown
+        return out
+
     def losses(self, prompts: list, step: int | None = None) -> dict[str, Tensor]:
         """Loss parts on one list of prompts (student with gradients, teacher without).
 
         ``step`` seeds the ``ce+shuffled`` derangement (default: the trainer's next step).
+        Under ``torch.distributed`` (``torchrun``), the rank's part of the global batch's loss
+        (see :meth:`_losses_data_parallel`).
         """
+        if self.rank_world[1] > 1:
+            step = self.state.step + 1 if step is None else step
+            return self._losses_data_parallel(prompts, step)
         cfg = self.config
         s_last, sb, tb, saved, tout = self._forward(prompts, step)
         dev = s_last.device
-        target = sb.answer_ids
-        if cfg.labels == "teacher":
-            target = tout.labels.to(dev)
-            if self.translate is not None:  # the teacher's token in the student's vocabulary;
-                # where its text is no single student token, the task's answer
-                t = self.translate(tout.labels).to(dev)
-                target = torch.where(t >= 0, t, sb.answer_ids.to(dev))
-        out: dict[str, Tensor] = {"ce": cross_entropy(s_last, target)}
+        out: dict[str, Tensor] = {"ce": cross_entropy(s_last, self._labels(tout.labels, sb, dev))}
         if cfg.condition == "kd":
             assert tout.logits is not None
             out["kd"] = kd_loss(s_last, tout.logits.to(dev), cfg.kd_temperature)
@@ -501,6 +573,12 @@ class CircuitTrainer:
         parts = self.losses(prompts, step=self.state.step + 1)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
+        if self.rank_world[1] > 1:  # data parallel: the ranks' parts sum to the full gradient
+            import torch.distributed as dist
+
+            for p in self.params.values():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
         for n, p in self.params.items():
             if p.grad is not None:
                 p.grad.mul_(self.masks[n])
@@ -508,11 +586,12 @@ class CircuitTrainer:
         with torch.no_grad():  # AdamW decays every entry: put the frozen ones back exactly
             for n, p in self.params.items():
                 p.copy_(torch.where(self.masks[n], p, self.frozen[n]))
-        row = {"step": self.state.step + 1, "loss": parts["loss"].item(), "ce": parts["ce"].item()}
+        shown = {k: parts.get(f"{k}_global", parts.get(k)) for k in ("loss", "ce", "kd")}
+        row = {"step": self.state.step + 1, "loss": shown["loss"].item(), "ce": shown["ce"].item()}
         if "cka" in parts:
             row["mean_cka"] = float(parts["cka"].float().mean())
-        if "kd" in parts:
-            row["kd"] = float(parts["kd"].detach())
+        if shown["kd"] is not None:
+            row["kd"] = float(shown["kd"].detach())
         return row
 
     def train(self, progress: bool = True) -> list[dict[str, float]]:
@@ -563,6 +642,8 @@ class CircuitTrainer:
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         assert self.checkpoint_dir is not None
+        if self.rank_world[0] != 0:  # data parallel: every rank holds the same state
+            return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(
             {

@@ -215,7 +215,13 @@ def _distill(args: argparse.Namespace) -> int:
     # an output of `circuitlens distill` from before run markers holds only these two
     legacy = lambda d: {p.name for p in d.iterdir()} <= {"checkpoints", "result"}  # noqa: E731
     with run_directory(out, fresh=args.fresh, kind="distill", adopt=legacy):
-        teacher, student = load_model(spec["teacher"]), load_model(spec["student"])
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        device = args.device
+        teacher = load_model(spec["teacher"], device=device)
+        student = load_model(spec["student"], device=device)
         task = get_task(spec["task"], tokenizers=[teacher, student], **spec["task_options"])
         result = distill_circuit(
             teacher,
@@ -340,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--budget", type=_parse_value, help="student heads: a fraction or a count")
     dist.add_argument("--seed", type=int, help="training seed")
     dist.add_argument("--out", default="results/distill", help="output directory")
+    dist.add_argument("--device", help="where the models run: cpu (default), cuda, cuda:1, ...")
+    dist.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     dist.add_argument(
         "--fresh",
         action="store_true",

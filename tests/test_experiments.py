@@ -151,6 +151,25 @@ def test_other_config_is_refused_then_fresh_starts_over(
     assert result.cells == [] and len(result.table()) == 2
 
 
+def test_another_selection_extends_the_run(finished: ExperimentResult, tmp_path: Path) -> None:
+    """Seeds and conditions are a selection of cells: a run of seed 0, then of seed 1, gives
+    the cells of one run of both (bit for bit), and the table shows them all."""
+    d = tmp_path / "run"
+    first = run_experiment(tiny(seeds=(0,)), d, progress=False)
+    assert {c["seed"] for c in first.cells} == {0}
+    second = run_experiment(tiny(seeds=(1,), conditions=("student", "ce")), d, progress=False)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["seeds"] == [0, 1] and cfg["conditions"] == list(tiny().conditions)
+    key = lambda c: (c["condition"], c["seed"])  # noqa: E731
+    got = {key(c): _strip(c) for c in second.cells}
+    want = {key(c): _strip(c) for c in finished.cells}
+    assert set(got) == set(want) - {("ce+align", 1), ("ce+rand", 1)}  # only what was asked
+    assert all(got[k] == want[k] for k in got)
+    assert (d / "entity_tracking" / "ce" / "seed1" / "cell.json").is_file()
+    with pytest.raises(ValueError, match="another config"):  # a cell's own options: refused
+        run_experiment(tiny(seeds=(2,), steps=6), d, progress=False)
+
+
 def test_bad_names_list_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="unknown condition.*'distil'.*ce\\+align"):
         ExperimentConfig(conditions=("ce", "distil"))

@@ -286,13 +286,36 @@ def _same_config(directory: Path, cfg: ExperimentConfig) -> bool:
         return False
 
 
+#: what a run selects (which cells), not how a cell is computed: a run directory takes other
+#: selections of the same config, and its table shows every cell selected so far
+SELECTION = ("tasks", "conditions", "seeds")
+
+
+def _merged_selection(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    from circuitlens.experiments.config import ALL_CONDITIONS, TASKS
+
+    order = {"tasks": list(TASKS), "conditions": list(ALL_CONDITIONS)}
+    out = dict(new)
+    for k in SELECTION:
+        union = list(dict.fromkeys([*old[k], *new[k]]))
+        known = order.get(k)
+        out[k] = sorted(union, key=known.index) if known else sorted(union)
+    return out
+
+
 def _check_directory(directory: Path, cfg: ExperimentConfig) -> None:
+    """Refuse a directory holding a run of another config; another selection of cells
+    (tasks, conditions, seeds) of the same config extends it (``config.json`` then records
+    the union, so the table shows every cell computed)."""
     f = directory / "config.json"
     text = _json_dump(cfg.to_dict())
     if f.is_file():
         old, new = json.loads(f.read_text()), json.loads(text)
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if set(diff) <= set(SELECTION):
+                atomic_write_text(f, _json_dump(_merged_selection(old, new)))
+                return
             raise ValueError(
                 f"{directory} holds a run of another config (differs in: {', '.join(diff)}); "
                 "results of two configs are never mixed. Pass another output directory, or "

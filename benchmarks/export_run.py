@@ -1,0 +1,86 @@
+"""Keep a reproduce run in git, and put it back: ``results/`` is not committed, but a long run
+on real models (hours on 2 cores) must survive the machine it ran on and be resumed later.
+
+    python benchmarks/export_run.py results/reproduce-real reproduce-real
+        -> benchmarks/results/reproduce-real.json (config, setups, finished cells, the table,
+           timings, machine facts) and benchmarks/results/reproduce-real-report.html
+    python benchmarks/export_run.py --restore reproduce-real results/reproduce-real
+        -> the run directory again (config, setups, cells, run marker): ``circuitlens
+           reproduce`` with the same config then computes only the cells still missing.
+
+Checkpoints of unfinished cells and the teacher cache are not kept (they are recomputed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from circuitlens.experiments import ExperimentResult
+from circuitlens.io import atomic_write_text
+from circuitlens.rundir import MARKER
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def export(directory: Path, name: str) -> Path:
+    result = ExperimentResult.load(directory)
+    result.write_report()
+    cells = sorted(result.cells, key=lambda c: (c["task"], c["condition"], c["seed"]))
+    doc = {
+        "benchmark": "reproduce run",
+        "config": json.loads((directory / "config.json").read_text()),
+        "setups": result.setups,
+        "cells": cells,
+        "table_md": result.markdown(),
+        "setup_seconds": {t: s["seconds"] for t, s in result.setups.items()},
+        "cell_seconds": {
+            f"{c['task']}/{c['condition']}/seed{c['seed']}": c["seconds"] for c in cells
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+        },
+        "exported": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    path = OUT / f"{name}.json"
+    atomic_write_text(path, json.dumps(doc, indent=1))
+    shutil.copyfile(directory / "report.html", OUT / f"{name}-report.html")
+    return path
+
+
+def restore(name: str, directory: Path) -> None:
+    doc = json.loads((OUT / f"{name}.json").read_text())
+    if directory.exists() and any(directory.iterdir()):
+        raise SystemExit(f"{directory} is not empty: restore into a new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / MARKER, json.dumps({"kind": "reproduce", "restored": name}))
+    atomic_write_text(directory / "config.json", json.dumps(doc["config"], indent=1))
+    for task, setup in doc["setups"].items():
+        atomic_write_text(directory / task / "setup.json", json.dumps(setup, indent=1))
+    for c in doc["cells"]:
+        cell = directory / c["task"] / c["condition"] / f"seed{c['seed']}" / "cell.json"
+        atomic_write_text(cell, json.dumps(c, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--restore", action="store_true", help="NAME DIR: rebuild the run directory")
+    ap.add_argument("a")
+    ap.add_argument("b")
+    args = ap.parse_args()
+    if args.restore:
+        restore(args.a, Path(args.b))
+        print(f"restored {args.a} into {args.b}")
+    else:
+        print(export(Path(args.a), args.b))
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,18 @@ def test_find_circuit_runs_and_reports(model) -> None:
     assert back.groups == circuit.groups
 
 
+def test_find_circuit_follows_the_tasks_own_plan(model) -> None:
+    """The path-patching plan is the task's (named positions), not hard-coded: a task that
+    gives a shorter plan gets just those groups, at its positions."""
+    task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=12)
+    task.circuit_plan = (("A", None, "logits", "last"), ("X", "A", "k", "query_label"))
+    cfg = CircuitConfig(n=12, top_k=2, min_effect=-1.0, prune_tol=-1.0, complete_to=0)
+    circuit = find_circuit(model, task, cfg, progress=False)
+    assert set(circuit.meta["before_pruning"]) == {"A", "X"}
+    assert circuit.positions == {"A": "last", "X": "query_label"}
+    assert "A" in circuit.meta["scores"] and set(circuit.meta["scores"]) <= {"A", "X:k"}
+
+
 def test_circuit_accuracy_with_every_head_is_the_model(model) -> None:
     from circuitlens import evaluate
     from circuitlens.patching.circuits import _all_heads

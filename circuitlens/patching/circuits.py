@@ -161,27 +161,21 @@ def find_circuit(
     """The task's circuit in ``model`` (see the module docstring), with its faithfulness."""
     cfg = config or CircuitConfig()
     batch = task.batch(model, "test", cfg.n)
-    if task.name == "entity_tracking":
+    plan = getattr(task, "circuit_plan", None)
+    if plan:
         everyone = _all_heads(model)
         scores: dict[str, list] = {}
-        a = path_patch(model, batch, everyone, via="logits", position="last", progress=progress)
-        groups = {"A": _keep(a, cfg.top_k, cfg.min_effect)}
-        plan = [
-            ("B", "A", "q", "last"),
-            ("C", "B", "v", "query_label"),
-            ("D", "C", "v", "prev_query_label"),
-            # ours: what A reads where it attends (keys and values at the queried label)
-            ("E", "A", "k", "prev_query_label"),
-            ("E", "A", "v", "prev_query_label"),
-        ]
-        scores["A"] = a.scores.tolist()
-        for group, into, via, position in plan:
+        first, *later = plan
+        a = path_patch(model, batch, everyone, via="logits", position=first[3], progress=progress)
+        groups = {first[0]: _keep(a, cfg.top_k, cfg.min_effect)}
+        scores[first[0]] = a.scores.tolist()
+        for group, into, via, position in later:
             receivers = groups[into]
             if not receivers:
                 groups[group] = []
                 continue
-            first = min(h.layer for h in receivers)
-            senders = [h for h in everyone if h.layer < first]
+            start = min(h.layer for h in receivers)
+            senders = [h for h in everyone if h.layer < start]
             if not senders:
                 groups[group] = []
                 continue
@@ -196,14 +190,8 @@ def find_circuit(
             scores[f"{group}:{via}"] = dict(
                 zip(map(str, res.senders), res.scores.tolist(), strict=True)
             )
-        positions = {
-            "A": "last",
-            "B": "last",
-            "C": "query_label",
-            "D": "prev_query_label",
-            "E": "prev_query_label",
-        }
-        method = "path patching (Prakash et al. A-D, plus E and support heads)"
+        positions = {group: position for group, _, _, position in plan}
+        method = f"path patching ({task.name}'s plan: groups {' '.join(positions)}; plus support)"
     else:
         metric = make_metric("logit_diff", batch)
         screened = cfg.method == "screened" or (

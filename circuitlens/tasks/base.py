@@ -267,6 +267,12 @@ class Task:
 
     name: str = "task"
     position_names: tuple[str, ...] = ("last",)
+    #: how :func:`~circuitlens.patching.find_circuit` traces the task's circuit by path
+    #: patching, as ``(group, into, via, position)`` steps: the first step's group sends into
+    #: the logits (``into`` None, ``via`` "logits"), each later group into an earlier group's
+    #: ``via`` input ("q", "k" or "v") at a named ``position``, where its heads act. ``None``:
+    #: activation patching of every head at the last position instead.
+    circuit_plan: tuple[tuple[str, str | None, str, str], ...] | None = None
     #: the prompt formats the task offers: format name -> config options that select it
     formats: dict[str, dict[str, Any]] = {"default": {}}
 

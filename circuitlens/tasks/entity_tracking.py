@@ -103,6 +103,18 @@ class EntityTracking(Task):
 
     name = "entity_tracking"
     position_names = ("last", "query_label", "prev_query_label")
+    # Prakash et al. (2024): A, heads that move the answer to the last token; B, position
+    # transmitters (into A's queries); C, position detectors (into B's values at the query's
+    # label); D, structure readers (into C's values at the previous label); ours, E: what A
+    # reads where it attends (its keys and values at the queried label)
+    circuit_plan = (
+        ("A", None, "logits", "last"),
+        ("B", "A", "q", "last"),
+        ("C", "B", "v", "query_label"),
+        ("D", "C", "v", "prev_query_label"),
+        ("E", "A", "k", "prev_query_label"),
+        ("E", "A", "v", "prev_query_label"),
+    )
 
     def __init__(self, config: EntityTrackingConfig) -> None:
         super().__init__(config)

@@ -121,15 +121,15 @@ def test_reproduce_checks_every_task_before_any_work(tmp_path: Path, monkeypatch
     from circuitlens.tasks import TokenizerMismatchError
 
     calls = []
-    real = runner.require_same_tokenizers
+    real = runner.require_compatible_tokenizers
 
-    def second_mismatches(teacher, student, task):  # noqa: ANN001, ANN202
+    def second_mismatches(teacher, student, task, *args):  # noqa: ANN001, ANN002, ANN202
         calls.append(task.name)
         if task.name == "theory_of_mind":
             raise TokenizerMismatchError("stand-in mismatch")
-        return real(teacher, student, task)
+        return real(teacher, student, task, *args)
 
-    monkeypatch.setattr(runner, "require_same_tokenizers", second_mismatches)
+    monkeypatch.setattr(runner, "require_compatible_tokenizers", second_mismatches)
     monkeypatch.setattr(runner, "_setup_task", lambda *a, **k: pytest.fail("work started"))
     cfg = ExperimentConfig.quick(use_circuit=False)
     with pytest.raises(TokenizerMismatchError, match="stand-in"):

@@ -216,7 +216,14 @@ def random_map(
         if student_heads is not None
         else choose_student_heads(student_sweep, budget)
     )
-    cands = _candidates(teacher_sweep, circuit)
+    # a random partner needs no impact value: every teacher head (of the circuit, when given)
+    # is a candidate, measured exactly by the sweep or only estimated
+    n_layers, n_heads = teacher_sweep.delta.shape
+    cands = (
+        [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        if circuit is None
+        else list(circuit.heads)
+    )
     rng = random.Random(seed)
     partner = dict(avoid.pairs) if avoid is not None else {}
     if one_to_one:

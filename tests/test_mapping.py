@@ -158,3 +158,23 @@ def test_warnings_name_flat_impacts_and_ties(caplog) -> None:
     boundary = map_heads(_sweep([[0.3, 0.1, 0.1]]), TEACHER, budget=2)
     assert any("tie decides the student heads" in x for x in boundary.config["warnings"])
     assert map_heads(STUDENT, TEACHER, budget=3).config["warnings"] == []
+
+
+def test_random_control_draws_from_every_teacher_head_of_a_screened_sweep() -> None:
+    """The aligned map uses measured impacts only, but a random partner needs none: with a
+    screened teacher sweep that measured 2 of 6 heads, a one-to-one random map of 3 student
+    heads draws among all 6 (not the 2 measured ones minus the aligned partners)."""
+    screened = _sweep([[0.00, 0.29, 0.12], [0.05, 0.11, 0.30]])
+    screened.exact = torch.tensor([[False, True, False], [False, False, True]])
+    aligned = map_heads(STUDENT, screened, budget=3)
+    assert set(aligned.teacher_heads) <= {Head(0, 1), Head(1, 2)}
+    draws = set()
+    for seed in range(30):
+        m = random_map(
+            STUDENT, screened, budget=3, seed=seed, one_to_one=True,
+            student_heads=aligned.student_heads, avoid=aligned,
+        )  # fmt: skip
+        assert len(set(m.teacher_heads)) == 3
+        assert not set(m.teacher_heads) & set(aligned.teacher_heads)  # never a partner
+        draws |= set(m.teacher_heads)
+    assert draws == {Head(0, 0), Head(0, 2), Head(1, 0), Head(1, 1)}

@@ -38,13 +38,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitlens.cka import ESTIMATORS, KERNELS, MIN_ROWS, CKAWithNull, cka_with_null
+from circuitlens.cka import CKAWithNull, cka_with_null
 from circuitlens.heads import TrainedFraction, head_parameter_masks, trained_fraction
 from circuitlens.hooks import hook_layer, hooked, z_name
 from circuitlens.io import atomic_torch_save
 from circuitlens.losses import (
-    CKA_CONDITIONS,
-    CONDITIONS,
+    CONDITIONS,  # noqa: F401 (re-exported)
     alignment_loss,
     cross_entropy,
     derangement,
@@ -64,13 +63,11 @@ from circuitlens.tasks import (
 )
 from circuitlens.tasks.metrics import logits_at, model_device
 from circuitlens.teacher_cache import TeacherBatch, TeacherCache, teacher_batch, token_rows
+from circuitlens.train_config import POSITIONS, SITES, TrainConfig  # noqa: F401 (re-exported)
 from circuitlens.types import Circuit, Head, HeadMap
-from circuitlens.validate import ConfigError, check_fields
+from circuitlens.validate import ConfigError
 
 log = logging.getLogger(__name__)
-
-SITES = ("z", "result")
-POSITIONS = ("last", "circuit", "tokens")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -86,110 +83,6 @@ def _rank_world() -> tuple[int, int]:
 class CKASiteError(ValueError):
     """The CKA rows of student and teacher cannot be matched (e.g. tokens as rows with
     prompts of unequal length in tokens)."""
-
-
-#: numeric ranges of TrainConfig's fields (types and finiteness come from the annotations)
-_TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "steps": (0, None),
-    "batch_size": (1, None),
-    "lr": (0, None),
-    "weight_decay": (0, None),
-    "lam": (0, None),
-    "kd_temperature": (0, None),
-    "eval_every": (0, None),
-    "eval_n": (1, None),
-    "checkpoint_every": (0, None),
-    "cka_eval_n": (1, None),
-    "null_perms": (1, None),
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Options of :class:`CircuitTrainer`.
-
-    Attributes:
-        condition: one of :data:`CONDITIONS`.
-        steps, batch_size, lr, weight_decay: the optimisation (AdamW).
-        lam: lambda, the weight of the CKA term, which is averaged over the mapped pairs
-            (ours: 1.0; the paper does not give it).
-        cka: kernel, ``"linear"`` or ``"rbf"`` (RBF with sigma = 0.5 x median distance).
-        cka_estimator: ``"unbiased"`` (debiased CKA, the default: ~0 for unrelated features)
-            or ``"biased"`` (~0.67 for unrelated 64-dim features over 32 rows).
-        site: ``"z"`` (the head's output, the input of W_O) or ``"result"`` (``z @ W_O[l, h]``).
-        positions: ``"last"`` (the last prompt token), ``"circuit"`` (each teacher head's
-            circuit-group position, when a circuit is given) or ``"tokens"`` (every non-BOS
-            token of every example is a row; prompts of equal length).
-        labels: ``"teacher"`` (the teacher's top token) or ``"gold"`` (the task's answer).
-        kd_temperature: T of the ``kd`` condition.
-        kv: grouped K/V policy, ``"shared"`` or ``"frozen"`` (see :mod:`circuitlens.heads`).
-        eval_every, eval_n: validation accuracy every N steps on n prompts (0: never).
-        eval_cka: at each evaluation also record the mapped pairs' mean CKA on held-out
-            prompts (``val_cka``), in every condition (CE alone too: does it align the heads?).
-        cka_eval_n: held-out prompts for a reported CKA (and its null).
-        null_perms: permutations of the CKA null (mean and sd over them; at least 20).
-        checkpoint_every: save a resumable checkpoint every N steps (needs a checkpoint dir).
-        seed: every random choice (batches, initial state, shuffles) follows from it.
-    """
-
-    condition: str = "ce+align"
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    lam: float = 1.0
-    cka: str = "linear"
-    cka_estimator: str = "unbiased"
-    site: str = "z"
-    positions: str = "last"
-    labels: str = "teacher"
-    kd_temperature: float = 2.0
-    kv: str = "shared"
-    eval_every: int = 50
-    eval_n: int = 200
-    eval_cka: bool = False
-    cka_eval_n: int = 128
-    null_perms: int = 20
-    checkpoint_every: int = 50
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_fields(self, _TRAIN_RANGES)
-        if self.lr <= 0 or self.kd_temperature <= 0:
-            raise ConfigError(
-                "TrainConfig.lr and kd_temperature must be > 0 "
-                f"(got {self.lr}, {self.kd_temperature})"
-            )
-
-        def bad(name: str, valid: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in valid:
-                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-
-        bad("condition", CONDITIONS)
-        bad("cka", KERNELS)
-        bad("cka_estimator", ESTIMATORS)
-        bad("site", SITES)
-        bad("positions", POSITIONS)
-        bad("labels", ("teacher", "gold"))
-        if self.lam < 0:
-            raise ValueError(f"lam (the CKA weight) must be >= 0 (got {self.lam})")
-        if self.batch_size < 4 and self.condition in CKA_CONDITIONS:
-            raise ValueError(
-                f"CKA over a batch needs batch_size >= 4 (got {self.batch_size}); raise batch_size"
-            )
-        if self.steps < 0 or self.batch_size < 1:
-            raise ValueError("steps must be >= 0 and batch_size >= 1")
-        if self.null_perms < 20:
-            raise ValueError(
-                f"null_perms must be >= 20 for a usable null sd (got {self.null_perms})"
-            )
-        if self.cka_eval_n < MIN_ROWS["unbiased"]:
-            raise ValueError(f"cka_eval_n must be >= 4 held-out prompts (got {self.cka_eval_n})")
-
-    @property
-    def uses_cka(self) -> bool:
-        return self.condition in CKA_CONDITIONS
 
 
 @dataclass
@@ -402,12 +295,17 @@ class CircuitTrainer:
     def _forward(
         self, prompts: list, step: int | None = None
     ) -> tuple[Tensor, PromptBatch, PromptBatch, dict, TeacherBatch]:
-        sb = tokenize_prompts(self.student, prompts).to(model_device(self.student))
+        s_last, sb, saved = self._student(prompts)
         tb, tout = self._teacher(prompts, step)
+        return s_last, sb, tb, saved, tout
+
+    def _student(self, prompts: list) -> tuple[Tensor, PromptBatch, dict[int, Tensor]]:
+        """The student's answer-position logits, its batch and the mapped layers' z."""
+        sb = tokenize_prompts(self.student, prompts).to(model_device(self.student))
         with self._capturing():
             self._saved.clear()
             s_last = logits_at(self.student, sb.tokens, sb.positions["last"])
-        return s_last, sb, tb, dict(self._saved), tout
+        return s_last, sb, dict(self._saved)
 
     def _pair_activations(
         self, sb: PromptBatch, tb: PromptBatch, saved: dict[int, Tensor], tout: TeacherBatch
@@ -460,15 +358,10 @@ class CircuitTrainer:
         cfg = self.config
         rank, world = self.rank_world
         k = len(prompts) // world
-        local = prompts[rank * k : (rank + 1) * k]
-        sb = tokenize_prompts(self.student, local).to(model_device(self.student))
+        s_last, sb, saved = self._student(prompts[rank * k : (rank + 1) * k])
         tb, tout = self._teacher(prompts, step)
-        with self._capturing():
-            self._saved.clear()
-            s_last = logits_at(self.student, sb.tokens, sb.positions["last"])
-        saved = dict(self._saved)
         dev = s_last.device
-        share = len(local) / len(prompts)
+        share = k / len(prompts)
         mine = slice(rank * k, (rank + 1) * k)
         out: dict[str, Tensor] = {
             "ce": cross_entropy(s_last, self._labels(tout.labels[mine], sb, dev)) * share

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from circuitlens.hooks import z_name
 from circuitlens.io import atomic_write_bytes
 from circuitlens.tasks import Prompt, PromptBatch, tokenize_prompts
-from circuitlens.tasks.metrics import answer_logits, model_device
+from circuitlens.tasks.metrics import keep_positions, model_device
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ def teacher_batch(
 ) -> TeacherBatch:
     """The teacher's :class:`TeacherBatch` for one tokenized batch (one forward)."""
     names = {z_name(layer) for layer in layers}
-    out, cache = teacher.run_with_cache(batch.tokens, names_filter=lambda n: n in names)
-    last = answer_logits(out, batch)
+    # the final norm and unembedding only at the answer position (a SmolLM2 forward spends a
+    # large share of its time on the 49,152-way unembedding at every position otherwise)
+    keep, gather = keep_positions(teacher, batch.positions["last"].to(batch.tokens.device))
+    out, cache = teacher.run_with_cache(batch.tokens, names_filter=lambda n: n in names, **keep)
+    last = gather(out if isinstance(out, Tensor) else out.logits)
     z = {}
     for layer in layers:
         acts = cache[z_name(layer)]

@@ -38,6 +38,15 @@ def test_zoo_list_shows_all_models(capsys) -> None:
         assert name in out
 
 
+def test_list_names_every_registered_model(capsys) -> None:
+    from circuitlens.models import registered_models
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "zoo:entity-tracking-teacher" in out and "real:smollm2-135m" in out
+    assert all(name in out for name in registered_models())
+
+
 def test_unknown_zoo_model_is_an_error(capsys) -> None:
     assert main(["zoo", "train", "nope"]) == 2
     assert "the zoo holds" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from circuitlens.models import (
 from circuitlens.patching import activation_patch, attribution_patch, path_patch
 from circuitlens.patching.circuits import CircuitConfig, faithfulness, find_circuit
 from circuitlens.plotting import plot_ablation, plot_circuit, plot_patching, plot_training_curves
+from circuitlens.report import write_report
 from circuitlens.tasks import (
     Prompt,
     PromptBatch,
@@ -43,8 +44,7 @@ from circuitlens.tasks import (
 from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CircuitTrainer, TrainConfig
 from circuitlens.types import Circuit, Head, HeadMap
-
-__version__ = "0.1.0"
+from circuitlens.version import __version__ as __version__
 
 __all__ = [
     "AblationResult",
@@ -94,4 +94,5 @@ __all__ = [
     "rbf_cka",
     "run_experiment",
     "tokenize_prompts",
+    "write_report",
 ]

@@ -254,6 +254,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.experiments import ExperimentConfig, run_experiment
+    from circuitlens.report import write_report
 
     if args.config:
         config = ExperimentConfig.load(args.config)
@@ -288,10 +289,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     result = run_experiment(
         config, out, fresh=args.fresh, progress=not args.no_progress, device=args.device
     )
+    report = write_report(result)
     print()
     print(result.markdown())
     print(f"{len(result.cells)} cells in {time.time() - t0:.0f} s")
-    print(f"report: {result.directory / 'report.html'} (table.md, table.csv, cells.csv beside it)")
+    print(f"report: {report} (table.md, table.csv, cells.csv beside it)")
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from circuitlens.experiments import ExperimentResult
 from circuitlens.io import atomic_write_text
+from circuitlens.report import write_report
 from circuitlens.rundir import MARKER
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -30,7 +31,8 @@ OUT = Path(__file__).resolve().parent / "results"
 
 def export(directory: Path, name: str) -> Path:
     result = ExperimentResult.load(directory)
-    result.write_report()
+    result.write_tables()
+    report = write_report(result)
     cells = sorted(result.cells, key=lambda c: (c["task"], c["condition"], c["seed"]))
     doc = {
         "benchmark": "reproduce run",
@@ -51,7 +53,7 @@ def export(directory: Path, name: str) -> Path:
     }
     path = OUT / f"{name}.json"
     atomic_write_text(path, json.dumps(doc, indent=1))
-    shutil.copyfile(directory / "report.html", OUT / f"{name}-report.html")
+    shutil.copyfile(report, OUT / f"{name}-report.html")
     return path
 
 

@@ -5,6 +5,8 @@ impact, and train only those student heads to match their teacher heads (Wadhwa,
 Wallace 2025, "Circuit Distillation").
 """
 
+# the model sources: importing each registers its "<prefix>:" with load_model
+from circuitlens import real, zoo  # noqa: F401
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.distill import (
@@ -17,10 +19,18 @@ from circuitlens.distill import (
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
 from circuitlens.mapping import map_heads, random_map
 from circuitlens.mean_ablation import mean_ablated
-from circuitlens.models import ModelFacts, ModelLoadError, load_model, model_facts
+from circuitlens.models import (
+    ModelFacts,
+    ModelLoadError,
+    load_model,
+    model_facts,
+    register_source,
+    registered_models,
+)
 from circuitlens.patching import activation_patch, attribution_patch, path_patch
 from circuitlens.patching.circuits import CircuitConfig, faithfulness, find_circuit
 from circuitlens.plotting import plot_ablation, plot_circuit, plot_patching, plot_training_curves
+from circuitlens.report import write_report
 from circuitlens.tasks import (
     Prompt,
     PromptBatch,
@@ -34,8 +44,7 @@ from circuitlens.tasks import (
 from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CircuitTrainer, TrainConfig
 from circuitlens.types import Circuit, Head, HeadMap
-
-__version__ = "0.1.0"
+from circuitlens.version import __version__ as __version__
 
 __all__ = [
     "AblationResult",
@@ -80,7 +89,10 @@ __all__ = [
     "plot_patching",
     "plot_training_curves",
     "random_map",
+    "register_source",
+    "registered_models",
     "rbf_cka",
     "run_experiment",
     "tokenize_prompts",
+    "write_report",
 ]

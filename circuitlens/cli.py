@@ -1,4 +1,5 @@
-"""The ``circuitlens`` command: ``reproduce``, ``demo``, ``distill``, ``zoo list|train``."""
+"""The ``circuitlens`` command: ``reproduce``, ``demo``, ``distill``, ``list``, ``zoo list|train``,
+``real list|build``."""
 
 from __future__ import annotations
 
@@ -71,6 +72,18 @@ def _zoo_list(args: argparse.Namespace) -> int:
             }
         )
     print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from circuitlens.models import BUILTIN_FORMS, sources
+
+    for source in sources().values():
+        more = f" (details: {source.listing})" if source.listing else ""
+        print(f"{source.prefix}:{more}")
+        for name in source.names():
+            print(f"  {source.prefix}:{name}")
+    print("also: " + "; ".join(BUILTIN_FORMS))
     return 0
 
 
@@ -241,6 +254,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.experiments import ExperimentConfig, run_experiment
+    from circuitlens.report import write_report
 
     if args.config:
         config = ExperimentConfig.load(args.config)
@@ -275,10 +289,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     result = run_experiment(
         config, out, fresh=args.fresh, progress=not args.no_progress, device=args.device
     )
+    report = write_report(result)
     print()
     print(result.markdown())
     print(f"{len(result.cells)} cells in {time.time() - t0:.0f} s")
-    print(f"report: {result.directory / 'report.html'} (table.md, table.csv, cells.csv beside it)")
+    print(f"report: {report} (table.md, table.csv, cells.csv beside it)")
     return 0
 
 
@@ -355,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dist.add_argument("--no-progress", action="store_true", help="no progress bars")
     dist.set_defaults(fn=_distill)
+
+    sub.add_parser(
+        "list", help="every model load_model knows by name, source by source"
+    ).set_defaults(fn=_list)
 
     zoo = sub.add_parser("zoo", help="the embedded tiny models")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)

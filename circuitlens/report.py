@@ -8,6 +8,11 @@ with each pair's impacts and their bootstrap intervals, the mean-ablation heatma
 training curves. Every section has an ``id`` (``summary``,
 ``results-table``, ``<task>-circuit``, ``<task>-mapping``, ``<task>-ablation``,
 ``<task>-curves``) so that tests and links can find it.
+
+The page reads a result; nothing that computes one writes it. From a notebook::
+
+    result = cl.run_experiment(config, "results/mine")   # or ExperimentResult.load(directory)
+    cl.write_report(result)                              # -> results/mine/report.html
 """
 
 from __future__ import annotations
@@ -15,10 +20,15 @@ from __future__ import annotations
 import html
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
+from circuitlens.experiments.result import ExperimentResult
+from circuitlens.io import atomic_write_text
+from circuitlens.plotting import plot_ablation, plot_training_curves
 from circuitlens.types import Circuit, Head, HeadMap
+from circuitlens.version import __version__
 
 #: column names of the results table as the page shows them
 COLUMN_NAMES = {
@@ -345,9 +355,7 @@ def mapping_svg(head_map: HeadMap, controls: dict[int, list[tuple[str, str]]]) -
     return "".join(out) + legend
 
 
-def _meta_html(result: Any) -> str:
-    from circuitlens import __version__
-
+def _meta_html(result: ExperimentResult) -> str:
     cfg = result.config
     d = cfg.distill
     t = d.train
@@ -388,10 +396,22 @@ def _meta_html(result: Any) -> str:
     return f"<dl class='meta'>{dl}</dl>{''.join(models)}"
 
 
-def render_report(result: Any, table: Any) -> str:
-    """The report page of an :class:`~circuitlens.experiments.ExperimentResult` as HTML."""
-    from circuitlens.plotting import plot_ablation, plot_training_curves
+def write_report(result: ExperimentResult, path: Path | str | None = None) -> Path:
+    """Write the report page of ``result`` (default: ``report.html`` in its run directory).
 
+    Returns:
+        The path written (atomically: a reader never sees half a page).
+    """
+    out = Path(path) if path is not None else result.directory / "report.html"
+    atomic_write_text(out, render_report(result))
+    return out
+
+
+def render_report(result: ExperimentResult, table: Any = None) -> str:
+    """The report page of an :class:`~circuitlens.experiments.ExperimentResult` as HTML
+    (``table``: its :meth:`~circuitlens.experiments.ExperimentResult.table`, if already made)."""
+    if table is None:
+        table = result.table()
     first = True
 
     def fig_html(fig: Any, div_id: str) -> str:

@@ -55,6 +55,10 @@ class Head:
         return self
 
 
+#: a head as users may write it: a Head, ``"L3H5"`` or ``(3, 5)`` (read by :meth:`Head.parse`)
+HeadLike = Head | str | tuple[int, int]
+
+
 def parse_heads(heads: Any) -> list[Head]:
     """A list of :class:`Head` from heads, ``"L3H5"`` strings or ``(layer, head)`` tuples."""
     if isinstance(heads, (str, Head)):
@@ -67,12 +71,13 @@ class Circuit:
     """Named groups of heads, each acting at a named token position.
 
     Attributes:
-        groups: group name -> heads (e.g. ``{"A": [L3H1, L3H5], "B": [...]}``).
+        groups: group name -> heads (e.g. ``{"A": [L3H1, L3H5], "B": [...]}``; given as
+            :data:`HeadLike`, held as :class:`Head`).
         positions: group name -> the task position the group acts at (``"last"``, ...).
         meta: how the circuit was found (method, scores, faithfulness, ...).
     """
 
-    groups: dict[str, list[Head]]
+    groups: dict[str, list[HeadLike]]
     positions: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -123,13 +128,14 @@ class HeadMap:
     """Student head -> teacher head pairs, with the distance that chose each pair.
 
     Attributes:
-        pairs: ``(student_head, teacher_head)`` in the order the student heads were chosen.
+        pairs: ``(student_head, teacher_head)`` in the order the student heads were chosen
+            (given as :data:`HeadLike`, held as :class:`Head`).
         distances: ``|dP_s - dP_t|`` of each pair.
         kind: ``"ablation"`` (closest impact) or ``"random"`` (the control).
         config: the options that made the map.
     """
 
-    pairs: list[tuple[Head, Head]]
+    pairs: list[tuple[HeadLike, HeadLike]]
     distances: list[float] = field(default_factory=list)
     kind: str = "ablation"
     config: dict[str, Any] = field(default_factory=dict)

@@ -1,16 +1,40 @@
-"""Shared fixtures: tiny random models built from a config, saved by the tests themselves."""
+"""Shared fixtures: tiny random models built from a config, saved by the tests themselves.
+
+The session checks every annotated signature of circuitlens at run time (jaxtyping shapes with
+beartype: ``--jaxtyping-packages`` in pyproject's addopts, installed before this file imports
+circuitlens). :func:`unchecked` turns the checks off inside a ``with`` block, for tests of the
+library's own argument checks: what a caller meets without the hook.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jaxtyping
 import pytest
 import torch
 
 from circuitlens import load_model
 from circuitlens.zoo import ZooArch, build_model, build_tokenizer
+
+
+@contextmanager
+def _unchecked() -> Iterator[None]:
+    was = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", was)
+
+
+@pytest.fixture
+def unchecked() -> Callable[[], Any]:
+    """``with unchecked(): ...`` runs without the session's type checks."""
+    return _unchecked
 
 
 @pytest.fixture(scope="session")

@@ -112,8 +112,13 @@ def test_constant_activation_gives_zero_not_nan(xy) -> None:
         assert rbf_cka(torch.ones(12, 3), x).item() == 0.0
 
 
-def test_shapes_must_agree() -> None:
-    with pytest.raises(ValueError, match="same examples"):
+def test_shapes_must_agree(unchecked) -> None:
+    from jaxtyping import TypeCheckError
+
+    # the test session's jaxtyping hook reads the annotation ("... m p1", "... m p2") first
+    with pytest.raises(TypeCheckError, match=r"(?s)parameter 'y'.*m=5"):
+        linear_cka(torch.randn(5, 3), torch.randn(6, 3))
+    with unchecked(), pytest.raises(ValueError, match="same examples"):
         linear_cka(torch.randn(5, 3), torch.randn(6, 3))
 
 

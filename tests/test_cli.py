@@ -38,6 +38,15 @@ def test_zoo_list_shows_all_models(capsys) -> None:
         assert name in out
 
 
+def test_list_names_every_registered_model(capsys) -> None:
+    from circuitlens.models import registered_models
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "zoo:entity-tracking-teacher" in out and "real:smollm2-135m" in out
+    assert all(name in out for name in registered_models())
+
+
 def test_unknown_zoo_model_is_an_error(capsys) -> None:
     assert main(["zoo", "train", "nope"]) == 2
     assert "the zoo holds" in capsys.readouterr().err
@@ -81,10 +90,11 @@ def test_distill_reads_models_task_and_options_from_a_json_file(
     # own directory: --fresh may empty it
 
 
-def test_distill_bad_config_names_the_field_before_loading(tmp_path, capsys) -> None:
+def test_distill_bad_config_names_the_field_before_loading(tmp_path, capsys, unchecked) -> None:
     path = tmp_path / "run.toml"
     path.write_text('teacher = "zoo:nope"\n[train]\nlam = "big"\n')
-    assert main(["distill", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    with unchecked():  # the config's own message, not the test session's type check
+        assert main(["distill", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "TrainConfig.lam must be a number (got str 'big')" in err
     assert not (tmp_path / "o").exists()  # refused before anything was made

@@ -16,6 +16,7 @@ from circuitlens.experiments import (
     ExperimentResult,
     run_experiment,
 )
+from circuitlens.report import write_report
 from circuitlens.training import CircuitTrainer
 
 TRAINED = ("ce", "ce+align", "ce+rand")
@@ -82,11 +83,12 @@ def test_random_control_keeps_the_student_heads(finished: ExperimentResult) -> N
     assert by[("ce", 0)] == by[("ce+align", 0)]
 
 
-def test_report_files(finished: ExperimentResult) -> None:
+def test_report_files(finished: ExperimentResult, tmp_path: Path) -> None:
     d = finished.directory
-    for name in ("table.md", "table.csv", "cells.csv", "report.html", "config.json"):
+    for name in ("table.md", "table.csv", "cells.csv", "mcnemar.csv", "cka.csv", "config.json"):
         assert (d / name).is_file(), name
-    html = (d / "report.html").read_text()
+    assert not (d / "report.html").exists()  # presentation is the caller's: write_report
+    html = write_report(finished, tmp_path / "page.html").read_text()
     assert "plotly" in html.lower() and "Head mapping" in html
     assert "CE + Align CKA" in (d / "table.md").read_text()
     saved = ExperimentConfig.from_dict(json.loads((d / "config.json").read_text()))

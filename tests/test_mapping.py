@@ -26,14 +26,16 @@ STUDENT = _sweep([[0.30, 0.00], [0.10, 0.05]])  # 2 layers x 2 heads
 TEACHER = _sweep([[0.00, 0.29, 0.12], [0.05, 0.11, 0.30]])  # 2 layers x 3 heads
 
 
-def test_budget() -> None:
+def test_budget(unchecked) -> None:
     assert budget_count(0.5, 4) == 2
     assert budget_count(0.13, 100) == 13
     assert budget_count(0.01, 10) == 1
     assert budget_count(3, 4) == 3
-    for bad in (0, 5, -0.1, 1.5, "x"):
+    for bad in (0, 5, -0.1, 1.5):
         with pytest.raises(ValueError):
             budget_count(bad, 4)
+    with unchecked(), pytest.raises(ValueError, match="fraction in"):
+        budget_count("x", 4)  # a config value read as text
 
 
 def test_many_to_one_hand_computed() -> None:

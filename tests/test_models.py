@@ -101,6 +101,29 @@ def test_dir_without_config(tmp_path) -> None:
         load_model(tmp_path)
 
 
+def test_unknown_source_prefix_lists_the_registered_ones() -> None:
+    with pytest.raises(ModelLoadError, match=r"'hub:'.*registered: .*zoo:.*accepted forms"):
+        load_model("hub:some-model")
+    assert {"zoo", "real"} <= set(models.sources())
+
+
+def test_a_registered_source_is_loaded_by_its_prefix(monkeypatch, tiny_bridge) -> None:
+    calls = []
+
+    def load(name, device, dtype):
+        calls.append((name, device, dtype))
+        return tiny_bridge
+
+    monkeypatch.setattr(models, "_SOURCES", dict(models._SOURCES))
+    models.register_source("mine", load, lambda: ["a", "b"], listing="my list")
+    assert load_model("mine:a:b", device="cpu") is tiny_bridge
+    assert calls == [("a:b", "cpu", torch.float32)]
+    assert models.registered_models()[-2:] == ["mine:a", "mine:b"]
+    assert '"mine:<name>" (see `my list`)' in models.spec_forms()
+    with pytest.raises(ValueError, match="source prefix"):
+        models.register_source("x", load, list)
+
+
 def test_unknown_zoo_name_lists_the_zoo() -> None:
     with pytest.raises(ZooError, match="entity-tracking-teacher"):
         load_model("zoo:gpt-5")
@@ -109,13 +132,13 @@ def test_unknown_zoo_name_lists_the_zoo() -> None:
 def test_damaged_zoo_file_is_refused(tmp_path, monkeypatch, make_llama_dir) -> None:
     import shutil
 
-    import circuitlens.zoo as zoo
+    import circuitlens.zoo.spec as zoo_spec
 
     src = make_llama_dir()
     dst = tmp_path / "entity-tracking-student"
     shutil.copytree(src, dst)
     (dst / "card.json").write_text('{"sha256": {"model.safetensors": "0000"}}')
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(zoo_spec, "ZOO_DIR", tmp_path)
     with pytest.raises(ZooError, match="damaged"):
         load_model("zoo:entity-tracking-student")
 

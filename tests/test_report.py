@@ -16,6 +16,7 @@ import torch
 from circuitlens import __version__
 from circuitlens.ablation import AblationConfig, AblationResult
 from circuitlens.experiments import ExperimentConfig, ExperimentResult
+from circuitlens.report import write_report
 from circuitlens.types import Circuit, HeadMap
 
 TASK = "entity_tracking"
@@ -109,7 +110,8 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     result = _synthetic_run(tmp_path_factory.mktemp("report") / "run")
-    return result.write_report()["report.html"]
+    result.write_tables()
+    return write_report(result)
 
 
 def _setup(report: Path) -> str:

@@ -61,7 +61,7 @@ def _tiny_spec(monkeypatch) -> str:
         ),
     )
     monkeypatch.setitem(zoo.ZOO, "tiny-test", tiny)
-    monkeypatch.setattr(zoo, "CARD_SEED", 7)
+    monkeypatch.setattr(zoo.build, "CARD_SEED", 7)
     return "tiny-test"
 
 
@@ -81,7 +81,7 @@ def test_train_is_reproducible_and_resumable(tmp_path, monkeypatch) -> None:
     assert card["sha256"]["model.safetensors"] == zoo.sha256(tmp_path / "a" / "model.safetensors")
     # interrupt during step 10 (the last checkpoint is at step 8), then resume: the final
     # training state equals the uninterrupted run's
-    real_batch, calls = zoo.training_batch, {"n": 0}
+    real_batch, calls = zoo.build.training_batch, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -89,10 +89,10 @@ def test_train_is_reproducible_and_resumable(tmp_path, monkeypatch) -> None:
             raise KeyboardInterrupt
         return real_batch(*args, **kwargs)
 
-    monkeypatch.setattr(zoo, "training_batch", interrupted)
+    monkeypatch.setattr(zoo.build, "training_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         zoo.train(name, out_dir=tmp_path / "c", work_dir=tmp_path / "wc", progress=False)
-    monkeypatch.setattr(zoo, "training_batch", real_batch)
+    monkeypatch.setattr(zoo.build, "training_batch", real_batch)
     assert torch.load(tmp_path / "wc" / "checkpoint.pt", weights_only=False)["state"]["step"] == 8
     zoo.train(name, out_dir=tmp_path / "c", work_dir=tmp_path / "wc", progress=False)
     ck_a = torch.load(tmp_path / "wa" / "checkpoint.pt", weights_only=False)["model"]
@@ -145,7 +145,7 @@ def test_card_accuracy_is_reproduced(name) -> None:
     """The card's accuracy, measured again on the card's own seed and prompts."""
     card = json.loads((zoo.ZOO_DIR / name / "card.json").read_text())
     spec = zoo.ZOO[name]
-    task = zoo._eval_task(spec, seed=card["accuracy"]["task_seed"])
+    task = zoo.build._eval_task(spec, seed=card["accuracy"]["task_seed"])
     acc = evaluate(load_model(f"zoo:{name}"), task, split="test")
     assert acc == pytest.approx(card["accuracy"]["first_token_accuracy"], abs=1e-9)
     # the card's recipe is the one `zoo train` runs (fields added since default as they were)
@@ -170,7 +170,7 @@ def test_students_are_smaller_than_teachers() -> None:
 
 def test_continue_a_shipped_model(tmp_path, monkeypatch) -> None:
     name = _tiny_spec(monkeypatch)
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(zoo.build, "ZOO_DIR", tmp_path)
     first = zoo.train(name, out_dir=tmp_path / name, work_dir=tmp_path / "w1", progress=False)
     before = _weights(tmp_path / name)
     more = zoo.train(

@@ -11,8 +11,10 @@ every evaluation), from which the steps to reach a target accuracy are read.
 Everything goes to ``results/<run>/``: ``config.json``; per task ``setup.json``; per cell
 ``<task>/<condition>/seed<k>/cell.json``, written atomically once the cell is done (a training
 checkpoint beside it while it runs), so an interrupted run resumes where it stopped without
-redoing finished cells; and the report: ``table.md``, ``table.csv``, ``cells.csv``,
-``report.html`` (ablation heatmaps, the circuit, the mapping, the curves).
+redoing finished cells; and the tables: ``table.md``, ``table.csv``, ``cells.csv``,
+``mcnemar.csv``, ``cka.csv``. The HTML page (ablation heatmaps, the circuit, the mapping, the
+curves) is presentation, made from the result by :func:`circuitlens.report.write_report`
+(``circuitlens reproduce`` writes it as ``report.html``).
 """
 
 from circuitlens.experiments.config import (

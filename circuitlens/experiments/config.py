@@ -42,7 +42,8 @@ class ExperimentConfig:
     Attributes:
         tasks: task names, a subset of :data:`TASKS`.
         conditions: table rows, a subset of :data:`ALL_CONDITIONS`.
-        seeds: training seeds (batches; the random map of ``ce+rand``).
+        seeds: training seeds (batches; the random map of ``ce+rand``). These three are given
+            as lists or tuples (a file gives lists) and held as tuples.
         models: per task, the ``teacher`` and ``student`` specs (anything
             :func:`circuitlens.load_model` accepts as a string).
         task_seed: the seed of the task's prompts (splits fixed across training seeds).
@@ -56,9 +57,9 @@ class ExperimentConfig:
             CE condition's mean final validation accuracy.
     """
 
-    tasks: tuple[str, ...] = TASKS
-    conditions: tuple[str, ...] = ALL_CONDITIONS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    tasks: tuple[str, ...] | list[str] = TASKS
+    conditions: tuple[str, ...] | list[str] = ALL_CONDITIONS
+    seeds: tuple[int, ...] | list[int] = (0, 1, 2)
     models: dict[str, dict[str, str]] = field(default_factory=_default_models)
     task_seed: int = 0
     distill: DistillConfig = field(default_factory=_default_distill)

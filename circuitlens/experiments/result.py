@@ -1,4 +1,7 @@
-"""A finished (or partial) experiment read back from disk: tables, curves, the HTML report."""
+"""A finished (or partial) experiment read back from disk: tables, curves, statistics.
+
+The HTML page is presentation: :func:`circuitlens.report.write_report` reads this object.
+"""
 
 from __future__ import annotations
 
@@ -389,26 +392,21 @@ class ExperimentResult:
                 )
         return pd.DataFrame(rows)
 
-    # -- report ------------------------------------------------------------------------------
-    def write_report(self) -> dict[str, Path]:
-        """``table.md``, ``table.csv``, ``cells.csv``, ``report.html`` in the run's directory."""
-        out = {
-            "table.md": self.directory / "table.md",
-            "table.csv": self.directory / "table.csv",
-            "cells.csv": self.directory / "cells.csv",
-            "report.html": self.directory / "report.html",
-        }
+    def write_tables(self) -> dict[str, Path]:
+        """``table.md``, ``table.csv``, ``cells.csv``, ``mcnemar.csv`` and ``cka.csv`` in the
+        run's directory (the HTML page: :func:`circuitlens.report.write_report`)."""
         table = self.table()
-        md = self.markdown(table)
-        atomic_write_text(out["table.md"], md)
-        atomic_write_text(out["table.csv"], table.to_csv(index=False))
-        atomic_write_text(out["cells.csv"], self.cells_frame().to_csv(index=False))
-        atomic_write_text(self.directory / "mcnemar.csv", self.mcnemar_table().to_csv(index=False))
-        atomic_write_text(self.directory / "cka.csv", self.cka_table().to_csv(index=False))
-        from circuitlens.report import render_report
-
-        html = render_report(self, table)
-        atomic_write_text(out["report.html"], html)
+        texts = {
+            "table.md": self.markdown(table),
+            "table.csv": table.to_csv(index=False),
+            "cells.csv": self.cells_frame().to_csv(index=False),
+            "mcnemar.csv": self.mcnemar_table().to_csv(index=False),
+            "cka.csv": self.cka_table().to_csv(index=False),
+        }
+        out = {}
+        for name, text in texts.items():
+            out[name] = self.directory / name
+            atomic_write_text(out[name], text)
         return out
 
 

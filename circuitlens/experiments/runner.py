@@ -341,7 +341,8 @@ def run_experiment(
     writes, it holds the directory's lock: a second run on it is refused.
 
     Returns:
-        The :class:`ExperimentResult`, with its report written.
+        The :class:`ExperimentResult`, with its tables written (``table.md``, ``table.csv``,
+        ...); :func:`circuitlens.report.write_report` makes the HTML page from it.
 
     Raises:
         RunDirectoryError: ``directory`` is not a run's (``fresh`` refuses to delete it) or
@@ -458,5 +459,5 @@ def _run(
         del teacher, student, untrained, cache
     bar.close()
     result = ExperimentResult.load(directory)
-    result.write_report()
+    result.write_tables()
     return result

@@ -1,7 +1,7 @@
 """Training sequences for the zoo models (entity tracking and theory of mind).
 
 A sequence is one context followed by several scored questions, with targets for the
-auxiliary probes and for the supervised attention heads (see :mod:`circuitlens.zoo`).
+auxiliary probes and for the supervised attention heads (see :mod:`circuitlens.zoo.build`).
 """
 
 from __future__ import annotations
@@ -9,16 +9,14 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from circuitlens.tasks import get_task
 from circuitlens.tasks.base import Task
-
-if TYPE_CHECKING:
-    from circuitlens.zoo import ZooSpec
+from circuitlens.zoo.spec import ZooSpec
 
 
 @dataclass

@@ -1,9 +1,4 @@
-"""The zoo: tiny Llama teachers and warm students trained on the tasks, embedded in the repo.
-
-Each zoo model is a Hugging Face ``LlamaForCausalLM`` (RoPE, RMSNorm, SwiGLU, fewer K/V heads
-than query heads) with a word-level tokenizer covering both tasks' vocabulary, saved with
-``save_pretrained`` (safetensors) under ``data/zoo/<name>/`` beside a model card
-(``card.json``): architecture, recipe, seed, steps, wall time, accuracy, sha256.
+"""Training a zoo model from its recipe, and saving it with its card (``circuitlens zoo train``).
 
 Recipe (what made the plateau of entity tracking finite; see docs and ZOO_NOTES):
 - dense supervision: each training sequence holds one context and several queries drawn with
@@ -24,14 +19,12 @@ Recipe (what made the plateau of entity tracking finite; see docs and ZOO_NOTES)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,184 +34,13 @@ from torch import nn
 from circuitlens.io import atomic_torch_save, atomic_write_text
 from circuitlens.tasks import get_task
 from circuitlens.tasks.base import Task
-from circuitlens.tasks.entity_tracking import LABELS, OBJECTS
-from circuitlens.tasks.theory_of_mind import CHARACTERS, CONTAINERS, STATES, UNKNOWN
-from circuitlens.zoo_batches import training_batch
+from circuitlens.zoo.batches import training_batch
+from circuitlens.zoo.spec import CARD_SEED, ZOO, ZOO_DIR, ZooArch, ZooError, ZooSpec, sha256
+from circuitlens.zoo.tokenizer import SPECIALS, build_tokenizer
 
 log = logging.getLogger(__name__)
 
-ZOO_DIR = Path(__file__).resolve().parent.parent / "data" / "zoo"
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
-#: the task seed whose test split the model cards report (fresh: never used in training)
-CARD_SEED = 12345
-#: accuracy targets on held-out prompts: teachers at least this, students inside this range
-TEACHER_TARGET = 0.95
-STUDENT_RANGE = (0.4, 0.75)
 
-
-class ZooError(ValueError):
-    """A zoo name or file that does not exist or does not check out."""
-
-
-@dataclass(frozen=True)
-class ZooArch:
-    """A tiny Llama: width, depth, heads (query and K/V) and MLP width."""
-
-    d_model: int = 64
-    n_layers: int = 4
-    n_heads: int = 8
-    n_kv_heads: int = 4
-    d_mlp: int = 128
-    max_pos: int = 512
-
-
-@dataclass(frozen=True)
-class ZooRecipe:
-    """How a zoo model is trained (every field is in its model card)."""
-
-    steps: int = 20_000  # upper bound; teachers stop early at ``stop_at`` too
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 500
-    weight_decay: float = 0.01
-    n_queries: int = 8  # queries (answers scored) per training sequence
-    min_boxes: int = 2  # entity tracking: boxes drawn per batch from min..max
-    max_boxes: int = 7
-    aux_weight: float = 1.0  # weight of the auxiliary probe losses (0 disables them)
-    aux_layer: int = 1  # hidden state read by the probes (1 = after the first block)
-    mixed_forms: float = 0.0  # entity tracking: share of context clauses in the query's form
-    mixed_until: int = 0  # ... during the first steps only (the real template after)
-    attn_weight: float = 0.0  # entity tracking: supervise one head's attention to the queried
-    attn_layer: int = 1  # label from the query's end: head 0 of this block
-    tom_head1: str = "filler"  # theory of mind: head 1's target, "filler" or "container"
-    tom_distinct: bool = False  # theory of mind: the questions of a story are all different
-    tom_probe_filler: bool = False  # theory of mind: probe each container mention for its filler
-    tom_probe_knows: bool = False  # theory of mind: probe the answer slot for "can it be known"
-    aux2_layer: int = 2  # hidden state read by the second probe
-    # theory of mind, the binding step: head ``tom_bind_head`` of block ``tom_bind_layer`` looks
-    # from the answer slot at the questioned character's own "<name> grabs" in the story (which
-    # tells whether they filled the first or the second container), weighted by
-    # ``tom_bind_weight`` (0 disables it); ``tom_probe_cq`` asks the second probe (at
-    # ``aux2_layer``) for the questioned character at the answer slot
-    tom_bind_weight: float = 0.0
-    tom_bind_layer: int = 2
-    tom_bind_head: int = 0
-    tom_probe_cq: bool = False
-    eval_every: int = 250
-    eval_n: int = 200
-    stop_at: float = 0.99  # stop at the first evaluation with this validation accuracy
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ZooSpec:
-    name: str
-    task: str
-    role: str  # "teacher" or "student"
-    arch: ZooArch
-    recipe: ZooRecipe
-    task_options: dict[str, Any] = field(default_factory=dict)
-
-
-ZOO: dict[str, ZooSpec] = {
-    "entity-tracking-teacher": ZooSpec(
-        "entity-tracking-teacher",
-        "entity_tracking",
-        "teacher",
-        ZooArch(d_model=64, n_layers=4, n_heads=8, n_kv_heads=4, d_mlp=128),
-        ZooRecipe(steps=20_000, lr=1e-3, stop_at=0.98, attn_weight=1.0, attn_layer=1),
-    ),
-    "entity-tracking-student": ZooSpec(
-        "entity-tracking-student",
-        "entity_tracking",
-        "student",
-        ZooArch(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64),
-        ZooRecipe(steps=20_000, lr=1e-3, stop_at=0.55, seed=1, attn_weight=1.0, attn_layer=1),
-    ),
-    "theory-of-mind-teacher": ZooSpec(
-        "theory-of-mind-teacher",
-        "theory_of_mind",
-        "teacher",
-        ZooArch(d_model=64, n_layers=4, n_heads=8, n_kv_heads=4, d_mlp=128),
-        ZooRecipe(
-            steps=5_000,
-            batch_size=32,
-            n_queries=4,
-            stop_at=0.97,
-            aux_weight=0.1,
-            attn_weight=0.1,
-            attn_layer=1,
-            aux2_layer=1,
-            tom_bind_weight=1.0,
-            tom_bind_layer=2,
-            tom_probe_cq=True,
-        ),
-        # the constant instruction block is left out of the zoo's prompts (shorter sequences)
-        task_options={"instruction": False},
-    ),
-    "theory-of-mind-student": ZooSpec(
-        "theory-of-mind-student",
-        "theory_of_mind",
-        "student",
-        ZooArch(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64),
-        ZooRecipe(
-            steps=20_000,
-            batch_size=32,
-            n_queries=4,
-            stop_at=0.6,
-            seed=1,
-            attn_weight=1.0,
-            attn_layer=1,
-        ),
-        task_options={"instruction": False},
-    ),
-}
-
-
-# -- tokenizer ---------------------------------------------------------------------------------
-def _pre_tokenizer() -> Any:
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-
-
-def zoo_vocabulary() -> list[str]:
-    """Every word of both tasks' prompts and answers, specials first, then sorted."""
-    words: set[str] = set(OBJECTS) | set(LABELS) | set(CHARACTERS) | set(CONTAINERS)
-    words |= set(STATES) | {UNKNOWN}
-    pre = _pre_tokenizer()
-    rng = random.Random(0)
-    for name in ("entity_tracking", "theory_of_mind"):
-        task = get_task(name, n_train=0, n_val=0, n_test=0)
-        for _ in range(20):
-            p = task.make_prompt(rng)
-            for text in (p.text, p.corrupted or "", p.ablation or "", p.answer):
-                words |= {w for w, _ in pre.pre_tokenize_str(text)}
-    return list(SPECIALS) + sorted(words - set(SPECIALS))
-
-
-def build_tokenizer() -> Any:
-    """The zoo's word-level tokenizer (a ``PreTrainedTokenizerFast`` that prepends ``<bos>``)."""
-    from tokenizers import Tokenizer, models, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(zoo_vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = _pre_tokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=512,
-    )
-
-
-# -- training ------------------------------------------------------------------------------------
 def build_model(arch: ZooArch, vocab_size: int, seed: int) -> Any:
     """A freshly initialised tiny ``LlamaForCausalLM`` (deterministic from ``seed``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -257,14 +79,6 @@ def _eval_task(spec: ZooSpec, seed: int, n_val: int = 200, n_test: int = 500) ->
     if spec.task == "entity_tracking":
         opts.setdefault("n_boxes", 7)
     return get_task(spec.task, seed=seed, n_train=0, n_val=n_val, n_test=n_test, **opts)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def train(
@@ -479,49 +293,8 @@ def save_zoo_model(
         },
         "learning_curve": state["history"],
         "sha256": {"model.safetensors": sha256(out / "model.safetensors")},
-        "notes": "Trained by `circuitlens zoo train`; recipe in circuitlens/zoo.py.",
+        "notes": "Trained by `circuitlens zoo train`; recipe in circuitlens/zoo/spec.py.",
     }
     atomic_write_text(out / "card.json", json.dumps(card, indent=1))
     log.info("saved %s: test accuracy %.3f", spec.name, test_acc)
     return card
-
-
-# -- the shipped models ----------------------------------------------------------------------------
-def zoo_path(name: str) -> Path:
-    """The directory of an embedded zoo model, checked against its card's sha256."""
-    if name not in ZOO:
-        raise ZooError(f"unknown zoo model {name!r}; the zoo holds: {', '.join(ZOO)}")
-    path = ZOO_DIR / name
-    card_file = path / "card.json"
-    if not card_file.is_file():
-        raise ZooError(
-            f"zoo model {name!r} is not built in {path}; "
-            f"build it with `circuitlens zoo train {name}`"
-        )
-    card = json.loads(card_file.read_text())
-    want = card["sha256"]["model.safetensors"]
-    got = sha256(path / "model.safetensors")
-    if got != want:
-        raise ZooError(
-            f"zoo model {name!r}: model.safetensors has sha256 {got[:12]}..., its card says "
-            f"{want[:12]}...; the file is damaged or was changed. Restore it (git checkout "
-            f"data/zoo/{name}) or rebuild it with `circuitlens zoo train {name}`."
-        )
-    return path
-
-
-def zoo_task(task: str, **options: Any) -> Task:
-    """A task in the prompt format the zoo's models were trained on (theory of mind: no
-    instruction block); ``options`` (seed, split sizes, ...) are passed on."""
-    fmt = next((dict(s.task_options) for s in ZOO.values() if s.task == task), {})
-    return get_task(task, **(fmt | options))
-
-
-def zoo_cards() -> list[dict[str, Any]]:
-    """The model cards of every built zoo model (name order)."""
-    cards = []
-    for name in ZOO:
-        f = ZOO_DIR / name / "card.json"
-        if f.is_file():
-            cards.append(json.loads(f.read_text()))
-    return cards

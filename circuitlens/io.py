@@ -8,6 +8,7 @@ cannot leave an empty file behind it), then renamed over the target with ``os.re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -74,3 +75,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
     atomic_write_with(Path(path), lambda f: torch.save(obj, f))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

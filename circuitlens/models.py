@@ -39,6 +39,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from circuitlens.io import sha256_file
+
 log = logging.getLogger(__name__)
 
 #: the forms every load accepts besides the registered sources' ``"<prefix>:<name>"``
@@ -65,12 +67,16 @@ class Source:
         load: ``load(name, device, dtype)`` -> the model as a bridge, with its card attached.
         names: the names it knows (``circuitlens list``).
         listing: the command that shows its models in detail (``"circuitlens zoo list"``).
+        fingerprint: ``fingerprint(name)`` -> what identifies the weights behind a name (a
+            run directory refuses to mix results of two models under one name); ``None``: the
+            spec itself.
     """
 
     prefix: str
     load: Callable[[str, str | None, torch.dtype], Any]
     names: Callable[[], list[str]]
     listing: str = ""
+    fingerprint: Callable[[str], str] | None = None
 
 
 _SOURCES: dict[str, Source] = {}
@@ -81,8 +87,10 @@ def register_source(
     load: Callable[[str, str | None, torch.dtype], Any],
     names: Callable[[], list[str]],
     listing: str = "",
+    fingerprint: Callable[[str], str] | None = None,
 ) -> None:
-    """Make ``load_model("<prefix>:<name>")`` call ``load(name, device, dtype)``.
+    """Make ``load_model("<prefix>:<name>")`` call ``load(name, device, dtype)`` (and
+    :func:`model_fingerprint` call ``fingerprint(name)``).
 
     A source module calls this when it is imported (registering a prefix again replaces it).
     """
@@ -90,7 +98,22 @@ def register_source(
         raise ValueError(
             f"a source prefix is a name of 2+ letters, digits, - or _ (got {prefix!r})"
         )
-    _SOURCES[prefix] = Source(prefix, load, names, listing)
+    _SOURCES[prefix] = Source(prefix, load, names, listing, fingerprint)
+
+
+def model_fingerprint(spec: str) -> str:
+    """What identifies a model's weights: what its source says for ``"<prefix>:<name>"`` (a
+    zoo model's sha256, a real model's base file and adapter), the sha256 of a directory's
+    ``model.safetensors`` or of a ``.gguf`` file; otherwise the spec itself (a hub name)."""
+    prefix, _, name = spec.partition(":")
+    source = _SOURCES.get(prefix) if name else None
+    if source is not None and source.fingerprint is not None:
+        return source.fingerprint(name)
+    path = Path(spec)
+    for f in (path / "model.safetensors", path):
+        if f.is_file():
+            return "sha256:" + sha256_file(f)
+    return spec
 
 
 def sources() -> dict[str, Source]:

@@ -23,7 +23,6 @@ the prompt format the model was trained on, per task.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -39,6 +38,7 @@ from typing import Any
 
 import torch
 
+from circuitlens.io import sha256_file
 from circuitlens.models import attach_card, boot_bridge, register_source
 
 log = logging.getLogger(__name__)
@@ -214,14 +214,6 @@ def real_names() -> list[str]:
     return [*BASES, *RECIPES]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _quiet_hf() -> Any:
     from transformers.utils import logging as hf_logging
 
@@ -377,7 +369,16 @@ def load_real(name: str, device: str | None = None, dtype: torch.dtype = torch.f
     return attach_card(bridge, {"source": f"real:{name}"} | card)
 
 
-register_source("real", load_real, real_names, listing="circuitlens real list")
+def real_fingerprint(name: str) -> str:
+    """What identifies a real model's weights: its pip base's file and its shipped adapter."""
+    card = real_card(name) or {}
+    base = card.get("base", {}).get("sha256", "?")
+    return f"sha256:{base}+adapter:{card.get('adapter_sha256', 'none')}"
+
+
+register_source(
+    "real", load_real, real_names, listing="circuitlens real list", fingerprint=real_fingerprint
+)
 
 
 # -- building ------------------------------------------------------------------------------

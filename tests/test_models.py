@@ -124,6 +124,26 @@ def test_a_registered_source_is_loaded_by_its_prefix(monkeypatch, tiny_bridge) -
         models.register_source("x", load, list)
 
 
+def test_fingerprints_come_from_the_source(monkeypatch, tmp_path) -> None:
+    from circuitlens.io import sha256_file
+    from circuitlens.zoo import zoo_path
+
+    monkeypatch.setattr(models, "_SOURCES", dict(models._SOURCES))
+    models.register_source("fp", lambda *a: None, list, fingerprint=lambda name: f"id:{name}")
+    models.register_source("plain", lambda *a: None, list)
+    assert models.model_fingerprint("fp:a") == "id:a"
+    assert models.model_fingerprint("plain:a") == "plain:a"  # no fingerprint: the spec itself
+    weights = zoo_path("entity-tracking-student") / "model.safetensors"
+    assert models.model_fingerprint("zoo:entity-tracking-student") == "sha256:" + sha256_file(
+        weights
+    )
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"abc")  # sha256 of "abc", by hand
+    assert models.model_fingerprint(str(f)) == (
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+
+
 def test_unknown_zoo_name_lists_the_zoo() -> None:
     with pytest.raises(ZooError, match="entity-tracking-teacher"):
         load_model("zoo:gpt-5")

@@ -9,6 +9,7 @@ import torch
 
 import circuitlens.zoo as zoo
 from circuitlens import evaluate, get_task, load_model, model_facts
+from circuitlens.io import sha256_file
 
 
 def test_vocabulary_covers_both_tasks(zoo_tokenizer) -> None:
@@ -78,7 +79,7 @@ def test_train_is_reproducible_and_resumable(tmp_path, monkeypatch) -> None:
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert card["steps_trained"] == 12 and len(card["learning_curve"]) == 3
-    assert card["sha256"]["model.safetensors"] == zoo.sha256(tmp_path / "a" / "model.safetensors")
+    assert card["sha256"]["model.safetensors"] == sha256_file(tmp_path / "a" / "model.safetensors")
     # interrupt during step 10 (the last checkpoint is at step 8), then resume: the final
     # training state equals the uninterrupted run's
     real_batch, calls = zoo.build.training_batch, {"n": 0}

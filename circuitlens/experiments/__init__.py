@@ -24,7 +24,8 @@ from circuitlens.experiments.config import (
     ExperimentConfig,
 )
 from circuitlens.experiments.result import ExperimentResult
-from circuitlens.experiments.runner import model_fingerprint, run_experiment
+from circuitlens.experiments.runner import run_experiment
+from circuitlens.models import model_fingerprint
 
 __all__ = [
     "ALL_CONDITIONS",

@@ -19,7 +19,7 @@ from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import map_heads, random_map
-from circuitlens.models import load_model, model_facts
+from circuitlens.models import load_model, model_facts, model_fingerprint
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
 from circuitlens.progress import heartbeat
 from circuitlens.rundir import run_directory
@@ -68,27 +68,6 @@ def _format_accuracy(model: Any, formats: dict[str, Task], n: int) -> dict[str, 
 
 def _correct(model: Any, task: Task, n: int) -> list[int]:
     return [int(x) for x in prompt_scores(model, task, "test", n).tolist()]
-
-
-def model_fingerprint(spec: str) -> str:
-    """What identifies a model's weights: the sha256 of a zoo model, of a real model's base
-    file and adapter, or of a directory's ``model.safetensors`` / a ``.gguf`` file; otherwise
-    the spec itself (a hub name)."""
-    from circuitlens.zoo import sha256, zoo_path
-
-    if spec.startswith("zoo:"):
-        return "sha256:" + sha256(zoo_path(spec[4:]) / "model.safetensors")
-    if spec.startswith("real:"):  # the pip base's file and the shipped adapter
-        from circuitlens.real import real_card
-
-        card = real_card(spec[5:]) or {}
-        base = card.get("base", {}).get("sha256", "?")
-        return f"sha256:{base}+adapter:{card.get('adapter_sha256', 'none')}"
-    path = Path(spec)
-    for f in (path / "model.safetensors", path):
-        if f.is_file():
-            return "sha256:" + sha256(f)
-    return spec
 
 
 def _fingerprints(cfg: ExperimentConfig, task_name: str) -> dict[str, str]:

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from circuitlens.io import atomic_torch_save, atomic_write_text
+from circuitlens.io import atomic_torch_save, atomic_write_text, sha256_file
 from circuitlens.tasks import get_task
 from circuitlens.tasks.base import Task
 from circuitlens.zoo.batches import training_batch
-from circuitlens.zoo.spec import CARD_SEED, ZOO, ZOO_DIR, ZooArch, ZooError, ZooSpec, sha256
+from circuitlens.zoo.spec import CARD_SEED, ZOO, ZOO_DIR, ZooArch, ZooError, ZooSpec
 from circuitlens.zoo.tokenizer import SPECIALS, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def save_zoo_model(
             "first_token_accuracy": test_acc,
         },
         "learning_curve": state["history"],
-        "sha256": {"model.safetensors": sha256(out / "model.safetensors")},
+        "sha256": {"model.safetensors": sha256_file(out / "model.safetensors")},
         "notes": "Trained by `circuitlens zoo train`; recipe in circuitlens/zoo/spec.py.",
     }
     atomic_write_text(out / "card.json", json.dumps(card, indent=1))

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from circuitlens.io import sha256_file
 from circuitlens.models import attach_card, load_dir, register_source
 from circuitlens.zoo.spec import ZOO, zoo_path
 
@@ -27,4 +28,10 @@ def load_zoo(name: str, device: str | None = None, dtype: torch.dtype = torch.fl
     return attach_card(load_dir(path, device, dtype), zoo_card(name, path))
 
 
-register_source("zoo", load_zoo, lambda: list(ZOO), listing="circuitlens zoo list")
+register_source(
+    "zoo",
+    load_zoo,
+    lambda: list(ZOO),
+    listing="circuitlens zoo list",
+    fingerprint=lambda name: "sha256:" + sha256_file(zoo_path(name) / "model.safetensors"),
+)

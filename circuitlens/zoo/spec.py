@@ -7,12 +7,12 @@ produced (architecture, recipe, steps, accuracy, the sha256 of the weights, chec
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuitlens.io import sha256_file
 from circuitlens.tasks import get_task
 from circuitlens.tasks.base import Task
 
@@ -143,15 +143,6 @@ ZOO: dict[str, ZooSpec] = {
 }
 
 
-def sha256(path: Path) -> str:
-    """The hex sha256 of a file (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -- the shipped models ----------------------------------------------------------------------------
 def zoo_path(name: str) -> Path:
     """The directory of an embedded zoo model, checked against its card's sha256."""
@@ -166,7 +157,7 @@ def zoo_path(name: str) -> Path:
         )
     card = json.loads(card_file.read_text())
     want = card["sha256"]["model.safetensors"]
-    got = sha256(path / "model.safetensors")
+    got = sha256_file(path / "model.safetensors")
     if got != want:
         raise ZooError(
             f"zoo model {name!r}: model.safetensors has sha256 {got[:12]}..., its card says "

@@ -28,7 +28,8 @@ def _run(which: str, mode: str, n: int, hpp: int, q: mp.Queue) -> None:
     import torch
 
     from circuitlens import get_task
-    from circuitlens.ablation import ablated_scores, compute_means, mean_ablated
+    from circuitlens.ablation import ablated_scores
+    from circuitlens.mean_ablation import compute_means, mean_ablated
     from circuitlens.models import model_facts
     from circuitlens.tasks.metrics import accuracy
     from circuitlens.types import Head

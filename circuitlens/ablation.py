@@ -9,10 +9,11 @@ a teacher's impact is measured against the student's unablated performance,
 Positions are counted from the start of the prompt. Prompts of unequal length (right-padded)
 are allowed: the mean at a position is over the reference prompts long enough to have it.
 
-The sweep starts each forward pass at the ablated head's layer from the cached clean residual
-stream (earlier blocks cannot see the ablation, so their compute is skipped), and can put
-several heads of one layer in one pass (``heads_per_pass``: the batch is repeated once per head,
-each copy ablating its own head). Batching pays on a GPU, not on a CPU (benchmarks/).
+The sweep runs on the intervention engine (:func:`circuitlens.interventions.sweep`): each forward
+pass starts at the ablated head's layer from the cached clean residual stream (earlier blocks
+cannot see the ablation, so their compute is skipped), and several heads of one layer can share
+a pass (``heads_per_pass``: the batch is repeated once per head, each copy ablating its own
+head). Batching pays on a GPU, not on a CPU (benchmarks/).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from circuitlens.hooks import hooked, resid_pre_name, run_from_layer, z_name
+from circuitlens.hooks import resid_pre_name
+from circuitlens.interventions import Mean, Replacement, sweep
 from circuitlens.mean_ablation import _check_means, compute_means
 from circuitlens.models import model_facts
 from circuitlens.screening import (
@@ -290,37 +291,18 @@ def scores_from_resid(
 ) -> Float[Tensor, " n_heads"] | Float[Tensor, "n_heads n"]:
     """:func:`ablated_scores` from the clean residual stream entering each head's layer
     (``resid[layer]``, from a run the caller made), so that several calls share one run."""
-    n = len(batch)
     device = model_device(model)
     if heads_per_pass is None:
         heads_per_pass = 8 if device.type == "cuda" else 1
-    layers = sorted({h.layer for h in heads})
+
+    def scores(logits: Tensor) -> Tensor:
+        return _per_example(metric, logits, batch).float().cpu()
+
+    copies = [[Replacement(Mean(means), [h])] for h in heads]
     last = batch.positions["last"].to(device)
-    width = batch.tokens.shape[1]
-    out = torch.empty(len(heads), n)
-    index = {h: i for i, h in enumerate(heads)}
-    chunks = [
-        [h for h in heads if h.layer == layer][i : i + heads_per_pass]
-        for layer in layers
-        for i in range(0, sum(h.layer == layer for h in heads), heads_per_pass)
-    ]
-    for chunk in tqdm(chunks, desc="ablation sweep", disable=not progress):
-        layer = chunk[0].layer
-        m = means[layer, :width]
-
-        def hook(z: Tensor, hook: Any, chunk: list = chunk, m: Tensor = m) -> Tensor:
-            z = z.clone()
-            for k, h in enumerate(chunk):
-                z[k * n : (k + 1) * n, :, h.head] = m[:, h.head].to(z.device, z.dtype)
-            return z
-
-        x = resid[layer].repeat(len(chunk), 1, 1)  # copy k ablates chunk[k]
-        with hooked(model, [(z_name(layer), hook)]):
-            logits = run_from_layer(model, x, layer, last.repeat(len(chunk)))
-        scores = _per_example(metric, logits, batch.repeat(len(chunk))).view(len(chunk), n).float()
-        for k, h in enumerate(chunk):
-            out[index[h]] = scores[k].cpu()
-    return out.mean(1) if reduce else out
+    out = sweep(model, resid, copies, scores, heads_per_pass, last, progress, "ablation sweep")
+    per_prompt = torch.stack(out) if out else torch.empty(0, len(batch))
+    return per_prompt.mean(1) if reduce else per_prompt
 
 
 def bootstrap_delta(

@@ -31,13 +31,23 @@ def hook_layer(hook: Any) -> int:
     return int(m.group(1))
 
 
+def act_name(site: str, layer: int) -> str:
+    """The hook of activation ``site`` in block ``layer`` (TransformerLens' ``get_act_name``):
+    ``z``, ``q``, ``k``, ``v``, ``pattern`` (``blocks.{l}.attn.hook_{site}``), ``mlp_out``,
+    ``resid_pre`` (``blocks.{l}.hook_{site}``)...: the one place hook names are built."""
+    # imported here: importing TransformerLens takes seconds, and a caller has loaded a model
+    from transformer_lens.utilities import get_act_name
+
+    return get_act_name(site, layer)
+
+
 def z_name(layer: int) -> str:
     """The hook of layer ``layer``'s head outputs (the input of W_O)."""
-    return f"blocks.{layer}.attn.hook_z"
+    return act_name("z", layer)
 
 
 def resid_pre_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
+    return act_name("resid_pre", layer)
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 Mean ablation replaces a head's output ``z`` (the input of W_O, hook ``blocks.{l}.attn.hook_z``)
 by its mean over a reference set, separately at each token position. Prompts of unequal length
 (right-padded) are allowed: the mean at a position is over the reference prompts long enough to
-have it. The sweep that measures every head's impact is :mod:`circuitlens.ablation`.
+have it. The replacement is the intervention engine's :class:`circuitlens.interventions.Mean`;
+the sweep that measures every head's impact is :mod:`circuitlens.ablation`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitlens.hooks import hook_layer, hooked, z_name
+from circuitlens.hooks import z_name
+from circuitlens.interventions import Mean, Replacement, replaced
 from circuitlens.models import model_facts
 from circuitlens.tasks.metrics import model_device, no_logits
 from circuitlens.types import Head, parse_heads
@@ -73,26 +75,6 @@ def _check_means(model: Any, means: Tensor) -> None:
         )
 
 
-def _z_hook(heads: dict[int, list[int]], means: Tensor, rows: slice | None = None) -> Any:
-    def hook(z: Tensor, hook: Any) -> Tensor:
-        layer = hook_layer(hook)
-        if z.shape[1] > means.shape[1]:
-            raise ValueError(
-                f"prompts of {z.shape[1]} tokens, but the means cover only {means.shape[1]} "
-                "positions: compute them on prompts at least as long"
-            )
-        m = means[layer, : z.shape[1]].to(z.device, z.dtype)  # [pos, head_index, d_head]
-        z = z.clone()
-        for h in heads.get(layer, []):
-            if rows is None:
-                z[:, :, h] = m[:, h]
-            else:
-                z[rows, :, h] = m[:, h]
-        return z
-
-    return hook
-
-
 @contextmanager
 def mean_ablated(
     model: Any,
@@ -113,10 +95,6 @@ def mean_ablated(
     """
     _check_means(model, means)
     f = model_facts(model)
-    by_layer: dict[int, list[int]] = {}
-    for h in parse_heads(heads):
-        h.check(f.n_layers, f.n_heads)
-        by_layer.setdefault(h.layer, []).append(h.head)
-    hook = _z_hook(by_layer, means)
-    with hooked(model, [(z_name(layer), hook) for layer in by_layer]):
+    chosen = [h.check(f.n_layers, f.n_heads) for h in parse_heads(heads)]
+    with replaced(model, [[Replacement(Mean(means), chosen)]]):
         yield model

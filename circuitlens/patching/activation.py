@@ -7,12 +7,13 @@ the behaviour. ``component`` picks the activation: ``z`` (head output), ``q``, `
 (``k``/``v`` index K/V heads under grouped-query attention) or ``pattern``. With
 ``per_position=True`` each (head, position) is patched alone (the pattern: each destination).
 
-Speed: each forward pass starts at the patched layer from the corrupted residual stream (the
-earlier blocks cannot see the patch, so their compute is skipped); on a GPU several patches of
-one layer also share a pass (the corrupted batch repeated once per patch, the metric applied to
-each copy's logits). On a CPU, batching does not pay (benchmarks/), so it defaults to 1 there.
-The scores equal TransformerLens' one-forward-per-head functions
-(``get_act_patch_attn_head_out_all_pos`` and friends), which the tests use as the reference.
+Speed (the intervention engine, :func:`circuitlens.interventions.sweep`): each forward pass
+starts at the patched layer from the corrupted residual stream (the earlier blocks cannot see
+the patch, so their compute is skipped); on a GPU several patches of one layer also share a pass
+(the corrupted batch repeated once per patch, the metric applied to each copy's logits). On a
+CPU, batching does not pay (benchmarks/), so it defaults to 1 there. The scores equal
+TransformerLens' one-forward-per-head functions (``get_act_patch_attn_head_out_all_pos`` and
+friends), which the tests use as the reference.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from circuitlens.hooks import hooked, resid_pre_name, run_from_layer
+from circuitlens.hooks import act_name, resid_pre_name
+from circuitlens.interventions import Patch, Replacement, sweep
 from circuitlens.models import model_facts
 from circuitlens.tasks.metrics import keep_positions, model_device
 from circuitlens.types import Head, parse_heads
 
-COMPONENTS = {"z": "hook_z", "q": "hook_q", "k": "hook_k", "v": "hook_v", "pattern": "hook_pattern"}
+COMPONENTS = ("z", "q", "k", "v", "pattern")
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,6 @@ class PatchingResult:
         }
 
 
-def _hook_name(component: str, layer: int) -> str:
-    return f"blocks.{layer}.attn.{COMPONENTS[component]}"
-
-
 def activation_patch(
     model: Any,
     clean: Int[Tensor, "batch pos"],
@@ -124,10 +121,10 @@ def activation_patch(
     n_heads = f.n_kv_heads if component in ("k", "v") else f.n_heads
     device = model_device(model)
     clean, corrupted = clean.to(device), corrupted.to(device)
-    n, width = corrupted.shape
+    width = corrupted.shape[1]
     if patches_per_pass is None:
         patches_per_pass = 8 if device.type == "cuda" else 1
-    names = {_hook_name(component, layer) for layer in range(f.n_layers)}
+    names = {act_name(component, layer) for layer in range(f.n_layers)}
     resid_names = {resid_pre_name(layer) for layer in range(f.n_layers)}
     keep: dict[str, Any] = {}
     if positions is not None:  # the unpatched runs compute their logits at positions only
@@ -140,53 +137,25 @@ def activation_patch(
         )
     if positions is not None:
         clean_logits, corrupted_logits = gather(clean_logits), gather(corrupted_logits)
-    # every patch: (layer, head, position or None); a pass holds patches of one layer and
-    # starts at that layer from the corrupted residual stream (earlier blocks are unaffected)
+    # every patch: (head, position or None), each in its own copy of the corrupted batch, run
+    # from its layer (earlier blocks are unaffected)
     wanted = None if heads is None else {(h.layer, h.head) for h in parse_heads(list(heads))}
-    per_layer = [
-        [
-            (layer, h, p)
-            for h in range(n_heads)
-            if wanted is None or (layer, h) in wanted
-            for p in (range(width) if per_position else [None])
-        ]
+    patches = [
+        (Head(layer, h), p)
         for layer in range(f.n_layers)
+        for h in range(n_heads)
+        if wanted is None or (layer, h) in wanted
+        for p in (range(width) if per_position else [None])
     ]
-    chunks = [
-        patches[i : i + patches_per_pass]
-        for patches in per_layer
-        for i in range(0, len(patches), patches_per_pass)
-    ]
+    copies = [[Replacement(Patch(cache), [h], site=component, position=p)] for h, p in patches]
+    resid = {layer: corr[resid_pre_name(layer)] for layer in range(f.n_layers)}
+    values = sweep(
+        model, resid, copies, metric, patches_per_pass, positions, progress, f"patch {component}"
+    )
     n_pos = width if per_position else 1
     scores = torch.full((f.n_layers * n_heads * n_pos,), float("nan"))
-    head_axis = 1 if component == "pattern" else 2  # pattern: [batch, head, dest, src]
-    for chunk in tqdm(chunks, desc=f"patch {component}", disable=not progress):
-        layer = chunk[0][0]
-        src = cache[_hook_name(component, layer)]
-
-        def hook(act: Tensor, hook: Any, src: Tensor = src, chunk: list = chunk) -> Tensor:
-            act = act.clone()
-            for k, (_, h, pos) in enumerate(chunk):
-                rows = slice(k * n, (k + 1) * n)
-                if head_axis == 2:
-                    if pos is None:
-                        act[rows, :, h] = src[:, :, h]
-                    else:
-                        act[rows, pos, h] = src[:, pos, h]
-                elif pos is None:
-                    act[rows, h] = src[:, h]
-                else:
-                    act[rows, h, pos] = src[:, h, pos]
-            return act
-
-        resid = corr[resid_pre_name(layer)].repeat(len(chunk), 1, 1)
-        with torch.no_grad(), hooked(model, [(_hook_name(component, layer), hook)]):
-            logits = run_from_layer(
-                model, resid, layer, None if positions is None else positions.repeat(len(chunk))
-            )
-        for k, (_, h, pos) in enumerate(chunk):
-            flat = (layer * n_heads + h) * n_pos + (pos or 0)
-            scores[flat] = float(metric(logits[k * n : (k + 1) * n]))
+    for (h, p), value in zip(patches, values, strict=True):
+        scores[(h.layer * n_heads + h.head) * n_pos + (p or 0)] = float(value)
     shape = (f.n_layers, n_heads, width) if per_position else (f.n_layers, n_heads)
     axes = ("layer", "head", "pos") if per_position else ("layer", "head")
     return PatchingResult(

@@ -21,7 +21,9 @@ all prompts are used when the model gets none right).
 Choices of ours: in runs 2 and 3 MLPs recompute (except for ``via="logits"``); senders are
 patched at every position, receivers only at ``positions`` (one index per prompt); under
 grouped-query attention a ``k``/``v`` receiver is the K/V head the receiver query head reads,
-so patching it reaches its group siblings too.
+so patching it reaches its group siblings too. Runs 2 and 3 are replacements of the
+intervention engine (:mod:`circuitlens.interventions`), several senders to a pass
+(``senders_per_pass``), each in its own copy of the prompts.
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitlens.hooks import hook_layer, hooked, z_name
+from circuitlens.hooks import act_name
+from circuitlens.interventions import Patch, Replacement, replaced, run_replaced
 from circuitlens.models import model_facts
 from circuitlens.tasks import PromptBatch
 from circuitlens.tasks.metrics import (
     accuracy,
     answer_prob,
     keep_positions,
-    logits_at,
+    make_metric,
     model_device,
     no_logits,
 )
@@ -76,14 +79,6 @@ class PathPatchingResult:
         """The ``k`` senders with the most negative scores."""
         order = torch.argsort(self.scores, stable=True)[:k]
         return [self.senders[i] for i in order.tolist()]
-
-
-def _mlp_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
-
-
-def _input_name(via: str, layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_{via}"
 
 
 def _receiver_index(h: Head, via: str, group: int) -> int:
@@ -146,8 +141,9 @@ def path_patch(
     tokens = batch.tokens.to(device)
     n = tokens.shape[0]
     pos = batch.positions[position].to(device)
-    z_names = {z_name(layer) for layer in range(f.n_layers)}
-    mlp_names = {_mlp_name(layer) for layer in range(f.n_layers)}
+    layers = range(f.n_layers)
+    z_names = {act_name("z", layer) for layer in layers}
+    mlp_names = {act_name("mlp_out", layer) for layer in layers}
     last = batch.positions["last"].to(device)
     keep, gather = keep_positions(model, last)  # the metric reads the last position only
     with torch.no_grad():
@@ -165,59 +161,39 @@ def path_patch(
     # right (all prompts if it gets none right)
     right = accuracy(clean_logits, batch, reduce=False).bool()
     keep = right if bool(right.any()) else torch.ones_like(right)
-    recv_layers = sorted({h.layer for h in receivers})
+    # run 2 freezes every head to its clean z, the sender to its corrupted z (and, via the
+    # logits, every MLP to its clean output); run 3 patches the receivers' inputs from run 2
+    frozen = [Replacement(Patch(clean), layers=layers)]
+    if via == "logits":
+        frozen.append(Replacement(Patch(clean), layers=layers, site="mlp_out"))
+    inputs = {act_name(via, h.layer) for h in receivers}
     scores = torch.empty(len(senders))
     chunks = [senders[i : i + senders_per_pass] for i in range(0, len(senders), senders_per_pass)]
     for c, chunk in enumerate(tqdm(chunks, desc=f"path patch via {via}", disable=not progress)):
         m = len(chunk)
-
-        def freeze_z(z: Tensor, hook: Any, chunk: list = chunk, m: int = m) -> Tensor:
-            # hook.name may be the canonical name behind the alias: index by layer
-            layer = hook_layer(hook)
-            out = clean[z_name(layer)].repeat(m, 1, 1, 1).clone()
-            for k, s in enumerate(chunk):
-                if s.layer == layer:
-                    out[k * n : (k + 1) * n, :, s.head] = corr[z_name(layer)][:, :, s.head]
-            return out
-
-        hooks = [(name, freeze_z) for name in z_names]
+        copies = [[*frozen, Replacement(Patch(corr), [s])] for s in chunk]
         if via == "logits":
-            hooks += [
-                (
-                    name,
-                    lambda x, hook, m=m: clean[_mlp_name(hook_layer(hook))].repeat(m, 1, 1),
-                )
-                for name in mlp_names
-            ]
-            with torch.no_grad(), hooked(model, hooks):
-                logits = logits_at(model, tokens.repeat(m, 1), last.repeat(m))
+            prob = make_metric("prob", batch, reduce=False)
+            p = torch.stack(run_replaced(model, tokens, copies, prob, last))
         else:
-            recorded: dict[int, Tensor] = {}
-
-            def record(x: Tensor, hook: Any, recorded: dict = recorded) -> None:
-                recorded[hook_layer(hook)] = x.detach()
-
-            hooks += [(_input_name(via, layer), record) for layer in recv_layers]
-            with torch.no_grad(), hooked(model, hooks):
-                model(tokens.repeat(m, 1), **no_logits(model))
-
-            def patch_input(x: Tensor, hook: Any, m: int = m, recorded: dict = recorded) -> Tensor:
-                layer = hook_layer(hook)
-                x = x.clone()
-                big_rows = torch.arange(m * n, device=x.device)
-                big_pos = pos.repeat(m)
-                for h in receivers:
-                    if h.layer == layer:
-                        i = _receiver_index(h, via, f.group_size)
-                        x[big_rows, big_pos, i] = recorded[layer][big_rows, big_pos, i]
-                return x
-
-            with (
-                torch.no_grad(),
-                hooked(model, [(_input_name(via, layer), patch_input) for layer in recv_layers]),
-            ):
-                logits = logits_at(model, tokens.repeat(m, 1), last.repeat(m))
-        p = answer_prob(logits, batch.repeat(m), reduce=False).view(m, n)
+            with torch.no_grad(), replaced(model, copies):
+                _, sent = model.run_with_cache(
+                    tokens.repeat(m, 1), names_filter=lambda x: x in inputs, **no_logits(model)
+                )
+            received = Replacement(
+                Patch(sent),
+                [Head(h.layer, _receiver_index(h, via, f.group_size)) for h in receivers],
+                site=via,
+                position=pos.repeat(m),
+            )
+            (p,) = run_replaced(
+                model,
+                tokens.repeat(m, 1),
+                [[received]],
+                make_metric("prob", batch.repeat(m), reduce=False),
+                last.repeat(m),
+            )
+            p = p.view(m, n)
         rel = ((p - p_clean[None]) / p_clean[None].clamp(min=1e-12))[:, keep].mean(1)
         scores[c * senders_per_pass : c * senders_per_pass + m] = rel.cpu()
     return PathPatchingResult(

@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitlens.hooks import HookFn, act_name, hooked, run_from_layer
+from circuitlens.hooks import HookFn, act_name, hook_layer, hooked, run_from_layer
 from circuitlens.tasks.metrics import logits_at, model_logits
 from circuitlens.types import Head, parse_heads
 
@@ -260,3 +260,29 @@ def sweep(
         for i, score in zip(chunk, scores, strict=True):
             out[i] = score
     return out
+
+
+class ZTaps:
+    """Every layer's ``z`` opened for its gradient (attribution patching, screening): hooks that
+    add a zero to ``z`` (not a leaf swapped in), so that the gradient by the zero is the total
+    derivative by ``z``, through the later heads too (a detached leaf would cut those paths).
+    After a forward with :attr:`hooks` and a backward, ``z[layer]`` holds the layer's head
+    outputs and :meth:`deltas` the tensors to differentiate by."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.n_layers = n_layers
+        self.z: dict[int, Tensor] = {}
+        self.delta: dict[int, Tensor] = {}
+        self.hooks: list[tuple[str, HookFn]] = [
+            (act_name("z", layer), self._open) for layer in range(n_layers)
+        ]
+
+    def _open(self, z: Tensor, hook: Any) -> Tensor:
+        layer = hook_layer(hook)
+        self.z[layer] = z.detach()
+        self.delta[layer] = torch.zeros_like(z, requires_grad=True)
+        return z + self.delta[layer]
+
+    def deltas(self) -> list[Tensor]:
+        """The added zeros, layer by layer: ``torch.autograd.grad(value, taps.deltas())``."""
+        return [self.delta[layer] for layer in range(self.n_layers)]

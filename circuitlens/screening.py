@@ -47,7 +47,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.hooks import hook_layer, hooked, resid_pre_name, z_name
+from circuitlens.hooks import hook_layer, hooked, resid_pre_name
+from circuitlens.interventions import ZTaps
 from circuitlens.models import model_facts
 from circuitlens.tasks import PromptBatch
 from circuitlens.tasks.metrics import METRICS, answer_logits, logits_at, model_device
@@ -111,26 +112,18 @@ def screen_heads(
     tokens = batch.tokens.to(device)
     n, width = tokens.shape
     last = batch.positions["last"].to(device)
-    zs: dict[int, Tensor] = {}
-    deltas: dict[int, Tensor] = {}
     resid: dict[int, Tensor] = {}
-
-    def open_z(z: Tensor, hook: Any) -> Tensor:
-        layer = hook_layer(hook)
-        zs[layer] = z.detach()
-        # a zero added, not a leaf swapped in: d/d(delta) is the total derivative by z
-        deltas[layer] = torch.zeros_like(z, requires_grad=True)
-        return z + deltas[layer]
 
     def keep_resid(x: Tensor, hook: Any) -> None:
         resid[hook_layer(hook)] = x.detach()
 
-    hooks = [(z_name(layer), open_z) for layer in range(f.n_layers)]
-    hooks += [(resid_pre_name(layer), keep_resid) for layer in range(f.n_layers)]
+    taps = ZTaps(f.n_layers)
+    hooks = taps.hooks + [(resid_pre_name(layer), keep_resid) for layer in range(f.n_layers)]
     with torch.enable_grad(), hooked(model, hooks):
         logits = logits_at(model, tokens, last)
         s = _score(metric, screen, logits, batch)
-        grads = torch.autograd.grad(s.sum(), [deltas[layer] for layer in range(f.n_layers)])
+        grads = torch.autograd.grad(s.sum(), taps.deltas())
+    zs = taps.z
     s = s.detach()
     wide = torch.promote_types(zs[0].dtype, torch.float32)  # half-precision models: in float32
     ds = torch.stack(

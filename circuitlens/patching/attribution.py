@@ -16,7 +16,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from circuitlens.hooks import hook_layer, hooked, z_name
+from circuitlens.hooks import hooked, z_name
+from circuitlens.interventions import ZTaps
 from circuitlens.models import model_facts
 from circuitlens.patching.activation import PatchingConfig, PatchingResult, activation_patch
 from circuitlens.screening import default_margin, settled, verification_order
@@ -57,20 +58,11 @@ def attribution_patch(
     with torch.no_grad():
         clean_logits, cache = model.run_with_cache(clean, names_filter=lambda x: x in names, **keep)
         clean_logits = gather(clean_logits)
-    deltas: dict[int, Tensor] = {}
-    zs: dict[int, Tensor] = {}
-
-    def open_z(z: Tensor, hook: Any) -> Tensor:
-        # a zero added (not a leaf swapped in) so that d/d(delta) is the total derivative by z,
-        # through the later heads too (a detached leaf at every layer would cut those paths)
-        layer = hook_layer(hook)
-        zs[layer] = z.detach()
-        deltas[layer] = torch.zeros_like(z, requires_grad=True)
-        return z + deltas[layer]
-
-    with torch.enable_grad(), hooked(model, [(n, open_z) for n in names]):
+    taps = ZTaps(f.n_layers)
+    with torch.enable_grad(), hooked(model, taps.hooks):
         value = metric(gather(model_logits(model, corrupted, **keep)))
-        grads = torch.autograd.grad(value, [deltas[layer] for layer in range(f.n_layers)])
+        grads = torch.autograd.grad(value, taps.deltas())
+    zs = taps.z
     scores = torch.stack(
         [
             ((cache[z_name(layer)] - zs[layer]) * grads[layer]).sum((0, 1, 3))

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
@@ -412,17 +413,17 @@ def ablation_sweep(
         own, scores, exact, estimated, per_prompt = _screened(
             model, batch, heads, means, config, verify
         )
-        estimated = estimated.view(f.n_layers, f.n_heads)
+        estimated = rearrange(estimated, "(layer head) -> layer head", head=f.n_heads)
     base = own if baseline_from is None else prompt_scores(baseline_from, task, split, n, metric)
     p_own, p_base = float(own.double().mean()), float(base.double().mean())
-    p_abl = scores.view(f.n_layers, f.n_heads)
+    p_abl = rearrange(scores, "(layer head) -> layer head", head=f.n_heads)
     delta = p_base - p_abl
     ci = None
     if n_boot:
         # measured heads only: an estimate has no per-prompt scores (NaN: no interval)
         ci = torch.full((2, len(heads)), float("nan"))
         ci[:, exact] = bootstrap_delta(base, per_prompt, n_boot, ci_level)
-        ci = ci.view(2, f.n_layers, f.n_heads)
+        ci = rearrange(ci, "bound (layer head) -> bound layer head", head=f.n_heads)
     if float(delta.max() - delta.min()) == 0.0:
         log.warning(
             "every head has the same impact (%.3f): the model's %s does not depend on "
@@ -439,7 +440,7 @@ def ablation_sweep(
         model_name=str(name),
         config=config,
         delta_ci=ci,
-        exact=exact.view(f.n_layers, f.n_heads),
+        exact=rearrange(exact, "(layer head) -> layer head", head=f.n_heads),
         estimated=estimated,
     )
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Int
 from torch import Tensor
 
@@ -134,12 +135,12 @@ def screened_activation_patch(
             exact[i] = True
             measured[i] = float(scores[i]) - res.corrupted_score
     return PatchingResult(
-        scores=scores.view(f.n_layers, f.n_heads),
+        scores=rearrange(scores, "(layer head) -> layer head", head=f.n_heads),
         clean_score=atp.clean_score,
         corrupted_score=atp.corrupted_score,
         axis_names=("layer", "head"),
         config=PatchingConfig("z", False, patches_per_pass),
-        exact=exact.view(f.n_layers, f.n_heads),
+        exact=rearrange(exact, "(layer head) -> layer head", head=f.n_heads),
     )
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -139,7 +140,6 @@ def path_patch(
     f = model_facts(model)
     device = model_device(model)
     tokens = batch.tokens.to(device)
-    n = tokens.shape[0]
     pos = batch.positions[position].to(device)
     layers = range(f.n_layers)
     z_names = {act_name("z", layer) for layer in layers}
@@ -193,7 +193,7 @@ def path_patch(
                 make_metric("prob", batch.repeat(m), reduce=False),
                 last.repeat(m),
             )
-            p = p.view(m, n)
+            p = rearrange(p, "(copy prompt) -> copy prompt", copy=m)
         rel = ((p - p_clean[None]) / p_clean[None].clamp(min=1e-12))[:, keep].mean(1)
         scores[c * senders_per_pass : c * senders_per_pass + m] = rel.cpu()
     return PathPatchingResult(

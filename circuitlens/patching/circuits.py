@@ -88,15 +88,29 @@ def _keep(result: Any, top_k: int, min_effect: float) -> list[Head]:
     return [result.senders[i] for i in order[:top_k] if result.scores[i] < -min_effect]
 
 
-@torch.no_grad()
-def circuit_accuracy(
-    model: Any, task: Task, heads: list[Head], n: int = 100, split: str = "test"
-) -> float:
-    """Accuracy with every head outside ``heads`` mean-ablated (task ablation prompts)."""
+def _ablation_means(model: Any, task: Task, n: int, split: str = "test") -> torch.Tensor:
     batch = task.batch(model, split, n)
     if batch.ablation_tokens is None:
         raise ValueError(f"task {task.name!r} has no ablation prompts to take means from")
-    means = compute_means(model, batch.ablation_tokens)
+    with torch.no_grad():
+        return compute_means(model, batch.ablation_tokens)
+
+
+@torch.no_grad()
+def circuit_accuracy(
+    model: Any,
+    task: Task,
+    heads: list[Head],
+    n: int = 100,
+    split: str = "test",
+    means: torch.Tensor | None = None,
+) -> float:
+    """Accuracy with every head outside ``heads`` mean-ablated (task ablation prompts).
+    ``means``: the heads' means over those prompts, when already computed (the search for a
+    circuit measures many head sets on the same prompts)."""
+    batch = task.batch(model, split, n)
+    if means is None:
+        means = _ablation_means(model, task, n, split)
     keep = set(heads)
     outside = [h for h in _all_heads(model) if h not in keep]
     with mean_ablated(model, outside, means):
@@ -120,12 +134,13 @@ def _prune(
     model: Any, task: Task, groups: dict[str, list[Head]], cfg: CircuitConfig
 ) -> dict[str, list[Head]]:
     heads = [h for hs in groups.values() for h in hs]
-    base = circuit_accuracy(model, task, heads, cfg.n)
+    means = _ablation_means(model, task, cfg.n)
+    base = circuit_accuracy(model, task, heads, cfg.n, means=means)
     for h in reversed(list(dict.fromkeys(heads))):  # the weakest (last kept) first
         rest = [x for x in heads if x != h]
         if not rest:
             break
-        acc = circuit_accuracy(model, task, rest, cfg.n)
+        acc = circuit_accuracy(model, task, rest, cfg.n, means=means)
         if base - acc <= cfg.prune_tol:
             log.info("pruned %s: circuit accuracy %.3f -> %.3f", h, base, acc)
             heads, base = rest, acc
@@ -147,8 +162,11 @@ def _complete(
     # measured heads only (a screened sweep, on a large model, estimates the rest)
     order = sorted(sweep.exact_heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
     support: list[Head] = []
+    means = _ablation_means(model, task, cfg.n)
     for h in order:
-        if circuit_accuracy(model, task, heads + support, cfg.n) >= cfg.complete_to * full:
+        if circuit_accuracy(model, task, heads + support, cfg.n, means=means) >= (
+            cfg.complete_to * full
+        ):
             break
         if h not in heads and len(support) < cfg.max_support:
             support.append(h)

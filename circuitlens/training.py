@@ -433,10 +433,11 @@ class CircuitTrainer:
         capture = self._capture
         self._capture = True
         try:
-            _, sb, tb, saved, tout = self._forward(prompts)
+            with torch.no_grad():  # a measurement: no graph through the student
+                _, sb, tb, saved, tout = self._forward(prompts)
+                xs, ys = self._pair_activations(sb, tb, saved, tout)
         finally:
             self._capture = capture
-        xs, ys = self._pair_activations(sb, tb, saved, tout)
         return cka_with_null(
             xs, ys, n_perm or cfg.null_perms, seed=0, kernel=cfg.cka, estimator=cfg.cka_estimator
         )

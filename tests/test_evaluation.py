@@ -38,3 +38,18 @@ def test_theory_of_mind_offers_two_formats_of_the_same_stories() -> None:
         assert b.text.startswith("Instruction:") and b.text.endswith(a.text)
         assert a.answer == b.answer
     assert set(format_tasks(TASK, lambda **o: TASK)) == {"default"}
+
+
+def test_format_accuracy_reuses_the_cards_format_and_equals_measuring_it(tiny_bridge) -> None:
+    """The runner reuses a cell's test accuracy for the format whose prompts are the cell's
+    task; the numbers equal evaluating every format, and only the card's format is reused."""
+    from circuitlens.experiments.runner import _format_accuracy
+
+    tom = get_task("theory_of_mind", seed=3, n_test=24, instruction=False)
+    formats = format_tasks(tom, lambda **o: get_task("theory_of_mind", seed=3, n_test=24, **o))
+    known = float(prompt_scores(tiny_bridge, tom, n=24).mean())
+    assert _format_accuracy(tiny_bridge, formats, 24, (tom, known)) == _format_accuracy(
+        tiny_bridge, formats, 24
+    )
+    marked = _format_accuracy(tiny_bridge, formats, 24, (tom, -1.0))  # shows what was reused
+    assert marked["plain"] == -1.0 and marked["instruction"] != -1.0

@@ -60,10 +60,21 @@ def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[s
     return format_tasks(task, lambda **fmt: _task(task.name, cfg.task_seed, tokenizers, cfg, **fmt))
 
 
-def _format_accuracy(model: Any, formats: dict[str, Task], n: int) -> dict[str, float]:
+def _format_accuracy(
+    model: Any, formats: dict[str, Task], n: int, known: tuple[Task, float] | None = None
+) -> dict[str, float]:
+    """Test accuracy in each prompt format; ``known``: a task whose test accuracy is measured
+    already, reused for the format whose test prompts are that task's (the card's format)."""
+
+    def same(t: Task) -> bool:
+        return known is not None and t.split("test")[:n] == known[0].split("test")[:n]
+
     with warnings.catch_warnings():  # other formats than the card's, on purpose
         warnings.simplefilter("ignore", TaskFormatWarning)
-        return {name: evaluate(model, t, "test", n) for name, t in formats.items()}
+        return {
+            name: known[1] if same(t) else evaluate(model, t, "test", n)
+            for name, t in formats.items()
+        }
 
 
 def _correct(model: Any, task: Task, n: int) -> list[int]:
@@ -129,8 +140,12 @@ def _setup_task(
             circuit_only_scores(student, task, head_map.student_heads, "test", d.test_n).mean()
         ),
         "teacher_circuit_accuracy": teacher_circuit,
-        "student_format_accuracy": _format_accuracy(student, formats, d.test_n),
-        "teacher_format_accuracy": _format_accuracy(teacher, formats, d.test_n),
+        "student_format_accuracy": _format_accuracy(
+            student, formats, d.test_n, (task, sum(student_correct) / len(student_correct))
+        ),
+        "teacher_format_accuracy": _format_accuracy(
+            teacher, formats, d.test_n, (task, sum(teacher_correct) / len(teacher_correct))
+        ),
         "student_val_accuracy": evaluate(student, task, "val", d.train.eval_n),
         "fingerprints": _fingerprints(cfg, task.name),
         "teacher_shape": [ft.n_layers, ft.n_heads, ft.n_kv_heads],
@@ -209,7 +224,9 @@ def _run_cell(
         "accuracy": done.accuracy,
         "test_correct": done.test_correct,
         "circuit_accuracy": done.circuit_accuracy,
-        "format_accuracy": _format_accuracy(student, formats or {"default": task}, d.test_n),
+        "format_accuracy": _format_accuracy(
+            student, formats or {"default": task}, d.test_n, (task, done.accuracy)
+        ),
         "mean_cka_before": float(done.cka_before.value.mean()),
         "mean_cka_after": float(done.cka_after.value.mean()),
         "cka_before": done.cka_before.to_dict(),

@@ -101,6 +101,10 @@ def main() -> None:
                 "find_circuit": round(find_s, 1),
                 "random": round(control_s, 1),
             },
+            # this task's own run (the top-level args and machine are the latest run's)
+            "args": doc["args"],
+            "machine": doc["machine"],
+            "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         atomic_write_text(args.out, json.dumps(doc, indent=1))
         r = doc["tasks"][name]

@@ -187,3 +187,24 @@ def test_continue_a_shipped_model(tmp_path, monkeypatch) -> None:
     # training went on from the shipped weights (the shipped file keeps the best evaluation)
     trained = torch.load(tmp_path / "w2" / "checkpoint.pt", weights_only=False)["model"]
     assert any(not torch.equal(before[k], trained[k]) for k in before)
+
+
+# task seeds never used in training (the card's 12345 and five more), through the public path
+# (get_task in the format on the model's card): issue 11 asks the entity-tracking teacher to be
+# clearly above the 0.95 line (>= 0.97 on every seed; the teacher shipped before scored 0.954
+# on seed 4), and the theory-of-mind teacher to hold 0.95 (the students' range is checked on
+# the fresh seed above)
+UNSEEN_SEEDS = (12345, 1, 2, 3, 4, 777)
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [("entity-tracking-teacher", 0.97, 1.0), ("theory-of-mind-teacher", zoo.TEACHER_TARGET, 1.0)],
+)
+def test_zoo_teachers_hold_their_targets_on_every_unseen_seed(name, low, high) -> None:
+    model = load_model(f"zoo:{name}")
+    accs = {
+        seed: evaluate(model, get_task(zoo.ZOO[name].task, model=model, seed=seed, n_test=500))
+        for seed in UNSEEN_SEEDS
+    }
+    assert all(low <= a <= high for a in accs.values()), accs

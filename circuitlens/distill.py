@@ -398,16 +398,20 @@ def train_condition(
     checkpoint_dir: str | Path | None = None,
     teacher_cache: TeacherCache | None | bool = None,
     progress: bool = True,
+    cka_before: CKAWithNull | None = None,
 ) -> ConditionResult:
     """Train ``student`` in place in one condition and measure it: the one path that
     :func:`distill_circuit` and the reproduce runner share. The mapped pairs' held-out CKA
-    before and after, then per-prompt test accuracy and circuit-only accuracy after."""
+    before and after, then per-prompt test accuracy and circuit-only accuracy after.
+    ``cka_before``: the held-out CKA of this map on this untrained student, when measured
+    already (it depends on neither the condition nor the seed)."""
     t0 = time.time()
     trainer = CircuitTrainer(
         student, teacher, task, head_map, config, circuit, checkpoint_dir, teacher_cache
     )
     resumed = checkpoint_dir is not None and (Path(checkpoint_dir) / "trainer.pt").exists()
-    cka_before = trainer.heldout_cka()  # a checkpoint loads in train(): the student is fresh
+    if cka_before is None:  # a checkpoint loads in train(): the student is fresh here
+        cka_before = trainer.heldout_cka()
     history = trainer.train(progress=progress)
     cka_after = trainer.heldout_cka()
     correct = [int(x) for x in prompt_scores(student, task, "test", test_n).tolist()]

@@ -12,6 +12,12 @@ teacher then.
 
 The cached values are the live computation's bit for bit: the same batches through the same
 forward (:func:`teacher_batch`, which the trainer also uses without a cache); tests check it.
+
+Conditions of one seed ask for different parts of the same batches: the random map reads other
+teacher layers, ``kd`` the logits. :meth:`TeacherCache.expect` announces them, so that the first
+pass over a set of batches computes everything the coming requests need at once, and a request
+for a part of what is held is served from it (a hook that reads a layer changes no value, so
+the parts equal separate passes bit for bit; tested).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +109,14 @@ def model_hash(model: Any) -> str:
     return h.hexdigest()
 
 
+def _part(
+    b: TeacherBatch, layers: Sequence[int], positions: Sequence[str], logits: bool
+) -> TeacherBatch:
+    """The part of ``b`` a request asks for (the same tensors, not copies)."""
+    z = {(layer, p): b.z[layer, p] for layer in layers for p in positions}
+    return TeacherBatch(b.labels, b.logits if logits else None, z)
+
+
 class TeacherCache:
     """Teacher outputs per set of batches, in memory and (with a ``directory``) on disk.
 
@@ -115,7 +129,11 @@ class TeacherCache:
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
         self._memory: dict[str, list[TeacherBatch]] = {}
+        # per set of batches (teacher and prompts): what is held, (layers, positions, logits,
+        # the batches' outputs), so that a request for a part of it is served from it
+        self._held: dict[str, list[tuple[set[int], set[str], bool, list[TeacherBatch]]]] = {}
         self._hashes: dict[int, tuple[Any, str]] = {}
+        self._expected: tuple[set[int], bool] = (set(), False)
         self.computed = 0  # batches computed by running the teacher (the rest were served)
 
     def __repr__(self) -> str:
@@ -157,6 +175,12 @@ class TeacherCache:
                 h.update(json.dumps([p.text, p.answer, sorted(p.spans.items())]).encode())
         return h.hexdigest()[:32]
 
+    def expect(self, layers: Iterable[int] = (), logits: bool = False) -> None:
+        """Announce what later requests will ask for: the next set of batches computed also
+        holds these teacher layers (at the requested positions) and, with ``logits``, the
+        answer-position logits, and later requests for any part of it are served from it."""
+        self._expected = (set(layers), bool(logits))
+
     def get(
         self,
         teacher: Any,
@@ -174,20 +198,37 @@ class TeacherCache:
         k = self.key(teacher, batches, layers, positions, logits)
         if k in self._memory:
             return self._memory[k]
-        found = self._read(k, batches, layers, positions, logits)
+        sig = self.key(teacher, batches, [], [], False)
+        for have_layers, have_positions, have_logits, held in self._held.get(sig, []):
+            if (
+                set(layers) <= have_layers
+                and set(positions) <= have_positions
+                and (have_logits or not logits)
+            ):
+                part = [_part(b, layers, positions, logits) for b in held]
+                self._memory[k] = part
+                return part
+        extra_layers, extra_logits = self._expected
+        all_layers = sorted(set(layers) | extra_layers) if "tokens" not in positions else layers
+        all_logits = logits or extra_logits
+        wide = self.key(teacher, batches, all_layers, positions, all_logits)
+        found = self._read(wide, batches, all_layers, positions, all_logits)
         if found is None:
             device = model_device(teacher)
             found = []
             for prompts in tqdm(batches, desc="teacher cache", disable=not progress):
                 tb = tokenize_prompts(teacher, list(prompts)).to(device)
-                found.append(teacher_batch(teacher, tb, layers, positions, logits))
+                found.append(teacher_batch(teacher, tb, all_layers, positions, all_logits))
                 self.computed += 1
-            self._write(k, found, layers, positions, logits)
-        self._memory[k] = found
-        return found
+            self._write(wide, found, all_layers, positions, all_logits)
+        self._held.setdefault(sig, []).append((set(all_layers), set(positions), all_logits, found))
+        part = [_part(b, layers, positions, logits) for b in found]
+        self._memory[k] = part
+        return part
 
     def clear_memory(self) -> None:
         self._memory.clear()
+        self._held.clear()
 
     # -- disk --------------------------------------------------------------------------------
     def _path(self, k: str) -> Path | None:

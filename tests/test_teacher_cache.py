@@ -160,3 +160,33 @@ def test_circuit_positions_are_cached_per_head(pair) -> None:
     out = trainer.teacher_outputs()[0]
     assert set(out.z) == {(layer, p) for layer in (1, 2) for p in ("last", "query_label")}
     trainer.train(False)  # runs on the cached rows
+
+
+def test_expected_parts_come_from_one_pass_and_equal_separate_passes(pair, tmp_path) -> None:
+    """The runner announces what a seed's conditions will ask (other layers for the random
+    map, logits for kd): one pass computes it all, each request is served its part, and every
+    part equals what a cache asked for that part alone computes."""
+    teacher, _ = pair
+    batches = [TASK.split("test")[:8], TASK.split("test")[8:16]]
+    cache = TeacherCache(tmp_path / "wide")
+    cache.expect(layers=[0, 2], logits=True)
+    first = cache.get(teacher, batches, [1], ["last"])
+    assert cache.computed == 2
+    others = (
+        cache.get(teacher, batches, [2], ["last"]),
+        cache.get(teacher, batches, [0, 1], ["last"], logits=True),
+    )
+    assert cache.computed == 2  # served from the one pass
+    assert first[0].logits is None and set(first[0].z) == {(1, "last")}
+    for got, (layers, logits) in zip(
+        (first, *others), [([1], False), ([2], False), ([0, 1], True)], strict=True
+    ):
+        want = TeacherCache().get(teacher, batches, layers, ["last"], logits=logits)
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g.labels, w.labels) and set(g.z) == set(w.z)
+            assert all(torch.equal(g.z[k], w.z[k]) for k in w.z)
+            assert (g.logits is None) == (w.logits is None)
+            assert g.logits is None or torch.equal(g.logits, w.logits)
+    # a part that was not announced (a position not held) is computed
+    cache.get(teacher, batches, [1], ["query_label"])
+    assert cache.computed == 4

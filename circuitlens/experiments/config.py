@@ -129,7 +129,7 @@ class ExperimentConfig:
         2e-4 (the paper: 2e-5 over ~3,500 steps; we train far fewer), batch 8, prompts in the
         models' card format; the map is one-to-one (26 distinct teacher heads). Neither setting
         runs circuit discovery (path patching of a 270-head teacher is beyond the 2-core
-        budget): the map may use any teacher head. ``quick``: one seed, 30 steps, smaller
+        budget): the map may use any teacher head. ``quick``: one seed, 20 steps, smaller
         sweeps and evaluation sets; the full setting: 100 steps, 3 seeds for the same-family
         pair and 1 for the cross-family one."""
         if teacher not in ("smollm2", "gemma3"):
@@ -148,8 +148,10 @@ class ExperimentConfig:
         common = {"lr": 2e-4, "batch_size": 8, "eval_cka": True, "one_to_one": True}
         conditions = ALL_CONDITIONS if teacher == "smollm2" else _without(ALL_CONDITIONS, "kd")
         if quick:
+            # 20 steps: with 30 (and a teacher pass per condition kind) the quick run took
+            # ~27 min on 2 idle cores (entity tracking 824 s), over its 20-minute budget
             distill = DistillConfig().with_overrides(
-                sweep_n=16, test_n=100, steps=30, eval_every=15, eval_n=50, cka_eval_n=32,
+                sweep_n=16, test_n=100, steps=20, eval_every=10, eval_n=50, cka_eval_n=32,
                 **common,
             )  # fmt: skip
             base = {"seeds": (0,), "circuit_n": 8, "use_circuit": False}

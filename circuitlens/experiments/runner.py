@@ -203,9 +203,12 @@ def _run_cell(
     formats: dict[str, Task] | None = None,
     student: Any = None,
     teacher_cache: TeacherCache | None = None,
+    befores: dict[tuple[str, ...], Any] | None = None,
 ) -> dict[str, Any]:
     """Train and measure one cell. ``student``: the untrained student to train in place
-    (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells."""
+    (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells;
+    ``befores``: the untrained student's held-out CKA per map, shared by the cells (filled
+    here)."""
     t0 = time.time()
     d = cfg.distill
     if student is None:
@@ -213,10 +216,14 @@ def _run_cell(
     head_map = _cell_map(setup, condition, seed, cfg)
     circuit = Circuit.from_dict(setup["circuit"]) if setup["circuit"] else None
     train_cfg = dataclasses.replace(d.train, condition=condition, seed=seed)
+    pairs = tuple(f"{s}>{t}" for s, t in head_map.pairs)
+    before = None if befores is None else befores.get(pairs)
     done = train_condition(
         teacher, student, task, head_map, train_cfg, d.test_n, circuit, cell_dir / "checkpoint",
-        teacher_cache, progress=progress,
+        teacher_cache, progress=progress, cka_before=before,
     )  # fmt: skip
+    if befores is not None:
+        befores[pairs] = done.cka_before
     return {
         "task": task.name,
         "condition": condition,
@@ -439,15 +446,25 @@ def _run(
         # fresh load gives, bit for bit, without loading it again); one teacher cache per task
         untrained = _weights(student)
         cache = TeacherCache(directory / t / "teacher-cache")
+        # every pending condition of a seed reads the same batches: one teacher pass computes
+        # what they all read (the random map's layers, kd's logits)
+        expected: dict[int, tuple[set[int], bool]] = {}
+        befores: dict[tuple[str, ...], Any] = {}  # the untrained student's CKA per map
         for c, s in cells:
+            if s not in expected:
+                pending = [cc for cc, ss in cells if ss == s]
+                maps = [_cell_map(setup, cc, s, cfg) for cc in pending]
+                expected[s] = ({h.layer for m in maps for _, h in m.pairs}, "kd" in pending)
+            cache.expect(*expected[s])
             bar.set_description(f"reproduce: {t} {c} seed {s}")
             cell_dir = directory / t / c / f"seed{s}"
             _restore(student, untrained)
             torch.manual_seed(s)
             with heartbeat(bar):
                 cell = _run_cell(
-                    cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache
-                )
+                    cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache,
+                    befores,
+                )  # fmt: skip
             atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
             shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
             bar.update(1)

@@ -282,12 +282,17 @@ def _reproduce(args: argparse.Namespace) -> int:
     real = "" if args.models == "zoo" else f"-{args.models}"
     out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
     t0 = time.time()
-    if args.threads:
-        import torch
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
     result = run_experiment(
-        config, out, fresh=args.fresh, progress=not args.no_progress, device=args.device
+        config,
+        out,
+        fresh=args.fresh,
+        progress=not args.no_progress,
+        device=args.device,
+        jobs=args.jobs,
     )
     report = write_report(result)
     print()
@@ -330,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--steps", type=int, help="training steps per cell")
     rep.add_argument("--device", help="where the models run: cpu (default), cuda, cuda:1, ...")
     rep.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
+    rep.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes, one task each, sharing the --threads out among them (default "
+        "1; on 2 CPU cores --jobs 2 trains ~1.27x faster; results are those of that many "
+        "threads per process)",
+    )
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.set_defaults(fn=_reproduce)
 

@@ -277,3 +277,25 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
     for words in ("circuit-only", "McNemar", "(null)", "steps to CE final", "Head maps"):
         assert words in md, words
     assert (finished.directory / "mcnemar.csv").is_file()
+
+
+def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path) -> None:
+    """``jobs=2``: each task in its own process with half the threads; the cells equal a
+    one-process run with that many threads, bit for bit."""
+    import torch
+
+    cfg = tiny(tasks=("entity_tracking", "theory_of_mind"), seeds=(0,), conditions=("ce+align",))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_experiment(cfg, tmp_path / "one", progress=False)
+        torch.set_num_threads(2)
+        two = run_experiment(cfg, tmp_path / "two", progress=False, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    key = lambda c: (c["task"], c["condition"], c["seed"])  # noqa: E731
+    assert len(two.cells) == len(one.cells) == 2
+    assert sorted(map(_strip, two.cells), key=key) == sorted(map(_strip, one.cells), key=key)
+    with pytest.raises(ValueError, match="jobs must be"):
+        run_experiment(cfg, tmp_path / "bad", progress=False, jobs=0)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

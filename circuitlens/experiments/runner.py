@@ -333,10 +333,14 @@ def run_experiment(
     fresh: bool = False,
     progress: bool = True,
     device: str | None = None,
+    jobs: int = 1,
 ) -> ExperimentResult:
     """Run (or resume) every task x condition x seed of ``config`` into ``directory``.
 
     ``device`` (e.g. ``"cuda"``) is where the models go (default: the loader's, the CPU).
+    ``jobs``: run the tasks in this many worker processes, the torch CPU threads shared out
+    among them (faster on a few CPU cores; the results are those of a run with that many
+    threads per process).
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
     checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and
@@ -353,11 +357,13 @@ def run_experiment(
         TokenizerMismatchError: a task's teacher and student tokenize differently.
     """
     cfg = config or ExperimentConfig()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1 (got {jobs!r})")
     directory = Path(directory)
     adopt = lambda d: _same_config(d, cfg)  # noqa: E731
     with run_directory(directory, fresh=fresh, kind="reproduce", adopt=adopt):
         _check_directory(directory, cfg)
-        return _run(cfg, directory, progress, device)
+        return _run(cfg, directory, progress, device, jobs)
 
 
 def _preflight(
@@ -408,9 +414,12 @@ def _preflight(
 
 
 def _run(
-    cfg: ExperimentConfig, directory: Path, progress: bool, device: str | None = None
+    cfg: ExperimentConfig,
+    directory: Path,
+    progress: bool,
+    device: str | None = None,
+    jobs: int = 1,
 ) -> ExperimentResult:
-    import torch
     from tqdm.auto import tqdm
 
     trained = [c for c in cfg.conditions if c in CONDITIONS]
@@ -423,54 +432,123 @@ def _run(
     ]
     n_cells = len(cfg.tasks) * len(cfg.seeds) * len(trained)
     _preflight(cfg, directory, todo, progress, device)
-    bar = tqdm(total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress)
-    for t in cfg.tasks:
-        setup_file = directory / t / "setup.json"
-        cells = [(c, s) for tt, c, s in todo if tt == t]
-        if setup_file.is_file():
-            setup = json.loads(setup_file.read_text())
-            _check_models(setup, cfg, directory)
-            if not cells:
-                continue
-        teacher = load_model(cfg.models[t]["teacher"], device=device)
-        student = load_model(cfg.models[t]["student"], device=device)  # untrained
-        task = _task(t, cfg.task_seed, [teacher, student], cfg)  # one task for every cell
-        formats = _formats(task, cfg, [teacher, student])
-        if not setup_file.is_file():
-            bar.set_description(f"reproduce: {t} circuit and sweeps")
-            torch.manual_seed(cfg.task_seed)
-            with heartbeat(bar):
-                setup = _setup_task(task, cfg, teacher, student, progress=False, formats=formats)
-            atomic_write_text(setup_file, _json_dump(setup))
-        # one student in memory, put back to its untrained weights before each cell (what a
-        # fresh load gives, bit for bit, without loading it again); one teacher cache per task
-        untrained = _weights(student)
-        cache = TeacherCache(directory / t / "teacher-cache")
-        # every pending condition of a seed reads the same batches: one teacher pass computes
-        # what they all read (the random map's layers, kd's logits)
-        expected: dict[int, tuple[set[int], bool]] = {}
-        befores: dict[tuple[str, ...], Any] = {}  # the untrained student's CKA per map
-        for c, s in cells:
-            if s not in expected:
-                pending = [cc for cc, ss in cells if ss == s]
-                maps = [_cell_map(setup, cc, s, cfg) for cc in pending]
-                expected[s] = ({h.layer for m in maps for _, h in m.pairs}, "kd" in pending)
-            cache.expect(*expected[s])
-            bar.set_description(f"reproduce: {t} {c} seed {s}")
-            cell_dir = directory / t / c / f"seed{s}"
-            _restore(student, untrained)
-            torch.manual_seed(s)
-            with heartbeat(bar):
-                cell = _run_cell(
-                    cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache,
-                    befores,
-                )  # fmt: skip
-            atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
-            shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
-            bar.update(1)
-        shutil.rmtree(directory / t / "teacher-cache", ignore_errors=True)  # the task is done
-        del teacher, student, untrained, cache
-    bar.close()
+    busy = [t for t in cfg.tasks if any(tt == t for tt, _, _ in todo)]
+    if jobs > 1 and len(busy) > 1:
+        _run_parallel(cfg, directory, todo, busy, progress, device, jobs)
+    else:
+        bar = tqdm(
+            total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress
+        )
+        for t in cfg.tasks:
+            _run_task(t, cfg, directory, todo, bar, device)
+        bar.close()
     result = ExperimentResult.load(directory)
     result.write_tables()
     return result
+
+
+def _run_parallel(
+    cfg: ExperimentConfig,
+    directory: Path,
+    todo: list[tuple[str, str, int]],
+    busy: list[str],
+    progress: bool,
+    device: str | None,
+    jobs: int,
+) -> None:
+    """The tasks in ``jobs`` worker processes (the tasks are independent: their own models,
+    setup, cells and teacher cache), the CPU threads shared out among them. On a few CPU
+    cores this beats one process using them all: much of a step is small operations and
+    Python that one thread runs as fast as two."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    jobs = min(jobs, len(busy))
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [
+            pool.submit(_task_worker, t, cfg, str(directory), todo, progress, device, threads, i)
+            for i, t in enumerate(busy)
+        ]
+        for f in futures:
+            f.result()  # a worker's exception is raised here
+
+
+def _task_worker(
+    t: str,
+    cfg: ExperimentConfig,
+    directory: str,
+    todo: list[tuple[str, str, int]],
+    progress: bool,
+    device: str | None,
+    threads: int,
+    position: int,
+) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(threads)
+    n = len([1 for tt, _, _ in todo if tt == t])
+    bar = tqdm(total=n, desc=f"reproduce {t}", position=position, disable=not progress)
+    _run_task(t, cfg, Path(directory), todo, bar, device)
+    bar.close()
+
+
+def _run_task(
+    t: str,
+    cfg: ExperimentConfig,
+    directory: Path,
+    todo: list[tuple[str, str, int]],
+    bar: Any,
+    device: str | None,
+) -> None:
+    """One task's setup (unless saved) and its cells still to run."""
+    import torch
+
+    setup_file = directory / t / "setup.json"
+    cells = [(c, s) for tt, c, s in todo if tt == t]
+    if setup_file.is_file():
+        setup = json.loads(setup_file.read_text())
+        _check_models(setup, cfg, directory)
+        if not cells:
+            return
+    teacher = load_model(cfg.models[t]["teacher"], device=device)
+    student = load_model(cfg.models[t]["student"], device=device)  # untrained
+    task = _task(t, cfg.task_seed, [teacher, student], cfg)  # one task for every cell
+    formats = _formats(task, cfg, [teacher, student])
+    if not setup_file.is_file():
+        bar.set_description(f"reproduce: {t} circuit and sweeps")
+        torch.manual_seed(cfg.task_seed)
+        with heartbeat(bar):
+            setup = _setup_task(task, cfg, teacher, student, progress=False, formats=formats)
+        atomic_write_text(setup_file, _json_dump(setup))
+    # one student in memory, put back to its untrained weights before each cell (what a
+    # fresh load gives, bit for bit, without loading it again); one teacher cache per task
+    untrained = _weights(student)
+    cache = TeacherCache(directory / t / "teacher-cache")
+    # every pending condition of a seed reads the same batches: one teacher pass computes
+    # what they all read (the random map's layers, kd's logits)
+    expected: dict[int, tuple[set[int], bool]] = {}
+    befores: dict[tuple[str, ...], Any] = {}  # the untrained student's CKA per map
+    for c, s in cells:
+        if s not in expected:
+            pending = [cc for cc, ss in cells if ss == s]
+            maps = [_cell_map(setup, cc, s, cfg) for cc in pending]
+            expected[s] = ({h.layer for m in maps for _, h in m.pairs}, "kd" in pending)
+        cache.expect(*expected[s])
+        bar.set_description(f"reproduce: {t} {c} seed {s}")
+        cell_dir = directory / t / c / f"seed{s}"
+        _restore(student, untrained)
+        torch.manual_seed(s)
+        with heartbeat(bar):
+            cell = _run_cell(
+                cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache,
+                befores,
+            )  # fmt: skip
+        atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
+        shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
+        bar.update(1)
+    shutil.rmtree(directory / t / "teacher-cache", ignore_errors=True)  # the task is done

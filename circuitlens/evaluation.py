@@ -28,6 +28,21 @@ from circuitlens.types import Head, parse_heads
 
 
 @torch.no_grad()
+def ablation_means(
+    model: Any, task: Task, split: str = "test", n: int | None = None
+) -> Float[Tensor, "layer pos head_index d_head"]:
+    """The heads' means over the ablation reference prompts of ``split``'s first ``n`` prompts
+    (what circuit-only scores ablate with; compute once to score many head sets)."""
+    batch = task.batch(model, split, n)
+    if batch.ablation_tokens is None:
+        raise ValueError(
+            f"task {task.name!r} has no ablation reference prompts: pass means="
+            "compute_means(model, reference_tokens)"
+        )
+    return compute_means(model, batch.ablation_tokens)
+
+
+@torch.no_grad()
 def circuit_only_scores(
     model: Any,
     task: Task,
@@ -53,13 +68,7 @@ def circuit_only_scores(
         if Head(layer, h) not in kept
     ]
     if means is None:
-        batch = task.batch(model, split, n)
-        if batch.ablation_tokens is None:
-            raise ValueError(
-                f"task {task.name!r} has no ablation reference prompts: pass means="
-                "compute_means(model, reference_tokens)"
-            )
-        means = compute_means(model, batch.ablation_tokens)
+        means = ablation_means(model, task, split, n)
     with mean_ablated(model, others, means):
         return prompt_scores(model, task, split, n, metric)
 
@@ -71,4 +80,4 @@ def format_tasks(task: Task, make: Any) -> dict[str, Task]:
     return {name: make(**opts) for name, opts in type(task).formats.items()}
 
 
-__all__ = ["circuit_only_scores", "format_tasks"]
+__all__ = ["ablation_means", "circuit_only_scores", "format_tasks"]

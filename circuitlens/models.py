@@ -389,15 +389,13 @@ def _load_hub(
     return bridge
 
 
-def _splittable(spec: str | Path) -> bool:
-    """Whether ``load_model`` reads ``spec`` through ``from_pretrained`` (a local directory or
-    a hub name), where a ``device_map`` applies."""
-    text = str(spec)
-    prefixed = _PREFIX.fullmatch(text)
-    if prefixed and prefixed[1] in _SOURCES:
-        return False
-    path = Path(text).expanduser()
-    return path.is_dir() or (not path.exists() and path.suffix != ".gguf")
+def _unsplittable(spec: Any) -> ModelLoadError:
+    return ModelLoadError(
+        f"device_map splits a model that load_model reads itself, from a hub name or a local "
+        f"directory; {spec!r} is not one. A ready Hugging Face model keeps the placement it was "
+        "loaded with (from_pretrained(..., device_map='auto')); the zoo, real: and .gguf models "
+        "fit one device: pass device= instead"
+    )
 
 
 def load_model(
@@ -430,13 +428,8 @@ def load_model(
     2
     """
     placement = _placement(device, device_map, max_memory, offload_folder)
-    if placement and not (isinstance(spec, (str, Path)) and _splittable(spec)):
-        raise ModelLoadError(
-            f"device_map splits a model that load_model reads itself, from a hub name or a "
-            f"local directory; {spec!r} is not one. A ready Hugging Face model keeps the "
-            "placement it was loaded with (from_pretrained(..., device_map='auto')); the zoo, "
-            "real: and .gguf models fit one device: pass device= instead"
-        )
+    if placement and not isinstance(spec, (str, Path)):  # only what is read here is split
+        raise _unsplittable(spec)
     if _is_bridge(spec) or (_is_hooked_model(spec) and not _is_hf_model(spec)):
         return spec
     if _is_hf_model(spec):
@@ -462,6 +455,8 @@ def load_model(
         )
     prefixed = _PREFIX.fullmatch(spec)
     if prefixed and prefixed[1] in _SOURCES:
+        if placement:
+            raise _unsplittable(spec)
         return _SOURCES[prefixed[1]].load(prefixed[2], device, dtype)
     path = Path(spec).expanduser()
     if prefixed and not path.exists():
@@ -473,6 +468,8 @@ def load_model(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"no such GGUF file: {spec!r}")
+        if placement:
+            raise _unsplittable(spec)
         return _load_gguf(path, device, dtype)
     if path.is_dir():
         return attach_card(load_dir(path, device, dtype, placement), _dir_card(path))

@@ -60,10 +60,11 @@ def test_circuit_accuracy_with_every_head_is_the_model(model) -> None:
 def test_circuit_accuracy_with_means_given_equals_computing_them(model) -> None:
     """The circuit search computes the ablation means once and passes them in: the same
     accuracy as each call taking its own, for several head sets."""
-    from circuitlens.patching.circuits import _ablation_means, _all_heads
+    from circuitlens.evaluation import ablation_means
+    from circuitlens.patching.circuits import _all_heads
 
     task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=12)
-    means = _ablation_means(model, task, 12)
+    means = ablation_means(model, task, "test", 12)
     heads = _all_heads(model)
     for keep in (heads, heads[:5], heads[3:4], []):
         assert circuit_accuracy(model, task, keep, 12, means=means) == circuit_accuracy(

@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from circuitlens.mean_ablation import compute_means, mean_ablated
+from circuitlens.evaluation import ablation_means
+from circuitlens.mean_ablation import mean_ablated
 from circuitlens.models import model_facts
 from circuitlens.patching.activation import activation_patch
 from circuitlens.patching.attribution import screened_activation_patch
@@ -88,14 +89,6 @@ def _keep(result: Any, top_k: int, min_effect: float) -> list[Head]:
     return [result.senders[i] for i in order[:top_k] if result.scores[i] < -min_effect]
 
 
-def _ablation_means(model: Any, task: Task, n: int, split: str = "test") -> torch.Tensor:
-    batch = task.batch(model, split, n)
-    if batch.ablation_tokens is None:
-        raise ValueError(f"task {task.name!r} has no ablation prompts to take means from")
-    with torch.no_grad():
-        return compute_means(model, batch.ablation_tokens)
-
-
 @torch.no_grad()
 def circuit_accuracy(
     model: Any,
@@ -110,7 +103,7 @@ def circuit_accuracy(
     circuit measures many head sets on the same prompts)."""
     batch = task.batch(model, split, n)
     if means is None:
-        means = _ablation_means(model, task, n, split)
+        means = ablation_means(model, task, split, n)
     keep = set(heads)
     outside = [h for h in _all_heads(model) if h not in keep]
     with mean_ablated(model, outside, means):
@@ -134,7 +127,7 @@ def _prune(
     model: Any, task: Task, groups: dict[str, list[Head]], cfg: CircuitConfig
 ) -> dict[str, list[Head]]:
     heads = [h for hs in groups.values() for h in hs]
-    means = _ablation_means(model, task, cfg.n)
+    means = ablation_means(model, task, "test", cfg.n)
     base = circuit_accuracy(model, task, heads, cfg.n, means=means)
     for h in reversed(list(dict.fromkeys(heads))):  # the weakest (last kept) first
         rest = [x for x in heads if x != h]
@@ -162,7 +155,7 @@ def _complete(
     # measured heads only (a screened sweep, on a large model, estimates the rest)
     order = sorted(sweep.exact_heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
     support: list[Head] = []
-    means = _ablation_means(model, task, cfg.n)
+    means = ablation_means(model, task, "test", cfg.n)
     for h in order:
         if circuit_accuracy(model, task, heads + support, cfg.n, means=means) >= (
             cfg.complete_to * full

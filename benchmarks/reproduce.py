@@ -2,8 +2,9 @@
 
 Targets (issue 6): the full run (3 seeds, 300 steps, both tasks, every condition) within ~30
 minutes on 2 CPU cores, ``--quick`` within a few minutes (we write 5). Runs into a fresh
-temporary directory with the default torch threads, so it measures what a user's first run
-costs after set-up. Results: benchmarks/results/reproduce.json (one entry per setting).
+temporary directory with the default torch threads and worker processes (``--jobs auto``),
+so it measures what a user's first run costs after set-up. Results:
+benchmarks/results/reproduce.json (one entry per setting).
 
     .venv/bin/python benchmarks/reproduce.py --quick
     .venv/bin/python benchmarks/reproduce.py          # the full run, ~10 minutes
@@ -35,6 +36,7 @@ def main() -> None:
     import torch
 
     from circuitlens.experiments import ExperimentConfig, run_experiment
+    from circuitlens.experiments.runner import auto_jobs
     from circuitlens.io import atomic_write_text
 
     ap = argparse.ArgumentParser()
@@ -43,7 +45,11 @@ def main() -> None:
         "--models", choices=["zoo", "real"], default="zoo", help="real: the same-family pair"
     )
     ap.add_argument("--out", help="keep the run here (a fresh directory; default: a temporary one)")
+    ap.add_argument(
+        "--jobs", default="auto", help="worker processes (default auto, the CLI's default)"
+    )
     args = ap.parse_args()
+    jobs = args.jobs if args.jobs == "auto" else int(args.jobs)
     setting = "quick" if args.quick else "full"
     if args.models == "real":
         setting = f"real-{setting}"
@@ -54,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "run"
         t0 = time.perf_counter()
-        result = run_experiment(config, out, fresh=True, progress=False)
+        result = run_experiment(config, out, fresh=True, progress=False, jobs=jobs)
         wall = time.perf_counter() - t0
         table = result.markdown()
     cells = result.cells_frame()
@@ -69,7 +75,12 @@ def main() -> None:
         "setup_s": {t: s["seconds"] for t, s in result.setups.items()},
         "mean_cell_s": {t: round(float(g.seconds.mean()), 1) for t, g in cells.groupby("task")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # the largest worker process's peak (--jobs > 1: each task's process)
+        "peak_rss_worker_mb": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+        ),
         "torch_threads": torch.get_num_threads(),
+        "jobs": auto_jobs(len(config.tasks)) if jobs == "auto" else jobs,
         "cpus": os.cpu_count(),
         "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "machine": platform.platform(),

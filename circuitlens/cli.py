@@ -252,6 +252,18 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1 or 'auto' (got {text!r})")
+    return value
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.experiments import ExperimentConfig, run_experiment
     from circuitlens.report import write_report
@@ -314,7 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce",
         help="the paper's comparison: tasks x conditions x seeds, table and HTML report",
     )
-    rep.add_argument("--quick", action="store_true", help="one seed, 60 steps: a few minutes")
+    rep.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, fewer steps and prompts: a few minutes on the zoo, <= 20 on --models real",
+    )
     rep.add_argument("--config", help="a .toml/.json ExperimentConfig")
     rep.add_argument(
         "--models",
@@ -337,11 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     rep.add_argument(
         "--jobs",
-        type=int,
-        default=1,
+        type=_jobs,
+        default="auto",
         help="worker processes, one task each, sharing the --threads out among them (default "
-        "1; on 2 CPU cores --jobs 2 trains ~1.27x faster; results are those of that many "
-        "threads per process)",
+        "auto: on the CPU one per task, at most one per thread; on 2 CPU cores two train "
+        "~1.27x faster than one; results are those of that many threads per process, so give "
+        "--jobs 1 to match a one-process run bit for bit)",
     )
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.set_defaults(fn=_reproduce)

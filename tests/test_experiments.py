@@ -299,3 +299,62 @@ def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="jobs must be"):
         run_experiment(cfg, tmp_path / "bad", progress=False, jobs=0)
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_card_format_only_measures_the_same_cells_without_the_other_format(
+    tmp_path: Path,
+) -> None:
+    """``format_accuracy=False`` skips the other prompt formats and nothing else: every other
+    field of a cell and of the setup is the one of a run that measures them."""
+    cfg = tiny(tasks=("theory_of_mind",), seeds=(0,), conditions=("student", "ce"), steps=2)
+    both = run_experiment(cfg, tmp_path / "both", progress=False)
+    card = run_experiment(cfg.with_overrides(format_accuracy=False), tmp_path / "card", False)
+    assert set(both.cells[0]["format_accuracy"]) == {"plain", "instruction"}
+    assert card.cells[0]["format_accuracy"] == {}
+    drop = lambda c: {k: v for k, v in _strip(c).items() if k != "format_accuracy"}  # noqa: E731
+    assert drop(card.cells[0]) == drop(both.cells[0])
+    for setup in card.setups.values():
+        assert setup["student_format_accuracy"] == setup["teacher_format_accuracy"] == {}
+    assert "Accuracy by prompt format" in both.markdown()
+    assert "Accuracy by prompt format" not in card.markdown()
+    with pytest.raises(ValueError, match="format_accuracy"):  # named (the type check)
+        cfg.with_overrides(format_accuracy="no")
+
+
+def test_a_run_saved_before_a_config_field_existed_resumes(
+    finished: ExperimentResult, tmp_path: Path
+) -> None:
+    """A config.json without a field added since is read with the field's default: the run
+    is the same config and resumes, no cell redone."""
+    d = tmp_path / "run"
+    shutil.copytree(finished.directory, d)
+    saved = json.loads((d / "config.json").read_text())
+    del saved["format_accuracy"]
+    (d / "config.json").write_text(json.dumps(saved))
+    kept = {p: p.stat().st_mtime_ns for p in d.rglob("cell.json")}
+    again = run_experiment(tiny(), d, progress=False)
+    assert all(p.stat().st_mtime_ns == m for p, m in kept.items())
+    assert len(again.cells) == len(finished.cells)
+    with pytest.raises(ValueError, match="another config.*format_accuracy"):
+        run_experiment(tiny(format_accuracy=False), d, progress=False)
+
+
+def test_auto_jobs_is_one_process_per_task_on_the_cpu_only(monkeypatch) -> None:
+    import torch
+
+    from circuitlens.experiments.runner import auto_jobs
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert auto_jobs(2) == auto_jobs(2, "cpu") == 2
+    assert auto_jobs(1) == 1 and auto_jobs(3) == 2
+    assert auto_jobs(2, "cuda") == auto_jobs(2, "cuda:1") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert auto_jobs(2) == 1
+
+
+def test_cli_jobs_takes_auto_or_a_whole_number(tmp_path: Path, capsys) -> None:
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            main(["reproduce", "--jobs", bad, "--out", str(tmp_path / "x")])
+        assert "whole number >= 1 or 'auto'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -55,6 +55,9 @@ class ExperimentConfig:
             ``"circuit"``, never the student head's aligned partner.
         target_accuracy: validation accuracy for convergence ("steps to CE final"); None: the
             CE condition's mean final validation accuracy.
+        format_accuracy: also measure every model and cell in each prompt format the task
+            offers (theory of mind: ``plain`` and ``instruction``); False: the card's format
+            only (one test pass less per cell).
     """
 
     tasks: tuple[str, ...] | list[str] = TASKS
@@ -67,6 +70,7 @@ class ExperimentConfig:
     circuit_n: int = 100
     random_from: str = "all"
     target_accuracy: float | None = None
+    format_accuracy: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", check_sequence(self.tasks, str, "tasks"))
@@ -129,9 +133,9 @@ class ExperimentConfig:
         2e-4 (the paper: 2e-5 over ~3,500 steps; we train far fewer), batch 8, prompts in the
         models' card format; the map is one-to-one (26 distinct teacher heads). Neither setting
         runs circuit discovery (path patching of a 270-head teacher is beyond the 2-core
-        budget): the map may use any teacher head. ``quick``: one seed, 20 steps, smaller
-        sweeps and evaluation sets; the full setting: 100 steps, 3 seeds for the same-family
-        pair and 1 for the cross-family one."""
+        budget): the map may use any teacher head. ``quick``: one seed, 20 steps, one
+        evaluation, smaller sweeps and evaluation sets, the card's prompt format only; the full
+        setting: 100 steps, 3 seeds for the same-family pair and 1 for the cross-family one."""
         if teacher not in ("smollm2", "gemma3"):
             raise ValueError(f"teacher must be 'smollm2' or 'gemma3' (got {teacher!r})")
         models = {
@@ -149,12 +153,17 @@ class ExperimentConfig:
         conditions = ALL_CONDITIONS if teacher == "smollm2" else _without(ALL_CONDITIONS, "kd")
         if quick:
             # 20 steps: with 30 (and a teacher pass per condition kind) the quick run took
-            # ~27 min on 2 idle cores (entity tracking 824 s), over its 20-minute budget
+            # ~27 min on 2 idle cores (entity tracking 824 s), over its 20-minute budget; at
+            # 20 steps with an evaluation every 10 and both prompt formats, 25 min (1,520 s):
+            # measurement, not training, was most of a cell. So one evaluation (at the end)
+            # and the card's prompt format only.
             distill = DistillConfig().with_overrides(
-                sweep_n=16, test_n=100, steps=20, eval_every=10, eval_n=50, cka_eval_n=32,
+                sweep_n=16, test_n=100, steps=20, eval_every=20, eval_n=50, cka_eval_n=32,
                 **common,
             )  # fmt: skip
-            base = {"seeds": (0,), "circuit_n": 8, "use_circuit": False}
+            base = {
+                "seeds": (0,), "circuit_n": 8, "use_circuit": False, "format_accuracy": False
+            }  # fmt: skip
         else:
             distill = DistillConfig().with_overrides(
                 sweep_n=32, test_n=200, steps=100, eval_every=25, eval_n=100, cka_eval_n=64,

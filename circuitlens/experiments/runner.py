@@ -56,7 +56,10 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **
 
 
 def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[str, Task]:
-    """The task in every prompt format it offers (the same seed: the same stories)."""
+    """The task in every prompt format it offers (the same seed: the same stories); none
+    when the config measures the card's format only."""
+    if not cfg.format_accuracy:
+        return {}
     return format_tasks(task, lambda **fmt: _task(task.name, cfg.task_seed, tokenizers, cfg, **fmt))
 
 
@@ -232,7 +235,10 @@ def _run_cell(
         "test_correct": done.test_correct,
         "circuit_accuracy": done.circuit_accuracy,
         "format_accuracy": _format_accuracy(
-            student, formats or {"default": task}, d.test_n, (task, done.accuracy)
+            student,
+            {"default": task} if formats is None else formats,
+            d.test_n,
+            (task, done.accuracy),
         ),
         "mean_cka_before": float(done.cka_before.value.mean()),
         "mean_cka_after": float(done.cka_after.value.mean()),
@@ -280,11 +286,21 @@ def _json_dump(obj: Any) -> str:
     return json.dumps(fix(obj), indent=1)
 
 
+def _saved_config(f: Path) -> dict[str, Any]:
+    """A run's saved ``config.json``, with the fields added since it was written at their
+    defaults (a run made before a field existed ran as its default says)."""
+    saved = json.loads(f.read_text())
+    try:
+        return json.loads(_json_dump(ExperimentConfig.from_dict(saved).to_dict()))
+    except (ValueError, TypeError):  # not a config this version reads: compared as it is
+        return saved
+
+
 def _same_config(directory: Path, cfg: ExperimentConfig) -> bool:
     """Whether ``directory`` holds a run of ``cfg`` made before run markers existed."""
     f = directory / "config.json"
     try:
-        return json.loads(f.read_text()) == json.loads(_json_dump(cfg.to_dict()))
+        return _saved_config(f) == json.loads(_json_dump(cfg.to_dict()))
     except (OSError, ValueError):
         return False
 
@@ -313,7 +329,7 @@ def _check_directory(directory: Path, cfg: ExperimentConfig) -> None:
     f = directory / "config.json"
     text = _json_dump(cfg.to_dict())
     if f.is_file():
-        old, new = json.loads(f.read_text()), json.loads(text)
+        old, new = _saved_config(f), json.loads(text)
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if set(diff) <= set(SELECTION):
@@ -333,14 +349,15 @@ def run_experiment(
     fresh: bool = False,
     progress: bool = True,
     device: str | None = None,
-    jobs: int = 1,
+    jobs: int | str = 1,
 ) -> ExperimentResult:
     """Run (or resume) every task x condition x seed of ``config`` into ``directory``.
 
     ``device`` (e.g. ``"cuda"``) is where the models go (default: the loader's, the CPU).
     ``jobs``: run the tasks in this many worker processes, the torch CPU threads shared out
     among them (faster on a few CPU cores; the results are those of a run with that many
-    threads per process).
+    threads per process); ``"auto"``: on the CPU one per task with work left, as many as
+    there are torch threads (the CLI's default), elsewhere 1.
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
     checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and
@@ -357,8 +374,8 @@ def run_experiment(
         TokenizerMismatchError: a task's teacher and student tokenize differently.
     """
     cfg = config or ExperimentConfig()
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a whole number >= 1 (got {jobs!r})")
+    if jobs != "auto" and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be a whole number >= 1 or 'auto' (got {jobs!r})")
     directory = Path(directory)
     adopt = lambda d: _same_config(d, cfg)  # noqa: E731
     with run_directory(directory, fresh=fresh, kind="reproduce", adopt=adopt):
@@ -413,12 +430,23 @@ def _preflight(
         report_cost(total, progress)
 
 
+def auto_jobs(tasks: int, device: str | None = None) -> int:
+    """Worker processes for ``jobs="auto"``: on the CPU one per task, at most one per torch
+    thread (on 2 cores two 1-thread processes train 1.27x faster than one 2-thread process:
+    much of a step is small operations and Python); on an accelerator 1."""
+    import torch
+
+    if device is not None and torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(tasks, torch.get_num_threads()))
+
+
 def _run(
     cfg: ExperimentConfig,
     directory: Path,
     progress: bool,
     device: str | None = None,
-    jobs: int = 1,
+    jobs: int | str = 1,
 ) -> ExperimentResult:
     from tqdm.auto import tqdm
 
@@ -433,6 +461,8 @@ def _run(
     n_cells = len(cfg.tasks) * len(cfg.seeds) * len(trained)
     _preflight(cfg, directory, todo, progress, device)
     busy = [t for t in cfg.tasks if any(tt == t for tt, _, _ in todo)]
+    if jobs == "auto":
+        jobs = auto_jobs(len(busy), device)
     if jobs > 1 and len(busy) > 1:
         _run_parallel(cfg, directory, todo, busy, progress, device, jobs)
     else:

@@ -356,8 +356,8 @@ def run_experiment(
     ``device`` (e.g. ``"cuda"``) is where the models go (default: the loader's, the CPU).
     ``jobs``: run the tasks in this many worker processes, the torch CPU threads shared out
     among them (faster on a few CPU cores; the results are those of a run with that many
-    threads per process); ``"auto"``: on the CPU one per task with work left, as many as
-    there are torch threads (the CLI's default), elsewhere 1.
+    threads per process); ``"auto"`` (the CLI's default): on the CPU one per task with work
+    left, at most one per torch thread; elsewhere 1.
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
     checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and

@@ -11,6 +11,10 @@ equals one head per pass on a few heads.
     python benchmarks/gpu.py                       # CUDA, SmolLM2 GGUF, float32, 64 prompts
     python benchmarks/gpu.py --dtype bfloat16 --n 256
     python benchmarks/gpu.py --device cpu --model zoo --n 8   # the tiny CPU check (tests run it)
+    python benchmarks/gpu.py --model random --config-dir DIR --baselines   # no GGUF needed
+
+``--baselines`` also times the slow obvious paths and compares values: the naive sweep (one
+full forward per head) and TransformerLens' activation-patching loop.
 
 Results: ``$OUT/gpu.json`` when ``$OUT`` is set, else ``benchmarks/results/gpu_<device>.json``.
 """
@@ -62,6 +66,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--heads-per-pass", type=int, default=9)
     ap.add_argument("--top", type=float, default=0.15)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--config-dir",
+        default=None,
+        help="--model random from this Hugging Face directory's config.json and tokenizer "
+        "(no weights: where the GGUF is not installed, e.g. the GPU machine)",
+    )
+    ap.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also time the slow obvious paths: the naive sweep (one full forward per head) "
+        "and TransformerLens' activation-patching loop, and compare their values",
+    )
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: pass --device cpu (and a small --model zoo)")
@@ -75,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.device.startswith("cuda"):
         facts["gpu"] = torch.cuda.get_device_name()
         torch.cuda.reset_peak_memory_stats()
-    model, facts["load_s"] = timed(args.device, lambda: build(args.model, args.device, dtype))
+    model, facts["load_s"] = timed(
+        args.device, lambda: build(args.model, args.device, dtype, args.config_dir)
+    )
     task = cl.get_task("entity_tracking", n_boxes=args.boxes, seed=0, n_test=args.n)
     batch = task.batch(model, "test")
     tokens, last = batch.tokens.to(args.device), batch.positions["last"].to(args.device)
@@ -114,7 +132,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lambda: cl.ablation_sweep(model, task, method="exact", heads_per_pass=1, **kw),
     )
     facts["batched_vs_1_head_max_abs_diff"] = float((one.p_ablated - exact.p_ablated).abs().max())
+    if args.baselines:
+        naive, facts["naive_sweep_s"] = timed(args.device, lambda: naive_sweep(model, batch))
+        facts["exact_vs_naive_max_abs_diff"] = float(
+            (exact.p_ablated.flatten() - naive).abs().max()
+        )
+        facts["exact_sweep_speedup_vs_naive"] = round(
+            facts["naive_sweep_s"] / facts["exact_sweep_s"], 2
+        )
     metric = cl.make_metric("logit_diff", batch)
+    if args.baselines:
+        facts.update(patching_vs_tl(model, batch, metric, args))
     _, facts["activation_patch_s"] = timed(
         args.device,
         lambda: cl.activation_patch(
@@ -137,6 +165,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(facts, indent=1))
     print(json.dumps(facts, indent=1))
+    return facts
+
+
+def naive_sweep(model: Any, batch: Any) -> Any:
+    """The slow obvious sweep: for each head, a full forward pass (logits at every position)
+    with that head mean-ablated; the answer's mean probability."""
+    import torch
+
+    from circuitlens.mean_ablation import compute_means, mean_ablated
+    from circuitlens.models import model_facts
+    from circuitlens.tasks.metrics import answer_prob, model_device
+    from circuitlens.types import Head
+
+    f = model_facts(model)
+    means = compute_means(model, batch.ablation_tokens)
+    tokens = batch.tokens.to(model_device(model))
+    out = []
+    with torch.no_grad():
+        for layer in range(f.n_layers):
+            for h in range(f.n_heads):
+                with mean_ablated(model, [Head(layer, h)], means):
+                    out.append(answer_prob(model(tokens).float(), batch).mean().cpu())
+    return torch.stack(out)
+
+
+def patching_vs_tl(model: Any, batch: Any, metric: Any, args: argparse.Namespace) -> dict:
+    """Activation patching of every head's z (all positions) with ``activation_patch`` (many
+    heads per pass) against TransformerLens' ``get_act_patch_attn_head_out_all_pos`` (one
+    forward per head, with the clean run's cache)."""
+    import torch
+    import transformer_lens.patching as tlp
+
+    from circuitlens.patching import activation_patch
+
+    facts: dict[str, Any] = {}
+    tokens = batch.tokens.to(args.device)
+    corrupted = batch.corrupted_tokens.to(args.device)
+
+    def tl_loop() -> Any:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens)
+            return tlp.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric)
+
+    ref, facts["tl_patching_loop_s"] = timed(args.device, tl_loop)
+    ours, facts["activation_patch_all_pos_s"] = timed(
+        args.device,
+        lambda: activation_patch(
+            model, tokens, corrupted, metric, patches_per_pass=args.heads_per_pass, progress=False
+        ),
+    )
+    facts["patching_vs_tl_max_abs_diff"] = float(
+        (ours.scores.float().cpu() - ref.float().cpu()).abs().max()
+    )
+    facts["patching_speedup_vs_tl"] = round(
+        facts["tl_patching_loop_s"] / facts["activation_patch_all_pos_s"], 2
+    )
     return facts
 
 

@@ -35,23 +35,39 @@ def smollm2_gguf() -> str:
     return str(next(Path(spec.origin).parent.glob("*.gguf")))
 
 
-def build(which: str, device: str = "cpu", dtype: Any = None) -> Any:
+def build(
+    which: str,
+    device: str = "cpu",
+    dtype: Any = None,
+    config_dir: str | Path | None = None,
+    n_layers: int | None = None,
+) -> Any:
+    """The benchmark's model: ``zoo``, ``smollm2`` (the GGUF's weights) or ``random`` (its shape
+    and tokenizer, random weights, seed 0). ``config_dir``: a Hugging Face directory holding
+    only ``config.json`` and the tokenizer files (no weights), for ``random`` where the GGUF is
+    not installed (the GPU machine). ``n_layers``: keep only the first layers (a student's
+    shape)."""
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     import circuitlens as cl
 
     dtype = dtype or torch.float32
     if which == "zoo":
         return cl.load_model("zoo:entity-tracking-teacher", device=device, dtype=dtype)
-    real = cl.load_model(smollm2_gguf(), device=device, dtype=dtype)
-    if which == "smollm2":
-        return real
-    from transformers import AutoModelForCausalLM
-
-    config = real.original_model.config
+    if which == "random" and config_dir is not None:
+        config = AutoConfig.from_pretrained(config_dir)
+        tokenizer = AutoTokenizer.from_pretrained(config_dir)
+    else:
+        real = cl.load_model(smollm2_gguf(), device=device, dtype=dtype)
+        if which == "smollm2":
+            return real
+        config, tokenizer = real.original_model.config, real.tokenizer
+    if n_layers is not None:
+        config.num_hidden_layers = n_layers
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(config)
-    return cl.load_model(hf, tokenizer=real.tokenizer, device=device, dtype=dtype)
+    return cl.load_model(hf, tokenizer=tokenizer, device=device, dtype=dtype)
 
 
 def machine() -> dict[str, Any]:

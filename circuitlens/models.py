@@ -274,7 +274,12 @@ def boot_bridge(
     if getattr(hf_model, "hf_device_map", None):
         device = None  # dispatched by accelerate: the map places it (moving it would break it)
     else:
-        hf_model = hf_model.to(dtype=dtype)
+        # the bridge records `device` in cfg.device but leaves a model it is handed where it
+        # is, and with device=None records CUDA where there is one: so move it ourselves, and
+        # by default record where it is
+        if device is None:
+            device = str(next(hf_model.parameters()).device)
+        hf_model = hf_model.to(device=device, dtype=dtype)
     if "name_or_path" not in tokenizer.init_kwargs:
         # the bridge re-reads a tokenizer from its name_or_path; one built in memory has none,
         # so give it a directory to be read from

@@ -55,6 +55,21 @@ def test_ready_models(make_llama_dir, zoo_tokenizer) -> None:
         load_model(hf2)
 
 
+def test_device_is_applied_and_recorded(make_llama_dir, monkeypatch) -> None:
+    """The bridge records device= in cfg.device but leaves a model it is handed where it is,
+    and by default records CUDA where there is one (both seen on a GPU machine: weights on the
+    CPU, inputs on CUDA). load_model moves the weights itself and by default records where
+    they are."""
+    import transformer_lens.model_bridge.sources.transformers.source as source
+
+    monkeypatch.setattr(source, "get_device", lambda: torch.device("cuda"))  # a GPU machine
+    path = make_llama_dir()
+    assert load_model(path).cfg.device == "cpu"
+    moved = load_model(path, device="meta")  # another device, on a machine without a GPU
+    assert {p.device.type for p in moved.parameters()} == {"meta"}
+    assert torch.device(moved.cfg.device).type == "meta"
+
+
 def test_legacy_hooked_transformer_is_accepted_as_is() -> None:
     class LegacyHooked:  # the surface circuitlens uses of a HookedTransformer
         cfg = object()

@@ -107,6 +107,10 @@ class CircuitTrainer:
             once over every batch of the run before the first step, never during training.
             ``False``: no cache, the teacher runs at every step (less memory: the ``kd``
             condition caches ``d_vocab`` logits per prompt).
+        fsdp: under ``torch.distributed``, shard the student's weights, gradients and
+            optimizer state over the processes (FSDP2; :mod:`circuitlens.fsdp`), for a student
+            too large for one device. The student is sharded in place: load a fresh one per
+            trainer.
     """
 
     def __init__(
@@ -119,8 +123,10 @@ class CircuitTrainer:
         circuit: Circuit | None = None,
         checkpoint_dir: str | Path | None = None,
         teacher_cache: TeacherCache | None | bool = None,
+        fsdp: bool = False,
     ) -> None:
         self.student, self.teacher, self.task = student, teacher, task
+        self.fsdp = fsdp
         if teacher_cache is True or teacher_cache is None:
             teacher_cache = TeacherCache()
         self.teacher_cache: TeacherCache | None = teacher_cache or None
@@ -164,6 +170,17 @@ class CircuitTrainer:
                 f"data-parallel training splits each batch of {cfg.batch_size} over "
                 f"{self.rank_world[1]} processes: make batch_size a multiple of the world size"
             )
+        if fsdp:
+            if cfg.site == "result":
+                raise ConfigError(
+                    'fsdp=True cannot use site="result": it reads whole W_O weights outside '
+                    'a forward pass, and a sharded student holds only a part; use site="z"'
+                )
+            from circuitlens.fsdp import shard_student
+
+            # the masks were derived on the whole model; shard them like their weights
+            self.masks = shard_student(student, self.masks)
+            params = dict(student.named_parameters())
         self.params = {n: params[n] for n in self.masks}
         self.frozen = {n: p.detach().clone() for n, p in self.params.items()}
         self.opt = torch.optim.AdamW(
@@ -467,7 +484,9 @@ class CircuitTrainer:
         parts = self.losses(prompts, step=self.state.step + 1)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
-        if self.rank_world[1] > 1:  # data parallel: the ranks' parts sum to the full gradient
+        if self.rank_world[1] > 1 and not self.fsdp:
+            # data parallel: the ranks' parts sum to the full gradient (FSDP sums its shards
+            # itself, in the backward pass)
             import torch.distributed as dist
 
             for p in self.params.values():
@@ -535,14 +554,21 @@ class CircuitTrainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        from circuitlens.fsdp import full
+
         assert self.checkpoint_dir is not None
+        # sharded (FSDP): gather every tensor whole, on every rank (a collective), so that the
+        # file is an unsharded run's
+        params = {n: full(p.detach()) for n, p in self.params.items()}
+        opt = self.opt.state_dict()
+        opt["state"] = {i: {k: full(v) for k, v in st.items()} for i, st in opt["state"].items()}
         if self.rank_world[0] != 0:  # data parallel: every rank holds the same state
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(
             {
-                "params": {n: p.detach() for n, p in self.params.items()},
-                "opt": self.opt.state_dict(),
+                "params": params,
+                "opt": opt,
                 "rng": self.rng.getstate(),
                 "state": dataclasses.asdict(self.state),
                 "config": dataclasses.asdict(self.config),
@@ -563,10 +589,16 @@ class CircuitTrainer:
                 f"the checkpoint in {self.checkpoint_dir} is from another config or "
                 "head map; use another directory, or delete it to start fresh"
             )
-        with torch.no_grad():
+        from circuitlens.fsdp import like
+
+        with torch.no_grad():  # sharded (FSDP): each rank takes its part of the whole tensors
             for n, p in self.params.items():
-                p.copy_(saved["params"][n])
-        self.opt.load_state_dict(saved["opt"])
+                p.copy_(like(saved["params"][n], p))
+        opt, order = saved["opt"], list(self.params.values())
+        opt["state"] = {
+            i: {k: like(v, order[i]) for k, v in st.items()} for i, st in opt["state"].items()
+        }
+        self.opt.load_state_dict(opt)
         self.rng.setstate(saved["rng"])
         self.state = TrainState(**saved["state"])
         log.info("resumed training at step %d", self.state.step)

@@ -6,7 +6,9 @@ faithfulness (accuracy with every head outside the circuit mean-ablated, against
 and the same measurement for random circuits of the same size (the control): a circuit that
 keeps the task's accuracy where random sets of as many heads do not is a real finding. Writes
 ``benchmarks/results/real-circuit.json`` with timings and machine facts (atomically, task by
-task, so an interrupted run keeps the tasks already done and skips them when run again).
+task, so an interrupted run keeps the tasks already done and skips them when run again; a
+task's circuit search keeps its finished stages in ``results/real-circuit-stages/<task>``
+and resumes after them).
 
     python benchmarks/real_circuit.py --n 32 --threads 2
 """
@@ -28,6 +30,7 @@ from circuitlens.io import atomic_write_text
 from circuitlens.patching.circuits import circuit_accuracy
 
 OUT = Path(__file__).resolve().parent / "results" / "real-circuit.json"
+STAGES = Path(__file__).resolve().parents[1] / "results" / "real-circuit-stages"  # not in git
 
 
 def main() -> None:
@@ -63,7 +66,8 @@ def main() -> None:
         task = cl.get_task(name, model=teacher, seed=0, n_test=max(args.n, 100))
         load_s = time.time() - t0
         t0 = time.time()
-        circuit = cl.find_circuit(teacher, task, cl.CircuitConfig(n=args.n))
+        stages = STAGES / name  # resumes an interrupted search
+        circuit = cl.find_circuit(teacher, task, cl.CircuitConfig(n=args.n), checkpoint_dir=stages)
         find_s = time.time() - t0
         heads = circuit.heads
         everyone = [

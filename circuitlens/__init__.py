@@ -28,7 +28,12 @@ from circuitlens.models import (
     registered_models,
 )
 from circuitlens.patching import activation_patch, attribution_patch, path_patch
-from circuitlens.patching.circuits import CircuitConfig, faithfulness, find_circuit
+from circuitlens.patching.circuits import (
+    CircuitConfig,
+    CircuitStageError,
+    faithfulness,
+    find_circuit,
+)
 from circuitlens.plotting import plot_ablation, plot_circuit, plot_patching, plot_training_curves
 from circuitlens.report import write_report
 from circuitlens.tasks import (
@@ -50,6 +55,7 @@ __all__ = [
     "AblationResult",
     "Circuit",
     "CircuitConfig",
+    "CircuitStageError",
     "CircuitTrainer",
     "DistillConfig",
     "DistillResult",

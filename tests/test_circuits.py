@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -129,3 +131,56 @@ def test_attribution_patching_ranks_heads_like_exact_patching(zoo_teacher) -> No
     )
     atp = attribution_patch(zoo_teacher, batch.tokens, batch.corrupted_tokens, metric)
     assert atp_rank_correlation(atp, exact) > 0  # measured: 0.71 (docs/patching.md)
+
+
+@pytest.mark.parametrize("task_name", ["entity_tracking", "theory_of_mind"])
+def test_an_interrupted_search_resumes_after_its_finished_stages(
+    model, tmp_path, monkeypatch, task_name
+) -> None:
+    """find_circuit(checkpoint_dir=...) stopped in its second stage and started again redoes
+    only the unfinished stages and finds the circuit an uninterrupted search finds; a file of
+    another search (another config) is refused by name."""
+    import circuitlens.ablation as ablation
+    import circuitlens.patching.circuits as circuits
+
+    if task_name == "entity_tracking":
+        task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=12)
+        cfg = CircuitConfig(n=12, top_k=2, min_effect=-1.0, prune_tol=0.0, complete_to=1.0)
+        name = "path_patch"
+    else:
+        task = get_task("theory_of_mind", seed=0, n_test=8, instruction=False)
+        cfg = CircuitConfig(n=8, threshold=0.05, prune_tol=0.0, complete_to=1.0)
+        name = "activation_patch"
+    plain = find_circuit(model, task, cfg, progress=False)
+
+    calls = []
+    real = {"path_patch": circuits.path_patch, "activation_patch": circuits.activation_patch}
+    sweep = ablation.ablation_sweep
+
+    def counted(fn, label):
+        def wrapper(*args, **kwargs):
+            calls.append(label)
+            if len(calls) == 2 and stop:  # stage 1 patching, stage 2 (here) the support sweep
+                raise KeyboardInterrupt  # the session stops here
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(circuits, name, counted(real[name], name))
+    monkeypatch.setattr(ablation, "ablation_sweep", counted(sweep, "sweep"))
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        find_circuit(model, task, cfg, progress=False, checkpoint_dir=tmp_path)
+    finished = len(calls) - 1
+    calls.clear()
+    stop = False
+    resumed = find_circuit(model, task, cfg, progress=False, checkpoint_dir=tmp_path)
+    total = len(calls)
+    calls.clear()
+    again = find_circuit(model, task, cfg, progress=False, checkpoint_dir=tmp_path)
+    assert finished >= 1 and total >= 1 and not calls  # finished stages are not redone
+    same = [json.dumps(c.to_dict(), sort_keys=True) for c in (plain, resumed, again)]
+    assert same[0] == same[1] == same[2]  # (as text: a random model's faithfulness is NaN)
+    other = CircuitConfig(**{**cfg.__dict__, "top_k": 1})
+    with pytest.raises(circuits.CircuitStageError, match="another circuit search"):
+        find_circuit(model, task, other, progress=False, checkpoint_dir=tmp_path)

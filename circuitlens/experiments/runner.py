@@ -107,14 +107,22 @@ def _setup_task(
     student: Any,
     progress: bool,
     formats: dict[str, Task],
+    circuit_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Circuit, sweeps, head map and the untrained references of one task."""
+    """Circuit, sweeps, head map and the untrained references of one task (``circuit_dir``:
+    where the circuit search keeps its finished stages, to resume after an interruption)."""
     t0 = time.time()
     d = cfg.distill
     circuit = None
     note = ""
     if cfg.use_circuit:
-        circuit = find_circuit(teacher, task, CircuitConfig(n=cfg.circuit_n), progress=progress)
+        circuit = find_circuit(
+            teacher,
+            task,
+            CircuitConfig(n=cfg.circuit_n),
+            progress=progress,
+            checkpoint_dir=circuit_dir,
+        )
         if not circuit.heads:
             note = "patching found no circuit heads: the map may use any teacher head"
     map_circuit = circuit if circuit is not None and circuit.heads else None
@@ -553,7 +561,9 @@ def _run_task(
         bar.set_description(f"reproduce: {t} circuit and sweeps")
         torch.manual_seed(cfg.task_seed)
         with heartbeat(bar):
-            setup = _setup_task(task, cfg, teacher, student, progress=False, formats=formats)
+            setup = _setup_task(
+                task, cfg, teacher, student, False, formats, circuit_dir=directory / t / "circuit"
+            )
         atomic_write_text(setup_file, _json_dump(setup))
     # one student in memory, put back to its untrained weights before each cell (what a
     # fresh load gives, bit for bit, without loading it again); one teacher cache per task

@@ -20,25 +20,36 @@ single group from activation patching of ``z``: heads whose patching recovers at
 
 Faithfulness: task accuracy with every head *outside* the circuit mean-ablated (task ablation
 prompts as the reference), against the full model.
+
+A search on a real model takes an hour or more on a CPU: with ``checkpoint_dir`` every finished
+stage (each path-patching group, the activation patching, the support sweep) is kept in
+``find_circuit.json`` there (written atomically), and a search started again with the same model
+weights, prompts and config resumes after the last finished stage, with the same result as one
+uninterrupted search (stages read back bit for bit). A file from another search is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from circuitlens.evaluation import ablation_means
+from circuitlens.io import atomic_write_text
 from circuitlens.mean_ablation import mean_ablated
 from circuitlens.models import model_facts
 from circuitlens.patching.activation import activation_patch
 from circuitlens.patching.attribution import screened_activation_patch
-from circuitlens.patching.path import path_patch
+from circuitlens.patching.path import PathPatchingResult, path_patch
 from circuitlens.tasks import Task, make_metric
 from circuitlens.tasks.metrics import accuracy, logits_at
-from circuitlens.types import Circuit, Head
+from circuitlens.types import Circuit, Head, parse_heads
 from circuitlens.validate import check_fields
 
 log = logging.getLogger(__name__)
@@ -77,6 +88,86 @@ class CircuitConfig:
             # min_effect, prune_tol and threshold may be negative (keep every head)
             {"n": (1, None), "top_k": (1, None), "complete_to": (0, 1), "max_support": (0, None)},
         )
+
+
+class CircuitStageError(ValueError):
+    """A checkpoint directory holds another circuit search's stages."""
+
+
+class _Stages:
+    """The finished stages of one search, kept in ``find_circuit.json`` (None: kept nowhere)."""
+
+    def __init__(self, directory: str | Path | None, model: Any, batch: Any, cfg: Any) -> None:
+        self.path = None if directory is None else Path(directory) / "find_circuit.json"
+        self.done: dict[str, Any] = {}
+        self.key = ""
+        if self.path is None:
+            return
+        h = hashlib.sha256()
+        for name, t in sorted(model.state_dict().items()):  # the weights the search reads
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        for t in (batch.tokens, batch.corrupted_tokens):  # the prompts
+            h.update(t.cpu().contiguous().numpy().tobytes())
+        h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+        self.key = h.hexdigest()
+        if self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved.get("fingerprint") != self.key:
+                raise CircuitStageError(
+                    f"{self.path} holds the stages of another circuit search (other weights, "
+                    "prompts or config): pass another checkpoint_dir, or delete the file to "
+                    "search afresh"
+                )
+            self.done = saved["stages"]
+            log.info("find_circuit: resuming after %d finished stage(s)", len(self.done))
+
+    def run(
+        self,
+        name: str,
+        compute: Callable[[], Any],
+        encode: Callable[[Any], Any],
+        decode: Callable[[Any], Any],
+    ) -> Any:
+        """The stage's result: read back when finished before, else computed and kept."""
+        if name in self.done:
+            return decode(self.done[name])
+        value = compute()
+        if self.path is not None:
+            self.done[name] = encode(value)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"fingerprint": self.key, "stages": self.done}
+            atomic_write_text(self.path, json.dumps(doc))
+        return value
+
+
+def _path_to_dict(r: PathPatchingResult) -> dict[str, Any]:
+    return {
+        "senders": [str(h) for h in r.senders],
+        "scores": r.scores.tolist(),
+        "receivers": [str(h) for h in r.receivers],
+        "via": r.via,
+        "position": r.position,
+    }
+
+
+def _path_from_dict(d: dict[str, Any]) -> PathPatchingResult:
+    return PathPatchingResult(
+        senders=parse_heads(d["senders"]),
+        scores=torch.tensor(d["scores"], dtype=torch.float32),
+        receivers=parse_heads(d["receivers"]),
+        via=d["via"],
+        position=d["position"],
+    )
+
+
+def _recovered_to_dict(r: tuple[torch.Tensor, torch.Tensor | None]) -> dict[str, Any]:
+    return {"recovered": r[0].tolist(), "exact": None if r[1] is None else r[1].tolist()}
+
+
+def _recovered_from_dict(d: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    exact = None if d["exact"] is None else torch.tensor(d["exact"], dtype=torch.bool)
+    return torch.tensor(d["recovered"], dtype=torch.float32), exact
 
 
 def _all_heads(model: Any) -> list[Head]:
@@ -141,17 +232,26 @@ def _prune(
 
 
 def _complete(
-    model: Any, task: Task, groups: dict[str, list[Head]], cfg: CircuitConfig
+    model: Any,
+    task: Task,
+    groups: dict[str, list[Head]],
+    cfg: CircuitConfig,
+    stages: _Stages | None = None,
 ) -> list[Head]:
     """Support heads: add heads by mean-ablation impact until the circuit alone keeps
     ``complete_to`` of the full model's accuracy (or ``max_support`` heads are added)."""
-    from circuitlens.ablation import ablation_sweep
+    from circuitlens.ablation import AblationResult, ablation_sweep
 
     batch = task.batch(model, "test", cfg.n)
     with torch.no_grad():
         full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     heads = [h for hs in groups.values() for h in hs]
-    sweep = ablation_sweep(model, task, n=cfg.n, progress=False)
+    sweep = (stages or _Stages(None, model, batch, cfg)).run(
+        "support:sweep",
+        lambda: ablation_sweep(model, task, n=cfg.n, progress=False),
+        lambda r: r.to_dict(),
+        AblationResult.from_dict,
+    )
     # measured heads only (a screened sweep, on a large model, estimates the rest)
     order = sorted(sweep.exact_heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
     support: list[Head] = []
@@ -167,17 +267,36 @@ def _complete(
 
 
 def find_circuit(
-    model: Any, task: Task, config: CircuitConfig | None = None, progress: bool = True
+    model: Any,
+    task: Task,
+    config: CircuitConfig | None = None,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
 ) -> Circuit:
-    """The task's circuit in ``model`` (see the module docstring), with its faithfulness."""
+    """The task's circuit in ``model`` (see the module docstring), with its faithfulness.
+
+    ``checkpoint_dir``: keep every finished stage there, and resume after them when the same
+    search (weights, prompts, config) is started again.
+
+    Raises:
+        CircuitStageError: ``checkpoint_dir`` holds another search's stages.
+    """
     cfg = config or CircuitConfig()
     batch = task.batch(model, "test", cfg.n)
+    stages = _Stages(checkpoint_dir, model, batch, cfg)
     plan = getattr(task, "circuit_plan", None)
     if plan:
         everyone = _all_heads(model)
         scores: dict[str, list] = {}
         first, *later = plan
-        a = path_patch(model, batch, everyone, via="logits", position=first[3], progress=progress)
+        a = stages.run(
+            f"{first[0]}:logits:{first[3]}",
+            lambda: path_patch(
+                model, batch, everyone, via="logits", position=first[3], progress=progress
+            ),
+            _path_to_dict,
+            _path_from_dict,
+        )
         groups = {first[0]: _keep(a, cfg.top_k, cfg.min_effect)}
         scores[first[0]] = a.scores.tolist()
         for group, into, via, position in later:
@@ -190,8 +309,13 @@ def find_circuit(
             if not senders:
                 groups[group] = []
                 continue
-            res = path_patch(
-                model, batch, senders, receivers, via=via, position=position, progress=progress
+            res = stages.run(
+                f"{group}:{via}:{position}",
+                lambda s=senders, r=receivers, v=via, at=position: path_patch(
+                    model, batch, s, r, via=v, position=at, progress=progress
+                ),
+                _path_to_dict,
+                _path_from_dict,
             )
             taken = {h for g, hs in groups.items() if g != group for h in hs}
             found = [
@@ -208,36 +332,41 @@ def find_circuit(
         screened = cfg.method == "screened" or (
             cfg.method == "auto" and model_facts(model).n_total_heads > 100
         )
-        if screened:
-            res = screened_activation_patch(
-                model,
-                batch.tokens,
-                batch.corrupted_tokens,
-                metric,
-                min_recovered=cfg.threshold,
-                positions=batch.positions["last"],
-                progress=progress,
-            )
-        else:
-            res = activation_patch(
-                model,
-                batch.tokens,
-                batch.corrupted_tokens,
-                metric,
-                progress=progress,
-                positions=batch.positions["last"],
-            )
-        gap = res.clean_score - res.corrupted_score
-        recovered = (res.scores - res.corrupted_score) / (gap if gap != 0 else 1.0)
+
+        def patch() -> tuple[torch.Tensor, torch.Tensor | None]:
+            if screened:
+                res = screened_activation_patch(
+                    model,
+                    batch.tokens,
+                    batch.corrupted_tokens,
+                    metric,
+                    min_recovered=cfg.threshold,
+                    positions=batch.positions["last"],
+                    progress=progress,
+                )
+            else:
+                res = activation_patch(
+                    model,
+                    batch.tokens,
+                    batch.corrupted_tokens,
+                    metric,
+                    progress=progress,
+                    positions=batch.positions["last"],
+                )
+            gap = res.clean_score - res.corrupted_score
+            return (res.scores - res.corrupted_score) / (gap if gap != 0 else 1.0), res.exact
+
+        name = f"heads:z:{'screened' if screened else 'exact'}"
+        recovered, exact = stages.run(name, patch, _recovered_to_dict, _recovered_from_dict)
         chosen = recovered > cfg.threshold
-        if res.exact is not None:
-            chosen &= res.exact  # measured heads only
+        if exact is not None:
+            chosen &= exact  # measured heads only
         groups = {"heads": [Head(layer, h) for layer, h in chosen.nonzero().tolist()]}
         positions = {"heads": "last"}
         scores = {"recovered": recovered.tolist()}
         method = "activation patching of z"
     if cfg.complete_to > 0 and any(groups.values()):
-        groups["S"] = _complete(model, task, groups, cfg)
+        groups["S"] = _complete(model, task, groups, cfg, stages)
         positions["S"] = "last"
     pruned = _prune(model, task, groups, cfg) if any(groups.values()) else groups
     circuit = Circuit(

@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
+    p.add_argument("--stages", type=Path, default=STAGES, help="where searches keep stages")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"tasks": {}}
@@ -53,6 +55,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             },
         }
     )
@@ -62,11 +65,11 @@ def main() -> None:
             continue
         slug = name.replace("_", "-")
         t0 = time.time()
-        teacher = cl.load_model(f"real:smollm2-{slug}-teacher")
+        teacher = cl.load_model(f"real:smollm2-{slug}-teacher", device=args.device)
         task = cl.get_task(name, model=teacher, seed=0, n_test=max(args.n, 100))
         load_s = time.time() - t0
         t0 = time.time()
-        stages = STAGES / name  # resumes an interrupted search
+        stages = args.stages / name  # resumes an interrupted search
         circuit = cl.find_circuit(teacher, task, cl.CircuitConfig(n=args.n), checkpoint_dir=stages)
         find_s = time.time() - t0
         heads = circuit.heads

@@ -133,7 +133,10 @@ def logits_at(
     """Logits at one position per prompt, ``logits[i, positions[i]]``, computing the final norm
     and unembedding only at the positions asked for where the model allows it (Hugging Face's
     ``logits_to_keep``; the values equal the full computation's, which tests check). ``input``
-    is tokens, or a residual stream with ``start_at_layer=`` in ``kwargs``."""
+    is tokens (moved to the model's device), or a residual stream with ``start_at_layer=`` in
+    ``kwargs``."""
+    if not input.is_floating_point():
+        input = input.to(model_device(model))
     keep, gather = keep_positions(model, positions.to(input.device))
     return gather(model_logits(model, input, **keep, **kwargs))
 

@@ -42,13 +42,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
+    p.add_argument(
+        "--teacher",
+        default="smollm2",
+        choices=["smollm2", "gemma3"],
+        help="the same-family teachers, or the cross-family pair's (results keyed gemma3:<task>)",
+    )
     p.add_argument("--stages", type=Path, default=STAGES, help="where searches keep stages")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"tasks": {}}
     doc.update(
         {
-            "benchmark": "find_circuit on the real SmolLM2 teachers, with random circuits",
+            "benchmark": "find_circuit on the real teachers, with random circuits",
             "args": {k: str(v) for k, v in vars(args).items()},
             "machine": {
                 "platform": platform.platform(),
@@ -60,16 +66,18 @@ def main() -> None:
         }
     )
     for name in args.tasks:
-        if name in doc["tasks"]:
-            print(f"{name}: done already (delete it from {args.out} to measure again)")
+        key = name if args.teacher == "smollm2" else f"{args.teacher}:{name}"
+        if key in doc["tasks"]:
+            print(f"{key}: done already (delete it from {args.out} to measure again)")
             continue
         slug = name.replace("_", "-")
         t0 = time.time()
-        teacher = cl.load_model(f"real:smollm2-{slug}-teacher", device=args.device)
+        spec = f"real:{args.teacher}-{slug}-teacher"
+        teacher = cl.load_model(spec, device=args.device)
         task = cl.get_task(name, model=teacher, seed=0, n_test=max(args.n, 100))
         load_s = time.time() - t0
         t0 = time.time()
-        stages = args.stages / name  # resumes an interrupted search
+        stages = args.stages / key.replace(":", "-")  # resumes an interrupted search
         circuit = cl.find_circuit(teacher, task, cl.CircuitConfig(n=args.n), checkpoint_dir=stages)
         find_s = time.time() - t0
         heads = circuit.heads
@@ -91,8 +99,8 @@ def main() -> None:
             )
         control_s = time.time() - t0
         accs = [c["circuit_accuracy"] for c in controls]
-        doc["tasks"][name] = {
-            "model": f"real:smollm2-{slug}-teacher",
+        doc["tasks"][key] = {
+            "model": spec,
             "n_heads_total": len(everyone),
             "circuit": {g: [str(h) for h in hs] for g, hs in circuit.groups.items()},
             "n_circuit_heads": len(heads),
@@ -114,9 +122,9 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         atomic_write_text(args.out, json.dumps(doc, indent=1))
-        r = doc["tasks"][name]
+        r = doc["tasks"][key]
         print(
-            f"{name}: {len(heads)} heads, circuit-only {r['circuit_accuracy']} of full "
+            f"{key}: {len(heads)} heads, circuit-only {r['circuit_accuracy']} of full "
             f"{r['full_accuracy']} (random same size: {r['random_circuit_accuracy_mean']}); "
             f"find_circuit {find_s:.0f} s",
             flush=True,

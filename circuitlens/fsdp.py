@@ -109,3 +109,25 @@ def like(value: Any, param: Tensor) -> Any:
     return distribute_tensor(
         value.to(param.to_local().device), param.device_mesh, param.placements, src_data_rank=None
     )
+
+
+def gather_state(params: dict[str, Tensor], opt: Any) -> tuple[dict[str, Tensor], dict]:
+    """The trained weights and the optimizer's state dict, every sharded tensor gathered whole
+    (a collective when sharded: every rank calls it), as an unsharded run holds them."""
+    whole = {n: full(p.detach()) for n, p in params.items()}
+    state = opt.state_dict()
+    state["state"] = {i: {k: full(v) for k, v in st.items()} for i, st in state["state"].items()}
+    return whole, state
+
+
+def scatter_state(params: dict[str, Tensor], opt: Any, saved: dict, saved_opt: dict) -> None:
+    """Put saved whole weights and optimizer state back, each rank taking its part when the
+    weights are sharded."""
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(like(saved[n], p))
+    order = list(params.values())
+    saved_opt["state"] = {
+        i: {k: like(v, order[i]) for k, v in st.items()} for i, st in saved_opt["state"].items()
+    }
+    opt.load_state_dict(saved_opt)

@@ -554,14 +554,10 @@ class CircuitTrainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        from circuitlens.fsdp import full
+        from circuitlens.fsdp import gather_state
 
         assert self.checkpoint_dir is not None
-        # sharded (FSDP): gather every tensor whole, on every rank (a collective), so that the
-        # file is an unsharded run's
-        params = {n: full(p.detach()) for n, p in self.params.items()}
-        opt = self.opt.state_dict()
-        opt["state"] = {i: {k: full(v) for k, v in st.items()} for i, st in opt["state"].items()}
+        params, opt = gather_state(self.params, self.opt)  # a collective when sharded
         if self.rank_world[0] != 0:  # data parallel: every rank holds the same state
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -589,16 +585,9 @@ class CircuitTrainer:
                 f"the checkpoint in {self.checkpoint_dir} is from another config or "
                 "head map; use another directory, or delete it to start fresh"
             )
-        from circuitlens.fsdp import like
+        from circuitlens.fsdp import scatter_state
 
-        with torch.no_grad():  # sharded (FSDP): each rank takes its part of the whole tensors
-            for n, p in self.params.items():
-                p.copy_(like(saved["params"][n], p))
-        opt, order = saved["opt"], list(self.params.values())
-        opt["state"] = {
-            i: {k: like(v, order[i]) for k, v in st.items()} for i, st in opt["state"].items()
-        }
-        self.opt.load_state_dict(opt)
+        scatter_state(self.params, self.opt, saved["params"], saved["opt"])
         self.rng.setstate(saved["rng"])
         self.state = TrainState(**saved["state"])
         log.info("resumed training at step %d", self.state.step)

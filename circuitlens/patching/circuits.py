@@ -236,7 +236,7 @@ def _complete(
     task: Task,
     groups: dict[str, list[Head]],
     cfg: CircuitConfig,
-    stages: _Stages | None = None,
+    stages: _Stages,
 ) -> list[Head]:
     """Support heads: add heads by mean-ablation impact until the circuit alone keeps
     ``complete_to`` of the full model's accuracy (or ``max_support`` heads are added)."""
@@ -246,7 +246,7 @@ def _complete(
     with torch.no_grad():
         full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     heads = [h for hs in groups.values() for h in hs]
-    sweep = (stages or _Stages(None, model, batch, cfg)).run(
+    sweep = stages.run(
         "support:sweep",
         lambda: ablation_sweep(model, task, n=cfg.n, progress=False),
         lambda r: r.to_dict(),

@@ -358,3 +358,52 @@ def test_cli_jobs_takes_auto_or_a_whole_number(tmp_path: Path, capsys) -> None:
             main(["reproduce", "--jobs", bad, "--out", str(tmp_path / "x")])
         assert "whole number >= 1 or 'auto'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_given_circuit_is_mapped_into_without_a_search(tmp_path: Path, monkeypatch) -> None:
+    """``circuits`` names a teacher circuit found before: no search runs, every mapped teacher
+    head (the aligned map's and the random control's from the circuit) is one of its heads,
+    and the run's config.json carries it."""
+    from circuitlens.experiments import runner
+
+    monkeypatch.setattr(runner, "find_circuit", lambda *a, **k: pytest.fail("searched"))
+    given = {"A": ["L3H1", "L2H5"], "B": ["L1H0"]}
+    cfg = tiny(
+        use_circuit=True,
+        circuits={"entity_tracking": given},
+        conditions=("ce+align", "ce+rand"),
+        seeds=(0,),
+        steps=2,
+        random_from="circuit",
+    )
+    result = run_experiment(cfg, tmp_path / "run", progress=False)
+    setup = result.setups["entity_tracking"]
+    assert setup["circuit"]["groups"] == given
+    allowed = {"L3H1", "L2H5", "L1H0"}
+    assert {t for _, t in setup["head_map"]["pairs"]} <= allowed
+    for cell in result.cells:
+        assert {t for _, t in cell["pairs"]} <= allowed, cell["condition"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["circuits"] == {"entity_tracking": given}
+
+
+def test_given_circuits_that_cannot_be_used_are_refused_by_name(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from circuitlens.experiments import runner
+    from circuitlens.validate import ConfigError
+
+    ok = {"entity_tracking": {"A": ["L3H1"]}}
+    with pytest.raises(ConfigError, match="use_circuit is False"):
+        tiny(circuits=ok)
+    with pytest.raises(ValueError, match="unknown task 'induction'"):
+        tiny(use_circuit=True, circuits={"induction": {"A": ["L0H0"]}})
+    with pytest.raises(ConfigError, match=r"circuits\['entity_tracking'\].*'L3 H1'"):
+        tiny(use_circuit=True, circuits={"entity_tracking": {"A": ["L3 H1"]}})
+    with pytest.raises(ConfigError, match="non-empty"):
+        tiny(use_circuit=True, circuits={"entity_tracking": {"A": []}})
+    # a head the teacher (4 layers x 8 heads) lacks: named before any sweep
+    monkeypatch.setattr(runner, "sweeps", lambda *a, **k: pytest.fail("work started"))
+    far = tiny(use_circuit=True, circuits={"entity_tracking": {"A": ["L9H0"]}}, seeds=(0,))
+    with pytest.raises(ValueError, match=r"circuits\['entity_tracking'\].*L9H0 is outside"):
+        run_experiment(far, tmp_path / "far", progress=False)

@@ -31,6 +31,36 @@ def _default_models() -> dict[str, dict[str, str]]:
     }
 
 
+def _check_circuits(circuits: Any, use_circuit: bool) -> dict[str, dict[str, list[str]]]:
+    """Given circuits, held as plain head names (``L3H1``), with every problem named."""
+    from circuitlens.types import Head
+
+    if not isinstance(circuits, dict):
+        raise ConfigError(
+            "ExperimentConfig.circuits must be a table of task -> {group: [heads]} "
+            f"(got {type(circuits).__name__})"
+        )
+    if not use_circuit:
+        raise ConfigError(
+            "ExperimentConfig.circuits is given but use_circuit is False: set use_circuit=True "
+            "to map into the given circuits, or drop circuits"
+        )
+    out = {}
+    for task, groups in circuits.items():
+        if task not in TASKS:
+            raise ValueError(f"circuits: unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        if not isinstance(groups, dict) or not any(groups.values()):
+            raise ConfigError(
+                f"circuits[{task!r}] must be a non-empty table of group -> head names, e.g. "
+                '{"A": ["L23H2", "L29H1"]}'
+            )
+        try:
+            out[task] = {str(g): [str(Head.parse(h)) for h in hs] for g, hs in groups.items()}
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"circuits[{task!r}]: {e}") from e
+    return out
+
+
 def _default_distill() -> DistillConfig:
     return DistillConfig().with_overrides(steps=300, eval_every=25, eval_n=200, eval_cka=True)
 
@@ -58,6 +88,10 @@ class ExperimentConfig:
         format_accuracy: also measure every model and cell in each prompt format the task
             offers (theory of mind: ``plain`` and ``instruction``); False: the card's format
             only (one test pass less per cell).
+        circuits: per task, a teacher circuit found before (group -> head names, as
+            ``Circuit.to_dict()["groups"]``), used instead of searching (needs
+            ``use_circuit``); tasks not named here are searched. The config then carries the
+            circuit it mapped into.
     """
 
     tasks: tuple[str, ...] | list[str] = TASKS
@@ -71,6 +105,7 @@ class ExperimentConfig:
     random_from: str = "all"
     target_accuracy: float | None = None
     format_accuracy: bool = True
+    circuits: dict[str, dict[str, list[str]]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", check_sequence(self.tasks, str, "tasks"))
@@ -111,6 +146,8 @@ class ExperimentConfig:
             )
         if self.random_from not in ("all", "circuit"):
             raise ValueError(f"random_from must be 'all' or 'circuit' (got {self.random_from!r})")
+        if self.circuits is not None:
+            object.__setattr__(self, "circuits", _check_circuits(self.circuits, self.use_circuit))
 
     @classmethod
     def quick(cls, **overrides: Any) -> ExperimentConfig:

@@ -33,7 +33,7 @@ from circuitlens.tasks import (
 )
 from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CONDITIONS
-from circuitlens.types import Circuit, HeadMap
+from circuitlens.types import Circuit, Head, HeadMap
 
 
 def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any) -> Task:
@@ -115,7 +115,22 @@ def _setup_task(
     d = cfg.distill
     circuit = None
     note = ""
-    if cfg.use_circuit:
+    given = (cfg.circuits or {}).get(task.name)
+    if given is not None:  # found before (the config carries it): checked, not searched
+        n_layers, n_heads = teacher.cfg.n_layers, teacher.cfg.n_heads
+        try:
+            groups = {
+                g: [Head.parse(h).check(n_layers, n_heads) for h in hs] for g, hs in given.items()
+            }
+        except ValueError as e:
+            raise ValueError(
+                f"ExperimentConfig.circuits[{task.name!r}] does not fit the teacher "
+                f"{cfg.models[task.name]['teacher']}: {e}"
+            ) from e
+        circuit = Circuit(
+            groups, meta={"method": "given in the config (ExperimentConfig.circuits)"}
+        )
+    elif cfg.use_circuit:
         circuit = find_circuit(
             teacher,
             task,

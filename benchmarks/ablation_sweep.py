@@ -17,11 +17,10 @@ import multiprocessing as mp
 import platform
 import resource
 import time
-from pathlib import Path
 
-from bench_models import MODELS, bench_model
+from bench_models import MODELS, bench_model, results_dir
 
-OUT = Path(__file__).parent / "results" / "ablation_sweep.json"
+OUT = results_dir() / "ablation_sweep.json"
 
 
 def _run(which: str, mode: str, n: int, hpp: int, q: mp.Queue) -> None:

@@ -12,12 +12,11 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
-from bench_models import MODELS, bench_model
+from bench_models import MODELS, bench_model, results_dir
 
-OUT = Path(__file__).parent / "results" / "activation_patching.json"
+OUT = results_dir() / "activation_patching.json"
 
 
 def main() -> None:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 MODELS = ("zoo-teacher", "random-12-layer")
+#: the committed results (inputs some benchmarks read, e.g. a measured head map)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_dir() -> Path:
+    """Where a benchmark writes its results: ``benchmarks/results``, or
+    ``$CIRCUITLENS_BENCH_OUT`` (set by ``benchmarks/all.py`` so that a side-by-side run
+    writes into its own directory and leaves the committed results alone)."""
+    d = Path(os.environ.get("CIRCUITLENS_BENCH_OUT") or RESULTS)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def bench_model(which: str) -> Any:

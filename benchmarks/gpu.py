@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))  # screened.py's model builder
 
+from bench_models import results_dir  # noqa: E402
 from screened import build  # noqa: E402
 
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or (
         Path(os.environ["OUT"]) / "gpu.json"
         if os.environ.get("OUT")
-        else Path(__file__).parent / "results" / f"gpu_{args.device.split(':')[0]}.json"
+        else results_dir() / f"gpu_{args.device.split(':')[0]}.json"
     )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(facts, indent=1))

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from bench_models import results_dir
+
+RESULTS = results_dir()
 
 
 def smollm2_gguf() -> str:

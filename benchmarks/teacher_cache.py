@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_models import results_dir
 
 import circuitlens as cl
 from circuitlens.teacher_cache import TeacherCache
@@ -94,8 +95,7 @@ def main() -> None:
         },
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "teacher-cache.json").write_text(json.dumps(result, indent=1))
+    (results_dir() / "teacher-cache.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result["rows"], indent=1))
 
 

@@ -13,11 +13,11 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
+from bench_models import results_dir
 
-OUT = Path(__file__).parent / "results" / "train_step.json"
+OUT = results_dir() / "train_step.json"
 
 
 def main() -> None:

@@ -1,0 +1,92 @@
+"""benchmarks/all.py: every benchmark in one run, side by side, without touching the committed
+results; its rows are the benchmarks' own figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def allpy():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_all", BENCH / "all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.path.remove(str(BENCH))
+
+
+def _check(rows: list[dict]) -> None:
+    assert rows
+    for r in rows:
+        if r["fast_s"] and r["baseline_s"]:
+            assert r["speedup"] == round(r["baseline_s"] / r["fast_s"], 2)
+
+
+def test_rows_are_the_committed_results_figures(allpy) -> None:
+    res = BENCH / "results"
+    sweep = json.loads((res / "ablation_sweep.json").read_text())
+    rows = allpy.headline("ablation_sweep", sweep)
+    _check(rows)
+    ours = [r for r in sweep["rows"] if r["mode"] != "naive"]
+    assert len(rows) == len(ours)
+    for row, r in zip(rows, ours, strict=True):  # the benchmark's own speed-up, recomputed
+        assert row["speedup"] == pytest.approx(r["speedup_vs_naive"], abs=0.011)
+        assert row["max_abs_diff"] == r["max_abs_score_diff_vs_naive"]
+    patch = json.loads((res / "activation_patching.json").read_text())
+    rows = allpy.headline("activation_patching", patch)
+    _check(rows)
+    assert [r["speedup"] for r in rows] == pytest.approx(
+        [r["speedup_1"] for r in patch["rows"]], abs=0.011
+    )
+    cache = json.loads((res / "teacher-cache.json").read_text())
+    rows = allpy.headline("teacher_cache", cache)
+    _check(rows)
+    assert [r["speedup"] for r in rows] == pytest.approx(
+        [r["speedup"] for r in cache["rows"]], abs=0.011
+    )
+    screened = json.loads((res / "screened_smollm2.json").read_text())
+    rows = allpy.headline("screened", screened)
+    _check(rows)
+    assert [r["fraction_of_exact_time"] for r in rows] == [
+        r["fraction_of_exact_time"] for r in screened["rows"]
+    ]
+    gpu = json.loads((res / "gpu_cuda.json").read_text())["runs"]
+    rows = allpy.headline("gpu", gpu["float32_9_heads_per_pass_with_baselines"])
+    _check(rows)
+    assert [r["speedup"] for r in rows] == pytest.approx([6.52, 5.03], abs=0.011)
+    _check(allpy.headline("train_step", json.loads((res / "train_step.json").read_text())))
+    assert "| benchmark |" in allpy.markdown(rows)
+
+
+def test_one_run_records_every_benchmark_and_leaves_committed_results(
+    allpy, tmp_path: Path, monkeypatch
+) -> None:
+    committed = BENCH / "results" / "train_step.json"
+    before = committed.read_bytes()
+    suite = {
+        "train_step": (["train_step.py", "--steps", "2", "--batch-size", "4"], "train_step.json"),
+        "broken": (["no_such_benchmark.py"], "nothing.json"),
+    }
+    monkeypatch.setitem(allpy.SUITES, "tiny", suite)
+    out = tmp_path / "run"
+    doc = allpy.run("tiny", out, None, tmp_path / "all-tiny.json")
+    assert committed.read_bytes() == before  # written into the run's directory instead
+    assert (out / "train_step.json").is_file()
+    ok, bad = doc["benchmarks"]["train_step"], doc["benchmarks"]["broken"]
+    assert ok["rc"] == 0 and ok["result"]["steps"] == 2 and ok["rows"]
+    assert bad["rc"] != 0 and "no_such_benchmark.py" in bad["error_tail"]
+    assert doc["machine"]["cpus"] and doc["machine"]["torch"]
+    assert json.loads((tmp_path / "all-tiny.json").read_text())["rows"] == doc["rows"]
+    # run again: the finished benchmark is kept as it was, the failed one is tried again
+    again = allpy.run("tiny", out, None, None)
+    assert again["benchmarks"]["train_step"] == ok
+    with pytest.raises(SystemExit, match="no benchmark"):
+        allpy.run("tiny", out, ["nope"], None)

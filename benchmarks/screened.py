@@ -81,7 +81,6 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_average": list(os.getloadavg()),
-        "note": "2-core machine shared with other engineers and a background training job",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 

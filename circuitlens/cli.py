@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -264,6 +265,26 @@ def _jobs(text: str) -> int | str:
     return value
 
 
+def _circuits(pairs: list[str]) -> dict[str, dict[str, list[str]]]:
+    """``--circuit TASK=FILE ...``: each task's circuit groups, read from a ``Circuit.save``
+    file."""
+    from circuitlens.types import Circuit
+
+    out = {}
+    for pair in pairs:
+        task, sep, path = pair.partition("=")
+        if not sep or not task or not path:
+            raise ValueError(f"--circuit takes TASK=FILE (got {pair!r})")
+        if not Path(path).is_file():
+            raise ValueError(f"--circuit {pair}: no file {path} (write one with Circuit.save)")
+        try:
+            circuit = Circuit.load(path)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--circuit {pair}: not a saved circuit ({e})") from e
+        out[task] = {g: [str(h) for h in hs] for g, hs in circuit.groups.items()}
+    return out
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.experiments import ExperimentConfig, run_experiment
     from circuitlens.report import write_report
@@ -289,6 +310,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    if args.circuit:
+        overrides |= {"use_circuit": True, "circuits": _circuits(args.circuit)}
     if overrides:
         config = config.with_overrides(**overrides)
     real = "" if args.models == "zoo" else f"-{args.models}"
@@ -348,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tasks", nargs="+", help="a subset of the tasks")
     rep.add_argument("--conditions", nargs="+", help="a subset of the conditions")
     rep.add_argument("--seeds", nargs="+", type=int, help="training seeds")
+    rep.add_argument(
+        "--circuit",
+        nargs="+",
+        metavar="TASK=FILE",
+        help="map into a teacher circuit found before (a Circuit.save file) instead of "
+        "searching, e.g. entity_tracking=circuit.json",
+    )
     rep.add_argument("--steps", type=int, help="training steps per cell")
     rep.add_argument("--device", help="where the models run: cpu (default), cuda, cuda:1, ...")
     rep.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")

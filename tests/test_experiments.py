@@ -407,3 +407,36 @@ def test_given_circuits_that_cannot_be_used_are_refused_by_name(
     far = tiny(use_circuit=True, circuits={"entity_tracking": {"A": ["L9H0"]}}, seeds=(0,))
     with pytest.raises(ValueError, match=r"circuits\['entity_tracking'\].*L9H0 is outside"):
         run_experiment(far, tmp_path / "far", progress=False)
+    # fewer circuit heads than a one-to-one map needs (the student's 8 heads, budget 2)
+    few = tiny(use_circuit=True, circuits=ok, seeds=(0,), budget=2, one_to_one=True)
+    with pytest.raises(ValueError, match="has 1 heads.*needs at least 2.*budget to 1"):
+        run_experiment(few, tmp_path / "few", progress=False)
+
+
+def test_cli_circuit_flag_reads_saved_circuits(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``reproduce --circuit TASK=FILE`` maps into a circuit saved with ``Circuit.save``."""
+    import circuitlens.experiments as ex
+    from circuitlens.types import Circuit
+
+    seen = []
+
+    def fake(cfg, *a, **k):
+        seen.append(cfg)
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr(ex, "run_experiment", fake)
+    f = tmp_path / "c.json"
+    Circuit({"A": ["L3H1", "L2H5"], "S": ["L0H0"]}, meta={"method": "x"}).save(f)
+    out = str(tmp_path / "o")
+    assert main(["reproduce", "--circuit", f"entity_tracking={f}", "--out", out]) == 2
+    assert "stopped here" in capsys.readouterr().err
+    assert seen[0].use_circuit
+    assert seen[0].circuits == {"entity_tracking": {"A": ["L3H1", "L2H5"], "S": ["L0H0"]}}
+    for bad, msg in [
+        ("entity_tracking", "TASK=FILE"),
+        (f"entity_tracking={tmp_path / 'none.json'}", "no file"),
+        (f"induction={f}", "unknown task 'induction'"),
+    ]:
+        assert main(["reproduce", "--circuit", bad, "--out", out]) == 2
+        assert msg in capsys.readouterr().err
+    assert len(seen) == 1  # refused before the run

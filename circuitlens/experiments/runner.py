@@ -18,7 +18,7 @@ from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.io import atomic_write_text
-from circuitlens.mapping import map_heads, random_map
+from circuitlens.mapping import budget_count, map_heads, random_map
 from circuitlens.models import load_model, model_facts, model_fingerprint
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
 from circuitlens.progress import heartbeat
@@ -130,6 +130,14 @@ def _setup_task(
         circuit = Circuit(
             groups, meta={"method": "given in the config (ExperimentConfig.circuits)"}
         )
+        fs = model_facts(student)
+        k = budget_count(d.budget, fs.n_layers * fs.n_heads)
+        if d.one_to_one and len(circuit.heads) < k:
+            raise ValueError(
+                f"ExperimentConfig.circuits[{task.name!r}] has {len(circuit.heads)} heads, but a "
+                f"one-to-one map of the budget's {k} student heads needs at least {k}: set the "
+                f"budget to {len(circuit.heads)} or fewer, or one_to_one=False"
+            )
     elif cfg.use_circuit:
         circuit = find_circuit(
             teacher,

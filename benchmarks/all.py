@@ -57,6 +57,10 @@ SUITES: dict[str, dict[str, tuple[list[str], str]]] = {
             ],
             "screened_random.json",
         ),  # fmt: skip
+        "screened_circuit": (
+            ["screened_circuit.py", "--model", "zoo", "--n", "16"],
+            "screened_circuit_zoo.json",
+        ),
         "train_step": (["train_step.py", "--steps", "10"], "train_step.json"),
         "teacher_cache": (
             ["teacher_cache.py", "--models", "zoo", "--steps", "5"],
@@ -82,6 +86,10 @@ SUITES: dict[str, dict[str, tuple[list[str], str]]] = {
             ],
             "screened_smollm2.json",
         ),  # fmt: skip
+        "screened_circuit": (
+            ["screened_circuit.py", "--model", "real", "--n", "16"],
+            "screened_circuit_real.json",
+        ),
         "teacher_cache": (
             ["teacher_cache.py", "--models", "real", "--steps", "5"],
             "teacher-cache.json",
@@ -101,6 +109,7 @@ TARGETS = {
     "activation_patching": "CPU: bounded near 2x; GPU >= 10x, equal within 1e-4",
     "screened": "<= 10% of the exact time; recall of the exact top-k >= 0.95",
     "teacher_cache": ">= 2x a step",
+    "screened_circuit": "same heads (recall 1.0); <= 20% of the exact search's time",
     "gpu": ">= 10x, equal within 1e-4 (float32)",
 }
 
@@ -150,6 +159,14 @@ def headline(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
                 fraction_of_exact_time=r["fraction_of_exact_time"],
                 min_recall=min(recall), spearman=round(r["spearman_all_heads"], 3),
             ))  # fmt: skip
+    elif name == "screened_circuit":
+        rows.append(_row(
+            name, doc["model"], "find_circuit: screened vs exact activation patching",
+            doc["runs"]["screened"]["seconds"], doc["runs"]["exact"]["seconds"],
+            doc["max_abs_diff_on_heads_both_found"],
+            fraction_of_exact_time=doc["fraction_of_exact_time"],
+            min_recall=doc["recall_of_exact_heads"],
+        ))  # fmt: skip
     elif name == "teacher_cache":
         for r in doc["rows"]:
             rows.append(_row(

@@ -12,6 +12,9 @@ control train the same 11 student heads. The random control draws teacher heads 
     python benchmarks/real_circuit_distill.py --seeds 0 1 2 --threads 2
         -> results/reproduce-real-circuit (resumable), then
            benchmarks/results/reproduce-real-circuit.json and its HTML report
+    python benchmarks/real_circuit_distill.py --teacher gemma3 --seeds 0
+        -> the cross-family pair: the SmolLM2 student mapped into the Gemma-3 teacher's
+           12-head circuit (benchmarks/results/reproduce-real-gemma3-circuit.json)
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ HERE = Path(__file__).resolve().parent
 CIRCUITS = HERE / "results" / "real-circuit.json"
 
 
-def config(seeds: list[int], conditions: list[str]) -> ExperimentConfig:
-    found = json.loads(CIRCUITS.read_text())["tasks"]["entity_tracking"]
+def config(seeds: list[int], conditions: list[str], teacher: str = "smollm2") -> ExperimentConfig:
+    key = "entity_tracking" if teacher == "smollm2" else f"{teacher}:entity_tracking"
+    found = json.loads(CIRCUITS.read_text())["tasks"][key]
     groups = {g: hs for g, hs in found["circuit"].items() if hs}
     n = len({h for hs in groups.values() for h in hs})
     return ExperimentConfig.real(
+        teacher=teacher,
         tasks=("entity_tracking",),
         seeds=tuple(seeds),
         conditions=tuple(conditions),
@@ -51,12 +56,22 @@ def main() -> None:
         "--conditions", nargs="+", default=["student", "teacher", "ce", "ce+align", "ce+rand"]
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("results/reproduce-real-circuit"))
-    p.add_argument("--name", default="reproduce-real-circuit", help="benchmarks/results/NAME")
+    p.add_argument(
+        "--teacher",
+        default="smollm2",
+        choices=["smollm2", "gemma3"],
+        help="the same-family teacher, or the cross-family pair's Gemma-3 teacher (its circuit: "
+        "12 of 72 heads)",
+    )
+    p.add_argument("--out", type=Path, help="default results/reproduce-real[-gemma3]-circuit")
+    p.add_argument("--name", help="benchmarks/results/NAME (default: the out directory's name)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    fam = "" if args.teacher == "smollm2" else f"-{args.teacher}"
+    args.out = args.out or Path(f"results/reproduce-real{fam}-circuit")
+    args.name = args.name or args.out.name
     t0 = time.time()
-    result = run_experiment(config(args.seeds, args.conditions), args.out, jobs=1)
+    result = run_experiment(config(args.seeds, args.conditions, args.teacher), args.out, jobs=1)
     print(result.markdown())
     print(f"{len(result.cells)} cells; this invocation {time.time() - t0:.0f} s")
     sys.path.insert(0, str(HERE))

@@ -90,3 +90,24 @@ def test_one_run_records_every_benchmark_and_leaves_committed_results(
     assert again["benchmarks"]["train_step"] == ok
     with pytest.raises(SystemExit, match="no benchmark"):
         allpy.run("tiny", out, ["nope"], None)
+
+
+@pytest.mark.parametrize("teacher", ["smollm2", "gemma3"])
+def test_the_circuit_runs_map_one_to_one_into_the_committed_circuits(allpy, teacher) -> None:
+    """benchmarks/real_circuit_distill.py: the circuit it maps into is the one found
+    (benchmarks/results/real-circuit.json, empty groups left out), and the budget is its size,
+    so the one-to-one map uses every circuit head once."""
+    from real_circuit_distill import config
+
+    cfg = config([0], ["ce", "ce+align"], teacher)
+    key = "entity_tracking" if teacher == "smollm2" else f"{teacher}:entity_tracking"
+    found = json.loads((BENCH / "results" / "real-circuit.json").read_text())["tasks"][key]
+    given = cfg.circuits["entity_tracking"]
+    assert given == {g: hs for g, hs in found["circuit"].items() if hs}
+    assert (
+        cfg.distill.budget
+        == found["n_circuit_heads"]
+        == len({h for hs in given.values() for h in hs})
+    )
+    assert cfg.distill.one_to_one and cfg.use_circuit and cfg.tasks == ("entity_tracking",)
+    assert cfg.models["entity_tracking"]["teacher"] == f"real:{teacher}-entity-tracking-teacher"

@@ -29,7 +29,10 @@ from circuitlens.rundir import MARKER
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def export(directory: Path, name: str) -> Path:
+def export(directory: Path, name: str, html: bool = True) -> Path:
+    """The run as ``benchmarks/results/NAME.json``; ``html``: also its report (~5 MB with
+    Plotly inlined; the report is rebuilt from the JSON: ``--restore``, then
+    ``circuitlens.write_report``)."""
     result = ExperimentResult.load(directory)
     result.write_tables()
     report = write_report(result)
@@ -53,7 +56,8 @@ def export(directory: Path, name: str) -> Path:
     }
     path = OUT / f"{name}.json"
     atomic_write_text(path, json.dumps(doc, indent=1))
-    shutil.copyfile(report, OUT / f"{name}-report.html")
+    if html:
+        shutil.copyfile(report, OUT / f"{name}-report.html")
     return path
 
 

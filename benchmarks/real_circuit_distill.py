@@ -1,4 +1,4 @@
-"""The paper's method proper on the real same-family pair: map into the teacher's circuit.
+"""The paper's method proper on the real pairs: map into the teacher's circuit.
 
 ``reproduce --models real`` maps the student's heads to any teacher head, because the circuit
 search on a 270-head teacher is hours on 2 CPU cores. The entity-tracking teacher's circuit was

@@ -429,3 +429,20 @@ def _isna(x: Any) -> bool:
     import pandas as pd
 
     return bool(pd.isna(x))
+
+
+def curve_points(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """One row per evaluation: step, validation accuracy and CKA, and the mean training loss
+    (and CKA term's batch CKA) over the steps since the previous evaluation."""
+    out, since = [], []
+    for row in history:
+        since.append(row)
+        if "val_accuracy" not in row:
+            continue
+        point = {k: row[k] for k in ("step", "val_accuracy", "val_cka") if k in row}
+        point["loss"] = sum(r["loss"] for r in since) / len(since)
+        if "mean_cka" in row:
+            point["train_cka"] = sum(r["mean_cka"] for r in since) / len(since)
+        out.append(point)
+        since = []
+    return out

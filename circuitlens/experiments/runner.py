@@ -16,7 +16,7 @@ from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
 from circuitlens.distill import sweeps, train_condition
 from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
-from circuitlens.experiments.result import ExperimentResult
+from circuitlens.experiments.result import ExperimentResult, curve_points
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import budget_count, map_heads, random_map
 from circuitlens.models import load_model, model_facts, model_fingerprint
@@ -208,23 +208,6 @@ def _cell_map(setup: dict[str, Any], condition: str, seed: int, cfg: ExperimentC
     )
 
 
-def _curve(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    """One row per evaluation: step, validation accuracy and CKA, and the mean training loss
-    (and CKA term's batch CKA) over the steps since the previous evaluation."""
-    out, since = [], []
-    for row in history:
-        since.append(row)
-        if "val_accuracy" not in row:
-            continue
-        point = {k: row[k] for k in ("step", "val_accuracy", "val_cka") if k in row}
-        point["loss"] = sum(r["loss"] for r in since) / len(since)
-        if "mean_cka" in row:
-            point["train_cka"] = sum(r["mean_cka"] for r in since) / len(since)
-        out.append(point)
-        since = []
-    return out
-
-
 def _run_cell(
     cell_dir: Path,
     task: Task,
@@ -281,7 +264,7 @@ def _run_cell(
         "pairs": [[str(s), str(t)] for s, t in head_map.pairs],
         "steps": done.steps,
         "final_loss": done.history[-1]["loss"] if done.history else float("nan"),
-        "curve": _curve(done.history),
+        "curve": curve_points(done.history),
         "seconds": round(time.time() - t0, 1),
         "resumed": done.resumed,
     }

@@ -281,7 +281,7 @@ def _circuits(pairs: list[str]) -> dict[str, dict[str, list[str]]]:
             circuit = Circuit.load(path)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--circuit {pair}: not a saved circuit ({e})") from e
-        out[task] = {g: [str(h) for h in hs] for g, hs in circuit.groups.items()}
+        out[task] = circuit.to_dict()["groups"]
     return out
 
 

@@ -143,6 +143,17 @@ def _candidates(teacher: AblationResult, circuit: Circuit | None) -> list[Head]:
     return measured
 
 
+def require_one_to_one(n_teacher: int, n_student: int, what: str) -> None:
+    """A named error when ``what`` (``n_teacher`` teacher heads) is too small for a one-to-one
+    map of ``n_student`` student heads."""
+    if n_teacher < n_student:
+        raise ValueError(
+            f"{what} has {n_teacher} heads, but a one-to-one map of {n_student} student heads "
+            f"needs at least {n_student} (at least as many teacher heads as student heads): "
+            f"set the budget to {n_teacher} or fewer, or one_to_one=False"
+        )
+
+
 def map_heads(
     student_sweep: AblationResult,
     teacher_sweep: AblationResult,
@@ -163,12 +174,7 @@ def map_heads(
     if one_to_one:
         from scipy.optimize import linear_sum_assignment
 
-        if len(cands) < len(students):
-            raise ValueError(
-                f"one-to-one mapping needs at least as many teacher heads as "
-                f"student heads ({len(cands)} < {len(students)}); lower the budget "
-                "or use one_to_one=False"
-            )
+        require_one_to_one(len(cands), len(students), "the set of candidate teacher heads")
         rows, cols = linear_sum_assignment(dist.double().numpy())
         pick = dict(zip(rows.tolist(), cols.tolist(), strict=True))
         chosen = [pick[i] for i in range(len(students))]

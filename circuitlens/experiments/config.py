@@ -33,7 +33,7 @@ def _default_models() -> dict[str, dict[str, str]]:
 
 def _check_circuits(circuits: Any, use_circuit: bool) -> dict[str, dict[str, list[str]]]:
     """Given circuits, held as plain head names (``L3H1``), with every problem named."""
-    from circuitlens.types import Head
+    from circuitlens.types import Circuit
 
     if not isinstance(circuits, dict):
         raise ConfigError(
@@ -55,7 +55,7 @@ def _check_circuits(circuits: Any, use_circuit: bool) -> dict[str, dict[str, lis
                 '{"A": ["L23H2", "L29H1"]}'
             )
         try:
-            out[task] = {str(g): [str(Head.parse(h)) for h in hs] for g, hs in groups.items()}
+            out[task] = Circuit({str(g): hs for g, hs in groups.items()}).to_dict()["groups"]
         except (ValueError, TypeError) as e:
             raise ConfigError(f"circuits[{task!r}]: {e}") from e
     return out

@@ -18,7 +18,7 @@ from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult, curve_points
 from circuitlens.io import atomic_write_text
-from circuitlens.mapping import budget_count, map_heads, random_map
+from circuitlens.mapping import budget_count, map_heads, random_map, require_one_to_one
 from circuitlens.models import load_model, model_facts, model_fingerprint
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
 from circuitlens.progress import heartbeat
@@ -33,7 +33,7 @@ from circuitlens.tasks import (
 )
 from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CONDITIONS
-from circuitlens.types import Circuit, Head, HeadMap
+from circuitlens.types import Circuit, HeadMap
 
 
 def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any) -> Task:
@@ -100,6 +100,27 @@ def _check_models(setup: dict[str, Any], cfg: ExperimentConfig, directory: Path)
         )
 
 
+def _given_circuit(
+    cfg: ExperimentConfig, task: str, groups: dict[str, list[str]], teacher: Any, student: Any
+) -> Circuit:
+    """A circuit found before (the config carries it), checked against the models before any
+    work: every head in the teacher, and enough heads for a one-to-one map of the budget."""
+    circuit = Circuit(groups, meta={"method": "given in the config (ExperimentConfig.circuits)"})
+    where = f"ExperimentConfig.circuits[{task!r}]"
+    try:
+        for h in circuit.heads:
+            h.check(teacher.cfg.n_layers, teacher.cfg.n_heads)
+    except ValueError as e:
+        raise ValueError(
+            f"{where} does not fit the teacher {cfg.models[task]['teacher']}: {e}"
+        ) from e
+    if cfg.distill.one_to_one:  # map_heads would refuse it too, but only after the sweeps
+        fs = model_facts(student)
+        k = budget_count(cfg.distill.budget, fs.n_layers * fs.n_heads)
+        require_one_to_one(len(circuit.heads), k, where)
+    return circuit
+
+
 def _setup_task(
     task: Task,
     cfg: ExperimentConfig,
@@ -116,28 +137,8 @@ def _setup_task(
     circuit = None
     note = ""
     given = (cfg.circuits or {}).get(task.name)
-    if given is not None:  # found before (the config carries it): checked, not searched
-        n_layers, n_heads = teacher.cfg.n_layers, teacher.cfg.n_heads
-        try:
-            groups = {
-                g: [Head.parse(h).check(n_layers, n_heads) for h in hs] for g, hs in given.items()
-            }
-        except ValueError as e:
-            raise ValueError(
-                f"ExperimentConfig.circuits[{task.name!r}] does not fit the teacher "
-                f"{cfg.models[task.name]['teacher']}: {e}"
-            ) from e
-        circuit = Circuit(
-            groups, meta={"method": "given in the config (ExperimentConfig.circuits)"}
-        )
-        fs = model_facts(student)
-        k = budget_count(d.budget, fs.n_layers * fs.n_heads)
-        if d.one_to_one and len(circuit.heads) < k:
-            raise ValueError(
-                f"ExperimentConfig.circuits[{task.name!r}] has {len(circuit.heads)} heads, but a "
-                f"one-to-one map of the budget's {k} student heads needs at least {k}: set the "
-                f"budget to {len(circuit.heads)} or fewer, or one_to_one=False"
-            )
+    if given is not None:
+        circuit = _given_circuit(cfg, task.name, given, teacher, student)
     elif cfg.use_circuit:
         circuit = find_circuit(
             teacher,

@@ -221,7 +221,7 @@ def _distill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from circuitlens import get_task, load_model
-    from circuitlens.distill import distill_circuit
+    from circuitlens.distill import ResultSaveError, distill_circuit
     from circuitlens.rundir import run_directory
 
     spec, config = _run_spec(args)  # every option checked before anything is loaded
@@ -246,10 +246,14 @@ def _distill(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             inplace=True,  # loaded here: nobody else holds this student
         )
-        result.save(out / "result")
-    print(result.head_map)
-    print(result.table().to_string())
-    print(f"saved to {out / 'result'}")
+        print(result.head_map)  # what was measured, before anything is written
+        print(result.table().to_string(), flush=True)
+        try:
+            result.save(out / "result", full=args.save_model)
+        except ResultSaveError as e:
+            print(f"circuitlens: error: {e}", file=sys.stderr)
+            return 1
+    print(f"saved to {out / 'result'}" + (" (the whole student under student/)" * args.save_model))
     return 0
 
 
@@ -429,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the output directory first (only one a circuitlens run made)",
     )
     dist.add_argument("--no-progress", action="store_true", help="no progress bars")
+    dist.add_argument(
+        "--save-model",
+        action="store_true",
+        help="also write the whole trained student (save_pretrained) beside the result's delta",
+    )
     dist.set_defaults(fn=_distill)
 
     sub.add_parser(

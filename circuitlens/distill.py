@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -21,20 +22,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import CKAWithNull
 from circuitlens.cost import estimate_distill_cost, report_cost
+from circuitlens.deltas import apply_delta, load_delta, model_delta, save_delta
 from circuitlens.evaluation import circuit_only_scores
 from circuitlens.heads import TrainedFraction
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import budget_count, map_heads, random_map
-from circuitlens.models import copy_model, load_model, model_facts
+from circuitlens.models import (
+    copy_model,
+    load_model,
+    model_facts,
+    model_fingerprint,
+    model_spec,
+    save_pretrained,
+)
 from circuitlens.screening import top_count
 from circuitlens.tasks import Task, evaluate, get_task, prompt_scores
 from circuitlens.tasks.formats import check_task_format
 from circuitlens.tasks.metrics import METRICS
 from circuitlens.tasks.tokenizers import require_compatible_tokenizers
-from circuitlens.teacher_cache import TeacherCache
+from circuitlens.teacher_cache import TeacherCache, model_hash
 from circuitlens.training import CircuitTrainer, TrainConfig
 from circuitlens.types import Circuit, HeadMap
 from circuitlens.validate import ConfigError, check_fields
@@ -185,6 +196,9 @@ class DistillResult:
             outside the mapped set mean-ablated), teacher accuracy, the pairs' mean held-out
             debiased CKA before/after with its permutation null, fractions trained.
         config: the full config.
+        student_spec: what loads the untrained student (``"real:..."``, a directory), when
+            known: a saved result names it, and ``DistillResult.load`` loads it.
+        masks: the trained entries (parameter name -> bool mask), what ``save`` writes.
     """
 
     student: Any
@@ -195,6 +209,8 @@ class DistillResult:
     history: list[dict[str, float]]
     metrics: dict[str, float]
     config: DistillConfig
+    student_spec: str | None = None
+    masks: dict[str, Tensor] | None = None
 
     def __repr__(self) -> str:
         m = self.metrics
@@ -220,9 +236,21 @@ class DistillResult:
 
         return pd.DataFrame({"value": self.metrics}).rename_axis("metric")
 
-    def save(self, directory: str | Path) -> None:
-        """Write everything (weights as safetensors, the rest as JSON) atomically: a partial
-        result never replaces a complete one."""
+    def save(self, directory: str | Path, full: bool = False) -> None:
+        """Write the result atomically (a partial result never replaces a complete one).
+
+        The JSON parts (metrics, map, sweeps, history, config) are written first, then the
+        trained weights as a delta against the student the run started from
+        (``student_delta.safetensors``, :mod:`circuitlens.deltas`: the mapped heads' slices
+        only, a size near the trained entries', tied embeddings untouched). ``full``: also the
+        whole trained student under ``student/``, through the model's own
+        ``save_pretrained`` (tied weights written once; loads with ``load_model``).
+
+        Raises:
+            ResultSaveError: a weight file could not be written: the message names it, why, and
+                where the JSON parts went; the run's checkpoint (if any) still holds the
+                trained weights.
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -230,42 +258,86 @@ class DistillResult:
         os.umask(mask)
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is as readable as any
         try:
-            from safetensors.torch import save_file
-
-            save_file(
-                {n: p.detach().contiguous() for n, p in self.student.state_dict().items()},
-                tmp / "student.safetensors",
-            )
-            files = {
-                "head_map.json": self.head_map.to_dict(),
-                "circuit.json": None if self.circuit is None else self.circuit.to_dict(),
-                "teacher_sweep.json": self.teacher_sweep.to_dict(),
-                "student_sweep.json": self.student_sweep.to_dict(),
-                "history.json": self.history,
-                "metrics.json": self.metrics,
-                "config.json": self.config.to_dict(),
-            }
-            for name, obj in files.items():
+            for name, obj in self._json_parts().items():
                 atomic_write_text(tmp / name, json.dumps(obj, indent=1))
-            if directory.exists():
-                old = directory.with_name(directory.name + ".old")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, directory)
+            try:
+                self._write_weights(tmp, full)
+            except Exception as e:
+                # keep what was measured: beside a complete result, never over it
+                kept = directory if not directory.exists() else _sibling(directory, ".partial")
+                _publish(tmp, kept)
+                raise ResultSaveError(
+                    f"writing the trained weights into {directory} failed "
+                    f"({type(e).__name__}: {e}); the metrics, map, sweeps and history are in "
+                    f"{kept}; the trained weights are in the run's checkpoint, if it kept one "
+                    "(`circuitlens distill` with the same --out finishes from it without "
+                    "retraining)"
+                ) from e
+            _publish(tmp, directory)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
 
-    @classmethod
-    def load(cls, directory: str | Path, student: Any) -> DistillResult:
-        """Read a saved result; ``student`` (same architecture) receives the trained weights."""
-        from safetensors.torch import load_file
+    def _json_parts(self) -> dict[str, Any]:
+        return {
+            "head_map.json": self.head_map.to_dict(),
+            "circuit.json": None if self.circuit is None else self.circuit.to_dict(),
+            "teacher_sweep.json": self.teacher_sweep.to_dict(),
+            "student_sweep.json": self.student_sweep.to_dict(),
+            "history.json": self.history,
+            "metrics.json": self.metrics,
+            "config.json": self.config.to_dict(),
+        }
 
+    def _write_weights(self, directory: Path, full: bool) -> None:
+        if self.masks is None:
+            raise ResultSaveError(
+                "this result does not know which entries were trained (masks=None): save "
+                "with full=True, or rebuild it with distill_circuit"
+            )
+        meta = {"base_spec": self.student_spec or ""}
+        if self.student_spec:
+            meta["base_fingerprint"] = model_fingerprint(self.student_spec)
+        save_delta(directory / DELTA_FILE, model_delta(self.student, self.masks, meta))
+        if full:
+            save_pretrained(self.student, directory / "student")
+
+    @classmethod
+    def load(cls, directory: str | Path, student: Any = None) -> DistillResult:
+        """Read a saved result; the trained weights go onto ``student``, the student the run
+        started from (default: loaded from the spec the result names), bit for bit.
+
+        Raises:
+            DeltaError: ``student`` is not the model the run started from (its untrained
+                weights differ).
+        """
         directory = Path(directory)
-        student.load_state_dict(load_file(directory / "student.safetensors"))
         read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
+        delta_file, legacy = directory / DELTA_FILE, directory / "student.safetensors"
+        delta = load_delta(delta_file) if delta_file.is_file() else None
+        spec = (delta.meta.get("base_spec") or None) if delta is not None else None
+        if student is None:
+            if spec is None:
+                raise ConfigError(
+                    f"{directory} names no student to load (a model passed in, not a spec): "
+                    "pass the student it was trained from, DistillResult.load(dir, student)"
+                )
+            student = load_model(spec)
+        else:
+            student = load_model(student)
+        if delta is not None:
+            apply_delta(student, delta)
+            masks: dict[str, Any] | None = delta.masks
+        elif legacy.is_file():  # results written before deltas: the whole state dict
+            from safetensors.torch import load_file
+
+            student.load_state_dict(load_file(legacy))
+            masks = None
+        else:
+            raise ResultSaveError(
+                f"{directory} holds no trained weights ({DELTA_FILE}): its save failed; "
+                "rerun the distillation with the same output to write them"
+            )
         circuit = read("circuit.json")
         return cls(
             student=student,
@@ -276,7 +348,34 @@ class DistillResult:
             history=read("history.json"),
             metrics=read("metrics.json"),
             config=DistillConfig.from_dict(read("config.json")),
+            student_spec=spec,
+            masks=masks,
         )
+
+
+#: the trained entries of a saved result (a delta against its student)
+DELTA_FILE = "student_delta.safetensors"
+
+
+class ResultSaveError(RuntimeError):
+    """A result's weights could not be written (or a saved result holds none)."""
+
+
+def _sibling(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def _publish(tmp: Path, directory: Path) -> None:
+    """Move the finished ``tmp`` onto ``directory`` (replacing it) by renames only."""
+    if directory.exists():
+        old = _sibling(directory, ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
 
 
 def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
@@ -359,6 +458,7 @@ class ConditionResult:
         fraction: heads and parameters trained.
         steps: steps taken; resumed: whether a checkpoint was resumed.
         seconds: wall time.
+        masks: the trained entries (parameter name -> bool mask; the trainer's).
     """
 
     condition: str
@@ -373,6 +473,7 @@ class ConditionResult:
     steps: int
     resumed: bool
     seconds: float
+    masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def accuracy(self) -> float:
@@ -429,6 +530,7 @@ def train_condition(
         steps=trainer.state.step,
         resumed=resumed,
         seconds=round(time.time() - t0, 1),
+        masks=trainer.masks,
     )
 
 
@@ -468,6 +570,7 @@ def distill_circuit(
     t0 = time.time()
     given = student
     teacher, student = load_model(teacher), load_model(student)
+    spec = model_spec(student)
     if not isinstance(given, str | Path) and not inplace:  # a ready model is the caller's
         student = copy_model(student)
     if isinstance(task, str):
@@ -479,7 +582,7 @@ def distill_circuit(
     )
     check_split_sizes(task, cfg)
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
-    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)
+    t_sweep, s_sweep = _kept_sweeps(teacher, student, task, cfg, progress, circuit, checkpoint_dir)
     head_map = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
     if cfg.train.condition == "ce+rand":  # the same student heads, never the aligned partner
         head_map = random_map(
@@ -525,4 +628,45 @@ def distill_circuit(
         history=done.history,
         metrics=metrics,
         config=cfg,
+        student_spec=spec,
+        masks=done.masks,
     )
+
+
+def _kept_sweeps(
+    teacher: Any,
+    student: Any,
+    task: Task,
+    cfg: DistillConfig,
+    progress: bool,
+    circuit: Circuit | None,
+    directory: str | Path | None,
+) -> tuple[AblationResult, AblationResult]:
+    """:func:`sweeps`, kept in ``directory`` (the run's checkpoint directory) and read back
+    on a rerun of the same models, task, circuit and options, so that a rerun after a failed
+    save (or an interruption after training) repeats no sweep."""
+    if directory is None:
+        return sweeps(teacher, student, task, cfg, progress, circuit)
+    key = {
+        "teacher": model_hash(teacher),
+        "student": model_hash(student),
+        "task": repr(getattr(task, "config", None)),
+        "prompts": [repr(p) for p in task.split("test", cfg.sweep_n)],
+        "circuit": None if circuit is None else circuit.to_dict(),
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "train"},
+    }
+    digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16)
+    f = Path(directory) / "sweeps.json"
+    if f.is_file():
+        try:
+            saved = json.loads(f.read_text())
+            if saved.get("key") == digest.hexdigest():
+                log.info("sweeps read from %s", f)
+                t, s = saved["teacher_sweep"], saved["student_sweep"]
+                return AblationResult.from_dict(t), AblationResult.from_dict(s)
+        except (ValueError, KeyError, TypeError) as e:  # a damaged file: recompute it
+            log.warning("%s unreadable (%s): recomputing the sweeps", f, e)
+    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)
+    doc = {"key": digest.hexdigest(), "teacher_sweep": t_sweep.to_dict()}
+    atomic_write_text(f, json.dumps(doc | {"student_sweep": s_sweep.to_dict()}))
+    return t_sweep, s_sweep

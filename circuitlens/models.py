@@ -36,7 +36,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable
@@ -232,6 +234,52 @@ def model_card(model: Any) -> dict[str, Any] | None:
 def copy_model(model: Any) -> Any:
     """A deep copy of a loaded model (its weights, hooks-free state and card)."""
     return copy.deepcopy(model)
+
+
+def save_pretrained(model: Any, directory: str | Path) -> Path:
+    """Write a loaded model (a bridge over a Hugging Face model) as a ``save_pretrained``
+    directory: weights (tied ones once), config and tokenizer; ``load_model(directory)`` reads
+    it back. Written into a temporary sibling and renamed into place.
+
+    The bridge wraps the Hugging Face modules in place (their parameters gain
+    ``._original_component`` segments, and the bridge's aliases share them), which the model's
+    own ``save_pretrained`` refuses; so the weights go onto a fresh copy of the architecture
+    built on the meta device (no memory) and that copy saves itself."""
+    from transformers import AutoModelForCausalLM
+
+    hf = getattr(model, "original_model", None)
+    if hf is None or not hasattr(hf, "config"):
+        raise ModelLoadError(
+            f"save_pretrained needs a bridge over a Hugging Face model (got {type(model).__name__})"
+        )
+    weights = {k.replace("._original_component", ""): v for k, v in hf.state_dict().items()}
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(hf.config)
+    wanted = fresh.state_dict()
+    missing = sorted(set(wanted) - set(weights))
+    if missing:
+        raise ModelLoadError(f"cannot export: the bridge holds no weights for {missing[:3]}")
+    fresh.load_state_dict({k: weights[k] for k in wanted}, assign=True)
+    if getattr(fresh.config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        card = model_card(model)
+        if card is not None:
+            (tmp / "card.json").write_text(json.dumps(card, indent=1))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
 
 
 def _dir_card(path: Path) -> dict[str, Any] | None:
@@ -432,6 +480,35 @@ def load_model(
     >>> model_facts(model).n_layers
     2
     """
+    model = _load(spec, tokenizer, device, dtype, device_map, max_memory, offload_folder)
+    if isinstance(spec, str | Path) and model_spec(model) is None:
+        object.__setattr__(model, SPEC_ATTR, str(spec))
+    return model
+
+
+#: the attribute :func:`load_model` records the spec a model was loaded from under
+SPEC_ATTR = "circuitlens_spec"
+
+
+def model_spec(model: Any) -> str | None:
+    """The spec a model was loaded from (``"real:..."``, a directory, a ``.gguf`` path), or
+    None for a model built in memory: what loads the same weights again."""
+    spec = getattr(model, SPEC_ATTR, None)
+    if isinstance(spec, str) and spec:
+        return spec
+    source = (model_card(model) or {}).get("source")
+    return source if isinstance(source, str) and source else None
+
+
+def _load(
+    spec: Any,
+    tokenizer: Any,
+    device: str | None,
+    dtype: torch.dtype,
+    device_map: str | dict[str, Any] | None,
+    max_memory: dict[Any, Any] | None,
+    offload_folder: str | Path | None,
+) -> Any:
     placement = _placement(device, device_map, max_memory, offload_folder)
     if placement and not isinstance(spec, (str, Path)):  # only what is read here is split
         raise _unsplittable(spec)

@@ -47,16 +47,24 @@ def make_llama_dir(
     tmp_path_factory: pytest.TempPathFactory, zoo_tokenizer: Any
 ) -> Callable[..., Path]:
     """Factory: a tiny random Llama (zoo tokenizer) saved with save_pretrained; overrides go to
-    :class:`ZooArch`."""
+    :class:`ZooArch`; ``tie=True`` ties the input and output embeddings (as SmolLM2, Gemma-3
+    and Llama-3.2 do)."""
     made: dict[tuple, Path] = {}
 
-    def make(seed: int = 0, **arch: Any) -> Path:
-        key = (seed, tuple(sorted(arch.items())))
+    def make(seed: int = 0, tie: bool = False, **arch: Any) -> Path:
+        key = (seed, tie, tuple(sorted(arch.items())))
         if key not in made:
             cfg = ZooArch(
                 **{"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_mlp": 64, **arch}
             )
             model = build_model(cfg, len(zoo_tokenizer), seed)
+            if tie:
+                from transformers import LlamaForCausalLM
+
+                model.config.tie_word_embeddings = True
+                torch.manual_seed(seed)
+                model = LlamaForCausalLM(model.config)
+                assert model.lm_head.weight is model.model.embed_tokens.weight
             path = tmp_path_factory.mktemp("llama")
             model.save_pretrained(path)
             zoo_tokenizer.save_pretrained(path)

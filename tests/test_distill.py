@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -80,3 +82,114 @@ def test_screened_sweeps_measure_the_circuit_and_the_budget(make_llama_dir, monk
     for sw in (t, s):
         assert not bool(sw.delta_ci[:, sw.exact].isnan().any())
         assert bool(sw.delta_ci[:, ~sw.exact].isnan().all())
+
+
+FAST = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0, progress=False)
+
+
+def test_a_tied_student_saves_as_a_small_delta_and_loads_bit_for_bit(
+    make_llama_dir, tmp_path
+) -> None:
+    """SmolLM2, Gemma-3 and Llama-3.2 tie their embeddings: the result stores the trained
+    entries only and restores the trained student exactly (on main before deltas, safetensors'
+    save_file refused the shared tensors and the whole result was lost)."""
+    from safetensors.torch import load_file
+
+    from circuitlens.deltas import DeltaError
+
+    student_dir = make_llama_dir(seed=2, tie=True)
+    task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
+    result = distill_circuit(make_llama_dir(seed=1, n_layers=3), student_dir, task, steps=2, **FAST)
+    assert result.student_spec == str(student_dir)
+    result.save(tmp_path / "run", full=True)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert "student_delta.safetensors" in files and "student.safetensors" not in files
+    stored = load_file(tmp_path / "run" / "student_delta.safetensors")
+    n_trained = sum(int(m.sum()) for m in result.masks.values())
+    assert sum(t.numel() for k, t in stored.items() if k.endswith("::block")) == n_trained
+    total = sum(p.numel() for p in result.student.parameters())
+    assert n_trained < 0.2 * total
+    for back in (
+        DistillResult.load(tmp_path / "run"),  # the student loaded from the spec it names
+        DistillResult.load(tmp_path / "run", load_model(student_dir)),
+        DistillResult.load(tmp_path / "run", load_model(tmp_path / "run" / "student")),
+    ):
+        assert back.metrics == result.metrics and back.config == result.config
+        pairs = zip(back.student.named_parameters(), result.student.named_parameters(), strict=True)
+        for (n, p), (_, q) in pairs:
+            assert torch.equal(p, q), n
+    # the full export is the model's own save_pretrained: tied weights once, a plain HF dir
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student")
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+    with pytest.raises(DeltaError, match="differ"):  # not the student the run started from
+        DistillResult.load(tmp_path / "run", load_model(make_llama_dir(seed=4, tie=True)))
+
+
+def test_a_failed_weight_write_keeps_the_measurements(
+    make_llama_dir, tmp_path, monkeypatch
+) -> None:
+    import circuitlens.distill as distill
+    from circuitlens.distill import ResultSaveError
+
+    task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
+    result = distill_circuit(
+        make_llama_dir(seed=1, n_layers=3), make_llama_dir(seed=2), task, steps=1, **FAST
+    )
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(distill, "save_delta", full_disk)
+    with pytest.raises(ResultSaveError, match="No space left") as e:
+        result.save(tmp_path / "run")
+    assert str(tmp_path / "run") in str(e.value) and "checkpoint" in str(e.value)
+    kept = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert kept == result.metrics  # measured values survive
+    with pytest.raises(ResultSaveError, match="holds no trained weights"):
+        DistillResult.load(tmp_path / "run", load_model(make_llama_dir(seed=2)))
+    monkeypatch.undo()
+    result.save(tmp_path / "run")  # a complete result
+    monkeypatch.setattr(distill, "save_delta", full_disk)
+    with pytest.raises(ResultSaveError, match="run.partial"):
+        result.save(tmp_path / "run")  # never over a complete one: beside it
+    assert (tmp_path / "run" / "student_delta.safetensors").is_file()
+    assert (tmp_path / "run.partial" / "metrics.json").is_file()
+
+
+def test_cli_distill_rerun_after_a_failed_save_repeats_no_work(
+    make_llama_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    import circuitlens.distill as distill
+    from circuitlens.cli import main
+    from circuitlens.training import CircuitTrainer
+
+    args = [
+        "distill", "--teacher", str(make_llama_dir(seed=1, n_layers=3)),
+        "--student", str(make_llama_dir(seed=2, tie=True)), "--task", "entity_tracking",
+        "--task-option", "n_boxes=3", "--task-option", "n_test=32", "--task-option", "n_val=200",
+        "--steps", "2", "--sweep-n", "16", "--test-n", "32", "--budget", "2",
+        "--out", str(tmp_path / "out"), "--no-progress",
+    ]  # fmt: skip
+    real_save = distill.save_delta
+
+    def broken(*_: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(distill, "save_delta", broken)
+    assert main(args) == 1
+    out = capsys.readouterr()
+    assert "student_accuracy_after" in out.out  # the table came out before the failed write
+    assert "Input/output error" in out.err and "without retraining" in out.err
+    monkeypatch.setattr(distill, "save_delta", real_save)
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("the rerun repeated work")
+
+    monkeypatch.setattr(distill, "sweeps", never)  # kept in the checkpoint directory
+    monkeypatch.setattr(CircuitTrainer, "_step", never)  # the checkpoint is at the last step
+    assert main(args) == 0
+    assert "saved to" in capsys.readouterr().out
+    back = DistillResult.load(tmp_path / "out" / "result")
+    assert back.metrics["steps"] == 2

@@ -3,7 +3,8 @@ on real models (hours on 2 cores) must survive the machine it ran on and be resu
 
     python benchmarks/export_run.py results/reproduce-real reproduce-real
         -> benchmarks/results/reproduce-real.json (config, setups, finished cells, the table,
-           timings, machine facts) and benchmarks/results/reproduce-real-report.html
+           timings, machine facts) and benchmarks/results/reproduce-real-report.html, with the
+           plotly.js it loads (benchmarks/results/plotly.min.js, one copy for every report)
     python benchmarks/export_run.py --restore reproduce-real results/reproduce-real
         -> the run directory again (config, setups, cells, run marker): ``circuitlens
            reproduce`` with the same config then computes only the cells still missing.
@@ -23,16 +24,17 @@ from pathlib import Path
 
 from circuitlens.experiments import ExperimentResult
 from circuitlens.io import atomic_write_text
-from circuitlens.report import write_report
+from circuitlens.report import write_plotly_js, write_report
 from circuitlens.rundir import MARKER
 
 OUT = Path(__file__).resolve().parent / "results"
 
 
 def export(directory: Path, name: str, html: bool = True) -> Path:
-    """The run as ``benchmarks/results/NAME.json``; ``html``: also its report (~5 MB with
-    Plotly inlined; the report is rebuilt from the JSON: ``--restore``, then
-    ``circuitlens.write_report``)."""
+    """The run as ``benchmarks/results/NAME.json``; ``html``: also its report
+    (``NAME-report.html``, ~50 kB, loading ``plotly.min.js`` beside it, which every exported
+    report shares: written only when absent or another plotly's). The report is rebuilt
+    from the JSON: ``--restore``, then ``circuitlens.write_report``."""
     result = ExperimentResult.load(directory)
     result.write_tables()
     report = write_report(result)
@@ -57,6 +59,7 @@ def export(directory: Path, name: str, html: bool = True) -> Path:
     path = OUT / f"{name}.json"
     atomic_write_text(path, json.dumps(doc, indent=1))
     if html:
+        write_plotly_js(OUT)  # the page loads it by its relative name
         shutil.copyfile(report, OUT / f"{name}-report.html")
     return path
 

@@ -1,6 +1,7 @@
 """The HTML report of an experiment: presentation only, built from an ExperimentResult.
 
-One standalone page (Plotly inlined once, no network): a header naming the run (models, tasks,
+One page, ``report.html``, and plotly.js beside it (``plotly.min.js``, one copy per directory:
+a page stays small, and opens from disk with no network): a header naming the run (models, tasks,
 conditions, seeds, training options, circuitlens version); the paper's table with mean ± sd
 and no empty cells; then per task the teacher's circuit as a labelled layer x head grid, the
 head mapping as a student -> teacher diagram (the aligned map, and each seed's random control)
@@ -25,7 +26,7 @@ from typing import Any
 
 from circuitlens.ablation import AblationResult
 from circuitlens.experiments.result import ExperimentResult
-from circuitlens.io import atomic_write_text
+from circuitlens.io import atomic_write_bytes, atomic_write_text
 from circuitlens.plotting import plot_ablation, plot_training_curves
 from circuitlens.types import Circuit, Head, HeadMap
 from circuitlens.version import __version__
@@ -57,6 +58,8 @@ COLUMN_NAMES = {
 #: colours of circuit groups (colour-blind-safe, Okabe-Ito)
 GROUP_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 DASH = "—"
+#: the file of plotly.js that a page loads from its own directory (:func:`write_plotly_js`)
+PLOTLY_JS = "plotly.min.js"
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
@@ -396,35 +399,52 @@ def _meta_html(result: ExperimentResult) -> str:
     return f"<dl class='meta'>{dl}</dl>{''.join(models)}"
 
 
+def write_plotly_js(directory: Path | str) -> Path:
+    """Write :data:`PLOTLY_JS` (the installed plotly's bundle) into ``directory``, atomically,
+    unless the same file is there already: every report of a directory loads this one copy.
+
+    Returns:
+        The path of the file.
+    """
+    import plotly.offline
+
+    out = Path(directory) / PLOTLY_JS
+    js = plotly.offline.get_plotlyjs().encode("utf-8")
+    if not out.is_file() or out.stat().st_size != len(js) or out.read_bytes() != js:
+        atomic_write_bytes(out, js)
+    return out
+
+
 def write_report(result: ExperimentResult, path: Path | str | None = None) -> Path:
-    """Write the report page of ``result`` (default: ``report.html`` in its run directory).
+    """Write the report page of ``result`` (default: ``report.html`` in its run directory) and
+    :data:`PLOTLY_JS` beside it (the page loads it by that relative name: it opens from disk
+    with no network; keep the two together when copying it).
 
     Returns:
         The path written (atomically: a reader never sees half a page).
     """
     out = Path(path) if path is not None else result.directory / "report.html"
+    write_plotly_js(out.parent)
     atomic_write_text(out, render_report(result))
     return out
 
 
+def _figure(fig: Any, div_id: str) -> str:
+    """A figure's ``<div>`` and its script; plotly.js itself is loaded once, in the head."""
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=div_id,
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
 def render_report(result: ExperimentResult, table: Any = None) -> str:
     """The report page of an :class:`~circuitlens.experiments.ExperimentResult` as HTML
-    (``table``: its :meth:`~circuitlens.experiments.ExperimentResult.table`, if already made)."""
+    (``table``: its :meth:`~circuitlens.experiments.ExperimentResult.table`, if already made).
+    The page loads :data:`PLOTLY_JS` from its own directory (:func:`write_plotly_js`)."""
     if table is None:
         table = result.table()
-    first = True
-
-    def fig_html(fig: Any, div_id: str) -> str:
-        nonlocal first
-        out = fig.to_html(
-            full_html=False,
-            include_plotlyjs="inline" if first else False,
-            div_id=div_id,
-            config={"displaylogo": False, "responsive": True},
-        )
-        first = False
-        return out
-
     title = "Circuit distillation: " + ", ".join(t.replace("_", " ") for t in result.config.tasks)
     parts = [
         f"<header id='summary'><h1>{esc(title)}</h1>",
@@ -449,7 +469,7 @@ def render_report(result: ExperimentResult, table: Any = None) -> str:
             f"reaches the target ({esc('; '.join(targets))}).</p>"
         )
     parts.append("</section>")
-    for section_id, title, getter, note in (
+    for section_id, heading, getter, note in (
         (
             "formats-table",
             "Accuracy by prompt format",
@@ -475,81 +495,90 @@ def render_report(result: ExperimentResult, table: Any = None) -> str:
         fn = getattr(result, getter, None)
         extra = fn() if fn is not None else None
         if extra is not None and not extra.empty:
-            parts.append(f"<section id='{section_id}'><h2>{esc(title)}</h2>")
+            parts.append(f"<section id='{section_id}'><h2>{esc(heading)}</h2>")
             parts.append(f"<p class='note'>{esc(note)}</p>{table_html(extra)}</section>")
     for task, setup in result.setups.items():
-        name = task.replace("_", " ")
-        parts.append(f"<section id='{esc(task)}'><h2>{esc(name)}</h2>")
-        teacher_spec = result.config.models[task]["teacher"]
-        student_spec = result.config.models[task]["student"]
-        # circuit
-        parts.append(f"<section id='{esc(task)}-circuit'><h3>Teacher circuit</h3>")
-        if setup.get("circuit") is None:
-            parts.append(
-                "<p class='note'>No circuit search in this run (use_circuit = false): "
-                "the map may use any teacher head.</p>"
-            )
-        else:
-            circuit = Circuit.from_dict(setup["circuit"])
-            faith = circuit.meta.get("faithfulness")
-            acc = circuit.meta.get("circuit_accuracy")
-            facts = [f"{len(circuit.heads)} heads"]
-            if not _missing(faith):
-                facts.append(f"faithfulness {_num(faith)}")
-            if not _missing(acc):
-                facts.append(f"accuracy with only the circuit {_num(acc)}")
-            parts.append(f"<p>{esc(', '.join(facts))} in <code>{esc(teacher_spec)}</code>.</p>")
-            if setup.get("circuit_note"):
-                parts.append(f"<p class='note'>{esc(setup['circuit_note'])}</p>")
-            n_layers, n_heads = setup["teacher_shape"][:2]
-            parts.append(circuit_grid_html(circuit, n_layers, n_heads))
-        parts.append("</section>")
-        # mapping
-        head_map = HeadMap.from_dict(setup["head_map"])
-        controls = {
-            c["seed"]: [tuple(p) for p in c["pairs"]]
-            for c in result.cells
-            if c["task"] == task and c["condition"] == "ce+rand"
-        }
-        parts.append(f"<section id='{esc(task)}-mapping'><h3>Head mapping</h3>")
-        parts.append(
-            f"<p>{len(head_map)} student head(s) of <code>{esc(student_spec)}</code> trained, "
-            f"each aligned with the teacher head of closest ablation impact.</p>"
-        )
-        parts.append(mapping_svg(head_map, controls))
-        t_sweep = AblationResult.from_dict(setup["teacher_sweep"])
-        s_sweep = AblationResult.from_dict(setup["student_sweep"])
-        t_sweep.model_name, s_sweep.model_name = teacher_spec, student_spec
-        parts.append(pairs_table_html(head_map, s_sweep, t_sweep))
-        for warning in head_map.config.get("warnings", []):
-            parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
-        parts.append("</section>")
-        # ablation
-        parts.append(f"<section id='{esc(task)}-ablation'><h3>Mean-ablation impact</h3>")
-        parts.append(
-            fig_html(
-                plot_ablation(
-                    t_sweep, s_sweep, head_map, title=f"{name}: impact ΔP of ablating each head"
-                ),
-                f"{task}-ablation-figure",
-            )
-        )
-        parts.append("</section>")
-        # curves
-        if any(c["task"] == task for c in result.cells):
-            parts.append(f"<section id='{esc(task)}-curves'><h3>Training curves</h3>")
-            parts.append(
-                fig_html(
-                    plot_training_curves(result, task, title=f"{name}: training curves"),
-                    f"{task}-curves-figure",
-                )
-            )
-            parts.append("</section>")
-        parts.append("</section>")
+        parts.extend(_task_section(result, task, setup))
     body = "\n".join(parts)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+        f"<title>{esc(title)}</title><style>{CSS}</style>"
+        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
+        f'<script src="{PLOTLY_JS}"></script></head>'
         f"<body>{body}</body></html>\n"
     )
+
+
+def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) -> list[str]:
+    """One task's part of the page: its circuit, head mapping, ablation heatmaps, curves."""
+    parts: list[str] = []
+    name = task.replace("_", " ")
+    parts.append(f"<section id='{esc(task)}'><h2>{esc(name)}</h2>")
+    teacher_spec = result.config.models[task]["teacher"]
+    student_spec = result.config.models[task]["student"]
+    # circuit
+    parts.append(f"<section id='{esc(task)}-circuit'><h3>Teacher circuit</h3>")
+    if setup.get("circuit") is None:
+        parts.append(
+            "<p class='note'>No circuit search in this run (use_circuit = false): "
+            "the map may use any teacher head.</p>"
+        )
+    else:
+        circuit = Circuit.from_dict(setup["circuit"])
+        faith = circuit.meta.get("faithfulness")
+        acc = circuit.meta.get("circuit_accuracy")
+        facts = [f"{len(circuit.heads)} heads"]
+        if not _missing(faith):
+            facts.append(f"faithfulness {_num(faith)}")
+        if not _missing(acc):
+            facts.append(f"accuracy with only the circuit {_num(acc)}")
+        parts.append(f"<p>{esc(', '.join(facts))} in <code>{esc(teacher_spec)}</code>.</p>")
+        if setup.get("circuit_note"):
+            parts.append(f"<p class='note'>{esc(setup['circuit_note'])}</p>")
+        n_layers, n_heads = setup["teacher_shape"][:2]
+        parts.append(circuit_grid_html(circuit, n_layers, n_heads))
+    parts.append("</section>")
+    # mapping
+    head_map = HeadMap.from_dict(setup["head_map"])
+    controls = {
+        c["seed"]: [tuple(p) for p in c["pairs"]]
+        for c in result.cells
+        if c["task"] == task and c["condition"] == "ce+rand"
+    }
+    parts.append(f"<section id='{esc(task)}-mapping'><h3>Head mapping</h3>")
+    parts.append(
+        f"<p>{len(head_map)} student head(s) of <code>{esc(student_spec)}</code> trained, "
+        f"each aligned with the teacher head of closest ablation impact.</p>"
+    )
+    parts.append(mapping_svg(head_map, controls))
+    t_sweep = AblationResult.from_dict(setup["teacher_sweep"])
+    s_sweep = AblationResult.from_dict(setup["student_sweep"])
+    t_sweep.model_name, s_sweep.model_name = teacher_spec, student_spec
+    parts.append(pairs_table_html(head_map, s_sweep, t_sweep))
+    for warning in head_map.config.get("warnings", []):
+        parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
+    parts.append("</section>")
+    # ablation
+    parts.append(f"<section id='{esc(task)}-ablation'><h3>Mean-ablation impact</h3>")
+    parts.append(
+        _figure(
+            plot_ablation(
+                t_sweep, s_sweep, head_map, title=f"{name}: impact ΔP of ablating each head"
+            ),
+            f"{task}-ablation-figure",
+        )
+    )
+    parts.append("</section>")
+    # curves
+    if any(c["task"] == task for c in result.cells):
+        parts.append(f"<section id='{esc(task)}-curves'><h3>Training curves</h3>")
+        parts.append(
+            _figure(
+                plot_training_curves(result, task, title=f"{name}: training curves"),
+                f"{task}-curves-figure",
+            )
+        )
+        parts.append("</section>")
+    parts.append("</section>")
+    return parts

@@ -5,7 +5,9 @@ it. Only such a directory is ever deleted (``--fresh``): a directory that holds 
 is the user's, and is refused with the reason. While a run writes to a directory it holds the
 lock file :data:`LOCK` with its process id; a second run on the same directory is refused,
 naming that process. A lock whose process is gone (a run that was killed) is stale and is
-taken over.
+taken over. Every JSON file a run reads back from its directory goes through :func:`read_json`:
+one that does not parse (a run killed mid-write by something other than circuitlens, a disk
+that filled up, a hand edit) is a :class:`RunFileError` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from circuitlens.io import atomic_write_text
 
@@ -33,6 +36,44 @@ class RunDirectoryError(ValueError):
 
 class RunLockedError(RunDirectoryError):
     """Another live run is writing to the same output directory."""
+
+
+class RunFileError(RunDirectoryError):
+    """A file of a run directory that does not read back (not JSON, or not what it should
+    hold); the message names the file, what is wrong with it and the fix."""
+
+    def __init__(self, path: Path, what: str, problem: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{what} {str(path)!r} is damaged ({problem}): delete it to recompute that step "
+            "(the rest of the run is kept), or rerun with --fresh to start over"
+        )
+
+
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a JSON object that a run wrote into its directory.
+
+    Args:
+        path: the file (``config.json``, ``setup.json``, ``cell.json``, ...).
+        what: what the file is, for the message (``"the run's config"``).
+
+    Returns:
+        The object.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RunFileError: it is not UTF-8 JSON, or not a JSON object (half written, damaged).
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RunFileError(path, what, f"not UTF-8 text: {e}") from e
+    except json.JSONDecodeError as e:
+        raise RunFileError(path, what, f"not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise RunFileError(path, what, f"not a JSON object: it holds a {type(value).__name__}")
+    return value
 
 
 def is_run_directory(directory: str | Path) -> bool:

@@ -17,6 +17,7 @@ from circuitlens.experiments import (
     run_experiment,
 )
 from circuitlens.report import write_report
+from circuitlens.rundir import RunFileError
 from circuitlens.training import CircuitTrainer
 
 TRAINED = ("ce", "ce+align", "ce+rand")
@@ -440,3 +441,43 @@ def test_cli_circuit_flag_reads_saved_circuits(tmp_path: Path, monkeypatch, caps
         assert main(["reproduce", "--circuit", bad, "--out", out]) == 2
         assert msg in capsys.readouterr().err
     assert len(seen) == 1  # refused before the run
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["config.json", "entity_tracking/setup.json", "entity_tracking/ce+align/seed1/cell.json"],
+)
+def test_a_half_written_file_is_named_with_its_fix(
+    finished: ExperimentResult, tmp_path: Path, capsys, name: str
+) -> None:
+    """A run file cut in half (a write killed outside circuitlens, a full disk) is refused by
+    loading, resuming and the CLI alike, naming the file and the fix; the fix works: deleting
+    the file recomputes that step and keeps every other cell."""
+    d = tmp_path / "run"
+    shutil.copytree(finished.directory, d)
+    f = d / name
+    text = f.read_text()
+    f.write_text(text[: len(text) // 2])
+    resume = lambda: run_experiment(tiny(), d, progress=False)  # noqa: E731
+    for attempt in (lambda: ExperimentResult.load(d), resume):
+        with pytest.raises(RunFileError) as e:
+            attempt()
+        message = str(e.value)
+        assert e.value.path == f and str(f) in message and "not valid JSON" in message
+        assert "delete it to recompute" in message and "--fresh" in message
+        assert "\n" not in message
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps(tiny().to_dict()))
+    assert main(["reproduce", "--config", str(config), "--out", str(d), "--no-progress"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("circuitlens: error: ") and str(f) in last and "delete" in last
+    kept = {p: p.stat().st_mtime_ns for p in d.rglob("cell.json") if p != f}
+    f.unlink()
+    again = run_experiment(tiny(), d, progress=False)
+    assert all(p.stat().st_mtime_ns == m for p, m in kept.items())  # the rest is kept
+    key = lambda c: (c["condition"], c["seed"])  # noqa: E731
+    assert {key(c): _strip(c) for c in again.cells} == {key(c): _strip(c) for c in finished.cells}
+    assert (
+        again.setups["entity_tracking"]["head_map"]
+        == finished.setups["entity_tracking"]["head_map"]
+    )

@@ -16,7 +16,7 @@ import torch
 from circuitlens import __version__
 from circuitlens.ablation import AblationConfig, AblationResult
 from circuitlens.experiments import ExperimentConfig, ExperimentResult
-from circuitlens.report import write_report
+from circuitlens.report import PLOTLY_JS, write_plotly_js, write_report
 from circuitlens.types import Circuit, HeadMap
 
 TASK = "entity_tracking"
@@ -130,6 +130,7 @@ def test_report_content(report: Path) -> None:
     ids += [f"{TASK}-ablation", f"{TASK}-curves"]
     for section_id in ids:
         assert f"id='{section_id}'" in html, section_id
+    assert "<title>Circuit distillation: entity tracking</title>" in html
     summary = _section(html, "summary")
     for word in ("zoo:entity-tracking-teacher", "zoo:entity-tracking-student", "4×8 (4)"):
         assert word in summary
@@ -160,6 +161,29 @@ def test_report_content(report: Path) -> None:
     assert "L1H2 → L3H1" in _section(html, "cka-table")
     curves = _section(html, f"{TASK}-curves")
     assert '"name":"CE + Align CKA"' in curves and "condition (mean \\u00b1 sd over" in curves
+
+
+def test_report_loads_plotly_from_one_file_beside_it(report: Path, tmp_path: Path) -> None:
+    """The page is small: plotly.js is one file beside it (``plotly.min.js``), loaded once in
+    the head by its relative name, written only when absent or different."""
+    import plotly.offline
+
+    html = report.read_text()
+    assert report.stat().st_size < 1.5e6
+    assert html.count('<script src="plotly.min.js">') == 1
+    assert html.index('<script src="plotly.min.js">') < html.index("</head>")
+    assert html.count("<script") == 4  # PlotlyConfig and plotly.js, then one per figure (2)
+    assert html.count(" src=") == 1
+    js = plotly.offline.get_plotlyjs().encode("utf-8")
+    assert (report.parent / PLOTLY_JS).read_bytes() == js and js[:200] not in html.encode()
+    asset = write_plotly_js(tmp_path)
+    before = asset.stat().st_mtime_ns
+    os.utime(asset, ns=(before - 10**9, before - 10**9))
+    assert write_plotly_js(tmp_path) == asset and asset.stat().st_mtime_ns == before - 10**9
+    asset.write_bytes(js[: len(js) // 2])  # a different file (half of it): written again
+    write_plotly_js(tmp_path)
+    assert asset.read_bytes() == js
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PLOTLY_JS]  # no temporary left
 
 
 def _chromium() -> str | None:

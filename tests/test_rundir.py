@@ -16,8 +16,10 @@ from circuitlens.rundir import (
     LOCK,
     MARKER,
     RunDirectoryError,
+    RunFileError,
     RunLockedError,
     prepare_run_directory,
+    read_json,
     run_directory,
     run_lock,
 )
@@ -136,3 +138,25 @@ def test_reproduce_checks_every_task_before_any_work(tmp_path: Path, monkeypatch
         run_experiment(cfg, tmp_path / "run", progress=False)
     assert calls == ["entity_tracking", "theory_of_mind"]
     assert not (tmp_path / "run" / LOCK).exists()
+
+
+def test_read_json_names_a_damaged_file_and_the_fix(tmp_path: Path) -> None:
+    f = tmp_path / "setup.json"
+    f.write_text(json.dumps({"task": "entity_tracking", "seconds": 1.5}))
+    assert read_json(f, "the setup") == {"task": "entity_tracking", "seconds": 1.5}
+    for content, problem in [
+        (b'{"task": "entity_tr', "not valid JSON: Unterminated string"),
+        (b"", "not valid JSON: Expecting value"),
+        (b"[1, 2]", "not a JSON object: it holds a list"),
+        (b'{"a": "\xff\xfe"}', "not UTF-8 text"),
+    ]:
+        f.write_bytes(content)
+        with pytest.raises(RunFileError) as e:
+            read_json(f, "the setup")
+        assert isinstance(e.value, RunDirectoryError) and isinstance(e.value, ValueError)
+        assert e.value.path == f
+        assert str(e.value).startswith(f"the setup {str(f)!r} is damaged ({problem}")
+        assert "delete it to recompute that step (the rest of the run is kept)" in str(e.value)
+        assert str(e.value).endswith("or rerun with --fresh to start over")
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "none.json", "the setup")

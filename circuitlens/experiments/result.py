@@ -5,7 +5,6 @@ The HTML page is presentation: :func:`circuitlens.report.write_report` reads thi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from circuitlens.ablation import AblationResult
 from circuitlens.experiments.config import LABELS, ExperimentConfig
 from circuitlens.io import atomic_write_text
+from circuitlens.rundir import read_json
 from circuitlens.types import Head
 
 
@@ -47,17 +47,17 @@ class ExperimentResult:
         directory = Path(directory)
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(f"{directory} holds no experiment (no config.json)")
-        cfg = ExperimentConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        cfg = ExperimentConfig.from_dict(read_json(directory / "config.json", "the run's config"))
         setups, cells = {}, []
         for t in cfg.tasks:
             f = directory / t / "setup.json"
             if f.is_file():
-                setups[t] = json.loads(f.read_text())
+                setups[t] = read_json(f, f"the {t} setup")
             for c in cfg.conditions:
                 for s in cfg.seeds:
                     f = directory / t / c / f"seed{s}" / "cell.json"
                     if f.is_file():
-                        cells.append(json.loads(f.read_text()))
+                        cells.append(read_json(f, f"the {t} {c} seed {s} cell"))
         return cls(directory, cfg, setups, cells)
 
     # -- tables ------------------------------------------------------------------------------

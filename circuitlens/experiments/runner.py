@@ -22,7 +22,7 @@ from circuitlens.mapping import budget_count, map_heads, random_map, require_one
 from circuitlens.models import load_model, model_facts, model_fingerprint
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
 from circuitlens.progress import heartbeat
-from circuitlens.rundir import run_directory
+from circuitlens.rundir import read_json, run_directory
 from circuitlens.tasks import (
     Task,
     TaskFormatWarning,
@@ -304,7 +304,7 @@ def _json_dump(obj: Any) -> str:
 def _saved_config(f: Path) -> dict[str, Any]:
     """A run's saved ``config.json``, with the fields added since it was written at their
     defaults (a run made before a field existed ran as its default says)."""
-    saved = json.loads(f.read_text())
+    saved = read_json(f, "the run's config")
     try:
         return json.loads(_json_dump(ExperimentConfig.from_dict(saved).to_dict()))
     except (ValueError, TypeError):  # not a config this version reads: compared as it is
@@ -416,7 +416,7 @@ def _preflight(
         setup_file = directory / t / "setup.json"
         cells = [(c, s) for tt, c, s in todo if tt == t]
         if setup_file.is_file():
-            _check_models(json.loads(setup_file.read_text()), cfg, directory)
+            _check_models(read_json(setup_file, f"the {t} setup"), cfg, directory)
         if not cells and setup_file.is_file():
             continue
         teacher = load_model(cfg.models[t]["teacher"], device=device)
@@ -556,7 +556,7 @@ def _run_task(
     setup_file = directory / t / "setup.json"
     cells = [(c, s) for tt, c, s in todo if tt == t]
     if setup_file.is_file():
-        setup = json.loads(setup_file.read_text())
+        setup = read_json(setup_file, f"the {t} setup")
         _check_models(setup, cfg, directory)
         if not cells:
             return

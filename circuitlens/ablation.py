@@ -28,6 +28,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+import circuitlens.screening as screening
 from circuitlens.hooks import resid_pre_name
 from circuitlens.interventions import Mean, Replacement, sweep
 from circuitlens.mean_ablation import _check_means, compute_means
@@ -48,7 +49,6 @@ from circuitlens.validate import check_fields
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "exact", "screened")
-AUTO_SCREEN_ABOVE = 100  # heads: "auto" screens models with more heads than this
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class AblationConfig:
             a screened sweep has intervals for its measured heads only.
         ci_level: the interval's coverage (percentile bootstrap).
         method: ``"exact"`` (every head ablated), ``"screened"`` (estimates for every head, the
-            candidates verified exactly: :mod:`circuitlens.screening`), or ``"auto"``:
-            screened above ``AUTO_SCREEN_ABOVE`` heads, exact otherwise.
+            candidates verified exactly: :mod:`circuitlens.screening`), or ``"auto"``
+            (:func:`circuitlens.screening.auto_method`: exact, until a screened sweep's map
+            agrees with the exact map).
         top: screened: the heads whose top values must be exact, a fraction of all heads or a
             count (0.15 covers the mapping's default budget of 0.13).
         threshold: screened: also verify every head whose |impact| may reach this (or None).
@@ -361,8 +362,9 @@ def ablation_sweep(
         means: precomputed means; by default from the task's ``ablation`` reference prompts.
         n_boot, ci_level: each dP's bootstrap interval over prompts (``n_boot=0``: none); a
             screened sweep has intervals at its measured heads only (NaN elsewhere).
-        method: ``"exact"``, ``"screened"`` or ``"auto"`` (the default: screened for models
-            of more than ``AUTO_SCREEN_ABOVE`` = 100 heads, exact otherwise).
+        method: ``"exact"``, ``"screened"`` or ``"auto"`` (the default:
+            :func:`circuitlens.screening.auto_method`, exact at every size for now: the
+            screened sweep changed the real pair's map).
         top, threshold, safety, screen, rank: a screened sweep's options
             (:class:`AblationConfig`).
         verify: heads a screened sweep measures exactly in any case (e.g. a circuit's heads).
@@ -374,7 +376,7 @@ def ablation_sweep(
     """
     f = model_facts(model)
     if method == "auto":
-        method = "screened" if f.n_total_heads > AUTO_SCREEN_ABOVE else "exact"
+        method = screening.auto_method(f.n_total_heads)
     config = AblationConfig(
         metric=metric,
         split=split,

@@ -75,21 +75,24 @@ def seconds_per_prompt(model: Any, task: Any, n: int = 16) -> tuple[float, int]:
     return (time.perf_counter() - t0) / len(prompts), int(batch.tokens.shape[1])
 
 
-def sweep_passes(n_heads: int, n_layers: int, n: int, top: int | None = None) -> float:
-    """Prompt passes of one mean-ablation sweep on ``n`` prompts (``method="auto"``).
+def sweep_passes(
+    n_heads: int, n_layers: int, n: int, top: int | None = None, method: str = "auto"
+) -> float:
+    """Prompt passes of one mean-ablation sweep on ``n`` prompts (``method`` as
+    :func:`circuitlens.ablation_sweep` takes it).
 
-    An exact sweep (``n_heads`` <= ``AUTO_SCREEN_ABOVE``) ablates every head. A screened sweep
+    An exact sweep (what ``"auto"`` is for ``n_heads``: :func:`circuitlens.screening.auto_method`)
+    ablates every head. A screened sweep
     costs one forward and one backward pass for the estimates (three passes), then at least
     the ``top`` heads it must settle and their margin exactly (``top``: the heads asked for,
     by default 0.15 of them); it measures more when the estimates leave the top unsettled.
     """
-    from circuitlens.ablation import AUTO_SCREEN_ABOVE
-    from circuitlens.screening import default_margin, top_count
+    from circuitlens.screening import auto_method, default_margin, top_count
 
     # each head's pass starts at its layer: on average (L + 1) / 2L of a full forward
     per_head = n * (n_layers + 1) / (2 * n_layers)
     means = 3 * n  # the reference prompts' means and the unablated scores
-    if n_heads <= AUTO_SCREEN_ABOVE:
+    if (auto_method(n_heads) if method == "auto" else method) == "exact":
         return n_heads * per_head + means
     k = top if top is not None else top_count(0.15, n_heads)
     measured = min(n_heads, k + default_margin(k, n_heads))

@@ -415,10 +415,10 @@ def sweeps(
     circuit: Circuit | None = None,
 ) -> tuple[AblationResult, AblationResult]:
     """The teacher's and the student's mean-ablation sweeps as ``cfg`` asks (metric, prompts,
-    the teacher's baseline, bootstrap intervals). On models of more than 100 heads the sweeps
-    are screened (:func:`ablation_sweep`, ``method="auto"``): the teacher's sweep then measures
-    ``circuit``'s heads in any case (the map's candidates), the student's at least the
-    budget's heads."""
+    the teacher's baseline, bootstrap intervals), with ``method="auto"``: exact at every size
+    for now (:func:`circuitlens.screening.auto_method`). Where screening is on, the teacher's
+    sweep measures ``circuit``'s heads in any case (the map's candidates), the student's at
+    least the budget's heads."""
     t_sweep = ablation_sweep(
         teacher,
         task,

@@ -193,6 +193,21 @@ def settled(
     return threshold is None or worst < threshold
 
 
+#: heads above which ``method="auto"`` screens (None: never). The screened sweep changed the
+#: whole map on the real same-family entity-tracking pair (0 of 26 pairs shared with the exact
+#: map at 16 and at 32 prompts: it never verified either model's most important head), so until
+#: a map built from screened sweeps agrees with the exact map on >= 95% of its pairs, ``"auto"``
+#: is exact at every size for anything that feeds a map or a circuit; ``"screened"`` is opt-in.
+AUTO_SCREEN_ABOVE: int | None = None
+
+
+def auto_method(n_heads: int) -> str:
+    """What ``method="auto"`` means for a model of ``n_heads`` heads: ``"exact"`` or
+    ``"screened"`` (above :data:`AUTO_SCREEN_ABOVE` heads; never while it is None)."""
+    screen = AUTO_SCREEN_ABOVE is not None and n_heads > AUTO_SCREEN_ABOVE
+    return "screened" if screen else "exact"
+
+
 def top_count(top: float | int, n_heads: int) -> int:
     """Heads ``top`` asks for: an int is a count, a float in (0, 1] a fraction (rounded, >= 1)
     (the same rule as the mapping's budget)."""

@@ -62,14 +62,14 @@ def test_config_files(tmp_path) -> None:
 
 
 def test_screened_sweeps_measure_the_circuit_and_the_budget(make_llama_dir, monkeypatch) -> None:
-    """With screening forced on (the zoo's 8 heads are below AUTO_SCREEN_ABOVE), the teacher's
+    """With screening forced on ("auto" is exact at every size for now), the teacher's
     sweep measures the circuit's heads and the student's at least the budget's heads, and the
     measured heads carry intervals."""
-    import circuitlens.ablation as ablation
+    import circuitlens.screening as screening
     from circuitlens.distill import sweeps
     from circuitlens.types import Circuit
 
-    monkeypatch.setattr(ablation, "AUTO_SCREEN_ABOVE", 0)
+    monkeypatch.setattr(screening, "AUTO_SCREEN_ABOVE", 0)
     teacher = load_model(make_llama_dir(seed=1, n_layers=3))
     student = load_model(make_llama_dir(seed=2))
     task = get_task("entity_tracking", n_boxes=3, n_test=16)

@@ -75,8 +75,10 @@ def test_cost_estimate_is_positive_and_grows_with_steps(setup, make_llama_dir) -
 def test_cost_of_a_screened_sweep_is_its_screen_and_top_heads() -> None:
     from circuitlens.cost import sweep_passes
 
-    # 96 heads: an exact sweep (every head); 576 (SmolLM2): screened, about 0.15 + a margin
+    # an exact sweep ablates every head ("auto" is exact at every size for now); a screened
+    # one (576 heads, SmolLM2-sized) about 0.15 of them + a margin
     assert sweep_passes(96, 12, 100) == pytest.approx(96 * 100 * 13 / 24 + 300)
-    screened = sweep_passes(576, 30, 100)
+    assert sweep_passes(576, 30, 100) == pytest.approx(576 * 100 * 31 / 60 + 300)
+    screened = sweep_passes(576, 30, 100, method="screened")
     assert screened == pytest.approx(300 + (86 + 22) * 100 * 31 / 60 + 300)
-    assert screened < sweep_passes(576, 30, 100, top=200) < 576 * 100 * 31 / 60
+    assert screened < sweep_passes(576, 30, 100, top=200, method="screened") < 576 * 100 * 31 / 60

@@ -47,6 +47,7 @@ from circuitlens.models import model_facts
 from circuitlens.patching.activation import activation_patch
 from circuitlens.patching.attribution import screened_activation_patch
 from circuitlens.patching.path import PathPatchingResult, path_patch
+from circuitlens.screening import auto_method
 from circuitlens.tasks import Task, make_metric
 from circuitlens.tasks.metrics import accuracy, logits_at
 from circuitlens.types import Circuit, Head, parse_heads
@@ -69,8 +70,8 @@ class CircuitConfig:
             (0 disables).
         max_support: the most support heads added.
         method: other tasks' activation patching: ``"exact"``, ``"screened"`` (AtP estimates,
-            heads that may pass ``threshold`` patched exactly) or ``"auto"`` (screened above
-            100 heads).
+            heads that may pass ``threshold`` patched exactly) or ``"auto"`` (exact for now:
+            :func:`circuitlens.screening.auto_method`).
     """
 
     n: int = 100
@@ -330,7 +331,7 @@ def find_circuit(
     else:
         metric = make_metric("logit_diff", batch)
         screened = cfg.method == "screened" or (
-            cfg.method == "auto" and model_facts(model).n_total_heads > 100
+            cfg.method == "auto" and auto_method(model_facts(model).n_total_heads) == "screened"
         )
 
         def patch() -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -9,6 +9,8 @@ Wallace 2025, "Circuit Distillation").
 from circuitlens import real, zoo  # noqa: F401
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
+from circuitlens.conditions import Condition, get_condition, register_condition
+from circuitlens.devices import DeviceError, check_device
 from circuitlens.distill import (
     ConditionResult,
     DistillConfig,
@@ -57,6 +59,8 @@ __all__ = [
     "CircuitConfig",
     "CircuitStageError",
     "CircuitTrainer",
+    "Condition",
+    "DeviceError",
     "DistillConfig",
     "DistillResult",
     "ExperimentConfig",
@@ -73,6 +77,7 @@ __all__ = [
     "ablation_sweep",
     "activation_patch",
     "attribution_patch",
+    "check_device",
     "cka",
     "cka_with_null",
     "distill_circuit",
@@ -82,6 +87,7 @@ __all__ = [
     "evaluate",
     "faithfulness",
     "find_circuit",
+    "get_condition",
     "get_task",
     "linear_cka",
     "load_model",
@@ -95,6 +101,7 @@ __all__ = [
     "plot_patching",
     "plot_training_curves",
     "random_map",
+    "register_condition",
     "register_source",
     "registered_models",
     "rbf_cka",

@@ -221,9 +221,11 @@ def _distill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from circuitlens import get_task, load_model
+    from circuitlens.devices import check_device
     from circuitlens.distill import ResultSaveError, distill_circuit
     from circuitlens.rundir import run_directory
 
+    check_device(args.device)  # a device there is not: one error line, before anything loads
     spec, config = _run_spec(args)  # every option checked before anything is loaded
     out = Path(args.out)
     # an output of `circuitlens distill` from before run markers holds only these two
@@ -290,9 +292,11 @@ def _circuits(pairs: list[str]) -> dict[str, dict[str, list[str]]]:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from circuitlens.devices import check_device
     from circuitlens.experiments import ExperimentConfig, run_experiment
     from circuitlens.report import write_report
 
+    check_device(args.device)  # a device there is not: one error line, before anything loads
     if args.config:
         config = ExperimentConfig.load(args.config)
     else:
@@ -383,7 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         "searching, e.g. entity_tracking=circuit.json",
     )
     rep.add_argument("--steps", type=int, help="training steps per cell")
-    rep.add_argument("--device", help="where the models run: cpu (default), cuda, cuda:1, ...")
+    rep.add_argument(
+        "--device",
+        help="where the models run: cpu (default), cuda, cuda:N, mps; checked before "
+        "anything loads (a CPU build of torch has no cuda)",
+    )
     rep.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     rep.add_argument(
         "--jobs",
@@ -425,7 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--budget", type=_parse_value, help="student heads: a fraction or a count")
     dist.add_argument("--seed", type=int, help="training seed")
     dist.add_argument("--out", default="results/distill", help="output directory")
-    dist.add_argument("--device", help="where the models run: cpu (default), cuda, cuda:1, ...")
+    dist.add_argument(
+        "--device",
+        help="where the models run: cpu (default), cuda, cuda:N, mps; checked before "
+        "anything loads (a CPU build of torch has no cuda)",
+    )
     dist.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     dist.add_argument(
         "--fresh",

@@ -11,8 +11,10 @@ the model and calls them; the tests recompute each by hand in float64):
 - ``shuffled``: the same alignment term with the teacher's examples deranged within the batch
   (every example paired with another's teacher activation): the content-free control.
 
-``total_loss`` combines them per condition: ``ce`` and ``full-ce``: CE; ``ce+align``,
-``ce+rand``, ``ce+shuffled``: CE + lambda * align; ``align``: lambda * align; ``kd``: KD.
+``total_loss`` sums a condition's terms (its registry entry, :mod:`circuitlens.conditions`,
+names them): ``ce``, ``full-ce``, ``random-heads``: CE; ``ce+align``, ``ce+rand``,
+``ce+shuffled``, ``random-heads+align``: CE + lambda * align; ``align``: lambda * align;
+``kd``: KD.
 """
 
 from __future__ import annotations
@@ -22,23 +24,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuitlens.cka import cka, permute_examples
+from circuitlens.conditions import LABELS, condition_names, get_condition
 
-#: the trained conditions, and which terms their loss has
-CONDITIONS = ("ce", "ce+align", "ce+rand", "ce+shuffled", "align", "kd", "full-ce")
-CKA_CONDITIONS = ("ce+align", "ce+rand", "ce+shuffled", "align")
-#: condition names as the paper writes them (the untrained rows "student" and "teacher"
-#: included): the tables, the report and the plots read them here
-LABELS = {
-    "student": "student (before training)",
-    "teacher": "teacher",
-    "ce": "CE",
-    "ce+align": "CE + Align CKA",
-    "ce+rand": "CE + Rand CKA",
-    "ce+shuffled": "CE + Shuffled CKA",
-    "align": "Align CKA",
-    "kd": "KD",
-    "full-ce": "full fine-tuning CE",
-}
+#: the trained conditions (names), those with the CKA term, and the tables' row names: all
+#: read from the condition registry (:mod:`circuitlens.conditions`)
+CONDITIONS = condition_names()
+CKA_CONDITIONS = tuple(n for n in CONDITIONS if get_condition(n).uses_cka)
 
 
 def cross_entropy(
@@ -107,34 +98,14 @@ def total_loss(
     align: Tensor | None = None,
     kd: Tensor | None = None,
 ) -> Tensor:
-    """The condition's loss from its terms (see the module docstring)."""
-    need = {
-        "ce": ("ce",),
-        "full-ce": ("ce",),
-        "ce+align": ("ce", "align"),
-        "ce+rand": ("ce", "align"),
-        "ce+shuffled": ("ce", "align"),
-        "align": ("align",),
-        "kd": ("kd",),
-    }
-    if condition not in need:
-        raise ValueError(f"unknown condition {condition!r}; valid: {', '.join(CONDITIONS)}")
-    terms = {"ce": ce, "align": align, "kd": kd}
-    missing = [t for t in need[condition] if terms[t] is None]
-    if missing:
-        raise ValueError(f"condition {condition!r} needs the term(s) {missing}")
-    if condition in ("ce", "full-ce"):
-        return ce  # type: ignore[return-value]
-    if condition == "kd":
-        return kd  # type: ignore[return-value]
-    if condition == "align":
-        return lam * align  # type: ignore[operator]
-    return ce + lam * align  # type: ignore[operator]
+    """The condition's loss from its terms (:meth:`circuitlens.conditions.Condition.loss`)."""
+    return get_condition(condition).loss(lam, ce, align, kd)
 
 
 __all__ = [
     "CKA_CONDITIONS",
     "CONDITIONS",
+    "LABELS",
     "alignment_loss",
     "cross_entropy",
     "derangement",

@@ -160,13 +160,20 @@ def map_heads(
     circuit: Circuit | None = None,
     budget: float | int = 0.13,
     one_to_one: bool = False,
+    student_heads: list[Head | str] | None = None,
 ) -> HeadMap:
     """Pair each chosen student head with the teacher head of closest impact.
+
+    ``student_heads``: pair these heads instead of the budget's most important ones (the
+    random-heads controls); the config then names them.
 
     Returns:
         A :class:`HeadMap` (``kind="ablation"``) with the pairs and their distances.
     """
-    students = choose_student_heads(student_sweep, budget)
+    if student_heads is None:
+        students = choose_student_heads(student_sweep, budget)
+    else:
+        students = parse_heads(list(student_heads))
     cands = _candidates(teacher_sweep, circuit)
     ds = torch.tensor([float(student_sweep.delta[h.layer, h.head]) for h in students])
     dt = torch.tensor([float(teacher_sweep.delta[h.layer, h.head]) for h in cands])
@@ -194,6 +201,8 @@ def map_heads(
         "teacher_baseline": teacher_sweep.config.baseline,
         "warnings": warnings,
     }
+    if student_heads is not None:
+        config["student_heads"] = [str(h) for h in students]
     return HeadMap(
         pairs=[(s, cands[j]) for s, j in zip(students, chosen, strict=True)],
         distances=[float(dist[i, j]) for i, j in enumerate(chosen)],

@@ -49,6 +49,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from circuitlens.devices import check_device, check_device_map
 from circuitlens.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -476,10 +477,19 @@ def load_model(
         A ``TransformerBridge`` in eval mode (a legacy ``HookedTransformer`` is returned as is),
         with its card, if it has one, as ``model.circuitlens_card`` (see :func:`model_card`).
 
+    Raises:
+        DeviceError: ``device`` (or a device of ``device_map``) cannot be used here (no CUDA
+            in this torch build, no such GPU, no MPS, bfloat16 on a GPU without it), before
+            anything is read (:func:`circuitlens.devices.check_device`).
+        ModelLoadError: ``spec`` cannot be loaded; the message says what to pass instead.
+
     >>> model = load_model("zoo:entity-tracking-student")
     >>> model_facts(model).n_layers
     2
     """
+    if device is not None:  # None keeps its meaning: where the source puts the model
+        check_device(device, dtype)
+    check_device_map(device_map, dtype)
     model = _load(spec, tokenizer, device, dtype, device_map, max_memory, offload_folder)
     if isinstance(spec, str | Path) and model_spec(model) is None:
         object.__setattr__(model, SPEC_ATTR, str(spec))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitlens.cka import ESTIMATORS, KERNELS, MIN_ROWS
-from circuitlens.losses import CKA_CONDITIONS, CONDITIONS
+from circuitlens.conditions import Condition, get_condition
 from circuitlens.validate import ConfigError, check_fields
 
 SITES = ("z", "result")
@@ -33,7 +33,7 @@ class TrainConfig:
     """Options of :class:`CircuitTrainer`.
 
     Attributes:
-        condition: one of :data:`CONDITIONS`.
+        condition: a registered condition (:mod:`circuitlens.conditions`), e.g. ``"ce+align"``.
         steps, batch_size, lr, weight_decay: the optimisation (AdamW).
         lam: lambda, the weight of the CKA term, which is averaged over the mapped pairs
             (ours: 1.0; the paper does not give it).
@@ -90,7 +90,7 @@ class TrainConfig:
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
-        bad("condition", CONDITIONS)
+        get_condition(self.condition)  # a ValueError naming the valid ones
         bad("cka", KERNELS)
         bad("cka_estimator", ESTIMATORS)
         bad("site", SITES)
@@ -98,7 +98,7 @@ class TrainConfig:
         bad("labels", ("teacher", "gold"))
         if self.lam < 0:
             raise ValueError(f"lam (the CKA weight) must be >= 0 (got {self.lam})")
-        if self.batch_size < 4 and self.condition in CKA_CONDITIONS:
+        if self.batch_size < 4 and self.uses_cka:
             raise ValueError(
                 f"CKA over a batch needs batch_size >= 4 (got {self.batch_size}); raise batch_size"
             )
@@ -112,5 +112,10 @@ class TrainConfig:
             raise ValueError(f"cka_eval_n must be >= 4 held-out prompts (got {self.cka_eval_n})")
 
     @property
+    def cond(self) -> Condition:
+        """The condition's registry entry (what it trains, with which terms)."""
+        return get_condition(self.condition)
+
+    @property
     def uses_cka(self) -> bool:
-        return self.condition in CKA_CONDITIONS
+        return self.cond.uses_cka

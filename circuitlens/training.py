@@ -144,17 +144,17 @@ class CircuitTrainer:
             s.check(fs.n_layers, fs.n_heads)
             t.check(ft.n_layers, ft.n_heads)
         params = dict(student.named_parameters())
-        if cfg.condition == "full-ce":
+        if cfg.cond.trains_all:
             self.masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
         else:
             self.masks = head_parameter_masks(student, head_map.student_heads, kv=cfg.kv)
         self.fraction: TrainedFraction = trained_fraction(
             student,
-            head_map.student_heads if cfg.condition != "full-ce" else [],
+            [] if cfg.cond.trains_all else head_map.student_heads,
             self.masks,
             kv=cfg.kv,
         )
-        if cfg.condition == "full-ce":
+        if cfg.cond.trains_all:
             self.fraction = dataclasses.replace(
                 self.fraction, heads=fs.n_total_heads, heads_touched=fs.n_total_heads
             )
@@ -277,7 +277,7 @@ class CircuitTrainer:
         return {
             "layers": layers,
             "positions": sorted(set(self._position_names())) if layers else [],
-            "logits": self.config.condition == "kd",
+            "logits": self.config.cond.compares_logits,
         }
 
     def teacher_outputs(self, progress: bool = False) -> list[TeacherBatch]:
@@ -383,13 +383,13 @@ class CircuitTrainer:
         out: dict[str, Tensor] = {
             "ce": cross_entropy(s_last, self._labels(tout.labels[mine], sb, dev)) * share
         }
-        if cfg.condition == "kd":
+        if cfg.cond.compares_logits:
             assert tout.logits is not None
             out["kd"] = kd_loss(s_last, tout.logits[mine].to(dev), cfg.kd_temperature) * share
         if cfg.uses_cka:
             xs, ys = self._pair_activations(sb, tb, saved, tout)
             xs = torch.cat(all_gather(xs.contiguous()), dim=1)  # [pair, global n, rows, p]
-            if cfg.condition == "ce+shuffled":
+            if cfg.cond.shuffle:
                 perm = derangement(len(prompts), shuffle_generator(cfg.seed, step))
                 ys = shuffled_teacher(ys, perm)
             align, value = alignment_loss(
@@ -419,12 +419,12 @@ class CircuitTrainer:
         s_last, sb, tb, saved, tout = self._forward(prompts, step)
         dev = s_last.device
         out: dict[str, Tensor] = {"ce": cross_entropy(s_last, self._labels(tout.labels, sb, dev))}
-        if cfg.condition == "kd":
+        if cfg.cond.compares_logits:
             assert tout.logits is not None
             out["kd"] = kd_loss(s_last, tout.logits.to(dev), cfg.kd_temperature)
         if cfg.uses_cka:
             xs, ys = self._pair_activations(sb, tb, saved, tout)
-            if cfg.condition == "ce+shuffled":
+            if cfg.cond.shuffle:
                 step = self.state.step + 1 if step is None else step
                 perm = derangement(len(prompts), shuffle_generator(cfg.seed, step))
                 ys = shuffled_teacher(ys, perm)

@@ -193,3 +193,18 @@ def test_cli_distill_rerun_after_a_failed_save_repeats_no_work(
     assert "saved to" in capsys.readouterr().out
     back = DistillResult.load(tmp_path / "out" / "result")
     assert back.metrics["steps"] == 2
+
+
+def test_random_heads_control_trains_as_many_random_heads(make_llama_dir) -> None:
+    from circuitlens.heads import head_parameter_masks
+
+    task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
+    fast = FAST | {"budget": 3}
+    teacher, student = make_llama_dir(seed=1, n_layers=3), make_llama_dir(seed=2)
+    aligned = distill_circuit(teacher, student, task, steps=1, condition="ce", **fast)
+    rand = distill_circuit(teacher, student, task, steps=1, condition="random-heads", **fast)
+    assert len(rand.head_map) == len(aligned.head_map) == 3
+    assert rand.metrics["heads_trained"] == 3
+    want = head_parameter_masks(load_model(student), rand.head_map.student_heads)
+    assert set(rand.masks) == set(want)
+    assert all(torch.equal(rand.masks[n], want[n]) for n in want)  # those heads' slices only

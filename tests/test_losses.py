@@ -118,6 +118,8 @@ def _by_hand(pair, condition: str, head_map: HeadMap, cfg: TrainConfig, prompts,
         "ce+shuffled": ce + lam * align,
         "align": lam * align,
         "kd": kd,
+        "random-heads": ce,
+        "random-heads+align": ce + lam * align,
     }[condition], ckas
 
 

@@ -19,6 +19,7 @@ curves) is presentation, made from the result by :func:`circuitlens.report.write
 
 from circuitlens.experiments.config import (
     ALL_CONDITIONS,
+    DEFAULT_CONDITIONS,
     LABELS,
     TASKS,
     ExperimentConfig,
@@ -29,6 +30,7 @@ from circuitlens.models import model_fingerprint
 
 __all__ = [
     "ALL_CONDITIONS",
+    "DEFAULT_CONDITIONS",
     "LABELS",
     "TASKS",
     "ExperimentConfig",

@@ -124,6 +124,12 @@ def _answer_words(task: Any) -> list[str]:
     return list(dict.fromkeys(words))
 
 
+#: the conditions whose loss compares the two output distributions over one vocabulary, so
+#: that they cannot cross tokenizers: the condition registry (:mod:`circuitlens.conditions`)
+#: adds each such condition as it is registered
+LOGIT_CONDITIONS: set[str] = set()
+
+
 def require_compatible_tokenizers(
     teacher: Any,
     student: Any,
@@ -138,17 +144,24 @@ def require_compatible_tokenizers(
     Args:
         teacher, student: loaded models (or tokenizers).
         task: its answer words must be single tokens for both.
-        conditions: the training conditions to run (``kd`` cannot cross tokenizers).
+        conditions: the training conditions to run; those in :data:`LOGIT_CONDITIONS`
+            (``kd``: they compare the two output distributions) cannot cross tokenizers.
         positions: the CKA rows (``"tokens"`` cannot cross tokenizers).
     """
     why = _difference(teacher, student, task)
     if why is None:
         return True
     problems = []
-    if "kd" in set(conditions):
+    logit = sorted(set(conditions) & LOGIT_CONDITIONS)
+    if len(logit) == 1:
         problems.append(
-            "the kd condition (it compares the two output distributions over one vocabulary: "
-            "drop it from the conditions)"
+            f"the {logit[0]} condition (it compares the two output distributions over one "
+            "vocabulary: drop it from the conditions)"
+        )
+    elif logit:
+        problems.append(
+            f"the {', '.join(logit)} conditions (they compare the two output distributions "
+            "over one vocabulary: drop them from the conditions)"
         )
     if positions == "tokens":
         problems.append(

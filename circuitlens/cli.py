@@ -163,6 +163,7 @@ def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             "lam": args.lam,
             "budget": args.budget,
             "seed": args.seed,
+            "dtype": args.dtype,
         }.items()
         if v is not None
     }
@@ -220,23 +221,28 @@ def _real_build(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch
+
     from circuitlens import get_task, load_model
     from circuitlens.devices import check_device
     from circuitlens.distill import ResultSaveError, distill_circuit
     from circuitlens.rundir import run_directory
 
-    check_device(args.device)  # a device there is not: one error line, before anything loads
     spec, config = _run_spec(args)  # every option checked before anything is loaded
+    bf16 = config.train.dtype == "bfloat16"
+    # a device there is not (or one without bf16): one error line, before anything loads
+    check_device(args.device, torch.bfloat16 if bf16 else None)
     out = Path(args.out)
     # an output of `circuitlens distill` from before run markers holds only these two
     legacy = lambda d: {p.name for p in d.iterdir()} <= {"checkpoints", "result"}  # noqa: E731
     with run_directory(out, fresh=args.fresh, kind="distill", adopt=legacy):
         if args.threads:
-            import torch
-
             torch.set_num_threads(args.threads)
         device = args.device
-        teacher = load_model(spec["teacher"], device=device)
+        # bf16: the teacher in bf16 (it only runs forward), the student float32 under autocast
+        teacher = load_model(
+            spec["teacher"], device=device, dtype=torch.bfloat16 if bf16 else torch.float32
+        )
         student = load_model(spec["student"], device=device)
         task = get_task(spec["task"], tokenizers=[teacher, student], **spec["task_options"])
         result = distill_circuit(
@@ -432,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--lam", type=float, help="weight of the CKA term")
     dist.add_argument("--budget", type=_parse_value, help="student heads: a fraction or a count")
     dist.add_argument("--seed", type=int, help="training seed")
+    dist.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="training precision: bfloat16 trains the student under bf16 autocast (float32 "
+        "master weights, float32 CKA) and loads the teacher in bf16 (default float32)",
+    )
     dist.add_argument("--out", default="results/distill", help="output directory")
     dist.add_argument(
         "--device",

@@ -9,6 +9,8 @@ from circuitlens.conditions import Condition, get_condition
 from circuitlens.validate import ConfigError, check_fields
 
 SITES = ("z", "result")
+#: training precisions (:attr:`TrainConfig.dtype`)
+DTYPES = ("float32", "bfloat16")
 POSITIONS = ("last", "circuit", "tokens")
 
 
@@ -54,6 +56,12 @@ class TrainConfig:
         null_perms: permutations of the CKA null (mean and sd over them; at least 20).
         checkpoint_every: save a resumable checkpoint every N steps (needs a checkpoint dir).
         seed: every random choice (batches, initial state, shuffles) follows from it.
+        dtype: the precision of the student's training forward and backward:
+            ``"float32"``, or ``"bfloat16"`` (autocast: matrix products in bf16, the weights
+            and their AdamW state stay float32 master copies, the losses, CKA included, are
+            computed in float32). Evaluation and held-out CKA always run in the model's own
+            precision. Load the teacher in bf16 too (``load_model(..., dtype=torch.bfloat16)``)
+            for its memory and speed.
     """
 
     condition: str = "ce+align"
@@ -76,6 +84,7 @@ class TrainConfig:
     null_perms: int = 20
     checkpoint_every: int = 50
     seed: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_fields(self, _TRAIN_RANGES)
@@ -96,6 +105,7 @@ class TrainConfig:
         bad("site", SITES)
         bad("positions", POSITIONS)
         bad("labels", ("teacher", "gold"))
+        bad("dtype", DTYPES)
         if self.lam < 0:
             raise ValueError(f"lam (the CKA weight) must be >= 0 (got {self.lam})")
         if self.batch_size < 4 and self.uses_cka:

@@ -39,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitlens.cka import CKAWithNull, cka_with_null
+from circuitlens.devices import check_device
 from circuitlens.heads import TrainedFraction, head_parameter_masks, trained_fraction
 from circuitlens.hooks import hook_layer, hooked, z_name
 from circuitlens.io import atomic_torch_save
@@ -68,6 +69,11 @@ from circuitlens.types import Circuit, Head, HeadMap
 from circuitlens.validate import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is in a lower precision (bf16, fp16), else ``t`` itself."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _rank_world() -> tuple[int, int]:
@@ -140,6 +146,8 @@ class CircuitTrainer:
         from circuitlens.models import model_facts
 
         fs, ft = model_facts(student), model_facts(teacher)
+        if cfg.dtype == "bfloat16":  # a GPU without bf16 is named before any work
+            check_device(model_device(student), torch.bfloat16)
         for s, t in head_map.pairs:
             s.check(fs.n_layers, fs.n_heads)
             t.check(ft.n_layers, ft.n_heads)
@@ -318,8 +326,10 @@ class CircuitTrainer:
 
     def _student(self, prompts: list) -> tuple[Tensor, PromptBatch, dict[int, Tensor]]:
         """The student's answer-position logits, its batch and the mapped layers' z."""
-        sb = tokenize_prompts(self.student, prompts).to(model_device(self.student))
-        with self._capturing():
+        dev = model_device(self.student)
+        sb = tokenize_prompts(self.student, prompts).to(dev)
+        bf16 = self.config.dtype == "bfloat16"
+        with self._capturing(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
             self._saved.clear()
             s_last = logits_at(self.student, sb.tokens, sb.positions["last"])
         return s_last, sb, dict(self._saved)
@@ -350,7 +360,9 @@ class CircuitTrainer:
                 for (s, _), r in zip(self.head_map.pairs, s_rows, strict=True)
             ]
         )
-        return xs, ys.to(xs.device)
+        # CKA in float32 at least, whatever precision the forwards ran in (bf16 autocast, a
+        # bf16 teacher); a no-op in float32
+        return _at_least_float32(xs), _at_least_float32(ys.to(xs.device))
 
     def _labels(self, tout_labels: Tensor, sb: PromptBatch, dev: torch.device) -> Tensor:
         if self.config.labels != "teacher":

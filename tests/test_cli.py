@@ -88,6 +88,10 @@ def test_distill_reads_models_task_and_options_from_a_json_file(
     assert json.loads((out / "result" / "metrics.json").read_text())["steps"] == 2
     assert main(args + flags + ["--fresh", "--device", "cpu", "--threads", "1"]) == 0  # its
     # own directory: --fresh may empty it
+    assert main(args + flags + ["--fresh", "--dtype", "bfloat16"]) == 0  # bf16 training
+    saved = json.loads((out / "result" / "config.json").read_text())
+    assert saved["train"]["dtype"] == "bfloat16"
+    assert capsys.readouterr().out.count("saved to") == 3
 
 
 def test_distill_bad_config_names_the_field_before_loading(tmp_path, capsys, unchecked) -> None:

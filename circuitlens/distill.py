@@ -26,12 +26,14 @@ from torch import Tensor
 
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import CKAWithNull
+from circuitlens.conditions import condition_map
 from circuitlens.cost import estimate_distill_cost, report_cost
 from circuitlens.deltas import apply_delta, load_delta, model_delta, save_delta
 from circuitlens.evaluation import circuit_only_scores
 from circuitlens.heads import TrainedFraction
 from circuitlens.io import atomic_write_text
-from circuitlens.mapping import budget_count, map_heads, random_map
+from circuitlens.mapping import budget_count, map_heads
+from circuitlens.mechanism import MechanismCheck, mechanism_check
 from circuitlens.models import (
     copy_model,
     load_model,
@@ -459,6 +461,9 @@ class ConditionResult:
         steps: steps taken; resumed: whether a checkpoint was resumed.
         seconds: wall time.
         masks: the trained entries (parameter name -> bool mask; the trainer's).
+        mechanism: each trained head's impact before and after training beside its teacher
+            partner's (:mod:`circuitlens.mechanism`), or None when the untrained sweeps were
+            not passed.
     """
 
     condition: str
@@ -474,6 +479,7 @@ class ConditionResult:
     resumed: bool
     seconds: float
     masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    mechanism: MechanismCheck | None = None
 
     @property
     def accuracy(self) -> float:
@@ -500,12 +506,19 @@ def train_condition(
     teacher_cache: TeacherCache | None | bool = None,
     progress: bool = True,
     cka_before: CKAWithNull | None = None,
+    student_sweep: AblationResult | None = None,
+    teacher_sweep: AblationResult | None = None,
 ) -> ConditionResult:
     """Train ``student`` in place in one condition and measure it: the one path that
     :func:`distill_circuit` and the reproduce runner share. The mapped pairs' held-out CKA
     before and after, then per-prompt test accuracy and circuit-only accuracy after.
     ``cka_before``: the held-out CKA of this map on this untrained student, when measured
-    already (it depends on neither the condition nor the seed)."""
+    already (it depends on neither the condition nor the seed). ``student_sweep``,
+    ``teacher_sweep``: the untrained sweeps the map came from; given, the trained heads are
+    ablated again after training (:func:`circuitlens.mechanism.mechanism_check`, one pass of
+    the sweep's prompts per pair: ``ConditionResult.mechanism``); None: no check."""
+    if (student_sweep is None) != (teacher_sweep is None):
+        raise ValueError("the mechanism check needs both sweeps: student_sweep and teacher_sweep")
     t0 = time.time()
     trainer = CircuitTrainer(
         student, teacher, task, head_map, config, circuit, checkpoint_dir, teacher_cache
@@ -517,6 +530,11 @@ def train_condition(
     cka_after = trainer.heldout_cka()
     correct = [int(x) for x in prompt_scores(student, task, "test", test_n).tolist()]
     keep = head_map.student_heads
+    mechanism = None
+    if student_sweep is not None and teacher_sweep is not None:
+        mechanism = mechanism_check(
+            student, task, head_map, student_sweep, teacher_sweep, cka_before, cka_after
+        )
     return ConditionResult(
         condition=config.condition,
         seed=config.seed,
@@ -531,6 +549,7 @@ def train_condition(
         resumed=resumed,
         seconds=round(time.time() - t0, 1),
         masks=trainer.masks,
+        mechanism=mechanism,
     )
 
 
@@ -583,25 +602,19 @@ def distill_circuit(
     check_split_sizes(task, cfg)
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
     t_sweep, s_sweep = _kept_sweeps(teacher, student, task, cfg, progress, circuit, checkpoint_dir)
-    head_map = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
-    if cfg.train.condition == "ce+rand":  # the same student heads, never the aligned partner
-        head_map = random_map(
-            s_sweep,
-            t_sweep,
-            circuit,
-            cfg.budget,
-            cfg.one_to_one,
-            cfg.map_seed,
-            student_heads=head_map.student_heads,
-            avoid=head_map,
-        )
+    aligned = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
+    # the condition's pairs: the map's, random partners (ce+rand) or random heads
+    head_map = condition_map(
+        cfg.train.condition, aligned, s_sweep, t_sweep, circuit, cfg.map_seed, circuit
+    )
     keep = head_map.student_heads
     before = evaluate(student, task, "test", cfg.test_n)
     circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
     done = train_condition(
         teacher, student, task, head_map, cfg.train, cfg.test_n, circuit, checkpoint_dir,
-        progress=progress,
+        progress=progress, student_sweep=s_sweep, teacher_sweep=t_sweep,
     )  # fmt: skip
+    assert done.mechanism is not None  # the sweeps were passed
     metrics = {
         "teacher_accuracy": evaluate(teacher, task, "test", cfg.test_n),
         "student_accuracy_before": before,
@@ -612,6 +625,9 @@ def distill_circuit(
         "mean_cka_after": float(done.cka_after.value.mean()),
         "cka_null_mean": float(done.cka_after.null_mean.mean()),
         "cka_null_sd": float(done.cka_after.null_sd.mean()),
+        # mean |dP_s - dP_t| of the pairs before and after training (circuitlens.mechanism)
+        "mechanism_gap_before": done.mechanism.mean_gap_before,
+        "mechanism_gap_after": done.mechanism.mean_gap_after,
         "heads_trained": done.fraction.heads,
         "heads_touched": done.fraction.heads_touched,
         "head_fraction": done.fraction.head_fraction,

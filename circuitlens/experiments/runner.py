@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
+from circuitlens.conditions import condition_map, get_condition
 from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
+from circuitlens.devices import check_device
 from circuitlens.distill import sweeps, train_condition
 from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult, curve_points
 from circuitlens.io import atomic_write_text
-from circuitlens.mapping import budget_count, map_heads, random_map, require_one_to_one
+from circuitlens.mapping import budget_count, map_heads, require_one_to_one
 from circuitlens.models import load_model, model_facts, model_fingerprint
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
 from circuitlens.progress import heartbeat
@@ -190,22 +192,23 @@ def _setup_task(
 
 
 def _cell_map(setup: dict[str, Any], condition: str, seed: int, cfg: ExperimentConfig) -> HeadMap:
+    """The pairs of one cell: the setup's map, or the condition's control drawn with the
+    cell's seed (:func:`circuitlens.conditions.condition_map`)."""
     head_map = HeadMap.from_dict(setup["head_map"])
-    if condition != "ce+rand":
+    cond = get_condition(condition)
+    if cond.heads != "random" and cond.partners != "random":
         return head_map
-    circuit = None
-    if cfg.random_from == "circuit" and setup["circuit"] is not None:
-        circuit = Circuit.from_dict(setup["circuit"])
-        circuit = circuit if circuit.heads else None
-    return random_map(
+    circuit = Circuit.from_dict(setup["circuit"]) if setup["circuit"] is not None else None
+    circuit = circuit if circuit is not None and circuit.heads else None
+    random_circuit = circuit if cfg.random_from == "circuit" else None
+    return condition_map(
+        cond,
+        head_map,
         AblationResult.from_dict(setup["student_sweep"]),
         AblationResult.from_dict(setup["teacher_sweep"]),
         circuit,
-        cfg.distill.budget,
-        cfg.distill.one_to_one,
-        seed=seed,
-        student_heads=head_map.student_heads,
-        avoid=head_map,
+        seed,
+        random_circuit,
     )
 
 
@@ -226,7 +229,8 @@ def _run_cell(
     """Train and measure one cell. ``student``: the untrained student to train in place
     (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells;
     ``befores``: the untrained student's held-out CKA per map, shared by the cells (filled
-    here)."""
+    here). The cell's ``mechanism``: each trained head ablated again after training, beside its
+    teacher partner (:mod:`circuitlens.mechanism`, against the setup's untrained sweeps)."""
     t0 = time.time()
     d = cfg.distill
     if student is None:
@@ -239,7 +243,10 @@ def _run_cell(
     done = train_condition(
         teacher, student, task, head_map, train_cfg, d.test_n, circuit, cell_dir / "checkpoint",
         teacher_cache, progress=progress, cka_before=before,
+        student_sweep=AblationResult.from_dict(setup["student_sweep"]),
+        teacher_sweep=AblationResult.from_dict(setup["teacher_sweep"]),
     )  # fmt: skip
+    assert done.mechanism is not None  # the sweeps were passed
     if befores is not None:
         befores[pairs] = done.cka_before
     return {
@@ -268,6 +275,7 @@ def _run_cell(
         "curve": curve_points(done.history),
         "seconds": round(time.time() - t0, 1),
         "resumed": done.resumed,
+        "mechanism": done.mechanism.to_dict(),
     }
 
 
@@ -387,7 +395,10 @@ def run_experiment(
         RunDirectoryError: ``directory`` is not a run's (``fresh`` refuses to delete it) or
             another live run holds it (:class:`~circuitlens.rundir.RunLockedError`).
         TokenizerMismatchError: a task's teacher and student tokenize differently.
+        DeviceError: ``device`` cannot be used here (checked before any work: see
+            :func:`circuitlens.devices.check_device`).
     """
+    check_device(device)  # before any work: a run on a device there is not fails at once
     cfg = config or ExperimentConfig()
     if jobs != "auto" and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a whole number >= 1 or 'auto' (got {jobs!r})")
@@ -423,7 +434,11 @@ def _preflight(
         student = load_model(cfg.models[t]["student"], device=device)
         task = _task(t, cfg.task_seed, [teacher, student], cfg)
         require_compatible_tokenizers(
-            teacher, student, task, [c for c, _ in cells], cfg.distill.train.positions
+            teacher,
+            student,
+            task,
+            [c for c, _ in cells],
+            cfg.distill.train.positions,
         )
         cost = estimate_experiment_cost(
             teacher, student, task, cfg, len(cells), setup=not setup_file.is_file()
@@ -584,7 +599,8 @@ def _run_task(
         if s not in expected:
             pending = [cc for cc, ss in cells if ss == s]
             maps = [_cell_map(setup, cc, s, cfg) for cc in pending]
-            expected[s] = ({h.layer for m in maps for _, h in m.pairs}, "kd" in pending)
+            logits = any(get_condition(cc).compares_logits for cc in pending)
+            expected[s] = ({h.layer for m in maps for _, h in m.pairs}, logits)
         cache.expect(*expected[s])
         bar.set_description(f"reproduce: {t} {c} seed {s}")
         cell_dir = directory / t / c / f"seed{s}"

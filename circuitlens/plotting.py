@@ -5,6 +5,10 @@
 head name, P and dP, and the mapped pairs marked with the same number in both panels; hovering
 a marked student head names its teacher partner. ``fig.write_html(path)`` saves a standalone
 page; in Jupyter the figure displays itself.
+
+``plot_forest(result, task)``: each trained condition's paired difference in test accuracy to
+CE, the seed as the unit (mean, 95% interval, one dot per seed), from
+``ExperimentResult.comparisons()``.
 """
 
 from __future__ import annotations
@@ -216,6 +220,116 @@ def plot_circuit(circuit: Any, n_layers: int, n_heads: int, title: str | None = 
     return fig
 
 
+def _forest_hover(r: Any) -> str:
+    """The hover text of one comparison's point: its difference, interval and p's."""
+
+    def num(x: Any, fmt: str) -> str:
+        return "—" if x is None or x != x else format(float(x), fmt)
+
+    return (
+        f"{r.A} − {r.B}: {num(r.mean_diff, '+.3f')} over {r.n_seeds} seed(s)"
+        f"<br>95% CI {num(r.ci_low, '+.3f')} to {num(r.ci_high, '+.3f')}"
+        f"<br>sign-flip p = {num(r.p_sign_flip, '.2g')}, Holm p = {num(r.p_holm, '.2g')}"
+        f"<br>smallest detectable difference {num(r.mdd, '.2g')}"
+    )
+
+
+def _forest_traces(comp: Any) -> list[Any]:
+    """The forest plot's three traces: the intervals, the seeds' dots, the means (row i at
+    y = i, the seeds just below it)."""
+    import plotly.graph_objects as go
+
+    traces = []
+    with_ci = [i for i, r in comp.iterrows() if r.ci_low == r.ci_low and r.ci_high == r.ci_high]
+    if with_ci:  # one seed has no interval
+        traces.append(
+            go.Scatter(
+                x=[x for i in with_ci for x in (comp.ci_low[i], comp.ci_high[i], None)],
+                y=[y for i in with_ci for y in (i, i, None)],
+                mode="lines",
+                line={"color": "#0072B2", "width": 3},
+                name="95% interval (seeds × prompts bootstrap)",
+                hoverinfo="skip",
+            )
+        )
+    seeds = [(i, s, d) for i, r in comp.iterrows() for s, d in zip(r.seeds, r.diffs, strict=True)]
+    traces.append(
+        go.Scatter(
+            x=[d for _, _, d in seeds],
+            y=[i + 0.22 for i, _, _ in seeds],
+            mode="markers",
+            marker={"size": 7, "color": "#E69F00", "line": {"width": 1, "color": "#555"}},
+            name="one seed",
+            text=[f"{comp.A[i]}, seed {s}: {d:+.3f}" for i, s, d in seeds],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
+    traces.append(
+        go.Scatter(
+            x=list(comp.mean_diff),
+            y=list(range(len(comp))),
+            mode="markers",
+            marker={"size": 13, "symbol": "diamond", "color": "#0072B2"},
+            name="mean over seeds",
+            text=[_forest_hover(r) for r in comp.itertuples()],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
+    return traces
+
+
+def plot_forest(result: Any, task: str, comparisons: Any = None, title: str | None = None) -> Any:
+    """Forest plot of each condition's paired difference in test accuracy to CE, for one task.
+
+    Per condition (one row, its whole label on the left): a diamond at the mean over seeds of
+    its accuracy minus CE's, a horizontal line for the 95% two-way (seeds x prompts) bootstrap
+    interval, and one small dot per seed (that seed's difference) just below; a dashed vertical
+    line at 0. Read from :meth:`~circuitlens.experiments.ExperimentResult.comparisons`.
+
+    Args:
+        result: an :class:`~circuitlens.experiments.ExperimentResult`.
+        task: the task to plot.
+        comparisons: ``result.comparisons()``, if already made.
+        title: the figure's title (default: the task and what is plotted).
+
+    Returns:
+        A ``plotly.graph_objects.Figure``, 800 px wide.
+
+    Raises:
+        ValueError: if no condition of ``task`` shares a seed with CE.
+    """
+    import plotly.graph_objects as go
+
+    comp = result.comparisons() if comparisons is None else comparisons
+    comp = comp[comp.task == task].reset_index(drop=True)
+    if comp.empty:
+        raise ValueError(f"no condition of task {task!r} shares a seed with the baseline: "
+                         "nothing to compare")  # fmt: skip
+    base = comp.B.iloc[0]
+    fig = go.Figure(_forest_traces(comp))
+    fig.add_vline(x=0, line_dash="dash", line_color="#555")
+    fig.update_yaxes(
+        tickvals=list(range(len(comp))),
+        ticktext=list(comp.A),
+        range=[len(comp) - 0.5, -0.6],
+        automargin=True,
+        showgrid=False,
+        tickfont={"size": 13},
+    )
+    fig.update_xaxes(
+        title_text=f"test accuracy minus {base}'s (per seed, then mean)", zeroline=False
+    )
+    fig.update_layout(
+        title=title or f"{task.replace('_', ' ')}: each condition against {base}",
+        width=800,
+        height=190 + 62 * len(comp),
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
+        margin={"t": 90, "b": 60, "r": 30},
+        plot_bgcolor="white",
+    )
+    return fig
+
+
 def plot_training_curves(result: Any, task: str, title: str | None = None) -> Any:
     """Validation accuracy, mean CKA of the mapped pairs and training loss against training
     steps, one line per condition (mean over seeds, error bars: std), from an
@@ -224,7 +338,7 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from circuitlens.losses import LABELS
+    from circuitlens.conditions import LABELS
 
     df = result.curves()
     df = df[df.task == task]
@@ -274,10 +388,17 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
     fig.update_yaxes(title_text="mean CKA (mapped pairs)", row=1, col=2)
     fig.update_yaxes(title_text="training loss", row=1, col=3)
-    fig.update_layout(
+    fig.update_layout(  # no fixed width: the figure fills its page; the legend below, whole
         title=title or f"{task}: training curves",
-        height=430,
-        width=1400,
-        legend={"title": {"text": "condition (mean ± sd over seeds)"}},
+        height=520,
+        legend={
+            "title": {"text": "condition (mean ± sd over seeds)", "side": "top"},
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "y": -0.2,
+            "yanchor": "top",
+        },
+        margin={"b": 40},
     )
     return fig

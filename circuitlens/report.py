@@ -1,14 +1,20 @@
 """The HTML report of an experiment: presentation only, built from an ExperimentResult.
 
 One page, ``report.html``, and plotly.js beside it (``plotly.min.js``, one copy per directory:
-a page stays small, and opens from disk with no network): a header naming the run (models, tasks,
-conditions, seeds, training options, circuitlens version); the paper's table with mean ± sd
-and no empty cells; then per task the teacher's circuit as a labelled layer x head grid, the
-head mapping as a student -> teacher diagram (the aligned map, and each seed's random control)
-with each pair's impacts and their bootstrap intervals, the mean-ablation heatmaps and the
-training curves. Every section has an ``id`` (``summary``,
-``results-table``, ``<task>-circuit``, ``<task>-mapping``, ``<task>-ablation``,
-``<task>-curves``) so that tests and links can find it.
+a page stays small, and opens from disk with no network). It leads with the answer: after the
+title, per task a forest plot of each trained condition's paired difference in test accuracy
+to CE (the seed as the unit) and under it each comparison's verdict sentence. Then the run
+(models, tasks, conditions, seeds, training options, circuitlens version); the paper's table
+with mean ± sd and no empty cells (narrow enough for a 1200 px window); the seed-level
+comparisons, the accuracy per prompt format, the pooled McNemar table (labelled as no test of
+the seeds) and the CKA of each pair; then per task the teacher's circuit as a labelled layer x
+head grid, the head mapping as a student -> teacher diagram (the aligned map, and each seed's
+random control) with each pair's impacts and their bootstrap intervals, the mean-ablation
+heatmaps and the training curves. Every section has an ``id`` (``summary``, ``answer``,
+``run``, ``results-table``, ``seed-comparisons``, ``formats-table``, ``mcnemar-table``,
+``cka-table``, ``<task>-circuit``, ``<task>-mapping``, ``<task>-ablation``,
+``<task>-curves``; the forest plot's figure is ``<task>-forest-figure``) so that tests and
+links can find it.
 
 The page reads a result; nothing that computes one writes it. From a notebook::
 
@@ -25,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.ablation import AblationResult
-from circuitlens.experiments.result import ExperimentResult
+from circuitlens.conditions import BASELINE, LABELS, get_condition
+from circuitlens.experiments.result import MCNEMAR_P, MCNEMAR_POOLED, ExperimentResult
 from circuitlens.io import atomic_write_bytes, atomic_write_text
-from circuitlens.plotting import plot_ablation, plot_training_curves
+from circuitlens.plotting import plot_ablation, plot_forest, plot_training_curves
 from circuitlens.types import Circuit, Head, HeadMap
 from circuitlens.version import __version__
 
@@ -54,7 +61,19 @@ COLUMN_NAMES = {
     "cka_after": "CKA after (mean ± sd)",
     "steps_to_target": "steps to target",
     "reached_target": "reached target",
+    "trained": "heads / params trained",
+    "cka": "CKA before → after (mean ± sd)",
+    "steps": "steps to target (seeds reaching it)",
+    "mean_diff": "A − B (mean over seeds)",
+    "ci": "95% CI (seeds × prompts bootstrap)",
+    "p_sign_flip": "p (sign-flip)",
+    "p_t": "p (paired t)",
+    "p_holm": "p (sign-flip, Holm)",
+    "mdd": "smallest detectable (80% power)",
+    "per_seed_mcnemar": "McNemar p per seed",
 }
+#: columns of numbers that the page's tables hold as strings (right-aligned, never wrapped)
+NUMBER_TEXT = frozenset({"trained", "cka", "steps", "ci", "per_seed_mcnemar"})
 #: colours of circuit groups (colour-blind-safe, Okabe-Ito)
 GROUP_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 DASH = "—"
@@ -66,13 +85,13 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
        max-width: 1100px; color: #222; line-height: 1.45; padding: 0 1rem; }
 h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2rem;
        margin-top: 2.5rem; } h3 { margin-top: 1.8rem; }
-table.data { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
-table.data th, table.data td { border-bottom: 1px solid #e3e3e3; padding: .3rem .65rem;
+table.data { border-collapse: collapse; margin: .8rem 0; font-size: .88rem; }
+table.data th, table.data td { border-bottom: 1px solid #e3e3e3; padding: .3rem .5rem;
        text-align: right; white-space: nowrap; }
 table.data th { background: #f4f6f8; text-align: center; white-space: normal;
        vertical-align: bottom; }
 .scroll { overflow-x: auto; }
-table.data td.text { text-align: left; }
+table.data td.text { text-align: left; white-space: normal; }
 table.data tr.reference td { color: #555; font-style: italic; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; }
 dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
@@ -175,15 +194,19 @@ def format_table(df: Any) -> tuple[list[str], list[list[str]], list[bool]]:
                 text = str(v)
                 row.append(esc(text.replace("_", " ") if c == "task" else text))
         rows.append(row)
-        refs.append("head_fraction" in cols and _missing(r.get("head_fraction")))
+        refs.append(r.get("condition") in (LABELS["student"], LABELS["teacher"]))
     header = [COLUMN_NAMES.get(c, c.replace("_", " ")) for c in shown]
     return header, rows, refs
 
 
 def _text_columns(df: Any) -> list[bool]:
+    """Which shown columns are words (left-aligned, wrapped where the page is narrow); the
+    columns of numbers made into strings (:data:`NUMBER_TEXT`) are not."""
     shown, source = _pairs(list(df.columns))
     return [
-        bool(len(df)) and all(isinstance(x, str) for x in df[source[c][0]] if not _missing(x))
+        bool(len(df))
+        and c not in NUMBER_TEXT
+        and all(isinstance(x, str) for x in df[source[c][0]] if not _missing(x))
         for c in shown
     ]
 
@@ -442,21 +465,26 @@ def _figure(fig: Any, div_id: str) -> str:
 def render_report(result: ExperimentResult, table: Any = None) -> str:
     """The report page of an :class:`~circuitlens.experiments.ExperimentResult` as HTML
     (``table``: its :meth:`~circuitlens.experiments.ExperimentResult.table`, if already made).
-    The page loads :data:`PLOTLY_JS` from its own directory (:func:`write_plotly_js`)."""
+    The page loads :data:`PLOTLY_JS` from its own directory (:func:`write_plotly_js`).
+
+    It leads with the answer: per task the forest plot of each condition against CE and the
+    verdict of each comparison (:func:`answer_html`), before any table; then the run, the
+    results table, the seed-level comparisons and the other tables, and each task's details."""
     if table is None:
         table = result.table()
+    comparisons = result.comparisons()
     title = "Circuit distillation: " + ", ".join(t.replace("_", " ") for t in result.config.tasks)
     parts = [
         f"<header id='summary'><h1>{esc(title)}</h1>",
         "<p class='note'>Teacher circuit → head mapping by mean-ablation impact → training of "
-        "the mapped student heads (Wadhwa, Amir, Wallace 2025).</p>",
-        _meta_html(result),
-        "</header>",
+        "the mapped student heads (Wadhwa, Amir, Wallace 2025).</p></header>",
+        answer_html(result, comparisons),
+        f"<section id='run'><h2>The run</h2>{_meta_html(result)}</section>",
         "<section id='results-table'><h2>Results</h2>",
         "<p class='note'>First-token accuracy on held-out test prompts, mean ± sd over "
         "seeds; the student before training and the teacher are references (italic). "
         "“vs CE” is in accuracy points.</p>",
-        table_html(table),
+        table_html(results_display(table)),
     ]
     targets = [
         f"{t.replace('_', ' ')}: {result.target(t):.3f}"
@@ -469,34 +497,7 @@ def render_report(result: ExperimentResult, table: Any = None) -> str:
             f"reaches the target ({esc('; '.join(targets))}).</p>"
         )
     parts.append("</section>")
-    for section_id, heading, getter, note in (
-        (
-            "formats-table",
-            "Accuracy by prompt format",
-            "format_table",
-            "The same stories in every prompt format the task offers; “vs CE” against the "
-            "same format's CE.",
-        ),
-        (
-            "mcnemar-table",
-            "McNemar's exact test (pooled over seeds)",
-            "mcnemar_table",
-            "CE + Align CKA (A) against each baseline (B) on per-prompt test correctness; "
-            "b and c are the discordant prompts, p the exact two-sided p-value.",
-        ),
-        (
-            "cka-table",
-            "Held-out CKA of each mapped pair, with its permutation null",
-            "cka_table",
-            "CKA on held-out prompts before and after training; the null permutes the "
-            "teacher's examples (mean ± sd over permutations).",
-        ),
-    ):
-        fn = getattr(result, getter, None)
-        extra = fn() if fn is not None else None
-        if extra is not None and not extra.empty:
-            parts.append(f"<section id='{section_id}'><h2>{esc(heading)}</h2>")
-            parts.append(f"<p class='note'>{esc(note)}</p>{table_html(extra)}</section>")
+    parts += _extra_tables(result, comparisons)
     for task, setup in result.setups.items():
         parts.extend(_task_section(result, task, setup))
     body = "\n".join(parts)
@@ -508,6 +509,151 @@ def render_report(result: ExperimentResult, table: Any = None) -> str:
         f'<script src="{PLOTLY_JS}"></script></head>'
         f"<body>{body}</body></html>\n"
     )
+
+
+def answer_html(result: ExperimentResult, comparisons: Any) -> str:
+    """The page's first section (``id='answer'``): per task the forest plot of each condition's
+    paired difference to CE and, under it, each comparison's verdict sentence.
+
+    Args:
+        result: the experiment.
+        comparisons: its :meth:`~circuitlens.experiments.ExperimentResult.comparisons`.
+    """
+    ce = LABELS[BASELINE]
+    out = [
+        f"<section id='answer'><h2>The answer: each condition against {esc(ce)}</h2>",
+        f"<p class='note'>The seed is the unit: per seed, the test accuracy of a condition "
+        f"minus that of {esc(ce)} on the same test prompts (dots); the diamond is their mean, "
+        "the line its 95% interval from a two-way bootstrap over seeds and prompts; p is the "
+        "exact sign-flip test over seeds, Holm-adjusted over the comparisons of a task.</p>",
+    ]
+    for task in result.config.tasks:
+        name = task.replace("_", " ")
+        comp = comparisons[comparisons.task == task]
+        out.append(f"<div class='answer' id='{esc(task)}-answer'><h3>{esc(name)}</h3>")
+        if comp.empty:
+            out.append(f"<p class='note'>No trained condition shares a seed with {esc(ce)} "
+                       "yet: nothing to compare.</p></div>")  # fmt: skip
+            continue
+        fig = plot_forest(result, task, comparisons=comparisons, title=f"{name}: against {ce}")
+        out.append(_figure(fig, f"{task}-forest-figure"))
+        out.append("<ul class='verdicts'>")
+        out += [f"<li>{esc(v)}</li>" for v in comp.verdict]
+        out.append("</ul></div>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _percent(x: Any) -> str:
+    """``12.5%``; the whole model ``100%`` (one decimal there adds width and nothing else)."""
+    return "100%" if float(x) == 1 else f"{100 * float(x):.1f}%"
+
+
+def results_display(table: Any) -> Any:
+    """The results table (:meth:`~circuitlens.experiments.ExperimentResult.table`) as the page
+    shows it, narrow enough for the page: the fractions of heads and parameters trained in one
+    column (``trained``), CKA before and after in one (``cka``), the steps to the target with
+    how many seeds reach it in another (``steps``)."""
+    show = table.copy()
+    if "head_fraction" in show:
+        show.insert(
+            list(show.columns).index("head_fraction"),
+            "trained",
+            [
+                DASH if _missing(h) else f"{_percent(h)} / {_percent(p)}"
+                for h, p in zip(show.head_fraction, show.param_fraction, strict=True)
+            ],
+        )
+        show = show.drop(columns=["head_fraction", "param_fraction"])
+    if "cka_after" in show:
+
+        def cka(before: Any, after: Any, sd: Any) -> str:
+            if _missing(after):
+                return DASH
+            start = "" if _missing(before) else f"{_num(before)} → "
+            return start + _num(after) + ("" if _missing(sd) else f" ± {float(sd):.3f}")
+
+        show["cka_after"] = [
+            cka(b, a, s)
+            for b, a, s in zip(show.cka_before, show.cka_after, show.cka_after_std, strict=True)
+        ]
+        show = show.drop(columns=["cka_before", "cka_after_std"])
+        show = show.rename(columns={"cka_after": "cka"})
+    if "steps_to_target" in show:
+
+        def steps(s: Any, reached: Any) -> str:
+            if _missing(reached):
+                return DASH
+            return ("never" if _missing(s) else f"{float(s):.0f}") + f" ({reached})"
+
+        show["steps_to_target"] = [
+            steps(s, r) for s, r in zip(show.steps_to_target, show.reached_target, strict=True)
+        ]
+        show = show.drop(columns=["reached_target"]).rename(columns={"steps_to_target": "steps"})
+    return show
+
+
+def comparisons_display(comparisons: Any) -> Any:
+    """The seed-level comparisons as the page's table shows them: the interval in one column,
+    the per-seed McNemar p's as a secondary column, no verdict (it is in the answer)."""
+    show = comparisons.copy()
+    show["ci"] = [
+        DASH if _missing(lo) or _missing(hi) else f"{lo:+.3f} to {hi:+.3f}"
+        for lo, hi in zip(show.ci_low, show.ci_high, strict=True)
+    ]
+    show["per_seed_mcnemar"] = [", ".join(_auto(p) for p in ps) for ps in show.per_seed_mcnemar]
+    cols = ["task", "A", "B", "n_seeds", "mean_diff", "ci", "p_sign_flip", "p_t", "p_holm"]
+    return show[[*cols, "mdd", "per_seed_mcnemar"]]
+
+
+def _extra_tables(result: ExperimentResult, comparisons: Any) -> list[str]:
+    """The sections of the tables after the main one: seed-level comparisons, formats, the
+    pooled McNemar (labelled as no test of the seeds), the CKA of each pair."""
+    mcnemar = result.mcnemar_table()
+    if not mcnemar.empty:
+        mcnemar = mcnemar.rename(columns={"p": MCNEMAR_P})
+    parts = []
+    for section_id, heading, extra, note in (
+        (
+            "seed-comparisons",
+            "Each condition against CE, the seed as the unit",
+            comparisons_display(comparisons) if not comparisons.empty else comparisons,
+            "Per task, each condition (A) against CE (B) over the seeds both have: the mean of "
+            "the per-seed accuracy differences, its 95% two-way (seeds × prompts) bootstrap "
+            "interval, the exact sign-flip p over seeds (Holm-adjusted within the task), the "
+            "paired t-test p, the smallest difference the t-test detects at 80% power, and "
+            "McNemar's exact p within each seed (valid per seed: one seed's prompts).",
+        ),
+        (
+            "formats-table",
+            "Accuracy by prompt format",
+            result.format_table(),
+            "The same stories in every prompt format the task offers; “vs CE” against the "
+            "same format's CE.",
+        ),
+        (
+            "mcnemar-table",
+            MCNEMAR_POOLED,
+            mcnemar,
+            "CE + Align CKA (A) against each baseline (B) on per-prompt test correctness, each "
+            "seed's prompts concatenated; b and c are the discordant prompts, p the exact "
+            "two-sided p-value. The test prompts are the same in every seed, so with several "
+            "seeds each prompt counts once per seed and the seed, which varies training, is "
+            "ignored: this is not a valid test of the conditions (the seed-level table above "
+            "is).",
+        ),
+        (
+            "cka-table",
+            "Held-out CKA of each mapped pair, with its permutation null",
+            result.cka_table(),
+            "CKA on held-out prompts before and after training; the null permutes the "
+            "teacher's examples (mean ± sd over permutations).",
+        ),
+    ):
+        if extra is not None and not extra.empty:
+            parts.append(f"<section id='{section_id}'><h2>{esc(heading)}</h2>")
+            parts.append(f"<p class='note'>{esc(note)}</p>{table_html(extra)}</section>")
+    return parts
 
 
 def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) -> list[str]:
@@ -544,7 +690,7 @@ def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) ->
     controls = {
         c["seed"]: [tuple(p) for p in c["pairs"]]
         for c in result.cells
-        if c["task"] == task and c["condition"] == "ce+rand"
+        if c["task"] == task and get_condition(c["condition"]).partners == "random"
     }
     parts.append(f"<section id='{esc(task)}-mapping'><h3>Head mapping</h3>")
     parts.append(

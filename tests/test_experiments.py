@@ -481,3 +481,138 @@ def test_a_half_written_file_is_named_with_its_fix(
         again.setups["entity_tracking"]["head_map"]
         == finished.setups["entity_tracking"]["head_map"]
     )
+
+
+def _seeded_correct(acc: float, key: str, n: int = 10) -> list[int]:
+    """``n`` per-prompt 0/1 outcomes, ``acc`` of them right, in an order seeded by ``key``."""
+    import random
+
+    out = [1] * round(acc * n) + [0] * (n - round(acc * n))
+    random.Random(key).shuffle(out)
+    return out
+
+
+def _comparison_run(directory: Path) -> ExperimentResult:
+    """A run written as cell files only: entity tracking with CE, CE + Align CKA and CE + Rand
+    CKA on seeds 0-2 (Align also on seed 3, which CE lacks) and KD on seed 0 only; theory of
+    mind with CE and CE + Align CKA on seeds 0-1. Ten test prompts per seed."""
+    accs = {
+        ("entity_tracking", "ce"): [0.5, 0.6, 0.4],
+        ("entity_tracking", "ce+align"): [0.7, 0.7, 0.7, 0.9],  # diffs +0.2, +0.1, +0.3
+        ("entity_tracking", "ce+rand"): [0.6, 0.5, 0.6],  # diffs +0.1, -0.1, +0.2
+        ("entity_tracking", "kd"): [0.8],  # one seed: +0.3
+        ("theory_of_mind", "ce"): [0.5, 0.5],
+        ("theory_of_mind", "ce+align"): [0.6, 0.7],
+    }
+    cfg = ExperimentConfig(
+        tasks=("entity_tracking", "theory_of_mind"),
+        conditions=("ce", "ce+align", "ce+rand", "kd"),
+        seeds=(0, 1, 2, 3),
+    )
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
+    for (task, cond), per_seed in accs.items():
+        for seed, acc in enumerate(per_seed):
+            cell = {
+                "task": task, "condition": cond, "seed": seed, "accuracy": acc,
+                "mean_cka_before": 0.1, "mean_cka_after": 0.2, "heads_trained": 1,
+                "head_fraction": 0.125, "param_fraction": 0.03, "pairs": [["L1H0", "L0H7"]],
+                "curve": [{"step": 10, "val_accuracy": acc}],
+                "test_correct": _seeded_correct(acc, f"{task}/{cond}/{seed}"),
+            }  # fmt: skip
+            d = directory / task / cond / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "cell.json").write_text(json.dumps(cell))
+    return ExperimentResult.load(directory)
+
+
+def test_comparisons_are_seed_level_and_hand_computed(tmp_path: Path) -> None:
+    """Each condition against CE over the seeds both have: the mean of the per-seed accuracy
+    differences, the exact sign-flip p on them, Holm within each task, McNemar per seed."""
+    from circuitlens.experiments import stats
+
+    result = _comparison_run(tmp_path / "run")
+    comp = result.comparisons()
+    assert list(zip(comp.task, comp.A, comp.B, strict=True)) == [
+        ("entity_tracking", "CE + Align CKA", "CE"),
+        ("entity_tracking", "CE + Rand CKA", "CE"),
+        ("entity_tracking", "KD", "CE"),
+        ("theory_of_mind", "CE + Align CKA", "CE"),
+    ]
+    rows = comp.set_index(["task", "condition"])
+    align = rows.loc[("entity_tracking", "ce+align")]
+    assert align.n_seeds == 3 and align.seeds == [0, 1, 2]  # seed 3 has no CE cell
+    assert align["diffs"] == pytest.approx([0.2, 0.1, 0.3])
+    assert align.mean_diff == pytest.approx((0.2 + 0.1 + 0.3) / 3)
+    assert align.p_sign_flip == pytest.approx(2 / 8)  # only +++ and --- reach the mean
+    assert align.p_sign_flip == stats.sign_flip_test(align["diffs"])
+    assert align.p_t == pytest.approx(stats.paired_t_test([0.2, 0.1, 0.3]).p)
+    rand = rows.loc[("entity_tracking", "ce+rand")]
+    assert rand.mean_diff == pytest.approx(0.2 / 3) and rand.p_sign_flip == pytest.approx(6 / 8)
+    # Holm over the task's two tested comparisons: 0.25 * 2 = 0.5, then max(0.5, 0.75 * 1)
+    assert (align.p_holm, rand.p_holm) == pytest.approx((0.5, 0.75))
+    tom = rows.loc[("theory_of_mind", "ce+align")]
+    assert tom.p_sign_flip == pytest.approx(0.5) and tom.p_holm == tom.p_sign_flip  # own family
+    by = {(c["task"], c["condition"], c["seed"]): c["test_correct"] for c in result.cells}
+    want = [
+        stats.mcnemar(by[("entity_tracking", "ce+align", s)], by[("entity_tracking", "ce", s)]).p
+        for s in (0, 1, 2)
+    ]
+    assert align.per_seed_mcnemar == pytest.approx(want)
+    low, high = stats.two_way_bootstrap_ci(
+        {s: by[("entity_tracking", "ce+align", s)] for s in (0, 1, 2)},
+        {s: by[("entity_tracking", "ce", s)] for s in (0, 1, 2)},
+    )
+    assert (align.ci_low, align.ci_high) == pytest.approx((low, high))
+    assert align.mdd == pytest.approx(stats.min_detectable_difference(0.1, 3))
+    assert align.verdict.startswith("CE + Align CKA \u2212 CE = +0.200 (95% CI")
+    # the cells alone make the table: loaded again, the same numbers
+    again = ExperimentResult.load(tmp_path / "run").comparisons()
+    assert again.drop(columns="verdict").equals(comp.drop(columns="verdict"))
+    assert list(again.verdict) == list(comp.verdict)
+
+
+def test_one_shared_seed_is_reported_not_tested(tmp_path: Path) -> None:
+    """KD shares one seed with CE: the row has that seed's difference and its McNemar p, NaN
+    intervals and p's, a verdict that says no seed-level test exists, and stays out of Holm."""
+    from circuitlens.experiments import stats
+
+    result = _comparison_run(tmp_path / "run")
+    kd = result.comparisons().set_index("condition").loc["kd"]
+    assert kd.n_seeds == 1 and kd.seeds == [0] and kd.mean_diff == pytest.approx(0.8 - 0.5)
+    for col in ("ci_low", "ci_high", "p_sign_flip", "p_t", "p_holm", "mdd"):
+        assert math.isnan(kd[col]), col
+    assert "1 seed: no seed-level test" in kd.verdict
+    by = {
+        (c["condition"], c["seed"]): c["test_correct"]
+        for c in result.cells
+        if c["task"] == "entity_tracking"
+    }
+    assert kd.per_seed_mcnemar == [stats.mcnemar(by[("kd", 0)], by[("ce", 0)]).p]
+    only_one = ExperimentResult(
+        result.directory, result.config, {}, [c for c in result.cells if c["seed"] == 0]
+    )
+    comp = only_one.comparisons()
+    assert len(comp) == 4 and (comp.n_seeds == 1).all() and comp.p_holm.isna().all()
+    assert comp.verdict.str.contains("1 seed: no seed-level test").all()
+    assert only_one.markdown().startswith("Seed-level comparison with CE")
+
+
+def test_markdown_leads_with_the_verdicts(tmp_path: Path) -> None:
+    """table.md starts with the seed-level comparison's verdicts, then its table, then the
+    other tables; the pooled McNemar table says it is no test of the seeds."""
+    result = _comparison_run(tmp_path / "run")
+    md = result.markdown()
+    comp = result.comparisons()
+    assert md.startswith("Seed-level comparison with CE (the seed is the unit")
+    first_table = md.index("\n|")
+    at = [md.index(v) for v in comp.verdict]
+    assert at == sorted(at) and at[-1] < first_table  # every verdict, in order, before any table
+    assert md.index("| task ") < md.index("| condition")  # the comparisons, then the main table
+    header = md[first_table + 1 :].splitlines()[0]  # the comparisons' table comes first
+    assert "p sign-flip" in header and "p Holm" in header and "per-seed McNemar p" in header
+    pooled = md[md.index("McNemar (pooled prompts; not seed-level)") :]
+    assert "not a valid test of the conditions" in pooled
+    assert "p (pooled prompts; not seed-level)" in pooled
+    paths = result.write_tables()
+    assert paths["comparisons.csv"].read_text().splitlines()[0].startswith("task,A,B,n_seeds")

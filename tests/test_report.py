@@ -3,8 +3,10 @@ page that loads in headless Chromium without console errors and shows every sect
 
 from __future__ import annotations
 
+import html as htmllib
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -91,7 +93,7 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
                 "resumed": False,
                 "circuit_accuracy": acc - 0.1,
                 "format_accuracy": {"default": acc, "instruction": acc - 0.05},
-                "test_correct": [int((i * (seed + 3) + len(c)) % 4 != 0) for i in range(40)],
+                "test_correct": _correct(acc, f"{c}:{seed}"),
                 "cka_before": {"value": [0.1, 0.2]},
                 "cka_after": {
                     "value": [0.5, 0.6],
@@ -105,6 +107,13 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
             d.mkdir(parents=True)
             (d / "cell.json").write_text(json.dumps(cell))
     return ExperimentResult.load(directory)
+
+
+def _correct(acc: float, key: str, n: int = 200) -> list[int]:
+    """``n`` per-prompt outcomes, a fraction ``acc`` of them right, in a seeded order."""
+    out = [1] * round(acc * n) + [0] * (n - round(acc * n))
+    random.Random(key).shuffle(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +140,14 @@ def test_report_content(report: Path) -> None:
     for section_id in ids:
         assert f"id='{section_id}'" in html, section_id
     assert "<title>Circuit distillation: entity tracking</title>" in html
-    summary = _section(html, "summary")
+    run = _section(html, "run")
     for word in ("zoo:entity-tracking-teacher", "zoo:entity-tracking-student", "4×8 (4)"):
-        assert word in summary
-    assert f"<dd>{__version__}</dd>" in summary and "0, 1 (task seed 0)" in summary
+        assert word in run
+    assert f"<dd>{__version__}</dd>" in run and "0, 1 (task seed 0)" in run
     table = _section(html, "results-table")
     assert not re.search(r"\bnan\b", table, re.IGNORECASE)
-    assert "0.755 ± 0.007" in table and "25.0%" in table and "+1.0" in table
+    assert "0.755 ± 0.007" in table and "25.0% / 3.1%" in table and "+1.0" in table
+    assert "0.300 → 0.500 ± 0.000" in table and "4 (1/2)" in table and "never (0/2)" in table
     assert "test accuracy (mean ± sd)" in table
     teacher_row = table[table.index("<td class=text>teacher</td>") :].split("</tr>")[0]
     assert "never" not in teacher_row and "—" in teacher_row  # references have no target
@@ -155,12 +165,57 @@ def test_report_content(report: Path) -> None:
     d, lo, hi = (float(x) for x in (s_sweep.delta[1, 2], *s_sweep.delta_ci[:, 1, 2]))
     assert f"{d:.4f} [{lo:.4f}, {hi:.4f}]" in mapping
     assert "(estimated)" in mapping and not re.search(r"\bnan\b", mapping, re.IGNORECASE)
-    for section_id in ("formats-table", "mcnemar-table", "cka-table"):
+    for section_id in ("seed-comparisons", "formats-table", "mcnemar-table", "cka-table"):
         extra = _section(html, section_id)
         assert "<table" in extra and not re.search(r"\bnan\b", extra, re.IGNORECASE)
+    pooled = _section(html, "mcnemar-table")
+    assert "McNemar (pooled prompts; not seed-level)" in pooled and "not a valid test" in pooled
+    assert "p (pooled prompts; not seed-level)" in pooled
     assert "L1H2 → L3H1" in _section(html, "cka-table")
     curves = _section(html, f"{TASK}-curves")
     assert '"name":"CE + Align CKA"' in curves and "condition (mean \\u00b1 sd over" in curves
+
+
+def test_report_leads_with_the_answer(report: Path) -> None:
+    """The page's first section, before any table, is the forest plot of each condition
+    against CE and under it each comparison's verdict, as ``comparisons()`` gives them."""
+    html = report.read_text()
+    comp = ExperimentResult.load(report.parent).comparisons()
+    assert html[html.index("<section") :].startswith("<section id='answer'>")
+    assert html.index(f'id="{TASK}-forest-figure"') < html.index("<table")
+    answer = _section(html, "answer")
+    under = answer[answer.index(f'id="{TASK}-forest-figure"') :]
+    assert list(comp.A) == ["CE + Align CKA", "CE + Rand CKA"] and len(comp.verdict) == 2
+    for verdict in comp.verdict:
+        assert f"<li>{htmllib.escape(verdict, quote=True)}</li>" in under
+    assert "no difference detectable at this power" in under
+    assert '"ticktext":["CE + Align CKA","CE + Rand CKA"]' in under  # whole labels
+
+
+def test_forest_plot_draws_each_comparison(report: Path) -> None:
+    """Means, intervals and per-seed dots are the comparisons' numbers; the line at 0; one
+    seed draws no interval; a task with nothing to compare is refused by name."""
+    from circuitlens.plotting import plot_forest
+
+    result = ExperimentResult.load(report.parent)
+    comp = result.comparisons()
+    fig = plot_forest(result, TASK)
+    ci, seeds, means = fig.data
+    assert list(means.x) == pytest.approx(list(comp.mean_diff)) and list(means.y) == [0, 1]
+    assert list(ci.x) == [comp.ci_low[0], comp.ci_high[0], None, comp.ci_low[1],
+                          comp.ci_high[1], None]  # fmt: skip
+    assert list(seeds.x) == pytest.approx([d for ds in comp.diffs for d in ds])
+    assert list(seeds.y) == pytest.approx([0.22, 0.22, 1.22, 1.22])
+    assert list(fig.layout.yaxis.ticktext) == ["CE + Align CKA", "CE + Rand CKA"]
+    assert fig.layout.yaxis.automargin and fig.layout.width == 800
+    assert [(s.x0, s.x1) for s in fig.layout.shapes] == [(0, 0)]
+    one = ExperimentResult(
+        result.directory, result.config, result.setups, [c for c in result.cells if c["seed"] == 0]
+    )
+    (only,) = [t.name for t in plot_forest(one, TASK).data if t.mode == "lines"] or [None]
+    assert only is None  # no interval from one seed
+    with pytest.raises(ValueError, match="theory_of_mind.*nothing to compare"):
+        plot_forest(result, "theory_of_mind")
 
 
 def test_report_loads_plotly_from_one_file_beside_it(report: Path, tmp_path: Path) -> None:
@@ -172,7 +227,7 @@ def test_report_loads_plotly_from_one_file_beside_it(report: Path, tmp_path: Pat
     assert report.stat().st_size < 1.5e6
     assert html.count('<script src="plotly.min.js">') == 1
     assert html.index('<script src="plotly.min.js">') < html.index("</head>")
-    assert html.count("<script") == 4  # PlotlyConfig and plotly.js, then one per figure (2)
+    assert html.count("<script") == 5  # PlotlyConfig and plotly.js, then one per figure (3)
     assert html.count(" src=") == 1
     js = plotly.offline.get_plotlyjs().encode("utf-8")
     assert (report.parent / PLOTLY_JS).read_bytes() == js and js[:200] not in html.encode()
@@ -192,11 +247,38 @@ def _chromium() -> str | None:
     )
 
 
+#: appended to a copy of the page: once Plotly has drawn, what the browser laid out, as JSON
+MEASURE = """<script>window.addEventListener('load', () => setTimeout(() => {
+  const box = e => e.getBoundingClientRect();
+  const within = (t, svg) => { const b = box(t), s = box(svg);
+    return [t.textContent, b.left >= s.left - 0.5 && b.right <= s.right + 0.5
+            && b.top >= s.top - 0.5 && b.bottom <= s.bottom + 0.5 && b.left >= 0
+            && b.right <= document.documentElement.clientWidth, b.width > 0]; };
+  const texts = (id, sel) => [...document.querySelectorAll(`#${id} ${sel}`)].map(
+    t => within(t, t.closest('svg')));
+  const out = {
+    legend: texts('entity_tracking-curves-figure', '.legendtext'),
+    forest: texts('entity_tracking-forest-figure', '.ytick text'),
+    tables: [...document.querySelectorAll('.scroll')].map(
+      e => [e.closest('section').id, e.scrollWidth, e.clientWidth]),
+    page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+  };
+  const pre = document.createElement('pre');
+  pre.id = 'measured'; pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+}, 2000));</script></body>"""
+
+
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
 def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    """The page (with a measuring script appended) loads without a console message; at
+    1200 px every figure is drawn, the curves' legend and the forest plot's labels are whole
+    (each text's box inside its figure and the window) and no table scrolls sideways."""
+    page = report.parent / "measured.html"
+    page.write_text(report.read_text().replace("</body>", MEASURE))
     proc = subprocess.run(
         [
             _chromium(),
+            "--window-size=1200,900",
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -209,7 +291,7 @@ def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None
             "--v=0",
             "--virtual-time-budget=10000",
             "--dump-dom",
-            report.as_uri(),
+            page.as_uri(),
         ],
         capture_output=True,
         text=True,
@@ -221,10 +303,23 @@ def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None
     dom = proc.stdout
     for section_id in ("summary", "results-table", f"{TASK}-circuit", f"{TASK}-mapping"):
         assert f'id="{section_id}"' in dom, section_id
+    assert 'id="answer"' in dom
     # Plotly ran: each figure's div now holds its rendered SVG
-    for figure in (f"{TASK}-ablation-figure", f"{TASK}-curves-figure"):
+    for figure in (f"{TASK}-forest-figure", f"{TASK}-ablation-figure", f"{TASK}-curves-figure"):
         start = dom.index(f'id="{figure}"')
         assert "main-svg" in dom[start : start + 20000], figure
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.DOTALL)
+    assert found, "the measuring script did not run"
+    measured = json.loads(htmllib.unescape(found.group(1)))
+    labels = {"CE", "CE + Align CKA", "CE + Rand CKA"}
+    assert {text for text, _, _ in measured["legend"]} == labels  # every entry, untruncated
+    assert all(inside and shown for _, inside, shown in measured["legend"]), measured["legend"]
+    assert [t for t, _, _ in measured["forest"]] == ["CE + Align CKA", "CE + Rand CKA"]
+    assert all(inside and shown for _, inside, shown in measured["forest"]), measured["forest"]
+    assert [s for s, _, _ in measured["tables"]][:2] == ["results-table", "seed-comparisons"]
+    wide = [(s, w, c) for s, w, c in measured["tables"] if w > c]
+    assert not wide, wide  # no table scrolls sideways at 1200 px
+    assert measured["page"][0] <= measured["page"][1]
 
 
 def test_experiment_result_prints_short(report: Path) -> None:

@@ -297,6 +297,39 @@ def _circuits(pairs: list[str]) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def _values(text: str) -> list[float | int]:
+    """``--lam 0.1,0.3,1,3``: the values of a curve (a whole number stays an int: a budget of
+    26 heads, not a fraction)."""
+    values = [_parse_value(v.strip()) for v in text.split(",") if v.strip()]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        raise argparse.ArgumentTypeError(f"comma-separated numbers, e.g. 0.1,0.3,1 (got {text!r})")
+    return values
+
+
+def _sweep(
+    args: argparse.Namespace, config: Any, out: str, knob: str, values: list[Any], t0: float
+) -> int:
+    """``reproduce --lam 0.1,0.3,1`` (or ``--budget``): one run per value, then the curve."""
+    from pathlib import Path
+
+    from circuitlens.experiments.sweep import run_sweep
+    from circuitlens.io import atomic_write_text
+    from circuitlens.report import write_report
+
+    result = run_sweep(
+        config, out, knob, values, progress=not args.no_progress, device=args.device,
+        jobs=args.jobs,
+    )  # fmt: skip
+    for point in result.points.values():
+        write_report(point)
+    table = result.markdown()
+    atomic_write_text(Path(out) / "sweep.md", table)
+    print()
+    print(table)
+    print(f"{len(values)} points in {time.time() - t0:.0f} s; {Path(out) / 'sweep.md'}")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.devices import check_device
     from circuitlens.experiments import ExperimentConfig, run_experiment
@@ -326,6 +359,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     }
     if args.circuit:
         overrides |= {"use_circuit": True, "circuits": _circuits(args.circuit)}
+    knobs = {k: v for k, v in (("lam", args.lam), ("budget", args.budget)) if v}
+    if len(knobs) > 1:
+        raise ValueError("sweep one of --lam and --budget at a time (each is its own curve)")
+    for knob, values in list(knobs.items()):
+        if len(values) == 1:  # one value: a plain override, not a curve
+            overrides[knob] = values[0]
+            del knobs[knob]
     if overrides:
         config = config.with_overrides(**overrides)
     real = "" if args.models == "zoo" else f"-{args.models}"
@@ -335,6 +375,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if knobs:
+        return _sweep(args, config, out, *next(iter(knobs.items())), t0)
     result = run_experiment(
         config,
         out,
@@ -393,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         "searching, e.g. entity_tracking=circuit.json",
     )
     rep.add_argument("--steps", type=int, help="training steps per cell")
+    rep.add_argument(
+        "--lam",
+        type=_values,
+        help="the CKA weight; several (0.1,0.3,1,3): a curve, one run per value under --out",
+    )
+    rep.add_argument(
+        "--budget",
+        type=_values,
+        help="student heads (fractions or counts); several (0.05,0.13,0.25): a curve",
+    )
     rep.add_argument(
         "--device",
         help="where the models run: cpu (default), cuda, cuda:N, mps; checked before "

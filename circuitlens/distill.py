@@ -42,7 +42,7 @@ from circuitlens.models import (
     model_spec,
     save_pretrained,
 )
-from circuitlens.screening import top_count
+from circuitlens.screening import auto_method, top_count
 from circuitlens.tasks import Task, evaluate, get_task, prompt_scores
 from circuitlens.tasks.formats import check_task_format
 from circuitlens.tasks.metrics import METRICS
@@ -601,7 +601,7 @@ def distill_circuit(
     )
     check_split_sizes(task, cfg)
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
-    t_sweep, s_sweep = _kept_sweeps(teacher, student, task, cfg, progress, circuit, checkpoint_dir)
+    t_sweep, s_sweep = kept_sweeps(teacher, student, task, cfg, progress, circuit, checkpoint_dir)
     aligned = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
     # the condition's pairs: the map's, random partners (ce+rand) or random heads
     head_map = condition_map(
@@ -649,7 +649,7 @@ def distill_circuit(
     )
 
 
-def _kept_sweeps(
+def kept_sweeps(
     teacher: Any,
     student: Any,
     task: Task,
@@ -658,18 +658,22 @@ def _kept_sweeps(
     circuit: Circuit | None,
     directory: str | Path | None,
 ) -> tuple[AblationResult, AblationResult]:
-    """:func:`sweeps`, kept in ``directory`` (the run's checkpoint directory) and read back
-    on a rerun of the same models, task, circuit and options, so that a rerun after a failed
-    save (or an interruption after training) repeats no sweep."""
+    """:func:`sweeps`, kept in ``directory`` (``sweeps.json``: a distill run's checkpoint
+    directory, a reproduce run's task directory) and read back on a rerun of the same models,
+    task, circuit and sweep options, so that a rerun after a failed save (or an interruption
+    after training) repeats no sweep, and runs that differ only in what the sweeps do not read
+    (the budget of an exact sweep, the trainer's options) can share one file."""
     if directory is None:
         return sweeps(teacher, student, task, cfg, progress, circuit)
+    reads_budget = auto_method(model_facts(student).n_total_heads) == "screened"
+    drop = {"train", "test_n", "map_seed", "one_to_one"} | (set() if reads_budget else {"budget"})
     key = {
         "teacher": model_hash(teacher),
         "student": model_hash(student),
         "task": repr(getattr(task, "config", None)),
         "prompts": [repr(p) for p in task.split("test", cfg.sweep_n)],
         "circuit": None if circuit is None else circuit.to_dict(),
-        "config": {k: v for k, v in cfg.to_dict().items() if k != "train"},
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in drop},
     }
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16)
     f = Path(directory) / "sweeps.json"

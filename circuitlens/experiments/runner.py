@@ -15,7 +15,7 @@ from circuitlens.ablation import AblationResult
 from circuitlens.conditions import condition_map, get_condition
 from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
 from circuitlens.devices import check_device
-from circuitlens.distill import sweeps, train_condition
+from circuitlens.distill import kept_sweeps, train_condition
 from circuitlens.evaluation import circuit_only_scores, format_tasks
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult, curve_points
@@ -131,6 +131,7 @@ def _setup_task(
     progress: bool,
     formats: dict[str, Task],
     circuit_dir: Path | None = None,
+    sweeps_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Circuit, sweeps, head map and the untrained references of one task (``circuit_dir``:
     where the circuit search keeps its finished stages, to resume after an interruption)."""
@@ -152,7 +153,9 @@ def _setup_task(
         if not circuit.heads:
             note = "patching found no circuit heads: the map may use any teacher head"
     map_circuit = circuit if circuit is not None and circuit.heads else None
-    t_sweep, s_sweep = sweeps(teacher, student, task, d, progress, map_circuit)
+    # kept beside the setup (sweeps.json): a run that differs only in what the sweeps do not
+    # read (a budget sweep's points) reuses them
+    t_sweep, s_sweep = kept_sweeps(teacher, student, task, d, progress, map_circuit, sweeps_dir)
     head_map = map_heads(s_sweep, t_sweep, map_circuit, d.budget, d.one_to_one)
     ft, fs = model_facts(teacher), model_facts(student)
     student_correct = _correct(student, task, d.test_n)
@@ -584,7 +587,14 @@ def _run_task(
         torch.manual_seed(cfg.task_seed)
         with heartbeat(bar):
             setup = _setup_task(
-                task, cfg, teacher, student, False, formats, circuit_dir=directory / t / "circuit"
+                task,
+                cfg,
+                teacher,
+                student,
+                False,
+                formats,
+                circuit_dir=directory / t / "circuit",
+                sweeps_dir=directory / t,
             )
         atomic_write_text(setup_file, _json_dump(setup))
     # one student in memory, put back to its untrained weights before each cell (what a

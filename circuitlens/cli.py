@@ -314,7 +314,7 @@ def _sweep(
 
     from circuitlens.experiments.sweep import run_sweep
     from circuitlens.io import atomic_write_text
-    from circuitlens.report import write_report
+    from circuitlens.report import write_report, write_sweep_page
 
     result = run_sweep(
         config, out, knob, values, progress=not args.no_progress, device=args.device,
@@ -324,6 +324,7 @@ def _sweep(
         write_report(point)
     table = result.markdown()
     atomic_write_text(Path(out) / "sweep.md", table)
+    write_sweep_page(result)
     print()
     print(table)
     print(f"{len(values)} points in {time.time() - t0:.0f} s; {Path(out) / 'sweep.md'}")

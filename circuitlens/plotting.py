@@ -402,3 +402,60 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
         margin={"b": 40},
     )
     return fig
+
+
+def plot_sweep(result: Any, task: str, title: str | None = None) -> Any:
+    """The curves of a sweep (:class:`~circuitlens.experiments.sweep.SweepResult`) for one
+    task: accuracy over the swept value (lambda on a log axis, or the budget), one line per
+    condition with its 95% seed interval; for a lambda sweep also accuracy against the pairs'
+    held-out CKA after training (each point one lambda: the accuracy/CKA frontier).
+
+    Returns:
+        A ``plotly.graph_objects.Figure``.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from circuitlens.conditions import LABELS
+
+    df = result.frame()
+    df = df[df.task == task]
+    if df.empty:
+        raise ValueError(f"the sweep has no cells of task {task!r}")
+    knob = result.knob
+    lam = knob == "lam"
+    names = {"lam": "lambda (CKA weight)", "budget": "budget (student heads)"}
+    titles = [f"accuracy over {names[knob]}"] + (["accuracy against held-out CKA"] if lam else [])
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
+    for i, (condition, sub) in enumerate(df.groupby("condition", sort=False)):
+        sub = sub.sort_values(knob)
+        color = _PALETTE[i % len(_PALETTE)]
+        label = LABELS.get(condition, condition)
+        err = {"type": "data", "symmetric": False, "array": sub.ci_high - sub.accuracy,
+               "arrayminus": sub.accuracy - sub.ci_low}  # fmt: skip
+        fig.add_trace(
+            go.Scatter(x=sub[knob], y=sub.accuracy, error_y=err, mode="lines+markers",
+                       name=label, legendgroup=label, line={"color": color}),
+            row=1, col=1,
+        )  # fmt: skip
+        if lam:
+            fig.add_trace(
+                go.Scatter(x=sub.cka_after, y=sub.accuracy, mode="markers+text",
+                           text=[f"{v:g}" for v in sub[knob]], textposition="top center",
+                           name=label, legendgroup=label, showlegend=False,
+                           marker={"color": color}),
+                row=1, col=2,
+            )  # fmt: skip
+    fig.update_xaxes(title_text=names[knob], type="log" if lam else "linear", row=1, col=1)
+    if lam:
+        fig.update_xaxes(title_text="held-out CKA of the pairs after training", row=1, col=2)
+    fig.update_yaxes(title_text="test accuracy", row=1, col=1)
+    fig.update_layout(
+        title=title or f"{task}: the curve over {names[knob]}",
+        legend={"orientation": "h", "y": -0.25},
+        margin={"b": 120},
+    )
+    return fig
+
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")

@@ -728,3 +728,37 @@ def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) ->
         parts.append("</section>")
     parts.append("</section>")
     return parts
+
+
+def write_sweep_page(result: Any, path: Path | str | None = None) -> Path:
+    """The page of a sweep (:class:`~circuitlens.experiments.sweep.SweepResult`): per task
+    the curves (:func:`circuitlens.plotting.plot_sweep`) and the table of points, with a link
+    to each point's own report. Default: ``sweep.html`` in the sweep's directory.
+
+    Returns:
+        The path written (atomically).
+    """
+    from circuitlens.experiments.sweep import point_name
+    from circuitlens.plotting import plot_sweep
+
+    out = Path(path) if path is not None else result.directory / "sweep.html"
+    write_plotly_js(out.parent)
+    df = result.frame()
+    title = f"Circuit distillation: the curve over {result.knob}"
+    parts = [f"<header><h1>{esc(title)}</h1></header>"]
+    for task in dict.fromkeys(df.task):
+        fig = plot_sweep(result, task)
+        parts.append(f"<section><h2>{esc(task.replace('_', ' '))}</h2>")
+        parts.append(_figure(fig, f"sweep-{task}"))
+        parts.append(table_html(df[df.task == task].drop(columns="task")))
+        parts.append("</section>")
+    names = [esc(point_name(result.knob, v)) for v in result.points]
+    links = " ".join(f"<a href='{n}/report.html'>{n}</a>" for n in names)
+    parts.append(f"<p class='note'>each point's report: {links}</p>")
+    atomic_write_text(
+        out,
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{esc(title)}</title><style>{CSS}</style>"
+        f'<script src="{PLOTLY_JS}"></script></head><body>{"".join(parts)}</body></html>\n',
+    )
+    return out

@@ -51,6 +51,13 @@ def test_lambda_points_share_the_setup_and_the_cells_lambda_does_not_enter(
     again = SweepResult.load(tmp_path, "lam", [0.5, 2])
     assert again.frame().equals(df)
     assert "accuracy over lam" in result.markdown()
+    from circuitlens.plotting import plot_sweep
+    from circuitlens.report import write_sweep_page
+
+    fig = plot_sweep(result, "entity_tracking")
+    assert {t.name for t in fig.data} == {"CE", "CE + Align CKA"} and len(fig.data) == 4
+    page = write_sweep_page(result).read_text()
+    assert "lam=0.5/report.html" in page and '<script src="plotly.min.js">' in page
 
 
 def test_budget_points_reuse_the_exact_sweeps_and_map_anew(tmp_path, monkeypatch) -> None:

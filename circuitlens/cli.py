@@ -402,6 +402,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _reproduce_parser(sub)
+    demo = sub.add_parser("demo", help="evaluate the zoo teachers and students on both tasks")
+    demo.add_argument("--n", type=int, default=500, help="test prompts per task")
+    demo.add_argument("--seed", type=int, default=0, help="task seed")
+    demo.set_defaults(fn=_demo)
+
+    _distill_parser(sub)
+    sub.add_parser(
+        "list", help="every model load_model knows by name, source by source"
+    ).set_defaults(fn=_list)
+
+    zoo = sub.add_parser("zoo", help="the embedded tiny models")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zsub.add_parser("list", help="zoo models with their accuracy").set_defaults(fn=_zoo_list)
+    tr = zsub.add_parser("train", help="(re)build a zoo model from scratch, reproducibly")
+    tr.add_argument("name", help="a zoo model name, or 'all'")
+    tr.add_argument("--steps", type=int, default=None, help="override the recipe's step budget")
+    tr.add_argument("--out", default=None, help="output directory (default data/zoo/NAME)")
+    tr.add_argument("--fresh", action="store_true", help="ignore checkpoints in runs/zoo/NAME")
+    tr.add_argument(
+        "--continue-shipped",
+        action="store_true",
+        help="start from the shipped weights (train a shipped model further; "
+        "use with --steps beyond its card's steps)",
+    )
+    tr.set_defaults(fn=_zoo_train)
+
+    _real_parser(sub)
+    return p
+
+
+def _reproduce_parser(sub: Any) -> None:
     rep = sub.add_parser(
         "reproduce",
         help="the paper's comparison: tasks x conditions x seeds, table and HTML report",
@@ -464,11 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.set_defaults(fn=_reproduce)
 
-    demo = sub.add_parser("demo", help="evaluate the zoo teachers and students on both tasks")
-    demo.add_argument("--n", type=int, default=500, help="test prompts per task")
-    demo.add_argument("--seed", type=int, default=0, help="task seed")
-    demo.set_defaults(fn=_demo)
 
+def _distill_parser(sub: Any) -> None:
     dist = sub.add_parser("distill", help="distil a teacher's circuit into a student")
     dist.add_argument(
         "--config",
@@ -517,26 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dist.set_defaults(fn=_distill)
 
-    sub.add_parser(
-        "list", help="every model load_model knows by name, source by source"
-    ).set_defaults(fn=_list)
 
-    zoo = sub.add_parser("zoo", help="the embedded tiny models")
-    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
-    zsub.add_parser("list", help="zoo models with their accuracy").set_defaults(fn=_zoo_list)
-    tr = zsub.add_parser("train", help="(re)build a zoo model from scratch, reproducibly")
-    tr.add_argument("name", help="a zoo model name, or 'all'")
-    tr.add_argument("--steps", type=int, default=None, help="override the recipe's step budget")
-    tr.add_argument("--out", default=None, help="output directory (default data/zoo/NAME)")
-    tr.add_argument("--fresh", action="store_true", help="ignore checkpoints in runs/zoo/NAME")
-    tr.add_argument(
-        "--continue-shipped",
-        action="store_true",
-        help="start from the shipped weights (train a shipped model further; "
-        "use with --steps beyond its card's steps)",
-    )
-    tr.set_defaults(fn=_zoo_train)
-
+def _real_parser(sub: Any) -> None:
     real = sub.add_parser("real", help="real pretrained models (pip-installed) and their adapters")
     rsub = real.add_subparsers(dest="real_command", required=True)
     rsub.add_parser("list", help="real models and shipped task adapters").set_defaults(
@@ -551,7 +562,6 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--fresh", action="store_true", help="ignore the checkpoint in OUT/build")
     rb.add_argument("--threads", type=int, default=None, help="torch threads")
     rb.set_defaults(fn=_real_build)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -391,7 +391,6 @@ def test_a_given_circuit_is_mapped_into_without_a_search(tmp_path: Path, monkeyp
 def test_given_circuits_that_cannot_be_used_are_refused_by_name(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from circuitlens.experiments import runner
     from circuitlens.validate import ConfigError
 
     ok = {"entity_tracking": {"A": ["L3H1"]}}
@@ -404,7 +403,9 @@ def test_given_circuits_that_cannot_be_used_are_refused_by_name(
     with pytest.raises(ConfigError, match="non-empty"):
         tiny(use_circuit=True, circuits={"entity_tracking": {"A": []}})
     # a head the teacher (4 layers x 8 heads) lacks: named before any sweep
-    monkeypatch.setattr(runner, "sweeps", lambda *a, **k: pytest.fail("work started"))
+    import circuitlens.distill as distill  # the runner's sweeps (kept_sweeps) call this
+
+    monkeypatch.setattr(distill, "sweeps", lambda *a, **k: pytest.fail("work started"))
     far = tiny(use_circuit=True, circuits={"entity_tracking": {"A": ["L9H0"]}}, seeds=(0,))
     with pytest.raises(ValueError, match=r"circuits\['entity_tracking'\].*L9H0 is outside"):
         run_experiment(far, tmp_path / "far", progress=False)

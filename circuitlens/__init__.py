@@ -10,6 +10,7 @@ from circuitlens import real, zoo  # noqa: F401
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.conditions import Condition, get_condition, register_condition
+from circuitlens.correspondence import correspond
 from circuitlens.devices import DeviceError, check_device
 from circuitlens.distill import (
     ConditionResult,
@@ -80,6 +81,7 @@ __all__ = [
     "check_device",
     "cka",
     "cka_with_null",
+    "correspond",
     "distill_circuit",
     "train_condition",
     "ConditionResult",

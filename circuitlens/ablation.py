@@ -131,6 +131,11 @@ class AblationResult:
             screen's estimate (a screened sweep); None means all exact.
         estimated: ``[layer, head]`` the screen's estimates of ``p_ablated`` for every head
             (screened sweeps), else None.
+        prompt_delta: ``[layer, head, n]`` each head's impact on each scored prompt against the
+            model's *own* unablated score on that prompt (``own_i - ablated_i``, whatever the
+            baseline: with ``baseline="own"`` its mean over prompts is ``delta``), NaN at the
+            heads a screened sweep only estimated; None for results saved before it was kept.
+            :mod:`circuitlens.correspondence` matches heads by these profiles.
     """
 
     p_own: float
@@ -143,6 +148,7 @@ class AblationResult:
     delta_ci: Float[Tensor, "2 layer head"] | None = None
     exact: Bool[Tensor, "layer head"] | None = None
     estimated: Float[Tensor, "layer head"] | None = None
+    prompt_delta: Float[Tensor, "layer head n"] | None = None
 
     def __post_init__(self) -> None:
         if self.exact is None:
@@ -211,6 +217,7 @@ class AblationResult:
             "delta_ci": None if self.delta_ci is None else self.delta_ci.tolist(),
             "exact": self.exact.tolist(),
             "estimated": None if self.estimated is None else self.estimated.tolist(),
+            "prompt_delta": None if self.prompt_delta is None else self.prompt_delta.tolist(),
         }
 
     @classmethod
@@ -232,6 +239,7 @@ class AblationResult:
             delta_ci=floats(d.get("delta_ci")),
             exact=None if d.get("exact") is None else torch.tensor(d["exact"], dtype=torch.bool),
             estimated=floats(d.get("estimated")),
+            prompt_delta=floats(d.get("prompt_delta")),
         )
 
 
@@ -434,6 +442,10 @@ def ablation_sweep(
             metric,
         )
     name = model_name or getattr(getattr(model, "cfg", None), "model_name", None) or "model"
+    # each measured head's impact on each prompt against the model's own score there (NaN at
+    # a screened sweep's estimates)
+    prompt_delta = torch.full((len(heads), len(own)), float("nan"))
+    prompt_delta[exact] = own.float()[None, :] - per_prompt.float()
     return AblationResult(
         p_own=p_own,
         p_baseline=p_base,
@@ -444,6 +456,7 @@ def ablation_sweep(
         delta_ci=ci,
         exact=rearrange(exact, "(layer head) -> layer head", head=f.n_heads),
         estimated=estimated,
+        prompt_delta=rearrange(prompt_delta, "(layer head) n -> layer head n", head=f.n_heads),
     )
 
 

@@ -143,6 +143,12 @@ def _candidates(teacher: AblationResult, circuit: Circuit | None) -> list[Head]:
     return measured
 
 
+def teacher_candidates(teacher: AblationResult, circuit: Circuit | None) -> list[Head]:
+    """The teacher heads a map may pair with: the circuit's heads (or all heads) that the
+    teacher's sweep measured (as :func:`map_heads` takes them)."""
+    return _candidates(teacher, circuit)
+
+
 def require_one_to_one(n_teacher: int, n_student: int, what: str) -> None:
     """A named error when ``what`` (``n_teacher`` teacher heads) is too small for a one-to-one
     map of ``n_student`` student heads."""
@@ -275,4 +281,11 @@ def random_map(
     )
 
 
-__all__ = ["budget_count", "choose_student_heads", "map_heads", "map_warnings", "random_map"]
+__all__ = [
+    "budget_count",
+    "choose_student_heads",
+    "map_heads",
+    "map_warnings",
+    "random_map",
+    "teacher_candidates",
+]

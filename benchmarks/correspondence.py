@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from statistics import mean
-from typing import Any
 
 from bench_models import results_dir
 
@@ -44,7 +45,16 @@ NOISES = (0.0, 0.01, 0.03, 0.1)
 BUDGETS = (0.13, 1.0)
 
 
-def run_model(label: str, spec: str, task_name: str, args: argparse.Namespace) -> list[dict]:
+def run_model(
+    label: str,
+    spec: str,
+    task_name: str,
+    args: argparse.Namespace,
+    rows: list[dict],
+    save: Callable[[], None],
+) -> None:
+    """Measure one model against its copies, appending to ``rows`` and saving after each copy
+    (a long run that is stopped keeps what it measured)."""
     import circuitlens as cl
     from circuitlens.correspondence import (
         METHODS,
@@ -57,11 +67,16 @@ def run_model(label: str, spec: str, task_name: str, args: argparse.Namespace) -
 
     model = cl.load_model(spec)
     task = cl.get_task(task_name, model=model)
-    common = {"n": args.n, "n_boot": args.n_boot, "progress": False, "method": "exact"}
+    common = {
+        "n": args.n,
+        "n_boot": args.n_boot,
+        "progress": False,
+        "method": "exact",
+        "heads_per_pass": args.heads_per_pass,
+    }
     t0 = time.perf_counter()
     s_sweep = cl.ablation_sweep(model, task, "prob", model_name="student", **common)
     s_z = head_z(model, task, "test", args.n)
-    rows = []
     print(f"{label}: student side {time.perf_counter() - t0:.0f} s", flush=True)
     for noise in args.noise:
         for seed in args.seeds:
@@ -98,7 +113,7 @@ def run_model(label: str, spec: str, task_name: str, args: argparse.Namespace) -
                 flush=True,
             )
             del copy
-    return rows
+            save()
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -142,7 +157,9 @@ def table(summary: list[dict], methods: list[str]) -> str:
 
 
 def write_doc(text: str) -> None:
-    if not DOC.exists():
+    """Put the table between the doc's markers (not for a side-by-side run into
+    ``$CIRCUITLENS_BENCH_OUT``, which leaves the committed files alone)."""
+    if not DOC.exists() or os.environ.get("CIRCUITLENS_BENCH_OUT"):
         return
     doc = DOC.read_text()
     start, end = "<!-- correspondence-table -->", "<!-- /correspondence-table -->"
@@ -171,21 +188,32 @@ def main() -> None:
     ap.add_argument("--real-n", type=int, default=32)
     ap.add_argument("--real-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--real-noise", type=float, nargs="+", default=[0.0, 0.03])
+    ap.add_argument(
+        "--real-heads-per-pass", type=int, default=9, help="heads ablated per forward (SmolLM2)"
+    )
     args = ap.parse_args()
+    args.heads_per_pass = None
+    real = argparse.Namespace(
+        n=args.real_n,
+        n_boot=args.n_boot,
+        seeds=args.real_seeds,
+        noise=args.real_noise,
+        heads_per_pass=args.real_heads_per_pass,
+    )
+    runs = [] if args.only_real else [(label, *m, args) for label, m in MODELS.items()]
+    if args.real or args.only_real:
+        runs += [(label, *m, real) for label, m in REAL.items()]
+    t0 = time.perf_counter()
+    rows = kept_rows({r[0] for r in runs})
+    for label, spec, task_name, run_args in runs:
+        run_model(label, spec, task_name, run_args, rows, lambda: save(rows, t0))
+    print(save(rows, t0))
+
+
+def save(rows: list[dict], t0: float) -> str:
+    """Write the results and the doc's table from ``rows``; returns the table."""
     from circuitlens.correspondence import METHODS
 
-    t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    for label, (spec, task_name) in MODELS.items():
-        if not args.only_real:
-            rows += run_model(label, spec, task_name, args)
-    if args.real or args.only_real:
-        real = argparse.Namespace(
-            n=args.real_n, n_boot=args.n_boot, seeds=args.real_seeds, noise=args.real_noise
-        )
-        for label, (spec, task_name) in REAL.items():
-            rows += run_model(label, spec, task_name, real)
-    rows = kept_rows({r["model"] for r in rows}) + rows
     summary = summarise(rows)
     md = table(summary, list(METHODS))
     result = {
@@ -202,7 +230,7 @@ def main() -> None:
     }
     OUT.write_text(json.dumps(result, indent=1))
     write_doc(md)
-    print(md)
+    return md
 
 
 if __name__ == "__main__":

@@ -286,3 +286,50 @@ class TeacherCache:
             start += n
         log.info("teacher cache: %d batches read from %s", len(out), path)
         return out
+
+
+class TeacherFeed:
+    """What one trainer reads from the teacher: the outputs for every step's batch of
+    ``schedule`` (one cached pass before step 1, :meth:`all`) and for any other prompts (the
+    held-out CKA prompts: cached as one batch too), or, with ``cache=None``, the teacher run
+    live on each request (less memory).
+
+    ``request``: the parts asked for (``layers``, ``positions``, ``logits``: see
+    :meth:`TeacherCache.get`)."""
+
+    def __init__(
+        self,
+        teacher: Any,
+        schedule: list[list[Prompt]],
+        cache: TeacherCache | None,
+        request: dict[str, Any],
+    ) -> None:
+        self.teacher, self.schedule, self.cache, self.request = teacher, schedule, cache, request
+        self._batches: list[TeacherBatch] | None = None
+
+    def all(self, progress: bool = False) -> list[TeacherBatch]:
+        """The teacher's outputs for every step's batch (from the cache, or one pass)."""
+        if self.cache is None:
+            raise ValueError("this trainer runs without a teacher cache (teacher_cache=False)")
+        if self._batches is None:
+            self._batches = self.cache.get(
+                self.teacher, self.schedule, progress=progress, **self.request
+            )
+        return self._batches
+
+    def get(self, prompts: list[Prompt], step: int | None) -> tuple[PromptBatch, TeacherBatch]:
+        """The teacher's batch (tokenized) and outputs: step ``step``'s from the cache, or
+        ``prompts``' (cached as one batch, or live without a cache)."""
+        tb = tokenize_prompts(self.teacher, prompts)
+        if (
+            self._batches is not None
+            and step is not None
+            and 1 <= step <= len(self.schedule)
+            and self.schedule[step - 1] == prompts
+        ):
+            out = self._batches[step - 1]
+        elif self.cache is None:
+            out = teacher_batch(self.teacher, tb.to(model_device(self.teacher)), **self.request)
+        else:
+            (out,) = self.cache.get(self.teacher, [prompts], **self.request)
+        return tb, out

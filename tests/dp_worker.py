@@ -58,7 +58,7 @@ def run(
             trainer.teacher_outputs()
             for n, p in student.named_parameters():
                 p.requires_grad_(n in trainer.masks)
-            with trainer._capturing():
+            with trainer.sites.capturing():
                 trainer.state.history.append(trainer._step())
                 trainer.state.step += 1
             trainer.save_checkpoint()

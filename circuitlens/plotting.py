@@ -37,6 +37,31 @@ def _role(role: str, sweep: AblationResult) -> str:
     return role if name in ("", "model", role) else f"{role} {name}"
 
 
+def _pair_markers(head_map: HeadMap, pick: int, partner: int, who: str) -> Any:
+    """The map's heads of one model (``pick``: 0 teacher, 1 student) as numbered squares,
+    each hovering its partner (``who``) and the pair's distance."""
+    import plotly.graph_objects as go
+
+    heads = [pair[pick] for pair in head_map.pairs]
+    others = [pair[partner] for pair in head_map.pairs]
+    distances = head_map.distances or [0.0] * len(heads)
+    return go.Scatter(
+        x=[h.head for h in heads],
+        y=[h.layer for h in heads],
+        mode="markers+text",
+        text=[str(i + 1) for i in range(len(heads))],
+        textfont={"color": "black"},
+        marker={"size": 22, "symbol": "square-open", "color": "black", "line": {"width": 2}},
+        customdata=[
+            f"pair {i + 1}: {h} <-> {who} {o}<br>distance {d:.3f}"
+            for i, (h, o, d) in enumerate(zip(heads, others, distances, strict=True))
+        ],
+        hovertemplate="%{customdata}<extra></extra>",
+        showlegend=False,
+        name=f"mapped ({head_map.kind})",
+    )
+
+
 def plot_ablation(
     teacher_sweep: AblationResult,
     student_sweep: AblationResult,
@@ -88,36 +113,7 @@ def plot_ablation(
         fig.update_yaxes(title_text="layer", dtick=1, autorange="reversed", row=1, col=col)
     if head_map is not None and len(head_map):
         for col, pick, partner, who in ((1, 1, 0, "student"), (2, 0, 1, "teacher")):
-            heads = [pair[pick] for pair in head_map.pairs]
-            others = [pair[partner] for pair in head_map.pairs]
-            fig.add_trace(
-                go.Scatter(
-                    x=[h.head for h in heads],
-                    y=[h.layer for h in heads],
-                    mode="markers+text",
-                    text=[str(i + 1) for i in range(len(heads))],
-                    textfont={"color": "black"},
-                    marker={
-                        "size": 22,
-                        "symbol": "square-open",
-                        "color": "black",
-                        "line": {"width": 2},
-                    },
-                    customdata=[
-                        f"pair {i + 1}: {h} <-> {who} {o}<br>distance {d:.3f}"
-                        for i, (h, o, d) in enumerate(
-                            zip(
-                                heads, others, head_map.distances or [0.0] * len(heads), strict=True
-                            )
-                        )
-                    ],
-                    hovertemplate="%{customdata}<extra></extra>",
-                    showlegend=False,
-                    name=f"mapped ({head_map.kind})",
-                ),
-                row=1,
-                col=col,
-            )
+            fig.add_trace(_pair_markers(head_map, pick, partner, who), row=1, col=col)
     fig.update_layout(
         title=title
         or f"Mean-ablation impact dP per head ({teacher_sweep.config.metric})"
@@ -382,7 +378,7 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
     setup = result.setups.get(task)
     if setup is not None:
         fig.add_hline(
-            y=setup["teacher_accuracy"], line_dash="dash", row=1, col=1, annotation_text="teacher"
+            y=setup.teacher_accuracy, line_dash="dash", row=1, col=1, annotation_text="teacher"
         )
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)

@@ -410,6 +410,33 @@ def real_task(recipe: RealRecipe, tok: Any, seed: int = 0, **sizes: Any) -> Any:
     return get_task(recipe.task, seed=seed, tokenizers=[tok], **recipe.task_options, **sizes)
 
 
+def _resume_adapter(
+    ckpt: Path, model: Any, opt: Any, rng: random.Random
+) -> tuple[int, list[dict[str, float]]]:
+    """Put an adapter build's checkpoint back (adapter, optimizer, sampler and torch RNG);
+    return its step and history."""
+    state = torch.load(ckpt, weights_only=False)
+    _peft().set_peft_model_state_dict(model, state["adapter"])
+    opt.load_state_dict(state["opt"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], state["history"]
+
+
+def _save_adapter(model: Any, out: Path) -> None:
+    """Save the peft adapter into ``out`` (written beside, then moved in), shrunk to the
+    shipped dtype."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
+    model.save_pretrained(str(tmp))
+    for f in tmp.iterdir():
+        if f.name == "README.md":  # peft's blank hub model card: ours is card.json
+            f.unlink()
+        else:
+            f.replace(out / f.name)
+    tmp.rmdir()
+    shrink_adapter(out / "adapter_model.safetensors")
+
+
 def train_adapter(
     recipe: RealRecipe, hf: Any, tok: Any, out: Path, fresh: bool = False, progress: bool = True
 ) -> tuple[Any, dict[str, Any]]:
@@ -443,12 +470,7 @@ def train_adapter(
     step = 0
     ckpt = work / "checkpoint.pt"
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        peft.set_peft_model_state_dict(model, state["adapter"])
-        opt.load_state_dict(state["opt"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        step, history = state["step"], state["history"]
+        step, history = _resume_adapter(ckpt, model, opt, rng)
         log.info("resuming %s at step %d", recipe.name, step)
     heldout = task.heldout_texts()
     log.info("training %s: %s", recipe.name, json.dumps(recipe.to_dict()))
@@ -484,15 +506,7 @@ def train_adapter(
             done = acc >= recipe.stop_at and step >= recipe.min_steps
     bar.close()
     model.eval()
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
-    model.save_pretrained(str(tmp))
-    for f in tmp.iterdir():
-        if f.name == "README.md":  # peft's blank hub model card: ours is card.json
-            f.unlink()
-        else:
-            f.replace(out / f.name)
-    tmp.rmdir()
-    shrink_adapter(out / "adapter_model.safetensors")
+    _save_adapter(model, out)
     return model, {"steps": step, "history": history, "seconds": round(time.time() - t0, 1)}
 
 

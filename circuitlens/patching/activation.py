@@ -82,6 +82,31 @@ class PatchingResult:
         }
 
 
+def _check_patch_inputs(
+    component: str, clean: Tensor, corrupted: Tensor, patches_per_pass: int | None
+) -> None:
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}; valid: {', '.join(COMPONENTS)}")
+    if clean.shape != corrupted.shape:
+        raise ValueError(
+            f"clean and corrupted batches must have the same shape: "
+            f"{tuple(clean.shape)} vs {tuple(corrupted.shape)}"
+        )
+    if patches_per_pass is not None and patches_per_pass < 1:
+        raise ValueError(f"patches_per_pass must be >= 1 (got {patches_per_pass})")
+
+
+def _scores(
+    patches: list[tuple[Head, int | None]], values: Sequence[Any], shape: tuple[int, ...]
+) -> Tensor:
+    """Each patch's value at its ``[layer, head(, pos)]``; NaN where nothing was patched."""
+    n_heads, n_pos = shape[1], shape[2] if len(shape) == 3 else 1
+    scores = torch.full((shape[0] * n_heads * n_pos,), float("nan"))
+    for (h, p), value in zip(patches, values, strict=True):
+        scores[(h.layer * n_heads + h.head) * n_pos + (p or 0)] = float(value)
+    return scores.view(shape)
+
+
 def activation_patch(
     model: Any,
     clean: Int[Tensor, "batch pos"],
@@ -108,15 +133,7 @@ def activation_patch(
     Returns:
         :class:`PatchingResult` with ``scores[layer, head]`` (or ``[layer, head, pos]``).
     """
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; valid: {', '.join(COMPONENTS)}")
-    if clean.shape != corrupted.shape:
-        raise ValueError(
-            f"clean and corrupted batches must have the same shape: "
-            f"{tuple(clean.shape)} vs {tuple(corrupted.shape)}"
-        )
-    if patches_per_pass is not None and patches_per_pass < 1:
-        raise ValueError(f"patches_per_pass must be >= 1 (got {patches_per_pass})")
+    _check_patch_inputs(component, clean, corrupted, patches_per_pass)
     f = model_facts(model)
     n_heads = f.n_kv_heads if component in ("k", "v") else f.n_heads
     device = model_device(model)
@@ -152,14 +169,10 @@ def activation_patch(
     values = sweep(
         model, resid, copies, metric, patches_per_pass, positions, progress, f"patch {component}"
     )
-    n_pos = width if per_position else 1
-    scores = torch.full((f.n_layers * n_heads * n_pos,), float("nan"))
-    for (h, p), value in zip(patches, values, strict=True):
-        scores[(h.layer * n_heads + h.head) * n_pos + (p or 0)] = float(value)
     shape = (f.n_layers, n_heads, width) if per_position else (f.n_layers, n_heads)
     axes = ("layer", "head", "pos") if per_position else ("layer", "head")
     return PatchingResult(
-        scores=scores.view(shape),
+        scores=_scores(patches, values, shape),
         clean_score=float(metric(clean_logits)),
         corrupted_score=float(metric(corrupted_logits)),
         axis_names=axes,

@@ -109,6 +109,43 @@ def _check(
         )
 
 
+def _received_prob(
+    model: Any,
+    batch: PromptBatch,
+    copies: list[list[Replacement]],
+    receivers: list[Head],
+    via: str,
+    pos: Tensor,
+) -> Tensor:
+    """Run 2 (the copies: every head frozen clean, one sender corrupted) keeps the receivers'
+    ``via`` inputs; run 3 patches them into a clean run at ``pos``: the answer probability,
+    ``[copy, prompt]``."""
+    f = model_facts(model)
+    device = model_device(model)
+    tokens = batch.tokens.to(device)
+    last = batch.positions["last"].to(device)
+    m = len(copies)
+    inputs = {act_name(via, h.layer) for h in receivers}
+    with torch.no_grad(), replaced(model, copies):
+        _, sent = model.run_with_cache(
+            tokens.repeat(m, 1), names_filter=lambda x: x in inputs, **no_logits(model)
+        )
+    received = Replacement(
+        Patch(sent),
+        [Head(h.layer, _receiver_index(h, via, f.group_size)) for h in receivers],
+        site=via,
+        position=pos.repeat(m),
+    )
+    (p,) = run_replaced(
+        model,
+        tokens.repeat(m, 1),
+        [[received]],
+        make_metric("prob", batch.repeat(m), reduce=False),
+        last.repeat(m),
+    )
+    return rearrange(p, "(copy prompt) -> copy prompt", copy=m)
+
+
 def path_patch(
     model: Any,
     batch: PromptBatch,
@@ -166,36 +203,17 @@ def path_patch(
     frozen = [Replacement(Patch(clean), layers=layers)]
     if via == "logits":
         frozen.append(Replacement(Patch(clean), layers=layers, site="mlp_out"))
-    inputs = {act_name(via, h.layer) for h in receivers}
     scores = torch.empty(len(senders))
     chunks = [senders[i : i + senders_per_pass] for i in range(0, len(senders), senders_per_pass)]
     for c, chunk in enumerate(tqdm(chunks, desc=f"path patch via {via}", disable=not progress)):
-        m = len(chunk)
         copies = [[*frozen, Replacement(Patch(corr), [s])] for s in chunk]
         if via == "logits":
             prob = make_metric("prob", batch, reduce=False)
             p = torch.stack(run_replaced(model, tokens, copies, prob, last))
         else:
-            with torch.no_grad(), replaced(model, copies):
-                _, sent = model.run_with_cache(
-                    tokens.repeat(m, 1), names_filter=lambda x: x in inputs, **no_logits(model)
-                )
-            received = Replacement(
-                Patch(sent),
-                [Head(h.layer, _receiver_index(h, via, f.group_size)) for h in receivers],
-                site=via,
-                position=pos.repeat(m),
-            )
-            (p,) = run_replaced(
-                model,
-                tokens.repeat(m, 1),
-                [[received]],
-                make_metric("prob", batch.repeat(m), reduce=False),
-                last.repeat(m),
-            )
-            p = rearrange(p, "(copy prompt) -> copy prompt", copy=m)
+            p = _received_prob(model, batch, copies, receivers, via, pos)
         rel = ((p - p_clean[None]) / p_clean[None].clamp(min=1e-12))[:, keep].mean(1)
-        scores[c * senders_per_pass : c * senders_per_pass + m] = rel.cpu()
+        scores[c * senders_per_pass : c * senders_per_pass + len(chunk)] = rel.cpu()
     return PathPatchingResult(
         senders=senders, scores=scores, receivers=receivers, via=via, position=position
     )

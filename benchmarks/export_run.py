@@ -22,7 +22,9 @@ import shutil
 import time
 from pathlib import Path
 
+from circuitlens.distill_setup import Setup
 from circuitlens.experiments import ExperimentResult
+from circuitlens.experiments.cell import Cell
 from circuitlens.io import atomic_write_text
 from circuitlens.report import write_plotly_js, write_report
 from circuitlens.rundir import MARKER
@@ -38,17 +40,15 @@ def export(directory: Path, name: str, html: bool = True) -> Path:
     result = ExperimentResult.load(directory)
     result.write_tables()
     report = write_report(result)
-    cells = sorted(result.cells, key=lambda c: (c["task"], c["condition"], c["seed"]))
+    cells = sorted(result.cells, key=lambda c: (c.task, c.condition, c.seed))
     doc = {
         "benchmark": "reproduce run",
         "config": json.loads((directory / "config.json").read_text()),
-        "setups": result.setups,
-        "cells": cells,
+        "setups": {t: s.to_dict() for t, s in result.setups.items()},
+        "cells": [c.to_dict() for c in cells],
         "table_md": result.markdown(),
-        "setup_seconds": {t: s["seconds"] for t, s in result.setups.items()},
-        "cell_seconds": {
-            f"{c['task']}/{c['condition']}/seed{c['seed']}": c["seconds"] for c in cells
-        },
+        "setup_seconds": {t: s.seconds for t, s in result.setups.items()},
+        "cell_seconds": {f"{c.task}/{c.condition}/seed{c.seed}": c.seconds for c in cells},
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -71,11 +71,12 @@ def restore(name: str, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / MARKER, json.dumps({"kind": "reproduce", "restored": name}))
     atomic_write_text(directory / "config.json", json.dumps(doc["config"], indent=1))
-    for task, setup in doc["setups"].items():
-        atomic_write_text(directory / task / "setup.json", json.dumps(setup, indent=1))
-    for c in doc["cells"]:
-        cell = directory / c["task"] / c["condition"] / f"seed{c['seed']}" / "cell.json"
-        atomic_write_text(cell, json.dumps(c, indent=1))
+    for task, setup in doc["setups"].items():  # each read as a setup: a damaged one fails here
+        text = json.dumps(Setup.from_dict(setup).to_dict(), indent=1)
+        atomic_write_text(directory / task / "setup.json", text)
+    for c in map(Cell.from_dict, doc["cells"]):
+        cell = directory / c.task / c.condition / f"seed{c.seed}" / "cell.json"
+        atomic_write_text(cell, json.dumps(c.to_dict(), indent=1))
 
 
 def main() -> None:

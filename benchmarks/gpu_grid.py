@@ -84,13 +84,15 @@ def summary(args: argparse.Namespace) -> dict[str, Any]:
             facts["gpu"] = torch.cuda.get_device_name()
     except ImportError:
         pass
+    from circuitlens.distill_setup import Setup
+    from circuitlens.experiments.cell import Cell
+
     setups, cells = {}, {}
     for f in sorted((root / "run").glob("*/setup.json")):
-        setups[f.parent.name] = json.loads(f.read_text())["seconds"]
+        setups[f.parent.name] = Setup.from_dict(json.loads(f.read_text())).seconds
     for f in sorted((root / "run").glob("*/*/seed*/cell.json")):
-        cells[f"{f.parents[2].name}/{f.parents[1].name}/{f.parent.name}"] = json.loads(
-            f.read_text()
-        )["seconds"]
+        cell = Cell.from_dict(json.loads(f.read_text()))
+        cells[f"{cell.task}/{cell.condition}/seed{cell.seed}"] = cell.seconds
     facts["setup_s"], facts["cell_s"] = setups, cells
     if (root / "wall.json").exists():
         facts |= json.loads((root / "wall.json").read_text())

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from circuitlens.ablation import AblationResult
+from circuitlens.distill_setup import Setup
 
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def _top(sweep: dict) -> tuple[str, float, bool]:
-    r = AblationResult.from_dict(sweep)
+def _top(r: AblationResult) -> tuple[str, float, bool]:
     flat = r.delta.flatten()
     i = int(torch.nan_to_num(flat.abs(), nan=-1.0).argmax())
     h = r.delta.shape[1]
@@ -35,27 +35,31 @@ def _top(sweep: dict) -> tuple[str, float, bool]:
 
 def agreement(task: str) -> dict:
     screened_run = json.loads((OUT / "reproduce-real.json").read_text())
-    screened = screened_run["setups"][task]
+    screened = Setup.from_dict(screened_run["setups"][task])
     exact_run = json.loads((OUT / f"setup-exact-{task}.json").read_text())
-    exact = exact_run["setups"][task]
-    ps = {tuple(p) for p in screened["head_map"]["pairs"]}
-    pe = {tuple(p) for p in exact["head_map"]["pairs"]}
+    exact = Setup.from_dict(exact_run["setups"][task])
+    ps = {(str(s), str(t)) for s, t in screened.head_map.pairs}
+    pe = {(str(s), str(t)) for s, t in exact.head_map.pairs}
     out = {
         "pairs": len(pe),
         "shared_pairs": len(ps & pe),
         "shared_pair_fraction": len(ps & pe) / len(pe),
         "shared_student_heads": len({s for s, _ in ps} & {s for s, _ in pe}),
         "shared_teacher_heads": len({t for _, t in ps} & {t for _, t in pe}),
-        "prompts": exact["teacher_sweep"]["config"]["n"],
+        "prompts": exact.teacher_sweep.config.n,
         "methods": {
-            "screened": screened["teacher_sweep"]["config"]["method"],
-            "exact": exact["teacher_sweep"]["config"]["method"],
+            "screened": screened.teacher_sweep.config.method,
+            "exact": exact.teacher_sweep.config.method,
         },
-        "setup_seconds": {"screened": screened["seconds"], "exact": exact["seconds"]},
+        "setup_seconds": {"screened": screened.seconds, "exact": exact.seconds},
     }
-    for role in ("teacher", "student"):
-        head, value, _ = _top(exact[f"{role}_sweep"])
-        s_head, s_value, s_exact = _top(screened[f"{role}_sweep"])
+    sweeps = {
+        "teacher": (exact.teacher_sweep, screened.teacher_sweep),
+        "student": (exact.student_sweep, screened.student_sweep),
+    }
+    for role, (exact_sweep, screened_sweep) in sweeps.items():
+        head, value, _ = _top(exact_sweep)
+        s_head, s_value, s_exact = _top(screened_sweep)
         out[f"{role}_most_important"] = {
             "exact": [head, value],
             "screened": [s_head, s_value, "measured" if s_exact else "estimate"],

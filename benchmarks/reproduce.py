@@ -72,7 +72,7 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "target_s": TARGET_S[setting],
         "within_target": wall <= TARGET_S[setting],
-        "setup_s": {t: s["seconds"] for t, s in result.setups.items()},
+        "setup_s": {t: s.seconds for t, s in result.setups.items()},
         "mean_cell_s": {t: round(float(g.seconds.mean()), 1) for t, g in cells.groupby("task")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         # the largest worker process's peak (--jobs > 1: each task's process)

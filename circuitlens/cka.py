@@ -281,6 +281,31 @@ class CKAWithNull:
             "estimator": self.estimator,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CKAWithNull:
+        """Read :meth:`to_dict`'s output (a null, as strict JSON writes NaN, reads as NaN).
+        The values are held in float64, which keeps a float32 or float64 value exactly:
+        ``to_dict`` gives back the numbers read."""
+
+        def floats(x: list[Any]) -> Tensor:
+            return torch.tensor(_nan_for_none(x), dtype=torch.float64)
+
+        return cls(
+            value=floats(d["value"]),
+            null_mean=floats(d["null_mean"]),
+            null_sd=floats(d["null_sd"]),
+            n_perm=d["n_perm"],
+            kernel=d.get("kernel", "linear"),
+            estimator=d.get("estimator", "unbiased"),
+        )
+
+
+def _nan_for_none(x: Any) -> Any:
+    """``x`` (nested lists) with each None (strict JSON's NaN) as NaN."""
+    if isinstance(x, list):
+        return [_nan_for_none(v) for v in x]
+    return float("nan") if x is None else x
+
 
 def permute_examples(
     y: Float[Tensor, "... n_examples rows p"], perm: Int[Tensor, " n_examples"]

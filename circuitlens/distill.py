@@ -26,10 +26,10 @@ from torch import Tensor
 
 from circuitlens.ablation import AblationResult, ablation_sweep
 from circuitlens.cka import CKAWithNull
-from circuitlens.conditions import condition_map
 from circuitlens.cost import estimate_distill_cost, report_cost
 from circuitlens.deltas import apply_delta, load_delta, model_delta, save_delta
-from circuitlens.evaluation import circuit_only_scores
+from circuitlens.distill_setup import Setup
+from circuitlens.evaluation import circuit_only_scores, format_accuracy
 from circuitlens.heads import TrainedFraction
 from circuitlens.io import atomic_write_text
 from circuitlens.mapping import budget_count, map_heads
@@ -483,14 +483,30 @@ class ConditionResult:
 
     @property
     def accuracy(self) -> float:
+        """Test accuracy after training (the mean of ``test_correct``)."""
         return sum(self.test_correct) / len(self.test_correct)
+
+    @property
+    def mean_cka_before(self) -> float:
+        """The mapped pairs' mean held-out CKA before training."""
+        return float(self.cka_before.value.mean())
+
+    @property
+    def mean_cka_after(self) -> float:
+        """The mapped pairs' mean held-out CKA after training."""
+        return float(self.cka_after.value.mean())
+
+    @property
+    def final_loss(self) -> float:
+        """The last step's loss (NaN: no step was taken)."""
+        return self.history[-1]["loss"] if self.history else float("nan")
 
     def __repr__(self) -> str:
         return (
             f"ConditionResult({self.condition!r}, seed={self.seed}, steps={self.steps}, "
             f"accuracy={self.accuracy:.3f}, circuit_accuracy={self.circuit_accuracy:.3f}, "
-            f"heads={self.fraction.heads}, cka {float(self.cka_before.value.mean()):.3f} -> "
-            f"{float(self.cka_after.value.mean()):.3f})"
+            f"heads={self.fraction.heads}, cka {self.mean_cka_before:.3f} -> "
+            f"{self.mean_cka_after:.3f})"
         )
 
 
@@ -553,6 +569,92 @@ def train_condition(
     )
 
 
+def _correct(model: Any, task: Task, n: int) -> list[int]:
+    return [int(x) for x in prompt_scores(model, task, "test", n).tolist()]
+
+
+def _val_accuracy(model: Any, task: Task, n: int) -> float:
+    """Accuracy on the first ``n`` validation prompts, or on all of them where the split holds
+    fewer (a distillation without validation during training needs none); NaN: none."""
+    have = len(task.split("val"))
+    return evaluate(model, task, "val", min(n, have)) if have else float("nan")
+
+
+def prepare(
+    teacher: Any,
+    student: Any,
+    task: Task,
+    config: DistillConfig,
+    circuit: Circuit | None = None,
+    progress: bool = True,
+    sweeps_dir: str | Path | None = None,
+    formats: dict[str, Task] | None = None,
+    fingerprints: dict[str, str] | None = None,
+    circuit_note: str = "",
+) -> Setup:
+    """What every condition of ``task`` shares, before any training: the one setup path of
+    :func:`distill_circuit` and of the reproduce runner (once per task).
+
+    The sweeps (:func:`kept_sweeps`, kept in ``sweeps_dir`` when given), the closest-impact
+    map into ``circuit``'s heads (a circuit without heads, or None: any teacher head), then the
+    untrained references on the first ``config.test_n`` test prompts: each model's per-prompt
+    correctness, circuit-only accuracy (the student: the map's heads; the teacher: the
+    circuit's), the accuracy in each of ``formats`` (prompt format -> the task in it; none:
+    the card's format only), and the student's validation accuracy (``config.train.eval_n``
+    prompts at most, the training curves' step 0).
+
+    Args:
+        teacher, student: ready models (bridges), the student untrained.
+        fingerprints: role -> weight fingerprint, recorded for a run directory to check.
+        circuit_note: recorded with the circuit (why it is as it is).
+
+    Returns:
+        :class:`~circuitlens.distill_setup.Setup`; ``setup.condition_map(condition, seed)``
+        gives each condition's pairs.
+    """
+    t0 = time.time()
+    n = config.test_n
+    map_circuit = circuit if circuit is not None and circuit.heads else None
+    t_sweep, s_sweep = kept_sweeps(
+        teacher, student, task, config, progress, map_circuit, sweeps_dir
+    )
+    head_map = map_heads(s_sweep, t_sweep, map_circuit, config.budget, config.one_to_one)
+    ft, fs = model_facts(teacher), model_facts(student)
+    student_correct = _correct(student, task, n)
+    teacher_correct = _correct(teacher, task, n)
+    teacher_circuit = None
+    if map_circuit is not None:
+        scores = circuit_only_scores(teacher, task, map_circuit.heads, "test", n)
+        teacher_circuit = float(scores.mean())
+    student_circuit = float(
+        circuit_only_scores(student, task, head_map.student_heads, "test", n).mean()
+    )
+    student_accuracy = sum(student_correct) / len(student_correct)
+    teacher_accuracy = sum(teacher_correct) / len(teacher_correct)
+    formats = formats or {}
+    return Setup(
+        task=task.name,
+        circuit=circuit,
+        circuit_note=circuit_note,
+        teacher_sweep=t_sweep,
+        student_sweep=s_sweep,
+        head_map=head_map,
+        teacher_accuracy=teacher_accuracy,
+        student_accuracy=student_accuracy,
+        student_test_correct=tuple(student_correct),
+        teacher_test_correct=tuple(teacher_correct),
+        student_circuit_accuracy=student_circuit,
+        teacher_circuit_accuracy=teacher_circuit,
+        student_format_accuracy=format_accuracy(student, formats, n, (task, student_accuracy)),
+        teacher_format_accuracy=format_accuracy(teacher, formats, n, (task, teacher_accuracy)),
+        student_val_accuracy=_val_accuracy(student, task, config.train.eval_n),
+        fingerprints=dict(fingerprints or {}),
+        teacher_shape=(ft.n_layers, ft.n_heads, ft.n_kv_heads),
+        student_shape=(fs.n_layers, fs.n_heads, fs.n_kv_heads),
+        seconds=round(time.time() - t0, 1),
+    )
+
+
 def distill_circuit(
     teacher: Any,
     student: Any,
@@ -571,8 +673,9 @@ def distill_circuit(
         task: a :class:`Task` or a task name.
         config: a :class:`DistillConfig`; ``**overrides`` replace its fields (also the
             trainer's: ``condition="ce"``, ``steps=100``, ``lam=0.5``).
-        circuit: the teacher's circuit; None maps to any teacher head.
-        checkpoint_dir: makes training resumable.
+        circuit: the teacher's circuit; None (or a circuit without heads) maps to any
+            teacher head.
+        checkpoint_dir: makes training resumable (and keeps the sweeps for a rerun).
         inplace: train the ``student`` object passed in; by default a ready model is copied
             first, so the caller's student is left as it was (``result.student`` is trained).
 
@@ -601,28 +704,45 @@ def distill_circuit(
     )
     check_split_sizes(task, cfg)
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
-    t_sweep, s_sweep = kept_sweeps(teacher, student, task, cfg, progress, circuit, checkpoint_dir)
-    aligned = map_heads(s_sweep, t_sweep, circuit, cfg.budget, cfg.one_to_one)
+    setup = prepare(teacher, student, task, cfg, circuit, progress, checkpoint_dir)
     # the condition's pairs: the map's, random partners (ce+rand) or random heads
-    head_map = condition_map(
-        cfg.train.condition, aligned, s_sweep, t_sweep, circuit, cfg.map_seed, circuit
-    )
-    keep = head_map.student_heads
-    before = evaluate(student, task, "test", cfg.test_n)
-    circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
+    head_map = setup.condition_map(cfg.train.condition, cfg.map_seed)
+    circuit_before = setup.student_circuit_accuracy  # the map's student heads, untrained
+    if set(head_map.student_heads) != set(setup.head_map.student_heads):  # random heads
+        keep = head_map.student_heads
+        circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
     done = train_condition(
         teacher, student, task, head_map, cfg.train, cfg.test_n, circuit, checkpoint_dir,
-        progress=progress, student_sweep=s_sweep, teacher_sweep=t_sweep,
+        progress=progress, student_sweep=setup.student_sweep, teacher_sweep=setup.teacher_sweep,
     )  # fmt: skip
-    assert done.mechanism is not None  # the sweeps were passed
-    metrics = {
-        "teacher_accuracy": evaluate(teacher, task, "test", cfg.test_n),
-        "student_accuracy_before": before,
+    return DistillResult(
+        student=student,
+        head_map=head_map,
+        circuit=circuit,
+        teacher_sweep=setup.teacher_sweep,
+        student_sweep=setup.student_sweep,
+        history=done.history,
+        metrics=_metrics(setup, done, circuit_before, round(time.time() - t0, 1)),
+        config=cfg,
+        student_spec=spec,
+        masks=done.masks,
+    )
+
+
+def _metrics(
+    setup: Setup, done: ConditionResult, circuit_before: float, seconds: float
+) -> dict[str, float]:
+    """:attr:`DistillResult.metrics`: the untrained references (``setup``) beside the trained
+    condition's measures (``done``), under the names ``metrics.json`` has always had."""
+    assert done.mechanism is not None  # train_condition was given the sweeps
+    return {
+        "teacher_accuracy": setup.teacher_accuracy,
+        "student_accuracy_before": setup.student_accuracy,
         "student_accuracy_after": done.accuracy,
         "circuit_accuracy_before": circuit_before,
         "circuit_accuracy_after": done.circuit_accuracy,
-        "mean_cka_before": float(done.cka_before.value.mean()),
-        "mean_cka_after": float(done.cka_after.value.mean()),
+        "mean_cka_before": done.mean_cka_before,
+        "mean_cka_after": done.mean_cka_after,
         "cka_null_mean": float(done.cka_after.null_mean.mean()),
         "cka_null_sd": float(done.cka_after.null_sd.mean()),
         # mean |dP_s - dP_t| of the pairs before and after training (circuitlens.mechanism)
@@ -633,20 +753,8 @@ def distill_circuit(
         "head_fraction": done.fraction.head_fraction,
         "param_fraction": done.fraction.param_fraction,
         "steps": done.steps,
-        "seconds": round(time.time() - t0, 1),
+        "seconds": seconds,
     }
-    return DistillResult(
-        student=student,
-        head_map=head_map,
-        circuit=circuit,
-        teacher_sweep=t_sweep,
-        student_sweep=s_sweep,
-        history=done.history,
-        metrics=metrics,
-        config=cfg,
-        student_spec=spec,
-        masks=done.masks,
-    )
 
 
 def kept_sweeps(

@@ -14,6 +14,7 @@ test; their mean is the accuracy.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from circuitlens.mean_ablation import compute_means, mean_ablated
 from circuitlens.models import model_facts
-from circuitlens.tasks import Task, prompt_scores
+from circuitlens.tasks import Task, TaskFormatWarning, evaluate, prompt_scores
 from circuitlens.types import Head, parse_heads
 
 
@@ -80,4 +81,23 @@ def format_tasks(task: Task, make: Any) -> dict[str, Task]:
     return {name: make(**opts) for name, opts in type(task).formats.items()}
 
 
-__all__ = ["ablation_means", "circuit_only_scores", "format_tasks"]
+def format_accuracy(
+    model: Any, formats: dict[str, Task], n: int, known: tuple[Task, float] | None = None
+) -> dict[str, float]:
+    """Test accuracy on the first ``n`` test prompts in each prompt format (``formats``: name
+    -> the task in that format, from :func:`format_tasks`); ``known``: a task whose test
+    accuracy is measured already, reused for the format whose test prompts are that task's
+    (the card's format)."""
+
+    def same(t: Task) -> bool:
+        return known is not None and t.split("test")[:n] == known[0].split("test")[:n]
+
+    with warnings.catch_warnings():  # other formats than the card's, on purpose
+        warnings.simplefilter("ignore", TaskFormatWarning)
+        return {
+            name: known[1] if known is not None and same(t) else evaluate(model, t, "test", n)
+            for name, t in formats.items()
+        }
+
+
+__all__ = ["ablation_means", "circuit_only_scores", "format_accuracy", "format_tasks"]

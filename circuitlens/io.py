@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` (dicts, lists, tuples, scalars) with every non-finite float replaced by None,
+    tuples as lists: what strict JSON (no ``NaN`` token) holds, so that a record's
+    ``to_dict`` equals the dict read back from its file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    return obj
 
 
 def _umask() -> int:

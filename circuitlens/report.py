@@ -24,6 +24,7 @@ The page reads a result; nothing that computes one writes it. From a notebook::
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import time
@@ -32,6 +33,7 @@ from typing import Any
 
 from circuitlens.ablation import AblationResult
 from circuitlens.conditions import BASELINE, LABELS, get_condition
+from circuitlens.distill_setup import Setup
 from circuitlens.experiments.result import MCNEMAR_P, MCNEMAR_POOLED, ExperimentResult
 from circuitlens.io import atomic_write_bytes, atomic_write_text
 from circuitlens.plotting import plot_ablation, plot_forest, plot_training_curves
@@ -405,17 +407,17 @@ def _meta_html(result: ExperimentResult) -> str:
     models.append("<th>teacher L×H (K/V)</th><th>student L×H (K/V)</th></tr></thead><tbody>")
     for task in cfg.tasks:
         m = cfg.models[task]
-        setup = result.setups.get(task, {})
+        setup = result.setups.get(task)
 
-        def shape(key: str, setup: dict = setup) -> str:
-            s = setup.get(key)
+        def shape(s: tuple[int, ...] | None) -> str:
             return DASH if not s else f"{s[0]}×{s[1]} ({s[2]})"
 
         models.append(
             f"<tr><td class=text>{esc(task.replace('_', ' '))}</td>"
             f"<td class=text><code>{esc(m['teacher'])}</code></td>"
             f"<td class=text><code>{esc(m['student'])}</code></td>"
-            f"<td>{shape('teacher_shape')}</td><td>{shape('student_shape')}</td></tr>"
+            f"<td>{shape(None if setup is None else setup.teacher_shape)}</td>"
+            f"<td>{shape(None if setup is None else setup.student_shape)}</td></tr>"
         )
     models.append("</tbody></table>")
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
@@ -656,7 +658,7 @@ def _extra_tables(result: ExperimentResult, comparisons: Any) -> list[str]:
     return parts
 
 
-def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) -> list[str]:
+def _task_section(result: ExperimentResult, task: str, setup: Setup) -> list[str]:
     """One task's part of the page: its circuit, head mapping, ablation heatmaps, curves."""
     parts: list[str] = []
     name = task.replace("_", " ")
@@ -665,13 +667,13 @@ def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) ->
     student_spec = result.config.models[task]["student"]
     # circuit
     parts.append(f"<section id='{esc(task)}-circuit'><h3>Teacher circuit</h3>")
-    if setup.get("circuit") is None:
+    if setup.circuit is None:
         parts.append(
             "<p class='note'>No circuit search in this run (use_circuit = false): "
             "the map may use any teacher head.</p>"
         )
     else:
-        circuit = Circuit.from_dict(setup["circuit"])
+        circuit = setup.circuit
         faith = circuit.meta.get("faithfulness")
         acc = circuit.meta.get("circuit_accuracy")
         facts = [f"{len(circuit.heads)} heads"]
@@ -680,17 +682,17 @@ def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) ->
         if not _missing(acc):
             facts.append(f"accuracy with only the circuit {_num(acc)}")
         parts.append(f"<p>{esc(', '.join(facts))} in <code>{esc(teacher_spec)}</code>.</p>")
-        if setup.get("circuit_note"):
-            parts.append(f"<p class='note'>{esc(setup['circuit_note'])}</p>")
-        n_layers, n_heads = setup["teacher_shape"][:2]
+        if setup.circuit_note:
+            parts.append(f"<p class='note'>{esc(setup.circuit_note)}</p>")
+        n_layers, n_heads = setup.teacher_shape[:2]
         parts.append(circuit_grid_html(circuit, n_layers, n_heads))
     parts.append("</section>")
     # mapping
-    head_map = HeadMap.from_dict(setup["head_map"])
+    head_map = setup.head_map
     controls = {
-        c["seed"]: [tuple(p) for p in c["pairs"]]
+        c.seed: [(str(s), str(t)) for s, t in c.pairs]
         for c in result.cells
-        if c["task"] == task and get_condition(c["condition"]).partners == "random"
+        if c.task == task and get_condition(c.condition).partners == "random"
     }
     parts.append(f"<section id='{esc(task)}-mapping'><h3>Head mapping</h3>")
     parts.append(
@@ -698,9 +700,9 @@ def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) ->
         f"each aligned with the teacher head of closest ablation impact.</p>"
     )
     parts.append(mapping_svg(head_map, controls))
-    t_sweep = AblationResult.from_dict(setup["teacher_sweep"])
-    s_sweep = AblationResult.from_dict(setup["student_sweep"])
-    t_sweep.model_name, s_sweep.model_name = teacher_spec, student_spec
+    # copies named for the page: the result's setup is left as it was read
+    t_sweep = dataclasses.replace(setup.teacher_sweep, model_name=teacher_spec)
+    s_sweep = dataclasses.replace(setup.student_sweep, model_name=student_spec)
     parts.append(pairs_table_html(head_map, s_sweep, t_sweep))
     for warning in head_map.config.get("warnings", []):
         parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
@@ -717,7 +719,7 @@ def _task_section(result: ExperimentResult, task: str, setup: dict[str, Any]) ->
     )
     parts.append("</section>")
     # curves
-    if any(c["task"] == task for c in result.cells):
+    if any(c.task == task for c in result.cells):
         parts.append(f"<section id='{esc(task)}-curves'><h3>Training curves</h3>")
         parts.append(
             _figure(

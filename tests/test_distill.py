@@ -208,3 +208,28 @@ def test_random_heads_control_trains_as_many_random_heads(make_llama_dir) -> Non
     want = head_parameter_masks(load_model(student), rand.head_map.student_heads)
     assert set(rand.masks) == set(want)
     assert all(torch.equal(rand.masks[n], want[n]) for n in want)  # those heads' slices only
+
+
+def test_prepare_is_the_setup_distill_circuit_measures(make_llama_dir) -> None:
+    """``prepare`` is distill_circuit's setup: the map it trains and the untrained references
+    of its metrics are the setup's, and the setup round-trips through its dict."""
+    from circuitlens.distill import prepare
+    from circuitlens.distill_setup import Setup
+
+    teacher = load_model(make_llama_dir(seed=1, n_layers=3))
+    student = load_model(make_llama_dir(seed=2))
+    task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
+    train = TrainConfig(steps=1, batch_size=8, eval_every=0, eval_n=16)
+    cfg = DistillConfig(sweep_n=16, test_n=32, budget=2, n_boot=0, train=train)
+    setup = prepare(teacher, student, task, cfg, progress=False)
+    assert Setup.from_dict(setup.to_dict()).to_dict() == setup.to_dict()
+    assert setup.student_shape == (2, 4, 2) and setup.teacher_shape[0] == 3
+    assert setup.student_accuracy == sum(setup.student_test_correct) / 32
+    assert setup.student_format_accuracy == {} and setup.fingerprints == {}
+    result = distill_circuit(teacher, student, task, cfg, progress=False)
+    m = result.metrics
+    assert result.head_map.pairs == setup.head_map.pairs
+    assert m["student_accuracy_before"] == setup.student_accuracy
+    assert m["teacher_accuracy"] == setup.teacher_accuracy
+    assert m["circuit_accuracy_before"] == setup.student_circuit_accuracy
+    assert result.teacher_sweep.delta.equal(setup.teacher_sweep.delta)

@@ -43,7 +43,7 @@ def test_theory_of_mind_offers_two_formats_of_the_same_stories() -> None:
 def test_format_accuracy_reuses_the_cards_format_and_equals_measuring_it(tiny_bridge) -> None:
     """The runner reuses a cell's test accuracy for the format whose prompts are the cell's
     task; the numbers equal evaluating every format, and only the card's format is reused."""
-    from circuitlens.experiments.runner import _format_accuracy
+    from circuitlens.evaluation import format_accuracy as _format_accuracy
 
     tom = get_task("theory_of_mind", seed=3, n_test=24, instruction=False)
     formats = format_tasks(tom, lambda **o: get_task("theory_of_mind", seed=3, n_test=24, **o))

@@ -8,17 +8,23 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from circuitlens.ablation import AblationResult
+from circuitlens.cka import CKAWithNull
 from circuitlens.cli import main
+from circuitlens.distill_setup import Setup
 from circuitlens.experiments import (
     ALL_CONDITIONS,
     ExperimentConfig,
     ExperimentResult,
     run_experiment,
 )
+from circuitlens.experiments.cell import Cell
 from circuitlens.report import write_report
 from circuitlens.rundir import RunFileError
 from circuitlens.training import CircuitTrainer
+from circuitlens.types import Head, HeadMap
 
 TRAINED = ("ce", "ce+align", "ce+rand")
 
@@ -41,8 +47,38 @@ def tiny(**overrides) -> ExperimentConfig:
     return base.with_overrides(**overrides) if overrides else base
 
 
-def _strip(cell: dict) -> dict:
-    return {k: v for k, v in cell.items() if k not in ("seconds", "resumed")}
+def _strip(cell: Cell | dict) -> dict:
+    d = cell if isinstance(cell, dict) else cell.to_dict()
+    return {k: v for k, v in d.items() if k not in ("seconds", "resumed")}
+
+
+def _hand_setup(**fields: object) -> Setup:
+    """A setup written by hand (a 2 x 4-head pair, one pair mapped): what the tables read."""
+    sweep = AblationResult.from_dict(
+        {"p_own": 0.5, "p_baseline": 0.5, "p_ablated": [[0.5] * 4] * 2, "delta": [[0.0] * 4] * 2}
+    )
+    base = dict(
+        task="entity_tracking", circuit=None, circuit_note="", teacher_sweep=sweep,
+        student_sweep=sweep, head_map=HeadMap([("L1H0", "L1H0")], [0.0]),
+        teacher_accuracy=0.9, student_accuracy=0.5, student_test_correct=(),
+        teacher_test_correct=(), student_circuit_accuracy=0.1, teacher_circuit_accuracy=None,
+        student_format_accuracy={}, teacher_format_accuracy={}, student_val_accuracy=0.5,
+        fingerprints={}, teacher_shape=(2, 4, 4), student_shape=(2, 4, 4), seconds=0.0,
+    )  # fmt: skip
+    return Setup(**(base | fields))
+
+
+def _hand_cell(**fields: object) -> Cell:
+    """A cell written by hand (one pair): ``fields`` replace the defaults."""
+    cka = CKAWithNull(torch.tensor([0.2]), torch.tensor([0.0]), torch.tensor([0.01]), 20)
+    base = dict(
+        task="entity_tracking", condition="ce", seed=0, accuracy=0.5, test_correct=(1, 0),
+        circuit_accuracy=0.1, format_accuracy={}, mean_cka_before=0.1, mean_cka_after=0.2,
+        cka_before=cka, cka_after=cka, heads_trained=1, head_fraction=0.125,
+        param_fraction=0.03, pairs=((Head(1, 0), Head(1, 0)),), steps=30, final_loss=1.0,
+        curve=(), seconds=0.0, resumed=False,
+    )  # fmt: skip
+    return Cell(**(base | fields))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +113,7 @@ def test_table_has_every_condition_with_mean_over_seeds(finished: ExperimentResu
 
 
 def test_random_control_keeps_the_student_heads(finished: ExperimentResult) -> None:
-    by = {(c["condition"], c["seed"]): c["pairs"] for c in finished.cells}
+    by = {(c.condition, c.seed): c.pairs for c in finished.cells}
     for seed in (0, 1):
         align, rand = by[("ce+align", seed)], by[("ce+rand", seed)]
         assert [s for s, _ in align] == [s for s, _ in rand]
@@ -132,12 +168,12 @@ def test_interrupted_cell_resumes_to_the_same_result(
     assert (d / "entity_tracking" / "ce" / "seed0" / "checkpoint" / "trainer.pt").is_file()
     monkeypatch.setattr(CircuitTrainer, "save_checkpoint", real_save)
     resumed = run_experiment(tiny(), d, progress=False)
-    first = next(c for c in resumed.cells if c["condition"] == "ce" and c["seed"] == 0)
-    assert first["resumed"] is True
+    first = next(c for c in resumed.cells if c.condition == "ce" and c.seed == 0)
+    assert first.resumed is True
     assert not (d / "entity_tracking" / "ce" / "seed0" / "checkpoint").exists()
-    ref = {(c["condition"], c["seed"]): _strip(c) for c in finished.cells}
+    ref = {(c.condition, c.seed): _strip(c) for c in finished.cells}
     for c in resumed.cells:
-        assert _strip(c) == ref[(c["condition"], c["seed"])]
+        assert _strip(c) == ref[(c.condition, c.seed)]
 
 
 def test_other_config_is_refused_then_fresh_starts_over(
@@ -159,11 +195,11 @@ def test_another_selection_extends_the_run(finished: ExperimentResult, tmp_path:
     the cells of one run of both (bit for bit), and the table shows them all."""
     d = tmp_path / "run"
     first = run_experiment(tiny(seeds=(0,)), d, progress=False)
-    assert {c["seed"] for c in first.cells} == {0}
+    assert {c.seed for c in first.cells} == {0}
     second = run_experiment(tiny(seeds=(1,), conditions=("student", "ce")), d, progress=False)
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["seeds"] == [0, 1] and cfg["conditions"] == list(tiny().conditions)
-    key = lambda c: (c["condition"], c["seed"])  # noqa: E731
+    key = lambda c: (c.condition, c.seed)  # noqa: E731
     got = {key(c): _strip(c) for c in second.cells}
     want = {key(c): _strip(c) for c in finished.cells}
     assert set(got) == set(want) - {("ce+align", 1), ("ce+rand", 1)}  # only what was asked
@@ -187,15 +223,14 @@ def test_bad_names_list_the_valid_ones() -> None:
 
 def test_steps_to_target_hand_computed(tmp_path: Path) -> None:
     cfg = ExperimentConfig(tasks=("entity_tracking",), conditions=("ce", "ce+align"), seeds=(0, 1))
-    setup = {"student_val_accuracy": 0.5, "student_accuracy": 0.5, "teacher_accuracy": 0.9}
+    setup = _hand_setup()
 
-    def cell(cond: str, seed: int, accs: list[float]) -> dict:
-        return {
-            "task": "entity_tracking", "condition": cond, "seed": seed, "accuracy": accs[-1],
-            "mean_cka_before": 0.1, "mean_cka_after": 0.2, "heads_trained": 1,
-            "head_fraction": 0.125, "param_fraction": 0.03, "pairs": [["L1H0", "L1H0"]],
-            "curve": [{"step": 10 * (i + 1), "val_accuracy": a} for i, a in enumerate(accs)],
-        }  # fmt: skip
+    def cell(cond: str, seed: int, accs: list[float]) -> Cell:
+        return _hand_cell(
+            condition=cond, seed=seed, accuracy=accs[-1],
+            test_correct=tuple(_seeded_correct(accs[-1], f"{cond}/{seed}")),
+            curve=tuple({"step": 10 * (i + 1), "val_accuracy": a} for i, a in enumerate(accs)),
+        )  # fmt: skip
 
     cells = [
         cell("ce", 0, [0.52, 0.58, 0.70]),
@@ -247,7 +282,7 @@ def test_changed_model_weights_are_refused(
     )
     with pytest.raises(ValueError, match="teacher of task 'entity_tracking' changed.*delete"):
         run_experiment(tiny(), d, progress=False)
-    assert finished.setups["entity_tracking"]["fingerprints"]["teacher"].startswith("sha256:")
+    assert finished.setups["entity_tracking"].fingerprints["teacher"].startswith("sha256:")
 
 
 def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
@@ -255,22 +290,22 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
 
     n_test = finished.config.distill.test_n
     for cell in finished.cells:
-        assert len(cell["test_correct"]) == n_test and set(cell["test_correct"]) <= {0, 1}
-        assert cell["accuracy"] == pytest.approx(sum(cell["test_correct"]) / n_test)
-        assert 0 <= cell["circuit_accuracy"] <= 1
-        assert set(cell["format_accuracy"]) == {"default"}  # entity tracking has one format
-        assert cell["format_accuracy"]["default"] == pytest.approx(cell["accuracy"])
-        after = cell["cka_after"]
-        assert after["estimator"] == "unbiased" and after["n_perm"] >= 20
-        assert len(after["value"]) == len(cell["pairs"]) == len(after["null_sd"])
-        assert all(sd > 0 for sd in after["null_sd"])
-        assert all({"loss", "val_accuracy", "step"} <= set(row) for row in cell["curve"])
+        assert len(cell.test_correct) == n_test and set(cell.test_correct) <= {0, 1}
+        assert cell.accuracy == pytest.approx(sum(cell.test_correct) / n_test)
+        assert 0 <= cell.circuit_accuracy <= 1
+        assert set(cell.format_accuracy) == {"default"}  # entity tracking has one format
+        assert cell.format_accuracy["default"] == pytest.approx(cell.accuracy)
+        after = cell.cka_after
+        assert after.estimator == "unbiased" and after.n_perm >= 20
+        assert len(after.value) == len(cell.pairs) == len(after.null_sd)
+        assert bool((after.null_sd > 0).all())
+        assert all({"loss", "val_accuracy", "step"} <= set(row) for row in cell.curve)
     table = finished.table().set_index("condition")
     assert table.loc["CE", "circuit_accuracy_mean"] >= 0
     assert not math.isnan(table.loc["CE + Align CKA", "cka_null_sd"])
     # McNemar pooled over the two seeds equals the test on the concatenated outcomes
     mc = finished.mcnemar_table().set_index("B")
-    by = {(c["condition"], c["seed"]): c["test_correct"] for c in finished.cells}
+    by = {(c.condition, c.seed): list(c.test_correct) for c in finished.cells}
     want = mcnemar(by[("ce+align", 0)] + by[("ce+align", 1)], by[("ce", 0)] + by[("ce", 1)])
     assert mc.loc["CE", "p"] == pytest.approx(want.p) and mc.loc["CE", "n"] == 2 * n_test
     assert mc.loc["CE", "seeds"] == 2 and "CE + Rand CKA" in mc.index
@@ -310,12 +345,12 @@ def test_card_format_only_measures_the_same_cells_without_the_other_format(
     cfg = tiny(tasks=("theory_of_mind",), seeds=(0,), conditions=("student", "ce"), steps=2)
     both = run_experiment(cfg, tmp_path / "both", progress=False)
     card = run_experiment(cfg.with_overrides(format_accuracy=False), tmp_path / "card", False)
-    assert set(both.cells[0]["format_accuracy"]) == {"plain", "instruction"}
-    assert card.cells[0]["format_accuracy"] == {}
+    assert set(both.cells[0].format_accuracy) == {"plain", "instruction"}
+    assert card.cells[0].format_accuracy == {}
     drop = lambda c: {k: v for k, v in _strip(c).items() if k != "format_accuracy"}  # noqa: E731
     assert drop(card.cells[0]) == drop(both.cells[0])
     for setup in card.setups.values():
-        assert setup["student_format_accuracy"] == setup["teacher_format_accuracy"] == {}
+        assert setup.student_format_accuracy == setup.teacher_format_accuracy == {}
     assert "Accuracy by prompt format" in both.markdown()
     assert "Accuracy by prompt format" not in card.markdown()
     with pytest.raises(ValueError, match="format_accuracy"):  # named (the type check)
@@ -379,11 +414,11 @@ def test_a_given_circuit_is_mapped_into_without_a_search(tmp_path: Path, monkeyp
     )
     result = run_experiment(cfg, tmp_path / "run", progress=False)
     setup = result.setups["entity_tracking"]
-    assert setup["circuit"]["groups"] == given
+    assert setup.circuit is not None and setup.circuit.to_dict()["groups"] == given
     allowed = {"L3H1", "L2H5", "L1H0"}
-    assert {t for _, t in setup["head_map"]["pairs"]} <= allowed
+    assert {str(t) for _, t in setup.head_map.pairs} <= allowed
     for cell in result.cells:
-        assert {t for _, t in cell["pairs"]} <= allowed, cell["condition"]
+        assert {str(t) for _, t in cell.pairs} <= allowed, cell.condition
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["circuits"] == {"entity_tracking": given}
 
@@ -476,11 +511,11 @@ def test_a_half_written_file_is_named_with_its_fix(
     f.unlink()
     again = run_experiment(tiny(), d, progress=False)
     assert all(p.stat().st_mtime_ns == m for p, m in kept.items())  # the rest is kept
-    key = lambda c: (c["condition"], c["seed"])  # noqa: E731
+    key = lambda c: (c.condition, c.seed)  # noqa: E731
     assert {key(c): _strip(c) for c in again.cells} == {key(c): _strip(c) for c in finished.cells}
     assert (
-        again.setups["entity_tracking"]["head_map"]
-        == finished.setups["entity_tracking"]["head_map"]
+        again.setups["entity_tracking"].head_map.to_dict()
+        == finished.setups["entity_tracking"].head_map.to_dict()
     )
 
 
@@ -514,16 +549,14 @@ def _comparison_run(directory: Path) -> ExperimentResult:
     (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
     for (task, cond), per_seed in accs.items():
         for seed, acc in enumerate(per_seed):
-            cell = {
-                "task": task, "condition": cond, "seed": seed, "accuracy": acc,
-                "mean_cka_before": 0.1, "mean_cka_after": 0.2, "heads_trained": 1,
-                "head_fraction": 0.125, "param_fraction": 0.03, "pairs": [["L1H0", "L0H7"]],
-                "curve": [{"step": 10, "val_accuracy": acc}],
-                "test_correct": _seeded_correct(acc, f"{task}/{cond}/{seed}"),
-            }  # fmt: skip
+            cell = _hand_cell(
+                task=task, condition=cond, seed=seed, accuracy=acc,
+                pairs=((Head(1, 0), Head(0, 7)),), curve=({"step": 10, "val_accuracy": acc},),
+                test_correct=tuple(_seeded_correct(acc, f"{task}/{cond}/{seed}")),
+            )  # fmt: skip
             d = directory / task / cond / f"seed{seed}"
             d.mkdir(parents=True)
-            (d / "cell.json").write_text(json.dumps(cell))
+            (d / "cell.json").write_text(json.dumps(cell.to_dict()))
     return ExperimentResult.load(directory)
 
 
@@ -554,7 +587,7 @@ def test_comparisons_are_seed_level_and_hand_computed(tmp_path: Path) -> None:
     assert (align.p_holm, rand.p_holm) == pytest.approx((0.5, 0.75))
     tom = rows.loc[("theory_of_mind", "ce+align")]
     assert tom.p_sign_flip == pytest.approx(0.5) and tom.p_holm == tom.p_sign_flip  # own family
-    by = {(c["task"], c["condition"], c["seed"]): c["test_correct"] for c in result.cells}
+    by = {(c.task, c.condition, c.seed): list(c.test_correct) for c in result.cells}
     want = [
         stats.mcnemar(by[("entity_tracking", "ce+align", s)], by[("entity_tracking", "ce", s)]).p
         for s in (0, 1, 2)
@@ -585,13 +618,13 @@ def test_one_shared_seed_is_reported_not_tested(tmp_path: Path) -> None:
         assert math.isnan(kd[col]), col
     assert "1 seed: no seed-level test" in kd.verdict
     by = {
-        (c["condition"], c["seed"]): c["test_correct"]
+        (c.condition, c.seed): list(c.test_correct)
         for c in result.cells
-        if c["task"] == "entity_tracking"
+        if c.task == "entity_tracking"
     }
     assert kd.per_seed_mcnemar == [stats.mcnemar(by[("kd", 0)], by[("ce", 0)]).p]
     only_one = ExperimentResult(
-        result.directory, result.config, {}, [c for c in result.cells if c["seed"] == 0]
+        result.directory, result.config, {}, [c for c in result.cells if c.seed == 0]
     )
     comp = only_one.comparisons()
     assert len(comp) == 4 and (comp.n_seeds == 1).all() and comp.p_holm.isna().all()
@@ -617,3 +650,57 @@ def test_markdown_leads_with_the_verdicts(tmp_path: Path) -> None:
     assert "p (pooled prompts; not seed-level)" in pooled
     paths = result.write_tables()
     assert paths["comparisons.csv"].read_text().splitlines()[0].startswith("task,A,B,n_seeds")
+
+
+def test_setups_and_cells_are_their_files_and_round_trip(finished: ExperimentResult) -> None:
+    """A setup and a cell read back are their files: ``to_dict`` gives the dict each file
+    holds, key for key in its order, and ``from_dict(to_dict(x))`` gives ``x`` again."""
+    from circuitlens.distill_setup import SETUP_KEYS, SetupError
+    from circuitlens.experiments.cell import CELL_KEYS, CellError
+
+    d = finished.directory
+    for t, setup in finished.setups.items():
+        saved = json.loads((d / t / "setup.json").read_text())
+        assert setup.to_dict() == saved and list(saved) == list(SETUP_KEYS)
+        assert Setup.from_dict(setup.to_dict()).to_dict() == saved
+    for cell in finished.cells:
+        f = d / cell.task / cell.condition / f"seed{cell.seed}" / "cell.json"
+        saved = json.loads(f.read_text())
+        assert cell.to_dict() == saved and list(saved) == [*CELL_KEYS, "mechanism"]
+        assert Cell.from_dict(cell.to_dict()).to_dict() == saved
+    with pytest.raises(SetupError, match=r"lacks \['head_map'\].*delete"):
+        Setup.from_dict({k: v for k, v in setup.to_dict().items() if k != "head_map"})
+    with pytest.raises(CellError, match=r"ce\+rand/seed1 lacks \['pairs', 'curve'\]"):
+        Cell.from_dict({k: v for k, v in saved.items() if k not in ("pairs", "curve")})
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def test_committed_run_exports_load() -> None:
+    """Every run kept in ``benchmarks/results/`` (``export_run.py``) reads back: each cell is
+    its dict again, each setup keeps every key and value (sweeps saved before per-prompt
+    impacts existed gain ``prompt_delta: null``), and the tables are made from them."""
+    docs = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    runs = {n: doc for n, doc in docs.items() if isinstance(doc, dict) and "setups" in doc}
+    assert {"reproduce-zoo.json", "reproduce-real.json"} <= set(runs)
+    for name, doc in runs.items():
+        for t, saved in doc["setups"].items():
+            got = Setup.from_dict(saved).to_dict()
+            assert list(got) == list(saved), name
+            for k, v in got.items():
+                want = saved[k]
+                if k.endswith("_sweep"):
+                    want = {"prompt_delta": None} | want
+                assert v == want, (name, t, k)
+        for saved in doc.get("cells", []):
+            assert Cell.from_dict(saved).to_dict() == saved, name
+    doc = runs["reproduce-zoo.json"]
+    setups = {t: Setup.from_dict(s) for t, s in doc["setups"].items()}
+    cells = [Cell.from_dict(c) for c in doc["cells"]]
+    cfg = ExperimentConfig(
+        tasks=tuple(setups), conditions=tuple(dict.fromkeys(c.condition for c in cells)),
+        seeds=tuple(sorted({c.seed for c in cells})),
+    )  # fmt: skip
+    table = ExperimentResult(RESULTS, cfg, setups, cells).table()
+    assert set(table.task) == set(setups) and table.accuracy_mean.between(0, 1).all()

@@ -15,6 +15,7 @@ from circuitlens import get_task, load_model
 from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.cka import CKAWithNull
 from circuitlens.distill import DistillConfig, distill_circuit, sweeps, train_condition
+from circuitlens.distill_setup import Setup
 from circuitlens.mapping import map_heads
 from circuitlens.mechanism import MechanismCheck, compare, head_impacts
 from circuitlens.training import TrainConfig
@@ -169,19 +170,23 @@ def test_a_cell_carries_the_mechanism(trained, tmp_path: Path) -> None:
     ).with_overrides(
         sweep_n=SWEEP_N, test_n=TEST_N, steps=1, batch_size=8, eval_every=0, checkpoint_every=0
     )  # fmt: skip
-    setup = {
-        "circuit": None,
-        "head_map": trained["head_map"].to_dict(),
-        "student_sweep": trained["s_sweep"].to_dict(),
-        "teacher_sweep": trained["t_sweep"].to_dict(),
-    }
+    nan = float("nan")
+    setup = Setup(
+        task="entity_tracking", circuit=None, circuit_note="", teacher_sweep=trained["t_sweep"],
+        student_sweep=trained["s_sweep"], head_map=trained["head_map"], teacher_accuracy=nan,
+        student_accuracy=nan, student_test_correct=(), teacher_test_correct=(),
+        student_circuit_accuracy=nan, teacher_circuit_accuracy=None, student_format_accuracy={},
+        teacher_format_accuracy={}, student_val_accuracy=nan, fingerprints={},
+        teacher_shape=(0, 0, 0), student_shape=(0, 0, 0), seconds=0.0,
+    )  # fmt: skip
     student = load_model("zoo:entity-tracking-student")
     cell = _run_cell(
         tmp_path / "cell", trained["task"], "ce", 0, cfg, setup, trained["teacher"], False,
         student=student,
     )  # fmt: skip
-    check = MechanismCheck.from_dict(json.loads(_json_dump(cell))["mechanism"])
-    assert check.student_heads == [s for s, _ in cell["pairs"]]
+    saved = json.loads(_json_dump(cell.to_dict()))
+    check = MechanismCheck.from_dict(saved["mechanism"])
+    assert check.student_heads == [str(s) for s, _ in cell.pairs]
     assert check.dp_student_before == trained["done"].mechanism.dp_student_before
-    assert check.cka_after == pytest.approx(cell["cka_after"]["value"])
-    assert {"accuracy", "pairs", "cka_after", "seconds", "resumed"} <= set(cell)
+    assert check.cka_after == pytest.approx(cell.cka_after.value.tolist())
+    assert {"accuracy", "pairs", "cka_after", "seconds", "resumed"} <= set(saved)

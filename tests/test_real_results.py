@@ -82,7 +82,7 @@ def test_reproduce_real_at_its_smallest_and_export_round_trip(
     d = {k: v for k, v in TINY.items() if k != "train"} | TINY["train"] | {"eval_n": 4}
     cfg = cfg.with_overrides(**d)
     result = run_experiment(cfg, tmp_path / "run", progress=False)
-    assert [c["condition"] for c in result.cells] == ["ce+align"]
+    assert [c.condition for c in result.cells] == ["ce+align"]
     bench = Path(__file__).resolve().parent.parent / "benchmarks"
     monkeypatch.syspath_prepend(str(bench))
     sys.modules.pop("export_run", None)

@@ -61,9 +61,17 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
         "head_map": head_map.to_dict(),
         "teacher_accuracy": 0.96,
         "student_accuracy": 0.71,
+        "student_test_correct": _correct(0.71, "student"),
+        "teacher_test_correct": _correct(0.96, "teacher"),
+        "student_circuit_accuracy": 0.3,
+        "teacher_circuit_accuracy": None,
+        "student_format_accuracy": {},
+        "teacher_format_accuracy": {},
         "student_val_accuracy": 0.70,
+        "fingerprints": {},
         "teacher_shape": [4, 8, 4],
         "student_shape": [2, 4, 2],
+        "seconds": 1.0,
     }
     (directory / TASK).mkdir()
     (directory / TASK / "setup.json").write_text(json.dumps(setup).replace("NaN", "null"))
@@ -94,7 +102,12 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
                 "circuit_accuracy": acc - 0.1,
                 "format_accuracy": {"default": acc, "instruction": acc - 0.05},
                 "test_correct": _correct(acc, f"{c}:{seed}"),
-                "cka_before": {"value": [0.1, 0.2]},
+                "cka_before": {
+                    "value": [0.1, 0.2],
+                    "null_mean": [0.0, 0.01],
+                    "null_sd": [0.02, 0.03],
+                    "n_perm": 20,
+                },
                 "cka_after": {
                     "value": [0.5, 0.6],
                     "null_mean": [0.0, 0.01],
@@ -210,7 +223,7 @@ def test_forest_plot_draws_each_comparison(report: Path) -> None:
     assert fig.layout.yaxis.automargin and fig.layout.width == 800
     assert [(s.x0, s.x1) for s in fig.layout.shapes] == [(0, 0)]
     one = ExperimentResult(
-        result.directory, result.config, result.setups, [c for c in result.cells if c["seed"] == 0]
+        result.directory, result.config, result.setups, [c for c in result.cells if c.seed == 0]
     )
     (only,) = [t.name for t in plot_forest(one, TASK).data if t.mode == "lines"] or [None]
     assert only is None  # no interval from one seed

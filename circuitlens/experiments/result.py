@@ -11,8 +11,10 @@ from typing import Any
 
 from circuitlens.ablation import AblationResult
 from circuitlens.conditions import BASELINE
+from circuitlens.distill_setup import Setup
+from circuitlens.experiments.cell import Cell, curve_points  # noqa: F401 (re-exported)
 from circuitlens.experiments.config import LABELS, ExperimentConfig
-from circuitlens.io import atomic_write_text
+from circuitlens.io import atomic_write_text, json_ready
 from circuitlens.rundir import read_json
 from circuitlens.types import Head
 
@@ -34,14 +36,16 @@ class ExperimentResult:
     Attributes:
         directory: ``results/<run>``.
         config: the run's :class:`ExperimentConfig`.
-        setups: per task, the setup (circuit, sweeps, head map, untrained accuracies).
-        cells: one dict per finished (task, condition, seed) training cell.
+        setups: per task, the :class:`~circuitlens.distill_setup.Setup` (circuit, sweeps,
+            head map, untrained accuracies).
+        cells: one :class:`~circuitlens.experiments.cell.Cell` per finished (task, condition,
+            seed) training cell.
     """
 
     directory: Path
     config: ExperimentConfig
-    setups: dict[str, dict[str, Any]]
-    cells: list[dict[str, Any]]
+    setups: dict[str, Setup]
+    cells: list[Cell]
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -63,12 +67,12 @@ class ExperimentResult:
         for t in cfg.tasks:
             f = directory / t / "setup.json"
             if f.is_file():
-                setups[t] = read_json(f, f"the {t} setup")
+                setups[t] = Setup.from_dict(read_json(f, f"the {t} setup"))
             for c in cfg.conditions:
                 for s in cfg.seeds:
                     f = directory / t / c / f"seed{s}" / "cell.json"
                     if f.is_file():
-                        cells.append(read_json(f, f"the {t} {c} seed {s} cell"))
+                        cells.append(Cell.from_dict(read_json(f, f"the {t} {c} seed {s} cell")))
         return cls(directory, cfg, setups, cells)
 
     # -- tables ------------------------------------------------------------------------------
@@ -81,32 +85,18 @@ class ExperimentResult:
         for t, setup in self.setups.items():
             for c in ("student", "teacher"):
                 if c in self.config.conditions:
+                    ref = setup.reference(c)
                     rows.append(
                         {
                             "task": t,
                             "condition": c,
                             "seed": None,
-                            "accuracy": setup[f"{c}_accuracy"],
-                            "circuit_accuracy": setup.get(f"{c}_circuit_accuracy"),
+                            "accuracy": ref.accuracy,
+                            "circuit_accuracy": ref.circuit_accuracy,
                         }
-                        | {
-                            f"accuracy[{f}]": a
-                            for f, a in setup.get(f"{c}_format_accuracy", {}).items()
-                        }
+                        | {f"accuracy[{f}]": a for f, a in ref.format_accuracy.items()}
                     )
-        skip = ("curve", "pairs", "test_correct", "cka_before", "cka_after", "format_accuracy")
-        for cell in self.cells:
-            after = cell.get("cka_after") or {}
-            rows.append(
-                {k: v for k, v in cell.items() if k not in skip}
-                | {"pairs": " ".join(f"{s}->{t}" for s, t in cell["pairs"])}
-                | {f"accuracy[{f}]": a for f, a in cell.get("format_accuracy", {}).items()}
-                | {
-                    "cka_null_mean": _mean(after.get("null_mean")),
-                    "cka_null_sd": _mean(after.get("null_sd")),
-                    "steps_to_target": _first_step(cell, targets[cell["task"]]),
-                }
-            )
+        rows += [_cell_row(cell, targets[cell.task]) for cell in self.cells]
         return pd.DataFrame(rows)
 
     def target(self, task: str) -> float | None:
@@ -115,17 +105,17 @@ class ExperimentResult:
         if self.config.target_accuracy is not None:
             return self.config.target_accuracy
         finals = [
-            c["curve"][-1]["val_accuracy"]
+            c.final_val_accuracy
             for c in self.cells
-            if c["task"] == task and c["condition"] == BASELINE and c["curve"]
+            if c.task == task and c.condition == BASELINE and c.final_val_accuracy is not None
         ]
         if task not in self.setups or not finals:
             return None
         return sum(finals) / len(finals)
 
-    def steps_to_target(self, cell: dict[str, Any]) -> int | None:
+    def steps_to_target(self, cell: Cell) -> int | None:
         """The first evaluated step whose validation accuracy reaches the target (None: never)."""
-        return _first_step(cell, self.target(cell["task"]))
+        return cell.steps_to(self.target(cell.task))
 
     def table(self) -> Any:
         """The paper's table: per task and condition, mean and sd over seeds."""
@@ -229,18 +219,14 @@ class ExperimentResult:
         from circuitlens.experiments.stats import mcnemar
 
         rows = []
-        by = {(c["task"], c["condition"], c["seed"]): c for c in self.cells}
+        by = {(c.task, c.condition, c.seed): c for c in self.cells}
         for t in self.config.tasks:
             for a, b in self.COMPARISONS:
-                seeds = [
-                    s
-                    for s in self.config.seeds
-                    if (t, a, s) in by and (t, b, s) in by and "test_correct" in by[(t, a, s)]
-                ]
+                seeds = [s for s in self.config.seeds if (t, a, s) in by and (t, b, s) in by]
                 if not seeds:
                     continue
-                xa = [v for s in seeds for v in by[(t, a, s)]["test_correct"]]
-                xb = [v for s in seeds for v in by[(t, b, s)]["test_correct"]]
+                xa = [v for s in seeds for v in by[(t, a, s)].test_correct]
+                xb = [v for s in seeds for v in by[(t, b, s)].test_correct]
                 m = mcnemar(xa, xb)
                 rows.append(
                     {"task": t, "A": LABELS[a], "B": LABELS[b], "seeds": len(seeds)} | m.to_dict()
@@ -253,22 +239,28 @@ class ExperimentResult:
 
         rows = []
         for cell in self.cells:
-            after = cell.get("cka_after")
-            if not after:
-                continue
-            for i, (s, t) in enumerate(cell["pairs"]):
+            before, after = cell.cka_before, cell.cka_after
+            columns = zip(
+                cell.pairs,
+                before.value.tolist(),
+                after.value.tolist(),
+                after.null_mean.tolist(),
+                after.null_sd.tolist(),
+                strict=True,
+            )
+            for (s, t), value_before, value, null_mean, null_sd in columns:
                 rows.append(
                     {
-                        "task": cell["task"],
-                        "condition": LABELS[cell["condition"]],
-                        "seed": cell["seed"],
+                        "task": cell.task,
+                        "condition": LABELS[cell.condition],
+                        "seed": cell.seed,
                         "pair": f"{s} → {t}",
-                        "cka_before": (cell.get("cka_before") or {}).get("value", [None])[i],
-                        "cka_after": after["value"][i],
-                        "null_mean": after["null_mean"][i],
-                        "null_sd": after["null_sd"][i],
-                        "n_perm": after["n_perm"],
-                        "estimator": after["estimator"],
+                        "cka_before": value_before,
+                        "cka_after": value,
+                        "null_mean": null_mean,
+                        "null_sd": null_sd,
+                        "n_perm": after.n_perm,
+                        "estimator": after.estimator,
                     }
                 )
         return pd.DataFrame(rows)
@@ -307,9 +299,9 @@ class ExperimentResult:
     def _scores(self, task: str, condition: str) -> dict[int, list[int]]:
         """Per seed, the per-prompt test correctness of one condition's cells."""
         return {
-            int(c["seed"]): list(c["test_correct"])
+            int(c.seed): list(c.test_correct)
             for c in self.cells
-            if c["task"] == task and c["condition"] == condition and "test_correct" in c
+            if c.task == task and c.condition == condition
         }
 
     def _task_comparisons(self, task: str, n_boot: int) -> list[dict[str, Any]]:
@@ -457,22 +449,16 @@ class ExperimentResult:
     def _head_maps_markdown(self) -> list[str]:
         maps = []
         for t, setup in self.setups.items():
-            hm = setup.get("head_map")
-            if hm is None:
-                continue
-            sweeps = {
-                "s": AblationResult.from_dict(setup["student_sweep"]),
-                "t": AblationResult.from_dict(setup["teacher_sweep"]),
-            }
-            metric = hm["config"].get("metric", "?")
-            level = f"{100 * sweeps['s'].config.ci_level:g}%"
+            hm, s_sweep, t_sweep = setup.head_map, setup.student_sweep, setup.teacher_sweep
+            metric = hm.config.get("metric", "?")
+            level = f"{100 * s_sweep.config.ci_level:g}%"
             maps.append(f"- {t} (P = {metric}; {level} bootstrap intervals over prompts):")
-            for (s_, t_), d in zip(hm["pairs"], hm["distances"], strict=True):
+            for (s_, t_), d in zip(hm.pairs, hm.distances, strict=True):
                 maps.append(
-                    f"  - {s_} → {t_}: {_impact(sweeps['s'], 's', s_)}, "
-                    f"{_impact(sweeps['t'], 't', t_)}, |ΔP_s − ΔP_t| = {d:.4f}"
+                    f"  - {s_} → {t_}: {_impact(s_sweep, 's', s_)}, "
+                    f"{_impact(t_sweep, 't', t_)}, |ΔP_s − ΔP_t| = {d:.4f}"
                 )
-            for w in hm["config"].get("warnings", []):
+            for w in hm.config.get("warnings", []):
                 maps.append(f"  - warning: {w}")
         return ["", "Head maps:", "", *maps] if maps else []
 
@@ -483,14 +469,13 @@ class ExperimentResult:
 
         rows = []
         for cell in self.cells:
-            setup = self.setups[cell["task"]]
-            start = {"step": 0, "val_accuracy": setup["student_val_accuracy"]}
-            if cell.get("mean_cka_before") is not None:
-                start["val_cka"] = cell["mean_cka_before"]
-            for row in [start, *cell["curve"]]:
+            setup = self.setups[cell.task]
+            start = {"step": 0, "val_accuracy": setup.student_val_accuracy}
+            if cell.mean_cka_before is not None:
+                start["val_cka"] = cell.mean_cka_before
+            for row in [start, *cell.curve]:
                 rows.append(
-                    {"task": cell["task"], "condition": cell["condition"], "seed": cell["seed"]}
-                    | row
+                    {"task": cell.task, "condition": cell.condition, "seed": cell.seed} | row
                 )
         return pd.DataFrame(rows)
 
@@ -514,13 +499,39 @@ class ExperimentResult:
         return out
 
 
-def _first_step(cell: dict[str, Any], target: float | None) -> int | None:
-    if target is None:
-        return None
-    for row in cell["curve"]:
-        if row["val_accuracy"] >= target:
-            return int(row["step"])
-    return None
+def _cell_row(cell: Cell, target: float | None) -> dict[str, Any]:
+    """A cell's row of :meth:`ExperimentResult.cells_frame`: its scalar measures (the
+    mechanism check as its dict), the pairs as text, the accuracy per format, the CKA null
+    and the steps to ``target``."""
+    row: dict[str, Any] = {
+        "task": cell.task,
+        "condition": cell.condition,
+        "seed": cell.seed,
+        "accuracy": cell.accuracy,
+        "circuit_accuracy": cell.circuit_accuracy,
+        "mean_cka_before": cell.mean_cka_before,
+        "mean_cka_after": cell.mean_cka_after,
+        "heads_trained": cell.heads_trained,
+        "head_fraction": cell.head_fraction,
+        "param_fraction": cell.param_fraction,
+        "steps": cell.steps,
+        "final_loss": cell.final_loss,
+        "seconds": cell.seconds,
+        "resumed": cell.resumed,
+    }
+    if cell.mechanism is not None:
+        row["mechanism"] = json_ready(cell.mechanism.to_dict())
+    after = cell.cka_after
+    return (
+        row
+        | {"pairs": " ".join(f"{s}->{t}" for s, t in cell.pairs)}
+        | {f"accuracy[{f}]": a for f, a in cell.format_accuracy.items()}
+        | {
+            "cka_null_mean": _mean(after.null_mean.tolist()),
+            "cka_null_sd": _mean(after.null_sd.tolist()),
+            "steps_to_target": cell.steps_to(target),
+        }
+    )
 
 
 def _mean(x: Any) -> float:
@@ -556,7 +567,7 @@ def _p(x: Any) -> str:
     return "" if _isna(x) else f"{x:.2g}"
 
 
-def _impact(sweep: AblationResult, side: str, head: str) -> str:
+def _impact(sweep: AblationResult, side: str, head: Head | str) -> str:
     """``ΔP_s = 0.1234 [0.1, 0.2]``: a mapped head's impact, with its interval where exact."""
     h = Head.parse(head)
     d = f"ΔP_{side} = {float(sweep.delta[h.layer, h.head]):.4f}"
@@ -597,20 +608,3 @@ def _main_markdown(df: Any) -> str:
         cols += ["heads trained", "params trained", "CKA before → after (null)"]
         cols.append("steps to CE final")
     return show[cols].fillna("").to_markdown(index=False)
-
-
-def curve_points(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    """One row per evaluation: step, validation accuracy and CKA, and the mean training loss
-    (and CKA term's batch CKA) over the steps since the previous evaluation."""
-    out, since = [], []
-    for row in history:
-        since.append(row)
-        if "val_accuracy" not in row:
-            continue
-        point = {k: row[k] for k in ("step", "val_accuracy", "val_cka") if k in row}
-        point["loss"] = sum(r["loss"] for r in since) / len(since)
-        if "mean_cka" in row:
-            point["train_cka"] = sum(r["mean_cka"] for r in since) / len(since)
-        out.append(point)
-        since = []
-    return out

@@ -4,35 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from circuitlens.ablation import AblationResult
-from circuitlens.conditions import condition_map, get_condition
+from circuitlens.conditions import get_condition
 from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
 from circuitlens.devices import check_device
-from circuitlens.distill import kept_sweeps, train_condition
-from circuitlens.evaluation import circuit_only_scores, format_tasks
+from circuitlens.distill import prepare, train_condition
+from circuitlens.distill_setup import Setup
+from circuitlens.evaluation import format_accuracy, format_tasks
+from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import ExperimentConfig
-from circuitlens.experiments.result import ExperimentResult, curve_points
-from circuitlens.io import atomic_write_text
-from circuitlens.mapping import budget_count, map_heads, require_one_to_one
+from circuitlens.experiments.result import ExperimentResult
+from circuitlens.io import atomic_write_text, json_ready
+from circuitlens.mapping import budget_count, require_one_to_one
 from circuitlens.models import load_model, model_facts, model_fingerprint
 from circuitlens.patching.circuits import CircuitConfig, find_circuit
 from circuitlens.progress import heartbeat
 from circuitlens.rundir import read_json, run_directory
-from circuitlens.tasks import (
-    Task,
-    TaskFormatWarning,
-    evaluate,
-    get_task,
-    prompt_scores,
-    require_compatible_tokenizers,
-)
+from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
 from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CONDITIONS
 from circuitlens.types import Circuit, HeadMap
@@ -65,41 +58,24 @@ def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[s
     return format_tasks(task, lambda **fmt: _task(task.name, cfg.task_seed, tokenizers, cfg, **fmt))
 
 
-def _format_accuracy(
-    model: Any, formats: dict[str, Task], n: int, known: tuple[Task, float] | None = None
-) -> dict[str, float]:
-    """Test accuracy in each prompt format; ``known``: a task whose test accuracy is measured
-    already, reused for the format whose test prompts are that task's (the card's format)."""
-
-    def same(t: Task) -> bool:
-        return known is not None and t.split("test")[:n] == known[0].split("test")[:n]
-
-    with warnings.catch_warnings():  # other formats than the card's, on purpose
-        warnings.simplefilter("ignore", TaskFormatWarning)
-        return {
-            name: known[1] if same(t) else evaluate(model, t, "test", n)
-            for name, t in formats.items()
-        }
-
-
-def _correct(model: Any, task: Task, n: int) -> list[int]:
-    return [int(x) for x in prompt_scores(model, task, "test", n).tolist()]
-
-
 def _fingerprints(cfg: ExperimentConfig, task_name: str) -> dict[str, str]:
     return {role: model_fingerprint(spec) for role, spec in cfg.models[task_name].items()}
 
 
-def _check_models(setup: dict[str, Any], cfg: ExperimentConfig, directory: Path) -> None:
-    t = setup["task"]
+def _check_models(setup: Setup, cfg: ExperimentConfig, directory: Path) -> None:
+    t = setup.task
     now = _fingerprints(cfg, t)
-    if setup.get("fingerprints", now) != now:
-        changed = [r for r in now if setup["fingerprints"].get(r) != now[r]]
+    if setup.fingerprints and setup.fingerprints != now:  # empty: not recorded
+        changed = [r for r in now if setup.fingerprints.get(r) != now[r]]
         raise ValueError(
             f"the {' and '.join(changed)} of task {t!r} changed since {directory / t} was "
             f"computed (other weights under the same name); results of two models are never "
             f"mixed: delete {directory / t} to recompute that task, or use --fresh"
         )
+
+
+def _read_setup(f: Path, task: str) -> Setup:
+    return Setup.from_dict(read_json(f, f"the {task} setup"))
 
 
 def _given_circuit(
@@ -123,6 +99,29 @@ def _given_circuit(
     return circuit
 
 
+def _circuit(
+    task: Task,
+    cfg: ExperimentConfig,
+    teacher: Any,
+    student: Any,
+    progress: bool,
+    circuit_dir: Path | None,
+) -> tuple[Circuit | None, str]:
+    """The task's circuit (given in the config, found by patching, or none) and its note."""
+    given = (cfg.circuits or {}).get(task.name)
+    if given is not None:
+        return _given_circuit(cfg, task.name, given, teacher, student), ""
+    if not cfg.use_circuit:
+        return None, ""
+    circuit = find_circuit(
+        teacher, task, CircuitConfig(n=cfg.circuit_n), progress=progress,
+        checkpoint_dir=circuit_dir,
+    )  # fmt: skip
+    if not circuit.heads:
+        return circuit, "patching found no circuit heads: the map may use any teacher head"
+    return circuit, ""
+
+
 def _setup_task(
     task: Task,
     cfg: ExperimentConfig,
@@ -132,87 +131,25 @@ def _setup_task(
     formats: dict[str, Task],
     circuit_dir: Path | None = None,
     sweeps_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Circuit, sweeps, head map and the untrained references of one task (``circuit_dir``:
-    where the circuit search keeps its finished stages, to resume after an interruption)."""
+) -> Setup:
+    """The circuit, then :func:`circuitlens.distill.prepare` (sweeps, head map, untrained
+    references, the accuracy per prompt format) of one task (``circuit_dir``: where the
+    circuit search keeps its finished stages, to resume after an interruption; ``sweeps_dir``:
+    where the sweeps are kept, so that a run that differs only in what the sweeps do not read,
+    a budget sweep's points, reuses them)."""
     t0 = time.time()
-    d = cfg.distill
-    circuit = None
-    note = ""
-    given = (cfg.circuits or {}).get(task.name)
-    if given is not None:
-        circuit = _given_circuit(cfg, task.name, given, teacher, student)
-    elif cfg.use_circuit:
-        circuit = find_circuit(
-            teacher,
-            task,
-            CircuitConfig(n=cfg.circuit_n),
-            progress=progress,
-            checkpoint_dir=circuit_dir,
-        )
-        if not circuit.heads:
-            note = "patching found no circuit heads: the map may use any teacher head"
-    map_circuit = circuit if circuit is not None and circuit.heads else None
-    # kept beside the setup (sweeps.json): a run that differs only in what the sweeps do not
-    # read (a budget sweep's points) reuses them
-    t_sweep, s_sweep = kept_sweeps(teacher, student, task, d, progress, map_circuit, sweeps_dir)
-    head_map = map_heads(s_sweep, t_sweep, map_circuit, d.budget, d.one_to_one)
-    ft, fs = model_facts(teacher), model_facts(student)
-    student_correct = _correct(student, task, d.test_n)
-    teacher_correct = _correct(teacher, task, d.test_n)
-    teacher_circuit = None
-    if circuit is not None and circuit.heads:
-        teacher_circuit = float(
-            circuit_only_scores(teacher, task, circuit.heads, "test", d.test_n).mean()
-        )
-    return {
-        "task": task.name,
-        "circuit": None if circuit is None else circuit.to_dict(),
-        "circuit_note": note,
-        "teacher_sweep": t_sweep.to_dict(),
-        "student_sweep": s_sweep.to_dict(),
-        "head_map": head_map.to_dict(),
-        "teacher_accuracy": sum(teacher_correct) / len(teacher_correct),
-        "student_accuracy": sum(student_correct) / len(student_correct),
-        "student_test_correct": student_correct,
-        "teacher_test_correct": teacher_correct,
-        "student_circuit_accuracy": float(
-            circuit_only_scores(student, task, head_map.student_heads, "test", d.test_n).mean()
-        ),
-        "teacher_circuit_accuracy": teacher_circuit,
-        "student_format_accuracy": _format_accuracy(
-            student, formats, d.test_n, (task, sum(student_correct) / len(student_correct))
-        ),
-        "teacher_format_accuracy": _format_accuracy(
-            teacher, formats, d.test_n, (task, sum(teacher_correct) / len(teacher_correct))
-        ),
-        "student_val_accuracy": evaluate(student, task, "val", d.train.eval_n),
-        "fingerprints": _fingerprints(cfg, task.name),
-        "teacher_shape": [ft.n_layers, ft.n_heads, ft.n_kv_heads],
-        "student_shape": [fs.n_layers, fs.n_heads, fs.n_kv_heads],
-        "seconds": round(time.time() - t0, 1),
-    }
+    circuit, note = _circuit(task, cfg, teacher, student, progress, circuit_dir)
+    setup = prepare(
+        teacher, student, task, cfg.distill, circuit, progress, sweeps_dir, formats,
+        _fingerprints(cfg, task.name), note,
+    )  # fmt: skip
+    return dataclasses.replace(setup, seconds=round(time.time() - t0, 1))
 
 
-def _cell_map(setup: dict[str, Any], condition: str, seed: int, cfg: ExperimentConfig) -> HeadMap:
+def _cell_map(setup: Setup, condition: str, seed: int, cfg: ExperimentConfig) -> HeadMap:
     """The pairs of one cell: the setup's map, or the condition's control drawn with the
-    cell's seed (:func:`circuitlens.conditions.condition_map`)."""
-    head_map = HeadMap.from_dict(setup["head_map"])
-    cond = get_condition(condition)
-    if cond.heads != "random" and cond.partners != "random":
-        return head_map
-    circuit = Circuit.from_dict(setup["circuit"]) if setup["circuit"] is not None else None
-    circuit = circuit if circuit is not None and circuit.heads else None
-    random_circuit = circuit if cfg.random_from == "circuit" else None
-    return condition_map(
-        cond,
-        head_map,
-        AblationResult.from_dict(setup["student_sweep"]),
-        AblationResult.from_dict(setup["teacher_sweep"]),
-        circuit,
-        seed,
-        random_circuit,
-    )
+    cell's seed (:meth:`~circuitlens.distill_setup.Setup.condition_map`)."""
+    return setup.condition_map(condition, seed, random_from_circuit=cfg.random_from == "circuit")
 
 
 def _run_cell(
@@ -221,14 +158,14 @@ def _run_cell(
     condition: str,
     seed: int,
     cfg: ExperimentConfig,
-    setup: dict[str, Any],
+    setup: Setup,
     teacher: Any,
     progress: bool,
     formats: dict[str, Task] | None = None,
     student: Any = None,
     teacher_cache: TeacherCache | None = None,
     befores: dict[tuple[str, ...], Any] | None = None,
-) -> dict[str, Any]:
+) -> Cell:
     """Train and measure one cell. ``student``: the untrained student to train in place
     (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells;
     ``befores``: the untrained student's held-out CKA per map, shared by the cells (filled
@@ -239,47 +176,20 @@ def _run_cell(
     if student is None:
         student = load_model(cfg.models[task.name]["student"])
     head_map = _cell_map(setup, condition, seed, cfg)
-    circuit = Circuit.from_dict(setup["circuit"]) if setup["circuit"] else None
     train_cfg = dataclasses.replace(d.train, condition=condition, seed=seed)
     pairs = tuple(f"{s}>{t}" for s, t in head_map.pairs)
     before = None if befores is None else befores.get(pairs)
     done = train_condition(
-        teacher, student, task, head_map, train_cfg, d.test_n, circuit, cell_dir / "checkpoint",
-        teacher_cache, progress=progress, cka_before=before,
-        student_sweep=AblationResult.from_dict(setup["student_sweep"]),
-        teacher_sweep=AblationResult.from_dict(setup["teacher_sweep"]),
+        teacher, student, task, head_map, train_cfg, d.test_n, setup.circuit,
+        cell_dir / "checkpoint", teacher_cache, progress=progress, cka_before=before,
+        student_sweep=setup.student_sweep, teacher_sweep=setup.teacher_sweep,
     )  # fmt: skip
     assert done.mechanism is not None  # the sweeps were passed
     if befores is not None:
         befores[pairs] = done.cka_before
-    return {
-        "task": task.name,
-        "condition": condition,
-        "seed": seed,
-        "accuracy": done.accuracy,
-        "test_correct": done.test_correct,
-        "circuit_accuracy": done.circuit_accuracy,
-        "format_accuracy": _format_accuracy(
-            student,
-            {"default": task} if formats is None else formats,
-            d.test_n,
-            (task, done.accuracy),
-        ),
-        "mean_cka_before": float(done.cka_before.value.mean()),
-        "mean_cka_after": float(done.cka_after.value.mean()),
-        "cka_before": done.cka_before.to_dict(),
-        "cka_after": done.cka_after.to_dict(),
-        "heads_trained": done.fraction.heads,
-        "head_fraction": done.fraction.head_fraction,
-        "param_fraction": done.fraction.param_fraction,
-        "pairs": [[str(s), str(t)] for s, t in head_map.pairs],
-        "steps": done.steps,
-        "final_loss": done.history[-1]["loss"] if done.history else float("nan"),
-        "curve": curve_points(done.history),
-        "seconds": round(time.time() - t0, 1),
-        "resumed": done.resumed,
-        "mechanism": done.mechanism.to_dict(),
-    }
+    formats = {"default": task} if formats is None else formats
+    measured = format_accuracy(student, formats, d.test_n, (task, done.accuracy))
+    return Cell.from_condition(task.name, done, measured, round(time.time() - t0, 1))
 
 
 def _weights(model: Any) -> dict[str, Any]:
@@ -300,16 +210,8 @@ def _restore(model: Any, weights: dict[str, Any]) -> None:
 
 
 def _json_dump(obj: Any) -> str:
-    def fix(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: fix(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [fix(v) for v in x]
-        return x
-
-    return json.dumps(fix(obj), indent=1)
+    """``obj`` as strict JSON (a non-finite float as null), indented."""
+    return json.dumps(json_ready(obj), indent=1)
 
 
 def _saved_config(f: Path) -> dict[str, Any]:
@@ -430,7 +332,7 @@ def _preflight(
         setup_file = directory / t / "setup.json"
         cells = [(c, s) for tt, c, s in todo if tt == t]
         if setup_file.is_file():
-            _check_models(read_json(setup_file, f"the {t} setup"), cfg, directory)
+            _check_models(_read_setup(setup_file, t), cfg, directory)
         if not cells and setup_file.is_file():
             continue
         teacher = load_model(cfg.models[t]["teacher"], device=device)
@@ -574,7 +476,7 @@ def _run_task(
     setup_file = directory / t / "setup.json"
     cells = [(c, s) for tt, c, s in todo if tt == t]
     if setup_file.is_file():
-        setup = read_json(setup_file, f"the {t} setup")
+        setup = _read_setup(setup_file, t)
         _check_models(setup, cfg, directory)
         if not cells:
             return
@@ -596,7 +498,9 @@ def _run_task(
                 circuit_dir=directory / t / "circuit",
                 sweeps_dir=directory / t,
             )
-        atomic_write_text(setup_file, _json_dump(setup))
+        atomic_write_text(setup_file, _json_dump(setup.to_dict()))
+        # the cells read the setup as a resumed run does: from its file
+        setup = _read_setup(setup_file, t)
     # one student in memory, put back to its untrained weights before each cell (what a
     # fresh load gives, bit for bit, without loading it again); one teacher cache per task
     untrained = _weights(student)
@@ -621,7 +525,7 @@ def _run_task(
                 cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache,
                 befores,
             )  # fmt: skip
-        atomic_write_text(cell_dir / "cell.json", _json_dump(cell))
+        atomic_write_text(cell_dir / "cell.json", _json_dump(cell.to_dict()))
         shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
         bar.update(1)
     shutil.rmtree(directory / t / "teacher-cache", ignore_errors=True)  # the task is done

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.conditions import get_condition
+from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.experiments.runner import _json_dump, run_experiment
@@ -136,25 +137,25 @@ class SweepResult:
         rows = []
         for value, result in self.points.items():
             for cell_group in _groups(result.cells):
-                accs = [c["accuracy"] for c in cell_group]
+                accs = [c.accuracy for c in cell_group]
                 n = len(accs)
                 mean = sum(accs) / n
                 half = float("nan")
                 if n > 1:
                     sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1))
                     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-                ckas = [c["mean_cka_after"] for c in cell_group if c.get("mean_cka_after")]
+                ckas = [c.mean_cka_after for c in cell_group if c.mean_cka_after]
                 rows.append(
                     {
-                        "task": cell_group[0]["task"],
-                        "condition": cell_group[0]["condition"],
+                        "task": cell_group[0].task,
+                        "condition": cell_group[0].condition,
                         self.knob: value,
                         "seeds": n,
                         "accuracy": mean,
                         "ci_low": mean - half,
                         "ci_high": mean + half,
                         "cka_after": sum(ckas) / len(ckas) if ckas else float("nan"),
-                        "head_fraction": cell_group[0].get("head_fraction"),
+                        "head_fraction": cell_group[0].head_fraction,
                     }
                 )
         return pd.DataFrame(rows)
@@ -170,11 +171,11 @@ class SweepResult:
         return "\n".join(parts)
 
 
-def _groups(cells: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def _groups(cells: list[Cell]) -> list[list[Cell]]:
     """The cells grouped by (task, condition), in first-seen order."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
-        groups.setdefault((c["task"], c["condition"]), []).append(c)
+        groups.setdefault((c.task, c.condition), []).append(c)
     return list(groups.values())
 
 

@@ -1,0 +1,225 @@
+"""One finished cell of an experiment (task x condition x seed): what ``cell.json`` holds.
+
+The runner makes a :class:`Cell` from the :class:`~circuitlens.distill.ConditionResult` that
+:func:`~circuitlens.distill.train_condition` returns (:meth:`Cell.from_condition`), writes
+:meth:`Cell.to_dict` (the keys ``cell.json`` has always had) and the tables read cells back
+with :meth:`Cell.from_dict` (also from the committed run exports in ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from circuitlens.cka import CKAWithNull
+from circuitlens.distill import ConditionResult
+from circuitlens.io import json_ready
+from circuitlens.mechanism import MechanismCheck
+from circuitlens.types import Head
+
+
+class CellError(ValueError):
+    """A cell (``cell.json``) that cannot be read: the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained condition of one task and seed, as measured.
+
+    Attributes:
+        task, condition, seed: which cell.
+        accuracy: test accuracy after training (the mean of ``test_correct``).
+        test_correct: 1/0 per test prompt after training.
+        circuit_accuracy: accuracy after training with every student head outside the
+            map's mean-ablated.
+        format_accuracy: prompt format -> test accuracy after training.
+        mean_cka_before, mean_cka_after: the mapped pairs' mean held-out CKA (None where it
+            was not finite: strict JSON holds no NaN).
+        cka_before, cka_after: per pair, the held-out CKA with its permutation null.
+        heads_trained, head_fraction, param_fraction: what was trained.
+        pairs: ``(student head, teacher head)`` trained.
+        steps: steps taken.
+        final_loss: the last step's loss (None: no step).
+        curve: one point per evaluation (:func:`curve_points`: ``step``, ``val_accuracy``,
+            ``val_cka``, ``loss``, ``train_cka``).
+        seconds: wall time of the cell.
+        resumed: whether training resumed from a checkpoint.
+        mechanism: each trained head ablated again after training beside its teacher partner
+            (:mod:`circuitlens.mechanism`; None in cells written before it existed).
+    """
+
+    task: str
+    condition: str
+    seed: int
+    accuracy: float
+    test_correct: tuple[int, ...]
+    circuit_accuracy: float
+    format_accuracy: dict[str, float]
+    mean_cka_before: float | None
+    mean_cka_after: float | None
+    cka_before: CKAWithNull
+    cka_after: CKAWithNull
+    heads_trained: int
+    head_fraction: float
+    param_fraction: float
+    pairs: tuple[tuple[Head, Head], ...]
+    steps: int
+    final_loss: float | None
+    curve: tuple[dict[str, float], ...]
+    seconds: float
+    resumed: bool
+    mechanism: MechanismCheck | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Cell({self.task!r}, {self.condition!r}, seed={self.seed}: accuracy "
+            f"{self.accuracy:.3f}, {len(self.pairs)} pair(s), {self.steps} steps)"
+        )
+
+    @classmethod
+    def from_condition(
+        cls,
+        task: str,
+        done: ConditionResult,
+        format_accuracy: dict[str, float],
+        seconds: float,
+    ) -> Cell:
+        """The cell of one trained condition (``done``) of ``task``."""
+        return cls(
+            task=task,
+            condition=done.condition,
+            seed=done.seed,
+            accuracy=done.accuracy,
+            test_correct=tuple(done.test_correct),
+            circuit_accuracy=done.circuit_accuracy,
+            format_accuracy=format_accuracy,
+            mean_cka_before=done.mean_cka_before,
+            mean_cka_after=done.mean_cka_after,
+            cka_before=done.cka_before,
+            cka_after=done.cka_after,
+            heads_trained=done.fraction.heads,
+            head_fraction=done.fraction.head_fraction,
+            param_fraction=done.fraction.param_fraction,
+            pairs=tuple(done.head_map.pairs),
+            steps=done.steps,
+            final_loss=done.final_loss,
+            curve=tuple(curve_points(done.history)),
+            seconds=seconds,
+            resumed=done.resumed,
+            mechanism=done.mechanism,
+        )
+
+    @property
+    def final_val_accuracy(self) -> float | None:
+        """The validation accuracy at the last evaluation (None: never evaluated)."""
+        return self.curve[-1]["val_accuracy"] if self.curve else None
+
+    def steps_to(self, target: float | None) -> int | None:
+        """The first evaluated step whose validation accuracy reaches ``target`` (None: never,
+        or no target)."""
+        if target is None:
+            return None
+        for point in self.curve:
+            if point["val_accuracy"] >= target:
+                return int(point["step"])
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys of ``cell.json``, in its order, as strict JSON holds them (NaN as None);
+        ``mechanism`` only where the cell has one."""
+        d = {
+            "task": self.task,
+            "condition": self.condition,
+            "seed": self.seed,
+            "accuracy": self.accuracy,
+            "test_correct": list(self.test_correct),
+            "circuit_accuracy": self.circuit_accuracy,
+            "format_accuracy": dict(self.format_accuracy),
+            "mean_cka_before": self.mean_cka_before,
+            "mean_cka_after": self.mean_cka_after,
+            "cka_before": self.cka_before.to_dict(),
+            "cka_after": self.cka_after.to_dict(),
+            "heads_trained": self.heads_trained,
+            "head_fraction": self.head_fraction,
+            "param_fraction": self.param_fraction,
+            "pairs": [[str(s), str(t)] for s, t in self.pairs],
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "curve": [dict(point) for point in self.curve],
+            "seconds": self.seconds,
+            "resumed": self.resumed,
+        }
+        if self.mechanism is not None:
+            d["mechanism"] = self.mechanism.to_dict()
+        return json_ready(d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cell:
+        """Read :meth:`to_dict`'s output (a ``cell.json``).
+
+        Raises:
+            CellError: ``d`` is not a cell, or lacks keys (named).
+        """
+        if not isinstance(d, dict):
+            raise CellError(f"a cell is a table of its measures (got {type(d).__name__})")
+        missing = [k for k in CELL_KEYS if k not in d]
+        if missing:
+            raise CellError(
+                f"cell {d.get('task', '?')}/{d.get('condition', '?')}/seed{d.get('seed', '?')} "
+                f"lacks {missing}: written by another version of circuitlens; delete it to "
+                "recompute it"
+            )
+        mechanism = d.get("mechanism")
+        return cls(
+            task=d["task"],
+            condition=d["condition"],
+            seed=d["seed"],
+            accuracy=d["accuracy"],
+            test_correct=tuple(d["test_correct"]),
+            circuit_accuracy=d["circuit_accuracy"],
+            format_accuracy=dict(d["format_accuracy"]),
+            mean_cka_before=d["mean_cka_before"],
+            mean_cka_after=d["mean_cka_after"],
+            cka_before=CKAWithNull.from_dict(d["cka_before"]),
+            cka_after=CKAWithNull.from_dict(d["cka_after"]),
+            heads_trained=d["heads_trained"],
+            head_fraction=d["head_fraction"],
+            param_fraction=d["param_fraction"],
+            pairs=tuple((Head.parse(s), Head.parse(t)) for s, t in d["pairs"]),
+            steps=d["steps"],
+            final_loss=d["final_loss"],
+            curve=tuple(dict(point) for point in d["curve"]),
+            seconds=d["seconds"],
+            resumed=d["resumed"],
+            mechanism=None if mechanism is None else MechanismCheck.from_dict(mechanism),
+        )
+
+
+#: the keys every ``cell.json`` holds (:meth:`Cell.to_dict`; ``mechanism`` besides, since it
+#: was added)
+CELL_KEYS = (
+    "task", "condition", "seed", "accuracy", "test_correct", "circuit_accuracy",
+    "format_accuracy", "mean_cka_before", "mean_cka_after", "cka_before", "cka_after",
+    "heads_trained", "head_fraction", "param_fraction", "pairs", "steps", "final_loss",
+    "curve", "seconds", "resumed",
+)  # fmt: skip
+
+
+def curve_points(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """One row per evaluation: step, validation accuracy and CKA, and the mean training loss
+    (and CKA term's batch CKA) over the steps since the previous evaluation."""
+    out, since = [], []
+    for row in history:
+        since.append(row)
+        if "val_accuracy" not in row:
+            continue
+        point = {k: row[k] for k in ("step", "val_accuracy", "val_cka") if k in row}
+        point["loss"] = sum(r["loss"] for r in since) / len(since)
+        if "mean_cka" in row:
+            point["train_cka"] = sum(r["mean_cka"] for r in since) / len(since)
+        out.append(point)
+        since = []
+    return out
+
+
+__all__ = ["CELL_KEYS", "Cell", "CellError", "curve_points"]

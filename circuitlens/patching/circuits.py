@@ -1,6 +1,11 @@
 """Finding a task's circuit of heads, and measuring its faithfulness.
 
-Entity tracking (Prakash et al., ICLR 2024), by path patching on clean/corrupted prompts:
+A task with a circuit plan (its ``circuit_plan``: :class:`~circuitlens.types.PlanStep` steps,
+rules in :mod:`circuitlens.tasks.plan`) gets path patching along the plan on clean/corrupted
+prompts: the first step's group is the senders with the largest direct effect on the logits,
+each later step's group the senders (every head below the receivers, in no other group) with
+the largest effect through the receiving group's ``q``, ``k`` or ``v`` at the step's position.
+Entity tracking's plan (Prakash et al., ICLR 2024):
 
 - **A** value fetchers: senders with the largest direct effect on the logits (last token);
 - **B** position transmitters: senders into A's queries at the last token;
@@ -14,9 +19,11 @@ Each group keeps its ``top_k`` senders with the most negative score below ``-min
 the groups alone keep less than ``complete_to`` of the full model's accuracy, **S** (support)
 heads are added by mean-ablation impact until they do (at most ``max_support``). Then
 minimality pruning drops, one at a time (weakest first), every head whose mean ablation changes
-the circuit's accuracy by at most ``prune_tol``. Other tasks (theory of mind, user tasks) get a
-single group from activation patching of ``z``: heads whose patching recovers at least
-``threshold`` of the clean-corrupted metric gap.
+the circuit's accuracy by at most ``prune_tol``. A JSONL task with a plan file (the IOI example,
+``data/tasks/ioi.jsonl``: name movers, S-inhibition, induction, previous-token heads after Wang
+et al. 2022) is searched the same way. Tasks without a plan (theory of mind, JSONL tasks without
+one) get a single group from activation patching of ``z``: heads whose patching recovers at
+least ``threshold`` of the clean-corrupted metric gap.
 
 Faithfulness: task accuracy with every head *outside* the circuit mean-ablated (task ablation
 prompts as the reference), against the full model.
@@ -48,9 +55,10 @@ from circuitlens.patching.activation import activation_patch
 from circuitlens.patching.attribution import screened_activation_patch
 from circuitlens.patching.path import PathPatchingResult, path_patch
 from circuitlens.screening import auto_method
-from circuitlens.tasks import Task, make_metric
+from circuitlens.tasks import PromptBatch, Task, make_metric
 from circuitlens.tasks.metrics import accuracy, logits_at
-from circuitlens.types import Circuit, Head, parse_heads
+from circuitlens.tasks.plan import SUPPORT_GROUP, check_plan
+from circuitlens.types import Circuit, Head, PlanStep, parse_heads
 from circuitlens.validate import check_fields
 
 log = logging.getLogger(__name__)
@@ -241,7 +249,7 @@ def _complete(
 ) -> list[Head]:
     """Support heads: add heads by mean-ablation impact until the circuit alone keeps
     ``complete_to`` of the full model's accuracy (or ``max_support`` heads are added)."""
-    from circuitlens.ablation import AblationResult, ablation_sweep
+    from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
 
     batch = task.batch(model, "test", cfg.n)
     with torch.no_grad():
@@ -249,7 +257,7 @@ def _complete(
     heads = [h for hs in groups.values() for h in hs]
     sweep = stages.run(
         "support:sweep",
-        lambda: ablation_sweep(model, task, n=cfg.n, progress=False),
+        lambda: ablation_sweep(model, task, AblationConfig(n=cfg.n), progress=False),
         lambda r: r.to_dict(),
         AblationResult.from_dict,
     )
@@ -267,6 +275,136 @@ def _complete(
     return support
 
 
+@dataclass(frozen=True)
+class _Groups:
+    """What one search algorithm found: groups of heads, the position of each, its scores."""
+
+    groups: dict[str, list[Head]]
+    positions: dict[str, str]
+    scores: dict[str, Any]
+    method: str
+
+
+def _plan_step(
+    model: Any,
+    batch: PromptBatch,
+    step: PlanStep,
+    groups: dict[str, list[Head]],
+    stages: _Stages,
+    progress: bool,
+) -> PathPatchingResult | None:
+    """Path patching of every head below the step's receivers into their ``via`` input (None
+    when the receiving group is empty or starts at layer 0)."""
+    receivers = groups[step.into] if step.into is not None else []
+    if not receivers:
+        return None
+    start = min(h.layer for h in receivers)
+    senders = [h for h in _all_heads(model) if h.layer < start]
+    if not senders:
+        return None
+    return stages.run(
+        f"{step.group}:{step.via}:{step.position}",
+        lambda: path_patch(
+            model,
+            batch,
+            senders,
+            receivers,
+            via=step.via,
+            position=step.position,
+            progress=progress,
+        ),
+        _path_to_dict,
+        _path_from_dict,
+    )
+
+
+def _path_patching(
+    model: Any,
+    task: Task,
+    batch: PromptBatch,
+    plan: tuple[PlanStep, ...],
+    cfg: CircuitConfig,
+    stages: _Stages,
+    progress: bool,
+) -> _Groups:
+    """The plan's groups by path patching: the first step's senders into the logits, each
+    later step's senders (heads below its receivers, in no other group) into the receivers'
+    ``via`` input at the step's position; each group keeps its ``top_k`` strongest."""
+    first, *later = plan
+    a = stages.run(
+        f"{first.group}:logits:{first.position}",
+        lambda: path_patch(
+            model,
+            batch,
+            _all_heads(model),
+            via="logits",
+            position=first.position,
+            progress=progress,
+        ),
+        _path_to_dict,
+        _path_from_dict,
+    )
+    groups = {first.group: _keep(a, cfg.top_k, cfg.min_effect)}
+    scores: dict[str, Any] = {first.group: a.scores.tolist()}
+    for step in later:
+        res = _plan_step(model, batch, step, groups, stages, progress)
+        if res is None:
+            groups[step.group] = []
+            continue
+        taken = {h for g, hs in groups.items() if g != step.group for h in hs}
+        found = [h for h in _keep(res, cfg.top_k + len(taken), cfg.min_effect) if h not in taken]
+        groups[step.group] = list(dict.fromkeys(groups.get(step.group, []) + found[: cfg.top_k]))
+        scores[f"{step.group}:{step.via}"] = dict(
+            zip(map(str, res.senders), res.scores.tolist(), strict=True)
+        )
+    positions = {step.group: step.position for step in plan}
+    method = f"path patching ({task.name}'s plan: groups {' '.join(positions)}; plus support)"
+    return _Groups(groups, positions, scores, method)
+
+
+def _activation_patching(
+    model: Any, batch: PromptBatch, cfg: CircuitConfig, stages: _Stages, progress: bool
+) -> _Groups:
+    """One group, ``heads``: every head whose ``z`` patched from the clean run into the
+    corrupted one recovers more than ``threshold`` of the logit-difference gap (at ``last``)."""
+    metric = make_metric("logit_diff", batch)
+    screened = cfg.method == "screened" or (
+        cfg.method == "auto" and auto_method(model_facts(model).n_total_heads) == "screened"
+    )
+
+    def patch() -> tuple[torch.Tensor, torch.Tensor | None]:
+        if screened:
+            res = screened_activation_patch(
+                model,
+                batch.tokens,
+                batch.corrupted_tokens,
+                metric,
+                min_recovered=cfg.threshold,
+                positions=batch.positions["last"],
+                progress=progress,
+            )
+        else:
+            res = activation_patch(
+                model,
+                batch.tokens,
+                batch.corrupted_tokens,
+                metric,
+                progress=progress,
+                positions=batch.positions["last"],
+            )
+        gap = res.clean_score - res.corrupted_score
+        return (res.scores - res.corrupted_score) / (gap if gap != 0 else 1.0), res.exact
+
+    name = f"heads:z:{'screened' if screened else 'exact'}"
+    recovered, exact = stages.run(name, patch, _recovered_to_dict, _recovered_from_dict)
+    chosen = recovered > cfg.threshold
+    if exact is not None:
+        chosen &= exact  # measured heads only
+    groups = {"heads": [Head(layer, h) for layer, h in chosen.nonzero().tolist()]}
+    scores = {"recovered": recovered.tolist()}
+    return _Groups(groups, {"heads": "last"}, scores, "activation patching of z")
+
+
 def find_circuit(
     model: Any,
     task: Task,
@@ -276,107 +414,48 @@ def find_circuit(
 ) -> Circuit:
     """The task's circuit in ``model`` (see the module docstring), with its faithfulness.
 
-    ``checkpoint_dir``: keep every finished stage there, and resume after them when the same
-    search (weights, prompts, config) is started again.
+    A task with a ``circuit_plan`` (entity tracking; a JSONL task with a plan file) gets path
+    patching along the plan, any other task activation patching; then support heads (group
+    ``S``) and minimality pruning. ``checkpoint_dir``: keep every finished stage there, and
+    resume after them when the same search (weights, prompts, config) is started again.
+
+    Returns:
+        :class:`Circuit`: group name -> heads (after pruning), the position of each group, and
+        ``meta``: the method, config, scores, the groups before pruning, and the faithfulness.
 
     Raises:
         CircuitStageError: ``checkpoint_dir`` holds another search's stages.
+        ValueError: the task's prompts lack ``corrupted`` or ``ablation`` counterparts.
+        PlanError: the task's plan breaks a rule of :mod:`circuitlens.tasks.plan`.
     """
     cfg = config or CircuitConfig()
     batch = task.batch(model, "test", cfg.n)
+    lacking = [k for k in ("corrupted", "ablation") if getattr(batch, f"{k}_tokens") is None]
+    if lacking:
+        raise ValueError(
+            f"find_circuit patches from corrupted prompts and mean-ablates over ablation "
+            f"prompts, and task {task.name!r} has no {' and no '.join(lacking)} prompts: give "
+            f"every prompt {' and '.join(repr(k) for k in lacking)} (a JSONL line's keys)"
+        )
     stages = _Stages(checkpoint_dir, model, batch, cfg)
     plan = getattr(task, "circuit_plan", None)
     if plan:
-        everyone = _all_heads(model)
-        scores: dict[str, list] = {}
-        first, *later = plan
-        a = stages.run(
-            f"{first[0]}:logits:{first[3]}",
-            lambda: path_patch(
-                model, batch, everyone, via="logits", position=first[3], progress=progress
-            ),
-            _path_to_dict,
-            _path_from_dict,
-        )
-        groups = {first[0]: _keep(a, cfg.top_k, cfg.min_effect)}
-        scores[first[0]] = a.scores.tolist()
-        for group, into, via, position in later:
-            receivers = groups[into]
-            if not receivers:
-                groups[group] = []
-                continue
-            start = min(h.layer for h in receivers)
-            senders = [h for h in everyone if h.layer < start]
-            if not senders:
-                groups[group] = []
-                continue
-            res = stages.run(
-                f"{group}:{via}:{position}",
-                lambda s=senders, r=receivers, v=via, at=position: path_patch(
-                    model, batch, s, r, via=v, position=at, progress=progress
-                ),
-                _path_to_dict,
-                _path_from_dict,
-            )
-            taken = {h for g, hs in groups.items() if g != group for h in hs}
-            found = [
-                h for h in _keep(res, cfg.top_k + len(taken), cfg.min_effect) if h not in taken
-            ][: cfg.top_k]
-            groups[group] = list(dict.fromkeys(groups.get(group, []) + found))
-            scores[f"{group}:{via}"] = dict(
-                zip(map(str, res.senders), res.scores.tolist(), strict=True)
-            )
-        positions = {group: position for group, _, _, position in plan}
-        method = f"path patching ({task.name}'s plan: groups {' '.join(positions)}; plus support)"
+        steps = check_plan(plan, list(batch.positions), f"{task.name}'s circuit plan")
+        found = _path_patching(model, task, batch, steps, cfg, stages, progress)
     else:
-        metric = make_metric("logit_diff", batch)
-        screened = cfg.method == "screened" or (
-            cfg.method == "auto" and auto_method(model_facts(model).n_total_heads) == "screened"
-        )
-
-        def patch() -> tuple[torch.Tensor, torch.Tensor | None]:
-            if screened:
-                res = screened_activation_patch(
-                    model,
-                    batch.tokens,
-                    batch.corrupted_tokens,
-                    metric,
-                    min_recovered=cfg.threshold,
-                    positions=batch.positions["last"],
-                    progress=progress,
-                )
-            else:
-                res = activation_patch(
-                    model,
-                    batch.tokens,
-                    batch.corrupted_tokens,
-                    metric,
-                    progress=progress,
-                    positions=batch.positions["last"],
-                )
-            gap = res.clean_score - res.corrupted_score
-            return (res.scores - res.corrupted_score) / (gap if gap != 0 else 1.0), res.exact
-
-        name = f"heads:z:{'screened' if screened else 'exact'}"
-        recovered, exact = stages.run(name, patch, _recovered_to_dict, _recovered_from_dict)
-        chosen = recovered > cfg.threshold
-        if exact is not None:
-            chosen &= exact  # measured heads only
-        groups = {"heads": [Head(layer, h) for layer, h in chosen.nonzero().tolist()]}
-        positions = {"heads": "last"}
-        scores = {"recovered": recovered.tolist()}
-        method = "activation patching of z"
+        found = _activation_patching(model, batch, cfg, stages, progress)
+    groups, positions = dict(found.groups), dict(found.positions)
     if cfg.complete_to > 0 and any(groups.values()):
-        groups["S"] = _complete(model, task, groups, cfg, stages)
-        positions["S"] = "last"
+        groups[SUPPORT_GROUP] = _complete(model, task, groups, cfg, stages)
+        positions[SUPPORT_GROUP] = "last"
     pruned = _prune(model, task, groups, cfg) if any(groups.values()) else groups
     circuit = Circuit(
         groups=pruned,
         positions=positions,
         meta={
-            "method": method,
+            "method": found.method,
             "config": asdict(cfg),
-            "scores": scores,
+            "scores": found.scores,
             "before_pruning": {g: [str(h) for h in hs] for g, hs in groups.items()},
         },
     )

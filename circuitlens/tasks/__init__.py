@@ -22,6 +22,7 @@ from circuitlens.tasks.formats import (
 )
 from circuitlens.tasks.jsonl import JsonlTask, JsonlTaskConfig, jsonl_task
 from circuitlens.tasks.metrics import METRICS, evaluate, make_metric, prompt_scores
+from circuitlens.tasks.plan import PlanError, check_plan, read_plan
 from circuitlens.tasks.theory_of_mind import TheoryOfMind, TheoryOfMindConfig, theory_of_mind
 from circuitlens.tasks.tokenizers import (
     LabelTranslator,
@@ -77,6 +78,7 @@ __all__ = [
     "EntityTrackingConfig",
     "JsonlTask",
     "JsonlTaskConfig",
+    "PlanError",
     "Prompt",
     "PromptBatch",
     "Task",
@@ -88,6 +90,7 @@ __all__ = [
     "TheoryOfMindConfig",
     "card_options",
     "check_task_format",
+    "check_plan",
     "check_tokenizers",
     "LabelTranslator",
     "require_compatible_tokenizers",
@@ -96,6 +99,7 @@ __all__ = [
     "get_task",
     "get_tokenizer",
     "make_metric",
+    "read_plan",
     "require_same_tokenizers",
     "tokenize_prompts",
 ]

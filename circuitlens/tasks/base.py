@@ -6,7 +6,9 @@ tokenizes it for one model, so a teacher and a student with different tokenizers
 
 Every prompt names its token positions as character spans of its text (``query_label``...);
 tokenization turns each span into the index of the token that covers the span's first
-character. ``last`` (the final prompt token, where the answer is read) is always defined.
+character (with the tokenizer's offset mapping), so a span starts on a character of the word,
+not on the space before it. ``last`` (the final prompt token, where the answer is read) is
+always defined.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, Protocol
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+from circuitlens.types import PlanStep
 
 
 class TaskError(ValueError):
@@ -38,7 +42,8 @@ class Prompt:
         corrupted_answer: The answer to ``corrupted``.
         corrupted_spans: Named positions of ``corrupted``.
         ablation: A reference prompt for mean ablation (same shape, uninformative query).
-        meta: Free-form facts about how the prompt was generated.
+        meta: Free-form facts about how the prompt was generated; ``meta["source"]`` (a file
+            and line, where a prompt was read from one) is named in tokenization errors.
     """
 
     text: str
@@ -167,12 +172,22 @@ def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]
     return ids, offsets
 
 
-def _span_to_token(offsets: list[tuple[int, int]], span: tuple[int, int], text: str) -> int:
+def _span_to_token(
+    offsets: list[tuple[int, int]],
+    span: tuple[int, int],
+    text: str,
+    name: str = "",
+    source: str | None = None,
+) -> int:
     start = span[0]
     for i, (a, b) in enumerate(offsets):
         if a <= start < b:
             return i
-    raise TaskError(f"no token covers character {start} ({text[span[0] : span[1]]!r}) of {text!r}")
+    raise TaskError(
+        f"{source + ': ' if source else ''}no token covers character {start} of position "
+        f"{name!r} ({text[span[0] : span[1]]!r} in {text!r}): start the span on a character of "
+        "the word, not on the space before it"
+    )
 
 
 def _refuse_unknown_words(
@@ -199,18 +214,24 @@ def _refuse_unknown_words(
 
 
 def _tokenize(
-    tokenizer: Any, texts: list[str], spans: list[dict[str, tuple[int, int]]], pad_id: int
+    tokenizer: Any,
+    texts: list[str],
+    spans: list[dict[str, tuple[int, int]]],
+    pad_id: int,
+    sources: list[str | None] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     encoded = [_encode(tokenizer, t) for t in texts]
     _refuse_unknown_words(tokenizer, encoded, texts)
     width = max(len(ids) for ids, _ in encoded)
     tokens = torch.full((len(texts), width), pad_id, dtype=torch.long)
     positions: dict[str, list[int]] = {"last": []}
-    for row, ((ids, offsets), text, sp) in enumerate(zip(encoded, texts, spans, strict=True)):
+    sources = sources or [None] * len(texts)
+    rows = zip(encoded, texts, spans, sources, strict=True)
+    for row, ((ids, offsets), text, sp, source) in enumerate(rows):
         tokens[row, : len(ids)] = torch.tensor(ids)
         positions["last"].append(len(ids) - 1)
         for name, span in sp.items():
-            positions.setdefault(name, []).append(_span_to_token(offsets, span, text))
+            positions.setdefault(name, []).append(_span_to_token(offsets, span, text, name, source))
     bad = [n for n, v in positions.items() if len(v) != len(texts)]
     if bad:
         raise TaskError(f"positions {bad} are defined for some prompts of the batch but not all")
@@ -231,7 +252,10 @@ def tokenize_prompts(model_or_tokenizer: Any, prompts: Sequence[Prompt]) -> Prom
     words = [p.answer for p in prompts] + [w for p in prompts for w in p.wrong_answers]
     words += [p.corrupted_answer for p in prompts if p.corrupted_answer is not None]
     ids = require_single_tokens(tok, words)
-    tokens, positions = _tokenize(tok, [p.text for p in prompts], [p.spans for p in prompts], pad)
+    sources = [p.meta.get("source") for p in prompts]
+    tokens, positions = _tokenize(
+        tok, [p.text for p in prompts], [p.spans for p in prompts], pad, sources
+    )
     n_wrong = max((len(p.wrong_answers) for p in prompts), default=0)
     wrong = torch.full((len(prompts), n_wrong), -1, dtype=torch.long)
     for row, p in enumerate(prompts):
@@ -245,7 +269,11 @@ def tokenize_prompts(model_or_tokenizer: Any, prompts: Sequence[Prompt]) -> Prom
     )
     if all(p.corrupted is not None for p in prompts):
         batch.corrupted_tokens, batch.corrupted_positions = _tokenize(
-            tok, [p.corrupted for p in prompts], [p.corrupted_spans for p in prompts], pad
+            tok,
+            [p.corrupted for p in prompts],
+            [p.corrupted_spans for p in prompts],
+            pad,
+            [None if s is None else f"{s} (corrupted)" for s in sources],
         )
         batch.corrupted_answer_ids = torch.tensor([ids[p.corrupted_answer] for p in prompts])
     if all(p.ablation is not None for p in prompts):
@@ -268,11 +296,13 @@ class Task:
     name: str = "task"
     position_names: tuple[str, ...] = ("last",)
     #: how :func:`~circuitlens.patching.find_circuit` traces the task's circuit by path
-    #: patching, as ``(group, into, via, position)`` steps: the first step's group sends into
-    #: the logits (``into`` None, ``via`` "logits"), each later group into an earlier group's
-    #: ``via`` input ("q", "k" or "v") at a named ``position``, where its heads act. ``None``:
-    #: activation patching of every head at the last position instead.
-    circuit_plan: tuple[tuple[str, str | None, str, str], ...] | None = None
+    #: patching, as :class:`~circuitlens.types.PlanStep` ``(group, into, via, position)`` steps
+    #: (or tuples of those fields): the first step's group sends into the logits (``into``
+    #: None, ``via`` "logits"), each later group into an earlier group's ``via`` input ("q",
+    #: "k" or "v") at a named ``position``, where its heads act (rules:
+    #: :mod:`circuitlens.tasks.plan`). ``None``: activation patching of every head at the
+    #: last position instead.
+    circuit_plan: tuple[PlanStep | tuple[str, str | None, str, str], ...] | None = None
     #: the prompt formats the task offers: format name -> config options that select it
     formats: dict[str, dict[str, Any]] = {"default": {}}
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from circuitlens.tasks.base import Prompt, Task, TaskError, get_tokenizer, single_token_id
+from circuitlens.types import PlanStep
 
 OBJECTS: tuple[str, ...] = tuple(
     """book car paper letter game computer picture plant cup machine bill glass note stone fish
@@ -108,12 +109,12 @@ class EntityTracking(Task):
     # label); D, structure readers (into C's values at the previous label); ours, E: what A
     # reads where it attends (its keys and values at the queried label)
     circuit_plan = (
-        ("A", None, "logits", "last"),
-        ("B", "A", "q", "last"),
-        ("C", "B", "v", "query_label"),
-        ("D", "C", "v", "prev_query_label"),
-        ("E", "A", "k", "prev_query_label"),
-        ("E", "A", "v", "prev_query_label"),
+        PlanStep("A", None, "logits", "last"),
+        PlanStep("B", "A", "q", "last"),
+        PlanStep("C", "B", "v", "query_label"),
+        PlanStep("D", "C", "v", "prev_query_label"),
+        PlanStep("E", "A", "k", "prev_query_label"),
+        PlanStep("E", "A", "v", "prev_query_label"),
     )
 
     def __init__(self, config: EntityTrackingConfig) -> None:

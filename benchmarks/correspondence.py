@@ -67,15 +67,15 @@ def run_model(
 
     model = cl.load_model(spec)
     task = cl.get_task(task_name, model=model)
-    common = {
-        "n": args.n,
-        "n_boot": args.n_boot,
-        "progress": False,
-        "method": "exact",
-        "heads_per_pass": args.heads_per_pass,
-    }
+    sweep = cl.AblationConfig(
+        metric="prob",
+        n=args.n,
+        n_boot=args.n_boot,
+        method="exact",
+        heads_per_pass=args.heads_per_pass,
+    )
     t0 = time.perf_counter()
-    s_sweep = cl.ablation_sweep(model, task, "prob", model_name="student", **common)
+    s_sweep = cl.ablation_sweep(model, task, sweep, progress=False).named("student")
     s_z = head_z(model, task, "test", args.n)
     print(f"{label}: student side {time.perf_counter() - t0:.0f} s", flush=True)
     for noise in args.noise:
@@ -83,8 +83,8 @@ def run_model(
             t1 = time.perf_counter()
             copy, perm = permuted_copy(model, seed=seed, noise=noise)
             t_sweep = cl.ablation_sweep(
-                copy, task, "prob", baseline_from=model, model_name="teacher", **common
-            )
+                copy, task, sweep, baseline_from=model, progress=False
+            ).named("teacher")
             print(f"{label} noise {noise} seed {seed}: swept", flush=True)
             features = CorrespondenceFeatures(
                 s_sweep, t_sweep, s_z, head_z(copy, task, "test", args.n)

@@ -106,17 +106,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.device, lambda: cl.evaluate(model, task, "test", args.n, args.metric)
     )
     facts["p"] = p
-    kw = {"metric": args.metric, "n": args.n, "progress": False}
+    sweep = cl.AblationConfig(metric=args.metric, n=args.n, heads_per_pass=args.heads_per_pass)
     exact, facts["exact_sweep_s"] = timed(
         args.device,
         lambda: cl.ablation_sweep(
-            model, task, method="exact", heads_per_pass=args.heads_per_pass, **kw
+            model, task, sweep.with_overrides(method="exact"), progress=False
         ),
     )
     screened, facts["screened_sweep_s"] = timed(
         args.device,
         lambda: cl.ablation_sweep(
-            model, task, method="screened", top=args.top, heads_per_pass=args.heads_per_pass, **kw
+            model, task, sweep.with_overrides(method="screened", top=args.top), progress=False
         ),
     )
     m = screened.exact
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     one, facts["exact_sweep_1_head_per_pass_s"] = timed(
         args.device,
-        lambda: cl.ablation_sweep(model, task, method="exact", heads_per_pass=1, **kw),
+        lambda: cl.ablation_sweep(
+            model, task, sweep.with_overrides(method="exact", heads_per_pass=1), progress=False
+        ),
     )
     facts["batched_vs_1_head_max_abs_diff"] = float((one.p_ablated - exact.p_ablated).abs().max())
     if args.baselines:

@@ -636,12 +636,14 @@ def run_all(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 lambda: cl.ablation_sweep(
                     model,
                     task,
-                    args.metric,
-                    n=args.n,
-                    method=method,
-                    heads_per_pass=args.heads_per_pass,
+                    cl.AblationConfig(
+                        metric=args.metric,
+                        n=args.n,
+                        method=method,
+                        heads_per_pass=args.heads_per_pass,
+                        **kw,
+                    ),
                     progress=False,
-                    **kw,
                 ),
             )
             run.extra[f"{key}_{method}"] = res

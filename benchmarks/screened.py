@@ -92,7 +92,9 @@ def exact_sweep(args: argparse.Namespace, model: Any, task: Any) -> dict[str, An
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
-    res = cl.ablation_sweep(model, task, metric=args.metric, n=args.n, **exact_kwargs())
+    res = cl.ablation_sweep(
+        model, task, cl.AblationConfig(metric=args.metric, n=args.n, **exact_kwargs())
+    )
     out = {"seconds": round(time.perf_counter() - t0, 2), "sweep": res.to_dict(), **machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
@@ -104,7 +106,7 @@ def exact_kwargs() -> dict[str, Any]:
 
     import circuitlens as cl
 
-    params = inspect.signature(cl.ablation_sweep).parameters
+    params = inspect.signature(cl.AblationConfig).parameters
     return {"method": "exact"} if "method" in params else {}
 
 
@@ -155,13 +157,15 @@ def screened_rows(args: argparse.Namespace, model: Any, task: Any, exact: dict) 
             res = cl.ablation_sweep(
                 model,
                 task,
-                metric=args.metric,
-                n=args.n,
-                method="screened",
-                top=top,
-                screen=screen,
-                safety=args.safety,
-                rank=rank,
+                cl.AblationConfig(
+                    metric=args.metric,
+                    n=args.n,
+                    method="screened",
+                    top=top,
+                    screen=screen,
+                    safety=args.safety,
+                    rank=rank,
+                ),
                 progress=False,
             )
             seconds = time.perf_counter() - t0

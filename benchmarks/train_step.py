@@ -22,7 +22,7 @@ OUT = results_dir() / "train_step.json"
 
 def main() -> None:
     from circuitlens import get_task, load_model
-    from circuitlens.ablation import ablation_sweep
+    from circuitlens.ablation import AblationConfig, ablation_sweep
     from circuitlens.mapping import map_heads
     from circuitlens.training import CircuitTrainer, TrainConfig
 
@@ -35,8 +35,8 @@ def main() -> None:
     task = get_task("entity_tracking", seed=0, n_test=100)
     student = load_model("zoo:entity-tracking-student")
     head_map = map_heads(
-        ablation_sweep(student, task, n=100, progress=False),
-        ablation_sweep(teacher, task, n=100, baseline_from=student, progress=False),
+        ablation_sweep(student, task, AblationConfig(n=100), progress=False),
+        ablation_sweep(teacher, task, AblationConfig(n=100), baseline_from=student, progress=False),
         budget=0.13,
     )
     start = {n: p.detach().clone() for n, p in student.named_parameters()}

@@ -7,7 +7,7 @@ Wallace 2025, "Circuit Distillation").
 
 # the model sources: importing each registers its "<prefix>:" with load_model
 from circuitlens import real, zoo  # noqa: F401
-from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.conditions import Condition, get_condition, register_condition
 from circuitlens.correspondence import correspond
@@ -51,10 +51,11 @@ from circuitlens.tasks import (
 )
 from circuitlens.teacher_cache import TeacherCache
 from circuitlens.training import CircuitTrainer, TrainConfig
-from circuitlens.types import Circuit, Head, HeadMap
+from circuitlens.types import Circuit, Head, HeadMap, PlanStep
 from circuitlens.version import __version__ as __version__
 
 __all__ = [
+    "AblationConfig",
     "AblationResult",
     "Circuit",
     "CircuitConfig",
@@ -70,6 +71,7 @@ __all__ = [
     "HeadMap",
     "ModelFacts",
     "ModelLoadError",
+    "PlanStep",
     "Prompt",
     "PromptBatch",
     "Task",

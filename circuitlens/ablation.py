@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -34,6 +34,7 @@ from circuitlens.interventions import Mean, Replacement, sweep
 from circuitlens.mean_ablation import _check_means, compute_means
 from circuitlens.models import model_facts
 from circuitlens.screening import (
+    SCREEN_TOP,
     SCREENS,
     default_margin,
     screen_heads,
@@ -49,6 +50,11 @@ from circuitlens.validate import check_fields
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "exact", "screened")
+Metric = Literal["accuracy", "prob", "logit_diff"]
+Split = Literal["train", "val", "test"]
+SweepMethod = Literal["auto", "exact", "screened"]
+Screen = Literal["atp*", "atp"]
+Rank = Literal["signed", "abs"]
 
 
 @dataclass(frozen=True)
@@ -69,27 +75,30 @@ class AblationConfig:
             (:func:`circuitlens.screening.auto_method`: exact, until a screened sweep's map
             agrees with the exact map).
         top: screened: the heads whose top values must be exact, a fraction of all heads or a
-            count (0.15 covers the mapping's default budget of 0.13).
+            count (default :data:`~circuitlens.screening.SCREEN_TOP`).
         threshold: screened: also verify every head whose |impact| may reach this (or None).
         safety: screened: an unverified head may be this many times its estimated |impact|.
         screen: the estimator, ``"atp*"`` or ``"atp"`` (see :mod:`circuitlens.screening`).
         rank: screened: settle the top heads by impact (``"signed"``, what the mapping takes)
             or by |impact| (``"abs"``).
+        verify: screened: heads measured exactly in any case (e.g. a circuit's heads, the
+            map's candidates); an exact sweep measures every head and keeps none.
     """
 
-    metric: str = "accuracy"
-    split: str = "test"
+    metric: Metric = "accuracy"
+    split: Split = "test"
     n: int | None = 200
     heads_per_pass: int | None = None
     baseline: str = "own"
     n_boot: int = 1000
     ci_level: float = 0.95
-    method: str = "auto"
-    top: float | int | None = 0.15
+    method: SweepMethod = "auto"
+    top: float | int | None = SCREEN_TOP
     threshold: float | None = None
     safety: float = 1.5
-    screen: str = "atp*"
-    rank: str = "signed"
+    screen: Screen = "atp*"
+    rank: Rank = "signed"
+    verify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self, {"n": (1, None)})
@@ -111,6 +120,28 @@ class AblationConfig:
             raise ValueError(f"safety must be >= 1 (got {self.safety})")
         if self.method == "screened" and self.top is None and self.threshold is None:
             raise ValueError("a screened sweep needs top= (a count or fraction) or threshold=")
+        # heads as "L3H5" strings: a config that serialises as it reads
+        object.__setattr__(self, "verify", tuple(str(h) for h in parse_heads(list(self.verify))))
+
+    def with_overrides(self, **overrides: Any) -> AblationConfig:
+        """A copy with ``overrides`` replacing fields (an unknown name is an error)."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(
+                f"unknown sweep option(s) {', '.join(unknown)}; valid: "
+                f"{', '.join(f.name for f in fields(self))}"
+            )
+        return replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as saved with a result (``verify`` only where a screened sweep kept
+        heads to measure: the files of exact sweeps read as before)."""
+        d = asdict(self)
+        if not d["verify"]:
+            del d["verify"]
+        else:
+            d["verify"] = list(d["verify"])
+        return d
 
 
 @dataclass
@@ -206,6 +237,10 @@ class AblationResult:
         cols["exact"] = self.exact.flatten().tolist()  # False: p_ablated, delta are estimates
         return pd.DataFrame(cols)
 
+    def named(self, name: str) -> AblationResult:
+        """The same result labelled ``name`` (e.g. ``"teacher"``: plots and tables show it)."""
+        return replace(self, model_name=name)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "p_own": self.p_own,
@@ -213,7 +248,7 @@ class AblationResult:
             "p_ablated": self.p_ablated.tolist(),
             "delta": self.delta.tolist(),
             "model_name": self.model_name,
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "delta_ci": None if self.delta_ci is None else self.delta_ci.tolist(),
             "exact": self.exact.tolist(),
             "estimated": None if self.estimated is None else self.estimated.tolist(),
@@ -344,63 +379,55 @@ def bootstrap_delta(
 def ablation_sweep(
     model: Any,
     task: Task,
-    metric: str = "accuracy",
+    config: AblationConfig | None = None,
+    *,
     baseline_from: Any = None,
-    split: str = "test",
-    n: int | None = 200,
-    heads_per_pass: int | None = None,
     means: Tensor | None = None,
-    model_name: str | None = None,
     progress: bool = True,
-    n_boot: int = 1000,
-    ci_level: float = 0.95,
-    method: str = "auto",
-    top: float | int | None = 0.15,
-    threshold: float | None = None,
-    safety: float = 1.5,
-    screen: str = "atp*",
-    verify: Sequence[Head | str] = (),
-    rank: str = "signed",
 ) -> AblationResult:
     """Mean-ablate every head alone and measure the drop in task performance.
 
     Args:
-        metric: ``"accuracy"``, ``"prob"`` (answer probability) or ``"logit_diff"``.
+        config: the sweep's options (:class:`AblationConfig`: metric, prompts, intervals,
+            method and a screened sweep's options), e.g.
+            ``AblationConfig(metric="prob", n=32)``; default: ``AblationConfig()``.
         baseline_from: another model (the student) whose unablated P is the baseline, or None.
         means: precomputed means; by default from the task's ``ablation`` reference prompts.
-        n_boot, ci_level: each dP's bootstrap interval over prompts (``n_boot=0``: none); a
-            screened sweep has intervals at its measured heads only (NaN elsewhere).
-        method: ``"exact"``, ``"screened"`` or ``"auto"`` (the default:
-            :func:`circuitlens.screening.auto_method`, exact at every size for now: the
-            screened sweep changed the real pair's map).
-        top, threshold, safety, screen, rank: a screened sweep's options
-            (:class:`AblationConfig`).
-        verify: heads a screened sweep measures exactly in any case (e.g. a circuit's heads).
 
     Returns:
         :class:`AblationResult` with ``delta[layer, head] = P_baseline - P_ablated`` and
         ``delta_ci``; after a screened sweep ``exact`` marks the measured heads, the others
-        hold estimates (and no interval).
+        hold estimates (and no interval). ``model_name`` is the model's own name
+        (:meth:`AblationResult.named` relabels it, e.g. ``"teacher"``).
     """
+    if config is not None and not isinstance(config, AblationConfig):
+        raise TypeError(
+            f"config must be an AblationConfig (got {type(config).__name__}); pass options as "
+            'AblationConfig(metric="prob", n=32)'
+        )
+    config = config or AblationConfig()
     f = model_facts(model)
+    method = config.method
     if method == "auto":
         method = screening.auto_method(f.n_total_heads)
-    config = AblationConfig(
-        metric=metric,
-        split=split,
-        n=n,
-        heads_per_pass=heads_per_pass,
+    config = replace(
+        config,
         baseline="own" if baseline_from is None else "other",
-        n_boot=n_boot,
-        ci_level=ci_level,
         method=method,
-        top=top,
-        threshold=threshold,
-        safety=safety,
-        screen=screen,
-        rank=rank,
+        verify=config.verify if method == "screened" else (),  # exact: every head measured
     )
-    batch = task.batch(model, split, n)
+    batch = task.batch(model, config.split, config.n)
+    means = _sweep_means(model, task, batch, means)
+    heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
+    own, scores, exact, estimated, per_prompt = _measure(model, task, batch, heads, means, config,
+                                                         progress)  # fmt: skip
+    base = own
+    if baseline_from is not None:
+        base = prompt_scores(baseline_from, task, config.split, config.n, config.metric)
+    return _result(model, f.n_heads, config, own, base, scores, exact, estimated, per_prompt)
+
+
+def _sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
     if means is None:
         if batch.ablation_tokens is None:
             raise ValueError(
@@ -409,42 +436,73 @@ def ablation_sweep(
             )
         means = compute_means(model, batch.ablation_tokens)
     _check_means(model, means)
-    heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
-    estimated = None
-    if method == "exact":
-        own = prompt_scores(model, task, split, n, metric)
+    return means
+
+
+def _measure(
+    model: Any,
+    task: Task,
+    batch: PromptBatch,
+    heads: list[Head],
+    means: Tensor,
+    config: AblationConfig,
+    progress: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+    """The model's own per-prompt scores, each head's ablated score, which heads were
+    measured, a screen's estimates (or None) and the measured heads' per-prompt scores."""
+    if config.method == "exact":
+        own = prompt_scores(model, task, config.split, config.n, config.metric)
         per_prompt = ablated_scores(
-            model, batch, heads, means, metric, heads_per_pass, progress, reduce=False
-        )
-        scores = per_prompt.mean(1)
-        exact = torch.ones(len(heads), dtype=torch.bool)
-    else:
-        verify = [h.check(f.n_layers, f.n_heads) for h in parse_heads(list(verify))]
-        own, scores, exact, estimated, per_prompt = _screened(
-            model, batch, heads, means, config, verify
-        )
-        estimated = rearrange(estimated, "(layer head) -> layer head", head=f.n_heads)
-    base = own if baseline_from is None else prompt_scores(baseline_from, task, split, n, metric)
+            model, batch, heads, means, config.metric, config.heads_per_pass, progress,
+            reduce=False,
+        )  # fmt: skip
+        return own, per_prompt.mean(1), torch.ones(len(heads), dtype=torch.bool), None, per_prompt
+    f = model_facts(model)
+    verify = [h.check(f.n_layers, f.n_heads) for h in parse_heads(list(config.verify))]
+    own, scores, exact, estimated, per_prompt = _screened(
+        model, batch, heads, means, config, verify
+    )
+    return (
+        own,
+        scores,
+        exact,
+        rearrange(estimated, "(layer head) -> layer head", head=f.n_heads),
+        per_prompt,
+    )
+
+
+def _result(
+    model: Any,
+    n_heads: int,
+    config: AblationConfig,
+    own: Tensor,
+    base: Tensor,
+    scores: Tensor,
+    exact: Tensor,
+    estimated: Tensor | None,
+    per_prompt: Tensor,
+) -> AblationResult:
+    """The sweep's :class:`AblationResult` from its measurements (``[layer * head]`` flat)."""
     p_own, p_base = float(own.double().mean()), float(base.double().mean())
-    p_abl = rearrange(scores, "(layer head) -> layer head", head=f.n_heads)
+    p_abl = rearrange(scores, "(layer head) -> layer head", head=n_heads)
     delta = p_base - p_abl
     ci = None
-    if n_boot:
+    if config.n_boot:
         # measured heads only: an estimate has no per-prompt scores (NaN: no interval)
-        ci = torch.full((2, len(heads)), float("nan"))
-        ci[:, exact] = bootstrap_delta(base, per_prompt, n_boot, ci_level)
-        ci = rearrange(ci, "bound (layer head) -> bound layer head", head=f.n_heads)
+        ci = torch.full((2, len(scores)), float("nan"))
+        ci[:, exact] = bootstrap_delta(base, per_prompt, config.n_boot, config.ci_level)
+        ci = rearrange(ci, "bound (layer head) -> bound layer head", head=n_heads)
     if float(delta.max() - delta.min()) == 0.0:
         log.warning(
             "every head has the same impact (%.3f): the model's %s does not depend on "
             "any single head, so a mapping by impact is uninformative",
             float(delta[0, 0]),
-            metric,
+            config.metric,
         )
-    name = model_name or getattr(getattr(model, "cfg", None), "model_name", None) or "model"
+    name = getattr(getattr(model, "cfg", None), "model_name", None) or "model"
     # each measured head's impact on each prompt against the model's own score there (NaN at
     # a screened sweep's estimates)
-    prompt_delta = torch.full((len(heads), len(own)), float("nan"))
+    prompt_delta = torch.full((len(scores), len(own)), float("nan"))
     prompt_delta[exact] = own.float()[None, :] - per_prompt.float()
     return AblationResult(
         p_own=p_own,
@@ -454,9 +512,9 @@ def ablation_sweep(
         model_name=str(name),
         config=config,
         delta_ci=ci,
-        exact=rearrange(exact, "(layer head) -> layer head", head=f.n_heads),
+        exact=rearrange(exact, "(layer head) -> layer head", head=n_heads),
         estimated=estimated,
-        prompt_delta=rearrange(prompt_delta, "(layer head) n -> layer head n", head=f.n_heads),
+        prompt_delta=rearrange(prompt_delta, "(layer head) n -> layer head n", head=n_heads),
     )
 
 

@@ -67,7 +67,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.cka import cka, cka_with_null
 from circuitlens.hooks import z_name
 from circuitlens.mapping import (
@@ -572,13 +572,13 @@ def gather_features(
     bad = [x for x in needs if x not in NEEDS]
     if bad:
         raise ValueError(f"unknown needs {bad}; valid: {', '.join(NEEDS)}")
-    common = {"metric": metric, "n": n, "split": split, "n_boot": n_boot, "progress": progress}
-    s_sweep = ablation_sweep(student, task, model_name="student", method="exact", **common)
+    sweep = AblationConfig(metric=metric, n=n, split=split, n_boot=n_boot, method="exact")
+    s_sweep = ablation_sweep(student, task, sweep, progress=progress).named("student")
     t_sweep = None
     if "teacher_sweep" in needs or "prompt_delta" in needs:
         base = student if teacher_baseline == "student" else None
-        t_sweep = ablation_sweep(
-            teacher, task, baseline_from=base, model_name="teacher", method="exact", **common
+        t_sweep = ablation_sweep(teacher, task, sweep, baseline_from=base, progress=progress).named(
+            "teacher"
         )
     zs = zt = None
     if "z" in needs:

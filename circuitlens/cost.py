@@ -85,16 +85,17 @@ def sweep_passes(
     ablates every head. A screened sweep
     costs one forward and one backward pass for the estimates (three passes), then at least
     the ``top`` heads it must settle and their margin exactly (``top``: the heads asked for,
-    by default 0.15 of them); it measures more when the estimates leave the top unsettled.
+    by default :data:`~circuitlens.screening.SCREEN_TOP` of them); it measures more when the
+    estimates leave the top unsettled.
     """
-    from circuitlens.screening import auto_method, default_margin, top_count
+    from circuitlens.screening import SCREEN_TOP, auto_method, default_margin, top_count
 
     # each head's pass starts at its layer: on average (L + 1) / 2L of a full forward
     per_head = n * (n_layers + 1) / (2 * n_layers)
     means = 3 * n  # the reference prompts' means and the unablated scores
     if (auto_method(n_heads) if method == "auto" else method) == "exact":
         return n_heads * per_head + means
-    k = top if top is not None else top_count(0.15, n_heads)
+    k = top if top is not None else top_count(SCREEN_TOP, n_heads)
     measured = min(n_heads, k + default_margin(k, n_heads))
     return 3 * n + measured * per_head + means
 
@@ -104,12 +105,12 @@ def _ablation_passes(model: Any, n: int, budget: float | int | None = None) -> f
     settles at least the budget's heads)."""
     from circuitlens.mapping import budget_count
     from circuitlens.models import model_facts
-    from circuitlens.screening import top_count
+    from circuitlens.screening import SCREEN_TOP, top_count
 
     f = model_facts(model)
     top = None
     if budget is not None:
-        top = max(top_count(0.15, f.n_total_heads), budget_count(budget, f.n_total_heads))
+        top = max(top_count(SCREEN_TOP, f.n_total_heads), budget_count(budget, f.n_total_heads))
     return sweep_passes(f.n_total_heads, f.n_layers, n, top)
 
 

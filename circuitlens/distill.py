@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.cka import CKAWithNull
 from circuitlens.cost import estimate_distill_cost, report_cost
 from circuitlens.deltas import apply_delta, load_delta, model_delta, save_delta
@@ -42,7 +42,7 @@ from circuitlens.models import (
     model_spec,
     save_pretrained,
 )
-from circuitlens.screening import auto_method, top_count
+from circuitlens.screening import SCREEN_TOP, auto_method, top_count
 from circuitlens.tasks import Task, evaluate, get_task, prompt_scores
 from circuitlens.tasks.formats import check_task_format
 from circuitlens.tasks.metrics import METRICS
@@ -400,12 +400,12 @@ def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
 
 
 def _student_top(student: Any, budget: float | int) -> float | int:
-    """A screened student sweep's ``top``: the default (0.15 of the heads), or the budget's
-    count where the budget asks for more heads (the map chooses among measured heads only)."""
-    default = 0.15
+    """A screened student sweep's ``top``: the default
+    (:data:`~circuitlens.screening.SCREEN_TOP` of the heads), or the budget's count where the
+    budget asks for more heads (the map chooses among measured heads only)."""
     n = model_facts(student).n_total_heads
     k = budget_count(budget, n)
-    return default if k <= top_count(default, n) else k
+    return SCREEN_TOP if k <= top_count(SCREEN_TOP, n) else k
 
 
 def sweeps(
@@ -421,27 +421,21 @@ def sweeps(
     for now (:func:`circuitlens.screening.auto_method`). Where screening is on, the teacher's
     sweep measures ``circuit``'s heads in any case (the map's candidates), the student's at
     least the budget's heads."""
+    sweep = AblationConfig(metric=cfg.metric, n=cfg.sweep_n, n_boot=cfg.n_boot)
+    verify = () if circuit is None else tuple(str(h) for h in circuit.heads)
     t_sweep = ablation_sweep(
         teacher,
         task,
-        cfg.metric,
-        n=cfg.sweep_n,
-        progress=progress,
+        sweep.with_overrides(verify=verify),
         baseline_from=student if cfg.teacher_baseline == "student" else None,
-        model_name="teacher",
-        n_boot=cfg.n_boot,
-        verify=() if circuit is None else circuit.heads,
-    )
+        progress=progress,
+    ).named("teacher")
     s_sweep = ablation_sweep(
         student,
         task,
-        cfg.metric,
-        n=cfg.sweep_n,
+        sweep.with_overrides(top=_student_top(student, cfg.budget)),
         progress=progress,
-        model_name="student",
-        n_boot=cfg.n_boot,
-        top=_student_top(student, cfg.budget),
-    )
+    ).named("student")
     return t_sweep, s_sweep
 
 

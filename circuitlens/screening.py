@@ -200,6 +200,10 @@ def settled(
 #: is exact at every size for anything that feeds a map or a circuit; ``"screened"`` is opt-in.
 AUTO_SCREEN_ABOVE: int | None = None
 
+#: a screened sweep's default ``top``: the fraction of heads whose top values it settles
+#: exactly (0.15 covers the mapping's default budget of 0.13); the one place it is written
+SCREEN_TOP = 0.15
+
 
 def auto_method(n_heads: int) -> str:
     """What ``method="auto"`` means for a model of ``n_heads`` heads: ``"exact"`` or

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.ablation import ablation_sweep
+from circuitlens.ablation import AblationConfig, ablation_sweep
 from circuitlens.hooks import z_name
 from circuitlens.mean_ablation import compute_means, mean_ablated
 from circuitlens.tasks.metrics import METRICS
@@ -80,7 +80,7 @@ def test_bad_heads_and_means(tiny_bridge, task) -> None:
 @pytest.mark.parametrize("metric", ["accuracy", "prob"])
 def test_sweep_equals_one_head_at_a_time(tiny_bridge, task, metric) -> None:
     result = ablation_sweep(
-        tiny_bridge, task, metric=metric, n=24, heads_per_pass=3, progress=False
+        tiny_bridge, task, AblationConfig(metric=metric, n=24, heads_per_pass=3), progress=False
     )
     batch = task.batch(tiny_bridge, "test", 24)
     means = compute_means(tiny_bridge, batch.ablation_tokens)
@@ -112,7 +112,7 @@ def test_baseline_from_another_model(tiny_bridge, make_llama_dir, task) -> None:
 
     other = load_model(make_llama_dir(seed=3))
     res = ablation_sweep(
-        tiny_bridge, task, metric="prob", baseline_from=other, n=24, progress=False
+        tiny_bridge, task, AblationConfig(metric="prob", n=24), baseline_from=other, progress=False
     )
     p_other = evaluate(other, task, "test", 24, "prob")
     assert res.p_baseline == pytest.approx(p_other)
@@ -141,13 +141,17 @@ def test_bootstrap_interval_equals_a_slow_loop() -> None:
 def test_sweep_carries_intervals_and_round_trips(tiny_bridge, task) -> None:
     from circuitlens.ablation import AblationResult
 
-    result = ablation_sweep(tiny_bridge, task, metric="prob", n=24, n_boot=100, progress=False)
+    result = ablation_sweep(
+        tiny_bridge, task, AblationConfig(metric="prob", n=24, n_boot=100), progress=False
+    )
     assert result.delta_ci is not None and result.delta_ci.shape == (2, 2, 4)
     assert (result.delta_ci[0] <= result.delta + 1e-6).all()
     assert (result.delta <= result.delta_ci[1] + 1e-6).all()
     back = AblationResult.from_dict(result.to_dict())
     torch.testing.assert_close(back.delta_ci, result.delta_ci)
-    none = ablation_sweep(tiny_bridge, task, metric="prob", n=24, n_boot=0, progress=False)
+    none = ablation_sweep(
+        tiny_bridge, task, AblationConfig(metric="prob", n=24, n_boot=0), progress=False
+    )
     assert none.delta_ci is None and none.excludes_zero(Head(0, 0)) is None
 
 

@@ -56,11 +56,13 @@ def test_after_impacts_equal_a_full_exact_sweep_of_the_trained_student(trained) 
     full = ablation_sweep(
         trained["student"],
         trained["task"],
-        s_sweep.config.metric,
-        split=s_sweep.config.split,
-        n=s_sweep.config.n,
-        n_boot=0,
-        method="exact",
+        AblationConfig(
+            metric=s_sweep.config.metric,
+            split=s_sweep.config.split,
+            n=s_sweep.config.n,
+            n_boot=0,
+            method="exact",
+        ),
         progress=False,
     )
     heads = trained["head_map"].student_heads

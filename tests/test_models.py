@@ -194,7 +194,7 @@ def test_device_map_split_with_disk_offload_equals_one_device(tmp_path) -> None:
     """A teacher split by ``device_map`` (here CPU and disk, the split a machine without a GPU
     can make) gives the same logits, head outputs and ablation sweep as the model on one
     device: the hooks see the dispatched layers."""
-    from circuitlens import ablation_sweep
+    from circuitlens import AblationConfig, ablation_sweep
 
     path = "data/zoo/entity-tracking-teacher"
     plain = load_model(path)
@@ -210,8 +210,8 @@ def test_device_map_split_with_disk_offload_equals_one_device(tmp_path) -> None:
     got, got_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
     assert torch.equal(got, want)
     assert all(torch.equal(got_cache[k], want_cache[k]) for k in want_cache)
-    a = ablation_sweep(plain, task, n=16, progress=False, n_boot=0)
-    b = ablation_sweep(model, task, n=16, progress=False, n_boot=0)
+    a = ablation_sweep(plain, task, AblationConfig(n=16, n_boot=0), progress=False)
+    b = ablation_sweep(model, task, AblationConfig(n=16, n_boot=0), progress=False)
     assert torch.equal(a.p_ablated, b.p_ablated) and a.p_own == b.p_own
 
 

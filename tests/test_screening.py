@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.ablation import AblationResult, ablation_sweep
+from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.hooks import hooked, z_name
 from circuitlens.mapping import choose_student_heads, map_heads
 from circuitlens.mean_ablation import compute_means
@@ -24,7 +24,9 @@ def task():
 @pytest.fixture(scope="module")
 def exact(tiny_bridge, task):
     return {
-        m: ablation_sweep(tiny_bridge, task, m, n=24, method="exact", progress=False)
+        m: ablation_sweep(
+            tiny_bridge, task, AblationConfig(metric=m, n=24, method="exact"), progress=False
+        )
         for m in ("prob", "accuracy", "logit_diff")
     }
 
@@ -35,7 +37,10 @@ def test_screened_verified_values_equal_the_exact_sweep(
     tiny_bridge, task, exact, metric, screen
 ) -> None:
     res = ablation_sweep(
-        tiny_bridge, task, metric, n=24, method="screened", top=2, screen=screen, progress=False
+        tiny_bridge,
+        task,
+        AblationConfig(metric=metric, n=24, method="screened", top=2, screen=screen),
+        progress=False,
     )
     want = exact[metric]
     assert res.config.method == "screened"
@@ -50,14 +55,17 @@ def test_screened_verified_values_equal_the_exact_sweep(
 
 def test_a_huge_safety_factor_verifies_every_head(tiny_bridge, task, exact) -> None:
     res = ablation_sweep(
-        tiny_bridge, task, "prob", n=24, method="screened", top=1, safety=1e9, progress=False
+        tiny_bridge,
+        task,
+        AblationConfig(metric="prob", n=24, method="screened", top=1, safety=1e9),
+        progress=False,
     )
     assert bool(res.exact.all())
     torch.testing.assert_close(res.p_ablated, exact["prob"].p_ablated, atol=1e-5, rtol=0)
 
 
 def test_auto_is_exact_on_small_models(tiny_bridge, task, exact) -> None:
-    res = ablation_sweep(tiny_bridge, task, "prob", n=24, progress=False)
+    res = ablation_sweep(tiny_bridge, task, AblationConfig(metric="prob", n=24), progress=False)
     assert res.config.method == "exact" and bool(res.exact.all()) and res.estimated is None
     torch.testing.assert_close(res.p_ablated, exact["prob"].p_ablated, atol=1e-6, rtol=0)
 
@@ -66,11 +74,13 @@ def test_verify_heads_are_measured(tiny_bridge, task) -> None:
     res = ablation_sweep(
         tiny_bridge,
         task,
-        "prob",
-        n=24,
-        method="screened",
-        top=1,
-        verify=["L0H3", "L1H1"],
+        AblationConfig(
+            metric="prob",
+            n=24,
+            method="screened",
+            top=1,
+            verify=tuple(str(h) for h in ["L0H3", "L1H1"]),
+        ),
         progress=False,
     )
     assert bool(res.exact[0, 3]) and bool(res.exact[1, 1])
@@ -148,7 +158,12 @@ def test_mapping_uses_measured_heads_only(exact) -> None:
 
 
 def test_to_dict_round_trip_keeps_the_exact_mask(tiny_bridge, task) -> None:
-    res = ablation_sweep(tiny_bridge, task, "prob", n=24, method="screened", top=1, progress=False)
+    res = ablation_sweep(
+        tiny_bridge,
+        task,
+        AblationConfig(metric="prob", n=24, method="screened", top=1),
+        progress=False,
+    )
     back = AblationResult.from_dict(res.to_dict())
     assert torch.equal(back.exact, res.exact)
     torch.testing.assert_close(back.estimated, res.estimated)
@@ -225,7 +240,12 @@ def test_atp_of_activation_patching_is_the_directional_derivative(tiny_bridge, t
 def test_screened_sweep_has_the_exact_intervals_at_measured_heads_only(
     tiny_bridge, task, exact, metric
 ) -> None:
-    res = ablation_sweep(tiny_bridge, task, metric, n=24, method="screened", top=1, progress=False)
+    res = ablation_sweep(
+        tiny_bridge,
+        task,
+        AblationConfig(metric=metric, n=24, method="screened", top=1),
+        progress=False,
+    )
     m, want = res.exact, exact[metric]
     assert res.config.n_boot == 1000 and want.delta_ci is not None
     # the same paired resamples: a measured head's interval is the exact sweep's
@@ -248,7 +268,10 @@ def test_screened_sweep_has_the_exact_intervals_at_measured_heads_only(
 
 def test_screened_sweep_without_intervals(tiny_bridge, task) -> None:
     res = ablation_sweep(
-        tiny_bridge, task, "prob", n=24, method="screened", top=1, n_boot=0, progress=False
+        tiny_bridge,
+        task,
+        AblationConfig(metric="prob", n=24, method="screened", top=1, n_boot=0),
+        progress=False,
     )
     assert res.delta_ci is None and res.excludes_zero(Head(0, 0)) is None
     assert "delta_lo" not in res.to_frame().columns and "exact" in res.to_frame().columns
@@ -261,11 +284,8 @@ def test_screened_sweep_against_another_models_baseline(tiny_bridge, make_llama_
     res = ablation_sweep(
         tiny_bridge,
         task,
-        "prob",
+        AblationConfig(metric="prob", n=24, method="screened", top=1),
         baseline_from=other,
-        n=24,
-        method="screened",
-        top=1,
         progress=False,
     )
     p_other = evaluate(other, task, "test", 24, "prob")

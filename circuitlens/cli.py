@@ -162,6 +162,7 @@ def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             "condition": args.condition,
             "lam": args.lam,
             "budget": args.budget,
+            "map_method": args.map_method,
             "seed": args.seed,
             "dtype": args.dtype,
         }.items()
@@ -355,6 +356,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             "conditions": args.conditions,
             "seeds": args.seeds,
             "steps": args.steps,
+            "map_method": args.map_method,
         }.items()
         if v is not None
     }
@@ -469,6 +471,11 @@ def _reproduce_parser(sub: Any) -> None:
     )
     rep.add_argument("--steps", type=int, help="training steps per cell")
     rep.add_argument(
+        "--map-method",
+        help="how student heads find teacher partners (a correspondence method: impact, "
+        "impact-rank, profile, cka, combined; default impact, the paper's)",
+    )
+    rep.add_argument(
         "--lam",
         type=_values,
         help="the CKA weight; several (0.1,0.3,1,3): a curve, one run per value under --out",
@@ -519,6 +526,11 @@ def _distill_parser(sub: Any) -> None:
     dist.add_argument("--condition", help="training condition (default ce+align)")
     dist.add_argument("--lam", type=float, help="weight of the CKA term")
     dist.add_argument("--budget", type=_parse_value, help="student heads: a fraction or a count")
+    dist.add_argument(
+        "--map-method",
+        help="how student heads find teacher partners (a correspondence method: impact, "
+        "impact-rank, profile, cka, combined; default impact, the paper's)",
+    )
     dist.add_argument("--seed", type=int, help="training seed")
     dist.add_argument(
         "--dtype",

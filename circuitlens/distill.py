@@ -26,6 +26,13 @@ from torch import Tensor
 
 from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.cka import CKAWithNull
+from circuitlens.correspondence import METHODS as CORRESPONDENCE_METHODS
+from circuitlens.correspondence import (
+    CorrespondenceFeatures,
+    correspond_features,
+    head_z,
+)
+from circuitlens.correspondence import get_method as get_correspondence_method
 from circuitlens.cost import estimate_distill_cost, report_cost
 from circuitlens.deltas import apply_delta, load_delta, model_delta, save_delta
 from circuitlens.distill_setup import Setup
@@ -110,6 +117,11 @@ class DistillConfig:
         budget: student heads to train, a fraction (default 0.13) or a count.
         one_to_one: assignment instead of independent argmin.
         map_seed: seed of the random control map.
+        map_method: how student heads find their teacher partners, a method of
+            :func:`circuitlens.correspondence.correspond` (``"impact"``: the paper's closest
+            ``|dP_s - dP_t|``, the default; ``"impact-rank"``, ``"profile"``, ``"cka"``,
+            ``"combined"``, or a name added with ``register_method``). The student heads are
+            the budget's top impacts whatever the method; the method chooses their partners.
         test_n: test prompts for the before/after accuracy.
         train: the trainer's options (:class:`TrainConfig`), including the condition.
     """
@@ -121,6 +133,7 @@ class DistillConfig:
     budget: float | int = 0.13
     one_to_one: bool = False
     map_seed: int = 0
+    map_method: str = "impact"
     test_n: int = 500
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -148,6 +161,11 @@ class DistillConfig:
             raise ConfigError(
                 f"DistillConfig.train must be a TrainConfig or a table of its options (got "
                 f"{type(self.train).__name__})"
+            )
+        if self.map_method not in CORRESPONDENCE_METHODS:
+            raise ConfigError(
+                f"unknown map_method {self.map_method!r}; valid: "
+                f"{', '.join(CORRESPONDENCE_METHODS)} (or one added with register_method)"
             )
         if self.teacher_baseline not in ("student", "own"):
             raise ConfigError(
@@ -574,6 +592,30 @@ def _val_accuracy(model: Any, task: Task, n: int) -> float:
     return evaluate(model, task, "val", min(n, have)) if have else float("nan")
 
 
+def _setup_map(
+    teacher: Any,
+    student: Any,
+    task: Task,
+    config: DistillConfig,
+    s_sweep: AblationResult,
+    t_sweep: AblationResult,
+    circuit: Circuit | None,
+) -> HeadMap:
+    """The setup's map: the closest impacts (:func:`~circuitlens.mapping.map_heads`, the
+    paper's), or ``config.map_method``'s partners for the same student heads (the heads' ``z``
+    on the sweep's prompts measured where the method reads it)."""
+    if config.map_method == "impact":
+        return map_heads(s_sweep, t_sweep, circuit, config.budget, config.one_to_one)
+    zs = zt = None
+    if "z" in get_correspondence_method(config.map_method).needs:
+        split, n = s_sweep.config.split, s_sweep.config.n
+        zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
+    features = CorrespondenceFeatures(s_sweep, t_sweep, zs, zt)
+    return correspond_features(
+        features, config.map_method, config.budget, config.one_to_one, circuit=circuit
+    )
+
+
 def prepare(
     teacher: Any,
     student: Any,
@@ -612,7 +654,7 @@ def prepare(
     t_sweep, s_sweep = kept_sweeps(
         teacher, student, task, config, progress, map_circuit, sweeps_dir
     )
-    head_map = map_heads(s_sweep, t_sweep, map_circuit, config.budget, config.one_to_one)
+    head_map = _setup_map(teacher, student, task, config, s_sweep, t_sweep, map_circuit)
     ft, fs = model_facts(teacher), model_facts(student)
     student_correct = _correct(student, task, n)
     teacher_correct = _correct(teacher, task, n)
@@ -768,7 +810,9 @@ def kept_sweeps(
     if directory is None:
         return sweeps(teacher, student, task, cfg, progress, circuit)
     reads_budget = auto_method(model_facts(student).n_total_heads) == "screened"
-    drop = {"train", "test_n", "map_seed", "one_to_one"} | (set() if reads_budget else {"budget"})
+    drop = {"train", "test_n", "map_seed", "map_method", "one_to_one"} | (
+        set() if reads_budget else {"budget"}
+    )
     key = {
         "teacher": model_hash(teacher),
         "student": model_hash(student),

@@ -8,6 +8,7 @@ import torch
 from circuitlens import get_task, load_model
 from circuitlens.distill import DistillConfig, DistillResult, distill_circuit
 from circuitlens.training import TrainConfig
+from circuitlens.validate import ConfigError
 
 
 def test_distill_end_to_end_and_round_trip(make_llama_dir, tmp_path) -> None:
@@ -233,3 +234,35 @@ def test_prepare_is_the_setup_distill_circuit_measures(make_llama_dir) -> None:
     assert m["teacher_accuracy"] == setup.teacher_accuracy
     assert m["circuit_accuracy_before"] == setup.student_circuit_accuracy
     assert result.teacher_sweep.delta.equal(setup.teacher_sweep.delta)
+
+
+def test_map_method_chooses_the_partners_of_the_same_student_heads(make_llama_dir) -> None:
+    """``map_method``: the setup's map comes from that correspondence method (the same budget
+    heads of the student, other partners possibly), and equals what ``correspond_features``
+    gives on the setup's own sweeps; the default is the paper's impact map; an unknown name
+    is refused with the valid ones."""
+    from circuitlens.correspondence import CorrespondenceFeatures, correspond_features, head_z
+    from circuitlens.distill import prepare
+    from circuitlens.mapping import map_heads
+
+    teacher = load_model(make_llama_dir(seed=1, n_layers=3))
+    student = load_model(make_llama_dir(seed=2))
+    task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
+    train = TrainConfig(steps=1, batch_size=8, eval_every=0, eval_n=16)
+    cfg = DistillConfig(sweep_n=16, test_n=32, budget=3, n_boot=0, one_to_one=True, train=train)
+    impact = prepare(teacher, student, task, cfg, progress=False)
+    s, t = impact.student_sweep, impact.teacher_sweep
+    assert impact.head_map.pairs == map_heads(s, t, None, 3, True).pairs
+    for method in ("profile", "cka"):
+        setup = prepare(
+            teacher, student, task, cfg.with_overrides(map_method=method), progress=False
+        )
+        assert setup.head_map.config["method"] == method
+        assert setup.head_map.student_heads == impact.head_map.student_heads
+        assert len(set(setup.head_map.teacher_heads)) == 3  # one to one
+        zs = head_z(student, task, "test", 16) if method == "cka" else None
+        zt = head_z(teacher, task, "test", 16) if method == "cka" else None
+        again = correspond_features(CorrespondenceFeatures(s, t, zs, zt), method, 3, True)
+        assert setup.head_map.pairs == again.pairs
+    with pytest.raises(ConfigError, match="unknown map_method 'closest'.*profile"):
+        cfg.with_overrides(map_method="closest")

@@ -124,3 +124,26 @@ def test_no_cycles(graph: dict[str, set[str]]) -> None:
 
     for node in sorted(graph):
         visit(node, [])
+
+
+#: the size limits of issue 24: a function a reader takes in at once, a class with one job
+MAX_FUNCTION_LINES, MAX_CLASS_LINES = 80, 300
+
+
+def _sizes() -> list[tuple[str, str, int, int]]:
+    out = []
+    for f in sorted((ROOT / "circuitlens").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+                out.append(
+                    (str(f.relative_to(ROOT)), node.name, node.end_lineno - node.lineno + 1, limit)
+                )
+    return out
+
+
+def test_no_function_or_class_over_its_size_limit() -> None:
+    sizes = _sizes()
+    assert any(name == "CircuitTrainer" for _, name, _, _ in sizes)  # the walk sees classes
+    over = [f"{f}: {name} is {n} lines (limit {limit})" for f, name, n, limit in sizes if n > limit]
+    assert not over, "split these:\n" + "\n".join(over)

@@ -27,11 +27,11 @@ def _run(which: str, mode: str, n: int, hpp: int, q: mp.Queue) -> None:
     import torch
 
     from circuitlens import get_task
-    from circuitlens.ablation import ablated_scores
-    from circuitlens.mean_ablation import compute_means, mean_ablated
-    from circuitlens.models import model_facts
+    from circuitlens.analysis.ablation import ablated_scores
+    from circuitlens.analysis.mean_ablation import compute_means, mean_ablated
+    from circuitlens.core.types import Head
+    from circuitlens.models.registry import model_facts
     from circuitlens.tasks.metrics import accuracy
-    from circuitlens.types import Head
 
     torch.set_num_threads(1)
     model = bench_model(which)

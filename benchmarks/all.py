@@ -225,7 +225,7 @@ def machine() -> dict[str, Any]:
 
 
 def run(suite: str, out: Path, only: list[str] | None, results: Path | None) -> dict[str, Any]:
-    from circuitlens.io import atomic_write_text
+    from circuitlens.core.io import atomic_write_text
 
     if suite not in SUITES:
         raise SystemExit(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")

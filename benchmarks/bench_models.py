@@ -22,7 +22,7 @@ def results_dir() -> Path:
 
 def bench_model(which: str) -> Any:
     from circuitlens import load_model
-    from circuitlens.zoo import ZooArch, build_model, build_tokenizer
+    from circuitlens.models.zoo import ZooArch, build_model, build_tokenizer
 
     if which == "zoo-teacher":
         return load_model("zoo:entity-tracking-teacher")

@@ -56,7 +56,7 @@ def run_model(
     """Measure one model against its copies, appending to ``rows`` and saving after each copy
     (a long run that is stopped keeps what it measured)."""
     import circuitlens as cl
-    from circuitlens.correspondence import (
+    from circuitlens.analysis.correspondence import (
         METHODS,
         CorrespondenceFeatures,
         correspond_features,
@@ -212,7 +212,7 @@ def main() -> None:
 
 def save(rows: list[dict], t0: float) -> str:
     """Write the results and the doc's table from ``rows``; returns the table."""
-    from circuitlens.correspondence import METHODS
+    from circuitlens.analysis.correspondence import METHODS
 
     summary = summarise(rows)
     md = table(summary, list(METHODS))

@@ -22,12 +22,12 @@ import shutil
 import time
 from pathlib import Path
 
-from circuitlens.distill_setup import Setup
+from circuitlens.core.io import atomic_write_text
+from circuitlens.core.rundir import MARKER
+from circuitlens.distill.setup import Setup
 from circuitlens.experiments import ExperimentResult
 from circuitlens.experiments.cell import Cell
-from circuitlens.io import atomic_write_text
-from circuitlens.report import write_plotly_js, write_report
-from circuitlens.rundir import MARKER
+from circuitlens.report.page import write_plotly_js, write_report
 
 OUT = Path(__file__).resolve().parent / "results"
 

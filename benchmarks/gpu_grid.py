@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def config(args: argparse.Namespace) -> None:
-    from circuitlens.real import load_base_hf
+    from circuitlens.models.real import load_base_hf
 
     hf, tok = load_base_hf("smollm2-135m")
     hf.config.save_pretrained(args.dir)
@@ -84,7 +84,7 @@ def summary(args: argparse.Namespace) -> dict[str, Any]:
             facts["gpu"] = torch.cuda.get_device_name()
     except ImportError:
         pass
-    from circuitlens.distill_setup import Setup
+    from circuitlens.distill.setup import Setup
     from circuitlens.experiments.cell import Cell
 
     setups, cells = {}, {}

@@ -248,7 +248,7 @@ def padded_tokenizer(vocab_size: int, directory: Path) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from circuitlens.zoo import zoo_vocabulary
+    from circuitlens.models.zoo import zoo_vocabulary
 
     words = zoo_vocabulary()
     if vocab_size < len(words):
@@ -423,7 +423,7 @@ class Run:
         return [self.models[n] for n in names]
 
     def write(self) -> dict[str, Any]:
-        from circuitlens.io import atomic_write_text
+        from circuitlens.core.io import atomic_write_text
 
         result = {
             "benchmark": "circuitlens at the paper's scale: random-weight Llama-3 shapes, "
@@ -906,7 +906,7 @@ def pipeline_stage(run: Run, task: Any, train_dtype: str) -> dict[str, Any]:
         ),
     )
     metrics = {k: v for k, v in res.metrics.items() if isinstance(v, int | float)}
-    from circuitlens.cost import estimate_distill_cost
+    from circuitlens.analysis.cost import estimate_distill_cost
 
     estimate = estimate_distill_cost(teacher, student, task, cfg)  # the package's own price
     out = {

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from circuitlens.ablation import AblationResult
-from circuitlens.distill_setup import Setup
+from circuitlens.analysis.ablation import AblationResult
+from circuitlens.distill.setup import Setup
 
 OUT = Path(__file__).resolve().parent / "results"
 

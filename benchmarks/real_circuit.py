@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 import circuitlens as cl
-from circuitlens.io import atomic_write_text
-from circuitlens.patching.circuits import circuit_accuracy
+from circuitlens.analysis.patching.circuits import circuit_accuracy
+from circuitlens.core.io import atomic_write_text
 
 OUT = Path(__file__).resolve().parent / "results" / "real-circuit.json"
 STAGES = Path(__file__).resolve().parents[1] / "results" / "real-circuit-stages"  # not in git

@@ -71,7 +71,8 @@ def main() -> None:
         lr=args.lr,
         eval_every=0,
     )
-    t_sweep, s_sweep = timed("sweeps", lambda: cl.distill.sweeps(teacher, student, task, cfg))
+    sweeps = cl.distill.pipeline.sweeps
+    t_sweep, s_sweep = timed("sweeps", lambda: sweeps(teacher, student, task, cfg))
     head_map = cl.map_heads(s_sweep, t_sweep, None, cfg.budget)
     out["map"] = [
         [str(s), str(t), d] for (s, t), d in zip(head_map.pairs, head_map.distances, strict=True)

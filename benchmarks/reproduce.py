@@ -35,9 +35,9 @@ TARGET_S = {"quick": 5 * 60, "full": 30 * 60, "real-quick": 20 * 60, "real-full"
 def main() -> None:
     import torch
 
+    from circuitlens.core.io import atomic_write_text
     from circuitlens.experiments import ExperimentConfig, run_experiment
     from circuitlens.experiments.runner import auto_jobs
-    from circuitlens.io import atomic_write_text
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")

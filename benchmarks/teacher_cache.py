@@ -22,9 +22,9 @@ import torch
 from bench_models import results_dir
 
 import circuitlens as cl
-from circuitlens.teacher_cache import TeacherCache
-from circuitlens.training import CircuitTrainer, TrainConfig
-from circuitlens.types import HeadMap
+from circuitlens.core.types import HeadMap
+from circuitlens.distill.teacher_cache import TeacherCache
+from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 
 OUT = Path(__file__).resolve().parent / "results"
 

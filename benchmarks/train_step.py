@@ -22,9 +22,9 @@ OUT = results_dir() / "train_step.json"
 
 def main() -> None:
     from circuitlens import get_task, load_model
-    from circuitlens.ablation import AblationConfig, ablation_sweep
-    from circuitlens.mapping import map_heads
-    from circuitlens.training import CircuitTrainer, TrainConfig
+    from circuitlens.analysis.ablation import AblationConfig, ablation_sweep
+    from circuitlens.analysis.mapping import map_heads
+    from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)

@@ -6,23 +6,34 @@ Wallace 2025, "Circuit Distillation").
 """
 
 # the model sources: importing each registers its "<prefix>:" with load_model
-from circuitlens import real, zoo  # noqa: F401
-from circuitlens.ablation import AblationConfig, AblationResult, ablation_sweep
-from circuitlens.cka import cka, cka_with_null, linear_cka, rbf_cka
-from circuitlens.conditions import Condition, get_condition, register_condition
-from circuitlens.correspondence import correspond
-from circuitlens.devices import DeviceError, check_device
-from circuitlens.distill import (
+from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.analysis.cka import cka, cka_with_null, linear_cka, rbf_cka
+from circuitlens.analysis.correspondence import correspond
+from circuitlens.analysis.mapping import map_heads, random_map
+from circuitlens.analysis.mean_ablation import mean_ablated
+from circuitlens.analysis.patching import activation_patch, attribution_patch, path_patch
+from circuitlens.analysis.patching.circuits import (
+    CircuitConfig,
+    CircuitStageError,
+    faithfulness,
+    find_circuit,
+)
+from circuitlens.core.devices import DeviceError, check_device
+from circuitlens.core.types import Circuit, Head, HeadMap, PlanStep
+from circuitlens.core.version import __version__ as __version__
+from circuitlens.distill.conditions import Condition, get_condition, register_condition
+from circuitlens.distill.pipeline import (
     ConditionResult,
     DistillConfig,
     DistillResult,
     distill_circuit,
     train_condition,
 )
+from circuitlens.distill.teacher_cache import TeacherCache
+from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
-from circuitlens.mapping import map_heads, random_map
-from circuitlens.mean_ablation import mean_ablated
-from circuitlens.models import (
+from circuitlens.models import real, zoo  # noqa: F401
+from circuitlens.models.registry import (
     ModelFacts,
     ModelLoadError,
     load_model,
@@ -30,15 +41,13 @@ from circuitlens.models import (
     register_source,
     registered_models,
 )
-from circuitlens.patching import activation_patch, attribution_patch, path_patch
-from circuitlens.patching.circuits import (
-    CircuitConfig,
-    CircuitStageError,
-    faithfulness,
-    find_circuit,
+from circuitlens.report.figures import (
+    plot_ablation,
+    plot_circuit,
+    plot_patching,
+    plot_training_curves,
 )
-from circuitlens.plotting import plot_ablation, plot_circuit, plot_patching, plot_training_curves
-from circuitlens.report import write_report
+from circuitlens.report.page import write_report
 from circuitlens.tasks import (
     Prompt,
     PromptBatch,
@@ -49,10 +58,6 @@ from circuitlens.tasks import (
     make_metric,
     tokenize_prompts,
 )
-from circuitlens.teacher_cache import TeacherCache
-from circuitlens.training import CircuitTrainer, TrainConfig
-from circuitlens.types import Circuit, Head, HeadMap, PlanStep
-from circuitlens.version import __version__ as __version__
 
 __all__ = [
     "AblationConfig",

@@ -17,7 +17,7 @@ def _demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from circuitlens import evaluate, load_model
-    from circuitlens.zoo import ZOO, zoo_task
+    from circuitlens.models.zoo import ZOO, zoo_task
 
     tasks = {
         name: zoo_task(name, seed=args.seed, n_test=args.n)
@@ -43,7 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _target(role: str) -> str:
-    from circuitlens.zoo import STUDENT_RANGE, TEACHER_TARGET
+    from circuitlens.models.zoo import STUDENT_RANGE, TEACHER_TARGET
 
     return f">= {TEACHER_TARGET}" if role == "teacher" else f"{STUDENT_RANGE[0]}-{STUDENT_RANGE[1]}"
 
@@ -51,7 +51,7 @@ def _target(role: str) -> str:
 def _zoo_list(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from circuitlens.zoo import ZOO, zoo_cards
+    from circuitlens.models.zoo import ZOO, zoo_cards
 
     cards = {c["name"]: c for c in zoo_cards()}
     rows = []
@@ -77,7 +77,7 @@ def _zoo_list(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from circuitlens.models import BUILTIN_FORMS, sources
+    from circuitlens.models.registry import BUILTIN_FORMS, sources
 
     for source in sources().values():
         more = f" (details: {source.listing})" if source.listing else ""
@@ -91,8 +91,8 @@ def _list(args: argparse.Namespace) -> int:
 def _zoo_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from circuitlens.rundir import run_lock
-    from circuitlens.zoo import ZOO, train
+    from circuitlens.core.rundir import run_lock
+    from circuitlens.models.zoo import ZOO, train
 
     names = list(ZOO) if args.name == "all" else [args.name]
     for name in names:
@@ -124,7 +124,7 @@ def _parse_value(text: str) -> Any:
 
 
 def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    from circuitlens.validate import ConfigError
+    from circuitlens.core.validate import ConfigError
 
     out: dict[str, Any] = {}
     for pair in pairs or ():
@@ -139,8 +139,8 @@ def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """What ``distill`` runs: the file's run keys under the flags, and the DistillConfig."""
-    from circuitlens.distill import RUN_KEYS, DistillConfig, read_config_file
-    from circuitlens.validate import ConfigError
+    from circuitlens.core.validate import ConfigError
+    from circuitlens.distill.pipeline import RUN_KEYS, DistillConfig, read_config_file
 
     run: dict[str, Any] = {}
     config = DistillConfig()
@@ -182,7 +182,7 @@ def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 def _real_list(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from circuitlens.real import BASES, RECIPES, real_card
+    from circuitlens.models.real import BASES, RECIPES, real_card
 
     rows = [
         {"name": f"real:{b.name}", "role": "base", "task": "-", "layers": "-",
@@ -207,7 +207,7 @@ def _real_list(args: argparse.Namespace) -> int:
 
 
 def _real_build(args: argparse.Namespace) -> int:
-    from circuitlens.real import RECIPES, build_real
+    from circuitlens.models.real import RECIPES, build_real
 
     names = list(RECIPES) if args.name == "all" else [args.name]
     for name in names:
@@ -225,9 +225,9 @@ def _distill(args: argparse.Namespace) -> int:
     import torch
 
     from circuitlens import get_task, load_model
-    from circuitlens.devices import check_device
-    from circuitlens.distill import ResultSaveError, distill_circuit
-    from circuitlens.rundir import run_directory
+    from circuitlens.core.devices import check_device
+    from circuitlens.core.rundir import run_directory
+    from circuitlens.distill.pipeline import ResultSaveError, distill_circuit
 
     spec, config = _run_spec(args)  # every option checked before anything is loaded
     bf16 = config.train.dtype == "bfloat16"
@@ -281,7 +281,7 @@ def _jobs(text: str) -> int | str:
 def _circuits(pairs: list[str]) -> dict[str, dict[str, list[str]]]:
     """``--circuit TASK=FILE ...``: each task's circuit groups, read from a ``Circuit.save``
     file."""
-    from circuitlens.types import Circuit
+    from circuitlens.core.types import Circuit
 
     out = {}
     for pair in pairs:
@@ -313,9 +313,9 @@ def _sweep(
     """``reproduce --lam 0.1,0.3,1`` (or ``--budget``): one run per value, then the curve."""
     from pathlib import Path
 
+    from circuitlens.core.io import atomic_write_text
     from circuitlens.experiments.sweep import run_sweep
-    from circuitlens.io import atomic_write_text
-    from circuitlens.report import write_report, write_sweep_page
+    from circuitlens.report.page import write_report, write_sweep_page
 
     result = run_sweep(
         config, out, knob, values, progress=not args.no_progress, device=args.device,
@@ -333,9 +333,9 @@ def _sweep(
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from circuitlens.devices import check_device
+    from circuitlens.core.devices import check_device
     from circuitlens.experiments import ExperimentConfig, run_experiment
-    from circuitlens.report import write_report
+    from circuitlens.report.page import write_report
 
     check_device(args.device)  # a device there is not: one error line, before anything loads
     if args.config:

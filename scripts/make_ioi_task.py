@@ -11,7 +11,8 @@ subject (S, "John") is named twice, the indirect object (IO, "Mary") once; the a
   ones that are 15 tokens for SmolLM2 with one-token names, places and objects; each in both
   orders of the first two names (ABBA: IO first, BABA: S first), half the prompts each.
 - Words: first names, places and objects that are each one token (with the leading space) for
-  the SmolLM2 tokenizer (checked by ``tests/test_ioi_task.py``), so a name swap keeps a prompt's
+  the SmolLM2 tokenizer (checked by ``tests/tasks/test_ioi_task.py``), so a name swap keeps a
+  prompt's
   length and every answer is one token.
 - ``corrupted``: S's second mention replaced by IO (the name repeated is now IO, so the answer is
   S): the same length in tokens, as path patching needs, with an answer of its own.

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from circuitlens import load_model
-from circuitlens.zoo import ZooArch, build_model, build_tokenizer
+from circuitlens.models.zoo import ZooArch, build_model, build_tokenizer
 
 
 @contextmanager

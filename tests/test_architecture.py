@@ -12,23 +12,35 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "circuitlens"
 #: above every floor: the public API, the command line
 TOP = {"circuitlens", "circuitlens.__main__", "circuitlens.cli"}
 #: upward arrows the document names and keeps (hooks reads the scored positions of metrics)
-KEPT_UPWARD = {("circuitlens.hooks", "circuitlens.tasks.metrics")}
+KEPT_UPWARD = {("circuitlens.core.hooks", "circuitlens.tasks.metrics")}
+#: the tests of the package as a whole, not of one floor: they stay flat in ``tests/``
+WHOLE_PACKAGE_TESTS = {
+    "test_architecture.py",
+    "test_cli.py",
+    "test_notebooks.py",
+    "test_bench_all.py",
+    "test_gpu_script.py",
+    "test_gpu_scale.py",
+}
 
 
 def floor_table() -> dict[str, int]:
-    """``{"circuitlens.report": 8, "circuitlens.experiments": 7, ...}`` from the floor table
-    (a module ``x.py`` or a package ``x/`` named in backticks in the modules column)."""
+    """``{"circuitlens.report": 8, "circuitlens.distill.pipeline": 6, ...}`` from the floor
+    table: a folder ``x/`` or a module ``x/y.py`` named in backticks in the modules column."""
     floors = {}
     for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
         row = re.match(r"\|\s*(\d+) [^|]*\|([^|]*)\|", line)
         if row:
-            for name in re.findall(r"`(\w+)(?:\.py|/)`", row[2]):
-                floors[f"circuitlens.{name}"] = int(row[1])
+            listed = row[2]
+            while "(" in listed:  # a folder's parts, in parentheses, are not entries
+                listed = re.sub(r"\([^()]*\)", "", listed)
+            for name in re.findall(r"`([\w/]+?)(?:\.py|/)`", listed):
+                floors.setdefault("circuitlens." + name.replace("/", "."), int(row[1]))
     return floors
 
 
@@ -65,11 +77,12 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def floor_of(name: str, floors: dict[str, int]) -> int:
+    """The floor of the longest entry of the table that is ``name`` or a package above it."""
     if name in TOP:
         return max(floors.values()) + 1
-    for prefix, floor in floors.items():
+    for prefix in sorted(floors, key=len, reverse=True):
         if name == prefix or name.startswith(prefix + "."):
-            return floor
+            return floors[prefix]
     raise AssertionError(f"{name} is on no floor of docs/architecture.md: add it to the table")
 
 
@@ -81,9 +94,26 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_table_names_the_floors() -> None:
     floors = floor_table()
-    assert floors["circuitlens.report"] == floors["circuitlens.plotting"] == 8
-    assert floors["circuitlens.models"] == floors["circuitlens.zoo"] == 3
-    assert floors["circuitlens.hooks"] == 1
+    assert floor_of("circuitlens.report.page", floors) == 8
+    assert floor_of("circuitlens.report.figures", floors) == 8
+    assert floor_of("circuitlens.models.registry", floors) == 3
+    assert floor_of("circuitlens.models.zoo.spec", floors) == 3
+    assert floor_of("circuitlens.core.hooks", floors) == 1
+    # a module named by its own path takes its floor over its folder's
+    assert floor_of("circuitlens.distill.pipeline", floors) == 6
+    assert floor_of("circuitlens.distill.trainer", floors) == 5
+
+
+def test_every_module_sits_in_a_floor_folder_and_tests_mirror_them() -> None:
+    """No module flat in ``circuitlens/`` but the top, and a test folder for each floor folder,
+    with no test file flat in ``tests/`` but those about the whole (the CLI, this file, ...)."""
+    folders = {name.split(".")[1] for name in floor_table()}
+    flat = {f.stem for f in PACKAGE.glob("*.py")} - {"__init__", "__main__", "cli"}
+    assert not flat, f"modules on no floor folder: {sorted(flat)}"
+    assert {d.name for d in PACKAGE.iterdir() if (d / "__init__.py").exists()} == folders
+    tests = ROOT / "tests"
+    assert folders <= {d.name for d in tests.iterdir() if d.is_dir()}, folders
+    assert {f.name for f in tests.glob("test_*.py")} <= WHOLE_PACKAGE_TESTS
 
 
 def test_every_arrow_points_down_or_level(graph: dict[str, set[str]]) -> None:
@@ -98,15 +128,18 @@ def test_every_arrow_points_down_or_level(graph: dict[str, set[str]]) -> None:
 
 
 def test_presentation_is_imported_by_the_top_only(graph: dict[str, set[str]]) -> None:
-    plotting = {a for a, targets in graph.items() if "circuitlens.plotting" in targets}
-    report = {a for a, targets in graph.items() if "circuitlens.report" in targets}
-    assert plotting <= {"circuitlens.report", *TOP}, plotting
+    plotting = {a for a, targets in graph.items() if "circuitlens.report.figures" in targets}
+    report = {a for a, targets in graph.items() if "circuitlens.report.page" in targets}
+    assert plotting <= {"circuitlens.report.page", *TOP}, plotting
     assert report <= TOP, report
 
 
+SOURCES = ("circuitlens.models.real", "circuitlens.models.zoo")
+
+
 def test_models_imports_no_source(graph: dict[str, set[str]]) -> None:
-    sources = {m for m in graph if m.startswith(("circuitlens.real", "circuitlens.zoo"))}
-    assert not graph["circuitlens.models"] & sources
+    sources = {m for m in graph if m.startswith(SOURCES)}
+    assert not graph["circuitlens.models.registry"] & sources
 
 
 def test_no_cycles(graph: dict[str, set[str]]) -> None:

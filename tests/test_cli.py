@@ -39,7 +39,7 @@ def test_zoo_list_shows_all_models(capsys) -> None:
 
 
 def test_list_names_every_registered_model(capsys) -> None:
-    from circuitlens.models import registered_models
+    from circuitlens.models.registry import registered_models
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -112,7 +112,7 @@ def test_zoo_train_refuses_a_second_trainer_of_the_same_model(
     import json
     import os
 
-    from circuitlens.rundir import LOCK
+    from circuitlens.core.rundir import LOCK
 
     monkeypatch.chdir(tmp_path)
     lock = tmp_path / "runs" / "zoo" / "entity-tracking-student" / LOCK

@@ -1,8 +1,9 @@
 """The paper's comparison, conditions x seeds, behind ``circuitlens reproduce``.
 
-For each task: the teacher's circuit (:func:`~circuitlens.patching.circuits.find_circuit`), the
+For each task: the teacher's circuit
+(:func:`~circuitlens.analysis.patching.circuits.find_circuit`), the
 mean-ablation sweeps of teacher and student, and the head map are computed once (the *setup*);
-then every trained condition (:data:`circuitlens.training.CONDITIONS`) is run for every seed
+then every trained condition (:data:`circuitlens.distill.trainer.CONDITIONS`) is run for every seed
 from a fresh copy of the student (a *cell*). The untrained ``student`` and the ``teacher`` are
 rows of the table too. Per cell: held-out test accuracy, the mapped pairs' mean CKA, the fraction
 of heads and parameters trained, and a training curve (validation accuracy and mean CKA at
@@ -13,7 +14,7 @@ Everything goes to ``results/<run>/``: ``config.json``; per task ``setup.json``;
 checkpoint beside it while it runs), so an interrupted run resumes where it stopped without
 redoing finished cells; and the tables: ``table.md``, ``table.csv``, ``cells.csv``,
 ``mcnemar.csv``, ``cka.csv``. The HTML page (ablation heatmaps, the circuit, the mapping, the
-curves) is presentation, made from the result by :func:`circuitlens.report.write_report`
+curves) is presentation, made from the result by :func:`circuitlens.report.page.write_report`
 (``circuitlens reproduce`` writes it as ``report.html``).
 """
 
@@ -26,7 +27,7 @@ from circuitlens.experiments.config import (
 )
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.experiments.runner import run_experiment
-from circuitlens.models import model_fingerprint
+from circuitlens.models.registry import model_fingerprint
 
 __all__ = [
     "ALL_CONDITIONS",

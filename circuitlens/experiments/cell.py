@@ -1,7 +1,8 @@
 """One finished cell of an experiment (task x condition x seed): what ``cell.json`` holds.
 
-The runner makes a :class:`Cell` from the :class:`~circuitlens.distill.ConditionResult` that
-:func:`~circuitlens.distill.train_condition` returns (:meth:`Cell.from_condition`), writes
+The runner makes a :class:`Cell` from the :class:`~circuitlens.distill.pipeline.ConditionResult`
+that
+:func:`~circuitlens.distill.pipeline.train_condition` returns (:meth:`Cell.from_condition`), writes
 :meth:`Cell.to_dict` (the keys ``cell.json`` has always had) and the tables read cells back
 with :meth:`Cell.from_dict` (also from the committed run exports in ``benchmarks/results/``).
 """
@@ -11,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from circuitlens.cka import CKAWithNull
-from circuitlens.distill import ConditionResult
-from circuitlens.io import json_ready
-from circuitlens.mechanism import MechanismCheck
-from circuitlens.types import Head
+from circuitlens.analysis.cka import CKAWithNull
+from circuitlens.analysis.mechanism import MechanismCheck
+from circuitlens.core.io import json_ready
+from circuitlens.core.types import Head
+from circuitlens.distill.pipeline import ConditionResult
 
 
 class CellError(ValueError):
@@ -45,7 +46,7 @@ class Cell:
         seconds: wall time of the cell.
         resumed: whether training resumed from a checkpoint.
         mechanism: each trained head ablated again after training beside its teacher partner
-            (:mod:`circuitlens.mechanism`; None in cells written before it existed).
+            (:mod:`circuitlens.analysis.mechanism`; None in cells written before it existed).
     """
 
     task: str

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuitlens.conditions import LABELS, condition_names, get_condition  # noqa: F401 (LABELS re-exported)
-from circuitlens.distill import DistillConfig, read_config_file, refuse_unknown_keys
-from circuitlens.validate import ConfigError, check_fields, check_sequence
+from circuitlens.core.validate import ConfigError, check_fields, check_sequence
+from circuitlens.distill.conditions import LABELS, condition_names, get_condition  # noqa: F401 (LABELS re-exported)
+from circuitlens.distill.pipeline import DistillConfig, read_config_file, refuse_unknown_keys
 
 #: every table row an experiment may hold: the untrained models and each registered condition
 ALL_CONDITIONS = ("student", "teacher", *condition_names())
@@ -35,7 +35,7 @@ def _default_models() -> dict[str, dict[str, str]]:
 
 def _check_circuits(circuits: Any, use_circuit: bool) -> dict[str, dict[str, list[str]]]:
     """Given circuits, held as plain head names (``L3H1``), with every problem named."""
-    from circuitlens.types import Circuit
+    from circuitlens.core.types import Circuit
 
     if not isinstance(circuits, dict):
         raise ConfigError(
@@ -81,7 +81,8 @@ class ExperimentConfig:
             :func:`circuitlens.load_model` accepts as a string).
         task_seed: the seed of the task's prompts (splits fixed across training seeds).
         distill: sweeps, mapping and trainer options shared by every cell
-            (:class:`~circuitlens.distill.DistillConfig`); each cell sets the condition and seed.
+            (:class:`~circuitlens.distill.pipeline.DistillConfig`); each cell sets the condition
+            and seed.
         use_circuit: map into the teacher's circuit found by patching (False: any teacher head).
         circuit_n: prompts for circuit discovery.
         random_from: the random control draws teacher heads from ``"all"`` heads or the
@@ -166,7 +167,8 @@ class ExperimentConfig:
     ) -> ExperimentConfig:
         """The paper's comparison on real pretrained models (``reproduce --models real``): per
         task, a fine-tuned teacher and the 22-layer SmolLM2 student healed to warm
-        (:mod:`circuitlens.real`). ``teacher="smollm2"``: the same-family pair (the SmolLM2-135M
+        (:mod:`circuitlens.models.real`). ``teacher="smollm2"``: the same-family pair (the
+        SmolLM2-135M
         teacher the student was pruned from); ``"gemma3"``: the cross-family pair (Gemma-3-270M
         teacher: another tokenizer, 18 x 4 heads of d_head 256), without ``kd``, which cannot
         cross vocabularies. The budget 0.13 trains 26 of the student's 198 heads. Learning rate

@@ -1,7 +1,7 @@
 """A finished (or partial) experiment read back from disk: tables, curves, statistics.
 
 The tables themselves are built in :mod:`circuitlens.experiments.tables`; the HTML page is
-presentation: :func:`circuitlens.report.write_report` reads this object.
+presentation: :func:`circuitlens.report.page.write_report` reads this object.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitlens.conditions import BASELINE
-from circuitlens.distill_setup import Setup
+from circuitlens.core.io import atomic_write_text
+from circuitlens.core.rundir import read_json
+from circuitlens.distill.conditions import BASELINE
+from circuitlens.distill.setup import Setup
 from circuitlens.experiments import tables
 from circuitlens.experiments.cell import Cell, curve_points  # noqa: F401 (re-exported)
 from circuitlens.experiments.config import LABELS, ExperimentConfig
 from circuitlens.experiments.tables import MCNEMAR_P, MCNEMAR_POOLED, signed  # noqa: F401 (report)
-from circuitlens.io import atomic_write_text
-from circuitlens.rundir import read_json
 
 #: the columns of :meth:`ExperimentResult.comparisons`, in order
 COMPARISON_COLUMNS = (
@@ -33,7 +33,7 @@ class ExperimentResult:
     Attributes:
         directory: ``results/<run>``.
         config: the run's :class:`ExperimentConfig`.
-        setups: per task, the :class:`~circuitlens.distill_setup.Setup` (circuit, sweeps,
+        setups: per task, the :class:`~circuitlens.distill.setup.Setup` (circuit, sweeps,
             head map, untrained accuracies).
         cells: one :class:`~circuitlens.experiments.cell.Cell` per finished (task, condition,
             seed) training cell.
@@ -131,7 +131,7 @@ class ExperimentResult:
         """Each trained condition against CE with the seed as the unit, per task.
 
         For every task and every trained condition of the config (the baseline
-        :data:`~circuitlens.conditions.BASELINE` and the untrained references excepted) that
+        :data:`~circuitlens.distill.conditions.BASELINE` and the untrained references excepted) that
         shares seeds with CE, :func:`~circuitlens.experiments.stats.compare_seeds` of its
         per-prompt test correctness (``test_correct`` of its cells) against CE's over those
         seeds; the sign-flip p's of a task are Holm-adjusted together
@@ -241,7 +241,7 @@ class ExperimentResult:
     def write_tables(self) -> dict[str, Path]:
         """``table.md``, ``table.csv``, ``cells.csv``, ``comparisons.csv`` (:meth:`comparisons`),
         ``mcnemar.csv`` and ``cka.csv`` in the run's directory (the HTML page:
-        :func:`circuitlens.report.write_report`)."""
+        :func:`circuitlens.report.page.write_report`)."""
         table = self.table()
         texts = {
             "table.md": self.markdown(table),

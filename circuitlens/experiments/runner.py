@@ -10,25 +10,25 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from circuitlens.conditions import get_condition
-from circuitlens.cost import Cost, estimate_experiment_cost, report_cost
-from circuitlens.devices import check_device
-from circuitlens.distill import prepare, train_condition
-from circuitlens.distill_setup import Setup
-from circuitlens.evaluation import format_accuracy, format_tasks
+from circuitlens.analysis.cost import Cost, estimate_experiment_cost, report_cost
+from circuitlens.analysis.evaluation import format_accuracy, format_tasks
+from circuitlens.analysis.mapping import budget_count, require_one_to_one
+from circuitlens.analysis.patching.circuits import CircuitConfig, find_circuit
+from circuitlens.core.devices import check_device
+from circuitlens.core.io import atomic_write_text, json_ready
+from circuitlens.core.progress import heartbeat
+from circuitlens.core.rundir import read_json, run_directory
+from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.distill.conditions import get_condition
+from circuitlens.distill.pipeline import prepare, train_condition
+from circuitlens.distill.setup import Setup
+from circuitlens.distill.teacher_cache import TeacherCache
+from circuitlens.distill.trainer import CONDITIONS
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
-from circuitlens.io import atomic_write_text, json_ready
-from circuitlens.mapping import budget_count, require_one_to_one
-from circuitlens.models import load_model, model_facts, model_fingerprint
-from circuitlens.patching.circuits import CircuitConfig, find_circuit
-from circuitlens.progress import heartbeat
-from circuitlens.rundir import read_json, run_directory
+from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
-from circuitlens.teacher_cache import TeacherCache
-from circuitlens.training import CONDITIONS
-from circuitlens.types import Circuit, HeadMap
 
 
 def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any) -> Task:
@@ -132,7 +132,7 @@ def _setup_task(
     circuit_dir: Path | None = None,
     sweeps_dir: Path | None = None,
 ) -> Setup:
-    """The circuit, then :func:`circuitlens.distill.prepare` (sweeps, head map, untrained
+    """The circuit, then :func:`circuitlens.distill.pipeline.prepare` (sweeps, head map, untrained
     references, the accuracy per prompt format) of one task (``circuit_dir``: where the
     circuit search keeps its finished stages, to resume after an interruption; ``sweeps_dir``:
     where the sweeps are kept, so that a run that differs only in what the sweeps do not read,
@@ -148,7 +148,7 @@ def _setup_task(
 
 def _cell_map(setup: Setup, condition: str, seed: int, cfg: ExperimentConfig) -> HeadMap:
     """The pairs of one cell: the setup's map, or the condition's control drawn with the
-    cell's seed (:meth:`~circuitlens.distill_setup.Setup.condition_map`)."""
+    cell's seed (:meth:`~circuitlens.distill.setup.Setup.condition_map`)."""
     return setup.condition_map(condition, seed, random_from_circuit=cfg.random_from == "circuit")
 
 
@@ -170,7 +170,8 @@ def _run_cell(
     (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells;
     ``befores``: the untrained student's held-out CKA per map, shared by the cells (filled
     here). The cell's ``mechanism``: each trained head ablated again after training, beside its
-    teacher partner (:mod:`circuitlens.mechanism`, against the setup's untrained sweeps)."""
+    teacher partner (:mod:`circuitlens.analysis.mechanism`, against the setup's untrained
+    sweeps)."""
     t0 = time.time()
     d = cfg.distill
     if student is None:
@@ -289,19 +290,19 @@ def run_experiment(
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
     checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and
-    only a directory that carries the run marker: see :mod:`circuitlens.rundir`). While the run
+    only a directory that carries the run marker: see :mod:`circuitlens.core.rundir`). While the run
     writes, it holds the directory's lock: a second run on it is refused.
 
     Returns:
         The :class:`ExperimentResult`, with its tables written (``table.md``, ``table.csv``,
-        ...); :func:`circuitlens.report.write_report` makes the HTML page from it.
+        ...); :func:`circuitlens.report.page.write_report` makes the HTML page from it.
 
     Raises:
         RunDirectoryError: ``directory`` is not a run's (``fresh`` refuses to delete it) or
-            another live run holds it (:class:`~circuitlens.rundir.RunLockedError`).
+            another live run holds it (:class:`~circuitlens.core.rundir.RunLockedError`).
         TokenizerMismatchError: a task's teacher and student tokenize differently.
         DeviceError: ``device`` cannot be used here (checked before any work: see
-            :func:`circuitlens.devices.check_device`).
+            :func:`circuitlens.core.devices.check_device`).
     """
     check_device(device)  # before any work: a run on a device there is not fails at once
     cfg = config or ExperimentConfig()

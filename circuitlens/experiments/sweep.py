@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitlens.conditions import get_condition
+from circuitlens.core.io import atomic_write_text
+from circuitlens.core.rundir import MARKER
+from circuitlens.distill.conditions import get_condition
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.experiments.runner import _json_dump, run_experiment
-from circuitlens.io import atomic_write_text
-from circuitlens.rundir import MARKER
 
 #: what a sweep can vary, and the ExperimentConfig override it sets
 KNOBS = ("lam", "budget")

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from circuitlens.ablation import AblationResult
-from circuitlens.conditions import BASELINE
-from circuitlens.distill_setup import Setup
+from circuitlens.analysis.ablation import AblationResult
+from circuitlens.core.io import json_ready
+from circuitlens.core.types import Head
+from circuitlens.distill.conditions import BASELINE
+from circuitlens.distill.setup import Setup
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import LABELS
-from circuitlens.io import json_ready
-from circuitlens.types import Head
 
 #: the name of the pooled McNemar table: what it pools, and that it is no test of the seeds
 MCNEMAR_POOLED = "McNemar (pooled prompts; not seed-level)"

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from circuitlens.types import PlanStep
+from circuitlens.core.types import PlanStep
 
 
 class TaskError(ValueError):
@@ -295,8 +295,8 @@ class Task:
 
     name: str = "task"
     position_names: tuple[str, ...] = ("last",)
-    #: how :func:`~circuitlens.patching.find_circuit` traces the task's circuit by path
-    #: patching, as :class:`~circuitlens.types.PlanStep` ``(group, into, via, position)`` steps
+    #: how :func:`~circuitlens.analysis.patching.find_circuit` traces the task's circuit by path
+    #: patching, as :class:`~circuitlens.core.types.PlanStep` ``(group, into, via, position)`` steps
     #: (or tuples of those fields): the first step's group sends into the logits (``into``
     #: None, ``via`` "logits"), each later group into an earlier group's ``via`` input ("q",
     #: "k" or "v") at a named ``position``, where its heads act (rules:

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from circuitlens.core.types import PlanStep
 from circuitlens.tasks.base import Prompt, Task, TaskError, get_tokenizer, single_token_id
-from circuitlens.types import PlanStep
 
 OBJECTS: tuple[str, ...] = tuple(
     """book car paper letter game computer picture plant cup machine bill glass note stone fish

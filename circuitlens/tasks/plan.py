@@ -1,6 +1,7 @@
-"""Circuit plans: the path-patching steps that :func:`~circuitlens.patching.find_circuit` takes.
+"""Circuit plans: the path-patching steps that :func:`~circuitlens.analysis.patching.find_circuit`
+takes.
 
-A plan is a sequence of :class:`~circuitlens.types.PlanStep` ``(group, into, via, position)``,
+A plan is a sequence of :class:`~circuitlens.core.types.PlanStep` ``(group, into, via, position)``,
 the procedure of Wang et al. (2022, IOI) and Prakash et al. (2024, entity tracking): the first
 step's group is the heads with the largest direct effect on the logits; each later step's group
 is the heads that matter most through an earlier group's queries, keys or values at a named
@@ -30,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from circuitlens.core.types import PLAN_VIA, PlanStep
 from circuitlens.tasks.base import TaskError
-from circuitlens.types import PLAN_VIA, PlanStep
 
 #: the group find_circuit adds its support heads to
 SUPPORT_GROUP = "S"

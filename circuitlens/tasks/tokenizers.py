@@ -125,7 +125,7 @@ def _answer_words(task: Any) -> list[str]:
 
 
 #: the conditions whose loss compares the two output distributions over one vocabulary, so
-#: that they cannot cross tokenizers: the condition registry (:mod:`circuitlens.conditions`)
+#: that they cannot cross tokenizers: the condition registry (:mod:`circuitlens.distill.conditions`)
 #: adds each such condition as it is registered
 LOGIT_CONDITIONS: set[str] = set()
 

@@ -1,0 +1,132 @@
+"""Options of the circuit trainer (:class:`TrainConfig`), validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from circuitlens.analysis.cka import ESTIMATORS, KERNELS, MIN_ROWS
+from circuitlens.core.validate import ConfigError, check_fields
+from circuitlens.distill.conditions import Condition, get_condition
+
+SITES = ("z", "result")
+#: training precisions (:attr:`TrainConfig.dtype`)
+DTYPES = ("float32", "bfloat16")
+POSITIONS = ("last", "circuit", "tokens")
+
+
+#: numeric ranges of TrainConfig's fields (types and finiteness come from the annotations)
+_TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "steps": (0, None),
+    "batch_size": (1, None),
+    "lr": (0, None),
+    "weight_decay": (0, None),
+    "lam": (0, None),
+    "kd_temperature": (0, None),
+    "eval_every": (0, None),
+    "eval_n": (1, None),
+    "checkpoint_every": (0, None),
+    "cka_eval_n": (1, None),
+    "null_perms": (1, None),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of :class:`CircuitTrainer`.
+
+    Attributes:
+        condition: a registered condition (:mod:`circuitlens.distill.conditions`), e.g.
+            ``"ce+align"``.
+        steps, batch_size, lr, weight_decay: the optimisation (AdamW).
+        lam: lambda, the weight of the CKA term, which is averaged over the mapped pairs
+            (ours: 1.0; the paper does not give it).
+        cka: kernel, ``"linear"`` or ``"rbf"`` (RBF with sigma = 0.5 x median distance).
+        cka_estimator: ``"unbiased"`` (debiased CKA, the default: ~0 for unrelated features)
+            or ``"biased"`` (~0.67 for unrelated 64-dim features over 32 rows).
+        site: ``"z"`` (the head's output, the input of W_O) or ``"result"`` (``z @ W_O[l, h]``).
+        positions: ``"last"`` (the last prompt token), ``"circuit"`` (each teacher head's
+            circuit-group position, when a circuit is given) or ``"tokens"`` (every non-BOS
+            token of every example is a row; prompts of equal length).
+        labels: ``"teacher"`` (the teacher's top token) or ``"gold"`` (the task's answer).
+        kd_temperature: T of the ``kd`` condition.
+        kv: grouped K/V policy, ``"shared"`` or ``"frozen"`` (see :mod:`circuitlens.distill.masks`).
+        eval_every, eval_n: validation accuracy every N steps on n prompts (0: never).
+        eval_cka: at each evaluation also record the mapped pairs' mean CKA on held-out
+            prompts (``val_cka``), in every condition (CE alone too: does it align the heads?).
+        cka_eval_n: held-out prompts for a reported CKA (and its null).
+        null_perms: permutations of the CKA null (mean and sd over them; at least 20).
+        checkpoint_every: save a resumable checkpoint every N steps (needs a checkpoint dir).
+        seed: every random choice (batches, initial state, shuffles) follows from it.
+        dtype: the precision of the student's training forward and backward:
+            ``"float32"``, or ``"bfloat16"`` (autocast: matrix products in bf16, the weights
+            and their AdamW state stay float32 master copies, the losses, CKA included, are
+            computed in float32). Evaluation and held-out CKA always run in the model's own
+            precision. Load the teacher in bf16 too (``load_model(..., dtype=torch.bfloat16)``)
+            for its memory and speed.
+    """
+
+    condition: str = "ce+align"
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    lam: float = 1.0
+    cka: str = "linear"
+    cka_estimator: str = "unbiased"
+    site: str = "z"
+    positions: str = "last"
+    labels: str = "teacher"
+    kd_temperature: float = 2.0
+    kv: str = "shared"
+    eval_every: int = 50
+    eval_n: int = 200
+    eval_cka: bool = False
+    cka_eval_n: int = 128
+    null_perms: int = 20
+    checkpoint_every: int = 50
+    seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_fields(self, _TRAIN_RANGES)
+        if self.lr <= 0 or self.kd_temperature <= 0:
+            raise ConfigError(
+                "TrainConfig.lr and kd_temperature must be > 0 "
+                f"(got {self.lr}, {self.kd_temperature})"
+            )
+
+        def bad(name: str, valid: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+        get_condition(self.condition)  # a ValueError naming the valid ones
+        bad("cka", KERNELS)
+        bad("cka_estimator", ESTIMATORS)
+        bad("site", SITES)
+        bad("positions", POSITIONS)
+        bad("labels", ("teacher", "gold"))
+        bad("dtype", DTYPES)
+        if self.lam < 0:
+            raise ValueError(f"lam (the CKA weight) must be >= 0 (got {self.lam})")
+        if self.batch_size < 4 and self.uses_cka:
+            raise ValueError(
+                f"CKA over a batch needs batch_size >= 4 (got {self.batch_size}); raise batch_size"
+            )
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError("steps must be >= 0 and batch_size >= 1")
+        if self.null_perms < 20:
+            raise ValueError(
+                f"null_perms must be >= 20 for a usable null sd (got {self.null_perms})"
+            )
+        if self.cka_eval_n < MIN_ROWS["unbiased"]:
+            raise ValueError(f"cka_eval_n must be >= 4 held-out prompts (got {self.cka_eval_n})")
+
+    @property
+    def cond(self) -> Condition:
+        """The condition's registry entry (what it trains, with which terms)."""
+        return get_condition(self.condition)
+
+    @property
+    def uses_cka(self) -> bool:
+        return self.cond.uses_cka

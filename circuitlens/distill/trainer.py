@@ -1,0 +1,453 @@
+"""The circuit trainer: train only the mapped student heads, with CE plus CKA alignment.
+
+Loss (Wadhwa, Amir, Wallace 2025, with the CKA term averaged over pairs):
+``L = L_CE + lambda * mean_pairs (1 - CKA(a_s[h_s], a_t[h_t]))`` where ``a`` is a head's
+activation at a site (``site="z"``: its output ``z``, hook ``blocks.{l}.attn.hook_z``;
+``site="result"``: ``z @ W_O[l, h]``, its write into the residual stream) at token positions
+(``positions="last"``, ``"circuit"``: the teacher head's circuit position, or ``"tokens"``:
+every non-BOS token, tokens as rows), over the examples of a batch. CKA is debiased (unbiased
+HSIC) by default. The loss terms are pure functions in :mod:`circuitlens.distill.losses`. Teacher
+activations are computed once per batch under ``no_grad``. Only the mapped heads'
+W_Q/W_K/W_V/W_O entries change (masks from :mod:`circuitlens.distill.masks`): their gradients are
+masked, and after every optimizer step every other entry is restored bit for bit, since
+AdamW's weight decay moves zero-gradient weights.
+
+Conditions:
+- ``ce``: cross-entropy on the teacher's labels (or ``labels="gold"``), mapped heads only:
+  standard distillation restricted to the same heads;
+- ``ce+align`` / ``ce+rand``: CE plus the CKA term with the ablation map / the random map;
+- ``ce+shuffled``: CE plus the CKA term against the teacher's activations deranged across the
+  batch's examples (the content-free control: the same loss, no example-level information);
+- ``align``: the CKA term alone;
+- ``kd``: KL divergence to the teacher's softened logits (temperature T, scaled by T^2);
+- ``full-ce``: CE with the whole student trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitlens.analysis.cka import CKAWithNull, cka_with_null
+from circuitlens.core.devices import check_device
+from circuitlens.core.io import atomic_torch_save
+from circuitlens.core.progress import heartbeat
+from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.core.validate import ConfigError
+from circuitlens.distill.head_sites import CKASiteError, HeadSites  # noqa: F401 (re-exported)
+from circuitlens.distill.losses import (
+    CONDITIONS,  # noqa: F401 (re-exported)
+    alignment_loss,
+    cross_entropy,
+    derangement,
+    kd_loss,
+    shuffle_generator,
+    shuffled_teacher,
+    total_loss,
+)
+from circuitlens.distill.masked_optim import MaskedOptimizer
+from circuitlens.distill.masks import TrainedFraction, head_parameter_masks, trained_fraction
+from circuitlens.distill.teacher_cache import TeacherBatch, TeacherCache, TeacherFeed
+from circuitlens.distill.train_config import POSITIONS, SITES, TrainConfig  # noqa: F401 (re-exported)
+from circuitlens.tasks import (
+    LabelTranslator,
+    PromptBatch,
+    Task,
+    evaluate,
+    require_compatible_tokenizers,
+)
+from circuitlens.tasks.metrics import model_device
+
+log = logging.getLogger(__name__)
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the world size under ``torch.distributed`` (``(0, 1)`` when
+    it is not initialised)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _check_inputs(
+    student: Any, teacher: Any, head_map: HeadMap, cfg: TrainConfig, circuit: Circuit | None
+) -> None:
+    """Refuse a trainer that cannot run, before any work."""
+    from circuitlens.models.registry import model_facts
+
+    if cfg.uses_cka and not len(head_map):
+        raise ValueError("the CKA conditions need a head map with at least one pair")
+    if cfg.positions == "circuit" and circuit is None:
+        raise ValueError('positions="circuit" needs the circuit: pass circuit=...')
+    fs, ft = model_facts(student), model_facts(teacher)
+    if cfg.dtype == "bfloat16":  # a GPU without bf16 is named before any work
+        check_device(model_device(student), torch.bfloat16)
+    for s, t in head_map.pairs:
+        s.check(fs.n_layers, fs.n_heads)
+        t.check(ft.n_layers, ft.n_heads)
+
+
+def _masks(
+    student: Any, head_map: HeadMap, cfg: TrainConfig
+) -> tuple[dict[str, Tensor], TrainedFraction]:
+    """The trainable entries (the mapped heads' slices, or every entry for a condition that
+    trains the whole student) and what fraction of the student they are."""
+    from circuitlens.models.registry import model_facts
+
+    if cfg.cond.trains_all:
+        masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in student.named_parameters()}
+        fraction = trained_fraction(student, [], masks, kv=cfg.kv)
+        n = model_facts(student).n_total_heads
+        return masks, dataclasses.replace(fraction, heads=n, heads_touched=n)
+    masks = head_parameter_masks(student, head_map.student_heads, kv=cfg.kv)
+    return masks, trained_fraction(student, head_map.student_heads, masks, kv=cfg.kv)
+
+
+def _check_parallel(cfg: TrainConfig, world: int, fsdp: bool) -> None:
+    if world > 1 and cfg.batch_size % world:
+        raise ConfigError(
+            f"data-parallel training splits each batch of {cfg.batch_size} over "
+            f"{world} processes: make batch_size a multiple of the world size"
+        )
+    if fsdp and cfg.site == "result":
+        raise ConfigError(
+            'fsdp=True cannot use site="result": it reads whole W_O weights outside '
+            'a forward pass, and a sharded student holds only a part; use site="z"'
+        )
+
+
+def _labels(
+    cfg: TrainConfig,
+    translate: LabelTranslator | None,
+    tout_labels: Tensor,
+    sb: PromptBatch,
+    dev: torch.device,
+) -> Tensor:
+    """The CE targets: the teacher's top tokens (crossed by text into the student's
+    vocabulary for a cross-tokenizer pair; where a text is no single student token, the
+    task's answer), or the task's answers (``labels="gold"``)."""
+    if cfg.labels != "teacher":
+        return sb.answer_ids.to(dev)
+    target = tout_labels.to(dev)
+    if translate is not None:
+        t = translate(tout_labels).to(dev)
+        target = torch.where(t >= 0, t, sb.answer_ids.to(dev))
+    return target
+
+
+class CircuitTrainer:
+    """Trains the student's mapped heads; see the module docstring.
+
+    The parts: the teacher's outputs per batch come from a
+    :class:`~circuitlens.distill.teacher_cache.TeacherFeed`, the pairs' activations from
+    :class:`~circuitlens.distill.head_sites.HeadSites`, the loss terms from
+    :mod:`circuitlens.distill.losses`,
+    the masked step from :class:`~circuitlens.distill.masked_optim.MaskedOptimizer`; the trainer
+    draws the batches, assembles the loss and loops (evaluation and checkpoints).
+
+    Args:
+        student, teacher: bridges (the teacher is only run under ``no_grad``).
+        task: prompts; training batches are fresh samples that avoid the val/test prompts.
+        head_map: student head -> teacher head pairs (the heads trained, and the CKA pairs).
+        config: :class:`TrainConfig`.
+        circuit: the teacher's circuit (used for ``positions="circuit"``).
+        checkpoint_dir: where resumable checkpoints go (None: no checkpoints).
+        teacher_cache: a :class:`~circuitlens.distill.teacher_cache.TeacherCache` to share the
+            teacher's outputs with other trainers (other conditions of the same seed draw the
+            same batches); by default the trainer keeps its own, in memory. The teacher runs
+            once over every batch of the run before the first step, never during training.
+            ``False``: no cache, the teacher runs at every step (less memory: the ``kd``
+            condition caches ``d_vocab`` logits per prompt).
+        fsdp: under ``torch.distributed``, shard the student's weights, gradients and
+            optimizer state over the processes (FSDP2; :mod:`circuitlens.distill.fsdp`), for a
+            student
+            too large for one device. The student is sharded in place: load a fresh one per
+            trainer.
+    """
+
+    def __init__(
+        self,
+        student: Any,
+        teacher: Any,
+        task: Task,
+        head_map: HeadMap,
+        config: TrainConfig | None = None,
+        circuit: Circuit | None = None,
+        checkpoint_dir: str | Path | None = None,
+        teacher_cache: TeacherCache | None | bool = None,
+        fsdp: bool = False,
+    ) -> None:
+        self.student, self.teacher, self.task = student, teacher, task
+        self.head_map, self.config, self.circuit = head_map, config or TrainConfig(), circuit
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.fsdp = fsdp
+        cfg = self.config
+        _check_inputs(student, teacher, head_map, cfg, circuit)
+        self.masks, self.fraction = _masks(student, head_map, cfg)
+        # a cross-tokenizer pair (another model family): the teacher's labels cross by text
+        self.translate: LabelTranslator | None = None
+        if not require_compatible_tokenizers(
+            teacher, student, conditions=[cfg.condition], positions=cfg.positions
+        ):
+            self.translate = LabelTranslator(teacher, student)
+        self.rank_world = _rank_world()
+        _check_parallel(cfg, self.rank_world[1], fsdp)
+        if fsdp:
+            from circuitlens.distill.fsdp import shard_student
+
+            # the masks were derived on the whole model; shard them like their weights
+            self.masks = shard_student(student, self.masks)
+        params = dict(student.named_parameters())
+        self.params = {n: params[n] for n in self.masks}
+        self.optimizer = MaskedOptimizer(
+            self.params,
+            self.masks,
+            cfg.lr,
+            cfg.weight_decay,
+            all_reduce=self.rank_world[1] > 1 and not fsdp,  # FSDP reduces its shards itself
+        )
+        self.rng = random.Random(f"train:{cfg.seed}")
+        # every step's prompts, drawn up front (the same draws, in the same order, as one per
+        # step): the teacher's outputs for all of them come from one cached pass
+        heldout = task.heldout_texts()
+        self.schedule = [
+            task.sample(self.rng, cfg.batch_size, exclude=heldout) for _ in range(cfg.steps)
+        ]
+        if teacher_cache is True or teacher_cache is None:
+            teacher_cache = TeacherCache()
+        self.teacher_cache: TeacherCache | None = teacher_cache or None
+        self.sites = HeadSites(student, teacher, task, head_map, cfg, circuit)
+        self.feed = TeacherFeed(teacher, self.schedule, self.teacher_cache, self._request())
+        self.state = TrainState()
+
+    # -- one batch ---------------------------------------------------------------------------
+    def _request(self) -> dict[str, Any]:
+        """What the trainer reads from the teacher: the mapped teacher heads' layers at the
+        pairs' positions, and the logits where the condition compares them."""
+        layers = sorted({t.layer for _, t in self.head_map.pairs})
+        return {
+            "layers": layers,
+            "positions": sorted(set(self.sites.position_names())) if layers else [],
+            "logits": self.config.cond.compares_logits,
+        }
+
+    def teacher_outputs(self, progress: bool = False) -> list[TeacherBatch]:
+        """The teacher's outputs for every step's batch (from the cache, or one pass)."""
+        return self.feed.all(progress)
+
+    def losses(self, prompts: list, step: int | None = None) -> dict[str, Tensor]:
+        """Loss parts on one list of prompts (student with gradients, teacher without).
+
+        ``step`` seeds the ``ce+shuffled`` derangement (default: the trainer's next step).
+        Under ``torch.distributed`` (``torchrun``, data parallel), the rank's part of the
+        global batch's loss: the student runs on the rank's contiguous shard; CE and KD are
+        shard means weighted by the shard's share; the CKA term is the global batch's
+        (student activations gathered from every rank with autograd, the teacher's global
+        batch from the cache), divided by the world size. Summing the ranks' gradients (the
+        optimiser's step) gives the single-process gradient.
+        """
+        cfg = self.config
+        rank, world = self.rank_world
+        k = len(prompts) // world
+        mine = slice(rank * k, (rank + 1) * k)
+        s_last, sb, saved = self.sites.student_forward(prompts if world == 1 else prompts[mine])
+        tb, tout = self.feed.get(prompts, step)
+        dev = s_last.device
+        labels = tout.labels if world == 1 else tout.labels[mine]
+        out: dict[str, Tensor] = {
+            "ce": cross_entropy(s_last, _labels(cfg, self.translate, labels, sb, dev))
+        }
+        if cfg.cond.compares_logits:
+            assert tout.logits is not None
+            logits = tout.logits if world == 1 else tout.logits[mine]
+            out["kd"] = kd_loss(s_last, logits.to(dev), cfg.kd_temperature)
+        if cfg.uses_cka:
+            out |= self._align(prompts, step, sb, tb, saved, tout)
+        if world > 1:
+            for name in ("ce", "kd"):
+                if name in out:
+                    out[name] = out[name] * (k / len(prompts))
+        out["loss"] = total_loss(cfg.condition, cfg.lam, out["ce"], out.get("align"), out.get("kd"))
+        if world > 1:
+            import torch.distributed as dist
+
+            for name in ("loss", "ce", "kd"):  # what the history shows: the global batch's
+                if name in out:
+                    shown = out[name].detach().clone()
+                    dist.all_reduce(shown)
+                    out[f"{name}_global"] = shown
+        return out
+
+    def _align(
+        self,
+        prompts: list,
+        step: int | None,
+        sb: PromptBatch,
+        tb: PromptBatch,
+        saved: dict[int, Tensor],
+        tout: TeacherBatch,
+    ) -> dict[str, Tensor]:
+        """The CKA term of the batch (the global batch's under data parallelism)."""
+        cfg = self.config
+        world = self.rank_world[1]
+        xs, ys = self.sites.pair_activations(sb, tb, saved, tout)
+        if world > 1:
+            from torch.distributed.nn.functional import all_gather
+
+            xs = torch.cat(all_gather(xs.contiguous()), dim=1)  # [pair, global n, rows, p]
+        if cfg.cond.shuffle:
+            step = self.state.step + 1 if step is None else step
+            perm = derangement(len(prompts), shuffle_generator(cfg.seed, step))
+            ys = shuffled_teacher(ys, perm)
+        align, value = alignment_loss(
+            xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
+        )
+        return {"cka": value.detach(), "align": align / world if world > 1 else align}
+
+    def _heldout_pairs(self, split: str, n: int | None) -> tuple[Tensor, Tensor]:
+        """Both models' activations of every pair on held-out prompts (no graph)."""
+        if not len(self.head_map):
+            raise ValueError("no mapped pairs to measure CKA on")
+        prompts = self.task.split(split)[: n or self.config.cka_eval_n]
+        with self.sites.measuring(), torch.no_grad():  # a measurement: no graph
+            _, sb, saved = self.sites.student_forward(prompts)
+            tb, tout = self.feed.get(prompts, None)
+            return self.sites.pair_activations(sb, tb, saved, tout)
+
+    @torch.no_grad()
+    def heldout_cka(
+        self, split: str = "val", n: int | None = None, n_perm: int | None = None
+    ) -> CKAWithNull:
+        """CKA of every mapped pair on held-out prompts, with its permutation null (the
+        teacher's examples permuted), with the config's kernel, estimator, site and positions.
+        Measured in every condition (does CE alone align the heads?)."""
+        cfg = self.config
+        xs, ys = self._heldout_pairs(split, n)
+        return cka_with_null(
+            xs, ys, n_perm or cfg.null_perms, seed=0, kernel=cfg.cka, estimator=cfg.cka_estimator
+        )
+
+    def mean_cka(self, split: str = "val", n: int | None = None) -> float:
+        """Mean CKA of the mapped pairs on held-out prompts (no null; see :meth:`heldout_cka`)."""
+        if not len(self.head_map):
+            return float("nan")
+        cfg = self.config
+        xs, ys = self._heldout_pairs(split, n)
+        with torch.no_grad():
+            _, value = alignment_loss(
+                xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
+            )
+        return float(value.float().mean())
+
+    # -- the loop --------------------------------------------------------------------------
+    def _step(self) -> dict[str, float]:
+        prompts = self.schedule[self.state.step]
+        parts = self.losses(prompts, step=self.state.step + 1)
+        self.optimizer.step(parts["loss"])
+        shown = {k: parts.get(f"{k}_global", parts.get(k)) for k in ("loss", "ce", "kd")}
+        row = {"step": self.state.step + 1, "loss": shown["loss"].item(), "ce": shown["ce"].item()}
+        if "cka" in parts:
+            row["mean_cka"] = float(parts["cka"].float().mean())
+        if shown["kd"] is not None:
+            row["kd"] = float(shown["kd"].detach())
+        return row
+
+    def train(self, progress: bool = True) -> list[dict[str, float]]:
+        """Run (or resume) to ``config.steps``; return the history (one row per step)."""
+        self.load_checkpoint()
+        if self.teacher_cache is not None and self.state.step < self.config.steps:
+            self.teacher_outputs(progress=progress)  # the teacher's one pass, before step 1
+        flags = {n: p.requires_grad for n, p in self.student.named_parameters()}
+        for n, p in self.student.named_parameters():  # no gradients for wholly frozen weights
+            p.requires_grad_(n in self.masks)
+        try:
+            with self.sites.capturing():
+                return self._loop(progress)
+        finally:
+            for n, p in self.student.named_parameters():
+                p.requires_grad_(flags[n])
+
+    def _due(self, every: int) -> bool:
+        """Whether the step just taken is an ``every``-th one or the last."""
+        return bool(every) and (
+            self.state.step % every == 0 or self.state.step == self.config.steps
+        )
+
+    def _evaluate(self, row: dict[str, float], bar: Any) -> None:
+        cfg = self.config
+        with heartbeat(bar, f"evaluating on {cfg.eval_n} val prompts"):  # a long step
+            row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
+        if cfg.eval_cka and len(self.head_map):
+            row["val_cka"] = self.mean_cka()
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
+
+    def _loop(self, progress: bool) -> list[dict[str, float]]:
+        cfg = self.config
+        bar = tqdm(
+            total=cfg.steps, initial=self.state.step, desc=f"train {cfg.condition}",
+            disable=not progress,
+        )  # fmt: skip
+        while self.state.step < cfg.steps:
+            row = self._step()
+            self.state.step += 1
+            if self._due(cfg.eval_every):
+                self._evaluate(row, bar)
+            self.state.history.append(row)
+            bar.update(1)
+            if self.checkpoint_dir is not None and self._due(cfg.checkpoint_every):
+                self.save_checkpoint()
+        bar.close()
+        return self.state.history
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        assert self.checkpoint_dir is not None
+        params, opt = self.optimizer.state()  # a collective when sharded
+        if self.rank_world[0] != 0:  # data parallel: every rank holds the same state
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(
+            {
+                "params": params,
+                "opt": opt,
+                "rng": self.rng.getstate(),
+                "state": dataclasses.asdict(self.state),
+                "config": dataclasses.asdict(self.config),
+                "pairs": self.head_map.to_dict()["pairs"],
+            },
+            self.checkpoint_dir / "trainer.pt",
+        )
+
+    def load_checkpoint(self) -> bool:
+        if self.checkpoint_dir is None or not (self.checkpoint_dir / "trainer.pt").exists():
+            return False
+        saved = torch.load(self.checkpoint_dir / "trainer.pt", weights_only=False)
+        if (
+            saved["config"] != dataclasses.asdict(self.config)
+            or saved["pairs"] != self.head_map.to_dict()["pairs"]
+        ):
+            raise ValueError(
+                f"the checkpoint in {self.checkpoint_dir} is from another config or "
+                "head map; use another directory, or delete it to start fresh"
+            )
+        self.optimizer.load(saved["params"], saved["opt"])
+        self.rng.setstate(saved["rng"])
+        self.state = TrainState(**saved["state"])
+        log.info("resumed training at step %d", self.state.step)
+        return True

@@ -1,0 +1,84 @@
+"""distill_circuit leaves the caller's student alone, checks its input up front, says its cost,
+and prints short."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from circuitlens import distill_circuit, get_task, load_model
+from circuitlens.analysis.cost import estimate_distill_cost
+from circuitlens.core.validate import ConfigError
+from circuitlens.distill.pipeline import DistillConfig
+
+FAST = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0)
+
+
+@pytest.fixture(scope="module")
+def setup(make_llama_dir):
+    teacher = load_model(make_llama_dir(seed=1, n_layers=3))
+    task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
+    return teacher, task
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_the_callers_student_is_not_trained_unless_inplace(setup, make_llama_dir, caplog) -> None:
+    teacher, task = setup
+    student = load_model(make_llama_dir(seed=2))
+    before = _params(student)
+    with caplog.at_level(logging.INFO, logger="circuitlens.analysis.cost"):
+        result = distill_circuit(teacher, student, task, steps=2, progress=False, **FAST)
+    assert "expected about" in caplog.text  # the cost, said before the work
+    assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
+    assert result.student is not student
+    assert any(not torch.equal(p, before[n]) for n, p in result.student.named_parameters())
+    text = repr(result)
+    assert text.startswith("DistillResult(ce+align, 2 steps, 2 ablation pair(s)")
+    assert "tensor" not in text and "Linear" not in text and len(text) < 400
+    sweep = repr(result.teacher_sweep)
+    assert sweep.startswith(f"AblationResult(teacher: {result.config.metric} on 16 test prompts")
+    assert "tensor" not in sweep and len(sweep) < 300
+    inplace = distill_circuit(teacher, student, task, steps=1, progress=False, inplace=True, **FAST)
+    assert inplace.student is student
+    assert any(not torch.equal(p, before[n]) for n, p in student.named_parameters())
+
+
+def test_nan_and_oversized_requests_fail_before_work(setup, make_llama_dir) -> None:
+    teacher, task = setup
+    with pytest.raises(ConfigError, match=r"TrainConfig\.lam must be a finite number"):
+        distill_circuit(teacher, make_llama_dir(seed=2), task, lam=math.nan, **FAST)
+    with pytest.raises(ConfigError, match=r"asks for 64 test prompts .* n_test=64"):
+        distill_circuit(teacher, make_llama_dir(seed=2), task, **(FAST | {"test_n": 64}))
+    # the advice: a task with more test prompts
+    bigger = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=64)
+    cfg = DistillConfig().with_overrides(**(FAST | {"test_n": 64, "steps": 0}))
+    distill_circuit(teacher, make_llama_dir(seed=2), bigger, cfg, progress=False)
+
+
+def test_cost_estimate_is_positive_and_grows_with_steps(setup, make_llama_dir) -> None:
+    teacher, task = setup
+    student = load_model(make_llama_dir(seed=2))
+    small = estimate_distill_cost(teacher, student, task, DistillConfig().with_overrides(steps=10))
+    large = estimate_distill_cost(
+        teacher, student, task, DistillConfig().with_overrides(steps=1000)
+    )
+    assert 0 < small.seconds < large.seconds and large.flops > small.flops
+    assert "expected about" in str(large) and "training" in str(large)
+
+
+def test_cost_of_a_screened_sweep_is_its_screen_and_top_heads() -> None:
+    from circuitlens.analysis.cost import sweep_passes
+
+    # an exact sweep ablates every head ("auto" is exact at every size for now); a screened
+    # one (576 heads, SmolLM2-sized) about 0.15 of them + a margin
+    assert sweep_passes(96, 12, 100) == pytest.approx(96 * 100 * 13 / 24 + 300)
+    assert sweep_passes(576, 30, 100) == pytest.approx(576 * 100 * 31 / 60 + 300)
+    screened = sweep_passes(576, 30, 100, method="screened")
+    assert screened == pytest.approx(300 + (86 + 22) * 100 * 31 / 60 + 300)
+    assert screened < sweep_passes(576, 30, 100, top=200, method="screened") < 576 * 100 * 31 / 60

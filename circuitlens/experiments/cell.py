@@ -16,6 +16,7 @@ from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.analysis.mechanism import MechanismCheck
 from circuitlens.core.io import json_ready
 from circuitlens.core.types import Head
+from circuitlens.core.validate import require_keys
 from circuitlens.distill.pipeline import ConditionResult
 
 
@@ -161,15 +162,15 @@ class Cell:
         Raises:
             CellError: ``d`` is not a cell, or lacks keys (named).
         """
-        if not isinstance(d, dict):
-            raise CellError(f"a cell is a table of its measures (got {type(d).__name__})")
-        missing = [k for k in CELL_KEYS if k not in d]
-        if missing:
-            raise CellError(
-                f"cell {d.get('task', '?')}/{d.get('condition', '?')}/seed{d.get('seed', '?')} "
-                f"lacks {missing}: written by another version of circuitlens; delete it to "
-                "recompute it"
-            )
+        name = (
+            f"cell {d.get('task', '?')}/{d.get('condition', '?')}/seed{d.get('seed', '?')}"
+            if isinstance(d, dict)
+            else ""
+        )
+        require_keys(
+            d, CELL_KEYS, CellError, "a cell is a table of its measures", name,
+            "delete it to recompute it",
+        )  # fmt: skip
         mechanism = d.get("mechanism")
         return cls(
             task=d["task"],

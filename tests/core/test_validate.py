@@ -137,3 +137,13 @@ def test_circuit_and_ablation_configs_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"AblationConfig\.n must be >= 1"):
         AblationConfig(n=0)
     assert AblationConfig(n=None).n is None and CircuitConfig(n=5).n == 5
+
+
+def test_require_keys_names_the_record_the_missing_keys_and_the_fix() -> None:
+    from circuitlens.core.validate import require_keys
+
+    require_keys({"a": 1, "b": 2}, ("a", "b"), KeyError, "x", "rec", "fix it")  # complete: passes
+    with pytest.raises(ValueError, match=r"^rec lacks \['b'\]: written by another .*; fix it$"):
+        require_keys({"a": 1}, ("a", "b"), ValueError, "a rec is a table", "rec", "fix it")
+    with pytest.raises(ValueError, match=r"^a rec is a table \(got list\)$"):
+        require_keys([1], ("a",), ValueError, "a rec is a table", "", "fix it")

@@ -281,8 +281,8 @@ MEASURE = """<script>window.addEventListener('load', () => setTimeout(() => {
 }, 2000));</script></body>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
 def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    assert _chromium(), "chromium is not installed: bash scripts/setup.sh installs it (apt-get)"
     """The page (with a measuring script appended) loads without a console message; at
     1200 px every figure is drawn, the curves' legend and the forest plot's labels are whole
     (each text's box inside its figure and the window) and no table scrolls sideways."""

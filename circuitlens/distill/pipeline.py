@@ -814,6 +814,28 @@ def kept_sweeps(
     (the budget of an exact sweep, the trainer's options) can share one file."""
     if directory is None:
         return sweeps(teacher, student, task, cfg, progress, circuit)
+    key = sweeps_key(teacher, student, task, cfg, circuit)
+    f = Path(directory) / "sweeps.json"
+    if f.is_file():
+        try:
+            saved = json.loads(f.read_text())
+            if saved.get("key") == key:
+                log.info("sweeps read from %s", f)
+                t, s = saved["teacher_sweep"], saved["student_sweep"]
+                return AblationResult.from_dict(t), AblationResult.from_dict(s)
+        except (ValueError, KeyError, TypeError) as e:  # a damaged file: recompute it
+            log.warning("%s unreadable (%s): recomputing the sweeps", f, e)
+    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)
+    save_sweeps(f, key, t_sweep, s_sweep)
+    return t_sweep, s_sweep
+
+
+def sweeps_key(
+    teacher: Any, student: Any, task: Task, cfg: DistillConfig, circuit: Circuit | None
+) -> str:
+    """What ``sweeps.json`` is valid for: a digest of both models' weights, the task, its
+    sweep prompts, the circuit and the options the sweeps read (not the map's, the
+    trainer's, nor an exact sweep's budget)."""
     reads_budget = auto_method(model_facts(student).n_total_heads) == "screened"
     drop = {"train", "test_n", "map_seed", "map_method", "one_to_one"} | (
         set() if reads_budget else {"budget"}
@@ -826,18 +848,12 @@ def kept_sweeps(
         "circuit": None if circuit is None else circuit.to_dict(),
         "config": {k: v for k, v in cfg.to_dict().items() if k not in drop},
     }
-    digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16)
-    f = Path(directory) / "sweeps.json"
-    if f.is_file():
-        try:
-            saved = json.loads(f.read_text())
-            if saved.get("key") == digest.hexdigest():
-                log.info("sweeps read from %s", f)
-                t, s = saved["teacher_sweep"], saved["student_sweep"]
-                return AblationResult.from_dict(t), AblationResult.from_dict(s)
-        except (ValueError, KeyError, TypeError) as e:  # a damaged file: recompute it
-            log.warning("%s unreadable (%s): recomputing the sweeps", f, e)
-    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)
-    doc = {"key": digest.hexdigest(), "teacher_sweep": t_sweep.to_dict()}
-    atomic_write_text(f, json.dumps(doc | {"student_sweep": s_sweep.to_dict()}))
-    return t_sweep, s_sweep
+    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def save_sweeps(
+    f: str | Path, key: str, teacher_sweep: AblationResult, student_sweep: AblationResult
+) -> None:
+    """Write ``sweeps.json`` (atomically): ``key`` (:func:`sweeps_key`) and both sweeps."""
+    doc = {"key": key, "teacher_sweep": teacher_sweep.to_dict()}
+    atomic_write_text(Path(f), json.dumps(doc | {"student_sweep": student_sweep.to_dict()}))

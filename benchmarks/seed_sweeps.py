@@ -1,0 +1,77 @@
+"""Seed a new run directory with the sweeps of a finished run, so that a run that differs only
+in what the sweeps do not read (the map method, the trainer's options) repeats no sweep.
+
+The exact sweeps of a real pair take 75-82 minutes per task on this machine; a run with another
+``map_method`` reads the same sweeps (``sweeps_key`` drops the map's options). The source's
+``setup.json`` carries both sweeps; this writes them as the new run's ``<task>/sweeps.json``
+under the key the new config computes, after checking that the source's sweeps were made with
+the options the new config gives them (so the key does not vouch for sweeps of another run).
+
+    python benchmarks/seed_sweeps.py SRC_RUN DST_RUN --config-from-cli ...
+
+Usage: ``python benchmarks/seed_sweeps.py SRC DST`` where ``DST/config.json`` exists (write it
+first, e.g. with ``--write-config`` and the reproduce flags below), then ``circuitlens
+reproduce --out DST`` with the same flags runs its cells on the seeded sweeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from circuitlens.core.io import atomic_write_text
+from circuitlens.core.rundir import MARKER
+from circuitlens.distill.pipeline import save_sweeps, sweeps_key
+from circuitlens.experiments.config import ExperimentConfig
+from circuitlens.experiments.runner import _json_dump, _read_setup, _task
+from circuitlens.models.registry import load_model
+
+
+def seed(src: Path, dst: Path, cfg: ExperimentConfig) -> None:
+    """Write ``dst/<task>/sweeps.json`` for every task of ``cfg`` from ``src``'s setups, and
+    ``dst``'s marker and config when it has none."""
+    dst.mkdir(parents=True, exist_ok=True)
+    if not (dst / "config.json").is_file():
+        atomic_write_text(dst / MARKER, json.dumps({"kind": "reproduce", "seeded_from": str(src)}))
+        atomic_write_text(dst / "config.json", _json_dump(cfg.to_dict()))
+    for t in cfg.tasks:
+        setup = _read_setup(src / t / "setup.json", t)
+        d = cfg.distill
+        for role, sweep in (("teacher", setup.teacher_sweep), ("student", setup.student_sweep)):
+            sc = sweep.config
+            if (sc.metric, sc.n) != (d.metric, d.sweep_n):
+                raise SystemExit(
+                    f"{src / t}: the {role} sweep used metric={sc.metric}, n={sc.n}; the new "
+                    f"config asks metric={d.metric}, sweep_n={d.sweep_n}: not the same sweep"
+                )
+        if setup.circuit is not None and setup.circuit.heads:
+            raise SystemExit(f"{src / t}: a setup with a circuit is not supported here")
+        teacher = load_model(cfg.models[t]["teacher"])
+        student = load_model(cfg.models[t]["student"])
+        task = _task(t, cfg.task_seed, [teacher, student], cfg)
+        key = sweeps_key(teacher, student, task, d, None)
+        save_sweeps(dst / t / "sweeps.json", key, setup.teacher_sweep, setup.student_sweep)
+        print(f"{dst / t / 'sweeps.json'}: seeded from {src / t / 'setup.json'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", type=Path, help="a finished (or restored) run directory")
+    ap.add_argument("dst", type=Path, help="the new run directory")
+    ap.add_argument("--tasks", default="entity_tracking,theory_of_mind")
+    ap.add_argument("--conditions", default="ce+align")
+    ap.add_argument("--seeds", default="0,1,2,3,4,5")
+    ap.add_argument("--map-method", default="impact")
+    args = ap.parse_args()
+    cfg = ExperimentConfig.real().with_overrides(
+        tasks=args.tasks.split(","),
+        conditions=args.conditions.split(","),
+        seeds=[int(s) for s in args.seeds.split(",")],
+        map_method=args.map_method,
+    )
+    seed(args.src, args.dst, cfg)
+
+
+if __name__ == "__main__":
+    main()

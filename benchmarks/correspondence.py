@@ -61,9 +61,8 @@ def run_model(
         CorrespondenceFeatures,
         correspond_features,
         head_z,
-        permuted_copy,
-        recovery,
     )
+    from circuitlens.analysis.known_answer import permuted_copy, recovery
 
     model = cl.load_model(spec)
     task = cl.get_task(task_name, model=model)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import circuitlens as cl
+from circuitlens.distill.sweeps import sweeps
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -71,9 +72,8 @@ def main() -> None:
         lr=args.lr,
         eval_every=0,
     )
-    sweeps = cl.distill.pipeline.sweeps
     t_sweep, s_sweep = timed("sweeps", lambda: sweeps(teacher, student, task, cfg))
-    head_map = cl.map_heads(s_sweep, t_sweep, None, cfg.budget)
+    head_map = cl.map_heads(s_sweep, t_sweep, None, cfg.map.budget)
     out["map"] = [
         [str(s), str(t), d] for (s, t), d in zip(head_map.pairs, head_map.distances, strict=True)
     ]

@@ -7,11 +7,12 @@ The exact sweeps of a real pair take 75-82 minutes per task on this machine; a r
 under the key the new config computes, after checking that the source's sweeps were made with
 the options the new config gives them (so the key does not vouch for sweeps of another run).
 
-    python benchmarks/seed_sweeps.py SRC_RUN DST_RUN --config-from-cli ...
+    python benchmarks/seed_sweeps.py SRC DST --tasks entity_tracking --map-method cka
+    circuitlens reproduce --models real --tasks entity_tracking --conditions ce+align \
+        --seeds 0 1 2 3 4 5 --map-method cka --out DST
 
-Usage: ``python benchmarks/seed_sweeps.py SRC DST`` where ``DST/config.json`` exists (write it
-first, e.g. with ``--write-config`` and the reproduce flags below), then ``circuitlens
-reproduce --out DST`` with the same flags runs its cells on the seeded sweeps.
+The flags name the real config's selection and map method (``DST/config.json`` is written
+when DST has none); the reproduce run with the same flags then reads the seeded sweeps.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.rundir import MARKER
-from circuitlens.distill.pipeline import save_sweeps, sweeps_key
+from circuitlens.distill.sweeps import save_sweeps, sweeps_key
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.runner import _json_dump, _read_setup, _task
 from circuitlens.models.registry import load_model
@@ -40,10 +41,10 @@ def seed(src: Path, dst: Path, cfg: ExperimentConfig) -> None:
         d = cfg.distill
         for role, sweep in (("teacher", setup.teacher_sweep), ("student", setup.student_sweep)):
             sc = sweep.config
-            if (sc.metric, sc.n) != (d.metric, d.sweep_n):
+            if (sc.metric, sc.n) != (d.sweep.metric, d.sweep.n):
                 raise SystemExit(
                     f"{src / t}: the {role} sweep used metric={sc.metric}, n={sc.n}; the new "
-                    f"config asks metric={d.metric}, sweep_n={d.sweep_n}: not the same sweep"
+                    f"config asks metric={d.sweep.metric}, n={d.sweep.n}: not the same sweep"
                 )
         if setup.circuit is not None and setup.circuit.heads:
             raise SystemExit(f"{src / t}: a setup with a circuit is not supported here")

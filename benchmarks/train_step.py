@@ -34,9 +34,10 @@ def main() -> None:
     teacher = load_model("zoo:entity-tracking-teacher")
     task = get_task("entity_tracking", seed=0, n_test=100)
     student = load_model("zoo:entity-tracking-student")
+    sweep = AblationConfig(metric="accuracy", n=100)
     head_map = map_heads(
-        ablation_sweep(student, task, AblationConfig(n=100), progress=False),
-        ablation_sweep(teacher, task, AblationConfig(n=100), baseline_from=student, progress=False),
+        ablation_sweep(student, task, sweep, progress=False),
+        ablation_sweep(teacher, task, sweep, baseline_from=student, progress=False),
         budget=0.13,
     )
     start = {n: p.detach().clone() for n, p in student.named_parameters()}

@@ -22,13 +22,9 @@ from circuitlens.core.devices import DeviceError, check_device
 from circuitlens.core.types import Circuit, Head, HeadMap, PlanStep
 from circuitlens.core.version import __version__ as __version__
 from circuitlens.distill.conditions import Condition, get_condition, register_condition
-from circuitlens.distill.pipeline import (
-    ConditionResult,
-    DistillConfig,
-    DistillResult,
-    distill_circuit,
-    train_condition,
-)
+from circuitlens.distill.config import DistillConfig, MapConfig
+from circuitlens.distill.pipeline import ConditionResult, distill_circuit, train_condition
+from circuitlens.distill.result import DistillResult
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
@@ -70,6 +66,7 @@ __all__ = [
     "DeviceError",
     "DistillConfig",
     "DistillResult",
+    "MapConfig",
     "ExperimentConfig",
     "ExperimentResult",
     "Head",

@@ -140,7 +140,7 @@ def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
 def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """What ``distill`` runs: the file's run keys under the flags, and the DistillConfig."""
     from circuitlens.core.validate import ConfigError
-    from circuitlens.distill.pipeline import RUN_KEYS, DistillConfig, read_config_file
+    from circuitlens.distill.config import RUN_KEYS, DistillConfig, read_config_file
 
     run: dict[str, Any] = {}
     config = DistillConfig()
@@ -227,7 +227,8 @@ def _distill(args: argparse.Namespace) -> int:
     from circuitlens import get_task, load_model
     from circuitlens.core.devices import check_device
     from circuitlens.core.rundir import run_directory
-    from circuitlens.distill.pipeline import ResultSaveError, distill_circuit
+    from circuitlens.distill.pipeline import distill_circuit
+    from circuitlens.distill.result import ResultSaveError
 
     spec, config = _run_spec(args)  # every option checked before anything is loaded
     bf16 = config.train.dtype == "bfloat16"

@@ -84,7 +84,9 @@ def test_distill_reads_models_task_and_options_from_a_json_file(
     flags = ["--steps", "2", "--sweep-n", "16", "--test-n", "32", "--task-option", "seed=3"]
     assert main(args + flags) == 0
     saved = json.loads((out / "result" / "config.json").read_text())
-    assert saved["train"]["steps"] == 2 and saved["sweep_n"] == 16 and saved["budget"] == 2
+    assert (
+        saved["train"]["steps"] == 2 and saved["sweep"]["n"] == 16 and saved["map"]["budget"] == 2
+    )
     assert json.loads((out / "result" / "metrics.json").read_text())["steps"] == 2
     assert main(args + flags + ["--fresh", "--device", "cpu", "--threads", "1"]) == 0  # its
     # own directory: --fresh may empty it

@@ -63,7 +63,9 @@ class AblationConfig:
     """Options of :func:`ablation_sweep` (carried by its result).
 
     Attributes:
-        metric: ``"accuracy"`` or ``"prob"`` (or ``"logit_diff"``), read at the last position.
+        metric: ``"prob"`` (the answer's probability, the default: a continuous P separates
+            heads that accuracy ties), ``"accuracy"`` or ``"logit_diff"``, read at the last
+            position.
         split, n: the prompts scored (the task's ``ablation`` prompts give the means).
         heads_per_pass: heads ablated in one forward pass (each in its own copy of the batch);
             None: 1 on a CPU, 8 on a GPU.
@@ -86,7 +88,7 @@ class AblationConfig:
             map's candidates); an exact sweep measures every head and keeps none.
     """
 
-    metric: Metric = "accuracy"
+    metric: Metric = "prob"
     split: Split = "test"
     n: int | None = 200
     heads_per_pass: int | None = None

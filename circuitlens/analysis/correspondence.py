@@ -49,18 +49,16 @@ profile is constant, or when its partner's correlation is within the noise of th
 (Fisher z differ by less than ``1.96 sqrt(2 / (n - 3))``); ``cka`` when a pair's CKA does not
 exceed its null's mean by two null sds.
 
-The known answer: :func:`permuted_copy` relabels a model's query heads within each layer (inside
+The known answer (:mod:`circuitlens.analysis.known_answer`): ``permuted_copy`` relabels a model's query heads within each layer (inside
 their K/V group, and optionally the groups as wholes) without changing the function, plus
-optional seeded weight noise; :func:`recovery` is the fraction of chosen student heads a map sends
+optional seeded weight noise; ``recovery`` is the fraction of chosen student heads a map sends
 to their own relabelled copy.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -569,7 +567,7 @@ def gather_features(
 ) -> CorrespondenceFeatures:
     """Measure what ``needs`` asks for (the student's sweep always): the sweeps (exact, on the
     same ``n`` prompts of ``split``; ``teacher_baseline="student"``: the teacher's impacts
-    against the student's P, as :func:`circuitlens.distill.pipeline.sweeps` does, or ``"own"``) and
+    against the student's P, as :func:`circuitlens.distill.sweeps.sweeps` does, or ``"own"``) and
     the
     heads' ``z`` at the last position on the same prompts."""
     if teacher_baseline not in ("student", "own"):
@@ -650,108 +648,6 @@ def correspond(
     )
 
 
-# --- a known answer --------------------------------------------------------------------------
-
-_ATTN = re.compile(
-    r"layers\.(\d+)\.(?:self_attn|attn)\.(q_proj|k_proj|v_proj|o_proj)\.(weight|bias)$"
-)
-
-
-def _attention_params(hf: Any) -> dict[tuple[int, str, str], Tensor]:
-    """``{(layer, "q_proj", "weight"): parameter, ...}`` of a Hugging Face model (the bridge's
-    wrapped names read without their ``._original_component`` segments)."""
-    out = {}
-    for name, p in hf.named_parameters():
-        m = _ATTN.search(name.replace("._original_component", ""))
-        if m:
-            out[int(m[1]), m[2], m[3]] = p
-    return out
-
-
-def _layer_order(
-    n_heads: int, n_kv: int, groups: bool, g: torch.Generator
-) -> tuple[list[int], list[int]]:
-    """``(q_src, kv_src)``: the copy's query head ``i`` is the original's ``q_src[i]``, its K/V
-    head ``j`` the original's ``kv_src[j]``; query heads stay inside their K/V group."""
-    size = n_heads // n_kv
-    kv_src = torch.randperm(n_kv, generator=g).tolist() if groups else list(range(n_kv))
-    q_src = []
-    for j in kv_src:
-        q_src += [j * size + int(i) for i in torch.randperm(size, generator=g)]
-    return q_src, kv_src
-
-
-def _permute_rows(p: Tensor, src: list[int], dim: int) -> None:
-    """Reorder the head blocks of ``p`` along ``dim`` (``len(src)`` equal blocks) in place."""
-    blocks = p.data.unflatten(dim, (len(src), -1))
-    p.data.copy_(blocks.index_select(dim, torch.tensor(src, device=p.device)).flatten(dim, dim + 1))
-
-
-@torch.no_grad()
-def permuted_copy(
-    model: Any, seed: int = 0, noise: float = 0.0, groups: bool = True
-) -> tuple[Any, dict[Head, Head]]:
-    """A deep copy computing the same function with its query heads relabelled in each layer.
-
-    Query heads are permuted inside their K/V group (the rows of ``q_proj`` of the group's
-    heads, and the matching columns of ``o_proj``); with ``groups`` the K/V groups are
-    permuted too, as wholes (``k_proj``/``v_proj`` rows with their query heads). Then, if
-    ``noise > 0``, every parameter gets seeded Gaussian noise of ``noise`` times its own RMS.
-
-    Args:
-        model: a bridge over a Hugging Face model, or a Hugging Face model (Llama-like: split
-            ``q_proj``/``k_proj``/``v_proj``/``o_proj``).
-        seed: draws the permutation and the noise.
-        noise: the noise's size relative to each parameter's RMS (0: an exact relabelling).
-        groups: permute the K/V groups as wholes too.
-
-    Returns:
-        ``(copy, permutation)``: ``permutation[h]`` is the head of the copy that is ``h``.
-    """
-    if noise < 0:
-        raise ValueError(f"noise is a relative size >= 0 (got {noise})")
-    out = copy.deepcopy(model)
-    hf = getattr(out, "original_model", out)
-    cfg = hf.config
-    n_heads = int(cfg.num_attention_heads)
-    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-    params = _attention_params(hf)
-    n_layers = 1 + max((k[0] for k in params), default=-1)
-    if n_layers == 0:
-        raise ValueError(
-            f"no q_proj/k_proj/v_proj/o_proj found in {type(hf).__name__}: permuted_copy "
-            "supports models with split attention projections (Llama, Qwen, Gemma, SmolLM2)"
-        )
-    g = torch.Generator().manual_seed(seed)
-    permutation = {}
-    for layer in range(n_layers):
-        q_src, kv_src = _layer_order(n_heads, n_kv, groups, g)
-        for (lay, proj, kind), p in params.items():
-            if lay != layer:
-                continue
-            if proj == "q_proj":
-                _permute_rows(p, q_src, 0)
-            elif proj in ("k_proj", "v_proj"):
-                _permute_rows(p, kv_src, 0)
-            elif kind == "weight":  # o_proj: its input columns (its bias is the sum's)
-                _permute_rows(p, q_src, 1)
-        permutation.update({Head(layer, src): Head(layer, i) for i, src in enumerate(q_src)})
-    if noise > 0:
-        for p in hf.parameters():
-            rms = p.data.double().square().mean().sqrt().float()
-            eps = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.device, p.dtype)
-            p.data.add_(eps * (noise * rms).to(p.dtype))
-    return out, permutation
-
-
-def recovery(head_map: HeadMap, permutation: dict[Head, Head]) -> float:
-    """The fraction of the map's student heads paired with their own relabelled copy."""
-    if not len(head_map):
-        raise ValueError("the map has no pairs")
-    hits = sum(permutation.get(s) == t for s, t in head_map.pairs)
-    return hits / len(head_map)
-
-
 __all__ = [
     "METHODS",
     "CorrespondenceFeatures",
@@ -762,8 +658,6 @@ __all__ = [
     "gather_features",
     "get_method",
     "head_z",
-    "permuted_copy",
     "rank_quantiles",
-    "recovery",
     "register_method",
 ]

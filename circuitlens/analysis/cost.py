@@ -124,12 +124,12 @@ def estimate_distill_cost(teacher: Any, student: Any, task: Any, cfg: Any) -> Co
     n_evals = (tcfg.steps // tcfg.eval_every + 1) if tcfg.eval_every else 0
     cka_n = getattr(tcfg, "cka_eval_n", 128)  # held-out prompts of each reported CKA
     teacher_p = {
-        "sweeps": _ablation_passes(teacher, cfg.sweep_n),
+        "sweeps": _ablation_passes(teacher, cfg.sweep.n),
         "training": tcfg.steps * tcfg.batch_size,
         "evaluation": cfg.test_n + 2 * cka_n + (n_evals * cka_n if tcfg.eval_cka else 0),
     }
     student_p = {
-        "sweeps": _ablation_passes(student, cfg.sweep_n, cfg.budget) + cfg.sweep_n,
+        "sweeps": _ablation_passes(student, cfg.sweep.n, cfg.map.budget) + cfg.sweep.n,
         "training": 3 * tcfg.steps * tcfg.batch_size,
         "evaluation": 2 * cfg.test_n
         + n_evals * tcfg.eval_n
@@ -171,7 +171,7 @@ def estimate_experiment_cost(
         from circuitlens.models.registry import model_facts
 
         # path patching: about two passes of the circuit prompts per teacher head
-        circuit = 2 * model_facts(teacher).n_total_heads * cfg.circuit_n * t_sec
+        circuit = 2 * model_facts(teacher).n_total_heads * cfg.circuit.n * t_sec
         parts["setup"] = one.parts["sweeps"] + (circuit if cfg.use_circuit else 0.0)
     cell = one.parts["training"] + one.parts["evaluation"]
     parts[f"{n_cells} cells"] = n_cells * cell

@@ -136,6 +136,4 @@ def require_keys(
         raise error(f"{what} (got {type(d).__name__})")
     missing = [k for k in keys if k not in d]
     if missing:
-        raise error(
-            f"{name} lacks {missing}: written by another version of circuitlens; {fix}"
-        )
+        raise error(f"{name} lacks {missing}: written by another version of circuitlens; {fix}")

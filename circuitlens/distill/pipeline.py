@@ -9,24 +9,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.analysis.ablation import AblationResult
 from circuitlens.analysis.cka import CKAWithNull
-from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
 from circuitlens.analysis.correspondence import (
     CorrespondenceFeatures,
     correspond_features,
@@ -35,373 +27,33 @@ from circuitlens.analysis.correspondence import (
 from circuitlens.analysis.correspondence import get_method as get_correspondence_method
 from circuitlens.analysis.cost import estimate_distill_cost, report_cost
 from circuitlens.analysis.evaluation import circuit_only_scores, format_accuracy
-from circuitlens.analysis.mapping import budget_count, map_heads
+from circuitlens.analysis.mapping import map_heads
 from circuitlens.analysis.mechanism import MechanismCheck, mechanism_check
-from circuitlens.analysis.screening import SCREEN_TOP, auto_method, top_count
-from circuitlens.core.deltas import apply_delta, load_delta, model_delta, save_delta
-from circuitlens.core.io import atomic_write_text
 from circuitlens.core.types import Circuit, HeadMap
-from circuitlens.core.validate import ConfigError, check_fields
+from circuitlens.core.validate import ConfigError
+from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.masks import TrainedFraction
+from circuitlens.distill.result import DistillResult
 from circuitlens.distill.setup import Setup
-from circuitlens.distill.teacher_cache import TeacherCache, model_hash
+from circuitlens.distill.sweeps import kept_sweeps
+from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 from circuitlens.models.registry import (
     copy_model,
     load_model,
     model_facts,
-    model_fingerprint,
     model_spec,
-    save_pretrained,
 )
 from circuitlens.tasks import Task, evaluate, get_task, prompt_scores
 from circuitlens.tasks.formats import check_task_format
-from circuitlens.tasks.metrics import METRICS
 from circuitlens.tasks.tokenizers import require_compatible_tokenizers
 
 log = logging.getLogger(__name__)
 
 
-def refuse_unknown_keys(cls: type, d: dict[str, Any], what: str) -> None:
-    """A config dict may only hold the dataclass's fields: name the others and the valid ones."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{what} must be a table of options (got {type(d).__name__} {d!r})")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown {what} keys {unknown}; valid keys: {valid}")
-
-
-#: keys of a run file (``circuitlens distill --config``) that name what to run, not options
-RUN_KEYS = ("teacher", "student", "task", "task_options")
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The table in a ``.toml`` or ``.json`` file; a :class:`ConfigError` that names the file
-    and the problem when it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no such config file: {str(path)!r}")
-    if path.suffix not in (".toml", ".json"):
-        raise ConfigError(f"config file {str(path)!r}: name it .toml or .json (read by its suffix)")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:]}: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a table of options at the top")
-    return data
-
-
-def _build(cls: type, d: dict[str, Any], what: str) -> Any:
-    try:
-        return cls(**d)
-    except TypeError as e:  # e.g. a table where a number belongs, caught by no __post_init__
-        raise ConfigError(f"{what}: {e}") from e
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Every option of :func:`distill_circuit` (loads from TOML or JSON; unknown keys refused).
-
-    Attributes:
-        metric: P for the ablation sweeps: ``"prob"`` (answer probability, the default: a
-            continuous P separates heads that accuracy ties), ``"logit_diff"`` or
-            ``"accuracy"``.
-        sweep_n: prompts per sweep.
-        n_boot: bootstrap resamples for each head's dP interval (0: none; then no warning
-            about impacts indistinguishable from zero is possible).
-        teacher_baseline: ``"student"`` (dP_t = P_s - P_t^abl, the paper's apparent choice)
-            or ``"own"``.
-        budget: student heads to train, a fraction (default 0.13) or a count.
-        one_to_one: assignment instead of independent argmin.
-        map_seed: seed of the random control map.
-        map_method: how student heads find their teacher partners, a method of
-            :func:`circuitlens.analysis.correspondence.correspond` (``"impact"``: the paper's
-            closest
-            ``|dP_s - dP_t|``, the default; ``"impact-rank"``, ``"profile"``, ``"cka"``,
-            ``"combined"``, or a name added with ``register_method``). The student heads are
-            the budget's top impacts whatever the method; the method chooses their partners.
-        test_n: test prompts for the before/after accuracy.
-        train: the trainer's options (:class:`TrainConfig`), including the condition.
-    """
-
-    metric: str = "prob"
-    sweep_n: int = 200
-    n_boot: int = 1000
-    teacher_baseline: str = "student"
-    budget: float | int = 0.13
-    one_to_one: bool = False
-    map_seed: int = 0
-    map_method: str = "impact"
-    test_n: int = 500
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {"sweep_n": (1, None), "test_n": (1, None), "budget": (0, None), "n_boot": (0, None)},
-        )
-        if self.metric not in METRICS:
-            raise ConfigError(
-                f"DistillConfig.metric must be one of {list(METRICS)} (got {self.metric!r}; "
-                "prob is the default)"
-            )
-        if self.budget <= 0:
-            raise ConfigError(
-                f"DistillConfig.budget must be a fraction in (0, 1] or a count >= 1 "
-                f"(got {self.budget!r})"
-            )
-        if isinstance(self.budget, float) and self.budget > 1:
-            raise ConfigError(
-                f"DistillConfig.budget {self.budget!r} is a fraction above 1: write a count of "
-                f"heads as an integer ({int(self.budget)}), or a fraction in (0, 1]"
-            )
-        if not isinstance(self.train, TrainConfig):
-            raise ConfigError(
-                f"DistillConfig.train must be a TrainConfig or a table of its options (got "
-                f"{type(self.train).__name__})"
-            )
-        if self.map_method not in CORRESPONDENCE_METHODS:
-            raise ConfigError(
-                f"unknown map_method {self.map_method!r}; valid: "
-                f"{', '.join(CORRESPONDENCE_METHODS)} (or one added with register_method)"
-            )
-        if self.teacher_baseline not in ("student", "own"):
-            raise ConfigError(
-                f"teacher_baseline must be 'student' or 'own' (got {self.teacher_baseline!r})"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
-        refuse_unknown_keys(cls, d, "config")
-        d = dict(d)
-        train = d.pop("train", {})
-        if isinstance(train, dict):
-            refuse_unknown_keys(TrainConfig, train, "[train]")
-            train = _build(TrainConfig, train, "[train]")
-        return _build(cls, {"train": train, **d}, "config")
-
-    @classmethod
-    def load(cls, path: str | Path) -> DistillConfig:
-        """From a ``.toml`` or ``.json`` file (``[train]`` holds the trainer's options); the
-        run-file keys (:data:`RUN_KEYS`: teacher, student, task, task_options) are skipped."""
-        data = read_config_file(path)
-        return cls.from_dict({k: v for k, v in data.items() if k not in RUN_KEYS})
-
-    def with_overrides(self, **overrides: Any) -> DistillConfig:
-        """A copy with top-level or ``train`` fields replaced (``condition="ce"``, ``lam=2``)."""
-        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-        top = {k: v for k, v in overrides.items() if k not in train_keys}
-        sub = {k: v for k, v in overrides.items() if k in train_keys}
-        d = self.to_dict() | top
-        d["train"] = dataclasses.asdict(self.train) | sub
-        return DistillConfig.from_dict(d)
-
-
-@dataclass
-class DistillResult:
-    """What :func:`distill_circuit` returns.
-
-    Attributes:
-        student: the trained student (a bridge).
-        head_map: the pairs trained (the random control's for ``ce+rand``).
-        circuit: the teacher circuit used (None: every teacher head was a candidate).
-        teacher_sweep, student_sweep: the ablation sweeps.
-        history: one row per training step (loss parts, mean CKA, validation accuracy).
-        metrics: accuracy before/after (full model, and circuit-only: every student head
-            outside the mapped set mean-ablated), teacher accuracy, the pairs' mean held-out
-            debiased CKA before/after with its permutation null, fractions trained.
-        config: the full config.
-        student_spec: what loads the untrained student (``"real:..."``, a directory), when
-            known: a saved result names it, and ``DistillResult.load`` loads it.
-        masks: the trained entries (parameter name -> bool mask), what ``save`` writes.
-    """
-
-    student: Any
-    head_map: HeadMap
-    circuit: Circuit | None
-    teacher_sweep: AblationResult
-    student_sweep: AblationResult
-    history: list[dict[str, float]]
-    metrics: dict[str, float]
-    config: DistillConfig
-    student_spec: str | None = None
-    masks: dict[str, Tensor] | None = None
-
-    def __repr__(self) -> str:
-        m = self.metrics
-
-        def num(key: str, fmt: str = ".3f") -> str:
-            v = m.get(key)
-            return "?" if not isinstance(v, int | float) else format(v, fmt)
-
-        pairs = " ".join(f"{s}->{t}" for s, t in self.head_map.pairs[:4])
-        more = f" (+{len(self.head_map) - 4})" if len(self.head_map) > 4 else ""
-        return (
-            f"DistillResult({self.config.train.condition}, {m.get('steps', '?')} steps, "
-            f"{len(self.head_map)} {self.head_map.kind} pair(s) {pairs}{more}; "
-            f"student accuracy {num('student_accuracy_before')} -> "
-            f"{num('student_accuracy_after')} (teacher {num('teacher_accuracy')}); "
-            f"mean CKA {num('mean_cka_before')} -> {num('mean_cka_after')}; "
-            f"{num('param_fraction', '.1%')} of parameters trained; {m.get('seconds', '?')} s)"
-        )
-
-    def table(self) -> Any:
-        """The metrics as a one-column pandas table."""
-        import pandas as pd
-
-        return pd.DataFrame({"value": self.metrics}).rename_axis("metric")
-
-    def save(self, directory: str | Path, full: bool = False) -> None:
-        """Write the result atomically (a partial result never replaces a complete one).
-
-        The JSON parts (metrics, map, sweeps, history, config) are written first, then the
-        trained weights as a delta against the student the run started from
-        (``student_delta.safetensors``, :mod:`circuitlens.core.deltas`: the mapped heads' slices
-        only, a size near the trained entries', tied embeddings untouched). ``full``: also the
-        whole trained student under ``student/``, through the model's own
-        ``save_pretrained`` (tied weights written once; loads with ``load_model``).
-
-        Raises:
-            ResultSaveError: a weight file could not be written: the message names it, why, and
-                where the JSON parts went; the run's checkpoint (if any) still holds the
-                trained weights.
-        """
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        mask = os.umask(0o022)
-        os.umask(mask)
-        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is as readable as any
-        try:
-            for name, obj in self._json_parts().items():
-                atomic_write_text(tmp / name, json.dumps(obj, indent=1))
-            try:
-                self._write_weights(tmp, full)
-            except Exception as e:
-                # keep what was measured: beside a complete result, never over it
-                kept = directory if not directory.exists() else _sibling(directory, ".partial")
-                _publish(tmp, kept)
-                raise ResultSaveError(
-                    f"writing the trained weights into {directory} failed "
-                    f"({type(e).__name__}: {e}); the metrics, map, sweeps and history are in "
-                    f"{kept}; the trained weights are in the run's checkpoint, if it kept one "
-                    "(`circuitlens distill` with the same --out finishes from it without "
-                    "retraining)"
-                ) from e
-            _publish(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-
-    def _json_parts(self) -> dict[str, Any]:
-        return {
-            "head_map.json": self.head_map.to_dict(),
-            "circuit.json": None if self.circuit is None else self.circuit.to_dict(),
-            "teacher_sweep.json": self.teacher_sweep.to_dict(),
-            "student_sweep.json": self.student_sweep.to_dict(),
-            "history.json": self.history,
-            "metrics.json": self.metrics,
-            "config.json": self.config.to_dict(),
-        }
-
-    def _write_weights(self, directory: Path, full: bool) -> None:
-        if self.masks is None:
-            raise ResultSaveError(
-                "this result does not know which entries were trained (masks=None): save "
-                "with full=True, or rebuild it with distill_circuit"
-            )
-        meta = {"base_spec": self.student_spec or ""}
-        if self.student_spec:
-            meta["base_fingerprint"] = model_fingerprint(self.student_spec)
-        save_delta(directory / DELTA_FILE, model_delta(self.student, self.masks, meta))
-        if full:
-            save_pretrained(self.student, directory / "student")
-
-    @classmethod
-    def load(cls, directory: str | Path, student: Any = None) -> DistillResult:
-        """Read a saved result; the trained weights go onto ``student``, the student the run
-        started from (default: loaded from the spec the result names), bit for bit.
-
-        Raises:
-            DeltaError: ``student`` is not the model the run started from (its untrained
-                weights differ).
-        """
-        directory = Path(directory)
-        read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
-        delta_file, legacy = directory / DELTA_FILE, directory / "student.safetensors"
-        delta = load_delta(delta_file) if delta_file.is_file() else None
-        spec = (delta.meta.get("base_spec") or None) if delta is not None else None
-        if student is None:
-            if spec is None:
-                raise ConfigError(
-                    f"{directory} names no student to load (a model passed in, not a spec): "
-                    "pass the student it was trained from, DistillResult.load(dir, student)"
-                )
-            student = load_model(spec)
-        else:
-            student = load_model(student)
-        if delta is not None:
-            apply_delta(student, delta)
-            masks: dict[str, Any] | None = delta.masks
-        elif legacy.is_file():  # results written before deltas: the whole state dict
-            from safetensors.torch import load_file
-
-            student.load_state_dict(load_file(legacy))
-            masks = None
-        else:
-            raise ResultSaveError(
-                f"{directory} holds no trained weights ({DELTA_FILE}): its save failed; "
-                "rerun the distillation with the same output to write them"
-            )
-        circuit = read("circuit.json")
-        return cls(
-            student=student,
-            head_map=HeadMap.from_dict(read("head_map.json")),
-            circuit=None if circuit is None else Circuit.from_dict(circuit),
-            teacher_sweep=AblationResult.from_dict(read("teacher_sweep.json")),
-            student_sweep=AblationResult.from_dict(read("student_sweep.json")),
-            history=read("history.json"),
-            metrics=read("metrics.json"),
-            config=DistillConfig.from_dict(read("config.json")),
-            student_spec=spec,
-            masks=masks,
-        )
-
-
-#: the trained entries of a saved result (a delta against its student)
-DELTA_FILE = "student_delta.safetensors"
-
-
-class ResultSaveError(RuntimeError):
-    """A result's weights could not be written (or a saved result holds none)."""
-
-
-def _sibling(directory: Path, suffix: str) -> Path:
-    return directory.with_name(directory.name + suffix)
-
-
-def _publish(tmp: Path, directory: Path) -> None:
-    """Move the finished ``tmp`` onto ``directory`` (replacing it) by renames only."""
-    if directory.exists():
-        old = _sibling(directory, ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
-
-
 def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
     """Refuse, before any work, a config that asks for more prompts than a split holds."""
-    need = {"test": max(cfg.sweep_n, cfg.test_n)}
+    need = {"test": max(cfg.sweep.n or 0, cfg.test_n)}
     if cfg.train.eval_every:
         need["val"] = cfg.train.eval_n
     for split, n in need.items():
@@ -416,48 +68,6 @@ def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
                 f"split holds {have}: build the task with n_{split}={n} (or more), or lower "
                 f"{fields.split(' (')[0]}"
             )
-
-
-def _student_top(student: Any, budget: float | int) -> float | int:
-    """A screened student sweep's ``top``: the default
-    (:data:`~circuitlens.analysis.screening.SCREEN_TOP` of the heads), or the budget's count where
-    the
-    budget asks for more heads (the map chooses among measured heads only)."""
-    n = model_facts(student).n_total_heads
-    k = budget_count(budget, n)
-    return SCREEN_TOP if k <= top_count(SCREEN_TOP, n) else k
-
-
-def sweeps(
-    teacher: Any,
-    student: Any,
-    task: Task,
-    cfg: DistillConfig,
-    progress: bool = True,
-    circuit: Circuit | None = None,
-) -> tuple[AblationResult, AblationResult]:
-    """The teacher's and the student's mean-ablation sweeps as ``cfg`` asks (metric, prompts,
-    the teacher's baseline, bootstrap intervals), with ``method="auto"``: exact at every size
-    for now (:func:`circuitlens.analysis.screening.auto_method`). Where screening is on, the
-    teacher's
-    sweep measures ``circuit``'s heads in any case (the map's candidates), the student's at
-    least the budget's heads."""
-    sweep = AblationConfig(metric=cfg.metric, n=cfg.sweep_n, n_boot=cfg.n_boot)
-    verify = () if circuit is None else tuple(str(h) for h in circuit.heads)
-    t_sweep = ablation_sweep(
-        teacher,
-        task,
-        sweep.with_overrides(verify=verify),
-        baseline_from=student if cfg.teacher_baseline == "student" else None,
-        progress=progress,
-    ).named("teacher")
-    s_sweep = ablation_sweep(
-        student,
-        task,
-        sweep.with_overrides(top=_student_top(student, cfg.budget)),
-        progress=progress,
-    ).named("student")
-    return t_sweep, s_sweep
 
 
 @dataclass
@@ -607,18 +217,17 @@ def _setup_map(
     circuit: Circuit | None,
 ) -> HeadMap:
     """The setup's map: the closest impacts (:func:`~circuitlens.analysis.mapping.map_heads`, the
-    paper's), or ``config.map_method``'s partners for the same student heads (the heads' ``z``
+    paper's), or ``config.map.method``'s partners for the same student heads (the heads' ``z``
     on the sweep's prompts measured where the method reads it)."""
-    if config.map_method == "impact":
-        return map_heads(s_sweep, t_sweep, circuit, config.budget, config.one_to_one)
+    m = config.map
+    if m.method == "impact":
+        return map_heads(s_sweep, t_sweep, circuit, m.budget, m.one_to_one)
     zs = zt = None
-    if "z" in get_correspondence_method(config.map_method).needs:
+    if "z" in get_correspondence_method(m.method).needs:
         split, n = s_sweep.config.split, s_sweep.config.n
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
     features = CorrespondenceFeatures(s_sweep, t_sweep, zs, zt)
-    return correspond_features(
-        features, config.map_method, config.budget, config.one_to_one, circuit=circuit
-    )
+    return correspond_features(features, m.method, m.budget, m.one_to_one, circuit=circuit)
 
 
 def prepare(
@@ -747,7 +356,7 @@ def distill_circuit(
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
     setup = prepare(teacher, student, task, cfg, circuit, progress, checkpoint_dir)
     # the condition's pairs: the map's, random partners (ce+rand) or random heads
-    head_map = setup.condition_map(cfg.train.condition, cfg.map_seed)
+    head_map = setup.condition_map(cfg.train.condition, cfg.map.seed)
     circuit_before = setup.student_circuit_accuracy  # the map's student heads, untrained
     if set(head_map.student_heads) != set(setup.head_map.student_heads):  # random heads
         keep = head_map.student_heads
@@ -796,64 +405,3 @@ def _metrics(
         "steps": done.steps,
         "seconds": seconds,
     }
-
-
-def kept_sweeps(
-    teacher: Any,
-    student: Any,
-    task: Task,
-    cfg: DistillConfig,
-    progress: bool,
-    circuit: Circuit | None,
-    directory: str | Path | None,
-) -> tuple[AblationResult, AblationResult]:
-    """:func:`sweeps`, kept in ``directory`` (``sweeps.json``: a distill run's checkpoint
-    directory, a reproduce run's task directory) and read back on a rerun of the same models,
-    task, circuit and sweep options, so that a rerun after a failed save (or an interruption
-    after training) repeats no sweep, and runs that differ only in what the sweeps do not read
-    (the budget of an exact sweep, the trainer's options) can share one file."""
-    if directory is None:
-        return sweeps(teacher, student, task, cfg, progress, circuit)
-    key = sweeps_key(teacher, student, task, cfg, circuit)
-    f = Path(directory) / "sweeps.json"
-    if f.is_file():
-        try:
-            saved = json.loads(f.read_text())
-            if saved.get("key") == key:
-                log.info("sweeps read from %s", f)
-                t, s = saved["teacher_sweep"], saved["student_sweep"]
-                return AblationResult.from_dict(t), AblationResult.from_dict(s)
-        except (ValueError, KeyError, TypeError) as e:  # a damaged file: recompute it
-            log.warning("%s unreadable (%s): recomputing the sweeps", f, e)
-    t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress, circuit)
-    save_sweeps(f, key, t_sweep, s_sweep)
-    return t_sweep, s_sweep
-
-
-def sweeps_key(
-    teacher: Any, student: Any, task: Task, cfg: DistillConfig, circuit: Circuit | None
-) -> str:
-    """What ``sweeps.json`` is valid for: a digest of both models' weights, the task, its
-    sweep prompts, the circuit and the options the sweeps read (not the map's, the
-    trainer's, nor an exact sweep's budget)."""
-    reads_budget = auto_method(model_facts(student).n_total_heads) == "screened"
-    drop = {"train", "test_n", "map_seed", "map_method", "one_to_one"} | (
-        set() if reads_budget else {"budget"}
-    )
-    key = {
-        "teacher": model_hash(teacher),
-        "student": model_hash(student),
-        "task": repr(getattr(task, "config", None)),
-        "prompts": [repr(p) for p in task.split("test", cfg.sweep_n)],
-        "circuit": None if circuit is None else circuit.to_dict(),
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in drop},
-    }
-    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
-def save_sweeps(
-    f: str | Path, key: str, teacher_sweep: AblationResult, student_sweep: AblationResult
-) -> None:
-    """Write ``sweeps.json`` (atomically): ``key`` (:func:`sweeps_key`) and both sweeps."""
-    doc = {"key": key, "teacher_sweep": teacher_sweep.to_dict()}
-    atomic_write_text(Path(f), json.dumps(doc | {"student_sweep": student_sweep.to_dict()}))

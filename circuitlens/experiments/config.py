@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuitlens.analysis.patching.circuits import CircuitConfig
 from circuitlens.core.validate import ConfigError, check_fields, check_sequence
 from circuitlens.distill.conditions import LABELS, condition_names, get_condition  # noqa: F401 (LABELS re-exported)
-from circuitlens.distill.pipeline import DistillConfig, read_config_file, refuse_unknown_keys
+from circuitlens.distill.config import DistillConfig, build, read_config_file, refuse_unknown_keys
 
 #: every table row an experiment may hold: the untrained models and each registered condition
 ALL_CONDITIONS = ("student", "teacher", *condition_names())
@@ -84,7 +85,8 @@ class ExperimentConfig:
             (:class:`~circuitlens.distill.pipeline.DistillConfig`); each cell sets the condition
             and seed.
         use_circuit: map into the teacher's circuit found by patching (False: any teacher head).
-        circuit_n: prompts for circuit discovery.
+        circuit: the circuit search's options (:class:`CircuitConfig`; ``circuit.n``: its
+            prompts).
         random_from: the random control draws teacher heads from ``"all"`` heads or the
             ``"circuit"``, never the student head's aligned partner.
         target_accuracy: validation accuracy for convergence ("steps to CE final"); None: the
@@ -105,7 +107,7 @@ class ExperimentConfig:
     task_seed: int = 0
     distill: DistillConfig = field(default_factory=_default_distill)
     use_circuit: bool = True
-    circuit_n: int = 100
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
     random_from: str = "all"
     target_accuracy: float | None = None
     format_accuracy: bool = True
@@ -115,19 +117,18 @@ class ExperimentConfig:
         object.__setattr__(self, "tasks", check_sequence(self.tasks, str, "tasks"))
         object.__setattr__(self, "conditions", check_sequence(self.conditions, str, "conditions"))
         object.__setattr__(self, "seeds", check_sequence(self.seeds, int, "seeds"))
-        check_fields(
-            self, {"circuit_n": (1, None), "target_accuracy": (0, 1)}, what="ExperimentConfig"
-        )
+        check_fields(self, {"target_accuracy": (0, 1)}, what="ExperimentConfig")
         if not isinstance(self.models, dict):
             raise ConfigError(
                 "ExperimentConfig.models must be a table of task -> {teacher, student} "
                 f"(got {type(self.models).__name__})"
             )
-        if not isinstance(self.distill, DistillConfig):
-            raise ConfigError(
-                "ExperimentConfig.distill must be a DistillConfig or a table of its options "
-                f"(got {type(self.distill).__name__})"
-            )
+        for name, cls in (("distill", DistillConfig), ("circuit", CircuitConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(
+                    f"ExperimentConfig.{name} must be a {cls.__name__} or a table of its "
+                    f"options (got {type(getattr(self, name)).__name__})"
+                )
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ValueError(f"unknown task(s) {bad}; valid tasks: {', '.join(TASKS)}")
@@ -159,7 +160,8 @@ class ExperimentConfig:
         distill = DistillConfig().with_overrides(
             sweep_n=100, test_n=300, steps=60, eval_every=15, eval_n=150, eval_cka=True
         )
-        return cls(**({"seeds": (0,), "distill": distill, "circuit_n": 50} | overrides))
+        base = {"seeds": (0,), "distill": distill, "circuit": CircuitConfig(n=50)}
+        return cls(**(base | overrides))
 
     @classmethod
     def real(
@@ -206,7 +208,8 @@ class ExperimentConfig:
                 **common,
             )  # fmt: skip
             base = {
-                "seeds": (0,), "circuit_n": 8, "use_circuit": False, "format_accuracy": False
+                "seeds": (0,), "circuit": CircuitConfig(n=8), "use_circuit": False,
+                "format_accuracy": False,
             }  # fmt: skip
         else:
             distill = DistillConfig().with_overrides(
@@ -214,12 +217,12 @@ class ExperimentConfig:
                 **common,
             )  # fmt: skip
             seeds = (0, 1, 2) if teacher == "smollm2" else (0,)
-            base = {"seeds": seeds, "circuit_n": 16, "use_circuit": False}
+            base = {"seeds": seeds, "circuit": CircuitConfig(n=16), "use_circuit": False}
         base |= {"conditions": conditions}
         return cls(**({"models": models, "distill": distill} | base | overrides))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(self) | {"distill": self.distill.to_dict()}
         d["tasks"], d["conditions"], d["seeds"] = (
             list(self.tasks),
             list(self.conditions),
@@ -229,10 +232,18 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        refuse_unknown_keys(cls, d, "experiment config")
+        """Read :meth:`to_dict`'s output (or a config saved before the circuit search's options
+        were composed in: ``circuit_n`` for ``circuit.n``)."""
+        refuse_unknown_keys(cls, d, "experiment config", also=("circuit_n",))
         d = dict(d)
         if isinstance(d.get("distill"), dict):
             d["distill"] = DistillConfig.from_dict(d["distill"])
+        circuit = d.get("circuit", {})
+        if "circuit_n" in d:
+            if not isinstance(circuit, dict):
+                raise ConfigError("experiment config: circuit_n given beside a ready circuit")
+            circuit = {**circuit, "n": d.pop("circuit_n")}
+        d["circuit"] = build(CircuitConfig, circuit, "experiment config [circuit]")
         if isinstance(d.get("models"), dict):
             d["models"] = _default_models() | d["models"]
         try:
@@ -246,14 +257,17 @@ class ExperimentConfig:
         return cls.from_dict(read_config_file(path))
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
-        """A copy with top-level fields replaced; trainer/distill fields (``steps``, ``lam``)
-        go into ``distill``."""
-        own = {f.name for f in dataclasses.fields(self)}
+        """A copy with top-level fields replaced (``circuit_n``: ``circuit.n``); the distill
+        config's fields by their flat names (``steps``, ``lam``, ``budget``) go into
+        ``distill``."""
+        own = {f.name for f in dataclasses.fields(self)} | {"circuit_n"}
         top = {k: v for k, v in overrides.items() if k in own}
         sub = {k: v for k, v in overrides.items() if k not in own}
         d = self.to_dict() | top
         if isinstance(d["distill"], DistillConfig):
             d["distill"] = d["distill"].to_dict()
+        if isinstance(d["circuit"], CircuitConfig):
+            d["circuit"] = dataclasses.asdict(d["circuit"])
         if sub:
             d["distill"] = DistillConfig.from_dict(d["distill"]).with_overrides(**sub).to_dict()
         return ExperimentConfig.from_dict(d)

@@ -13,7 +13,7 @@ from typing import Any
 from circuitlens.analysis.cost import Cost, estimate_experiment_cost, report_cost
 from circuitlens.analysis.evaluation import format_accuracy, format_tasks
 from circuitlens.analysis.mapping import budget_count, require_one_to_one
-from circuitlens.analysis.patching.circuits import CircuitConfig, find_circuit
+from circuitlens.analysis.patching.circuits import find_circuit
 from circuitlens.core.devices import check_device
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.progress import heartbeat
@@ -36,7 +36,7 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **
     the instruction block), with words that are single tokens for both; ``fmt`` builds it in
     another format on purpose (the per-format accuracies), without the override warning."""
     d = cfg.distill
-    n_test = max(d.test_n, cfg.circuit_n, d.sweep_n)
+    n_test = max(d.test_n, cfg.circuit.n, d.sweep.n or 0)
     with warnings.catch_warnings():
         if fmt:
             warnings.simplefilter("ignore", TaskFormatWarning)
@@ -92,9 +92,9 @@ def _given_circuit(
         raise ValueError(
             f"{where} does not fit the teacher {cfg.models[task]['teacher']}: {e}"
         ) from e
-    if cfg.distill.one_to_one:  # map_heads would refuse it too, but only after the sweeps
+    if cfg.distill.map.one_to_one:  # map_heads would refuse it too, but only after the sweeps
         fs = model_facts(student)
-        k = budget_count(cfg.distill.budget, fs.n_layers * fs.n_heads)
+        k = budget_count(cfg.distill.map.budget, fs.n_layers * fs.n_heads)
         require_one_to_one(len(circuit.heads), k, where)
     return circuit
 
@@ -114,7 +114,7 @@ def _circuit(
     if not cfg.use_circuit:
         return None, ""
     circuit = find_circuit(
-        teacher, task, CircuitConfig(n=cfg.circuit_n), progress=progress,
+        teacher, task, cfg.circuit, progress=progress,
         checkpoint_dir=circuit_dir,
     )  # fmt: skip
     if not circuit.heads:

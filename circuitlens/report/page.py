@@ -396,10 +396,10 @@ def _meta_html(result: ExperimentResult) -> str:
             "training",
             esc(
                 f"{t.steps} steps, batch {t.batch_size}, lr {t.lr:g}, λ = {t.lam:g} "
-                f"({t.cka} CKA at {t.positions}), budget {d.budget} of the student's heads"
+                f"({t.cka} CKA at {t.positions}), budget {d.map.budget} of the student's heads"
             ),
         ),
-        ("evaluation", esc(f"{d.test_n} test prompts; sweeps on {d.sweep_n}")),
+        ("evaluation", esc(f"{d.test_n} test prompts; sweeps on {d.sweep.n}")),
         ("circuitlens", esc(__version__)),
         ("generated", esc(time.strftime("%Y-%m-%d %H:%M %Z"))),
     ]

@@ -19,11 +19,10 @@ from circuitlens.analysis.correspondence import (
     correspond,
     correspond_features,
     gather_features,
-    permuted_copy,
     rank_quantiles,
-    recovery,
     register_method,
 )
+from circuitlens.analysis.known_answer import permuted_copy, recovery
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.core.types import Circuit, Head, HeadMap
 

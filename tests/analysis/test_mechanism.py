@@ -18,8 +18,10 @@ from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.analysis.mechanism import MechanismCheck, compare, head_impacts
 from circuitlens.core.types import Head, HeadMap
-from circuitlens.distill.pipeline import DistillConfig, distill_circuit, sweeps, train_condition
+from circuitlens.distill.config import DistillConfig
+from circuitlens.distill.pipeline import distill_circuit, train_condition
 from circuitlens.distill.setup import Setup
+from circuitlens.distill.sweeps import sweeps
 from circuitlens.distill.trainer import TrainConfig
 
 SWEEP_N, TEST_N = 16, 32
@@ -32,7 +34,7 @@ def trained() -> dict[str, Any]:
     teacher = load_model("zoo:entity-tracking-teacher")
     student = load_model("zoo:entity-tracking-student")
     task = get_task("entity_tracking", n_val=16, n_test=TEST_N, tokenizers=[teacher, student])
-    cfg = DistillConfig(sweep_n=SWEEP_N, n_boot=0, budget=2, test_n=TEST_N)
+    cfg = DistillConfig().with_overrides(sweep_n=SWEEP_N, n_boot=0, budget=2, test_n=TEST_N)
     t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress=False)
     head_map = map_heads(s_sweep, t_sweep, None, cfg.budget)
     train = TrainConfig(condition="ce+align", steps=3, batch_size=8, eval_every=0, lr=1e-2)

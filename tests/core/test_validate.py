@@ -44,22 +44,23 @@ def test_train_config_fields(field: str, value: object, match: str) -> None:
 @pytest.mark.parametrize(
     "field, value, match",
     [
-        ("sweep_n", 0, r"DistillConfig\.sweep_n must be >= 1"),
+        ("sweep_n", 0, r"\[sweep\] \(given as sweep_n\): AblationConfig\.n must be >= 1"),
         ("test_n", 0, r"DistillConfig\.test_n must be >= 1"),
         ("budget", 1.5, r"budget 1\.5 is a fraction above 1: write a count of heads as an int"),
-        ("budget", 0, r"DistillConfig\.budget must be"),
-        ("budget", math.nan, r"DistillConfig\.budget must be a finite"),
-        ("metric", "acc", r"DistillConfig\.metric must be one of"),
-        ("map_seed", "0", r"DistillConfig\.map_seed must be an integer"),
+        ("budget", 0, r"\[map\] \(given as budget\): budget must be a fraction in \(0, 1\]"),
+        ("budget", math.nan, r"MapConfig\.budget must be a finite"),
+        ("metric", "acc", r"\[sweep\] \(given as metric\): unknown metric 'acc'; valid: "),
+        ("map_seed", "0", r"\[map\] \(given as map_seed\): MapConfig\.seed must be an int"),
     ],
 )
 def test_distill_config_fields(field: str, value: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        DistillConfig(**{field: value})
+        DistillConfig().with_overrides(**{field: value})
 
 
 def test_the_advice_of_the_budget_error_works() -> None:
-    assert DistillConfig(budget=1).budget == 1 and DistillConfig(budget=0.5).budget == 0.5
+    one, half = (DistillConfig().with_overrides(budget=b).map.budget for b in (1, 0.5))
+    assert one == 1 and half == 0.5
 
 
 def test_overrides_are_validated() -> None:
@@ -72,9 +73,10 @@ def test_overrides_are_validated() -> None:
     [
         ("[train]\nsteps = 'ten'\n", r"TrainConfig\.steps must be an integer \(got str 'ten'\)"),
         ("[train]\nlam = nan\n", r"TrainConfig\.lam must be a finite number"),
-        ("train = 3\n", r"DistillConfig\.train must be a TrainConfig or a table"),
-        ("sweep_n = 1.0\n", r"DistillConfig\.sweep_n must be an integer"),
-        ("budget = [1]\n", r"DistillConfig\.budget must be"),
+        ("train = 3\n", r"\[train\] must be a table of options \(got int 3\)"),
+        ("sweep_n = 1.0\n", r"\(given as sweep_n\): AblationConfig\.n must be an int"),
+        ("[sweep]\nn = 1.0\n", r"\[sweep\]: AblationConfig\.n must be an int"),
+        ("budget = [1]\n", r"MapConfig\.budget must be"),
         ("steps = \n", r"not valid toml"),
     ],
 )
@@ -102,7 +104,8 @@ def test_json_config_and_missing_file(tmp_path: Path) -> None:
         ({"seeds": "0"}, r"seeds must be a list of int \(got str '0'\)"),
         ({"seeds": [0, 1.5]}, r"seeds must hold only int"),
         ({"tasks": "entity_tracking"}, r"tasks must be a list of str"),
-        ({"circuit_n": 0}, r"ExperimentConfig\.circuit_n must be >= 1"),
+        ({"circuit_n": 0}, r"\[circuit\]: CircuitConfig\.n must be >= 1"),
+        ({"circuit": {"n": 0}}, r"\[circuit\]: CircuitConfig\.n must be >= 1"),
         ({"target_accuracy": 2.0}, r"target_accuracy must be between 0 and 1"),
         ({"use_circuit": "no"}, r"use_circuit must be bool"),
         ({"distill": 3}, r"ExperimentConfig\.distill must be a DistillConfig"),
@@ -118,10 +121,10 @@ def test_experiment_config_fields(d: dict, match: str) -> None:
 def test_experiment_toml_with_a_wrong_type(tmp_path: Path) -> None:
     path = tmp_path / "exp.toml"
     path.write_text("seeds = [0]\n[distill]\nsweep_n = 'many'\n")
-    with pytest.raises(ConfigError, match=r"DistillConfig\.sweep_n must be an integer"):
+    with pytest.raises(ConfigError, match=r"\(given as sweep_n\): AblationConfig\.n must be an"):
         ExperimentConfig.load(path)
     path.write_text("seeds = [0]\n[distill]\nsweep_n = 50\n")
-    assert ExperimentConfig.load(path).distill.sweep_n == 50
+    assert ExperimentConfig.load(path).distill.sweep.n == 50
 
 
 def test_circuit_and_ablation_configs_are_checked() -> None:

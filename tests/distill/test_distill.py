@@ -7,7 +7,9 @@ import torch
 
 from circuitlens import get_task, load_model
 from circuitlens.core.validate import ConfigError
-from circuitlens.distill.pipeline import DistillConfig, DistillResult, distill_circuit
+from circuitlens.distill.config import DistillConfig
+from circuitlens.distill.pipeline import distill_circuit
+from circuitlens.distill.result import DistillResult
 from circuitlens.distill.trainer import TrainConfig
 
 
@@ -48,7 +50,10 @@ def test_config_files(tmp_path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('teacher = "zoo:a"\nbudget = 0.2\n[train]\ncondition = "ce"\nlam = 0.5\n')
     cfg = DistillConfig.load(path)
-    assert cfg.budget == 0.2 and cfg.train == TrainConfig(condition="ce", lam=0.5)
+    assert cfg.map.budget == 0.2 and cfg.train == TrainConfig(condition="ce", lam=0.5)
+    # the composed form reads the same, and so does what to_dict writes
+    path.write_text('[map]\nbudget = 0.2\n[train]\ncondition = "ce"\nlam = 0.5\n')
+    assert DistillConfig.load(path) == cfg == DistillConfig.from_dict(cfg.to_dict())
     path.write_text("budgett = 0.2\n")
     with pytest.raises(
         ValueError, match=r"unknown config keys \['budgett'\]; valid keys: .*budget"
@@ -68,14 +73,14 @@ def test_screened_sweeps_measure_the_circuit_and_the_budget(make_llama_dir, monk
     measured heads carry intervals."""
     import circuitlens.analysis.screening as screening
     from circuitlens.core.types import Circuit
-    from circuitlens.distill.pipeline import sweeps
+    from circuitlens.distill.sweeps import sweeps
 
     monkeypatch.setattr(screening, "AUTO_SCREEN_ABOVE", 0)
     teacher = load_model(make_llama_dir(seed=1, n_layers=3))
     student = load_model(make_llama_dir(seed=2))
     task = get_task("entity_tracking", n_boxes=3, n_test=16)
     circuit = Circuit({"A": ["L0H0", "L2H3"]})
-    cfg = DistillConfig(sweep_n=16, budget=7, n_boot=50)
+    cfg = DistillConfig().with_overrides(sweep_n=16, budget=7, n_boot=50)
     t, s = sweeps(teacher, student, task, cfg, progress=False, circuit=circuit)
     assert t.config.method == "screened" and s.config.method == "screened"
     assert bool(t.exact[0, 0]) and bool(t.exact[2, 3])
@@ -131,8 +136,8 @@ def test_a_tied_student_saves_as_a_small_delta_and_loads_bit_for_bit(
 def test_a_failed_weight_write_keeps_the_measurements(
     make_llama_dir, tmp_path, monkeypatch
 ) -> None:
-    import circuitlens.distill.pipeline as distill
-    from circuitlens.distill.pipeline import ResultSaveError
+    import circuitlens.distill.result as distill  # DistillResult.save writes with save_delta
+    from circuitlens.distill.result import ResultSaveError
 
     task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
     result = distill_circuit(
@@ -162,7 +167,8 @@ def test_a_failed_weight_write_keeps_the_measurements(
 def test_cli_distill_rerun_after_a_failed_save_repeats_no_work(
     make_llama_dir, tmp_path, monkeypatch, capsys
 ) -> None:
-    import circuitlens.distill.pipeline as distill
+    import circuitlens.distill.result as distill
+    import circuitlens.distill.sweeps as sweeps
     from circuitlens.cli import main
     from circuitlens.distill.trainer import CircuitTrainer
 
@@ -188,7 +194,7 @@ def test_cli_distill_rerun_after_a_failed_save_repeats_no_work(
     def never(*_: object, **__: object) -> None:
         raise AssertionError("the rerun repeated work")
 
-    monkeypatch.setattr(distill, "sweeps", never)  # kept in the checkpoint directory
+    monkeypatch.setattr(sweeps, "sweeps", never)  # kept in the checkpoint directory
     monkeypatch.setattr(CircuitTrainer, "_step", never)  # the checkpoint is at the last step
     assert main(args) == 0
     assert "saved to" in capsys.readouterr().out
@@ -221,7 +227,7 @@ def test_prepare_is_the_setup_distill_circuit_measures(make_llama_dir) -> None:
     student = load_model(make_llama_dir(seed=2))
     task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
     train = TrainConfig(steps=1, batch_size=8, eval_every=0, eval_n=16)
-    cfg = DistillConfig(sweep_n=16, test_n=32, budget=2, n_boot=0, train=train)
+    cfg = DistillConfig().with_overrides(sweep_n=16, test_n=32, budget=2, n_boot=0, train=train)
     setup = prepare(teacher, student, task, cfg, progress=False)
     assert Setup.from_dict(setup.to_dict()).to_dict() == setup.to_dict()
     assert setup.student_shape == (2, 4, 2) and setup.teacher_shape[0] == 3
@@ -253,7 +259,9 @@ def test_map_method_chooses_the_partners_of_the_same_student_heads(make_llama_di
     student = load_model(make_llama_dir(seed=2))
     task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
     train = TrainConfig(steps=1, batch_size=8, eval_every=0, eval_n=16)
-    cfg = DistillConfig(sweep_n=16, test_n=32, budget=3, n_boot=0, one_to_one=True, train=train)
+    cfg = DistillConfig().with_overrides(
+        sweep_n=16, test_n=32, budget=3, n_boot=0, one_to_one=True, train=train
+    )
     impact = prepare(teacher, student, task, cfg, progress=False)
     s, t = impact.student_sweep, impact.teacher_sweep
     assert impact.head_map.pairs == map_heads(s, t, None, 3, True).pairs
@@ -268,5 +276,7 @@ def test_map_method_chooses_the_partners_of_the_same_student_heads(make_llama_di
         zt = head_z(teacher, task, "test", 16) if method == "cka" else None
         again = correspond_features(CorrespondenceFeatures(s, t, zs, zt), method, 3, True)
         assert setup.head_map.pairs == again.pairs
-    with pytest.raises(ConfigError, match="unknown map_method 'closest'.*profile"):
+    with pytest.raises(
+        ConfigError, match=r"\(given as map_method\): unknown map method 'closest'.*profile"
+    ):
         cfg.with_overrides(map_method="closest")

@@ -12,7 +12,7 @@ import torch
 from circuitlens import distill_circuit, get_task, load_model
 from circuitlens.analysis.cost import estimate_distill_cost
 from circuitlens.core.validate import ConfigError
-from circuitlens.distill.pipeline import DistillConfig
+from circuitlens.distill.config import DistillConfig
 
 FAST = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0)
 

@@ -438,7 +438,7 @@ def test_given_circuits_that_cannot_be_used_are_refused_by_name(
     with pytest.raises(ConfigError, match="non-empty"):
         tiny(use_circuit=True, circuits={"entity_tracking": {"A": []}})
     # a head the teacher (4 layers x 8 heads) lacks: named before any sweep
-    import circuitlens.distill.pipeline as distill  # the runner's sweeps (kept_sweeps) call this
+    import circuitlens.distill.sweeps as distill  # the runner's sweeps (kept_sweeps) call this
 
     monkeypatch.setattr(distill, "sweeps", lambda *a, **k: pytest.fail("work started"))
     far = tiny(use_circuit=True, circuits={"entity_tracking": {"A": ["L9H0"]}}, seeds=(0,))

@@ -44,7 +44,7 @@ def test_cli_distill_on_the_real_pair_restores_bit_for_bit(shipped, tmp_path, ca
     (a delta of the two trained heads, not a 400 MB model) loads back onto the student."""
     from circuitlens.cli import main
     from circuitlens.core.deltas import named_parameters
-    from circuitlens.distill.pipeline import DistillResult
+    from circuitlens.distill.result import DistillResult
 
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"teacher": TEACHER, "student": STUDENT, "task": "theory_of_mind"}

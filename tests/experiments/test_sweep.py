@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import circuitlens.distill.pipeline as distill
+import circuitlens.distill.sweeps as distill
 from circuitlens.experiments import ExperimentConfig
 from circuitlens.experiments.sweep import SweepResult, point_name, run_sweep
 

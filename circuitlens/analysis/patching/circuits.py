@@ -257,7 +257,10 @@ def _complete(
     heads = [h for hs in groups.values() for h in hs]
     sweep = stages.run(
         "support:sweep",
-        lambda: ablation_sweep(model, task, AblationConfig(n=cfg.n), progress=False),
+        # accuracy: the completion criterion below is the circuit's accuracy
+        lambda: ablation_sweep(
+            model, task, AblationConfig(metric="accuracy", n=cfg.n), progress=False
+        ),
         lambda r: r.to_dict(),
         AblationResult.from_dict,
     )

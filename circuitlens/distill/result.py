@@ -1,0 +1,226 @@
+"""A saved result of :func:`~circuitlens.distill.pipeline.distill_circuit`: the trained entries as a
+safetensors delta against the student it started from, its metrics, history, map and config,
+written atomically (a temporary directory renamed into place)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from circuitlens.analysis.ablation import AblationResult
+from circuitlens.core.deltas import apply_delta, load_delta, model_delta, save_delta
+from circuitlens.core.io import atomic_write_text
+from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.core.validate import ConfigError
+from circuitlens.distill.config import DistillConfig
+from circuitlens.models.registry import (
+    load_model,
+    model_fingerprint,
+    save_pretrained,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill_circuit` returns.
+
+    Attributes:
+        student: the trained student (a bridge).
+        head_map: the pairs trained (the random control's for ``ce+rand``).
+        circuit: the teacher circuit used (None: every teacher head was a candidate).
+        teacher_sweep, student_sweep: the ablation sweeps.
+        history: one row per training step (loss parts, mean CKA, validation accuracy).
+        metrics: accuracy before/after (full model, and circuit-only: every student head
+            outside the mapped set mean-ablated), teacher accuracy, the pairs' mean held-out
+            debiased CKA before/after with its permutation null, fractions trained.
+        config: the full config.
+        student_spec: what loads the untrained student (``"real:..."``, a directory), when
+            known: a saved result names it, and ``DistillResult.load`` loads it.
+        masks: the trained entries (parameter name -> bool mask), what ``save`` writes.
+    """
+
+    student: Any
+    head_map: HeadMap
+    circuit: Circuit | None
+    teacher_sweep: AblationResult
+    student_sweep: AblationResult
+    history: list[dict[str, float]]
+    metrics: dict[str, float]
+    config: DistillConfig
+    student_spec: str | None = None
+    masks: dict[str, Tensor] | None = None
+
+    def __repr__(self) -> str:
+        m = self.metrics
+
+        def num(key: str, fmt: str = ".3f") -> str:
+            v = m.get(key)
+            return "?" if not isinstance(v, int | float) else format(v, fmt)
+
+        pairs = " ".join(f"{s}->{t}" for s, t in self.head_map.pairs[:4])
+        more = f" (+{len(self.head_map) - 4})" if len(self.head_map) > 4 else ""
+        return (
+            f"DistillResult({self.config.train.condition}, {m.get('steps', '?')} steps, "
+            f"{len(self.head_map)} {self.head_map.kind} pair(s) {pairs}{more}; "
+            f"student accuracy {num('student_accuracy_before')} -> "
+            f"{num('student_accuracy_after')} (teacher {num('teacher_accuracy')}); "
+            f"mean CKA {num('mean_cka_before')} -> {num('mean_cka_after')}; "
+            f"{num('param_fraction', '.1%')} of parameters trained; {m.get('seconds', '?')} s)"
+        )
+
+    def table(self) -> Any:
+        """The metrics as a one-column pandas table."""
+        import pandas as pd
+
+        return pd.DataFrame({"value": self.metrics}).rename_axis("metric")
+
+    def save(self, directory: str | Path, full: bool = False) -> None:
+        """Write the result atomically (a partial result never replaces a complete one).
+
+        The JSON parts (metrics, map, sweeps, history, config) are written first, then the
+        trained weights as a delta against the student the run started from
+        (``student_delta.safetensors``, :mod:`circuitlens.core.deltas`: the mapped heads' slices
+        only, a size near the trained entries', tied embeddings untouched). ``full``: also the
+        whole trained student under ``student/``, through the model's own
+        ``save_pretrained`` (tied weights written once; loads with ``load_model``).
+
+        Raises:
+            ResultSaveError: a weight file could not be written: the message names it, why, and
+                where the JSON parts went; the run's checkpoint (if any) still holds the
+                trained weights.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        mask = os.umask(0o022)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is as readable as any
+        try:
+            for name, obj in self._json_parts().items():
+                atomic_write_text(tmp / name, json.dumps(obj, indent=1))
+            try:
+                self._write_weights(tmp, full)
+            except Exception as e:
+                # keep what was measured: beside a complete result, never over it
+                kept = directory if not directory.exists() else _sibling(directory, ".partial")
+                _publish(tmp, kept)
+                raise ResultSaveError(
+                    f"writing the trained weights into {directory} failed "
+                    f"({type(e).__name__}: {e}); the metrics, map, sweeps and history are in "
+                    f"{kept}; the trained weights are in the run's checkpoint, if it kept one "
+                    "(`circuitlens distill` with the same --out finishes from it without "
+                    "retraining)"
+                ) from e
+            _publish(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+    def _json_parts(self) -> dict[str, Any]:
+        return {
+            "head_map.json": self.head_map.to_dict(),
+            "circuit.json": None if self.circuit is None else self.circuit.to_dict(),
+            "teacher_sweep.json": self.teacher_sweep.to_dict(),
+            "student_sweep.json": self.student_sweep.to_dict(),
+            "history.json": self.history,
+            "metrics.json": self.metrics,
+            "config.json": self.config.to_dict(),
+        }
+
+    def _write_weights(self, directory: Path, full: bool) -> None:
+        if self.masks is None:
+            raise ResultSaveError(
+                "this result does not know which entries were trained (masks=None): save "
+                "with full=True, or rebuild it with distill_circuit"
+            )
+        meta = {"base_spec": self.student_spec or ""}
+        if self.student_spec:
+            meta["base_fingerprint"] = model_fingerprint(self.student_spec)
+        save_delta(directory / DELTA_FILE, model_delta(self.student, self.masks, meta))
+        if full:
+            save_pretrained(self.student, directory / "student")
+
+    @classmethod
+    def load(cls, directory: str | Path, student: Any = None) -> DistillResult:
+        """Read a saved result; the trained weights go onto ``student``, the student the run
+        started from (default: loaded from the spec the result names), bit for bit.
+
+        Raises:
+            DeltaError: ``student`` is not the model the run started from (its untrained
+                weights differ).
+        """
+        directory = Path(directory)
+        read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
+        delta_file, legacy = directory / DELTA_FILE, directory / "student.safetensors"
+        delta = load_delta(delta_file) if delta_file.is_file() else None
+        spec = (delta.meta.get("base_spec") or None) if delta is not None else None
+        if student is None:
+            if spec is None:
+                raise ConfigError(
+                    f"{directory} names no student to load (a model passed in, not a spec): "
+                    "pass the student it was trained from, DistillResult.load(dir, student)"
+                )
+            student = load_model(spec)
+        else:
+            student = load_model(student)
+        if delta is not None:
+            apply_delta(student, delta)
+            masks: dict[str, Any] | None = delta.masks
+        elif legacy.is_file():  # results written before deltas: the whole state dict
+            from safetensors.torch import load_file
+
+            student.load_state_dict(load_file(legacy))
+            masks = None
+        else:
+            raise ResultSaveError(
+                f"{directory} holds no trained weights ({DELTA_FILE}): its save failed; "
+                "rerun the distillation with the same output to write them"
+            )
+        circuit = read("circuit.json")
+        return cls(
+            student=student,
+            head_map=HeadMap.from_dict(read("head_map.json")),
+            circuit=None if circuit is None else Circuit.from_dict(circuit),
+            teacher_sweep=AblationResult.from_dict(read("teacher_sweep.json")),
+            student_sweep=AblationResult.from_dict(read("student_sweep.json")),
+            history=read("history.json"),
+            metrics=read("metrics.json"),
+            config=DistillConfig.from_dict(read("config.json")),
+            student_spec=spec,
+            masks=masks,
+        )
+
+
+#: the trained entries of a saved result (a delta against its student)
+DELTA_FILE = "student_delta.safetensors"
+
+
+class ResultSaveError(RuntimeError):
+    """A result's weights could not be written (or a saved result holds none)."""
+
+
+def _sibling(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def _publish(tmp: Path, directory: Path) -> None:
+    """Move the finished ``tmp`` onto ``directory`` (replacing it) by renames only."""
+    if directory.exists():
+        old = _sibling(directory, ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)

@@ -106,9 +106,9 @@ def test_the_circuit_runs_map_one_to_one_into_the_committed_circuits(allpy, teac
     given = cfg.circuits["entity_tracking"]
     assert given == {g: hs for g, hs in found["circuit"].items() if hs}
     assert (
-        cfg.distill.budget
+        cfg.distill.map.budget
         == found["n_circuit_heads"]
         == len({h for hs in given.values() for h in hs})
     )
-    assert cfg.distill.one_to_one and cfg.use_circuit and cfg.tasks == ("entity_tracking",)
+    assert cfg.distill.map.one_to_one and cfg.use_circuit and cfg.tasks == ("entity_tracking",)
     assert cfg.models["entity_tracking"]["teacher"] == f"real:{teacher}-entity-tracking-teacher"

@@ -49,10 +49,10 @@ profile is constant, or when its partner's correlation is within the noise of th
 (Fisher z differ by less than ``1.96 sqrt(2 / (n - 3))``); ``cka`` when a pair's CKA does not
 exceed its null's mean by two null sds.
 
-The known answer (:mod:`circuitlens.analysis.known_answer`): ``permuted_copy`` relabels a model's query heads within each layer (inside
-their K/V group, and optionally the groups as wholes) without changing the function, plus
-optional seeded weight noise; ``recovery`` is the fraction of chosen student heads a map sends
-to their own relabelled copy.
+The known answer (:mod:`circuitlens.analysis.known_answer`): ``permuted_copy`` relabels a
+model's query heads within each layer (inside their K/V group, and optionally the groups as
+wholes) without changing the function, plus optional seeded weight noise; ``recovery`` is the
+fraction of chosen student heads a map sends to their own relabelled copy.
 """
 
 from __future__ import annotations

@@ -189,20 +189,12 @@ class ExperimentConfig:
             }
             for t in TASKS
         }
-        # lr 2e-4, chosen on the entity-tracking pair's validation prompts (CE + Align, 20-30
-        # steps): at 5e-5 the mapped pairs' CKA did not move (0.150 -> 0.149), at 5e-4 it rose
-        # (0.15 -> 0.20) but validation accuracy fell (0.64 -> 0.54), at 2e-3 it fell to 0.30.
-        # one_to_one: without it all 26 student heads mapped to one teacher head.
+        # why lr 2e-4, one_to_one and the quick preset's settings: docs/real_models.md
         common = {"lr": 2e-4, "batch_size": 8, "eval_cka": True, "one_to_one": True}
         conditions = DEFAULT_CONDITIONS
         if teacher != "smollm2":  # conditions that compare logits cannot cross vocabularies
             conditions = tuple(c for c in conditions if not _compares_logits(c))
         if quick:
-            # 20 steps: with 30 (and a teacher pass per condition kind) the quick run took
-            # ~27 min on 2 idle cores (entity tracking 824 s), over its 20-minute budget; at
-            # 20 steps with an evaluation every 10 and both prompt formats, 25 min (1,520 s):
-            # measurement, not training, was most of a cell. So one evaluation (at the end)
-            # and the card's prompt format only.
             distill = DistillConfig().with_overrides(
                 sweep_n=16, test_n=100, steps=20, eval_every=20, eval_n=50, cka_eval_n=32,
                 **common,

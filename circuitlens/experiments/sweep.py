@@ -28,7 +28,7 @@ from typing import Any
 
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.rundir import MARKER
-from circuitlens.distill.conditions import get_condition
+from circuitlens.distill.conditions import condition_names, get_condition
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
@@ -65,7 +65,7 @@ def _seed_point(first: Path, point: Path, cfg: ExperimentConfig, knob: str) -> N
         if (src / "setup.json").is_file():
             shutil.copy2(src / "setup.json", dst / "setup.json")
         for condition in cfg.conditions:
-            if condition in ("student", "teacher") or get_condition(condition).uses_cka:
+            if condition not in condition_names() or get_condition(condition).uses_cka:
                 continue
             for seed in cfg.seeds:
                 cell = src / condition / f"seed{seed}" / "cell.json"

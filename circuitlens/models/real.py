@@ -448,6 +448,10 @@ def train_adapter(
     atomically to ``out/build/checkpoint.pt`` at every evaluation; a rerun continues from it
     and ends with the same adapter as an uninterrupted run. Saves the adapter (peft format) to
     ``out``. Returns the peft model and a summary (``steps``, ``history``, ``seconds``).
+
+    This loop is not :class:`~circuitlens.distill.trainer.CircuitTrainer`'s: the models floor
+    sits below the trainer's (an adapter is built before any distillation exists), and it trains
+    a peft adapter of a Hugging Face model, not masked slices of a bridge against a teacher.
     """
     from tqdm.auto import tqdm
 

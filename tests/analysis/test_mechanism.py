@@ -36,7 +36,7 @@ def trained() -> dict[str, Any]:
     task = get_task("entity_tracking", n_val=16, n_test=TEST_N, tokenizers=[teacher, student])
     cfg = DistillConfig().with_overrides(sweep_n=SWEEP_N, n_boot=0, budget=2, test_n=TEST_N)
     t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress=False)
-    head_map = map_heads(s_sweep, t_sweep, None, cfg.budget)
+    head_map = map_heads(s_sweep, t_sweep, None, cfg.map.budget)
     train = TrainConfig(condition="ce+align", steps=3, batch_size=8, eval_every=0, lr=1e-2)
     done = train_condition(
         teacher, student, task, head_map, train, TEST_N, progress=False,
@@ -128,7 +128,8 @@ def test_gaps_gains_and_z_by_hand() -> None:
     assert d["mean_gap_after"] == pytest.approx(0.08) and d["gap_before"] == check.gap_before
     with pytest.raises(ValueError, match="one value per pair"):
         MechanismCheck.from_dict(d | {"dp_teacher": [0.1]})
-    t_acc = AblationResult(0.5, 0.5, t_sweep.p_ablated, t_sweep.delta, config=AblationConfig())
+    acc = AblationConfig(metric="accuracy")
+    t_acc = AblationResult(0.5, 0.5, t_sweep.p_ablated, t_sweep.delta, config=acc)
     with pytest.raises(ValueError, match="cannot be compared"):
         flat = cka([0.0, 0.0], [0.0, 0.0], [1.0, 1.0])
         compare(head_map, s_sweep, t_acc, [0.0, 0.0], 0.5, flat, flat)

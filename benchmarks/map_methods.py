@@ -1,0 +1,168 @@
+"""Does a better map distil better? CE + Align with each correspondence method's map, against CE
+and CE + Rand, with the seed as the unit (issue 26, item 3).
+
+Each method's run (``reproduce --map-method M --conditions ce+align``, seeded with the reference
+run's exact sweeps by ``benchmarks/seed_sweeps.py``) trains the *same* student heads as the
+reference run (the budget's top impacts whatever the method) with the same seeds, batches and
+test prompts; only the teacher partners differ. So CE and CE + Rand come from the reference run
+(the paper's impact map; neither reads the partners for its loss: CE has no CKA term, CE + Rand
+draws random partners), and each method's CE + Align is compared with them seed by seed.
+
+    python benchmarks/map_methods.py REF_RUN impact-rank=DIR cka=DIR ... [--name map-methods]
+
+writes ``benchmarks/results/<name>.json`` (per method and seed: accuracy, held-out CKA before
+and after with its null, the mechanism check's |dP_s - dP_t| before -> after; the seed-level
+comparisons, Holm-adjusted per task across the methods) and ``<name>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from circuitlens.core.io import atomic_write_text
+from circuitlens.experiments.result import ExperimentResult
+from circuitlens.experiments.stats import compare_family, compare_seeds
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def _mechanism_gap(cell: Any) -> tuple[float, float]:
+    """The mean over trained pairs of |dP_s - dP_t| before and after training (NaN: none)."""
+    m = cell.mechanism
+    if m is None or not m.student_heads:
+        return float("nan"), float("nan")
+    return _mean(m.gap_before), _mean(m.gap_after)
+
+
+def _cell_row(cell: Any, method: str) -> dict[str, Any]:
+    gap_before, gap_after = _mechanism_gap(cell)
+    return {
+        "task": cell.task,
+        "method": method,
+        "condition": cell.condition,
+        "seed": cell.seed,
+        "accuracy": cell.accuracy,
+        "circuit_accuracy": cell.circuit_accuracy,
+        "cka_before": cell.mean_cka_before,
+        "cka_after": cell.mean_cka_after,
+        "cka_null_after": float(cell.cka_after.null_mean.mean()) if cell.cka_after else None,
+        "mechanism_gap_before": gap_before,
+        "mechanism_gap_after": gap_after,
+        "pairs": [[str(s), str(t)] for s, t in cell.pairs],
+    }
+
+
+def _by_seed(result: ExperimentResult, task: str, condition: str) -> dict[int, Any]:
+    return {c.seed: c for c in result.cells if c.task == task and c.condition == condition}
+
+
+def _compare(a: dict[int, Any], b: dict[int, Any], name_a: str) -> Any:
+    seeds = sorted(set(a) & set(b))
+    return compare_seeds(
+        {s: list(a[s].test_correct) for s in seeds},
+        {s: list(b[s].test_correct) for s in seeds},
+        name_a,
+        "ce",
+    )
+
+
+def collect(ref: Path, methods: dict[str, Path]) -> dict[str, Any]:
+    """Rows per cell and the seed-level comparisons of each method's CE + Align with CE."""
+    base = ExperimentResult.load(ref)
+    runs = {"impact": base} | {m: ExperimentResult.load(d) for m, d in methods.items()}
+    tasks = sorted({c.task for r in runs.values() for c in r.cells if c.condition == "ce+align"})
+    rows, comparisons = [], []
+    for task in tasks:
+        ce, rand = _by_seed(base, task, "ce"), _by_seed(base, task, "ce+rand")
+        rows += [_cell_row(c, "-") for c in [*ce.values(), *rand.values()]]
+        family = []
+        for method, result in runs.items():
+            cells = _by_seed(result, task, "ce+align")
+            if cells:
+                rows += [_cell_row(c, method) for c in cells.values()]
+                family.append(_compare(cells, ce, f"ce+align ({method})"))
+        if rand:
+            family.append(_compare(rand, ce, "ce+rand"))
+        comparisons += [{"task": task, **vars(c)} for c in compare_family(family)]
+    return {"rows": rows, "comparisons": comparisons}
+
+
+def summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per task and method (CE + Align) or reference condition: seed means."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in doc["rows"]:
+        groups.setdefault((r["task"], r["condition"], r["method"]), []).append(r)
+    out = []
+    for (task, cond, method), rs in groups.items():
+        accs = [r["accuracy"] for r in rs]
+        out.append(
+            {
+                "task": task,
+                "condition": cond if method == "-" else f"{cond} ({method})",
+                "seeds": len(rs),
+                "accuracy": _mean(accs),
+                "accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else float("nan"),
+                "cka_before": _mean([r["cka_before"] for r in rs]),
+                "cka_after": _mean([r["cka_after"] for r in rs]),
+                "cka_null_after": _mean([r["cka_null_after"] for r in rs]),
+                "mechanism_gap_before": _mean([r["mechanism_gap_before"] for r in rs]),
+                "mechanism_gap_after": _mean([r["mechanism_gap_after"] for r in rs]),
+            }
+        )
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    import pandas as pd
+
+    parts = ["Per method (CE + Align with that method's map) and the reference conditions, "
+             "mean over seeds:", "",
+             pd.DataFrame(doc["summary"]).to_markdown(index=False, floatfmt=".3f"), "",
+             "Seed-level comparisons with CE (sign-flip p over seeds, Holm-adjusted per task "
+             "across the rows; 95% CI from the two-way seed x prompt bootstrap):", ""]  # fmt: skip
+    comp = pd.DataFrame(doc["comparisons"])[
+        [
+            "task",
+            "a",
+            "b",
+            "n_seeds",
+            "mean_diff",
+            "ci_low",
+            "ci_high",
+            "p_sign_flip",
+            "p_holm",
+            "mdd",
+        ]
+    ]
+    parts.append(comp.to_markdown(index=False, floatfmt=".3f"))
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ref", type=Path, help="the reference run (ce, ce+align, ce+rand; impact map)")
+    ap.add_argument("methods", nargs="+", metavar="METHOD=DIR")
+    ap.add_argument("--name", default="map-methods")
+    args = ap.parse_args()
+    methods = dict(m.split("=", 1) for m in args.methods)
+    doc = collect(args.ref, {k: Path(v) for k, v in methods.items()})
+    doc["summary"] = summary(doc)
+    doc = {"benchmark": "map methods (CE + Align per correspondence method)", **doc}
+    atomic_write_text(OUT / f"{args.name}.json", json.dumps(doc, indent=1, default=str))
+    md = markdown(doc)
+    atomic_write_text(OUT / f"{args.name}.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from jaxtyping import Float, Int
@@ -41,8 +41,10 @@ from torch import Tensor
 EPS = 1e-12
 #: the fewest rows each estimator accepts: biased CKA of 2 centred rows is always 1.0
 MIN_ROWS = {"biased": 3, "unbiased": 4}
-ESTIMATORS = ("unbiased", "biased")
-KERNELS = ("linear", "rbf")
+Estimator = Literal["unbiased", "biased"]
+Kernel = Literal["linear", "rbf"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+KERNELS: tuple[str, ...] = get_args(Kernel)
 
 
 class CKAError(ValueError):

@@ -71,6 +71,7 @@ from torch import Tensor
 from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.analysis.cka import cka, cka_with_null
 from circuitlens.analysis.mapping import (
+    DEFAULT_BUDGET,
     choose_student_heads,
     map_warnings,
     require_one_to_one,
@@ -461,7 +462,7 @@ def _custom(cost: Tensor, features: CorrespondenceFeatures) -> CostFn:
 def correspond_features(
     features: CorrespondenceFeatures,
     method: str = "impact",
-    budget: float | int = 0.13,
+    budget: float | int = DEFAULT_BUDGET,
     one_to_one: bool = False,
     *,
     circuit: Circuit | None = None,
@@ -558,11 +559,11 @@ def gather_features(
     task: Task,
     needs: Sequence[str] = NEEDS,
     *,
-    metric: str = "prob",
-    n: int | None = 200,
+    metric: str = AblationConfig.metric,
+    n: int | None = AblationConfig.n,
     split: str = "test",
     teacher_baseline: str = "student",
-    n_boot: int = 1000,
+    n_boot: int = AblationConfig.n_boot,
     progress: bool = False,
 ) -> CorrespondenceFeatures:
     """Measure what ``needs`` asks for (the student's sweep always): the sweeps (exact, on the
@@ -594,16 +595,16 @@ def correspond(
     teacher: Any,
     task: Task,
     method: str = "impact",
-    budget: float | int = 0.13,
+    budget: float | int = DEFAULT_BUDGET,
     one_to_one: bool = False,
     *,
-    n: int | None = 200,
-    metric: str = "prob",
+    n: int | None = AblationConfig.n,
+    metric: str = AblationConfig.metric,
     split: str = "test",
     teacher_baseline: str = "student",
     circuit: Circuit | None = None,
     student_heads: list[Head | str] | None = None,
-    n_boot: int = 1000,
+    n_boot: int = AblationConfig.n_boot,
     n_perm: int = 20,
     seed: int = 0,
     progress: bool = False,

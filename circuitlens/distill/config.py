@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from circuitlens.analysis.ablation import AblationConfig
 from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
+from circuitlens.analysis.mapping import DEFAULT_BUDGET
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.train_config import TrainConfig
 
@@ -110,7 +111,7 @@ class MapConfig:
         seed: seed of the random control map.
     """
 
-    budget: float | int = 0.13
+    budget: float | int = DEFAULT_BUDGET
     one_to_one: bool = False
     method: str = "impact"
     teacher_baseline: TeacherBaseline = "student"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -26,7 +26,8 @@ from torch import Tensor
 from circuitlens.core.types import Head, parse_heads
 from circuitlens.models.registry import model_facts
 
-KV_POLICIES = ("shared", "frozen")
+KVPolicy = Literal["shared", "frozen"]
+KV_POLICIES: tuple[str, ...] = get_args(KVPolicy)
 
 
 def _view(model: Any, name: str) -> Tensor | None:

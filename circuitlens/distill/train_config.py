@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-from circuitlens.analysis.cka import ESTIMATORS, KERNELS, MIN_ROWS
+from circuitlens.analysis.cka import ESTIMATORS, KERNELS, MIN_ROWS, Estimator, Kernel
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.conditions import Condition, get_condition
+from circuitlens.distill.masks import KV_POLICIES, KVPolicy
 
-SITES = ("z", "result")
+Site = Literal["z", "result"]
+SITES: tuple[str, ...] = get_args(Site)
 #: training precisions (:attr:`TrainConfig.dtype`)
-DTYPES = ("float32", "bfloat16")
-POSITIONS = ("last", "circuit", "tokens")
+DType = Literal["float32", "bfloat16"]
+DTYPES: tuple[str, ...] = get_args(DType)
+Positions = Literal["last", "circuit", "tokens"]
+POSITIONS: tuple[str, ...] = get_args(Positions)
+Labels = Literal["teacher", "gold"]
+LABEL_SOURCES: tuple[str, ...] = get_args(Labels)
 
 
 #: numeric ranges of TrainConfig's fields (types and finiteness come from the annotations)
@@ -71,13 +78,13 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     lam: float = 1.0
-    cka: str = "linear"
-    cka_estimator: str = "unbiased"
-    site: str = "z"
-    positions: str = "last"
-    labels: str = "teacher"
+    cka: Kernel = "linear"
+    cka_estimator: Estimator = "unbiased"
+    site: Site = "z"
+    positions: Positions = "last"
+    labels: Labels = "teacher"
     kd_temperature: float = 2.0
-    kv: str = "shared"
+    kv: KVPolicy = "shared"
     eval_every: int = 50
     eval_n: int = 200
     eval_cka: bool = False
@@ -85,7 +92,7 @@ class TrainConfig:
     null_perms: int = 20
     checkpoint_every: int = 50
     seed: int = 0
-    dtype: str = "float32"
+    dtype: DType = "float32"
 
     def __post_init__(self) -> None:
         check_fields(self, _TRAIN_RANGES)
@@ -105,8 +112,9 @@ class TrainConfig:
         bad("cka_estimator", ESTIMATORS)
         bad("site", SITES)
         bad("positions", POSITIONS)
-        bad("labels", ("teacher", "gold"))
+        bad("labels", LABEL_SOURCES)
         bad("dtype", DTYPES)
+        bad("kv", KV_POLICIES)
         if self.lam < 0:
             raise ValueError(f"lam (the CKA weight) must be >= 0 (got {self.lam})")
         if self.batch_size < 4 and self.uses_cka:

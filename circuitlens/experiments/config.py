@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from circuitlens.analysis.patching.circuits import CircuitConfig
 from circuitlens.core.validate import ConfigError, check_fields, check_sequence
@@ -108,7 +108,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=_default_distill)
     use_circuit: bool = True
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
-    random_from: str = "all"
+    random_from: Literal["all", "circuit"] = "all"
     target_accuracy: float | None = None
     format_accuracy: bool = True
     circuits: dict[str, dict[str, list[str]]] | None = None

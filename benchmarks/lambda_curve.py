@@ -15,12 +15,12 @@ with CE on the same seeds, Holm-adjusted across the points) and ``lambda-real-to
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
-from circuitlens.core.io import atomic_write_text
+from map_methods import save
+
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.experiments.stats import compare_family, compare_seeds
 from circuitlens.experiments.sweep import point_name
@@ -109,10 +109,7 @@ def main() -> None:
         "benchmark": "λ curve (CE + Align against CE)",
         **collect(args.directory, lams, seeds, args.task),
     }
-    atomic_write_text(OUT / f"{args.name}.json", json.dumps(doc, indent=1, default=str))
-    md = markdown(doc)
-    atomic_write_text(OUT / f"{args.name}.md", md)
-    print(md)
+    save(args.name, doc, markdown(doc))
 
 
 if __name__ == "__main__":

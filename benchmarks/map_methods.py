@@ -148,6 +148,13 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def save(name: str, doc: dict[str, Any], md: str) -> None:
+    """``benchmarks/results/<name>.json`` and ``.md`` (atomically), and the markdown printed."""
+    atomic_write_text(OUT / f"{name}.json", json.dumps(doc, indent=1, default=str))
+    atomic_write_text(OUT / f"{name}.md", md)
+    print(md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ref", type=Path, help="the reference run (ce, ce+align, ce+rand; impact map)")
@@ -158,10 +165,7 @@ def main() -> None:
     doc = collect(args.ref, {k: Path(v) for k, v in methods.items()})
     doc["summary"] = summary(doc)
     doc = {"benchmark": "map methods (CE + Align per correspondence method)", **doc}
-    atomic_write_text(OUT / f"{args.name}.json", json.dumps(doc, indent=1, default=str))
-    md = markdown(doc)
-    atomic_write_text(OUT / f"{args.name}.md", md)
-    print(md)
+    save(args.name, doc, markdown(doc))
 
 
 if __name__ == "__main__":

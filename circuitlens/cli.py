@@ -207,7 +207,8 @@ def _real_list(args: argparse.Namespace) -> int:
 
 
 def _real_build(args: argparse.Namespace) -> int:
-    from circuitlens.models.real import RECIPES, build_real
+    from circuitlens.models.real import RECIPES
+    from circuitlens.models.real_build import build_real
 
     names = list(RECIPES) if args.name == "all" else [args.name]
     for name in names:

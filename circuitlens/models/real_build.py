@@ -65,6 +65,57 @@ def _save_adapter(model: Any, out: Path) -> None:
     shrink_adapter(out / "adapter_model.safetensors")
 
 
+class _AdapterSteps:
+    """What :func:`train_adapter`'s loop does at each step: the loss, the update, the
+    evaluation (stopping at the target) and the checkpoint."""
+
+    def __init__(self, recipe: RealRecipe, model: Any, tok: Any, val: list, ckpt: Path) -> None:
+        self.recipe, self.model, self.tok, self.val, self.ckpt = recipe, model, tok, val, ckpt
+        self.opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=recipe.lr
+        )
+        self.rng = random.Random(recipe.seed)
+        self.t0 = time.time()
+
+    def reached(self, row: dict[str, float]) -> bool:
+        """Whether an evaluated row meets the recipe's target."""
+        return row["val_acc"] >= self.recipe.stop_at and row["step"] >= self.recipe.min_steps
+
+    def loss(self, prompts: list, _: int) -> dict[str, torch.Tensor]:
+        from circuitlens.tasks import tokenize_prompts
+
+        self.model.train()
+        b = tokenize_prompts(self.tok, prompts)
+        logits = answer_logits(self.model, b.tokens, b.positions["last"])
+        return {"loss": torch.nn.functional.cross_entropy(logits, b.answer_ids)}
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def evaluate(self, row: dict[str, float], bar: Any) -> bool:
+        self.model.eval()
+        row["val_acc"] = acc = hf_accuracy(self.model, self.tok, self.val)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{acc:.3f}")
+        log.info("%s step %d loss %.4f val_acc %.3f (%.0f s)", self.recipe.name, row["step"],
+                 row["loss"], acc, time.time() - self.t0)  # fmt: skip
+        return self.reached(row)
+
+    def checkpoint(self, state: Any) -> None:
+        from circuitlens.core.io import atomic_torch_save
+
+        saved = {
+            "adapter": peft_module().get_peft_model_state_dict(self.model),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "step": state.step,
+            "history": state.history,
+        }
+        atomic_torch_save(saved, self.ckpt)
+
+
 def train_adapter(
     recipe: RealRecipe, hf: Any, tok: Any, out: Path, fresh: bool = False, progress: bool = True
 ) -> tuple[Any, dict[str, Any]]:
@@ -77,69 +128,49 @@ def train_adapter(
     and ends with the same adapter as an uninterrupted run. Saves the adapter (peft format) to
     ``out``. Returns the peft model and a summary (``steps``, ``history``, ``seconds``).
 
-    This loop is not :class:`~circuitlens.distill.trainer.CircuitTrainer`'s: the models floor
-    sits below the trainer's (an adapter is built before any distillation exists), and it trains
-    a peft adapter of a Hugging Face model, not masked slices of a bridge against a teacher.
+    The loop is :class:`~circuitlens.core.loop.TrainLoop`, the circuit trainer's: the batches
+    are fresh samples of the recipe's task, the loss the answer token's cross-entropy, the
+    update plain AdamW on the adapter, the evaluation validation accuracy (which stops the run
+    at the target), the checkpoint this builder's own (adapter, optimizer, sampler, torch RNG),
+    written at every evaluation; the history keeps the evaluated steps.
     """
-    from tqdm.auto import tqdm
+    from circuitlens.core.loop import LoopState, TrainLoop
 
-    from circuitlens.core.io import atomic_torch_save
-    from circuitlens.tasks import tokenize_prompts
-
-    peft = peft_module()
     out = Path(out)
     work = out / "build"
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    model = peft.get_peft_model(hf, lora_config(recipe))
+    model = peft_module().get_peft_model(hf, lora_config(recipe))
     task = real_task(recipe, tok, seed=0)
-    val = task.split("val", recipe.eval_n)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
-    rng = random.Random(recipe.seed)
-    history: list[dict[str, float]] = []
-    step = 0
-    ckpt = work / "checkpoint.pt"
-    if ckpt.is_file():
-        step, history = _resume_adapter(ckpt, model, opt, rng)
-        log.info("resuming %s at step %d", recipe.name, step)
+    run = _AdapterSteps(
+        recipe, model, tok, task.split("val", recipe.eval_n), work / "checkpoint.pt"
+    )
+    state = LoopState()
+    if run.ckpt.is_file():
+        state.step, state.history = _resume_adapter(run.ckpt, model, run.opt, run.rng)
+        log.info("resuming %s at step %d", recipe.name, state.step)
     heldout = task.heldout_texts()
     log.info("training %s: %s", recipe.name, json.dumps(recipe.to_dict()))
-    t0 = time.time()
-    done = bool(history) and history[-1]["val_acc"] >= recipe.stop_at and step >= recipe.min_steps
-    bar = tqdm(total=recipe.max_steps, initial=step, desc=recipe.name, disable=not progress)
-    while not done and step < recipe.max_steps:
-        model.train()
-        b = tokenize_prompts(tok, task.sample(rng, recipe.batch_size, exclude=heldout))
-        logits = answer_logits(model, b.tokens, b.positions["last"])
-        loss = torch.nn.functional.cross_entropy(logits, b.answer_ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % recipe.eval_every == 0 or step == recipe.max_steps:
-            model.eval()
-            acc = hf_accuracy(model, tok, val)
-            history.append({"step": step, "loss": loss.item(), "val_acc": acc})
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.3f}")
-            log.info("%s step %d loss %.4f val_acc %.3f (%.0f s)",
-                     recipe.name, step, float(loss), acc, time.time() - t0)  # fmt: skip
-            state = {
-                "adapter": peft.get_peft_model_state_dict(model),
-                "opt": opt.state_dict(),
-                "rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "history": history,
-            }
-            atomic_torch_save(state, ckpt)
-            done = acc >= recipe.stop_at and step >= recipe.min_steps
-    bar.close()
+    if not (state.history and run.reached(state.history[-1])):
+        TrainLoop(
+            steps=recipe.max_steps,
+            batches=lambda _: task.sample(run.rng, recipe.batch_size, exclude=heldout),
+            loss=run.loss,
+            update=run.update,
+            row=lambda parts, step: {"step": step, "loss": parts["loss"].item()},
+            evaluate=run.evaluate,
+            eval_every=recipe.eval_every,
+            checkpoint=run.checkpoint,
+            checkpoint_every=recipe.eval_every,
+            keep="evaluated",
+            desc=recipe.name,
+        ).run(state, progress)
     model.eval()
     _save_adapter(model, out)
-    return model, {"steps": step, "history": history, "seconds": round(time.time() - t0, 1)}
+    summary = {"steps": state.step, "history": state.history}
+    return model, summary | {"seconds": round(time.time() - run.t0, 1)}
 
 
 ADAPTER_DTYPE = torch.bfloat16  # shipped adapters: half the bytes of float32 (git budget)

@@ -9,6 +9,7 @@ saves the trained parameters and histories, per condition, to OUT.pt.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import torch
@@ -58,9 +59,9 @@ def run(
             trainer.teacher_outputs()
             for n, p in student.named_parameters():
                 p.requires_grad_(n in trainer.masks)
+            one_step = dataclasses.replace(trainer.loop(), steps=1, evaluate=None, checkpoint=None)
             with trainer.sites.capturing():
-                trainer.state.history.append(trainer._step())
-                trainer.state.step += 1
+                one_step.run(trainer.state, progress=False)
             trainer.save_checkpoint()
             student = load_model(student_dir)
             trainer = CircuitTrainer(

@@ -195,7 +195,7 @@ def test_cli_distill_rerun_after_a_failed_save_repeats_no_work(
         raise AssertionError("the rerun repeated work")
 
     monkeypatch.setattr(sweeps, "sweeps", never)  # kept in the checkpoint directory
-    monkeypatch.setattr(CircuitTrainer, "_step", never)  # the checkpoint is at the last step
+    monkeypatch.setattr(CircuitTrainer, "losses", never)  # the checkpoint is at the last step
     assert main(args) == 0
     assert "saved to" in capsys.readouterr().out
     back = DistillResult.load(tmp_path / "out" / "result")

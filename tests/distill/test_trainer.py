@@ -63,15 +63,15 @@ def test_resume_matches_uninterrupted(pair, tmp_path, monkeypatch) -> None:
 
     restart()
     trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "b")
-    real_step, calls = trainer._step, {"n": 0}
+    real_losses, calls = trainer.losses, {"n": 0}
 
-    def dies_at_step_3():
+    def dies_at_step_3(prompts, step=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_step()
+        return real_losses(prompts, step=step)
 
-    monkeypatch.setattr(trainer, "_step", dies_at_step_3)
+    monkeypatch.setattr(trainer, "losses", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(progress=False)
     restart()

@@ -244,10 +244,12 @@ def train(
     ``continue_shipped=True`` starts from the shipped weights in ``data/zoo/<name>`` at the
     step their card records (a fresh optimizer and probe), to train a model further.
 
-    This loop is not :class:`~circuitlens.distill.trainer.CircuitTrainer`'s: it trains a whole
-    Hugging Face model from scratch on next-token loss plus probes, with a warmup-cosine
-    schedule, gradient clipping, the best checkpoint kept and a stop at a validation target;
-    the circuit trainer trains masked slices of a bridge at one learning rate.
+    This loop is not :class:`~circuitlens.core.loop.TrainLoop` (which the circuit trainer and
+    the real adapter builder run on): its resumable state is the shipped cards' own (the best
+    step and its weights, the wall time, the learning curve in the card's format) and it moves
+    a warmup-cosine schedule to the step reached when it continues a shipped model. The
+    shipped zoo models are what every test and benchmark runs on, so moving this loop means
+    rebuilding them all and re-proving them bit for bit, for nothing a user would notice.
 
     Args:
         name: a key of :data:`ZOO`.

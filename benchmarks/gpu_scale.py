@@ -843,17 +843,25 @@ def train_stage(run: Run, task: Any, cache: Any, key: str, train_dtype: str) -> 
     )
     _, m_fill = measure(dev, lambda: trainer.teacher_outputs())
     times: list[float] = []
-    step = trainer._step  # the loop's step, timed from outside (the history holds no times)
+    loop = trainer.loop  # the trainer's own loop, each step (loss and update) timed around it
 
-    def timed_step() -> dict[str, float]:
-        _sync(dev)
-        t0 = time.perf_counter()
-        row = step()
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-        return row
+    def timed_loop() -> Any:
+        inner = loop()
+        starts: list[float] = []
 
-    trainer._step = timed_step  # type: ignore[method-assign]
+        def loss(batch: Any, k: int) -> Any:
+            _sync(dev)
+            starts.append(time.perf_counter())
+            return inner.loss(batch, k)
+
+        def update(value: Any) -> None:
+            inner.update(value)
+            _sync(dev)
+            times.append(time.perf_counter() - starts[-1])
+
+        return dataclasses.replace(inner, loss=loss, update=update)
+
+    trainer.loop = timed_loop  # type: ignore[method-assign]
     history, m_train = measure(dev, lambda: trainer.train(progress=False))
     timed = times[args.train_warmup :] or times
     losses = [r["loss"] for r in history]

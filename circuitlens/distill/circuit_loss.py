@@ -137,10 +137,14 @@ class CircuitLoss:
         if cfg.cond.shuffle:
             perm = derangement(n, shuffle_generator(cfg.seed, shuffle_step))
             ys = shuffled_teacher(ys, perm)
-        align, value = alignment_loss(
-            xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
-        )
+        align, value = self._alignment(xs, ys)
         return {"cka": value.detach(), "align": align / world if world > 1 else align}
+
+    def _alignment(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+        """The CKA term and the per-pair CKA of ``[pair, n, rows, p]`` activations (rows
+        flattened into examples), with the config's kernel and estimator."""
+        cfg = self.config
+        return alignment_loss(xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator)
 
     def heldout_pairs(self, prompts: list) -> tuple[Tensor, Tensor]:
         """Both models' activations of every pair on held-out ``prompts`` (no graph)."""
@@ -152,10 +156,7 @@ class CircuitLoss:
     def mean_cka(self, prompts: list) -> float:
         """Mean CKA of the pairs on held-out ``prompts``, with the config's kernel and
         estimator."""
-        cfg = self.config
         xs, ys = self.heldout_pairs(prompts)
         with torch.no_grad():
-            _, value = alignment_loss(
-                xs.flatten(1, 2), ys.flatten(1, 2), cfg.cka, cfg.cka_estimator
-            )
+            _, value = self._alignment(xs, ys)
         return float(value.float().mean())

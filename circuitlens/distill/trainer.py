@@ -69,10 +69,6 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-#: a trainer's progress (the loop's state; the name kept for checkpoints and callers)
-TrainState = LoopState
-
-
 def _check_inputs(
     student: Any, teacher: Any, head_map: HeadMap, cfg: TrainConfig, circuit: Circuit | None
 ) -> None:
@@ -206,7 +202,7 @@ class CircuitTrainer:
         self.sites = HeadSites(student, teacher, task, head_map, cfg, circuit)
         self.feed = TeacherFeed(teacher, self.schedule, self.teacher_cache, self._request())
         self.loss = CircuitLoss(cfg, self.sites, self.feed, self.translate, self.rank_world)
-        self.state = TrainState()
+        self.state = LoopState()
 
     # -- one batch ---------------------------------------------------------------------------
     def _request(self) -> dict[str, Any]:
@@ -236,7 +232,11 @@ class CircuitTrainer:
         """Both models' activations of every pair on held-out prompts (no graph)."""
         if not len(self.head_map):
             raise ValueError("no mapped pairs to measure CKA on")
-        return self.loss.heldout_pairs(self.task.split(split)[: n or self.config.cka_eval_n])
+        return self.loss.heldout_pairs(self._heldout_prompts(split, n))
+
+    def _heldout_prompts(self, split: str, n: int | None) -> list:
+        """The first ``n`` prompts of ``split`` (default ``cka_eval_n``): where CKA is measured."""
+        return self.task.split(split)[: n or self.config.cka_eval_n]
 
     @torch.no_grad()
     def heldout_cka(
@@ -255,7 +255,7 @@ class CircuitTrainer:
         """Mean CKA of the mapped pairs on held-out prompts (no null; see :meth:`heldout_cka`)."""
         if not len(self.head_map):
             return float("nan")
-        return self.loss.mean_cka(self.task.split(split)[: n or self.config.cka_eval_n])
+        return self.loss.mean_cka(self._heldout_prompts(split, n))
 
     # -- the loop --------------------------------------------------------------------------
     def _row(self, parts: dict[str, Tensor], step: int) -> dict[str, float]:
@@ -343,6 +343,6 @@ class CircuitTrainer:
             )
         self.optimizer.load(saved["params"], saved["opt"])
         self.rng.setstate(saved["rng"])
-        self.state = TrainState(**saved["state"])
+        self.state = LoopState(**saved["state"])
         log.info("resumed training at step %d", self.state.step)
         return True

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from circuitlens.core.io import sha256_file
+from circuitlens.core.io import atomic_torch_save, sha256_file
+from circuitlens.core.loop import LoopState, TrainLoop
 from circuitlens.models.real import (
     BASES,
     HELDOUT_SEED,
@@ -34,6 +35,7 @@ from circuitlens.models.real import (
     real_task,
     recipe_model,
 )
+from circuitlens.tasks import tokenize_prompts
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,6 @@ class _AdapterSteps:
         return row["val_acc"] >= self.recipe.stop_at and row["step"] >= self.recipe.min_steps
 
     def loss(self, prompts: list, _: int) -> dict[str, torch.Tensor]:
-        from circuitlens.tasks import tokenize_prompts
-
         self.model.train()
         b = tokenize_prompts(self.tok, prompts)
         logits = answer_logits(self.model, b.tokens, b.positions["last"])
@@ -102,9 +102,7 @@ class _AdapterSteps:
                  row["loss"], acc, time.time() - self.t0)  # fmt: skip
         return self.reached(row)
 
-    def checkpoint(self, state: Any) -> None:
-        from circuitlens.core.io import atomic_torch_save
-
+    def checkpoint(self, state: LoopState) -> None:
         saved = {
             "adapter": peft_module().get_peft_model_state_dict(self.model),
             "opt": self.opt.state_dict(),
@@ -134,8 +132,6 @@ def train_adapter(
     at the target), the checkpoint this builder's own (adapter, optimizer, sampler, torch RNG),
     written at every evaluation; the history keeps the evaluated steps.
     """
-    from circuitlens.core.loop import LoopState, TrainLoop
-
     out = Path(out)
     work = out / "build"
     if fresh and work.exists():

@@ -11,10 +11,12 @@ Models: the zoo teachers (entity tracking, theory of mind; 4 layers x 8 heads, 4
 ``--real``: also SmolLM2 entity-tracking student (22 x 9 heads, 3 K/V heads), fewer prompts.
 The student side (the original model) is swept once per model; each copy is swept against the
 student's baseline (the distillation default), on the same prompts, metric prob.
-Results: benchmarks/results/correspondence.json, and the table in docs/correspondence.md
-(between its ``correspondence-table`` markers).
+Results: benchmarks/results/correspondence.json, the figure correspondence.html (recovery over
+noise, one panel per model and budget) and the table in docs/correspondence.md (between its
+``correspondence-table`` markers).
 
     .venv/bin/python benchmarks/correspondence.py [--n 64] [--seeds 0 1 2] [--real]
+    .venv/bin/python benchmarks/correspondence.py --figure   # the figure from the saved rows
 """
 
 from __future__ import annotations
@@ -155,6 +157,68 @@ def table(summary: list[dict], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+#: one colour per method (Okabe-Ito, colour-blind-safe), in the registry's order
+COLOURS = ("#000000", "#E69F00", "#0072B2", "#009E73", "#CC79A7", "#D55E00", "#56B4E9")
+
+
+def figure(summary: list[dict], methods: list[str]) -> object:
+    """Recovery over noise: one panel per model (rows) and budget (columns), one colour per
+    method, solid many-to-one and dotted one-to-one; a point is the mean over seeds (its hover
+    gives the worst seed)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    models = sorted({s["model"] for s in summary})
+    budgets = sorted({s["budget"] for s in summary})
+    pairs = {(s["model"], s["budget"]): s["pairs"] for s in summary}
+    titles = [f"{m}, budget {b} ({pairs.get((m, b), '?')} heads)" for m in models for b in budgets]
+    fig = make_subplots(rows=len(models), cols=len(budgets), subplot_titles=titles,
+                        shared_yaxes=True, vertical_spacing=0.12)  # fmt: skip
+    shown = set()
+    for i, m in enumerate(models, 1):
+        for j, b in enumerate(budgets, 1):
+            for k, method in enumerate(methods):
+                for one in (False, True):
+                    pts = sorted((s["noise"], s) for s in summary if (s["model"], s["budget"],
+                                 s["method"], s["one_to_one"]) == (m, b, method, one))  # fmt: skip
+                    if not pts:
+                        continue
+                    name = f"{method}, {'one-to-one' if one else 'many-to-one'}"
+                    fig.add_trace(
+                        go.Scatter(
+                            x=[str(n) for n, _ in pts], y=[s["recovery_mean"] for _, s in pts],
+                            mode="lines+markers", name=name, legendgroup=name,
+                            showlegend=name not in shown,
+                            line={"color": COLOURS[k % len(COLOURS)],
+                                  "dash": "dot" if one else "solid"},
+                            hovertext=[f"{name}: noise {n}, recovery {s['recovery_mean']:.2f} "
+                                       f"(worst of {s['seeds']} seeds {s['recovery_min']:.2f})"
+                                       for n, s in pts],
+                            hoverinfo="text",
+                        ),
+                        row=i, col=j,
+                    )  # fmt: skip
+                    shown.add(name)
+            fig.update_xaxes(title_text="weight noise (x each parameter's RMS)", type="category",
+                             row=i, col=j)  # fmt: skip
+        fig.update_yaxes(title_text="recovery", range=[0, 1.05], row=i, col=1)
+    fig.update_layout(
+        title="Which method finds the known answer? Each model against its relabelled copy",
+        height=330 * len(models), legend={"orientation": "h", "y": -0.08},
+    )  # fmt: skip
+    return fig
+
+
+def write_figure(summary: list[dict], methods: list[str]) -> Path:
+    """``correspondence.html`` beside the results (it loads the directory's plotly.min.js)."""
+    from circuitlens.report.page import PLOTLY_JS, write_plotly_js
+
+    out = OUT.parent / "correspondence.html"
+    write_plotly_js(out.parent)
+    figure(summary, methods).write_html(out, include_plotlyjs=PLOTLY_JS)
+    return out
+
+
 def write_doc(text: str) -> None:
     """Put the table between the doc's markers (not for a side-by-side run into
     ``$CIRCUITLENS_BENCH_OUT``, which leaves the committed files alone)."""
@@ -190,7 +254,13 @@ def main() -> None:
     ap.add_argument(
         "--real-heads-per-pass", type=int, default=9, help="heads ablated per forward (SmolLM2)"
     )
+    ap.add_argument("--figure", action="store_true", help="only the figure, from the saved rows")
     args = ap.parse_args()
+    if args.figure:
+        from circuitlens.analysis.correspondence import METHODS
+
+        print(write_figure(json.loads(OUT.read_text())["summary"], list(METHODS)))
+        return
     args.heads_per_pass = None
     real = argparse.Namespace(
         n=args.real_n,
@@ -228,6 +298,7 @@ def save(rows: list[dict], t0: float) -> str:
         "rows": rows,
     }
     OUT.write_text(json.dumps(result, indent=1))
+    write_figure(summary, list(METHODS))
     write_doc(md)
     return md
 

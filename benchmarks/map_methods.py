@@ -12,7 +12,10 @@ draws random partners), and each method's CE + Align is compared with them seed 
 
 writes ``benchmarks/results/<name>.json`` (per method and seed: accuracy, held-out CKA before
 and after with its null, the mechanism check's |dP_s - dP_t| before -> after; the seed-level
-comparisons, Holm-adjusted per task across the methods) and ``<name>.md``.
+comparisons, Holm-adjusted per task across the methods), ``<name>.md`` and the figure
+``<name>.html`` (per task: each condition's accuracy minus CE's, seed by seed, with the mean and
+its interval; the pairs' held-out CKA before and after training). ``--figure`` redraws the
+figure from the saved JSON.
 """
 
 from __future__ import annotations
@@ -150,19 +153,101 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _seeds(doc: dict[str, Any], task: str, label: str) -> list[int]:
+    """The seeds of a comparison's condition label (``"ce+align (cka)"``, ``"ce+rand"``)."""
+    cond, _, method = label.partition(" (")
+    method = method.rstrip(")") or "-"
+    return sorted(r["seed"] for r in doc["rows"] if (r["task"], r["condition"], r["method"])
+                  == (task, cond, method))  # fmt: skip
+
+
+def figure(doc: dict[str, Any]) -> Any:
+    """Per task (columns): each condition's accuracy minus CE's seed by seed (grey), the mean
+    with its 95% interval (two-way seed x prompt bootstrap) and Holm p in the hover (row 1);
+    the pairs' held-out CKA before (open) and after training (filled), seed means (row 2)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    tasks = list(dict.fromkeys(r["task"] for r in doc["rows"]))
+    titles = [f"{t.replace('_', ' ')}: accuracy − CE, per seed" for t in tasks]
+    titles += [f"{t.replace('_', ' ')}: held-out CKA of the pairs" for t in tasks]
+    fig = make_subplots(rows=2, cols=len(tasks), subplot_titles=titles, vertical_spacing=0.2)
+    first = True
+    for j, task in enumerate(tasks, 1):
+        for c in (c for c in doc["comparisons"] if c["task"] == task):
+            seeds = _seeds(doc, task, c["a"])
+            x = [c["a"]] * len(c["diffs"])
+            fig.add_trace(go.Scatter(
+                x=x, y=c["diffs"], mode="markers", name="one seed", legendgroup="seed",
+                showlegend=first, marker={"color": "#888", "size": 7, "opacity": 0.7},
+                hovertext=[f"seed {s}: {d:+.3f}" for s, d in zip(seeds, c["diffs"], strict=False)],
+                hoverinfo="text"), row=1, col=j)  # fmt: skip
+            m, lo, hi = c["mean_diff"], c["ci_low"], c["ci_high"]
+            fig.add_trace(go.Scatter(
+                x=[c["a"]], y=[m], mode="markers", name="mean over seeds (95% CI)",
+                legendgroup="mean", showlegend=first,
+                marker={"color": "#000", "symbol": "diamond", "size": 11},
+                error_y={"type": "data", "symmetric": False, "array": [hi - m],
+                         "arrayminus": [m - lo]},
+                hovertext=f"{c['a']} − CE: {m:+.3f} ({lo:+.3f} to {hi:+.3f}), "
+                          f"{c['n_seeds']} seeds, sign-flip p {c['p_sign_flip']:.3f} "
+                          f"(Holm {c['p_holm']:.3f})",
+                hoverinfo="text"), row=1, col=j)  # fmt: skip
+            first = False
+        fig.add_hline(y=0, line_dash="dot", line_color="#444", row=1, col=j)
+        for k, s in enumerate(x for x in doc["summary"] if x["task"] == task):
+            fig.add_trace(go.Scatter(
+                x=[s["condition"]] * 2, y=[s["cka_before"], s["cka_after"]],
+                mode="lines+markers", name="CKA before → after training",
+                legendgroup="cka", showlegend=j == 1 and k == 0,
+                line={"color": "#0072B2"},
+                marker={"color": "#0072B2", "symbol": ["circle-open", "circle"], "size": 10},
+                hovertext=[f"{s['condition']}: before {s['cka_before']:.3f}",
+                           f"after {s['cka_after']:.3f} (null {s['cka_null_after']:.3f})"],
+                hoverinfo="text"), row=2, col=j)  # fmt: skip
+        fig.update_yaxes(title_text="accuracy − CE", row=1, col=j)
+        fig.update_yaxes(title_text="held-out CKA (mean over seeds)", row=2, col=j)
+    fig.update_layout(
+        title="Does a better map distil better? CE + Align per map method, real SmolLM2 pair",
+        height=900,
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return fig  # fmt: skip
+
+
 def save(name: str, doc: dict[str, Any], md: str) -> None:
-    """``benchmarks/results/<name>.json`` and ``.md`` (atomically), and the markdown printed."""
+    """``benchmarks/results/<name>.json``, ``.md`` and ``.html`` (atomically), and the
+    markdown printed."""
     atomic_write_text(OUT / f"{name}.json", json.dumps(doc, indent=1, default=str))
     atomic_write_text(OUT / f"{name}.md", md)
+    write_figure(name, doc)
     print(md)
+
+
+def write_figure(name: str, doc: dict[str, Any]) -> Path:
+    """``benchmarks/results/<name>.html`` (it loads the directory's plotly.min.js)."""
+    from circuitlens.report.page import PLOTLY_JS, write_plotly_js
+
+    out = OUT / f"{name}.html"
+    write_plotly_js(OUT)
+    figure(doc).write_html(out, include_plotlyjs=PLOTLY_JS)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("ref", type=Path, help="the reference run (ce, ce+align, ce+rand; impact map)")
-    ap.add_argument("methods", nargs="+", metavar="METHOD=DIR")
+    ap.add_argument(
+        "ref", type=Path, nargs="?", help="the reference run (ce, ce+align, ce+rand; impact map)"
+    )
+    ap.add_argument("methods", nargs="*", metavar="METHOD=DIR")
     ap.add_argument("--name", default="map-methods")
+    ap.add_argument("--figure", action="store_true", help="only redraw <name>.html")
     args = ap.parse_args()
+    if args.figure:
+        print(write_figure(args.name, json.loads((OUT / f"{args.name}.json").read_text())))
+        return
+    if args.ref is None or not args.methods:
+        ap.error("give the reference run and at least one METHOD=DIR (or --figure)")
     methods = dict(m.split("=", 1) for m in args.methods)
     doc = collect(args.ref, {k: Path(v) for k, v in methods.items()})
     doc["summary"] = summary(doc)

@@ -123,16 +123,16 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _task_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+def _task_options(
+    pairs: Sequence[str] | None, flag: str = "--task-option", example: str = "n_boxes=3"
+) -> dict[str, Any]:
     from circuitlens.core.validate import ConfigError
 
     out: dict[str, Any] = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(
-                f"--task-option {pair!r}: write it as KEY=VALUE, e.g. --task-option n_boxes=3"
-            )
+            raise ConfigError(f"{flag} {pair!r}: write it as KEY=VALUE, e.g. {flag} {example}")
         out[key.strip()] = _parse_value(value)
     return out
 
@@ -336,14 +336,13 @@ def _sweep(
 
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.core.devices import check_device
-    from circuitlens.experiments import ExperimentConfig, run_experiment
-    from circuitlens.report.page import write_report
+    from circuitlens.experiments import ExperimentConfig
 
     check_device(args.device)  # a device there is not: one error line, before anything loads
     if args.config:
         config = ExperimentConfig.load(args.config)
     else:
-        config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+        config = ExperimentConfig.preset("paper-zoo-quick" if args.quick else "paper-zoo")
     if args.models.startswith("real"):
         if args.config:
             raise ValueError(
@@ -351,6 +350,29 @@ def _reproduce(args: argparse.Namespace) -> int:
             )
         teacher = "gemma3" if args.models == "real-gemma3" else "smollm2"
         config = ExperimentConfig.real(quick=args.quick, teacher=teacher)
+    real = "" if args.models == "zoo" else f"-{args.models}"
+    out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
+    return _experiment(args, config, out)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``circuitlens run CONFIG``: any experiment file (the paper's settings are files in
+    ``configs/``; so is the IOI example)."""
+    from pathlib import Path
+
+    from circuitlens.core.devices import check_device
+    from circuitlens.experiments import ExperimentConfig
+
+    check_device(args.device)
+    config = ExperimentConfig.load(args.config)
+    return _experiment(args, config, args.out or f"results/{Path(args.config).stem}")
+
+
+def _experiment(args: argparse.Namespace, config: Any, out: str) -> int:
+    """Overrides from the flags, then the run (or a curve of runs), the table and the report."""
+    from circuitlens.experiments import run_experiment
+    from circuitlens.report.page import write_report
+
     overrides = {
         k: v
         for k, v in {
@@ -362,6 +384,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    overrides |= _task_options(args.set, "--set", "sweep_n=8")
     if args.circuit:
         overrides |= {"use_circuit": True, "circuits": _circuits(args.circuit)}
     knobs = {k: v for k, v in (("lam", args.lam), ("budget", args.budget)) if v}
@@ -373,8 +396,6 @@ def _reproduce(args: argparse.Namespace) -> int:
             del knobs[knob]
     if overrides:
         config = config.with_overrides(**overrides)
-    real = "" if args.models == "zoo" else f"-{args.models}"
-    out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
     t0 = time.time()
     import torch
 
@@ -407,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     _reproduce_parser(sub)
+    _run_parser(sub)
     demo = sub.add_parser("demo", help="evaluate the zoo teachers and students on both tasks")
     demo.add_argument("--n", type=int, default=500, help="test prompts per task")
     demo.add_argument("--seed", type=int, default=0, help="task seed")
@@ -447,7 +469,7 @@ def _reproduce_parser(sub: Any) -> None:
         action="store_true",
         help="one seed, fewer steps and prompts: a few minutes on the zoo, <= 20 on --models real",
     )
-    rep.add_argument("--config", help="a .toml/.json ExperimentConfig")
+    rep.add_argument("--config", help="a .toml/.json ExperimentConfig (as `circuitlens run`)")
     rep.add_argument(
         "--models",
         choices=("zoo", "real", "real-gemma3"),
@@ -456,44 +478,69 @@ def _reproduce_parser(sub: Any) -> None:
         "real-gemma3: Gemma-3-270M teachers, the same students (docs/real_models.md)",
     )
     rep.add_argument("--out", help="results directory (default results/reproduce[-quick])")
-    rep.add_argument(
+    _experiment_args(rep)
+    rep.set_defaults(fn=_reproduce)
+
+
+def _run_parser(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run an experiment file: tasks (any task, each with its teacher and student) x "
+        "conditions x seeds, table and HTML report (configs/ holds the paper's and examples)",
+    )
+    run.add_argument("config", help="a .toml/.json ExperimentConfig, e.g. configs/paper-zoo.toml")
+    run.add_argument("--out", help="results directory (default results/<config name>)")
+    _experiment_args(run)
+    run.set_defaults(fn=_run)
+
+
+def _experiment_args(p: Any) -> None:
+    """The flags ``reproduce`` and ``run`` share: selections, overrides, where and how."""
+    p.add_argument(
         "--fresh",
         action="store_true",
         help="delete the results directory first (only one a circuitlens run made)",
     )
-    rep.add_argument("--tasks", nargs="+", help="a subset of the tasks")
-    rep.add_argument("--conditions", nargs="+", help="a subset of the conditions")
-    rep.add_argument("--seeds", nargs="+", type=int, help="training seeds")
-    rep.add_argument(
+    p.add_argument("--tasks", nargs="+", help="a subset of the tasks")
+    p.add_argument("--conditions", nargs="+", help="a subset of the conditions")
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds")
+    p.add_argument(
         "--circuit",
         nargs="+",
         metavar="TASK=FILE",
         help="map into a teacher circuit found before (a Circuit.save file) instead of "
         "searching, e.g. entity_tracking=circuit.json",
     )
-    rep.add_argument("--steps", type=int, help="training steps per cell")
-    rep.add_argument(
+    p.add_argument("--steps", type=int, help="training steps per cell")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override an option of the config (repeat the flag for more): a field (task_seed=1), a distill option by its "
+        "flat name (sweep_n=8, budget=10, test_n=50) or a trainer option (lr=1e-4, eval_n=20)",
+    )
+    p.add_argument(
         "--map-method",
         help="how student heads find teacher partners (a correspondence method: impact, "
         "impact-rank, profile, cka, combined; default impact, the paper's)",
     )
-    rep.add_argument(
+    p.add_argument(
         "--lam",
         type=_values,
         help="the CKA weight; several (0.1,0.3,1,3): a curve, one run per value under --out",
     )
-    rep.add_argument(
+    p.add_argument(
         "--budget",
         type=_values,
         help="student heads (fractions or counts); several (0.05,0.13,0.25): a curve",
     )
-    rep.add_argument(
+    p.add_argument(
         "--device",
         help="where the models run: cpu (default), cuda, cuda:N, mps; checked before "
         "anything loads (a CPU build of torch has no cuda)",
     )
-    rep.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
-    rep.add_argument(
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
+    p.add_argument(
         "--jobs",
         type=_jobs,
         default="auto",
@@ -502,8 +549,7 @@ def _reproduce_parser(sub: Any) -> None:
         "~1.27x faster than one; results are those of that many threads per process, so give "
         "--jobs 1 to match a one-process run bit for bit)",
     )
-    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
-    rep.set_defaults(fn=_reproduce)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _distill_parser(sub: Any) -> None:

@@ -26,8 +26,8 @@ from torch import Tensor
 from circuitlens.analysis.cka import cka, permute_examples
 from circuitlens.distill.conditions import LABELS, condition_names, get_condition
 
-#: the trained conditions (names), those with the CKA term, and the tables' row names: all
-#: read from the condition registry (:mod:`circuitlens.distill.conditions`)
+#: the conditions registered at import, those with the CKA term (a snapshot for reading; what
+#: is valid is the live registry, :func:`~circuitlens.distill.conditions.condition_names`)
 CONDITIONS = condition_names()
 CKA_CONDITIONS = tuple(n for n in CONDITIONS if get_condition(n).uses_cka)
 

@@ -12,16 +12,59 @@ from circuitlens.core.validate import ConfigError, check_fields, check_sequence
 from circuitlens.distill.conditions import LABELS, condition_names, get_condition  # noqa: F401 (LABELS re-exported)
 from circuitlens.distill.config import DistillConfig, build, read_config_file, refuse_unknown_keys
 
-#: every table row an experiment may hold: the untrained models and each registered condition
-ALL_CONDITIONS = ("student", "teacher", *condition_names())
+#: the untrained rows every table may hold beside the trained conditions
+UNTRAINED = ("student", "teacher")
+#: the table rows registered at import (a condition registered later is valid too: the
+#: checks read :func:`all_conditions`, the live registry)
+ALL_CONDITIONS = (*UNTRAINED, *condition_names())
 #: the default grid's rows (the random-heads controls are asked for by name)
-DEFAULT_CONDITIONS = ("student", "teacher", *condition_names(default_only=True))
-#: tasks :func:`run_experiment` knows how to build (in the zoo's prompt format)
+DEFAULT_CONDITIONS = (*UNTRAINED, *condition_names(default_only=True))
+#: the paper's tasks, with zoo models of their own (the default experiment); any task
+#: :func:`circuitlens.tasks.get_task` builds can be an experiment's, with its models named
 TASKS = ("entity_tracking", "theory_of_mind")
+#: the shipped experiment files (the paper's settings, the IOI example): ``circuitlens run``
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: the keys of a task given as a table (``[tasks.NAME]`` in a file) that are not task options
+SPEC_KEYS = ("task", "teacher", "student", "options")
 
 
-def _compares_logits(name: str) -> bool:
-    return name not in ("student", "teacher") and get_condition(name).compares_logits
+def all_conditions() -> tuple[str, ...]:
+    """Every row an experiment may hold now: the untrained models and each condition in the
+    registry (``cl.register_condition`` adds to it)."""
+    return (*UNTRAINED, *condition_names())
+
+
+def _task_kinds() -> dict[str, Any]:
+    from circuitlens.tasks import TASKS as KINDS  # the live table of task builders
+
+    return KINDS
+
+
+def _tasks_from_table(d: dict[str, Any]) -> dict[str, Any]:
+    """``tasks`` given as a table of name -> spec (``task``, ``teacher``, ``student``, options
+    in ``options`` or beside them), as a file writes it, split into the config's ``tasks``,
+    ``models`` and ``task_options``."""
+    d = dict(d)
+    names, models, options = [], dict(d.get("models") or {}), dict(d.get("task_options") or {})
+    for name, spec in d["tasks"].items():
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"tasks.{name} must be a table (task, teacher, student, options), e.g. "
+                '[tasks.ioi] task = "jsonl", teacher = "...", student = "...", '
+                'options = {path = "data/tasks/ioi.jsonl"}'
+            )
+        names.append(name)
+        roles = {r: spec[r] for r in ("teacher", "student") if r in spec}
+        if roles:
+            models[name] = {**models.get(name, {}), **roles}
+        extra = spec.get("options", {})
+        if not isinstance(extra, dict):
+            raise ConfigError(f"tasks.{name}.options must be a table of the task's options")
+        opts = {k: v for k, v in spec.items() if k not in SPEC_KEYS} | extra
+        if "task" in spec or opts:
+            options[name] = {"task": spec.get("task", name), **opts}
+    d["tasks"], d["models"], d["task_options"] = names, models, options
+    return d
 
 
 def _default_models() -> dict[str, dict[str, str]]:
@@ -34,7 +77,9 @@ def _default_models() -> dict[str, dict[str, str]]:
     }
 
 
-def _check_circuits(circuits: Any, use_circuit: bool) -> dict[str, dict[str, list[str]]]:
+def _check_circuits(
+    circuits: Any, use_circuit: bool, tasks: tuple[str, ...]
+) -> dict[str, dict[str, list[str]]]:
     """Given circuits, held as plain head names (``L3H1``), with every problem named."""
     from circuitlens.core.types import Circuit
 
@@ -50,8 +95,10 @@ def _check_circuits(circuits: Any, use_circuit: bool) -> dict[str, dict[str, lis
         )
     out = {}
     for task, groups in circuits.items():
-        if task not in TASKS:
-            raise ValueError(f"circuits: unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        if task not in tasks:
+            raise ValueError(
+                f"circuits: unknown task {task!r}; the experiment's tasks: {', '.join(tasks)}"
+            )
         if not isinstance(groups, dict) or not any(groups.values()):
             raise ConfigError(
                 f"circuits[{task!r}] must be a non-empty table of group -> head names, e.g. "
@@ -73,13 +120,22 @@ class ExperimentConfig:
     """What :func:`run_experiment` runs (saved as ``config.json``; unknown keys refused).
 
     Attributes:
-        tasks: task names, a subset of :data:`TASKS`.
-        conditions: table rows, a subset of :data:`ALL_CONDITIONS` (default
-            :data:`DEFAULT_CONDITIONS`: all but the random-heads controls).
+        tasks: the experiment's task names (keys of its run directory and tables). A name
+            is its own task (``get_task(name)``) unless ``task_options`` names another; a
+            file may also give ``tasks`` as a table of name -> ``{task, teacher, student,
+            options}`` (``[tasks.ioi]``), read into ``tasks``, ``models`` and
+            ``task_options``.
+        conditions: table rows: ``student``, ``teacher`` and conditions of the registry
+            (:func:`all_conditions`; default :data:`DEFAULT_CONDITIONS`: all but the controls).
         seeds: training seeds (batches; the random map of ``ce+rand``). These three are given
             as lists or tuples (a file gives lists) and held as tuples.
         models: per task, the ``teacher`` and ``student`` specs (anything
-            :func:`circuitlens.load_model` accepts as a string).
+            :func:`circuitlens.load_model` accepts as a string; the zoo's for the paper's
+            tasks by default).
+        task_options: per task name, the task to build (``"task"``: a key of
+            :data:`circuitlens.tasks.TASKS`, default the name itself) and its options
+            (``path`` of a JSONL file, ``n_boxes``, ...); the seed and split sizes come from
+            the experiment.
         task_seed: the seed of the task's prompts (splits fixed across training seeds).
         distill: sweeps, mapping and trainer options shared by every cell
             (:class:`~circuitlens.distill.pipeline.DistillConfig`); each cell sets the condition
@@ -112,6 +168,7 @@ class ExperimentConfig:
     target_accuracy: float | None = None
     format_accuracy: bool = True
     circuits: dict[str, dict[str, list[str]]] | None = None
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", check_sequence(self.tasks, str, "tasks"))
@@ -129,13 +186,15 @@ class ExperimentConfig:
                     f"ExperimentConfig.{name} must be a {cls.__name__} or a table of its "
                     f"options (got {type(getattr(self, name)).__name__})"
                 )
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks:
-            raise ValueError(f"unknown task(s) {bad}; valid tasks: {', '.join(TASKS)}")
-        bad = [c for c in self.conditions if c not in ALL_CONDITIONS]
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"tasks must be distinct and at least one (got {self.tasks})")
+        self._check_task_options()
+        valid = all_conditions()
+        bad = [c for c in self.conditions if c not in valid]
         if bad or not self.conditions:
             raise ValueError(
-                f"unknown condition(s) {bad}; valid conditions: {', '.join(ALL_CONDITIONS)}"
+                f"unknown condition(s) {bad}; valid conditions: {', '.join(valid)} "
+                "(or one added with circuitlens.register_condition)"
             )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one (got {self.seeds})")
@@ -147,21 +206,60 @@ class ExperimentConfig:
         ]
         if missing:
             raise ConfigError(
-                f"models needs a {{'teacher': ..., 'student': ...}} entry for task(s) {missing}"
+                f"models needs a {{'teacher': ..., 'student': ...}} entry for task(s) {missing} "
+                "(in a file: teacher = ... and student = ... under [tasks.NAME] or [models.NAME])"
             )
         if self.random_from not in ("all", "circuit"):
             raise ValueError(f"random_from must be 'all' or 'circuit' (got {self.random_from!r})")
         if self.circuits is not None:
-            object.__setattr__(self, "circuits", _check_circuits(self.circuits, self.use_circuit))
+            object.__setattr__(
+                self, "circuits", _check_circuits(self.circuits, self.use_circuit, self.tasks)
+            )
+
+    def _check_task_options(self) -> None:
+        """Each task names a task type of the live registry, with options that build it."""
+        if not isinstance(self.task_options, dict):
+            raise ConfigError(
+                "ExperimentConfig.task_options must be a table of task name -> options "
+                f"(got {type(self.task_options).__name__})"
+            )
+        extra = sorted(set(self.task_options) - set(self.tasks))
+        if extra:
+            raise ConfigError(
+                f"task_options names task(s) {extra} that are not among tasks {list(self.tasks)}"
+            )
+        kinds = _task_kinds()
+        for name in self.tasks:
+            kind, options = self.task_spec(name)
+            if kind not in kinds:
+                raise ConfigError(
+                    f"task {name!r}: unknown task type {kind!r}; valid: {', '.join(kinds)} (set "
+                    f'task_options["{name}"]["task"], or task = ... under [tasks.{name}])'
+                )
+            reserved = sorted({"seed", "tokenizers"} & set(options))
+            if reserved:
+                raise ConfigError(
+                    f"task {name!r}: {reserved} are set by the experiment (task_seed, the "
+                    "models' tokenizers): drop them from the task's options"
+                )
+            if kind == "jsonl" and "path" not in options:
+                raise ConfigError(
+                    f"task {name!r} is a JSONL task without a file: give its path, e.g. "
+                    f'options = {{path = "data/tasks/ioi.jsonl"}} under [tasks.{name}]'
+                )
+
+    def task_spec(self, name: str) -> tuple[str, dict[str, Any]]:
+        """The task type of task ``name`` (a key of :data:`circuitlens.tasks.TASKS`) and its
+        options."""
+        options = dict(self.task_options.get(name, {}))
+        return options.pop("task", name), options
 
     @classmethod
     def quick(cls, **overrides: Any) -> ExperimentConfig:
-        """A few minutes on 2 CPU cores: one seed, 60 steps, smaller evaluation sets."""
-        distill = DistillConfig().with_overrides(
-            sweep_n=100, test_n=300, steps=60, eval_every=15, eval_n=150, eval_cka=True
-        )
-        base = {"seeds": (0,), "distill": distill, "circuit": CircuitConfig(n=50)}
-        return cls(**(base | overrides))
+        """A few minutes on 2 CPU cores: one seed, 60 steps, smaller evaluation sets
+        (``configs/paper-zoo-quick.toml``); ``overrides`` as :meth:`with_overrides` takes
+        them."""
+        return cls.preset("paper-zoo-quick", **overrides)
 
     @classmethod
     def real(
@@ -169,49 +267,25 @@ class ExperimentConfig:
     ) -> ExperimentConfig:
         """The paper's comparison on real pretrained models (``reproduce --models real``): per
         task, a fine-tuned teacher and the 22-layer SmolLM2 student healed to warm
-        (:mod:`circuitlens.models.real`). ``teacher="smollm2"``: the same-family pair (the
-        SmolLM2-135M
-        teacher the student was pruned from); ``"gemma3"``: the cross-family pair (Gemma-3-270M
-        teacher: another tokenizer, 18 x 4 heads of d_head 256), without ``kd``, which cannot
-        cross vocabularies. The budget 0.13 trains 26 of the student's 198 heads. Learning rate
-        2e-4 (the paper: 2e-5 over ~3,500 steps; we train far fewer), batch 8, prompts in the
-        models' card format; the map is one-to-one (26 distinct teacher heads). Neither setting
-        runs circuit discovery (path patching of a 270-head teacher is beyond the 2-core
-        budget): the map may use any teacher head. ``quick``: one seed, 20 steps, one
-        evaluation, smaller sweeps and evaluation sets, the card's prompt format only; the full
-        setting: 100 steps, 3 seeds for the same-family pair and 1 for the cross-family one."""
+        (:mod:`circuitlens.models.real`). ``teacher="smollm2"``: the same-family pair
+        (``configs/paper-real.toml``); ``"gemma3"``: the cross-family pair
+        (``configs/paper-real-gemma3.toml``: another tokenizer, without ``kd``). ``quick``:
+        the ``-quick`` file of the pair (one seed, 20 steps). The files say why each setting."""
         if teacher not in ("smollm2", "gemma3"):
             raise ValueError(f"teacher must be 'smollm2' or 'gemma3' (got {teacher!r})")
-        models = {
-            t: {
-                "teacher": f"real:{teacher}-{t.replace('_', '-')}-teacher",
-                "student": f"real:smollm2-{t.replace('_', '-')}-student",
-            }
-            for t in TASKS
-        }
-        # why lr 2e-4, one_to_one and the quick preset's settings: docs/real_models.md
-        common = {"lr": 2e-4, "batch_size": 8, "eval_cka": True, "one_to_one": True}
-        conditions = DEFAULT_CONDITIONS
-        if teacher != "smollm2":  # conditions that compare logits cannot cross vocabularies
-            conditions = tuple(c for c in conditions if not _compares_logits(c))
-        if quick:
-            distill = DistillConfig().with_overrides(
-                sweep_n=16, test_n=100, steps=20, eval_every=20, eval_n=50, cka_eval_n=32,
-                **common,
-            )  # fmt: skip
-            base = {
-                "seeds": (0,), "circuit": CircuitConfig(n=8), "use_circuit": False,
-                "format_accuracy": False,
-            }  # fmt: skip
-        else:
-            distill = DistillConfig().with_overrides(
-                sweep_n=32, test_n=200, steps=100, eval_every=25, eval_n=100, cka_eval_n=64,
-                **common,
-            )  # fmt: skip
-            seeds = (0, 1, 2) if teacher == "smollm2" else (0,)
-            base = {"seeds": seeds, "circuit": CircuitConfig(n=16), "use_circuit": False}
-        base |= {"conditions": conditions}
-        return cls(**({"models": models, "distill": distill} | base | overrides))
+        name = "paper-real" + ("-gemma3" if teacher == "gemma3" else "") + ("-quick" * quick)
+        return cls.preset(name, **overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ExperimentConfig:
+        """A config file shipped in ``configs/`` by its name (``"paper-real-quick"``), with
+        ``overrides`` (:meth:`with_overrides`)."""
+        f = CONFIGS_DIR / f"{name}.toml"
+        if not f.is_file():
+            have = sorted(p.stem for p in CONFIGS_DIR.glob("*.toml"))
+            raise ConfigError(f"no config {name!r} in {CONFIGS_DIR}; shipped: {', '.join(have)}")
+        cfg = cls.load(f)
+        return cfg.with_overrides(**overrides) if overrides else cfg
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self) | {"distill": self.distill.to_dict()}
@@ -228,6 +302,8 @@ class ExperimentConfig:
         were composed in: ``circuit_n`` for ``circuit.n``)."""
         refuse_unknown_keys(cls, d, "experiment config", also=("circuit_n",))
         d = dict(d)
+        if isinstance(d.get("tasks"), dict):
+            d = _tasks_from_table(d)
         if isinstance(d.get("distill"), dict):
             d["distill"] = DistillConfig.from_dict(d["distill"])
         circuit = d.get("circuit", {})

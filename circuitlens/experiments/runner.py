@@ -23,31 +23,41 @@ from circuitlens.distill.conditions import get_condition
 from circuitlens.distill.pipeline import prepare, train_condition
 from circuitlens.distill.setup import Setup
 from circuitlens.distill.teacher_cache import TeacherCache
-from circuitlens.distill.trainer import CONDITIONS
 from circuitlens.experiments.cell import Cell
-from circuitlens.experiments.config import ExperimentConfig
+from circuitlens.experiments.config import UNTRAINED, ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
 
 
 def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **fmt: Any) -> Task:
-    """The task in the prompt format on the models' cards (the zoo's: theory of mind without
-    the instruction block), with words that are single tokens for both; ``fmt`` builds it in
-    another format on purpose (the per-format accuracies), without the override warning."""
+    """The experiment's task ``name`` (its type and options: ``cfg.task_spec``) in the prompt
+    format on the models' cards (the zoo's: theory of mind without the instruction block),
+    with words that are single tokens for both; ``fmt`` builds it in another format on purpose
+    (the per-format accuracies), without the override warning. The split sizes the experiment
+    needs are passed to a task that takes them (a JSONL task's splits are its file's). The
+    task carries the experiment's name for it (``task.name``), which keys its results."""
     d = cfg.distill
-    n_test = max(d.test_n, cfg.circuit.n, d.sweep.n or 0)
+    kind, options = cfg.task_spec(name)
+    sizes = {
+        "n_val": max(d.train.eval_n, d.train.cka_eval_n),
+        "n_test": max(d.test_n, cfg.circuit.n, d.sweep.n or 0),
+    }
     with warnings.catch_warnings():
         if fmt:
             warnings.simplefilter("ignore", TaskFormatWarning)
-        return get_task(
-            name,
-            seed=seed,
-            n_val=max(d.train.eval_n, d.train.cka_eval_n),
-            n_test=n_test,
-            tokenizers=tokenizers,
-            **fmt,
+        build = lambda **more: get_task(  # noqa: E731
+            kind, seed=seed, tokenizers=tokenizers, **options, **fmt, **more
         )
+        task = build()
+        takes = {f.name for f in dataclasses.fields(task.config)}
+        sized = {k: v for k, v in sizes.items() if k in takes and k not in options}
+        if sized:
+            task = build(**sized)
+    if task.name != name:
+        task.split("train")  # the prompts are drawn (seeded by the type's name) before renaming
+        task.name = name
+    return task
 
 
 def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[str, Task]:
@@ -240,14 +250,17 @@ SELECTION = ("tasks", "conditions", "seeds")
 
 
 def _merged_selection(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    from circuitlens.experiments.config import ALL_CONDITIONS, TASKS
+    from circuitlens.experiments.config import TASKS, all_conditions
 
-    order = {"tasks": list(TASKS), "conditions": list(ALL_CONDITIONS)}
+    order = {"conditions": list(all_conditions())}
     out = dict(new)
     for k in SELECTION:
         union = list(dict.fromkeys([*old[k], *new[k]]))
         known = order.get(k)
-        out[k] = sorted(union, key=known.index) if known else sorted(union)
+        if k == "tasks":  # the paper's in their order, then the others as first run
+            out[k] = sorted(union, key=lambda t: (TASKS.index(t) if t in TASKS else len(TASKS)))
+        else:
+            out[k] = sorted(union, key=known.index) if known else sorted(union)
     return out
 
 
@@ -386,7 +399,7 @@ def _run(
 ) -> ExperimentResult:
     from tqdm.auto import tqdm
 
-    trained = [c for c in cfg.conditions if c in CONDITIONS]
+    trained = [c for c in cfg.conditions if c not in UNTRAINED]  # the live registry's
     todo = [
         (t, c, s)
         for t in cfg.tasks

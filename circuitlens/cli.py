@@ -516,8 +516,9 @@ def _experiment_args(p: Any) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override an option of the config (repeat the flag for more): a field (task_seed=1), a distill option by its "
-        "flat name (sweep_n=8, budget=10, test_n=50) or a trainer option (lr=1e-4, eval_n=20)",
+        help="override an option of the config (repeat the flag for more): a field "
+        "(task_seed=1), a distill option by its flat name (sweep_n=8, budget=10, test_n=50) or "
+        "a trainer option (lr=1e-4, eval_n=20)",
     )
     p.add_argument(
         "--map-method",

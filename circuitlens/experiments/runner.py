@@ -258,7 +258,7 @@ def _merged_selection(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
         union = list(dict.fromkeys([*old[k], *new[k]]))
         known = order.get(k)
         if k == "tasks":  # the paper's in their order, then the others as first run
-            out[k] = sorted(union, key=lambda t: (TASKS.index(t) if t in TASKS else len(TASKS)))
+            out[k] = sorted(union, key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
         else:
             out[k] = sorted(union, key=known.index) if known else sorted(union)
     return out

@@ -79,7 +79,7 @@ def test_a_task_table_names_the_type_options_and_pair() -> None:
     [
         ({"task": "sorting", **ZOO}, "unknown task type 'sorting'; valid: .*jsonl"),
         ({"task": "jsonl", **ZOO}, "JSONL task without a file"),
-        ({"task": "jsonl", "path": "x", "teacher": "zoo:x"}, "models needs a .* entry for task.*'mine'"),
+        ({"task": "jsonl", "path": "x", "teacher": "zoo:x"}, "models needs .* for task.*'mine'"),
         ({"task": "entity_tracking", "seed": 2, **ZOO}, "set by the experiment"),
         ({"task": "jsonl", **ZOO, "options": [1]}, "options must be a table"),
     ],
@@ -111,7 +111,8 @@ def test_a_condition_registered_later_runs_inside_run_experiment(
         tasks=("entity_tracking",), conditions=("ce", registered), seeds=(0,), use_circuit=False
     ).with_overrides(**SMALL)
     result = run_experiment(cfg, tmp_path / "run", progress=False, jobs=1)
-    cell = json.loads((tmp_path / "run/entity_tracking" / registered / "seed0/cell.json").read_text())
+    cell_file = tmp_path / "run/entity_tracking" / registered / "seed0/cell.json"
+    cell = json.loads(cell_file.read_text())
     assert cell["condition"] == registered and cell["steps"] == 2
     assert {c.condition for c in result.cells} == {"ce", registered}
 

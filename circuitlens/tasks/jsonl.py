@@ -5,11 +5,10 @@ One JSON object a line: ``{"prompt": "...", "answer": " word"}``, optional
 ``"ablation": "..."``. Blank lines are skipped. The file's prompts are shuffled with the seed
 and cut into train / val / test / probe by the given fractions (``probe``: the prompts that
 choose heads, cut from the end of what would otherwise be train, so that val and test are the
-prompts they were before the probe split existed; a val or test split with a fraction above 0
-gets at least one prompt, a probe split too while train keeps one). The splits share no prompt
-text: a line repeated exactly is kept once (a warning counts them), so that it cannot land in
-two splits; one prompt given two different answers (or other fields) is an error naming both
-lines.
+prompts they were before the probe split existed; a split with a fraction above 0 gets at
+least one prompt, probe where train keeps one). The splits share no prompt text: a line
+repeated exactly is kept once (a warning counts them), so that it cannot land in two splits;
+one prompt given two different answers (or other fields) is an error naming both lines.
 
 Named positions: ``"positions": {"S2": [start, end]}`` names token positions as character spans
 ``prompt[start:end]`` (end exclusive, as Python slices). Tokenization takes the token that covers
@@ -277,8 +276,8 @@ class JsonlTask(Task):
         )
         rest = len(order) - n_val - n_test  # what train held before the probe split
         share = cfg.probe_share
-        n_probe = round(len(order) * share) or int(share > 0)
-        n_probe = min(n_probe, max(rest - 1, 0)) if rest > 1 else 0  # train keeps one
+        # at least one prompt where the share is above 0 and train keeps one
+        n_probe = min(round(len(order) * share) or int(share > 0 and rest > 1), rest)
         n_train = rest - n_probe
         cuts = {
             "train": order[:n_train],

@@ -36,7 +36,6 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **
     the instruction block), with words that are single tokens for both; ``fmt`` builds it in
     another format on purpose (the per-format accuracies), without the override warning."""
     d = cfg.distill
-    n_test = max(d.test_n, cfg.circuit.n, d.sweep.n or 0)
     with warnings.catch_warnings():
         if fmt:
             warnings.simplefilter("ignore", TaskFormatWarning)
@@ -44,7 +43,9 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **
             name,
             seed=seed,
             n_val=max(d.train.eval_n, d.train.cka_eval_n),
-            n_test=n_test,
+            n_test=d.test_n,
+            # what chooses (the circuit search, the sweeps, the map) reads probe, never test
+            n_probe=max(cfg.circuit.n, d.sweep.n or 0),
             tokenizers=tokenizers,
             **fmt,
         )

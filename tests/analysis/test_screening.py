@@ -288,7 +288,7 @@ def test_screened_sweep_against_another_models_baseline(tiny_bridge, make_llama_
         baseline_from=other,
         progress=False,
     )
-    p_other = evaluate(other, task, "test", 24, "prob")
+    p_other = evaluate(other, task, "probe", 24, "prob")
     assert res.p_baseline == pytest.approx(p_other, abs=1e-6)
     torch.testing.assert_close(res.delta, p_other - res.p_ablated)
     m = res.exact

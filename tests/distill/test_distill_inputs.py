@@ -43,7 +43,7 @@ def test_the_callers_student_is_not_trained_unless_inplace(setup, make_llama_dir
     assert "tensor" not in text and "Linear" not in text and len(text) < 400
     sweep = repr(result.teacher_sweep)
     assert sweep.startswith(
-        f"AblationResult(teacher: {result.config.sweep.metric} on 16 test prompts"
+        f"AblationResult(teacher: {result.config.sweep.metric} on 16 probe prompts"
     )
     assert "tensor" not in sweep and len(sweep) < 300
     inplace = distill_circuit(teacher, student, task, steps=1, progress=False, inplace=True, **FAST)

@@ -48,10 +48,11 @@ def seed(src: Path, dst: Path, cfg: ExperimentConfig) -> None:
         d = cfg.distill
         for role, sweep in (("teacher", setup.teacher_sweep), ("student", setup.student_sweep)):
             sc = sweep.config
-            if (sc.metric, sc.n) != (d.sweep.metric, d.sweep.n):
+            if (sc.metric, sc.n, sc.split) != (d.sweep.metric, d.sweep.n, d.sweep.split):
                 raise SystemExit(
-                    f"{src / t}: the {role} sweep used metric={sc.metric}, n={sc.n}; the new "
-                    f"config asks metric={d.sweep.metric}, n={d.sweep.n}: not the same sweep"
+                    f"{src / t}: the {role} sweep used metric={sc.metric}, n={sc.n} on the "
+                    f"{sc.split} prompts; the new config asks metric={d.sweep.metric}, "
+                    f"n={d.sweep.n} on the {d.sweep.split} prompts: not the same sweep"
                 )
         if setup.circuit is not None and setup.circuit.heads:
             raise SystemExit(f"{src / t}: a setup with a circuit is not supported here")

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("auto", "exact", "screened")
 Metric = Literal["accuracy", "prob", "logit_diff"]
-Split = Literal["train", "val", "test"]
+Split = Literal["train", "val", "test", "probe"]
 SweepMethod = Literal["auto", "exact", "screened"]
 Screen = Literal["atp*", "atp"]
 Rank = Literal["signed", "abs"]
@@ -66,7 +66,9 @@ class AblationConfig:
         metric: ``"prob"`` (the answer's probability, the default: a continuous P separates
             heads that accuracy ties), ``"accuracy"`` or ``"logit_diff"``, read at the last
             position.
-        split, n: the prompts scored (the task's ``ablation`` prompts give the means).
+        split, n: the prompts scored (the task's ``ablation`` prompts give the means);
+            ``"probe"`` by default: a sweep chooses heads, and what chooses never reads the
+            ``test`` prompts that results are reported on.
         heads_per_pass: heads ablated in one forward pass (each in its own copy of the batch);
             None: 1 on a CPU, 8 on a GPU.
         baseline: ``"own"``, or the name of the model whose unablated P is the baseline.
@@ -89,7 +91,7 @@ class AblationConfig:
     """
 
     metric: Metric = "prob"
-    split: Split = "test"
+    split: Split = "probe"
     n: int | None = 200
     heads_per_pass: int | None = None
     baseline: str = "own"
@@ -272,8 +274,11 @@ class AblationResult:
             delta=floats(d["delta"]),
             model_name=d.get("model_name", "model"),
             # results saved before screening existed were exact sweeps; screened sweeps saved
-            # before rank= settled the top heads by |impact|
-            config=AblationConfig(**{"method": "exact", "rank": "abs", **d.get("config", {})}),
+            # before rank= settled the top heads by |impact|; before the probe split, sweeps
+            # read the test prompts
+            config=AblationConfig(
+                **{"method": "exact", "rank": "abs", "split": "test", **d.get("config", {})}
+            ),
             delta_ci=floats(d.get("delta_ci")),
             exact=None if d.get("exact") is None else torch.tensor(d["exact"], dtype=torch.bool),
             estimated=floats(d.get("estimated")),

@@ -230,9 +230,10 @@ def correspond_features(
 
 @torch.no_grad()
 def head_z(
-    model: Any, task: Task, split: str = "test", n: int | None = 200, batch_size: int = 64
+    model: Any, task: Task, split: str = "probe", n: int | None = 200, batch_size: int = 64
 ) -> Float[Tensor, "n layer head d_head"]:
-    """Every head's ``z`` (the input of W_O) at each prompt's last position, on CPU."""
+    """Every head's ``z`` (the input of W_O) at each prompt's last position, on CPU (the
+    ``probe`` prompts by default: the map reads it to choose partners)."""
     f = model_facts(model)
     batch = task.batch(model, split, n)
     names = {z_name(layer) for layer in range(f.n_layers)}
@@ -258,7 +259,7 @@ def gather_features(
     *,
     metric: str = AblationConfig.metric,
     n: int | None = AblationConfig.n,
-    split: str = "test",
+    split: str = AblationConfig.split,
     teacher_baseline: str = "student",
     n_boot: int = AblationConfig.n_boot,
     progress: bool = False,
@@ -297,7 +298,7 @@ def correspond(
     *,
     n: int | None = AblationConfig.n,
     metric: str = AblationConfig.metric,
-    split: str = "test",
+    split: str = AblationConfig.split,
     teacher_baseline: str = "student",
     circuit: Circuit | None = None,
     student_heads: list[Head | str] | None = None,

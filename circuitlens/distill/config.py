@@ -158,7 +158,9 @@ class DistillConfig:
             warning about impacts indistinguishable from zero; ``method``). The pipeline sets
             each sweep's baseline and adds the heads a screened sweep must measure.
         map: the head map (:class:`MapConfig`).
-        test_n: test prompts for the before/after accuracy.
+        test_n: test prompts for the before/after accuracy (the sweeps read
+            ``sweep.split``, the ``probe`` prompts by default: what chooses the heads never
+            reads the prompts they are scored on).
         train: the trainer's options (:class:`TrainConfig`), including the condition.
     """
 

@@ -1,7 +1,8 @@
 """``distill_circuit``: the whole circuit-distillation method in one call (orchestration only).
 
 1. the teacher's circuit (given, or none: every teacher head is a candidate);
-2. mean-ablation sweeps of teacher (against the student's baseline) and student;
+2. mean-ablation sweeps of teacher (against the student's baseline) and student, on the
+   task's ``probe`` prompts (what chooses never reads the ``test`` prompts it is scored on);
 3. the head map (closest impact; the random control for ``ce+rand``);
 4. training of the mapped student heads (:class:`circuitlens.distill.trainer.CircuitTrainer`);
 5. evaluation before and after, with the CKA of the mapped pairs.
@@ -51,23 +52,77 @@ from circuitlens.tasks.tokenizers import require_compatible_tokenizers
 log = logging.getLogger(__name__)
 
 
-def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
-    """Refuse, before any work, a config that asks for more prompts than a split holds."""
-    need = {"test": max(cfg.sweep.n or 0, cfg.test_n)}
+#: the prompt counts of a DistillConfig that a split must hold: flat name -> (the part, its
+#: field, what it is for)
+_SIZES: dict[str, tuple[str | None, str, str]] = {
+    "sweep_n": ("sweep", "n", "the sweeps' prompts, which choose the heads"),
+    "test_n": (None, "test_n", "the test prompts every accuracy is reported on"),
+    "eval_n": ("train", "eval_n", "the trainer's validation prompts"),
+}
+
+
+def _oversized(task: Task, cfg: DistillConfig) -> list[tuple[str, int, str, int]]:
+    """Each prompt count of ``cfg`` that its split cannot give: (flat name, count, split,
+    prompts the split holds)."""
+    out = []
+    counts = {"sweep_n": cfg.sweep.n, "test_n": cfg.test_n}
     if cfg.train.eval_every:
-        need["val"] = cfg.train.eval_n
-    for split, n in need.items():
+        counts["eval_n"] = cfg.train.eval_n
+    for name, n in counts.items():
+        split = cfg.sweep.split if name == "sweep_n" else {"test_n": "test", "eval_n": "val"}[name]
         have = len(task.split(split))
-        if n > have:
-            fields = {
-                "test": "sweep_n / test_n",
-                "val": "eval_n (the trainer's validation prompts)",
-            }[split]
+        if n is not None and n > have:
+            out.append((name, n, split, have))
+    return out
+
+
+def check_split_sizes(task: Task, cfg: DistillConfig) -> None:
+    """Refuse, before any work, a config that asks for more prompts than a split holds:
+    ``sweep_n`` (the sweeps' split, ``probe`` by default), ``test_n`` (``test``), ``eval_n``
+    (``val``, where the trainer validates).
+
+    Raises:
+        ConfigError: naming the count, the split and the option of this task type that gives
+            the split more prompts (a built-in task's ``n_probe``, a JSONL task's
+            ``probe_fraction``).
+    """
+    for name, n, split, have in _oversized(task, cfg):
+        what = _SIZES[name][2]
+        if have == 0:
             raise ConfigError(
-                f"the config asks for {n} {split} prompts ({fields}) but the task's {split} "
-                f"split holds {have}: build the task with n_{split}={n} (or more), or lower "
-                f"{fields.split(' (')[0]}"
+                f"the config asks for {n} {split} prompts ({name}: {what}) but the task's "
+                f"{split} split is empty: {task.empty_split_hint(split)}"
             )
+        raise ConfigError(
+            f"the config asks for {n} {split} prompts ({name}: {what}) but the task's {split} "
+            f"split holds {have}: {task.split_size_hint(split, n)}, or lower {name}"
+        )
+
+
+def fit_split_sizes(task: Task, cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` with its prompt counts fitted to the task's splits, before any work: a count
+    left at its default that its split cannot give is lowered to the whole split, with a note
+    in the log, so that a small task (a JSONL file of 60 lines) runs with the defaults; a
+    count set to another value is a request, checked by :func:`check_split_sizes`.
+
+    Raises:
+        ConfigError: as :func:`check_split_sizes`, for the counts that were set.
+    """
+    defaults = DistillConfig()
+    fitted: dict[str, int] = {}
+    for name, n, split, have in _oversized(task, cfg):
+        part, field_name, what = _SIZES[name]
+        default = getattr(defaults if part is None else getattr(defaults, part), field_name)
+        if n == default and have > 0:
+            log.info(
+                "%s: the task's %s split holds %d prompts, fewer than the default %d: using "
+                "all %d (%s)",
+                name, split, have, n, have, what,
+            )  # fmt: skip
+            fitted[name] = have
+    cfg = cfg.with_overrides(**fitted) if fitted else cfg
+    check_split_sizes(task, cfg)
+    return cfg
 
 
 @dataclass
@@ -329,11 +384,17 @@ def distill_circuit(
         inplace: train the ``student`` object passed in; by default a ready model is copied
             first, so the caller's student is left as it was (``result.student`` is trained).
 
+    The sweeps and the map read the task's ``probe`` prompts, the reported accuracies its
+    ``test`` prompts, the trainer's validation its ``val`` prompts; a prompt count left at its
+    default that a split cannot give is lowered to the whole split (:func:`fit_split_sizes`),
+    so a small task (a JSONL file of 60 lines) runs with the defaults.
+
     Returns:
         :class:`DistillResult`; ``result.table()`` shows the metrics.
 
     Raises:
-        ConfigError: a bad option (named) before any work.
+        ConfigError: a bad option (named) before any work, e.g. a prompt count set larger
+            than its split holds.
         TokenizerMismatchError: teacher and student tokenize the task differently.
     """
     cfg = config or DistillConfig()
@@ -352,7 +413,7 @@ def distill_circuit(
     require_compatible_tokenizers(
         teacher, student, task, [cfg.train.condition], cfg.train.positions
     )
-    check_split_sizes(task, cfg)
+    cfg = fit_split_sizes(task, cfg)  # a default count larger than its split: the split
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
     setup = prepare(teacher, student, task, cfg, circuit, progress, checkpoint_dir)
     # the condition's pairs: the map's, random partners (ce+rand) or random heads

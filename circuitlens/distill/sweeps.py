@@ -104,8 +104,9 @@ def sweeps_key(
     teacher: Any, student: Any, task: Task, cfg: DistillConfig, circuit: Circuit | None
 ) -> str:
     """What ``sweeps.json`` is valid for: a digest of both models' weights, the task, its
-    sweep prompts, the circuit and the options the sweeps read (not the map's, the
-    trainer's, nor an exact sweep's budget)."""
+    sweep prompts (the first ``cfg.sweep.n`` of ``cfg.sweep.split``: ``probe`` by default),
+    the circuit and the options the sweeps read (not the map's, the trainer's, nor an exact
+    sweep's budget)."""
     reads_budget = auto_method(model_facts(student).n_total_heads) == "screened"
     drop = {"train", "test_n", "map_seed", "map_method", "one_to_one"} | (
         set() if reads_budget else {"budget"}
@@ -114,7 +115,7 @@ def sweeps_key(
         "teacher": model_hash(teacher),
         "student": model_hash(student),
         "task": repr(getattr(task, "config", None)),
-        "prompts": [repr(p) for p in task.split("test", cfg.sweep.n)],
+        "prompts": [repr(p) for p in task.split(cfg.sweep.split, cfg.sweep.n)],
         "circuit": None if circuit is None else circuit.to_dict(),
         "config": {k: v for k, v in cfg.flat().items() if k not in drop},
     }

@@ -41,7 +41,9 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **
     kind, options = cfg.task_spec(name)
     sizes = {
         "n_val": max(d.train.eval_n, d.train.cka_eval_n),
-        "n_test": max(d.test_n, cfg.circuit.n, d.sweep.n or 0),
+        "n_test": d.test_n,
+        # what chooses (the circuit search, the sweeps, the map) reads probe, never test
+        "n_probe": max(cfg.circuit.n, d.sweep.n or 0),
     }
     with warnings.catch_warnings():
         if fmt:

@@ -1,8 +1,13 @@
 """Prompts, tasks and per-model prompt batches.
 
-A :class:`Task` produces text :class:`Prompt` objects, deterministically from a seed, in three
-disjoint splits (``train``, ``val``, ``test``). Text is model-agnostic; :meth:`Task.batch`
-tokenizes it for one model, so a teacher and a student with different tokenizers share a task.
+A :class:`Task` produces text :class:`Prompt` objects, deterministically from a seed, in four
+splits that share no prompt text: ``train`` (training), ``val`` (learning rates, stopping),
+``test`` (everything reported) and ``probe`` (everything that *chooses*: ablation sweeps, the
+circuit search, the head map), so that the heads trained are never chosen on the prompts they
+are scored on. ``probe`` is drawn after the other three from the same random stream, so adding
+it left the train, val and test prompts of every seed as they were. Text is model-agnostic;
+:meth:`Task.batch` tokenizes it for one model, so a teacher and a student with different
+tokenizers share a task.
 
 Every prompt names its token positions as character spans of its text (``query_label``...);
 tokenization turns each span into the index of the token that covers the span's first
@@ -283,7 +288,9 @@ def tokenize_prompts(model_or_tokenizer: Any, prompts: Sequence[Prompt]) -> Prom
     return batch
 
 
-SPLITS = ("train", "val", "test")
+#: the splits, in the order they are drawn (``probe`` last: the others are as they were
+#: before it existed)
+SPLITS = ("train", "val", "test", "probe")
 
 
 class Task:
@@ -317,7 +324,7 @@ class Task:
     # -- splits ---------------------------------------------------------------------------
     def _build_splits(self) -> dict[str, list[Prompt]]:
         cfg = self.config
-        sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+        sizes = {s: getattr(cfg, f"n_{s}") for s in SPLITS}
         rng = random.Random(f"{self.name}:{cfg.seed}")
         seen: set[str] = set()
         out: dict[str, list[Prompt]] = {s: [] for s in SPLITS}
@@ -328,7 +335,8 @@ class Task:
                 if tries > 50 * sum(sizes.values()) + 1000:
                     raise TaskError(
                         f"{self.name}: could not draw {sum(sizes.values())} distinct prompts "
-                        f"with options {cfg}; ask for fewer prompts (n_train/n_val/n_test)."
+                        f"with options {cfg}; ask for fewer prompts "
+                        "(n_train/n_val/n_test/n_probe)."
                     )
                 p = self.make_prompt(rng)
                 if p.text in seen:
@@ -351,8 +359,8 @@ class Task:
                 )
             if n > len(prompts):
                 raise TaskError(
-                    f"asked for {n} {name} prompts but the split holds {len(prompts)}: pass "
-                    f"n_{name}={n} (or more) to get_task"
+                    f"asked for {n} {name} prompts but the split holds {len(prompts)}: "
+                    f"{self.split_size_hint(name, n)}"
                 )
             prompts = prompts[:n]
         return prompts
@@ -361,9 +369,15 @@ class Task:
         """How to give ``split`` prompts (for the error when it is empty)."""
         return f"build the task with n_{split} >= 1 (get_task(..., n_{split}=500))"
 
+    def split_size_hint(self, split: str, n: int) -> str:
+        """How to make ``split`` hold ``n`` prompts: the option of this task type that sizes
+        it (for the errors that refuse a request larger than the split)."""
+        return f"build the task with n_{split}={n} (or more): get_task(..., n_{split}={n})"
+
     def heldout_texts(self) -> set[str]:
-        """Texts of the validation and test prompts (fresh training samples avoid them)."""
-        return {p.text for s in ("val", "test") for p in self.split(s)}
+        """Texts of the validation, test and probe prompts (fresh training samples avoid
+        them, so that no split shares a prompt with training)."""
+        return {p.text for s in SPLITS if s != "train" for p in self.split(s)}
 
     def sample(self, rng: random.Random, n: int, exclude: set[str] | None = None) -> list[Prompt]:
         """``n`` fresh random prompts from ``rng``, none of them in ``exclude``."""

@@ -44,6 +44,8 @@ class EntityTrackingConfig:
         n_boxes: boxes in the context, 2 to 7 (the paper uses 7).
         seed: every prompt and split follows from it.
         n_train, n_val, n_test: split sizes (the splits share no prompt).
+        n_probe: the ``probe`` split's size: the prompts that choose (sweeps, the circuit
+            search, the head map), drawn after the others (200: the default sweep's prompts).
         objects: candidate objects (already filtered to single tokens when tokenizers are given).
         labels: candidate box labels.
     """
@@ -53,6 +55,7 @@ class EntityTrackingConfig:
     n_train: int = 2000
     n_val: int = 200
     n_test: int = 500
+    n_probe: int = 200
     objects: tuple[str, ...] = OBJECTS
     labels: tuple[str, ...] = LABELS
 
@@ -61,7 +64,7 @@ class EntityTrackingConfig:
             raise TaskError(
                 f"entity_tracking: n_boxes must be between 2 and {MAX_BOXES} (got {self.n_boxes})"
             )
-        for k in ("n_train", "n_val", "n_test"):
+        for k in ("n_train", "n_val", "n_test", "n_probe"):
             if getattr(self, k) < 0:
                 raise TaskError(f"entity_tracking: {k} must be >= 0 (got {getattr(self, k)})")
         if len(self.objects) < self.n_boxes:

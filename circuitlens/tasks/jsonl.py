@@ -3,9 +3,12 @@
 One JSON object a line: ``{"prompt": "...", "answer": " word"}``, optional
 ``"wrong_answers": [" a", " b"]``, ``"corrupted": "..."``, ``"corrupted_answer": " w"`` and
 ``"ablation": "..."``. Blank lines are skipped. The file's prompts are shuffled with the seed
-and cut into train / val / test by the given fractions (a split with a fraction above 0 gets at
-least one prompt). A line repeated exactly is kept once (a warning counts them); one prompt
-given two different answers (or other fields) is an error naming both lines.
+and cut into train / val / test / probe by the given fractions (``probe``: the prompts that
+choose heads, cut from the end of what would otherwise be train, so that val and test are the
+prompts they were before the probe split existed; a split with a fraction above 0 gets at
+least one prompt, probe where train keeps one). The splits share no prompt text: a line
+repeated exactly is kept once (a warning counts them), so that it cannot land in two splits;
+one prompt given two different answers (or other fields) is an error naming both lines.
 
 Named positions: ``"positions": {"S2": [start, end]}`` names token positions as character spans
 ``prompt[start:end]`` (end exclusive, as Python slices). Tokenization takes the token that covers
@@ -63,6 +66,10 @@ _FIELDS = (
 )
 
 
+#: the probe split's share of a file's prompts where ``probe_fraction`` is not given
+DEFAULT_PROBE_FRACTION = 0.1
+
+
 @dataclass(frozen=True)
 class JsonlTaskConfig:
     """Options of a JSONL task.
@@ -70,7 +77,10 @@ class JsonlTaskConfig:
     Attributes:
         path: the ``.jsonl`` file.
         seed: shuffles the prompts before splitting.
-        val_fraction, test_fraction: split fractions; the rest is ``train``.
+        val_fraction, test_fraction, probe_fraction: split fractions; the rest is ``train``.
+            ``probe_fraction=None`` (the default): 0.1, or what val and test leave where that
+            is less (``test_fraction=1`` puts every prompt in test, as before the probe
+            split existed).
         plan: the circuit plan's JSON file; ``None``: ``<name>.plan.json`` beside the
             ``.jsonl`` file when there is one (else no plan: activation patching).
     """
@@ -80,17 +90,26 @@ class JsonlTaskConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     plan: str | None = None
+    probe_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        fractions = (self.val_fraction, self.test_fraction, self.probe_fraction)
         if not (
-            0 <= self.val_fraction
-            and 0 <= self.test_fraction
-            and self.val_fraction + self.test_fraction <= 1
+            all(f is None or 0 <= f for f in fractions)
+            and self.val_fraction + self.test_fraction + (self.probe_fraction or 0) <= 1
         ):
             raise TaskError(
-                "jsonl: val_fraction and test_fraction must be >= 0 and sum to at most 1 "
-                f"(got {self.val_fraction}, {self.test_fraction})"
+                "jsonl: val_fraction, test_fraction and probe_fraction must be >= 0 and sum to "
+                f"at most 1 (got {', '.join(map(str, fractions))})"
             )
+
+    @property
+    def probe_share(self) -> float:
+        """The probe split's fraction: ``probe_fraction``, or its default (0.1, or what val and
+        test leave where that is less)."""
+        if self.probe_fraction is not None:
+            return self.probe_fraction
+        return max(0.0, min(DEFAULT_PROBE_FRACTION, 1 - self.val_fraction - self.test_fraction))
 
 
 def _spans(where: str, obj: dict[str, Any], key: str, text: str) -> dict[str, tuple[int, int]]:
@@ -255,19 +274,38 @@ class JsonlTask(Task):
             round(len(order) * f) or int(f > 0 and len(order) >= 3)
             for f in (cfg.val_fraction, cfg.test_fraction)
         )
-        n_train = len(order) - n_val - n_test
+        rest = len(order) - n_val - n_test  # what train held before the probe split
+        share = cfg.probe_share
+        # at least one prompt where the share is above 0 and train keeps one
+        n_probe = min(round(len(order) * share) or int(share > 0 and rest > 1), rest)
+        n_train = rest - n_probe
         cuts = {
             "train": order[:n_train],
-            "val": order[n_train : n_train + n_val],
-            "test": order[n_train + n_val :],
+            "probe": order[n_train:rest],
+            "val": order[rest : rest + n_val],
+            "test": order[rest + n_val :],
         }
         return {s: cuts[s] for s in SPLITS}
 
     def empty_split_hint(self, split: str) -> str:
         return (
             f"{self.config.path} gives {len(self._all)} distinct prompt(s) and none went to "
-            f"{split}: add prompts to the file, or raise val_fraction / test_fraction"
+            f"{split}: add prompts to the file, or raise {self._fraction(split)}"
         )
+
+    def split_size_hint(self, split: str, n: int) -> str:
+        return (
+            f"{self.config.path} gives {len(self._all)} distinct prompt(s), "
+            f"{len(self.split(split))} of them to {split}: raise {self._fraction(split)}, or add "
+            "prompts to the file"
+        )
+
+    @staticmethod
+    def _fraction(split: str) -> str:
+        """The option that sizes ``split`` (train: what the fractions leave)."""
+        if split == "train":
+            return "train's share (lower val_fraction / test_fraction / probe_fraction)"
+        return f"{split}_fraction (get_task('jsonl', path=..., {split}_fraction=0.3))"
 
     def make_prompt(self, rng: random.Random) -> Prompt:
         return rng.choice(self.split("train"))
@@ -275,7 +313,10 @@ class JsonlTask(Task):
     def sample(self, rng: random.Random, n: int, exclude: set[str] | None = None) -> list[Prompt]:
         train = self.split("train")
         if not train:
-            raise TaskError("jsonl: the train split is empty; lower val_fraction/test_fraction")
+            raise TaskError(
+                "jsonl: the train split is empty; lower val_fraction / test_fraction / "
+                "probe_fraction"
+            )
         return [rng.choice(train) for _ in range(n)]
 
 

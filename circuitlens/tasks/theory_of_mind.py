@@ -55,6 +55,8 @@ class TheoryOfMindConfig:
     Attributes:
         seed: every prompt and split follows from it.
         n_train, n_val, n_test: split sizes (the splits share no prompt).
+        n_probe: the ``probe`` split's size: the prompts that choose (sweeps, the circuit
+            search, the head map), drawn after the others (200: the default sweep's prompts).
         p_visible: probability of the variant where the first character observes the second.
         instruction: include the instruction block (the zoo's models are trained with it too).
         characters, containers, states: word lists (filtered to single tokens when
@@ -65,6 +67,7 @@ class TheoryOfMindConfig:
     n_train: int = 2000
     n_val: int = 200
     n_test: int = 500
+    n_probe: int = 200
     p_visible: float = 0.5
     instruction: bool = True
     characters: tuple[str, ...] = CHARACTERS
@@ -74,7 +77,7 @@ class TheoryOfMindConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_visible <= 1.0:
             raise TaskError(f"theory_of_mind: p_visible must be in [0, 1] (got {self.p_visible})")
-        for k in ("n_train", "n_val", "n_test"):
+        for k in ("n_train", "n_val", "n_test", "n_probe"):
             if getattr(self, k) < 0:
                 raise TaskError(f"theory_of_mind: {k} must be >= 0 (got {getattr(self, k)})")
         for k, need in (("characters", 3), ("containers", 3), ("states", 4)):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from circuitlens.tasks.base import TaskError, get_tokenizer, single_token_id
+from circuitlens.tasks.base import SPLITS, TaskError, get_tokenizer, single_token_id
 
 #: texts every comparison encodes, besides the task's own
 PROBES = (
@@ -38,7 +38,7 @@ def _task_texts(task: Any, per_split: int = 8) -> list[str]:
     texts: list[str] = []
     if task is None:
         return texts
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         try:
             prompts = task.split(split)[:per_split]
         except Exception:  # a split the task cannot give: compare what it can
@@ -114,7 +114,7 @@ def require_same_tokenizers(teacher: Any, student: Any, task: Any = None) -> Non
 
 def _answer_words(task: Any) -> list[str]:
     words: list[str] = []
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         try:
             prompts = task.split(split)
         except Exception:

@@ -82,7 +82,7 @@ def test_sweep_equals_one_head_at_a_time(tiny_bridge, task, metric) -> None:
     result = ablation_sweep(
         tiny_bridge, task, AblationConfig(metric=metric, n=24, heads_per_pass=3), progress=False
     )
-    batch = task.batch(tiny_bridge, "test", 24)
+    batch = task.batch(tiny_bridge, "probe", 24)  # a sweep reads the probe prompts
     means = compute_means(tiny_bridge, batch.ablation_tokens)
     with torch.no_grad():
         p_own = METRICS[metric](tiny_bridge(batch.tokens), batch).item()
@@ -114,7 +114,7 @@ def test_baseline_from_another_model(tiny_bridge, make_llama_dir, task) -> None:
     res = ablation_sweep(
         tiny_bridge, task, AblationConfig(metric="prob", n=24), baseline_from=other, progress=False
     )
-    p_other = evaluate(other, task, "test", 24, "prob")
+    p_other = evaluate(other, task, "probe", 24, "prob")
     assert res.p_baseline == pytest.approx(p_other)
     torch.testing.assert_close(res.delta, p_other - res.p_ablated)
 
@@ -176,3 +176,7 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     old = result.to_dict()
     del old["config"]["rank"]
     assert AblationResult.from_dict(old).config.rank == "abs"
+    # a sweep saved without its options is of before the probe split: it read the test prompts
+    assert back.config.split == "probe"
+    del old["config"]
+    assert AblationResult.from_dict(old).config.split == "test"

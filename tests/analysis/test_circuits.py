@@ -199,7 +199,8 @@ def test_a_jsonl_task_with_a_plan_gets_path_patching(model, ioi_like_jsonl) -> N
         {"group": "s_inhibition", "into": "name_movers", "via": "q", "position": "last"},
         {"group": "induction", "into": "s_inhibition", "via": "v", "position": "S2"},
     ]
-    task = get_task("jsonl", path=ioi_like_jsonl(n=12, plan=plan), test_fraction=1, val_fraction=0)
+    path = ioi_like_jsonl(n=12, plan=plan)
+    task = get_task("jsonl", path=path, probe_fraction=1, test_fraction=0, val_fraction=0)
     cfg = CircuitConfig(n=12, top_k=2, min_effect=-1.0, prune_tol=-1.0, complete_to=0)
     circuit = find_circuit(model, task, cfg, progress=False)
     assert circuit.meta["method"].startswith("path patching (jsonl's plan")
@@ -208,7 +209,11 @@ def test_a_jsonl_task_with_a_plan_gets_path_patching(model, ioi_like_jsonl) -> N
     assert circuit.groups["name_movers"]
     assert set(circuit.meta["scores"]) <= {"name_movers", "s_inhibition:q", "induction:v"}
     bare = get_task(
-        "jsonl", path=ioi_like_jsonl(n=12, name="bare"), test_fraction=1, val_fraction=0
+        "jsonl",
+        path=ioi_like_jsonl(n=12, name="bare"),
+        probe_fraction=1,
+        test_fraction=0,
+        val_fraction=0,
     )
     assert find_circuit(model, bare, cfg, progress=False).meta["method"].startswith("activation")
 
@@ -226,6 +231,37 @@ def test_a_bad_plan_or_missing_prompts_fail_before_any_work(model, ioi_like_json
         return line
 
     path = ioi_like_jsonl(n=4, edit=no_ablation)
-    bare = get_task("jsonl", path=path, test_fraction=1, val_fraction=0)
+    bare = get_task("jsonl", path=path, probe_fraction=1, test_fraction=0, val_fraction=0)
     with pytest.raises(ValueError, match=r"has no ablation prompts: give every prompt 'ablation'"):
         find_circuit(model, bare, CircuitConfig(n=4), progress=False)
+
+
+def test_the_search_reads_probe_and_reports_faithfulness_on_test(model) -> None:
+    """What chooses the circuit reads the probe prompts only: other test prompts leave the
+    search's scores and groups as they were, other probe prompts change the scores; the
+    faithfulness it reports is the held-out test prompts' (reference: the full model's
+    accuracy on them)."""
+    import copy
+
+    from circuitlens.tasks import evaluate
+
+    cfg = CircuitConfig(n=8, top_k=2, min_effect=-1.0, prune_tol=-1.0, complete_to=0)
+    task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=6, n_probe=8)
+    other = get_task("entity_tracking", n_boxes=3, seed=1, n_test=6, n_probe=8)
+    assert not {p.text for p in task.split("probe")} & {p.text for p in task.split("test")}
+
+    def swapped(split: str):
+        t = copy.copy(task)
+        t._splits = {**task._splits, split: other.split(split)}
+        return t
+
+    base = find_circuit(model, task, cfg, progress=False)
+    new_test = find_circuit(model, swapped("test"), cfg, progress=False)
+    new_probe = find_circuit(model, swapped("probe"), cfg, progress=False)
+    assert new_test.meta["scores"] == base.meta["scores"] and new_test.groups == base.groups
+    assert new_probe.meta["scores"] != base.meta["scores"]
+    # faithfulness: on the test split, at most cfg.n prompts (it holds 6)
+    assert base.meta["faithfulness_split"] == "test" and base.meta["faithfulness_n"] == 6
+    assert base.meta["full_accuracy"] == pytest.approx(evaluate(model, task, "test", 6))
+    alone = circuit_accuracy(model, task, base.heads, 6, "test")
+    assert base.meta["circuit_accuracy"] == pytest.approx(alone)

@@ -87,7 +87,7 @@ def test_before_values_are_the_untrained_sweeps_at_the_pairs(trained) -> None:
     assert check.dp_teacher == [at(t_sweep, t) for t in head_map.teacher_heads]
     # the map chose each partner at this distance: the gap before training
     assert check.gap_before == pytest.approx(head_map.distances)
-    assert (check.metric, check.split, check.n) == ("prob", "test", SWEEP_N)
+    assert (check.metric, check.split, check.n) == ("prob", "probe", SWEEP_N)
     assert check.baseline == "own" and check.p_baseline_before == s_sweep.p_baseline
     done = trained["done"]
     assert check.cka_before == pytest.approx(done.cka_before.value.tolist())

@@ -272,8 +272,8 @@ def test_map_method_chooses_the_partners_of_the_same_student_heads(make_llama_di
         assert setup.head_map.config["method"] == method
         assert setup.head_map.student_heads == impact.head_map.student_heads
         assert len(set(setup.head_map.teacher_heads)) == 3  # one to one
-        zs = head_z(student, task, "test", 16) if method == "cka" else None
-        zt = head_z(teacher, task, "test", 16) if method == "cka" else None
+        zs = head_z(student, task, "probe", 16) if method == "cka" else None  # what chooses
+        zt = head_z(teacher, task, "probe", 16) if method == "cka" else None
         again = correspond_features(CorrespondenceFeatures(s, t, zs, zt), method, 3, True)
         assert setup.head_map.pairs == again.pairs
     with pytest.raises(

@@ -43,7 +43,7 @@ def test_the_callers_student_is_not_trained_unless_inplace(setup, make_llama_dir
     assert "tensor" not in text and "Linear" not in text and len(text) < 400
     sweep = repr(result.teacher_sweep)
     assert sweep.startswith(
-        f"AblationResult(teacher: {result.config.sweep.metric} on 16 test prompts"
+        f"AblationResult(teacher: {result.config.sweep.metric} on 16 probe prompts"
     )
     assert "tensor" not in sweep and len(sweep) < 300
     inplace = distill_circuit(teacher, student, task, steps=1, progress=False, inplace=True, **FAST)
@@ -84,3 +84,63 @@ def test_cost_of_a_screened_sweep_is_its_screen_and_top_heads() -> None:
     screened = sweep_passes(576, 30, 100, method="screened")
     assert screened == pytest.approx(300 + (86 + 22) * 100 * 31 / 60 + 300)
     assert screened < sweep_passes(576, 30, 100, top=200, method="screened") < 576 * 100 * 31 / 60
+
+
+@pytest.fixture(scope="module")
+def zoo_pair():
+    return load_model("zoo:entity-tracking-teacher"), load_model("zoo:entity-tracking-student")
+
+
+@pytest.fixture
+def small_jsonl(tmp_path, zoo_pair):
+    """A 60-line JSONL task from the zoo task's own prompts (the zoo's word-level tokenizer
+    does not know the IOI file's names)."""
+    import json
+
+    source = get_task("entity_tracking", model=zoo_pair[0], n_train=0, n_val=0, n_test=60)
+    keys = ("answer", "corrupted", "corrupted_answer", "ablation")
+    lines = [
+        json.dumps({"prompt": p.text, "wrong_answers": list(p.wrong_answers)} | {
+            k: getattr(p, k) for k in keys
+        })
+        for p in source.split("test")
+    ]  # fmt: skip
+    path = tmp_path / "small.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_small_jsonl_task_runs_with_the_default_sizes(zoo_pair, small_jsonl, caplog) -> None:
+    """issue 39: the default counts (sweep_n 200, test_n 500, eval_n 200) are lowered to what
+    a 60-line file's splits hold (probe 6, test 12, val 6), with a note; what was asked for
+    explicitly and is too large is refused, naming the JSONL task's own option."""
+    from circuitlens.distill.pipeline import fit_split_sizes
+
+    teacher, student = zoo_pair
+    task = get_task("jsonl", path=small_jsonl)
+    sizes = {s: len(task.split(s)) for s in ("train", "val", "test", "probe")}
+    assert sizes == {"train": 36, "val": 6, "test": 12, "probe": 6}
+    fitted = fit_split_sizes(task, DistillConfig())
+    assert (fitted.sweep.n, fitted.test_n, fitted.train.eval_n) == (6, 12, 6)
+    assert fit_split_sizes(task, fitted) == fitted  # fitted: nothing more to lower
+    with caplog.at_level(logging.INFO, logger="circuitlens.distill.pipeline"):
+        result = distill_circuit(teacher, student, task, steps=2, progress=False)
+    assert "probe split holds 6 prompts, fewer than the default 200" in caplog.text
+    assert result.config.sweep.n == 6 and result.config.test_n == 12
+    assert result.teacher_sweep.config.split == "probe"
+    assert result.metrics["steps"] == 2 and 0 <= result.metrics["student_accuracy_after"] <= 1
+    with pytest.raises(ConfigError, match=r"asks for 50 probe prompts .* raise probe_fraction"):
+        distill_circuit(teacher, student, task, sweep_n=50, steps=0, progress=False)
+    with pytest.raises(ConfigError, match=r"asks for 20 val prompts .* raise val_fraction"):
+        distill_circuit(teacher, student, task, eval_n=20, steps=0, progress=False)
+
+
+def test_cli_distill_on_a_small_jsonl_task(zoo_pair, small_jsonl, tmp_path, capsys) -> None:
+    from circuitlens.cli import main
+    from circuitlens.distill.result import DistillResult
+
+    out = tmp_path / "out"
+    args = ["distill", "--task", "jsonl", "--task-option", f"path={small_jsonl}", "--steps", "1"]
+    assert main(args + ["--out", str(out), "--no-progress"]) == 0
+    assert "student_accuracy_after" in capsys.readouterr().out
+    assert DistillResult.load(out / "result").config.sweep.n == 6

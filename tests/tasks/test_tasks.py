@@ -187,8 +187,8 @@ def test_jsonl_task(tmp_path, zoo_tokenizer) -> None:
     path = tmp_path / "mine.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     task = get_task("jsonl", path=str(path), seed=0, val_fraction=0.2, test_fraction=0.3)
-    sizes = [len(task.split(s)) for s in ("train", "val", "test")]
-    assert sizes == [5, 2, 3]
+    sizes = [len(task.split(s)) for s in ("train", "val", "test", "probe")]
+    assert sizes == [4, 2, 3, 1]  # probe: the default 0.1, cut from what train held
     batch = task.batch(zoo_tokenizer, "test")
     assert batch.answer_ids.tolist() == [zoo_tokenizer.convert_tokens_to_ids("apple")] * 3
     assert batch.corrupted_answer_ids.tolist() == [zoo_tokenizer.convert_tokens_to_ids("car")] * 3

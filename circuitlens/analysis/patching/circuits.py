@@ -28,6 +28,11 @@ least ``threshold`` of the clean-corrupted metric gap.
 Faithfulness: task accuracy with every head *outside* the circuit mean-ablated (task ablation
 prompts as the reference), against the full model.
 
+Prompts: the search (patching, support heads, pruning) reads the task's ``probe`` split, the
+prompts that choose; the faithfulness it reports is scored on the held-out ``test`` split
+(``meta["faithfulness_split"]`` and ``meta["faithfulness_n"]`` say which prompts), never on
+the prompts that chose the heads.
+
 A search on a real model takes an hour or more on a CPU: with ``checkpoint_dir`` every finished
 stage (each path-patching group, the activation patching, the support sweep) is kept in
 ``find_circuit.json`` there (written atomically), and a search started again with the same model
@@ -69,7 +74,8 @@ class CircuitConfig:
     """Options of :func:`find_circuit`.
 
     Attributes:
-        n: prompts (test split) used for patching and faithfulness.
+        n: prompts of the ``probe`` split that the search reads (patching, support heads,
+            pruning), and at most as many ``test`` prompts for the reported faithfulness.
         top_k: heads kept per group (entity tracking).
         min_effect: a sender must lower the answer probability by more than this (relative).
         prune_tol: minimality pruning drops heads whose removal costs at most this accuracy.
@@ -211,11 +217,12 @@ def circuit_accuracy(
 
 
 def faithfulness(model: Any, task: Task, circuit: Circuit, n: int = 100) -> dict[str, float]:
-    """Circuit-only accuracy, full-model accuracy, and their ratio."""
+    """Circuit-only accuracy, full-model accuracy, and their ratio, on the first ``n`` prompts
+    of the held-out ``test`` split."""
     batch = task.batch(model, "test", n)
     with torch.no_grad():
         full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
-    alone = circuit_accuracy(model, task, circuit.heads, n)
+    alone = circuit_accuracy(model, task, circuit.heads, n, "test")
     return {
         "full_accuracy": full,
         "circuit_accuracy": alone,
@@ -227,13 +234,13 @@ def _prune(
     model: Any, task: Task, groups: dict[str, list[Head]], cfg: CircuitConfig
 ) -> dict[str, list[Head]]:
     heads = [h for hs in groups.values() for h in hs]
-    means = ablation_means(model, task, "test", cfg.n)
-    base = circuit_accuracy(model, task, heads, cfg.n, means=means)
+    means = ablation_means(model, task, "probe", cfg.n)
+    base = circuit_accuracy(model, task, heads, cfg.n, "probe", means=means)
     for h in reversed(list(dict.fromkeys(heads))):  # the weakest (last kept) first
         rest = [x for x in heads if x != h]
         if not rest:
             break
-        acc = circuit_accuracy(model, task, rest, cfg.n, means=means)
+        acc = circuit_accuracy(model, task, rest, cfg.n, "probe", means=means)
         if base - acc <= cfg.prune_tol:
             log.info("pruned %s: circuit accuracy %.3f -> %.3f", h, base, acc)
             heads, base = rest, acc
@@ -251,7 +258,7 @@ def _complete(
     ``complete_to`` of the full model's accuracy (or ``max_support`` heads are added)."""
     from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
 
-    batch = task.batch(model, "test", cfg.n)
+    batch = task.batch(model, "probe", cfg.n)
     with torch.no_grad():
         full = float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
     heads = [h for hs in groups.values() for h in hs]
@@ -259,7 +266,7 @@ def _complete(
         "support:sweep",
         # accuracy: the completion criterion below is the circuit's accuracy
         lambda: ablation_sweep(
-            model, task, AblationConfig(metric="accuracy", n=cfg.n), progress=False
+            model, task, AblationConfig(metric="accuracy", split="probe", n=cfg.n), progress=False
         ),
         lambda r: r.to_dict(),
         AblationResult.from_dict,
@@ -267,9 +274,9 @@ def _complete(
     # measured heads only (a screened sweep, on a large model, estimates the rest)
     order = sorted(sweep.exact_heads, key=lambda h: (-float(sweep.delta[h.layer, h.head]), h))
     support: list[Head] = []
-    means = ablation_means(model, task, "test", cfg.n)
+    means = ablation_means(model, task, "probe", cfg.n)
     for h in order:
-        if circuit_accuracy(model, task, heads + support, cfg.n, means=means) >= (
+        if circuit_accuracy(model, task, heads + support, cfg.n, "probe", means=means) >= (
             cfg.complete_to * full
         ):
             break
@@ -432,7 +439,7 @@ def find_circuit(
         PlanError: the task's plan breaks a rule of :mod:`circuitlens.tasks.plan`.
     """
     cfg = config or CircuitConfig()
-    batch = task.batch(model, "test", cfg.n)
+    batch = task.batch(model, "probe", cfg.n)
     lacking = [k for k in ("corrupted", "ablation") if getattr(batch, f"{k}_tokens") is None]
     if lacking:
         raise ValueError(
@@ -462,6 +469,10 @@ def find_circuit(
             "before_pruning": {g: [str(h) for h in hs] for g, hs in groups.items()},
         },
     )
-    if circuit.heads:
-        circuit.meta.update(faithfulness(model, task, circuit, cfg.n))
+    n_test = min(cfg.n, len(task.split("test")))
+    if circuit.heads and n_test:
+        circuit.meta.update(faithfulness(model, task, circuit, n_test))
+        circuit.meta.update(faithfulness_split="test", faithfulness_n=n_test)
+    elif circuit.heads:
+        log.warning("find_circuit: the task has no test prompts; no faithfulness reported")
     return circuit

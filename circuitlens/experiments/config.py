@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -321,8 +322,20 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
-        """From a ``.toml`` or ``.json`` file (``[distill]`` and ``[distill.train]`` tables)."""
-        return cls.from_dict(read_config_file(path))
+        """From a ``.toml`` or ``.json`` file (``[distill]`` and ``[distill.train]`` tables).
+        A task's relative ``path`` or ``plan`` (a JSONL file) is relative to the config file,
+        as the file writes it, and held relative to the working directory."""
+        d = read_config_file(path)
+        if isinstance(d.get("tasks"), dict):
+            d = _tasks_from_table(d)
+        base = Path(path).resolve().parent
+        for name, options in (d.get("task_options") or {}).items():
+            if not isinstance(options, dict):
+                continue
+            for key in ("path", "plan"):
+                if isinstance(options.get(key), str) and not Path(options[key]).is_absolute():
+                    options[key] = os.path.relpath(base / options[key])
+        return cls.from_dict(d)
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
         """A copy with top-level fields replaced (``circuit_n``: ``circuit.n``); the distill

@@ -99,3 +99,30 @@ def test_reproduce_real_at_its_smallest_and_export_round_trip(
     export_run.restore("tiny", tmp_path / "restored")
     again = ExperimentResult.load(tmp_path / "restored")
     assert again.markdown() == result.markdown()
+
+
+def test_run_the_ioi_config_at_its_smallest(shipped, tmp_path, capsys) -> None:
+    """``circuitlens run configs/ioi-smollm2.toml`` (a JSONL task with the real SmolLM2 base as
+    teacher and a pruned student) at its smallest: one seed, CE + Align, a screened sweep of 4
+    prompts, one step; it ends with its table, the cell keyed by the config's task name."""
+    from circuitlens.cli import main
+    from circuitlens.experiments.config import CONFIGS_DIR
+
+    out = tmp_path / "ioi"
+    sets = {
+        "sweep": json.dumps({"n": 4, "n_boot": 0, "method": "screened"}),
+        "budget": 2, "test_n": 8, "steps": 1, "batch_size": 4, "eval_every": 0, "cka_eval_n": 8,
+    }  # fmt: skip
+    argv = [
+        "run", str(CONFIGS_DIR / "ioi-smollm2.toml"), "--out", str(out), "--seeds", "0",
+        "--conditions", "student", "ce+align", "--no-progress", "--jobs", "1",
+        *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| ioi " in printed
+    cell = json.loads((out / "ioi" / "ce+align" / "seed0" / "cell.json").read_text())
+    assert cell["task"] == "ioi" and cell["steps"] == 1 and len(cell["test_correct"]) == 8
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["models"]["ioi"]["teacher"] == "real:smollm2-135m"
+    assert saved["task_options"]["ioi"]["task"] == "jsonl"

@@ -114,6 +114,11 @@ def _zoo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_train_dir(args: argparse.Namespace) -> Path:
+    """Where ``zoo train`` keeps its checkpoints (every model's for ``all``)."""
+    return Path("runs", "zoo") if args.name == "all" else Path("runs", "zoo", args.name)
+
+
 def _parse_value(text: str) -> Any:
     """A command-line value as JSON where it reads as JSON (numbers, true/false, lists), else
     the string itself."""
@@ -334,6 +339,12 @@ def _sweep(
     return 0
 
 
+def _reproduce_out(args: argparse.Namespace) -> str:
+    """Where ``reproduce`` writes (and resumes)."""
+    real = "" if args.models == "zoo" else f"-{args.models}"
+    return args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.core.devices import check_device
     from circuitlens.experiments import ExperimentConfig, run_experiment
@@ -373,8 +384,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             del knobs[knob]
     if overrides:
         config = config.with_overrides(**overrides)
-    real = "" if args.models == "zoo" else f"-{args.models}"
-    out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
+    out = _reproduce_out(args)
     t0 = time.time()
     import torch
 
@@ -431,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the shipped weights (train a shipped model further; "
         "use with --steps beyond its card's steps)",
     )
-    tr.set_defaults(fn=_zoo_train)
+    tr.set_defaults(fn=_zoo_train, resumes=_zoo_train_dir)
 
     _real_parser(sub)
     return p
@@ -503,7 +513,7 @@ def _reproduce_parser(sub: Any) -> None:
         "--jobs 1 to match a one-process run bit for bit)",
     )
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
-    rep.set_defaults(fn=_reproduce)
+    rep.set_defaults(fn=_reproduce, resumes=_reproduce_out)
 
 
 def _distill_parser(sub: Any) -> None:
@@ -558,7 +568,16 @@ def _distill_parser(sub: Any) -> None:
         action="store_true",
         help="also write the whole trained student (save_pretrained) beside the result's delta",
     )
-    dist.set_defaults(fn=_distill)
+    dist.set_defaults(fn=_distill, resumes=lambda args: args.out)
+
+
+def _real_build_dir(args: argparse.Namespace) -> Path:
+    """Where ``real build`` keeps its checkpoint (``OUT/build``; every model's for ``all``)."""
+    from circuitlens.models.real import REAL_DIR
+
+    if args.name == "all":
+        return Path(args.out) if args.out else REAL_DIR
+    return Path(args.out or REAL_DIR / args.name) / "build"
 
 
 def _real_parser(sub: Any) -> None:
@@ -575,10 +594,15 @@ def _real_parser(sub: Any) -> None:
     rb.add_argument("--out", default=None, help="output directory (default data/real/NAME)")
     rb.add_argument("--fresh", action="store_true", help="ignore the checkpoint in OUT/build")
     rb.add_argument("--threads", type=int, default=None, help="torch threads")
-    rb.set_defaults(fn=_real_build)
+    rb.set_defaults(fn=_real_build, resumes=_real_build_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; errors are one line on stderr: exit 2 for bad input, 1 for an
+    OS failure (a full disk, a read-only or missing directory: what failed, on which path, the
+    fix), 130 for Ctrl-C (with where the same command resumes from)."""
+    from circuitlens.core.io import os_error_line
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -586,9 +610,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args))
+    except KeyboardInterrupt:
+        resumes = getattr(args, "resumes", None)
+        again = f"; run the same command again to resume from {resumes(args)}" if resumes else ""
+        print(f"\ncircuitlens: interrupted{again}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as e:
+        if isinstance(e, FileNotFoundError) and e.errno is not None:  # from the OS: a path
+            print(f"circuitlens: error: {os_error_line(e)}", file=sys.stderr)
+            return 1
         print(f"circuitlens: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"circuitlens: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -112,7 +112,11 @@ class DistillResult:
             directory.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         except OSError as e:
-            raise ResultSaveError(_os_problem(f"creating the result {directory}", e)) from e
+            raise ResultSaveError(
+                f"creating the result {directory} failed: {e.strerror or e}. Make "
+                f"{directory.parent} a writable directory (or pass another --out) and run the "
+                "same command again"
+            ) from e
         mask = os.umask(0o022)
         os.umask(mask)
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is as readable as any
@@ -122,9 +126,13 @@ class DistillResult:
                 text = json.dumps(obj, indent=1)
                 try:
                     atomic_write_text(tmp / name, text)
-                except OSError as e:
-                    where = f"writing the result's {name} into {directory}"
-                    raise ResultSaveError(_os_problem(where, e)) from e
+                except OSError as e:  # named by its final path, not the temporary one
+                    raise ResultSaveError(
+                        f"writing {directory / name} failed: {e.strerror or e}; nothing of the "
+                        "result was written. Free some space or make it writable, then run the "
+                        "same command again (`circuitlens distill` with the same --out finishes "
+                        "from the run's checkpoint without retraining)"
+                    ) from e
                 sums[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
             try:
                 self._write_weights(tmp, full)
@@ -134,12 +142,13 @@ class DistillResult:
                 # keep what was measured: beside a complete result, never over it
                 kept = directory if not directory.exists() else _sibling(directory, ".partial")
                 _publish(tmp, kept)
+                why = e.strerror if isinstance(e, OSError) and e.strerror else None
+                why = why or f"{type(e).__name__}: {e}"
                 raise ResultSaveError(
-                    f"writing the trained weights into {directory} failed "
-                    f"({type(e).__name__}: {e}); the metrics, map, sweeps and history are in "
-                    f"{kept}; the trained weights are in the run's checkpoint, if it kept one "
-                    "(`circuitlens distill` with the same --out finishes from it without "
-                    "retraining)"
+                    f"writing the trained weights {directory / DELTA_FILE} failed ({why}); "
+                    f"the metrics, map, sweeps and history are in {kept}; the trained weights "
+                    "are in the run's checkpoint, if it kept one (`circuitlens distill` with the "
+                    "same --out finishes from it without retraining)"
                 ) from e
             _publish(tmp, directory)
         finally:
@@ -258,11 +267,6 @@ class ResultIntegrityError(ValueError):
             f"the saved result's file {path} is damaged: {problem}. Rerun the distillation with "
             f"the same --out to recompute {path.parent}, or restore it from a copy"
         )
-
-
-def _os_problem(what: str, e: OSError) -> str:
-    name = f" {e.filename}" if e.filename else ""
-    return f"{what} failed{name}: {e.strerror or e}"
 
 
 def _read_sums(directory: Path) -> dict[str, str] | None:

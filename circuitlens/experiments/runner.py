@@ -442,9 +442,8 @@ def _run_parallel(
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     before = {p.pid for p in multiprocessing.active_children()}
     pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=die_with_parent,
-        initargs=(os.getpid(),),
-    )  # fmt: skip
+        max_workers=jobs, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+    )
     workers: list[Any] = []
     try:
         futures = [
@@ -461,9 +460,21 @@ def _run_parallel(
             raise
         for p in workers:  # Ctrl-C: no worker goes on writing
             p.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(cancel_futures=True)  # the pool sees them gone: quick, and tidy
         raise
     pool.shutdown()
+
+
+def _worker_init(parent: int) -> None:
+    """A worker's start: it dies with ``parent`` (the run), and its progress bars lock with a
+    thread lock (tqdm's default is a multiprocessing lock, which a spawned worker cannot share
+    anyway and which a stopped worker leaves to the resource tracker as a "leaked semaphore")."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    die_with_parent(parent)
+    tqdm.set_lock(threading.RLock())
 
 
 def _task_worker(

@@ -55,7 +55,7 @@ class DeltaIntegrityError(DeltaError):
     range): the message names the file and the tensor."""
 
     def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
+        self.path, self.problem = path, problem
         super().__init__(
             f"{path} is damaged: {problem}. Its bytes are not those circuitlens wrote: restore "
             "it from a copy, or recompute it (rerun the command that wrote it with the same "

@@ -24,7 +24,14 @@ from typing import Any
 from torch import Tensor
 
 from circuitlens.analysis.ablation import AblationResult
-from circuitlens.core.deltas import DeltaError, apply_delta, load_delta, model_delta, save_delta
+from circuitlens.core.deltas import (
+    DeltaError,
+    DeltaIntegrityError,
+    apply_delta,
+    load_delta,
+    model_delta,
+    save_delta,
+)
 from circuitlens.core.io import atomic_write_text, sha256_file
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.core.validate import ConfigError
@@ -208,7 +215,8 @@ class DistillResult:
             try:
                 delta = load_delta(delta_file)
             except DeltaError as e:  # a delta that does not read back is damaged
-                raise ResultIntegrityError(delta_file, str(e)) from e
+                problem = e.problem if isinstance(e, DeltaIntegrityError) else str(e)
+                raise ResultIntegrityError(delta_file, problem) from e
         spec = (delta.meta.get("base_spec") or None) if delta is not None else None
         if student is None:
             if spec is None:

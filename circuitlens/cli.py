@@ -469,7 +469,8 @@ def _reproduce_parser(sub: Any) -> None:
     rep.add_argument(
         "--fresh",
         action="store_true",
-        help="delete the results directory first (only one a circuitlens run made)",
+        help="delete the results directory first (only one a circuitlens run made, and only "
+        "if it holds nothing but what runs write: a file of yours there is named, kept)",
     )
     rep.add_argument("--tasks", nargs="+", help="a subset of the tasks")
     rep.add_argument("--conditions", nargs="+", help="a subset of the conditions")
@@ -560,7 +561,8 @@ def _distill_parser(sub: Any) -> None:
     dist.add_argument(
         "--fresh",
         action="store_true",
-        help="delete the output directory first (only one a circuitlens run made)",
+        help="delete the output directory first (only one a circuitlens run made, and only "
+        "if it holds nothing but what runs write: a file of yours there is named, kept)",
     )
     dist.add_argument("--no-progress", action="store_true", help="no progress bars")
     dist.add_argument(

@@ -114,6 +114,11 @@ def _zoo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_train_dir(args: argparse.Namespace) -> Path:
+    """Where ``zoo train`` keeps its checkpoints (every model's for ``all``)."""
+    return Path("runs", "zoo") if args.name == "all" else Path("runs", "zoo", args.name)
+
+
 def _parse_value(text: str) -> Any:
     """A command-line value as JSON where it reads as JSON (numbers, true/false, lists), else
     the string itself."""
@@ -334,6 +339,12 @@ def _sweep(
     return 0
 
 
+def _reproduce_out(args: argparse.Namespace) -> str:
+    """Where ``reproduce`` writes (and resumes)."""
+    real = "" if args.models == "zoo" else f"-{args.models}"
+    return args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from circuitlens.core.devices import check_device
     from circuitlens.experiments import ExperimentConfig
@@ -350,9 +361,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             )
         teacher = "gemma3" if args.models == "real-gemma3" else "smollm2"
         config = ExperimentConfig.real(quick=args.quick, teacher=teacher)
-    real = "" if args.models == "zoo" else f"-{args.models}"
-    out = args.out or f"results/reproduce{real}{'-quick' if args.quick else ''}"
-    return _experiment(args, config, out)
+    return _experiment(args, config, _reproduce_out(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -365,7 +374,14 @@ def _run(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     config = ExperimentConfig.load(args.config)
-    return _experiment(args, config, args.out or f"results/{Path(args.config).stem}")
+    return _experiment(args, config, _run_out(args))
+
+
+def _run_out(args: argparse.Namespace) -> str:
+    """Where ``run`` writes (and resumes): ``--out``, or ``results/<the config's name>``."""
+    from pathlib import Path
+
+    return args.out or f"results/{Path(args.config).stem}"
 
 
 def _experiment(args: argparse.Namespace, config: Any, out: str) -> int:
@@ -453,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the shipped weights (train a shipped model further; "
         "use with --steps beyond its card's steps)",
     )
-    tr.set_defaults(fn=_zoo_train)
+    tr.set_defaults(fn=_zoo_train, resumes=_zoo_train_dir)
 
     _real_parser(sub)
     return p
@@ -479,7 +495,7 @@ def _reproduce_parser(sub: Any) -> None:
     )
     rep.add_argument("--out", help="results directory (default results/reproduce[-quick])")
     _experiment_args(rep)
-    rep.set_defaults(fn=_reproduce)
+    rep.set_defaults(fn=_reproduce, resumes=_reproduce_out)
 
 
 def _run_parser(sub: Any) -> None:
@@ -491,7 +507,7 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("config", help="a .toml/.json ExperimentConfig, e.g. configs/paper-zoo.toml")
     run.add_argument("--out", help="results directory (default results/<config name>)")
     _experiment_args(run)
-    run.set_defaults(fn=_run)
+    run.set_defaults(fn=_run, resumes=_run_out)
 
 
 def _experiment_args(p: Any) -> None:
@@ -499,7 +515,8 @@ def _experiment_args(p: Any) -> None:
     p.add_argument(
         "--fresh",
         action="store_true",
-        help="delete the results directory first (only one a circuitlens run made)",
+        help="delete the results directory first (only one a circuitlens run made, and only "
+        "if it holds nothing but what runs write: a file of yours there is named, kept)",
     )
     p.add_argument("--tasks", nargs="+", help="a subset of the tasks")
     p.add_argument("--conditions", nargs="+", help="a subset of the conditions")
@@ -597,7 +614,8 @@ def _distill_parser(sub: Any) -> None:
     dist.add_argument(
         "--fresh",
         action="store_true",
-        help="delete the output directory first (only one a circuitlens run made)",
+        help="delete the output directory first (only one a circuitlens run made, and only "
+        "if it holds nothing but what runs write: a file of yours there is named, kept)",
     )
     dist.add_argument("--no-progress", action="store_true", help="no progress bars")
     dist.add_argument(
@@ -605,7 +623,16 @@ def _distill_parser(sub: Any) -> None:
         action="store_true",
         help="also write the whole trained student (save_pretrained) beside the result's delta",
     )
-    dist.set_defaults(fn=_distill)
+    dist.set_defaults(fn=_distill, resumes=lambda args: args.out)
+
+
+def _real_build_dir(args: argparse.Namespace) -> Path:
+    """Where ``real build`` keeps its checkpoint (``OUT/build``; every model's for ``all``)."""
+    from circuitlens.models.real import REAL_DIR
+
+    if args.name == "all":
+        return Path(args.out) if args.out else REAL_DIR
+    return Path(args.out or REAL_DIR / args.name) / "build"
 
 
 def _real_parser(sub: Any) -> None:
@@ -622,10 +649,15 @@ def _real_parser(sub: Any) -> None:
     rb.add_argument("--out", default=None, help="output directory (default data/real/NAME)")
     rb.add_argument("--fresh", action="store_true", help="ignore the checkpoint in OUT/build")
     rb.add_argument("--threads", type=int, default=None, help="torch threads")
-    rb.set_defaults(fn=_real_build)
+    rb.set_defaults(fn=_real_build, resumes=_real_build_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; errors are one line on stderr: exit 2 for bad input, 1 for an
+    OS failure (a full disk, a read-only or missing directory: what failed, on which path, the
+    fix), 130 for Ctrl-C (with where the same command resumes from)."""
+    from circuitlens.core.io import os_error_line
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -633,9 +665,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args))
+    except KeyboardInterrupt:
+        resumes = getattr(args, "resumes", None)
+        again = f"; run the same command again to resume from {resumes(args)}" if resumes else ""
+        print(f"\ncircuitlens: interrupted{again}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as e:
+        if isinstance(e, FileNotFoundError) and e.errno is not None:  # from the OS: a path
+            print(f"circuitlens: error: {os_error_line(e)}", file=sys.stderr)
+            return 1
         print(f"circuitlens: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"circuitlens: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -151,3 +151,22 @@ def ioi_like_jsonl(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+def _flip(path: Path, tensor: str, n: int = 16, at: int = 0) -> None:
+    import json
+    import struct
+
+    data = bytearray(path.read_bytes())
+    (header_len,) = struct.unpack("<Q", data[:8])
+    start, end = json.loads(data[8 : 8 + header_len])[tensor]["data_offsets"]
+    for k in range(start + at, min(start + at + n, end)):
+        data[8 + header_len + k] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def flip() -> Callable[..., None]:
+    """``flip(path, tensor, n=16, at=0)``: flip ``n`` bytes of ``tensor``'s data in a
+    safetensors file, from byte ``at`` of it (a damaged file, as a bad disk leaves one)."""
+    return _flip

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +128,108 @@ def test_zoo_train_refuses_a_second_trainer_of_the_same_model(
     finally:
         other.kill()
         other.wait()
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("circuitlens: error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys) -> None:
+    """A full disk while a command writes its checkpoint: one line, the final path, exit 1."""
+    import circuitlens.cli as cli
+    from circuitlens.core import io
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    def distill(args) -> int:  # noqa: ANN001 (what _distill does when it checkpoints)
+        monkeypatch.setattr(io.os, "fsync", full)
+        io.atomic_torch_save({"step": 1}, Path(args.out) / "checkpoints" / "trainer.pt")
+        return 0
+
+    monkeypatch.setattr(cli, "_distill", distill)
+    assert main(["distill", "--out", str(tmp_path / "out")]) == 1
+    err = _one_error_line(capsys)
+    assert f"writing {tmp_path / 'out' / 'checkpoints' / 'trainer.pt'} failed" in err
+    assert "No space left on device. Free some space" in err
+
+
+def test_a_full_disk_writing_a_results_json_is_named(tmp_path, monkeypatch) -> None:
+    """The JSON parts of a result are wrapped like its weights: ResultSaveError naming the
+    final file (not the temporary directory)."""
+    import circuitlens.distill.result as distill_result
+    from circuitlens.distill.result import DistillResult, ResultSaveError
+
+    def full(path, text) -> None:  # noqa: ANN001
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(distill_result, "atomic_write_text", full)
+    result = DistillResult.__new__(DistillResult)
+    monkeypatch.setattr(DistillResult, "_json_parts", lambda self: {"metrics.json": {"a": 1}})
+    with pytest.raises(ResultSaveError) as e:
+        result.save(tmp_path / "result")
+    msg = str(e.value)
+    assert msg.startswith(f"writing {tmp_path / 'result' / 'metrics.json'} failed: No space")
+    assert ".result." not in msg and "same command again" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary left
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import os
+
+    import circuitlens
+    import circuitlens.core.rundir as rundir
+    import circuitlens.experiments.runner as runner
+
+    def no_work(*_: object, **__: object) -> None:
+        pytest.fail("a model loaded before --out was checked")
+
+    monkeypatch.setattr(circuitlens, "load_model", no_work)
+    monkeypatch.setattr(runner, "load_model", no_work)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    assert main(["distill", "--out", str(blocker / "out"), "--no-progress"]) == 2
+    err = _one_error_line(capsys)
+    assert f"is under {str(blocker)!r}, which is a file, not a directory" in err
+    assert "pass another --out" in err
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: a read-only directory simulated
+
+        def denied(*_: object, **kw: object) -> None:
+            raise PermissionError(13, "Permission denied", f"{kw.get('dir')}/.tmpab12")
+
+        monkeypatch.setattr(rundir.tempfile, "mkstemp", denied)
+    try:
+        assert main(["reproduce", "--quick", "--out", str(ro / "run"), "--no-progress"]) == 2
+    finally:
+        ro.chmod(0o755)
+    err = _one_error_line(capsys)
+    assert f"cannot write into {str(ro)!r} (Permission denied)" in err and ".tmp" not in err
+    assert not (ro / "run").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys) -> None:
+    import circuitlens.cli as cli
+
+    def interrupted(args) -> int:  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_reproduce", interrupted)
+    monkeypatch.setattr(cli, "_demo", interrupted)
+    assert main(["reproduce", "--quick", "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"circuitlens: interrupted; run the same command again to resume from {tmp_path / 'r'}"
+    )
+    assert main(["reproduce", "--quick"]) == 130  # the default directory
+    assert capsys.readouterr().err.strip().endswith("resume from results/reproduce-quick")
+    assert main(["demo"]) == 130  # nothing to resume
+    assert capsys.readouterr().err.strip() == "circuitlens: interrupted"

@@ -12,7 +12,11 @@ the student it started from:
   (``NAME::values``);
 - the metadata names the base student (its load spec and fingerprint where known) and holds a
   hash of every entry the run did not train (:func:`frozen_hash`): :func:`apply_delta` refuses a
-  base whose frozen entries differ, so a delta never lands on another model.
+  base whose frozen entries differ, so a delta never lands on another model;
+- the metadata's ``sha256`` holds the sha256 of every stored tensor's bytes (and of the rest of
+  the metadata, under ``__metadata__``): :func:`load_delta` checks each one, and the index
+  tensors' ranges, so a damaged file is a :class:`DeltaIntegrityError` naming it, never a
+  silently different model (a delta written before checksums loads, with a logged note).
 
 Writing the delta never touches tied or shared tensors as such (SmolLM2, Gemma-3 and
 Llama-3.2 tie the input and output embeddings, which safetensors' ``save_file`` refuses), and
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +40,40 @@ from circuitlens.core.io import atomic_write_bytes
 #: the format tag written into every delta's metadata
 FORMAT = "circuitlens-delta/1"
 _SEGMENT = "._original_component"
+#: the metadata key of the checksums, and the key under it of the metadata's own
+CHECKSUMS, _META = "sha256", "__metadata__"
+
+log = logging.getLogger(__name__)
 
 
 class DeltaError(ValueError):
     """A delta that cannot be read or does not belong to the model it is applied to."""
+
+
+class DeltaIntegrityError(DeltaError):
+    """A delta file whose bytes are not those written (a checksum that differs, an index out of
+    range): the message names the file and the tensor."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(
+            f"{path} is damaged: {problem}. Its bytes are not those circuitlens wrote: restore "
+            "it from a copy, or recompute it (rerun the command that wrote it with the same "
+            "--out)"
+        )
+
+
+def tensor_sha256(t: Tensor) -> str:
+    """The hex sha256 of a tensor's dtype, shape and bytes (row-major)."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)} ".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _meta_sha256(meta: dict[str, str]) -> str:
+    rest = {k: v for k, v in meta.items() if k != CHECKSUMS}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
 def hf_name(name: str) -> str:
@@ -143,7 +178,10 @@ def delta_bytes(delta: Delta) -> bytes:
             tensors[f"{name}::i{d}"] = i.contiguous()
         tensors[f"{name}::block"] = block
         tensors[f"{name}::shape"] = torch.tensor(mask.shape, dtype=torch.int64)
-    meta = delta.meta | {"names": json.dumps(sorted(delta.entries))}
+    meta = {k: v for k, v in delta.meta.items() if k != CHECKSUMS}
+    meta["names"] = json.dumps(sorted(delta.entries))
+    sums = {k: tensor_sha256(t) for k, t in tensors.items()} | {_META: _meta_sha256(meta)}
+    meta[CHECKSUMS] = json.dumps(sums, sort_keys=True)
     return save(tensors, metadata=meta)
 
 
@@ -152,8 +190,63 @@ def save_delta(path: str | Path, delta: Delta) -> None:
     atomic_write_bytes(Path(path), delta_bytes(delta))
 
 
+def _verify(path: Path, meta: dict[str, str], tensors: dict[str, Tensor]) -> None:
+    """Check the stored checksums (see the module docstring); a delta without them is logged."""
+    if CHECKSUMS not in meta:
+        log.info("%s was written before deltas carried checksums: its bytes are not verified", path)
+        return
+    try:
+        sums = json.loads(meta[CHECKSUMS])
+        assert isinstance(sums, dict)
+    except (ValueError, AssertionError):
+        raise DeltaIntegrityError(path, "its checksum table does not parse") from None
+    if sums.get(_META) != _meta_sha256(meta):
+        raise DeltaIntegrityError(path, "its metadata differs from its checksum")
+    if set(sums) - {_META} != set(tensors):
+        raise DeltaIntegrityError(path, "it holds other tensors than its checksum table lists")
+    for k in sorted(tensors):
+        if tensor_sha256(tensors[k]) != sums[k]:
+            raise DeltaIntegrityError(path, f"tensor {k!r} differs from its sha256 checksum")
+
+
+def _entry(path: Path, name: str, tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """One parameter's (mask, values), every stored index checked against the shape."""
+    bad = lambda problem: DeltaIntegrityError(path, f"{name}: {problem}")  # noqa: E731
+    if f"{name}::mask" in tensors:
+        mask, values = tensors[f"{name}::mask"], tensors.get(f"{name}::values")
+        if mask.dtype != torch.bool or values is None or values.numel() != int(mask.sum()):
+            raise bad("its mask and values do not match")
+        return mask, values
+    try:
+        shape = tuple(tensors[f"{name}::shape"].tolist())
+        idx = [tensors[f"{name}::i{d}"] for d in range(len(shape))]
+        block = tensors[f"{name}::block"]
+    except KeyError as e:
+        raise bad(f"tensor {e.args[0]!r} is missing") from None
+    if any(n < 0 for n in shape):
+        raise bad(f"stored shape {shape} is negative")
+    for d, i in enumerate(idx):
+        if i.ndim != 1 or i.dtype != torch.int64:
+            raise bad(f"index {d} is not a 1-D int64 tensor")
+        if i.numel() and (int(i.min()) < 0 or int(i.max()) >= shape[d]):
+            raise bad(f"index {d} holds {int(i.min())}..{int(i.max())}, out of 0..{shape[d] - 1}")
+        if i.numel() > 1 and not bool((i[1:] > i[:-1]).all()):
+            raise bad(f"index {d} is not strictly increasing")
+    if tuple(block.shape) != tuple(len(i) for i in idx):
+        raise bad(f"block shape {tuple(block.shape)} differs from its indices'")
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[_grid(idx, len(shape))] = True
+    return mask, block.reshape(-1)
+
+
 def load_delta(path: str | Path) -> Delta:
-    """Read a delta written by :func:`save_delta`."""
+    """Read a delta written by :func:`save_delta`, checking its checksums and indices.
+
+    Raises:
+        DeltaError: ``path`` is not a readable delta (a bad header, another format).
+        DeltaIntegrityError: its bytes are not those written (a checksum differs, an index is
+            out of range): the message names the file and the tensor.
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -165,17 +258,14 @@ def load_delta(path: str | Path) -> Delta:
         raise DeltaError(f"{path} is not a readable weight delta ({e}); delete it and rerun") from e
     if meta.get("format") != FORMAT:
         raise DeltaError(f"{path}: not a {FORMAT} file (format {meta.get('format')!r})")
-    entries = {}
-    for name in json.loads(meta.pop("names")):
-        if f"{name}::mask" in tensors:
-            mask = tensors[f"{name}::mask"]
-            entries[name] = (mask, tensors[f"{name}::values"])
-            continue
-        shape = tuple(tensors[f"{name}::shape"].tolist())
-        idx = [tensors[f"{name}::i{d}"] for d in range(len(shape))]
-        mask = torch.zeros(shape, dtype=torch.bool)
-        mask[_grid(idx, len(shape))] = True
-        entries[name] = (mask, tensors[f"{name}::block"].reshape(-1))
+    _verify(path, meta, tensors)
+    meta.pop(CHECKSUMS, None)
+    try:
+        names = json.loads(meta.pop("names"))
+    except (KeyError, ValueError):
+        problem = "its list of parameter names is missing or damaged"
+        raise DeltaIntegrityError(path, problem) from None
+    entries = {name: _entry(path, name, tensors) for name in names}
     return Delta(entries, meta)
 
 
@@ -212,6 +302,7 @@ __all__ = [
     "FORMAT",
     "Delta",
     "DeltaError",
+    "DeltaIntegrityError",
     "apply_delta",
     "delta_bytes",
     "frozen_hash",
@@ -220,4 +311,5 @@ __all__ = [
     "model_delta",
     "named_parameters",
     "save_delta",
+    "tensor_sha256",
 ]

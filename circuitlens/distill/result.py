@@ -1,9 +1,17 @@
 """A saved result of :func:`~circuitlens.distill.pipeline.distill_circuit`: the trained entries as a
 safetensors delta against the student it started from, its metrics, history, map and config,
-written atomically (a temporary directory renamed into place)."""
+written atomically (a temporary directory renamed into place).
+
+Every file of a result is checked when it loads: ``SHA256SUMS`` (the ``sha256sum`` format:
+``sha256sum -c SHA256SUMS`` checks it by hand) lists the sha256 of the JSON parts and of the
+delta, and the delta carries the sha256 of each of its tensors (:mod:`circuitlens.core.deltas`).
+A file whose bytes differ is a :class:`ResultIntegrityError` naming it, never a model or a
+metric that silently differs from the one measured. A result saved before checksums loads
+with a logged note."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,8 +24,15 @@ from typing import Any
 from torch import Tensor
 
 from circuitlens.analysis.ablation import AblationResult
-from circuitlens.core.deltas import apply_delta, load_delta, model_delta, save_delta
-from circuitlens.core.io import atomic_write_text
+from circuitlens.core.deltas import (
+    DeltaError,
+    DeltaIntegrityError,
+    apply_delta,
+    load_delta,
+    model_delta,
+    save_delta,
+)
+from circuitlens.core.io import atomic_write_text, sha256_file
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig
@@ -95,31 +110,52 @@ class DistillResult:
         ``save_pretrained`` (tied weights written once; loads with ``load_model``).
 
         Raises:
-            ResultSaveError: a weight file could not be written: the message names it, why, and
-                where the JSON parts went; the run's checkpoint (if any) still holds the
-                trained weights.
+            ResultSaveError: a file could not be written: the message names it, why, and
+                (for the weights) where the JSON parts went; the run's checkpoint (if any)
+                still holds the trained weights.
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        except OSError as e:
+            raise ResultSaveError(
+                f"creating the result {directory} failed: {e.strerror or e}. Make "
+                f"{directory.parent} a writable directory (or pass another --out) and run the "
+                "same command again"
+            ) from e
         mask = os.umask(0o022)
         os.umask(mask)
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is as readable as any
         try:
+            sums: dict[str, str] = {}
             for name, obj in self._json_parts().items():
-                atomic_write_text(tmp / name, json.dumps(obj, indent=1))
+                text = json.dumps(obj, indent=1)
+                try:
+                    atomic_write_text(tmp / name, text)
+                except OSError as e:  # named by its final path, not the temporary one
+                    raise ResultSaveError(
+                        f"writing {directory / name} failed: {e.strerror or e}; nothing of the "
+                        "result was written. Free some space or make it writable, then run the "
+                        "same command again (`circuitlens distill` with the same --out finishes "
+                        "from the run's checkpoint without retraining)"
+                    ) from e
+                sums[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
             try:
                 self._write_weights(tmp, full)
+                sums[DELTA_FILE] = sha256_file(tmp / DELTA_FILE)
+                atomic_write_text(tmp / SUMS_FILE, "".join(f"{h}  {n}\n" for n, h in sums.items()))
             except Exception as e:
                 # keep what was measured: beside a complete result, never over it
                 kept = directory if not directory.exists() else _sibling(directory, ".partial")
                 _publish(tmp, kept)
+                why = e.strerror if isinstance(e, OSError) and e.strerror else None
+                why = why or f"{type(e).__name__}: {e}"
                 raise ResultSaveError(
-                    f"writing the trained weights into {directory} failed "
-                    f"({type(e).__name__}: {e}); the metrics, map, sweeps and history are in "
-                    f"{kept}; the trained weights are in the run's checkpoint, if it kept one "
-                    "(`circuitlens distill` with the same --out finishes from it without "
-                    "retraining)"
+                    f"writing the trained weights {directory / DELTA_FILE} failed ({why}); "
+                    f"the metrics, map, sweeps and history are in {kept}; the trained weights "
+                    "are in the run's checkpoint, if it kept one (`circuitlens distill` with the "
+                    "same --out finishes from it without retraining)"
                 ) from e
             _publish(tmp, directory)
         finally:
@@ -156,13 +192,31 @@ class DistillResult:
         started from (default: loaded from the spec the result names), bit for bit.
 
         Raises:
+            ResultIntegrityError: a file of the result is damaged (its checksum differs, it
+                does not parse): the message names it and the fix.
             DeltaError: ``student`` is not the model the run started from (its untrained
                 weights differ).
         """
         directory = Path(directory)
-        read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
+        sums = _read_sums(directory)
+
+        def read(name: str) -> Any:
+            f = directory / name
+            _check_sum(f, sums)
+            try:
+                return json.loads(f.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ResultIntegrityError(f, f"it does not parse ({e})") from e
+
         delta_file, legacy = directory / DELTA_FILE, directory / "student.safetensors"
-        delta = load_delta(delta_file) if delta_file.is_file() else None
+        delta = None
+        if delta_file.is_file():
+            _check_sum(delta_file, sums)
+            try:
+                delta = load_delta(delta_file)
+            except DeltaError as e:  # a delta that does not read back is damaged
+                problem = e.problem if isinstance(e, DeltaIntegrityError) else str(e)
+                raise ResultIntegrityError(delta_file, problem) from e
         spec = (delta.meta.get("base_spec") or None) if delta is not None else None
         if student is None:
             if spec is None:
@@ -203,10 +257,50 @@ class DistillResult:
 
 #: the trained entries of a saved result (a delta against its student)
 DELTA_FILE = "student_delta.safetensors"
+#: the sha256 of every file a result's load reads, in ``sha256sum``'s format
+SUMS_FILE = "SHA256SUMS"
 
 
 class ResultSaveError(RuntimeError):
     """A result's weights could not be written (or a saved result holds none)."""
+
+
+class ResultIntegrityError(ValueError):
+    """A file of a saved result whose bytes are not those written; the message names it and
+    the fix."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        super().__init__(
+            f"the saved result's file {path} is damaged: {problem}. Rerun the distillation with "
+            f"the same --out to recompute {path.parent}, or restore it from a copy"
+        )
+
+
+def _read_sums(directory: Path) -> dict[str, str] | None:
+    """The result's checksums by file name; None (logged) for a result saved before them."""
+    f = directory / SUMS_FILE
+    if not f.is_file():
+        if directory.is_dir():
+            log.info("%s was saved before results carried checksums: not verified", directory)
+        return None
+    sums = {}
+    try:
+        for line in f.read_text(encoding="utf-8").splitlines():
+            digest, name = line.split("  ", 1)
+            sums[name] = digest
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ResultIntegrityError(f, f"it does not parse ({e})") from e
+    return sums
+
+
+def _check_sum(path: Path, sums: dict[str, str] | None) -> None:
+    if sums is None:
+        return
+    if path.name not in sums:
+        raise ResultIntegrityError(path, f"{SUMS_FILE} lists no checksum for it")
+    if sha256_file(path) != sums[path.name]:
+        raise ResultIntegrityError(path, f"its sha256 differs from the one in {SUMS_FILE}")
 
 
 def _sibling(directory: Path, suffix: str) -> Path:

@@ -17,7 +17,7 @@ from circuitlens.analysis.patching.circuits import find_circuit
 from circuitlens.core.devices import check_device
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.progress import heartbeat
-from circuitlens.core.rundir import read_json, run_directory
+from circuitlens.core.rundir import die_with_parent, read_json, record_workers, run_directory
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.distill.conditions import get_condition
 from circuitlens.distill.pipeline import prepare, train_condition
@@ -440,8 +440,14 @@ def _run_parallel(
     """The tasks in ``jobs`` worker processes (the tasks are independent: their own models,
     setup, cells and teacher cache), the CPU threads shared out among them. On a few CPU
     cores this beats one process using them all: much of a step is small operations and
-    Python that one thread runs as fast as two."""
+    Python that one thread runs as fast as two.
+
+    The workers die with this process (:func:`~circuitlens.core.rundir.die_with_parent`: a
+    ``kill -9`` of the run leaves none writing), are recorded in the directory's lock (a second
+    run is refused while one lives), and are stopped when this process is interrupted (their
+    cells resume from their checkpoints)."""
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor
 
     import torch
@@ -449,13 +455,41 @@ def _run_parallel(
     jobs = min(jobs, len(busy))
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    before = {p.pid for p in multiprocessing.active_children()}
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+    )
+    workers: list[Any] = []
+    try:
         futures = [
             pool.submit(_task_worker, t, cfg, str(directory), todo, progress, device, threads, i)
             for i, t in enumerate(busy)
         ]
+        workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+        record_workers(directory, [p.pid for p in workers if p.pid is not None])
         for f in futures:
             f.result()  # a worker's exception is raised here
+    except BaseException as e:
+        if isinstance(e, Exception):  # one task failed: the others finish theirs
+            pool.shutdown()
+            raise
+        for p in workers:  # Ctrl-C: no worker goes on writing
+            p.kill()
+        pool.shutdown(cancel_futures=True)  # the pool sees them gone: quick, and tidy
+        raise
+    pool.shutdown()
+
+
+def _worker_init(parent: int) -> None:
+    """A worker's start: it dies with ``parent`` (the run), and its progress bars lock with a
+    thread lock (tqdm's default is a multiprocessing lock, which a spawned worker cannot share
+    anyway and which a stopped worker leaves to the resource tracker as a "leaked semaphore")."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    die_with_parent(parent)
+    tqdm.set_lock(threading.RLock())
 
 
 def _task_worker(

@@ -116,3 +116,76 @@ def test_bridge_head_delta_on_tied_embeddings(make_llama_dir, tmp_path) -> None:
     assert sum(t.numel() for k, t in stored.items() if k.endswith("::block")) == n_trained
     total = sum(p.numel() for p in fresh.parameters())
     assert (tmp_path / "d.safetensors").stat().st_size < 0.2 * 4 * total
+
+
+def _legacy_bytes(delta, edit=None) -> bytes:
+    """A delta as written before checksums (``edit`` changes its tensors first)."""
+    from safetensors.torch import load, save
+
+    from circuitlens.core.deltas import CHECKSUMS
+
+    raw = delta_bytes(delta)
+    tensors = load(raw)
+    meta = dict(delta.meta) | {"names": '["w"]'}
+    meta.pop(CHECKSUMS, None)
+    if edit:
+        edit(tensors)
+    return save(tensors, metadata=meta)
+
+
+def test_a_damaged_delta_is_a_named_error_never_another_model(tmp_path, caplog, flip) -> None:
+    from circuitlens.core.deltas import DeltaIntegrityError
+
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[1:3] = True
+    delta = model_delta(Tiny(0), {"w": mask})
+    f = tmp_path / "d.safetensors"
+    for tensor in ("w::block", "w::i0"):
+        save_delta(f, delta)
+        flip(f, tensor, n=4)
+        with pytest.raises(DeltaIntegrityError, match=rf"d\.safetensors is damaged.*{tensor}"):
+            load_delta(f)
+    # written before checksums: still loads (a note logged), its indices checked all the same
+    f.write_bytes(_legacy_bytes(delta))
+    with caplog.at_level("INFO", logger="circuitlens.core.deltas"):
+        back = load_delta(f)
+    assert "before deltas carried checksums" in caplog.text
+    assert torch.equal(back.entries["w"][0], mask)
+    assert torch.equal(back.entries["w"][1], delta.entries["w"][1])
+
+    def out_of_range(t: dict) -> None:
+        t["w::i0"][0] = -4294967292  # the issue's flipped index
+
+    f.write_bytes(_legacy_bytes(delta, out_of_range))
+    with pytest.raises(DeltaIntegrityError, match=r"index 0 holds -4294967292\.\.2, out of 0\.\.3"):
+        load_delta(f)
+
+    def unsorted(t: dict) -> None:
+        t["w::i0"][:] = torch.tensor([2, 1])
+
+    f.write_bytes(_legacy_bytes(delta, unsorted))
+    with pytest.raises(DeltaIntegrityError, match="not strictly increasing"):
+        load_delta(f)
+
+
+def test_every_tensor_and_the_metadata_carry_a_checksum(tmp_path) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    from circuitlens.core.deltas import CHECKSUMS, tensor_sha256
+
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[0] = True
+    raw = delta_bytes(model_delta(Tiny(0), {"w": mask, "v": torch.ones(5, dtype=torch.bool)}))
+    tensors = load(raw)
+    path = tmp_path / "d.safetensors"
+    path.write_bytes(raw)
+    with safe_open(str(path), framework="pt") as f:
+        sums = json.loads(f.metadata()[CHECKSUMS])
+    assert set(sums) == set(tensors) | {"__metadata__"}
+    assert all(sums[k] == tensor_sha256(t) for k, t in tensors.items())
+    # the checksum sees dtype and shape too, not the bytes only
+    assert tensor_sha256(torch.zeros(2, 3)) != tensor_sha256(torch.zeros(3, 2))
+    assert tensor_sha256(torch.zeros(2, dtype=torch.int32)) != tensor_sha256(torch.zeros(1))

@@ -59,3 +59,33 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         io.atomic_torch_save({"a": Unpicklable()}, path)
     assert torch.equal(torch.load(path)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_an_os_failure_names_the_target_not_the_temporary(tmp_path: Path, monkeypatch) -> None:
+    """A full disk mid-write: the error is the OS's (errno, kind), naming the file written,
+    and nothing half-written is left behind."""
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    path = tmp_path / "checkpoints" / "trainer.pt"
+    with pytest.raises(OSError) as e:
+        io.atomic_torch_save({"step": 3}, path)
+    assert e.value.errno == 28 and e.value.filename == str(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == []
+    line = io.os_error_line(e.value)
+    assert line == (
+        f"writing {path} failed: No space left on device. Free some space (or pass another "
+        "--out) and run the same command again: what was finished is kept"
+    )
+    monkeypatch.undo()
+
+    def denied(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".a.json.x1y2.tmp"))
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", denied)
+    with pytest.raises(PermissionError) as e:  # still a PermissionError, named by its target
+        io.atomic_write_text(tmp_path / "a.json", "{}")
+    assert e.value.filename == str(tmp_path / "a.json") and ".tmp" not in str(e.value)
+    assert "Make it writable" in io.os_error_line(e.value)

@@ -315,10 +315,23 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
     assert (finished.directory / "mcnemar.csv").is_file()
 
 
-def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path) -> None:
+def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path, monkeypatch) -> None:
     """``jobs=2``: each task in its own process with half the threads; the cells equal a
-    one-process run with that many threads, bit for bit."""
+    one-process run with that many threads, bit for bit. The workers are recorded in the
+    run's lock while they run, and none is left after."""
     import torch
+
+    import circuitlens.experiments.runner as runner
+    from circuitlens.core.rundir import _pid_alive
+
+    recorded: list[int] = []
+
+    def record(directory, pids) -> None:  # noqa: ANN001
+        recorded.extend(pids)
+        real_record(directory, pids)
+
+    real_record = runner.record_workers
+    monkeypatch.setattr(runner, "record_workers", record)
 
     cfg = tiny(tasks=("entity_tracking", "theory_of_mind"), seeds=(0,), conditions=("ce+align",))
     threads = torch.get_num_threads()
@@ -332,6 +345,7 @@ def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path) -> None:
     key = lambda c: (c["task"], c["condition"], c["seed"])  # noqa: E731
     assert len(two.cells) == len(one.cells) == 2
     assert sorted(map(_strip, two.cells), key=key) == sorted(map(_strip, one.cells), key=key)
+    assert len(recorded) == 2 and not any(_pid_alive(p) for p in recorded)
     with pytest.raises(ValueError, match="jobs must be"):
         run_experiment(cfg, tmp_path / "bad", progress=False, jobs=0)
     assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -367,7 +367,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     """``circuitlens run CONFIG``: any experiment file (the paper's settings are files in
     ``configs/``; so is the IOI example)."""
-    from pathlib import Path
 
     from circuitlens.core.devices import check_device
     from circuitlens.experiments import ExperimentConfig

@@ -329,7 +329,7 @@ class ExperimentConfig:
         if isinstance(d.get("tasks"), dict):
             d = _tasks_from_table(d)
         base = Path(path).resolve().parent
-        for name, options in (d.get("task_options") or {}).items():
+        for options in (d.get("task_options") or {}).values():
             if not isinstance(options, dict):
                 continue
             for key in ("path", "plan"):

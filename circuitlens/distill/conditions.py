@@ -41,7 +41,7 @@ from typing import Literal
 from torch import Tensor
 
 from circuitlens.analysis.ablation import AblationResult
-from circuitlens.analysis.costs import CorrespondenceFeatures
+from circuitlens.analysis.costs import METHODS, CorrespondenceFeatures
 from circuitlens.analysis.mapping import map_heads, permuted_map, random_map
 from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.tasks.tokenizers import LOGIT_CONDITIONS
@@ -317,6 +317,14 @@ def condition_map(
         students = random_heads(student_sweep, aligned.student_heads, seed, n_kv_heads)
         if cond.partners == "map":
             method = aligned.config.get("method", "impact")
+            needs_z = method in METHODS and "z" in METHODS[method].needs
+            if needs_z and (features is None or features.student_z is None):
+                raise ValueError(
+                    f"condition {cond.name!r}: the map method {method!r} reads the heads' z, "
+                    "which setup.json does not keep: pass features= (a setup read from disk: "
+                    "circuitlens.distill.pipeline.with_map_features(setup, teacher, student, "
+                    "task) measures them)"
+                )
             return map_heads(
                 student_sweep, teacher_sweep, circuit, budget, one_to_one,
                 student_heads=students, method=method, features=features,

@@ -48,7 +48,6 @@ from circuitlens.analysis.costs import (
     METHODS,
     CorrespondenceFeatures,
     CorrespondenceMethod,
-    CostFn,
     CostInputs,
     generic_warnings,
     get_method,
@@ -163,7 +162,39 @@ def assign(cost: Float[Tensor, "student teacher"], one_to_one: bool) -> list[int
     return [pick[i] for i in range(cost.shape[0])]
 
 
-def _custom(cost: Tensor, features: CorrespondenceFeatures) -> CostFn:
+def _with_sweeps(
+    features: CorrespondenceFeatures | None,
+    student_sweep: AblationResult,
+    teacher_sweep: AblationResult | None,
+) -> CorrespondenceFeatures:
+    """``features`` (or none) with the sweeps given to :func:`map_heads` (a teacher sweep of
+    None keeps the features' own)."""
+    if features is None:
+        return CorrespondenceFeatures(student_sweep, teacher_sweep)
+    t_sweep = teacher_sweep if teacher_sweep is not None else features.teacher_sweep
+    return replace(features, student_sweep=student_sweep, teacher_sweep=t_sweep)
+
+
+def _map_config(
+    features: CorrespondenceFeatures,
+    budget: float | int,
+    one_to_one: bool,
+    circuit: Circuit | None,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The options a map records, in the order ``config`` has always had them."""
+    t_sweep = features.teacher_sweep
+    return {
+        "budget": budget,
+        "one_to_one": one_to_one,
+        "circuit": None if circuit is None else circuit.to_dict()["groups"],
+        "metric": features.student_sweep.config.metric,
+        "teacher_baseline": None if t_sweep is None else t_sweep.config.baseline,
+        "warnings": warnings,
+    }
+
+
+def _custom(cost: Tensor, features: CorrespondenceFeatures) -> CorrespondenceMethod:
     n_s = len(features.student_sweep.heads)
     t_layers, t_heads = features.teacher_shape()
     if tuple(cost.shape) != (n_s, t_layers * t_heads):
@@ -179,7 +210,7 @@ def _custom(cost: Tensor, features: CorrespondenceFeatures) -> CostFn:
         cols = [h.layer * t_heads + h.head for h in inputs.candidates]
         return cost[rows][:, cols].float()
 
-    return cost_fn
+    return CorrespondenceMethod("custom", cost_fn, (), "a given cost matrix")
 
 
 def map_heads(
@@ -209,17 +240,13 @@ def map_heads(
     ``HeadMap.warnings``.
 
     Args:
-        student_sweep, teacher_sweep: the mean-ablation sweeps (the teacher's may be None for
-            a method that does not read it, e.g. ``"cka"``).
+        student_sweep, teacher_sweep: the sweeps (the teacher's None for a method that does
+            not read it, e.g. ``"cka"``).
         circuit: the teacher heads to map to (None: every measured teacher head).
-        budget: student heads to map, a fraction of all or a count.
-        one_to_one: an assignment (distinct partners) instead of each one's nearest.
-        student_heads: pair these heads instead of the budget's (the random-heads controls);
-            the config then names them.
-        method: the correspondence method.
-        features: what else the method reads (the heads' ``z``:
-            :func:`circuitlens.analysis.correspondence.gather_features`); the sweeps given
-            here replace its sweeps where they are not None.
+        budget, one_to_one: student heads to map (a fraction or a count); an assignment.
+        student_heads: pair these heads instead of the budget's (the random-heads controls).
+        features: what else the method reads (the heads' ``z``: ``gather_features``); the
+            sweeps given here replace its own (a teacher sweep of None keeps its).
         cost: a ready ``[student head, teacher head]`` cost over all heads in (layer, head)
             order; the method is then ``"custom"``.
         n_perm, seed: the permutation null of the CKA methods.
@@ -238,48 +265,27 @@ def map_heads(
     >>> [(str(s), str(t)) for s, t in hm.pairs]
     [('L0H0', 'L0H1'), ('L1H0', 'L0H2')]
     """
-    if features is None:
-        features = CorrespondenceFeatures(student_sweep, teacher_sweep)
-    else:
-        features = replace(
-            features,
-            student_sweep=student_sweep,
-            teacher_sweep=teacher_sweep if teacher_sweep is not None else features.teacher_sweep,
-        )
-    if cost is not None:
-        spec = CorrespondenceMethod("custom", _custom(cost, features), (), "a given cost matrix")
-    else:
-        spec = get_method(method)
+    features = _with_sweeps(features, student_sweep, teacher_sweep)
+    spec = get_method(method) if cost is None else _custom(cost, features)
     if student_heads is None:
         students = choose_student_heads(student_sweep, budget)
     else:
         students = parse_heads(list(student_heads))
-    inputs = CostInputs(
-        features, students, _teacher_candidates(features, circuit), {"n_perm": n_perm, "seed": seed}
-    )
+    cands = _teacher_candidates(features, circuit)
+    inputs = CostInputs(features, students, cands, {"n_perm": n_perm, "seed": seed})
     dist = spec.cost_fn(inputs).float()  # [student, candidate]
     if not bool(torch.isfinite(dist).all()):
         raise ValueError(f"method {spec.name!r} gave a cost that is not finite")
     chosen = assign(dist, one_to_one)
-    cands = inputs.candidates
     warnings = (spec.warn_fn or generic_warnings)(inputs, dist, chosen)
     warnings += degenerate_warnings(dist, chosen, one_to_one, students, cands)
     for w in warnings:
         log.warning("map_heads (%s): %s", spec.name, w)
-    t_sweep = features.teacher_sweep
-    config: dict[str, Any] = {
-        "budget": budget,
-        "one_to_one": one_to_one,
-        "circuit": None if circuit is None else circuit.to_dict()["groups"],
-        "metric": student_sweep.config.metric,
-        "teacher_baseline": None if t_sweep is None else t_sweep.config.baseline,
-        "warnings": warnings,
-    }
+    config = _map_config(features, budget, one_to_one, circuit, warnings)
     if student_heads is not None:
         config["student_heads"] = [str(h) for h in students]
     config["method"] = spec.name
-    if "cka_null" in inputs.extras:
-        config["cka_null"] = inputs.extras["cka_null"]
+    config |= {k: v for k, v in inputs.extras.items() if k == "cka_null"}
     return HeadMap(
         pairs=[(s, cands[j]) for s, j in zip(students, chosen, strict=True)],
         distances=[float(dist[i, j]) for i, j in enumerate(chosen)],

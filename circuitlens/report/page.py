@@ -390,11 +390,8 @@ def _task_section(result: ExperimentResult, task: str, setup: Setup) -> list[str
     }
     parts.append(f"<section id='{esc(task)}-mapping'><h3>Head mapping</h3>")
     method = head_map.config.get("method", "impact")
-    how = (
-        "the teacher head of closest ablation impact"
-        if method == "impact"
-        else f"its partner by the <code>{esc(method)}</code> map"
-    )
+    how = f"its partner by the <code>{esc(method)}</code> map"
+    how = "the teacher head of closest ablation impact" if method == "impact" else how
     parts.append(
         f"<p>{len(head_map)} student head(s) of <code>{esc(student_spec)}</code> trained, "
         f"each aligned with {how}.</p>"
@@ -404,12 +401,9 @@ def _task_section(result: ExperimentResult, task: str, setup: Setup) -> list[str
     t_sweep = dataclasses.replace(setup.teacher_sweep, model_name=teacher_spec)
     s_sweep = dataclasses.replace(setup.student_sweep, model_name=student_spec)
     parts.append(pairs_table_html(head_map, s_sweep, t_sweep))
-    for warning in head_map.warnings:  # a degenerate assignment first: it qualifies the rest
-        if "degenerate" in warning:
-            parts.append(f"<p class='note'><b>⚠ {esc(warning)}</b></p>")
-    for warning in head_map.warnings:
-        if "degenerate" not in warning:
-            parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
+    for w in sorted(head_map.warnings, key=lambda w: "degenerate" not in w):  # it qualifies all
+        text = f"⚠ {esc(w)}"
+        parts.append(f"<p class='note'>{f'<b>{text}</b>' if 'degenerate' in w else text}</p>")
     parts.append("</section>")
     # ablation
     parts.append(f"<section id='{esc(task)}-ablation'><h3>Mean-ablation impact</h3>")

@@ -251,10 +251,9 @@ def random_heads(
     if isinstance(like, int) or size == 1:
         chosen = rng.sample(every, k)
         return sorted(chosen, key=lambda h: (h.layer, h.head))
-    groups = sorted({(h.layer, h.head // size) for h in like})
-    g = len(groups)
     if any(not (0 <= h.layer < n_layers and 0 <= h.head < n_heads) for h in like):
         raise ValueError(f"heads {list(map(str, like))} do not fit a {n_layers} x {n_heads} model")
+    g = len({(h.layer, h.head // size) for h in like})
     picked_groups = rng.sample([(layer, j) for layer in range(n_layers) for j in range(n_kv)], g)
     ways = _count_ways(g, size, k)
     chosen, left = [], k

@@ -17,10 +17,13 @@ from circuitlens.analysis.correspondence import CorrespondenceFeatures, correspo
 from circuitlens.analysis.map_checks import degenerate_warnings, is_separable, separable_residual
 from circuitlens.analysis.mapping import check_map, map_heads, permuted_map
 from circuitlens.core.types import Head, HeadMap
+from circuitlens.distill.pipeline import with_map_features
 from circuitlens.distill.setup import Setup
+from circuitlens.tasks import get_task
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 HEADS3 = [Head(0, i) for i in range(3)]
+TASK = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
 
 
 def _sweep(delta: list[list[float]]) -> AblationResult:
@@ -142,6 +145,8 @@ def test_committed_real_setups_are_degenerate(name: str) -> None:
         assert len(degenerate) == 1, task
         assert "26 chosen student heads" in degenerate[0]
         assert degenerate[0] in setup.to_dict()["head_map"]["config"]["warnings"]
+        # the impact map reads the sweeps only: nothing more to measure for random heads
+        assert with_map_features(setup, None, None, TASK) is setup
         # read again: nothing is added twice
         again = Setup.from_dict(setup.to_dict())
         assert again.head_map.warnings == setup.head_map.warnings

@@ -3,7 +3,11 @@
 The known answer: a model against its own relabelled copy (``permuted_copy``: query heads
 permuted inside their K/V group and the groups as wholes, the same function), with seeded
 Gaussian weight noise of relative size 0, 0.01, 0.03 and 0.1 on every weight of the copy. The
-recovery of a map is the fraction of its student heads sent to their own copy. Every method,
+recovery of a map is the fraction of its student heads sent to their own copy. The ``own``
+baseline maps the model to itself (the identity is the answer: each method's ceiling), and each
+copy's behaviour on the task's prompts is recorded beside it (its accuracy, and the KL divergence
+of its next-token distribution from the original's), so a noise level reads as a change of
+behaviour; each row also says whether the map was degenerate. Every method,
 many-to-one and one-to-one, at the default budget (0.13 of the heads, the most important by
 impact) and at budget 1.0 (every head, the unimportant ones included).
 
@@ -28,7 +32,7 @@ import platform
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from statistics import mean
 
@@ -47,6 +51,21 @@ NOISES = (0.0, 0.01, 0.03, 0.1)
 BUDGETS = (0.13, 1.0)
 
 
+def copies(
+    model: object, args: argparse.Namespace
+) -> Iterator[tuple[str, float, int, object, dict]]:
+    """``(copy, noise, seed, teacher, answer)``: the ``own`` baseline (the model itself, the
+    identity the answer), then each noise level's and seed's relabelled copy."""
+    from circuitlens.analysis.known_answer import identity_permutation, permuted_copy
+
+    if args.own:
+        yield "own", 0.0, 0, model, identity_permutation(model)
+    for noise in args.noise:
+        for seed in args.seeds:
+            copy, perm = permuted_copy(model, seed=seed, noise=noise)
+            yield "permuted", noise, seed, copy, perm
+
+
 def run_model(
     label: str,
     spec: str,
@@ -54,19 +73,19 @@ def run_model(
     args: argparse.Namespace,
     rows: list[dict],
     save: Callable[[], None],
+    model: object | None = None,
 ) -> None:
-    """Measure one model against its copies, appending to ``rows`` and saving after each copy
-    (a long run that is stopped keeps what it measured)."""
+    """Measure one model against itself (``own``) and its copies, appending to ``rows`` and
+    saving after each copy (a long run that is stopped keeps what it measured). Each row
+    carries the copy's behaviour on the task's prompts: its accuracy and the KL divergence of
+    its next-token distribution from the original's (``model``: a ready model instead of
+    ``spec``'s)."""
     import circuitlens as cl
-    from circuitlens.analysis.correspondence import (
-        METHODS,
-        CorrespondenceFeatures,
-        correspond_features,
-        head_z,
-    )
-    from circuitlens.analysis.known_answer import permuted_copy, recovery
+    from circuitlens.analysis.correspondence import METHODS, CorrespondenceFeatures, head_z
+    from circuitlens.analysis.known_answer import behaviour_change, recovery
+    from circuitlens.analysis.mapping import map_heads
 
-    model = cl.load_model(spec)
+    model = cl.load_model(spec) if model is None else model
     task = cl.get_task(task_name, model=model)
     sweep = cl.AblationConfig(
         metric="prob",
@@ -79,53 +98,68 @@ def run_model(
     s_sweep = cl.ablation_sweep(model, task, sweep, progress=False).named("student")
     s_z = head_z(model, task, "test", args.n)
     print(f"{label}: student side {time.perf_counter() - t0:.0f} s", flush=True)
-    for noise in args.noise:
-        for seed in args.seeds:
-            t1 = time.perf_counter()
-            copy, perm = permuted_copy(model, seed=seed, noise=noise)
-            t_sweep = cl.ablation_sweep(
-                copy, task, sweep, baseline_from=model, progress=False
-            ).named("teacher")
-            print(f"{label} noise {noise} seed {seed}: swept", flush=True)
-            features = CorrespondenceFeatures(
-                s_sweep, t_sweep, s_z, head_z(copy, task, "test", args.n)
-            )
-            for budget in BUDGETS:
-                for one_to_one in (False, True):
-                    for method in METHODS:
-                        hm = correspond_features(features, method, budget, one_to_one)
-                        rows.append(
-                            {
-                                "model": label,
-                                "n_prompts": args.n,
-                                "task": task_name,
-                                "noise": noise,
-                                "seed": seed,
-                                "budget": budget,
-                                "one_to_one": one_to_one,
-                                "method": method,
-                                "pairs": len(hm),
-                                "recovery": recovery(hm, perm),
-                                "warnings": len(hm.config["warnings"]),
-                            }
-                        )
-            print(
-                f"{label} noise {noise} seed {seed}: {time.perf_counter() - t1:.0f} s",
-                flush=True,
-            )
-            del copy
-            save()
+    for kind, noise, seed, copy, perm in copies(model, args):
+        t1 = time.perf_counter()
+        t_sweep = cl.ablation_sweep(copy, task, sweep, baseline_from=model, progress=False).named(
+            "teacher"
+        )
+        behaviour = behaviour_change(model, copy, task, "test", args.n)
+        print(f"{label} {kind} noise {noise} seed {seed}: swept", flush=True)
+        features = CorrespondenceFeatures(s_sweep, t_sweep, s_z, head_z(copy, task, "test", args.n))
+        for budget in BUDGETS:
+            for one_to_one in (False, True):
+                for method in METHODS:
+                    hm = map_heads(
+                        s_sweep, t_sweep, None, budget, one_to_one, method=method,
+                        features=features,
+                    )  # fmt: skip
+                    rows.append(
+                        {
+                            "model": label,
+                            "n_prompts": args.n,
+                            "task": task_name,
+                            "copy": kind,
+                            "noise": noise,
+                            "seed": seed,
+                            "budget": budget,
+                            "one_to_one": one_to_one,
+                            "method": method,
+                            "pairs": len(hm),
+                            "recovery": recovery(hm, perm),
+                            "warnings": len(hm.warnings),
+                            "degenerate": any("degenerate" in w for w in hm.warnings),
+                            "copy_accuracy": behaviour.accuracy,
+                            "original_accuracy": behaviour.original_accuracy,
+                            "copy_kl": behaviour.kl,
+                        }
+                    )
+        print(
+            f"{label} {kind} noise {noise} seed {seed}: {time.perf_counter() - t1:.0f} s, "
+            f"accuracy {behaviour.accuracy:.3f} (original {behaviour.original_accuracy:.3f}), "
+            f"KL {behaviour.kl:.4f}",
+            flush=True,
+        )
+        del copy
+        save()
+
+
+def _copy(row: dict) -> str:
+    """A row's copy: ``own`` or ``permuted`` (rows saved before ``own`` existed: permuted)."""
+    return row.get("copy", "permuted")
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean recovery over seeds for each model, noise, budget, assignment and method."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        key = (r["model"], r["noise"], r["budget"], r["one_to_one"], r["method"], r["pairs"])
-        groups[key].append(r["recovery"])
-    return [
-        {
+        key = (r["model"], _copy(r), r["noise"], r["budget"], r["one_to_one"], r["method"])
+        groups[key + (r["pairs"],)].append(r)
+    out = []
+    for (m, kind, noise, b, o, meth, pairs), rs in groups.items():
+        v = [r["recovery"] for r in rs]
+        row = {
             "model": m,
+            "copy": kind,
             "noise": noise,
             "budget": b,
             "one_to_one": o,
@@ -135,8 +169,26 @@ def summarise(rows: list[dict]) -> list[dict]:
             "recovery_mean": round(mean(v), 3),
             "recovery_min": round(min(v), 3),
         }
-        for (m, noise, b, o, meth, pairs), v in groups.items()
-    ]
+        if all("copy_kl" in r for r in rs):  # rows saved before behaviour was recorded lack it
+            row["copy_accuracy"] = round(mean(r["copy_accuracy"] for r in rs), 4)
+            row["original_accuracy"] = round(mean(r["original_accuracy"] for r in rs), 4)
+            row["copy_kl"] = round(mean(r["copy_kl"] for r in rs), 6)
+            row["degenerate"] = sum(bool(r.get("degenerate")) for r in rs)
+        out.append(row)
+    return out
+
+
+def behaviour(summary: list[dict]) -> list[dict]:
+    """What each copy's noise does to behaviour: per model, copy and noise, the copy's mean
+    accuracy against the original's and its mean KL divergence (over seeds)."""
+    seen: dict[tuple, dict] = {}
+    for s in summary:
+        if "copy_kl" in s:
+            key = (s["model"], s.get("copy", "permuted"), s["noise"])
+            seen.setdefault(key, {k: s[k] for k in ("model", "noise", "seeds", "copy_accuracy",
+                                                    "original_accuracy", "copy_kl")}
+                            | {"copy": key[1]})  # fmt: skip
+    return sorted(seen.values(), key=lambda r: (r["model"], r["copy"] != "own", r["noise"]))
 
 
 def table(summary: list[dict], methods: list[str]) -> str:
@@ -144,15 +196,22 @@ def table(summary: list[dict], methods: list[str]) -> str:
     recovery over seeds, the worst seed in brackets when it differs)."""
     cells: dict[tuple, dict[str, str]] = defaultdict(dict)
     for s in summary:
-        key = (s["model"], s["budget"], s["one_to_one"], s["noise"], s["pairs"], s["seeds"])
+        own = s.get("copy", "permuted") == "own"
+        key = (s["model"], s["budget"], s["one_to_one"], not own, s["noise"], s["pairs"],
+               s["seeds"])  # fmt: skip
         v = f"{s['recovery_mean']:.2f}"
         if s["recovery_min"] != s["recovery_mean"]:
             v += f" ({s['recovery_min']:.2f})"
         cells[key][s["method"]] = v
-    head = "| model | budget (pairs) | assignment | noise | seeds | " + " | ".join(methods) + " |"
-    lines = [head, "|" + "---|" * (5 + len(methods))]
-    for (m, b, o, noise, pairs, seeds), c in sorted(cells.items()):
-        row = [m, f"{b} ({pairs})", "one-to-one" if o else "many-to-one", str(noise), str(seeds)]
+        if "copy_kl" in s:
+            cells[key]["behaviour"] = f"{s['copy_accuracy']:.3f} / {s['copy_kl']:.4f}"
+    head = "| model | budget (pairs) | assignment | copy | seeds | accuracy / KL | "
+    head += " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (6 + len(methods))]
+    for (m, b, o, permuted, noise, pairs, seeds), c in sorted(cells.items()):
+        copy = f"noise {noise}" if permuted else "own"
+        row = [m, f"{b} ({pairs})", "one-to-one" if o else "many-to-one", copy, str(seeds)]
+        row.append(c.get("behaviour", ""))
         lines.append("| " + " | ".join(row + [c.get(x, "") for x in methods]) + " |")
     return "\n".join(lines)
 
@@ -179,19 +238,21 @@ def figure(summary: list[dict], methods: list[str]) -> object:
         for j, b in enumerate(budgets, 1):
             for k, method in enumerate(methods):
                 for one in (False, True):
-                    pts = sorted((s["noise"], s) for s in summary if (s["model"], s["budget"],
-                                 s["method"], s["one_to_one"]) == (m, b, method, one))  # fmt: skip
+                    pts = sorted(((s.get("copy", "permuted") != "own", s["noise"]), s)
+                                 for s in summary if (s["model"], s["budget"], s["method"],
+                                 s["one_to_one"]) == (m, b, method, one))  # fmt: skip
+                    pts = [(str(n) if p else "own", s) for (p, n), s in pts]
                     if not pts:
                         continue
                     name = f"{method}, {'one-to-one' if one else 'many-to-one'}"
                     fig.add_trace(
                         go.Scatter(
-                            x=[str(n) for n, _ in pts], y=[s["recovery_mean"] for _, s in pts],
+                            x=[n for n, _ in pts], y=[s["recovery_mean"] for _, s in pts],
                             mode="lines+markers", name=name, legendgroup=name,
                             showlegend=name not in shown,
                             line={"color": COLOURS[k % len(COLOURS)],
                                   "dash": "dot" if one else "solid"},
-                            hovertext=[f"{name}: noise {n}, recovery {s['recovery_mean']:.2f} "
+                            hovertext=[f"{name}: {n}, recovery {s['recovery_mean']:.2f} "
                                        f"(worst of {s['seeds']} seeds {s['recovery_min']:.2f})"
                                        for n, s in pts],
                             hoverinfo="text",
@@ -199,7 +260,8 @@ def figure(summary: list[dict], methods: list[str]) -> object:
                         row=i, col=j,
                     )  # fmt: skip
                     shown.add(name)
-            fig.update_xaxes(title_text="weight noise (x each parameter's RMS)", type="category",
+            fig.update_xaxes(title_text="own, or weight noise (x each parameter's RMS)",
+                             type="category",
                              row=i, col=j)  # fmt: skip
         fig.update_yaxes(title_text="recovery", range=[0, 1.05], row=i, col=1)
     fig.update_layout(
@@ -254,6 +316,9 @@ def main() -> None:
     ap.add_argument(
         "--real-heads-per-pass", type=int, default=9, help="heads ablated per forward (SmolLM2)"
     )
+    ap.add_argument(
+        "--no-own", dest="own", action="store_false", help="leave out the model against itself"
+    )
     ap.add_argument("--figure", action="store_true", help="only the figure, from the saved rows")
     args = ap.parse_args()
     if args.figure:
@@ -263,6 +328,7 @@ def main() -> None:
         return
     args.heads_per_pass = None
     real = argparse.Namespace(
+        own=args.own,
         n=args.real_n,
         n_boot=args.n_boot,
         seeds=args.real_seeds,
@@ -295,6 +361,7 @@ def save(rows: list[dict], t0: float) -> str:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "seconds": round(time.perf_counter() - t0, 1),
         "summary": summary,
+        "behaviour": behaviour(summary),
         "rows": rows,
     }
     OUT.write_text(json.dumps(result, indent=1))

@@ -152,3 +152,37 @@ def test_fill_gives_the_sweeps_own_prompt_delta(fillpy, tiny_bridge) -> None:
     other = get_task("entity_tracking", n_boxes=3, seed=1, n_test=24)  # other prompts
     with pytest.raises(SystemExit, match="not the same sweep"):
         fillpy.fill(old, tiny_bridge, other, heads)
+
+
+def test_correspondence_benchmark_records_own_and_behaviour() -> None:
+    """benchmarks/correspondence.py on the zoo teacher, small: an ``own`` row per method (the
+    identity), each copy's accuracy and KL beside its recovery, and the table shows both."""
+    import argparse
+
+    import circuitlens as cl
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_corr", BENCH / "correspondence.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    model = cl.load_model("zoo:entity-tracking-teacher")
+    args = argparse.Namespace(n=8, n_boot=0, seeds=[0], noise=[0.1], own=True, heads_per_pass=None)
+    mod.BUDGETS = (0.13,)  # one budget: the rows' shape, not the figures
+    rows: list[dict] = []
+    mod.run_model("zoo", "", "entity_tracking", args, rows, lambda: None, model=model)
+    own = [r for r in rows if r["copy"] == "own"]
+    noisy = [r for r in rows if r["copy"] == "permuted"]
+    from circuitlens.analysis.costs import METHODS
+
+    assert len(own) == len(noisy) == 2 * len(mod.BUDGETS) * len(METHODS)
+    assert all(r["copy_kl"] == 0.0 and r["copy_accuracy"] == r["original_accuracy"] for r in own)
+    assert all(r["copy_kl"] > 0 for r in noisy)
+    assert all(r["recovery"] == 1.0 for r in own if r["method"] == "cka")
+    summary = mod.summarise(rows)
+    kinds = {(b["copy"], b["noise"]) for b in mod.behaviour(summary)}
+    assert kinds == {("own", 0.0), ("permuted", 0.1)}
+    md = mod.table(summary, ["impact", "cka"])
+    assert "| own |" in md and "noise 0.1" in md and "accuracy / KL" in md

@@ -4,13 +4,16 @@ them on.
 Every method is one entry of a registry (:data:`METHODS`) with one signature: a
 :class:`CorrespondenceMethod` holds a ``cost_fn(inputs) -> cost[student_head, teacher_head]``
 (low = alike) over the chosen student heads (rows) and the candidate teacher heads (columns).
-The student heads are chosen as :func:`circuitlens.analysis.mapping.map_heads` chooses them, the
-budget's most important by impact (:func:`~circuitlens.analysis.mapping.choose_student_heads`), and
-the
-candidates are the circuit's heads (or all measured teacher heads). Each student head then takes
-its cheapest candidate (many-to-one: the first minimum in (layer, head) order) or the assignment
-of least total cost (one-to-one: ``scipy.optimize.linear_sum_assignment``). ``HeadMap.distances``
-holds each pair's cost and ``HeadMap.config["method"]`` names the method.
+One function builds every map, whatever the method:
+:func:`circuitlens.analysis.mapping.map_heads` (``method=`` a registered name). The student
+heads are the budget's most important by impact
+(:func:`~circuitlens.analysis.mapping.choose_student_heads`), and the candidates are the
+circuit's heads (or all measured teacher heads). Each student head then takes its cheapest
+candidate (many-to-one: the first minimum in (layer, head) order) or the assignment of least
+total cost (one-to-one: ``scipy.optimize.linear_sum_assignment``). ``HeadMap.distances`` holds
+each pair's cost and ``HeadMap.config["method"]`` names the method. This module measures what
+the methods read (:func:`gather_features`) and maps in one call (:func:`correspond`);
+:func:`correspond_features` is ``map_heads`` over measured features.
 
 The methods (impacts are ``dP = P_baseline - P_ablated`` of mean-ablating one head,
 :func:`circuitlens.ablation_sweep`):
@@ -47,7 +50,8 @@ contains 0, a tie decides the student heads or a partner); the others give its s
 warnings and the ties of their own cost, plus their own: ``profile`` when a student head's
 profile is constant, or when its partner's correlation is within the noise of the runner-up's
 (Fisher z differ by less than ``1.96 sqrt(2 / (n - 3))``); ``cka`` when a pair's CKA does not
-exceed its null's mean by two null sds.
+exceed its null's mean by two null sds. Every method also gets the degenerate-assignment check
+(:mod:`circuitlens.analysis.map_checks`: the cost did not decide the pairs).
 
 The known answer (:mod:`circuitlens.analysis.known_answer`): ``permuted_copy`` relabels a
 model's query heads within each layer (inside their K/V group, and optionally the groups as
@@ -72,21 +76,14 @@ from circuitlens.analysis.costs import (
     NEEDS,
     CorrespondenceFeatures,
     CorrespondenceMethod,
-    CostFn,
     CostInputs,
-    generic_warnings,
     get_method,
     rank_quantiles,
     register_method,
 )
-from circuitlens.analysis.mapping import (
-    DEFAULT_BUDGET,
-    choose_student_heads,
-    require_one_to_one,
-    teacher_candidates,
-)
+from circuitlens.analysis.mapping import DEFAULT_BUDGET, assign, map_heads
 from circuitlens.core.hooks import z_name
-from circuitlens.core.types import Circuit, Head, HeadMap, parse_heads
+from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import Task
 from circuitlens.tasks.metrics import model_device, no_logits
@@ -106,54 +103,12 @@ __all__ = [
     "gather_features",
     "get_method",
     "head_z",
+    "map_heads",
     "rank_quantiles",
     "register_method",
 ]
 
 # --- the map ---------------------------------------------------------------------------------
-
-
-def _teacher_candidates(features: CorrespondenceFeatures, circuit: Circuit | None) -> list[Head]:
-    if features.teacher_sweep is not None:
-        return teacher_candidates(features.teacher_sweep, circuit)
-    n_layers, n_heads = features.teacher_shape()
-    if circuit is None:
-        return [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    if not circuit.heads:
-        raise ValueError("the circuit has no heads to map to")
-    return [h.check(n_layers, n_heads) for h in circuit.heads]
-
-
-def assign(cost: Float[Tensor, "student teacher"], one_to_one: bool) -> list[int]:
-    """The column each row takes: the first minimum (many-to-one), or the assignment of least
-    total cost (one-to-one, ``scipy.optimize.linear_sum_assignment``)."""
-    if not one_to_one:
-        return cost.argmin(1).tolist()  # the first minimum: columns are in (layer, head) order
-    from scipy.optimize import linear_sum_assignment
-
-    require_one_to_one(cost.shape[1], cost.shape[0], "the set of candidate teacher heads")
-    rows, cols = linear_sum_assignment(cost.double().numpy())
-    pick = dict(zip(rows.tolist(), cols.tolist(), strict=True))
-    return [pick[i] for i in range(cost.shape[0])]
-
-
-def _custom(cost: Tensor, features: CorrespondenceFeatures) -> CostFn:
-    n_s = len(features.student_sweep.heads)
-    t_layers, t_heads = features.teacher_shape()
-    if tuple(cost.shape) != (n_s, t_layers * t_heads):
-        raise ValueError(
-            f"cost= is [student head, teacher head] over all heads in (layer, head) order: "
-            f"[{n_s}, {t_layers * t_heads}] for these models, got {list(cost.shape)}"
-        )
-
-    def cost_fn(inputs: CostInputs) -> Tensor:
-        rows = [
-            h.layer * int(features.student_sweep.delta.shape[1]) + h.head for h in inputs.students
-        ]
-        cols = [h.layer * t_heads + h.head for h in inputs.candidates]
-        return cost[rows][:, cols].float()
-
-    return cost_fn
 
 
 def correspond_features(
@@ -168,60 +123,26 @@ def correspond_features(
     n_perm: int = 20,
     seed: int = 0,
 ) -> HeadMap:
-    """Map student heads to teacher heads from measured features (the lower-level entry).
-
-    Args:
-        features: the sweeps and activations (:func:`gather_features`).
-        method: a name in :data:`METHODS` (ignored when ``cost`` is given).
-        budget, one_to_one, circuit, student_heads: as
-            :func:`circuitlens.analysis.mapping.map_heads`.
-        cost: a ready ``[student head, teacher head]`` cost over all heads in (layer, head)
-            order; the map's method is then ``"custom"``.
-        n_perm, seed: the permutation null of the CKA methods.
+    """Map student heads to teacher heads from measured features: a thin wrapper of
+    :func:`circuitlens.analysis.mapping.map_heads` (the one function that builds maps), which
+    see for the arguments.
 
     Returns:
         A :class:`HeadMap` whose ``distances`` are the chosen pairs' costs and whose
         ``config["method"]`` names the method.
     """
-    if cost is not None:
-        spec = CorrespondenceMethod("custom", _custom(cost, features), (), "a given cost matrix")
-    else:
-        spec = get_method(method)
-    s_sweep = features.student_sweep
-    if student_heads is None:
-        students = choose_student_heads(s_sweep, budget)
-    else:
-        students = parse_heads(list(student_heads))
-    inputs = CostInputs(
-        features, students, _teacher_candidates(features, circuit), {"n_perm": n_perm, "seed": seed}
-    )
-    dist = spec.cost_fn(inputs).float()
-    if not bool(torch.isfinite(dist).all()):
-        raise ValueError(f"method {spec.name!r} gave a cost that is not finite")
-    chosen = assign(dist, one_to_one)
-    warnings = (spec.warn_fn or generic_warnings)(inputs, dist, chosen)
-    for w in warnings:
-        log.warning("correspond (%s): %s", spec.name, w)
-    t_sweep = features.teacher_sweep
-    config: dict[str, Any] = {
-        "budget": budget,
-        "one_to_one": one_to_one,
-        "circuit": None if circuit is None else circuit.to_dict()["groups"],
-        "metric": s_sweep.config.metric,
-        "teacher_baseline": None if t_sweep is None else t_sweep.config.baseline,
-        "warnings": warnings,
-    }
-    if student_heads is not None:
-        config["student_heads"] = [str(h) for h in students]
-    config["method"] = spec.name
-    if "cka_null" in inputs.extras:
-        config["cka_null"] = inputs.extras["cka_null"]
-    cands = inputs.candidates
-    return HeadMap(
-        pairs=[(s, cands[j]) for s, j in zip(students, chosen, strict=True)],
-        distances=[float(dist[i, j]) for i, j in enumerate(chosen)],
-        kind="ablation" if spec.name == "impact" else spec.name,
-        config=config,
+    return map_heads(
+        features.student_sweep,
+        features.teacher_sweep,
+        circuit,
+        budget,
+        one_to_one,
+        student_heads,
+        method=method,
+        features=features,
+        cost=cost,
+        n_perm=n_perm,
+        seed=seed,
     )
 
 
@@ -347,16 +268,3 @@ def correspond(
     )
 
 
-__all__ = [
-    "METHODS",
-    "CorrespondenceFeatures",
-    "CorrespondenceMethod",
-    "CostInputs",
-    "correspond",
-    "correspond_features",
-    "gather_features",
-    "get_method",
-    "head_z",
-    "rank_quantiles",
-    "register_method",
-]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from circuitlens.analysis.ablation import AblationResult
 from circuitlens.analysis.cka import cka, cka_with_null
-from circuitlens.analysis.mapping import map_warnings
+from circuitlens.analysis.map_checks import map_warnings
 from circuitlens.core.types import Head
 
 NEEDS = ("teacher_sweep", "prompt_delta", "z")
@@ -80,7 +80,7 @@ class CorrespondenceMethod:
     """One correspondence method.
 
     Attributes:
-        name: the name ``correspond(method=...)`` takes.
+        name: the name ``map_heads(method=...)`` takes.
         cost_fn: ``cost_fn(inputs) -> [student_head, teacher_head]`` costs (low = alike).
         needs: which features it reads besides the student sweep, among :data:`NEEDS`.
         description: one line for listings.
@@ -105,7 +105,7 @@ def register_method(
     description: str = "",
     warn_fn: WarnFn | None = None,
 ) -> CorrespondenceMethod:
-    """Add (or replace) a method: ``correspond(..., method=name)`` then uses ``cost_fn``."""
+    """Add (or replace) a method: ``map_heads(..., method=name)`` then uses ``cost_fn``."""
     bad = [x for x in needs if x not in NEEDS]
     if bad:
         raise ValueError(f"unknown needs {bad}; valid: {', '.join(NEEDS)}")

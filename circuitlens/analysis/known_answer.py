@@ -1,18 +1,30 @@
 """A known answer to check head maps against: a copy of a model whose query heads are relabelled
 within each layer (inside their K/V group, W_O's columns with them: the same function), perturbed
 slightly if asked (seeded weight noise), and the fraction of a map's student heads sent to their
-own relabelled copy (:func:`recovery`)."""
+own relabelled copy (:func:`recovery`).
+
+Two readings go with it: the ``own`` baseline, the model mapped to itself
+(:func:`identity_permutation`: every head is its own answer; what a method recovers there is
+its ceiling, below 1 where the cost ties heads, e.g. heads of equal impact), and what the noise
+does to behaviour (:func:`behaviour_change`: the copy's accuracy and the KL divergence of its
+next-token distribution from the original's on the task's prompts), so that a noise level reads
+as a change of behaviour rather than a number.
+"""
 
 from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from circuitlens.core.types import Head, HeadMap
+from circuitlens.models.registry import model_facts
+from circuitlens.tasks import Task, tokenize_prompts
+from circuitlens.tasks.metrics import accuracy, logits_at, model_device
 
 _ATTN = re.compile(
     r"layers\.(\d+)\.(?:self_attn|attn)\.(q_proj|k_proj|v_proj|o_proj)\.(weight|bias)$"
@@ -114,4 +126,81 @@ def recovery(head_map: HeadMap, permutation: dict[Head, Head]) -> float:
     return hits / len(head_map)
 
 
-__all__ = ["permuted_copy", "recovery"]
+def identity_permutation(model: Any) -> dict[Head, Head]:
+    """Every head of ``model`` to itself: the answer when a model is mapped to itself (the
+    ``own`` baseline of the known-answer benchmark)."""
+    f = model_facts(model)
+    return {Head(layer, h): Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)}
+
+
+@dataclass(frozen=True)
+class BehaviourChange:
+    """How a copy's behaviour differs from the original's on a task's prompts.
+
+    Attributes:
+        accuracy: the copy's accuracy.
+        original_accuracy: the original's, on the same prompts.
+        kl: mean over prompts of ``KL(P_original || P_copy)`` (nats) of the next-token
+            distributions at each prompt's last position (the answer's).
+        n: prompts scored.
+    """
+
+    accuracy: float
+    original_accuracy: float
+    kl: float
+    n: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "accuracy": self.accuracy,
+            "original_accuracy": self.original_accuracy,
+            "kl": self.kl,
+            "n": self.n,
+        }
+
+
+@torch.no_grad()
+def behaviour_change(
+    original: Any,
+    copy: Any,
+    task: Task,
+    split: str = "test",
+    n: int | None = 64,
+    batch_size: int = 64,
+) -> BehaviourChange:
+    """The copy's accuracy and its KL divergence from the original on ``task``'s prompts.
+
+    Both models must read the same tokens (a copy made by :func:`permuted_copy` does); the
+    prompts are the first ``n`` of ``split``, tokenized by the original.
+
+    Returns:
+        :class:`BehaviourChange` (``kl`` 0 for an exact relabelling, up to float rounding).
+    """
+    prompts = task.split(split, n)
+    if not prompts:
+        raise ValueError(f"the task's {split!r} split has no prompts to compare the models on")
+    kl, acc_copy, acc_orig = [], [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenize_prompts(original, prompts[start : start + batch_size])
+        last = batch.positions["last"]
+        lo = logits_at(original, batch.tokens.to(model_device(original)), last).float().cpu()
+        lc = logits_at(copy, batch.tokens.to(model_device(copy)), last).float().cpu()
+        p, q = lo.double().log_softmax(-1), lc.double().log_softmax(-1)
+        kl.append((p.exp() * (p - q)).sum(-1))  # [batch]
+        acc_orig.append(accuracy(lo, batch, reduce=False).float())
+        acc_copy.append(accuracy(lc, batch, reduce=False).float())
+    return BehaviourChange(
+        accuracy=float(torch.cat(acc_copy).mean()),
+        original_accuracy=float(torch.cat(acc_orig).mean()),
+        kl=float(torch.cat(kl).mean().clamp(min=0.0)),
+        n=len(prompts),
+    )
+
+
+__all__ = [
+    "BehaviourChange",
+    "behaviour_change",
+    "identity_permutation",
+    "permuted_copy",
+    "recovery",
+]

@@ -1,4 +1,9 @@
-"""Mapping student heads to teacher heads by mean-ablation impact (circuit distillation, step 3).
+"""Mapping student heads to teacher heads (circuit distillation, step 3): the one map path.
+
+:func:`map_heads` builds every map: its ``method`` is a name in the registry of correspondence
+methods (:mod:`circuitlens.analysis.costs`; the default ``"impact"`` is the paper's, below;
+:mod:`circuitlens.analysis.correspondence` describes the others), all taking the same
+arguments. The rest of this docstring describes the impact method.
 
 Student heads are chosen by a budget (a fraction or a count of all the student's heads), ranked
 by their impact ``dP_s`` (largest first). Each is paired with the teacher head, among the
@@ -17,19 +22,37 @@ A map can be decided by noise. :func:`map_heads` warns (and records in ``HeadMap
 ["warnings"]``) when a chosen head's impact is not distinguishable from zero (its bootstrap
 interval over prompts, ``AblationResult.delta_ci``, contains 0), when a tie decides which
 student heads are chosen (the last chosen and the first left out have the same ``dP_s``), and
-when a tie decides a pair (several candidates at the minimal distance). ``HeadMap.distances``
-holds each chosen pair's distance.
+when a tie decides a pair (several candidates at the minimal distance), and when the assignment
+is *degenerate*: the cost did not decide the pairs at all (one-to-one: every pairing of the
+chosen heads costs the same; :mod:`circuitlens.analysis.map_checks`). ``HeadMap.distances``
+holds each chosen pair's distance. :func:`check_map` recomputes the degenerate check of a saved
+map from its saved sweeps.
+
+Controls: :func:`random_map` (random partners) and :func:`permuted_map` (the map's partners,
+the pairing deranged).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from circuitlens.analysis.ablation import AblationResult
+from circuitlens.analysis.costs import (
+    METHODS,
+    CorrespondenceFeatures,
+    CorrespondenceMethod,
+    CostInputs,
+    generic_warnings,
+    get_method,
+)
+from circuitlens.analysis.map_checks import TIE, degenerate_warnings, map_warnings
 from circuitlens.core.types import Circuit, Head, HeadMap, parse_heads
 
 log = logging.getLogger(__name__)
@@ -56,9 +79,6 @@ def budget_count(budget: float | int, n_heads: int) -> int:
     return count
 
 
-TIE = 1e-6  # impacts are float32: closer than this is a tie decided by rounding
-
-
 def choose_student_heads(student: AblationResult, budget: float | int) -> list[Head]:
     """The ``budget`` student heads with the largest impact (ties: layer, head order), among
     the heads whose impact was measured (a screened sweep estimates the others)."""
@@ -78,51 +98,6 @@ def choose_student_heads(student: AblationResult, budget: float | int) -> list[H
         )
     order = sorted(range(len(heads)), key=lambda i: (-delta[i], i))
     return [heads[i] for i in order[:k]]
-
-
-def map_warnings(
-    student_sweep: AblationResult,
-    teacher_sweep: AblationResult,
-    students: list[Head],
-    chosen: list[Head],
-    dist: torch.Tensor,
-    cands: list[Head],
-) -> list[str]:
-    """What in a map is decided by noise or by ties (see the module docstring)."""
-    out = []
-    for role, sweep, heads in (
-        ("student", student_sweep, students),
-        ("teacher", teacher_sweep, chosen),
-    ):
-        flat = [h for h in dict.fromkeys(heads) if sweep.excludes_zero(h) is False]
-        if flat:
-            level = sweep.config.ci_level
-            out.append(
-                f"{role} head(s) {', '.join(map(str, flat))}: the impact dP is not "
-                f"distinguishable from 0 ({100 * level:.0f}% bootstrap interval over prompts "
-                "contains 0)"
-            )
-    # the measured heads, among which the students were chosen (a screened sweep's estimates
-    # are never chosen, so they cannot tie)
-    delta = torch.tensor(
-        [float(student_sweep.delta[h.layer, h.head]) for h in student_sweep.exact_heads]
-    )
-    k = len(students)
-    if k < delta.numel():
-        ranked = delta.sort(descending=True).values
-        if float(ranked[k - 1] - ranked[k]) <= TIE:
-            out.append(
-                f"a tie decides the student heads: the last chosen and the first left out both "
-                f"have dP_s = {float(ranked[k - 1]):.4f} (chosen by layer, head order)"
-            )
-    for i, s in enumerate(students):
-        tied = [cands[j] for j in range(len(cands)) if float(dist[i, j] - dist[i].min()) <= TIE]
-        if len(tied) > 1:
-            out.append(
-                f"a tie decides {s}'s partner: {', '.join(map(str, tied))} are all at distance "
-                f"{float(dist[i].min()):.4f} ({chosen[i]} taken)"
-            )
-    return out
 
 
 def _candidates(teacher: AblationResult, circuit: Circuit | None) -> list[Head]:
@@ -163,60 +138,201 @@ def require_one_to_one(n_teacher: int, n_student: int, what: str) -> None:
         )
 
 
+def _teacher_candidates(features: CorrespondenceFeatures, circuit: Circuit | None) -> list[Head]:
+    if features.teacher_sweep is not None:
+        return _candidates(features.teacher_sweep, circuit)
+    n_layers, n_heads = features.teacher_shape()
+    if circuit is None:
+        return [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+    if not circuit.heads:
+        raise ValueError("the circuit has no heads to map to")
+    return [h.check(n_layers, n_heads) for h in circuit.heads]
+
+
+def assign(cost: Float[Tensor, "student teacher"], one_to_one: bool) -> list[int]:
+    """The column each row takes: the first minimum (many-to-one), or the assignment of least
+    total cost (one-to-one, ``scipy.optimize.linear_sum_assignment``)."""
+    if not one_to_one:
+        return cost.argmin(1).tolist()  # the first minimum: columns are in (layer, head) order
+    from scipy.optimize import linear_sum_assignment
+
+    require_one_to_one(cost.shape[1], cost.shape[0], "the set of candidate teacher heads")
+    rows, cols = linear_sum_assignment(cost.double().numpy())
+    pick = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    return [pick[i] for i in range(cost.shape[0])]
+
+
+def _with_sweeps(
+    features: CorrespondenceFeatures | None,
+    student_sweep: AblationResult,
+    teacher_sweep: AblationResult | None,
+) -> CorrespondenceFeatures:
+    """``features`` (or none) with the sweeps given to :func:`map_heads` (a teacher sweep of
+    None keeps the features' own)."""
+    if features is None:
+        return CorrespondenceFeatures(student_sweep, teacher_sweep)
+    t_sweep = teacher_sweep if teacher_sweep is not None else features.teacher_sweep
+    return replace(features, student_sweep=student_sweep, teacher_sweep=t_sweep)
+
+
+def _map_config(
+    features: CorrespondenceFeatures,
+    budget: float | int,
+    one_to_one: bool,
+    circuit: Circuit | None,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The options a map records, in the order ``config`` has always had them."""
+    t_sweep = features.teacher_sweep
+    return {
+        "budget": budget,
+        "one_to_one": one_to_one,
+        "circuit": None if circuit is None else circuit.to_dict()["groups"],
+        "metric": features.student_sweep.config.metric,
+        "teacher_baseline": None if t_sweep is None else t_sweep.config.baseline,
+        "warnings": warnings,
+    }
+
+
+def _custom(cost: Tensor, features: CorrespondenceFeatures) -> CorrespondenceMethod:
+    n_s = len(features.student_sweep.heads)
+    t_layers, t_heads = features.teacher_shape()
+    if tuple(cost.shape) != (n_s, t_layers * t_heads):
+        raise ValueError(
+            f"cost= is [student head, teacher head] over all heads in (layer, head) order: "
+            f"[{n_s}, {t_layers * t_heads}] for these models, got {list(cost.shape)}"
+        )
+
+    def cost_fn(inputs: CostInputs) -> Tensor:
+        rows = [
+            h.layer * int(features.student_sweep.delta.shape[1]) + h.head for h in inputs.students
+        ]
+        cols = [h.layer * t_heads + h.head for h in inputs.candidates]
+        return cost[rows][:, cols].float()
+
+    return CorrespondenceMethod("custom", cost_fn, (), "a given cost matrix")
+
+
 def map_heads(
     student_sweep: AblationResult,
-    teacher_sweep: AblationResult,
+    teacher_sweep: AblationResult | None = None,
     circuit: Circuit | None = None,
     budget: float | int = DEFAULT_BUDGET,
     one_to_one: bool = False,
     student_heads: list[Head | str] | None = None,
+    *,
+    method: str = "impact",
+    features: CorrespondenceFeatures | None = None,
+    cost: Float[Tensor, "s_all t_all"] | None = None,
+    n_perm: int = 20,
+    seed: int = 0,
 ) -> HeadMap:
-    """Pair each chosen student head with the teacher head of closest impact.
+    """Pair each chosen student head with a teacher head by a correspondence method: the one
+    function that builds a head map.
 
-    ``student_heads``: pair these heads instead of the budget's most important ones (the
-    random-heads controls); the config then names them.
+    The student heads are the budget's most important by impact (or ``student_heads``); the
+    candidates are the circuit's heads (or every teacher head the sweep measured); the method
+    (a name in :data:`circuitlens.analysis.costs.METHODS`; ``"impact"``, the paper's closest
+    ``|dP_s - dP_t|``, by default) gives the ``[student head, candidate]`` cost; then each
+    student head takes its cheapest candidate (many-to-one) or the assignment of least total
+    cost (one-to-one). The warnings (:mod:`circuitlens.analysis.map_checks`: noise, ties, and
+    a *degenerate* assignment that the cost did not decide) are logged and kept in
+    ``HeadMap.warnings``.
+
+    Args:
+        student_sweep, teacher_sweep: the sweeps (the teacher's None for a method that does
+            not read it, e.g. ``"cka"``).
+        circuit: the teacher heads to map to (None: every measured teacher head).
+        budget, one_to_one: student heads to map (a fraction or a count); an assignment.
+        student_heads: pair these heads instead of the budget's (the random-heads controls).
+        features: what else the method reads (the heads' ``z``: ``gather_features``); the
+            sweeps given here replace its own (a teacher sweep of None keeps its).
+        cost: a ready ``[student head, teacher head]`` cost over all heads in (layer, head)
+            order; the method is then ``"custom"``.
+        n_perm, seed: the permutation null of the CKA methods.
 
     Returns:
-        A :class:`HeadMap` (``kind="ablation"``) with the pairs and their distances.
+        A :class:`HeadMap` whose ``distances`` are the chosen pairs' costs, ``kind`` is
+        ``"ablation"`` for the impact method (else the method's name) and
+        ``config["method"]`` names the method.
+
+    >>> import torch
+    >>> from circuitlens.analysis.ablation import AblationConfig, AblationResult
+    >>> def sweep(d):
+    ...     d = torch.tensor(d)
+    ...     return AblationResult(1.0, 1.0, 1 - d, d, "m", AblationConfig())
+    >>> hm = map_heads(sweep([[0.3, 0.0], [0.1, 0.05]]), sweep([[0.0, 0.29, 0.12]]), budget=2)
+    >>> [(str(s), str(t)) for s, t in hm.pairs]
+    [('L0H0', 'L0H1'), ('L1H0', 'L0H2')]
     """
+    features = _with_sweeps(features, student_sweep, teacher_sweep)
+    spec = get_method(method) if cost is None else _custom(cost, features)
     if student_heads is None:
         students = choose_student_heads(student_sweep, budget)
     else:
         students = parse_heads(list(student_heads))
-    cands = _candidates(teacher_sweep, circuit)
-    ds = torch.tensor([float(student_sweep.delta[h.layer, h.head]) for h in students])
-    dt = torch.tensor([float(teacher_sweep.delta[h.layer, h.head]) for h in cands])
-    dist = (ds[:, None] - dt[None, :]).abs()  # [student, candidate]
-    if one_to_one:
-        from scipy.optimize import linear_sum_assignment
-
-        require_one_to_one(len(cands), len(students), "the set of candidate teacher heads")
-        rows, cols = linear_sum_assignment(dist.double().numpy())
-        pick = dict(zip(rows.tolist(), cols.tolist(), strict=True))
-        chosen = [pick[i] for i in range(len(students))]
-    else:
-        # argmin returns the first minimum: candidates are in (layer, head) order
-        chosen = dist.argmin(1).tolist()
-    warnings = map_warnings(
-        student_sweep, teacher_sweep, students, [cands[j] for j in chosen], dist, cands
-    )
+    cands = _teacher_candidates(features, circuit)
+    inputs = CostInputs(features, students, cands, {"n_perm": n_perm, "seed": seed})
+    dist = spec.cost_fn(inputs).float()  # [student, candidate]
+    if not bool(torch.isfinite(dist).all()):
+        raise ValueError(f"method {spec.name!r} gave a cost that is not finite")
+    chosen = assign(dist, one_to_one)
+    warnings = (spec.warn_fn or generic_warnings)(inputs, dist, chosen)
+    warnings += degenerate_warnings(dist, chosen, one_to_one, students, cands)
     for w in warnings:
-        log.warning("map_heads: %s", w)
-    config = {
-        "budget": budget,
-        "one_to_one": one_to_one,
-        "circuit": None if circuit is None else circuit.to_dict()["groups"],
-        "metric": student_sweep.config.metric,
-        "teacher_baseline": teacher_sweep.config.baseline,
-        "warnings": warnings,
-    }
+        log.warning("map_heads (%s): %s", spec.name, w)
+    config = _map_config(features, budget, one_to_one, circuit, warnings)
     if student_heads is not None:
         config["student_heads"] = [str(h) for h in students]
+    config["method"] = spec.name
+    config |= {k: v for k, v in inputs.extras.items() if k == "cka_null"}
     return HeadMap(
         pairs=[(s, cands[j]) for s, j in zip(students, chosen, strict=True)],
         distances=[float(dist[i, j]) for i, j in enumerate(chosen)],
-        kind="ablation",
+        kind="ablation" if spec.name == "impact" else spec.name,
         config=config,
+    )
+
+
+def check_map(
+    head_map: HeadMap,
+    student_sweep: AblationResult,
+    teacher_sweep: AblationResult | None,
+    features: CorrespondenceFeatures | None = None,
+) -> list[str]:
+    """The degenerate-assignment warning of a saved map, recomputed from its saved sweeps
+    (maps made before :func:`map_heads` checked it lack it).
+
+    The map's method (``config["method"]``, ``"impact"`` when absent), circuit, one-to-one
+    setting and student heads are read from the map; its cost is recomputed over the same
+    candidates. A random control map, a custom cost, a method that reads features not given
+    (``z``: pass ``features``) or a partner that is not a candidate: nothing to check, [].
+
+    Returns:
+        The warnings of :func:`~circuitlens.analysis.map_checks.degenerate_warnings` (zero or
+        one line).
+    """
+    method = head_map.config.get("method", "impact")
+    if head_map.kind == "random" or method not in METHODS or len(head_map) < 2:
+        return []
+    spec = METHODS[method]
+    features = replace(
+        features or CorrespondenceFeatures(student_sweep, teacher_sweep),
+        student_sweep=student_sweep,
+        teacher_sweep=teacher_sweep,
+    )
+    groups = head_map.config.get("circuit")
+    circuit = Circuit(groups) if groups else None
+    try:
+        cands = _teacher_candidates(features, circuit)
+        where = {h: j for j, h in enumerate(cands)}
+        chosen = [where[t] for t in head_map.teacher_heads]
+        students = head_map.student_heads
+        dist = spec.cost_fn(CostInputs(features, students, cands, {"n_perm": 0})).float()
+    except (KeyError, ValueError):
+        return []  # a partner outside the candidates, or features the method reads are absent
+    return degenerate_warnings(
+        dist, chosen, bool(head_map.config.get("one_to_one")), students, cands
     )
 
 
@@ -284,11 +400,84 @@ def random_map(
     )
 
 
+def permuted_map(
+    aligned: HeadMap,
+    student_sweep: AblationResult,
+    teacher_sweep: AblationResult,
+    seed: int = 0,
+) -> HeadMap:
+    """The control ``ce+permuted``: the map's student heads with the map's teacher heads,
+    the pairing permuted (seeded) so that no student head keeps its partner.
+
+    The permutation is a derangement of the partners *as heads*: where several student heads
+    share a partner (many-to-one), none of them gets that head back. Drawn uniformly by
+    rejection (seeded); where that finds none in 10,000 draws, by the classic construction
+    (positions sorted by partner, shifted by the largest group's size). It exists iff no
+    teacher head is the partner of more than half the pairs.
+
+    Raises:
+        ValueError: fewer than 2 pairs, or one teacher head partners more than half of them
+            (no pairing moves every head): both named.
+
+    Returns:
+        A :class:`HeadMap` (``kind="permuted"``) whose distances are ``|dP_s - dP_t|``.
+    """
+    students, partners = aligned.student_heads, aligned.teacher_heads
+    k = len(partners)
+    if k < 2:
+        raise ValueError(
+            f"ce+permuted needs a map of at least 2 pairs to permute (this map has {k}): "
+            "raise the budget, or leave ce+permuted out of the conditions"
+        )
+    most = max(partners.count(t) for t in set(partners))
+    if 2 * most > k:
+        raise ValueError(
+            f"ce+permuted: one teacher head partners {most} of the map's {k} pairs, so no "
+            "permutation gives every student head another partner (a many-to-one map that "
+            "collapsed): use a one-to-one map, or leave ce+permuted out of the conditions"
+        )
+    rng = random.Random(f"permuted:{seed}")
+    order = list(range(k))
+    for _ in range(10_000):
+        rng.shuffle(order)
+        if all(partners[order[i]] != partners[i] for i in range(k)):
+            break
+    else:  # sorted by partner, shifted by the largest group: no position meets its own head
+        by_head = sorted(range(k), key=lambda i: (partners[i].layer, partners[i].head))
+        order = [0] * k
+        for a, i in enumerate(by_head):
+            order[i] = by_head[(a + most) % k]
+    picked = [partners[order[i]] for i in range(k)]
+    dist = [
+        abs(
+            float(student_sweep.delta[s.layer, s.head])
+            - float(teacher_sweep.delta[t.layer, t.head])
+        )
+        for s, t in zip(students, picked, strict=True)
+    ]
+    config: dict[str, Any] = {
+        "budget": aligned.config.get("budget"),
+        "one_to_one": aligned.config.get("one_to_one"),
+        "seed": seed,
+        "method": aligned.config.get("method", "impact"),
+        "permuted": [[str(a), str(b)] for a, b in aligned.pairs],
+    }
+    return HeadMap(
+        pairs=list(zip(students, picked, strict=True)), distances=dist, kind="permuted",
+        config=config,
+    )  # fmt: skip
+
+
 __all__ = [
+    "TIE",
+    "assign",
     "budget_count",
+    "check_map",
     "choose_student_heads",
+    "degenerate_warnings",
     "map_heads",
     "map_warnings",
+    "permuted_map",
     "random_map",
     "teacher_candidates",
 ]

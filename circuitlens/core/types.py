@@ -183,7 +183,8 @@ class HeadMap:
         pairs: ``(student_head, teacher_head)`` in the order the student heads were chosen
             (given as :data:`HeadLike`, held as :class:`Head`).
         distances: ``|dP_s - dP_t|`` of each pair.
-        kind: ``"ablation"`` (closest impact) or ``"random"`` (the control).
+        kind: ``"ablation"`` (closest impact), another correspondence method's name,
+            ``"random"`` or ``"permuted"`` (the controls).
         config: the options that made the map.
     """
 
@@ -205,6 +206,12 @@ class HeadMap:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What in the map is decided by noise, by ties, or not by the cost at all (a line
+        containing "degenerate"): ``config["warnings"]`` ([] when none were recorded)."""
+        return list(self.config.get("warnings", []))
 
     def to_frame(self) -> Any:
         import pandas as pd

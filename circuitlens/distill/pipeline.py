@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,11 +21,8 @@ from torch import Tensor
 
 from circuitlens.analysis.ablation import AblationResult
 from circuitlens.analysis.cka import CKAWithNull
-from circuitlens.analysis.correspondence import (
-    CorrespondenceFeatures,
-    correspond_features,
-    head_z,
-)
+from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
+from circuitlens.analysis.correspondence import CorrespondenceFeatures, head_z
 from circuitlens.analysis.correspondence import get_method as get_correspondence_method
 from circuitlens.analysis.cost import estimate_distill_cost, report_cost
 from circuitlens.analysis.evaluation import circuit_only_scores, format_accuracy
@@ -262,6 +260,32 @@ def _val_accuracy(model: Any, task: Task, n: int) -> float:
     return evaluate(model, task, "val", min(n, have)) if have else float("nan")
 
 
+def map_features(
+    teacher: Any, student: Any, task: Task, method: str, s_sweep: AblationResult,
+    t_sweep: AblationResult,
+) -> CorrespondenceFeatures:
+    """What map ``method`` reads: the sweeps, and the heads' ``z`` on the sweep's prompts where
+    the method reads it."""  # fmt: skip
+    zs = zt = None
+    if "z" in get_correspondence_method(method).needs:
+        split, n = s_sweep.config.split, s_sweep.config.n
+        zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
+    return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt)
+
+
+def with_map_features(setup: Setup, teacher: Any, student: Any, task: Task) -> Setup:
+    """``setup`` with what its map method reads besides the sweeps (the heads' ``z``, which
+    ``setup.json`` does not keep), for the random-heads controls' partners; the setup itself
+    when the method reads the sweeps only or the features are there."""
+    method = setup.head_map.config.get("method", "impact")
+    if setup.features is not None or method not in CORRESPONDENCE_METHODS:
+        return setup
+    if "z" not in get_correspondence_method(method).needs:
+        return setup
+    f = map_features(teacher, student, task, method, setup.student_sweep, setup.teacher_sweep)
+    return dataclasses.replace(setup, features=f)
+
+
 def _setup_map(
     teacher: Any,
     student: Any,
@@ -270,19 +294,16 @@ def _setup_map(
     s_sweep: AblationResult,
     t_sweep: AblationResult,
     circuit: Circuit | None,
-) -> HeadMap:
-    """The setup's map: the closest impacts (:func:`~circuitlens.analysis.mapping.map_heads`, the
-    paper's), or ``config.map.method``'s partners for the same student heads (the heads' ``z``
-    on the sweep's prompts measured where the method reads it)."""
+) -> tuple[HeadMap, CorrespondenceFeatures]:
+    """The setup's map (:func:`~circuitlens.analysis.mapping.map_heads` by
+    ``config.map.method``: the closest impacts, the paper's, by default) and the features it
+    read (the heads' ``z`` on the sweep's prompts measured where the method reads it)."""
     m = config.map
-    if m.method == "impact":
-        return map_heads(s_sweep, t_sweep, circuit, m.budget, m.one_to_one)
-    zs = zt = None
-    if "z" in get_correspondence_method(m.method).needs:
-        split, n = s_sweep.config.split, s_sweep.config.n
-        zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    features = CorrespondenceFeatures(s_sweep, t_sweep, zs, zt)
-    return correspond_features(features, m.method, m.budget, m.one_to_one, circuit=circuit)
+    features = map_features(teacher, student, task, m.method, s_sweep, t_sweep)
+    head_map = map_heads(
+        s_sweep, t_sweep, circuit, m.budget, m.one_to_one, method=m.method, features=features
+    )
+    return head_map, features
 
 
 def prepare(
@@ -323,7 +344,7 @@ def prepare(
     t_sweep, s_sweep = kept_sweeps(
         teacher, student, task, config, progress, map_circuit, sweeps_dir
     )
-    head_map = _setup_map(teacher, student, task, config, s_sweep, t_sweep, map_circuit)
+    head_map, features = _setup_map(teacher, student, task, config, s_sweep, t_sweep, map_circuit)
     ft, fs = model_facts(teacher), model_facts(student)
     student_correct = _correct(student, task, n)
     teacher_correct = _correct(teacher, task, n)
@@ -357,6 +378,7 @@ def prepare(
         teacher_shape=(ft.n_layers, ft.n_heads, ft.n_kv_heads),
         student_shape=(fs.n_layers, fs.n_heads, fs.n_kv_heads),
         seconds=round(time.time() - t0, 1),
+        features=features,
     )
 
 

@@ -9,19 +9,26 @@ Each condition's pairs come from it (:meth:`Setup.condition_map`, through the re
 
 A reproduce run keeps it as ``<task>/setup.json``: :meth:`Setup.to_dict` writes the keys that
 file has always had, and :meth:`Setup.from_dict` reads them back (also from the committed run
-exports in ``benchmarks/results/``).
+exports in ``benchmarks/results/``), checking the saved map again from the saved sweeps
+(:func:`circuitlens.analysis.mapping.check_map`): a map saved before the degenerate-assignment
+check gains its warning.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from circuitlens.analysis.ablation import AblationResult
+from circuitlens.analysis.costs import CorrespondenceFeatures
+from circuitlens.analysis.mapping import check_map
 from circuitlens.core.io import json_ready
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.core.validate import require_keys
 from circuitlens.distill.conditions import Condition, condition_map
+
+log = logging.getLogger(__name__)
 
 #: the untrained references a setup measures (rows of the experiment's table)
 Role = Literal["student", "teacher"]
@@ -74,6 +81,8 @@ class Setup:
             (:func:`circuitlens.models.registry.model_fingerprint`; empty: not known).
         teacher_shape, student_shape: ``(n_layers, n_heads, n_kv_heads)``.
         seconds: wall time of the setup.
+        features: what the map method read besides the sweeps (the heads' ``z``), for the
+            random-heads controls' partners; not saved (None: the sweeps only).
     """
 
     task: str
@@ -95,6 +104,7 @@ class Setup:
     teacher_shape: tuple[int, int, int]
     student_shape: tuple[int, int, int]
     seconds: float
+    features: CorrespondenceFeatures | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:
         n = "no circuit" if self.circuit is None else f"{len(self.circuit.heads)} circuit heads"
@@ -132,9 +142,10 @@ class Setup:
     ) -> HeadMap:
         """The pairs one condition trains: the setup's map, or the condition's control drawn
         with ``seed`` (:func:`circuitlens.distill.conditions.condition_map`); random teacher
-        partners
-        come from the circuit's heads (``random_from_circuit``, when it has any) or from every
-        teacher head."""
+        partners come from the circuit's heads (``random_from_circuit``, when it has any) or
+        from every teacher head; random student heads are matched to the map's in trained
+        parameters (the student's K/V heads: ``student_shape``) and get their partners from
+        the map's method (``features``)."""
         circuit = self.map_circuit
         return condition_map(
             condition,
@@ -144,6 +155,8 @@ class Setup:
             circuit,
             seed,
             circuit if random_from_circuit else None,
+            n_kv_heads=self.student_shape[2],
+            features=self.features,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,13 +199,16 @@ class Setup:
         )  # fmt: skip
         nan = float("nan")
         circuit = d["circuit"]
+        teacher_sweep = AblationResult.from_dict(d["teacher_sweep"])
+        student_sweep = AblationResult.from_dict(d["student_sweep"])
+        head_map = rechecked(HeadMap.from_dict(d["head_map"]), student_sweep, teacher_sweep)
         return cls(
             task=d["task"],
             circuit=None if circuit is None else Circuit.from_dict(circuit),
             circuit_note=d["circuit_note"],
-            teacher_sweep=AblationResult.from_dict(d["teacher_sweep"]),
-            student_sweep=AblationResult.from_dict(d["student_sweep"]),
-            head_map=HeadMap.from_dict(d["head_map"]),
+            teacher_sweep=teacher_sweep,
+            student_sweep=student_sweep,
+            head_map=head_map,
             teacher_accuracy=d["teacher_accuracy"],
             student_accuracy=d["student_accuracy"],
             student_test_correct=tuple(d["student_test_correct"]),
@@ -210,6 +226,21 @@ class Setup:
         )  # fmt: skip
 
 
+def rechecked(
+    head_map: HeadMap, student_sweep: AblationResult, teacher_sweep: AblationResult
+) -> HeadMap:
+    """``head_map`` with the warnings :func:`~circuitlens.analysis.mapping.check_map` finds
+    from the saved sweeps added where the saved map lacks them (logged); the map itself when
+    it has them all."""
+    have = head_map.warnings
+    new = [w for w in check_map(head_map, student_sweep, teacher_sweep) if w not in have]
+    if not new:
+        return head_map
+    for w in new:
+        log.warning("saved map, checked again: %s", w)
+    return replace(head_map, config=head_map.config | {"warnings": [*have, *new]})
+
+
 #: the keys of ``setup.json`` (:meth:`Setup.to_dict`), in order
 SETUP_KEYS = (
     "task", "circuit", "circuit_note", "teacher_sweep", "student_sweep", "head_map",
@@ -220,4 +251,4 @@ SETUP_KEYS = (
 )  # fmt: skip
 
 
-__all__ = ["SETUP_KEYS", "Reference", "Role", "Setup", "SetupError"]
+__all__ = ["SETUP_KEYS", "Reference", "Role", "Setup", "SetupError", "rechecked"]

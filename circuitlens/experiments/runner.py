@@ -20,7 +20,7 @@ from circuitlens.core.progress import heartbeat
 from circuitlens.core.rundir import die_with_parent, read_json, record_workers, run_directory
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.distill.conditions import get_condition
-from circuitlens.distill.pipeline import prepare, train_condition
+from circuitlens.distill.pipeline import prepare, train_condition, with_map_features
 from circuitlens.distill.setup import Setup
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.experiments.cell import Cell
@@ -551,6 +551,8 @@ def _run_task(
         atomic_write_text(setup_file, _json_dump(setup.to_dict()))
         # the cells read the setup as a resumed run does: from its file
         setup = _read_setup(setup_file, t)
+    if any(get_condition(c).heads == "random" for c, _ in cells):  # their partners: the method's
+        setup = with_map_features(setup, teacher, student, task)
     # one student in memory, put back to its untrained weights before each cell (what a
     # fresh load gives, bit for bit, without loading it again); one teacher cache per task
     untrained = _weights(student)

@@ -389,17 +389,21 @@ def _task_section(result: ExperimentResult, task: str, setup: Setup) -> list[str
         if c.task == task and get_condition(c.condition).partners == "random"
     }
     parts.append(f"<section id='{esc(task)}-mapping'><h3>Head mapping</h3>")
+    method = head_map.config.get("method", "impact")
+    how = f"its partner by the <code>{esc(method)}</code> map"
+    how = "the teacher head of closest ablation impact" if method == "impact" else how
     parts.append(
         f"<p>{len(head_map)} student head(s) of <code>{esc(student_spec)}</code> trained, "
-        f"each aligned with the teacher head of closest ablation impact.</p>"
+        f"each aligned with {how}.</p>"
     )
     parts.append(mapping_svg(head_map, controls))
     # copies named for the page: the result's setup is left as it was read
     t_sweep = dataclasses.replace(setup.teacher_sweep, model_name=teacher_spec)
     s_sweep = dataclasses.replace(setup.student_sweep, model_name=student_spec)
     parts.append(pairs_table_html(head_map, s_sweep, t_sweep))
-    for warning in head_map.config.get("warnings", []):
-        parts.append(f"<p class='note'>⚠ {esc(warning)}</p>")
+    for w in sorted(head_map.warnings, key=lambda w: "degenerate" not in w):  # it qualifies all
+        text = f"⚠ {esc(w)}"
+        parts.append(f"<p class='note'>{f'<b>{text}</b>' if 'degenerate' in w else text}</p>")
     parts.append("</section>")
     # ablation
     parts.append(f"<section id='{esc(task)}-ablation'><h3>Mean-ablation impact</h3>")

@@ -229,3 +229,24 @@ def test_the_sweep_keeps_each_prompts_impact(exact_copy: Any) -> None:
         correspond_features(
             CorrespondenceFeatures(AblationResult.from_dict(old), features.teacher_sweep), "profile"
         )
+
+
+def test_the_own_baseline_and_what_noise_does_to_behaviour(teacher: Any, task: Any) -> None:
+    """A model mapped to itself: the identity is the answer (CKA finds it); the KL of the model
+    from itself is 0, from an exact relabelling ~0 (float rounding), from a noisy copy > 0."""
+    from circuitlens.analysis.known_answer import behaviour_change, identity_permutation
+
+    ident = identity_permutation(teacher)
+    assert len(ident) == 32 and all(h == k for h, k in ident.items())
+    same = behaviour_change(teacher, teacher, task, n=16)
+    assert same.kl == 0.0 and same.accuracy == same.original_accuracy and same.n == 16
+    exact, _ = permuted_copy(teacher, seed=0)
+    relabelled = behaviour_change(teacher, exact, task, n=16)
+    assert relabelled.kl < 1e-6 and relabelled.accuracy == same.accuracy
+    noisy, _ = permuted_copy(teacher, seed=0, noise=0.1)
+    changed = behaviour_change(teacher, noisy, task, n=16)
+    assert changed.kl > 1e-4 and changed.original_accuracy == same.accuracy
+    assert set(changed.to_dict()) == {"accuracy", "original_accuracy", "kl", "n"}
+    features = gather_features(teacher, teacher, task, ("z",), n=16, n_boot=0)
+    own = map_heads(features.student_sweep, None, None, 1.0, True, method="cka", features=features)
+    assert recovery(own, ident) == 1.0

@@ -215,6 +215,14 @@ def test_random_heads_control_trains_as_many_random_heads(make_llama_dir) -> Non
     want = head_parameter_masks(load_model(student), rand.head_map.student_heads)
     assert set(rand.masks) == set(want)
     assert all(torch.equal(rand.masks[n], want[n]) for n in want)  # those heads' slices only
+    # matched in trained parameters (as many K/V groups as the mapped heads)
+    assert rand.metrics["param_fraction"] == aligned.metrics["param_fraction"]
+    # their partners come from the configured map method (cka reads z, measured by prepare)
+    by_cka = distill_circuit(
+        teacher, student, task, steps=1, condition="random-heads+align", map_method="cka", **fast
+    )
+    assert by_cka.head_map.config["method"] == "cka"
+    assert by_cka.head_map.student_heads == rand.head_map.student_heads
 
 
 def test_prepare_is_the_setup_distill_circuit_measures(make_llama_dir) -> None:

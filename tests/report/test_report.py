@@ -338,3 +338,21 @@ def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None
 def test_experiment_result_prints_short(report: Path) -> None:
     text = repr(ExperimentResult.load(report.parent))
     assert text.startswith("ExperimentResult(") and "6/6 cells done" in text and len(text) < 300
+
+
+def test_a_degenerate_map_is_shown_first() -> None:
+    """The committed real SmolLM2 run, re-read: its map's degenerate-assignment warning (found
+    again from the saved sweeps) is on the page, in bold, before the other warnings."""
+    from circuitlens.distill.setup import Setup
+    from circuitlens.report.page import _task_section
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    doc = json.loads((results / "reproduce-real-exact.json").read_text())
+    setup = Setup.from_dict(doc["setups"]["entity_tracking"])
+    cfg = ExperimentConfig(tasks=("entity_tracking",), conditions=("ce",), seeds=(0,))
+    result = ExperimentResult(results, cfg, {"entity_tracking": setup}, [])
+    html = "".join(_task_section(result, "entity_tracking", setup))
+    mapping = _section(html, "entity_tracking-mapping")
+    bold = mapping.index("<b>⚠ degenerate assignment")
+    assert bold < mapping.index("⚠ student head(s)")
+    assert "closest ablation impact" in mapping

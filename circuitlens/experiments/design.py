@@ -326,7 +326,7 @@ def contrast_verdict(
     if holds_0 and holds_e:
         meaning = "undecided"
     elif holds_0:
-        meaning = f"no difference as large as {e(effect)}, nor any shown"
+        meaning = f"no difference shown, and any is below {e(effect)}"
     elif high < 0:
         meaning = f"{a} is lower"
     elif holds_e:

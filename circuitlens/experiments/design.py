@@ -39,14 +39,11 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from circuitlens.core.validate import ConfigError, check_fields, check_sequence
-
-if TYPE_CHECKING:
-    from circuitlens.experiments.config import ExperimentConfig
 
 #: the default primary family: the method against CE (where both conditions are run)
 DEFAULT_PRIMARY = ("ce+align - ce",)
@@ -257,9 +254,14 @@ def plan_seeds(
 
 
 # -- before the run, and after it ------------------------------------------------------------
-def design_note(cfg: ExperimentConfig) -> str | None:
+def design_note(cfg: Any) -> str | None:
     """Said before any work: why the run is exploratory (no primary contrast, or too few seeds
-    for its primary family to reject at any effect size); None when the design can reject."""
+    for its primary family to reject at any effect size); None when the design can reject.
+
+    Args:
+        cfg: an :class:`~circuitlens.experiments.config.ExperimentConfig` (typed ``Any``: the
+            config imports this module, and an import back would be a cycle).
+    """
     family, d = cfg.primary_contrasts(), cfg.design
     n = len(cfg.seeds)
     if not family:
@@ -277,7 +279,7 @@ def design_note(cfg: ExperimentConfig) -> str | None:
     )
 
 
-def warn_design(cfg: ExperimentConfig) -> str | None:
+def warn_design(cfg: Any) -> str | None:
     """Log :func:`design_note` as a warning (``run_experiment`` calls this before any work);
     returns it."""
     note = design_note(cfg)
@@ -286,7 +288,7 @@ def warn_design(cfg: ExperimentConfig) -> str | None:
     return note
 
 
-def is_exploratory(cfg: ExperimentConfig) -> bool:
+def is_exploratory(cfg: Any) -> bool:
     """The run's design cannot reject (:func:`design_note` says why)."""
     return design_note(cfg) is not None
 

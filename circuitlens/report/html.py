@@ -45,7 +45,7 @@ COLUMN_NAMES = {
     "p_t": "p (paired t)",
     "p_holm": "p (sign-flip, Holm)",
     "power": "power at the effect of interest",
-    "role": "contrast",
+    "role": "primary or exploratory",
     "per_seed_mcnemar": "McNemar p per seed",
 }
 

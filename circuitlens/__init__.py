@@ -28,6 +28,13 @@ from circuitlens.distill.result import DistillResult
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
+from circuitlens.experiments.design import (
+    DesignConfig,
+    design_can_reject,
+    min_seeds_to_reject,
+    plan_seeds,
+    sign_flip_power,
+)
 from circuitlens.models import real, zoo  # noqa: F401
 from circuitlens.models.registry import (
     ModelFacts,
@@ -63,6 +70,7 @@ __all__ = [
     "CircuitStageError",
     "CircuitTrainer",
     "Condition",
+    "DesignConfig",
     "DeviceError",
     "DistillConfig",
     "DistillResult",
@@ -85,6 +93,7 @@ __all__ = [
     "check_device",
     "cka",
     "cka_with_null",
+    "design_can_reject",
     "correspond",
     "distill_circuit",
     "train_condition",
@@ -100,8 +109,10 @@ __all__ = [
     "make_metric",
     "map_heads",
     "mean_ablated",
+    "min_seeds_to_reject",
     "model_facts",
     "path_patch",
+    "plan_seeds",
     "plot_ablation",
     "plot_circuit",
     "plot_patching",
@@ -112,6 +123,7 @@ __all__ = [
     "registered_models",
     "rbf_cka",
     "run_experiment",
+    "sign_flip_power",
     "tokenize_prompts",
     "write_report",
 ]

@@ -1,5 +1,5 @@
 """The ``circuitlens`` command: ``reproduce``, ``demo``, ``distill``, ``list``, ``zoo list|train``,
-``real list|build``."""
+``real list|build``, ``plan``."""
 
 from __future__ import annotations
 
@@ -471,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=_zoo_train, resumes=_zoo_train_dir)
 
     _real_parser(sub)
+    _plan_parser(sub)
     return p
 
 
@@ -649,6 +650,131 @@ def _real_parser(sub: Any) -> None:
     rb.add_argument("--fresh", action="store_true", help="ignore the checkpoint in OUT/build")
     rb.add_argument("--threads", type=int, default=None, help="torch threads")
     rb.set_defaults(fn=_real_build, resumes=_real_build_dir)
+
+
+def _plan_parser(sub: Any) -> None:
+    plan = sub.add_parser(
+        "plan",
+        help="seeds a design needs: the exact sign-flip test's power at an effect and sd",
+        description="The fewest seeds whose exact two-sided sign-flip test, at Holm's first "
+        "level alpha / contrasts, detects per-seed paired differences Normal(effect, sd) with "
+        "the given power (circuitlens.plan_seeds), and the power table. Give --effect and "
+        "--sd, or --from a finished run to read the paired sd of its primary contrasts (and "
+        "its design's effect, alpha and contrasts unless given).",
+    )
+    plan.add_argument(
+        "--effect",
+        type=float,
+        default=None,
+        help="mean paired difference to "
+        "detect, in accuracy (e.g. 0.03; --from: the run's design.effect)",
+    )
+    plan.add_argument(
+        "--sd",
+        type=float,
+        default=None,
+        help="sd of the per-seed paired differences (--from: measured)",
+    )
+    plan.add_argument(
+        "--contrasts",
+        type=int,
+        default=None,
+        help="primary contrasts, Holm-adjusted together (default 1; --from: the "
+        "run's declared family)",
+    )
+    plan.add_argument("--alpha", type=float, default=None, help="familywise level (0.05)")
+    plan.add_argument("--power", type=float, default=None, help="wanted power (0.8)")
+    plan.add_argument(
+        "--from",
+        dest="run",
+        default=None,
+        metavar="RUN_DIR",
+        help="a finished run directory (cells in TASK/CONDITION/seedS/cell.json)",
+    )
+    plan.add_argument("--max-seeds", type=int, default=20, help="most seeds considered (20)")
+    plan.add_argument("--sims", type=int, default=4000, help="simulated samples per n (4000)")
+    plan.set_defaults(fn=_plan)
+
+
+def _plan_inputs(
+    args: argparse.Namespace,
+) -> tuple[list[tuple[str, float]], float, float, float, int]:
+    """The (what, sd) to plan for, and the effect, alpha, power and contrasts: the flags, and
+    with ``--from`` the run's measured paired sds and its design for what the flags leave."""
+    from circuitlens.experiments.design import DesignConfig
+
+    d = DesignConfig()
+    if args.run is None:
+        if args.effect is None or args.sd is None:
+            raise ValueError("plan needs --effect and --sd, or --from RUN_DIR (a finished run)")
+        sds = [("", args.sd)]
+        contrasts = args.contrasts or 1
+    else:
+        import numpy as np
+
+        from circuitlens.experiments import ExperimentResult
+
+        result = ExperimentResult.load(args.run)
+        d = result.config.design
+        primary = result.config.primary_contrasts()
+        if not primary:
+            raise ValueError(
+                f"{args.run}: the run declares no primary contrast "
+                "(design.primary); give --effect and --sd"
+            )
+        comp = result.comparisons(n_boot=1)
+        comp = comp[(comp.role == "primary") & (comp.n_seeds > 1)]
+        sds = [
+            (f"{t}: {c} ({n} seeds)", args.sd or float(np.std(diffs, ddof=1)))
+            for t, c, n, diffs in zip(
+                comp.task, comp.contrast, comp.n_seeds, comp.diffs, strict=True
+            )
+        ]
+        if not sds:
+            raise ValueError(
+                f"{args.run}: no primary contrast ({', '.join(primary)}) has two "
+                "seeds of both conditions yet: no paired sd to read; give --sd"
+            )
+        contrasts = args.contrasts or len(primary)
+    effect = d.effect if args.effect is None else args.effect
+    alpha = d.alpha if args.alpha is None else args.alpha
+    power = d.power if args.power is None else args.power
+    return sds, effect, alpha, power, contrasts
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from circuitlens.experiments.design import (
+        min_seeds_to_reject,
+        plan_seeds,
+        power_rows,
+        sign_flip_power,
+    )
+
+    sds, effect, alpha, power, m = _plan_inputs(args)
+    least = min_seeds_to_reject(m, alpha)
+    print(
+        f"exact two-sided sign-flip test over seeds at alpha/{m} = {alpha / m:.3g} (Holm's "
+        f"first step over {m} primary contrast(s)); power by {args.sims} simulated samples "
+        f"(standard error <= {0.5 / args.sims**0.5:.3f}); effect {effect:+g}, wanted power "
+        f"{power:g}; no design of fewer than {least} seeds can reject at all (2/2^n > "
+        f"alpha/{m})"
+    )
+    for what, sd in sds:
+        try:
+            n = plan_seeds(effect, sd, m, alpha, power, args.max_seeds, args.sims)
+            needed = str(n)
+        except ValueError:
+            n = args.max_seeds
+            at_max = sign_flip_power(effect, sd, n, m, alpha, args.sims)
+            needed = f"more than {n} (power {at_max:.3f} at {n})"
+        print(f"\n{what + ': ' if what else ''}paired sd {sd:.4g}: seeds needed {needed}")
+        print("seeds  smallest p  can reject  power")
+        for row in power_rows(effect, sd, m, alpha, range(2, n + 1), args.sims):
+            print(
+                f"{row['seeds']:>5}  {row['smallest p']:>10.4g}  "
+                f"{'yes' if row['can reject'] else 'no':>10}  {row['power']:>5.3f}"
+            )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

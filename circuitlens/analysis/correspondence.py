@@ -266,5 +266,3 @@ def correspond(
         n_perm=n_perm,
         seed=seed,
     )
-
-

@@ -261,7 +261,11 @@ def _val_accuracy(model: Any, task: Task, n: int) -> float:
 
 
 def map_features(
-    teacher: Any, student: Any, task: Task, method: str, s_sweep: AblationResult,
+    teacher: Any,
+    student: Any,
+    task: Task,
+    method: str,
+    s_sweep: AblationResult,
     t_sweep: AblationResult,
 ) -> CorrespondenceFeatures:
     """What map ``method`` reads: the sweeps, and the heads' ``z`` on the sweep's prompts where

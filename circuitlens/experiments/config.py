@@ -12,6 +12,7 @@ from circuitlens.analysis.patching.circuits import CircuitConfig
 from circuitlens.core.validate import ConfigError, check_fields, check_sequence
 from circuitlens.distill.conditions import LABELS, condition_names, get_condition  # noqa: F401 (LABELS re-exported)
 from circuitlens.distill.config import DistillConfig, build, read_config_file, refuse_unknown_keys
+from circuitlens.experiments.design import DEFAULT_PRIMARY, DesignConfig, parse_contrast
 
 #: the untrained rows every table may hold beside the trained conditions
 UNTRAINED = ("student", "teacher")
@@ -155,6 +156,9 @@ class ExperimentConfig:
             ``Circuit.to_dict()["groups"]``), used instead of searching (needs
             ``use_circuit``); tasks not named here are searched. The config then carries the
             circuit it mapped into.
+        design: the design declared before the run (:class:`DesignConfig`: the primary
+            contrasts, Holm-adjusted together, alpha, the effect of interest); a config saved
+            without it reads as the default.
     """
 
     tasks: tuple[str, ...] | list[str] = TASKS
@@ -170,6 +174,7 @@ class ExperimentConfig:
     format_accuracy: bool = True
     circuits: dict[str, dict[str, list[str]]] | None = None
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    design: DesignConfig = field(default_factory=DesignConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", check_sequence(self.tasks, str, "tasks"))
@@ -216,6 +221,33 @@ class ExperimentConfig:
             object.__setattr__(
                 self, "circuits", _check_circuits(self.circuits, self.use_circuit, self.tasks)
             )
+        if not isinstance(self.design, DesignConfig):
+            raise ConfigError(f"ExperimentConfig.design must be a DesignConfig or a table of its "
+                              f"options (got {type(self.design).__name__})")  # fmt: skip
+        for contrast in self.design.primary or ():
+            names = parse_contrast(contrast)
+            absent = [c for c in names if c not in self.conditions]
+            if absent:
+                raise ConfigError(
+                    f"design.primary: contrast {contrast!r} names {absent}, not among the run's "
+                    f"conditions {list(self.conditions)}; add them to conditions or drop the "
+                    "contrast"
+                )
+            untrained = [c for c in names if c in ("student", "teacher")]
+            if untrained:
+                raise ConfigError(
+                    f"design.primary: contrast {contrast!r} names {untrained}, untrained (no "
+                    "seeds to compare); contrast trained conditions"
+                )
+
+    def primary_contrasts(self) -> tuple[str, ...]:
+        """The declared primary family: ``design.primary``, or by default ``"ce+align - ce"``
+        when the run has both conditions (else none: the run is exploratory)."""
+        if self.design.primary is not None:
+            return tuple(self.design.primary)
+        return tuple(
+            c for c in DEFAULT_PRIMARY if all(x in self.conditions for x in parse_contrast(c))
+        )
 
     def _check_task_options(self) -> None:
         """Each task names a task type of the live registry, with options that build it."""
@@ -313,6 +345,7 @@ class ExperimentConfig:
                 raise ConfigError("experiment config: circuit_n given beside a ready circuit")
             circuit = {**circuit, "n": d.pop("circuit_n")}
         d["circuit"] = build(CircuitConfig, circuit, "experiment config [circuit]")
+        d["design"] = build(DesignConfig, d.get("design", {}), "experiment config [design]")
         if isinstance(d.get("models"), dict):
             d["models"] = _default_models() | d["models"]
         try:
@@ -349,6 +382,8 @@ class ExperimentConfig:
             d["distill"] = d["distill"].to_dict()
         if isinstance(d["circuit"], CircuitConfig):
             d["circuit"] = dataclasses.asdict(d["circuit"])
+        if isinstance(d["design"], DesignConfig):
+            d["design"] = dataclasses.asdict(d["design"])
         if sub:
             d["distill"] = DistillConfig.from_dict(d["distill"]).with_overrides(**sub).to_dict()
         return ExperimentConfig.from_dict(d)

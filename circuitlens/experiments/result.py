@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.rundir import read_json
 from circuitlens.distill.conditions import BASELINE
@@ -21,8 +23,8 @@ from circuitlens.experiments.tables import MCNEMAR_P, MCNEMAR_POOLED, signed  # 
 
 #: the columns of :meth:`ExperimentResult.comparisons`, in order
 COMPARISON_COLUMNS = (
-    "task", "A", "B", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_sign_flip", "p_t",
-    "p_holm", "mdd", "verdict", "per_seed_mcnemar", "seeds", "diffs", "condition",
+    "task", "A", "B", "role", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_sign_flip", "p_t",
+    "p_holm", "power", "verdict", "per_seed_mcnemar", "seeds", "diffs", "condition", "contrast",
 )  # fmt: skip
 
 
@@ -128,30 +130,38 @@ class ExperimentResult:
         return tables.cka_table(self.cells)
 
     def comparisons(self, n_boot: int = 2000) -> Any:
-        """Each trained condition against CE with the seed as the unit, per task.
+        """The declared primary contrasts, then each other trained condition against CE, with
+        the seed as the unit, per task.
 
-        For every task and every trained condition of the config (the baseline
-        :data:`~circuitlens.distill.conditions.BASELINE` and the untrained references excepted) that
-        shares seeds with CE, :func:`~circuitlens.experiments.stats.compare_seeds` of its
-        per-prompt test correctness (``test_correct`` of its cells) against CE's over those
-        seeds; the sign-flip p's of a task are Holm-adjusted together
-        (:func:`~circuitlens.experiments.stats.compare_family`). Only the cells are read, so
-        every number can be recomputed from the run's ``cell.json`` files.
+        Per task, first every primary contrast of the design
+        (:meth:`~circuitlens.experiments.config.ExperimentConfig.primary_contrasts`), then every
+        other trained condition of the config against CE (the baseline
+        :data:`~circuitlens.distill.conditions.BASELINE`), each over the seeds both conditions
+        have: :func:`~circuitlens.experiments.stats.compare_seeds` of their per-prompt test
+        correctness (``test_correct`` of their cells). The sign-flip p's of the primary family
+        are Holm-adjusted together (a primary contrast not yet tested over 2 seeds counts as
+        p = 1, so the family is the declared one); the other rows are exploratory, reported
+        with their unadjusted p. Only the cells are read, so every number can be recomputed
+        from the run's ``cell.json`` files.
 
         Args:
             n_boot: replicates of the two-way (seeds x prompts) bootstrap interval (its seed is
                 fixed: the same cells give the same table).
 
         Returns:
-            A pandas frame, one row per comparison: ``task``, ``A``, ``B`` (labels),
-            ``n_seeds``, ``mean_diff`` (mean over seeds of A's accuracy minus B's),
-            ``ci_low``/``ci_high`` (95% interval), ``p_sign_flip`` (the primary p), ``p_t``,
-            ``p_holm``, ``mdd`` (smallest difference detectable at 80% power), ``verdict`` (the
-            sentence of :meth:`~circuitlens.experiments.stats.SeedComparison.verdict`), and
-            per seed (sorted): ``per_seed_mcnemar`` (McNemar's exact p within the seed),
-            ``seeds``, ``diffs``; ``condition`` is A's name. With one shared seed no
-            seed-level test exists: the row has the seed's difference, NaN intervals and p's
-            and a verdict saying so.
+            A pandas frame, one row per comparison: ``task``, ``A``, ``B`` (labels), ``role``
+            (``"primary"`` or ``"exploratory"``), ``n_seeds``, ``mean_diff`` (mean over seeds
+            of A's accuracy minus B's), ``ci_low``/``ci_high`` (95% two-way seed x prompt
+            bootstrap interval), ``p_sign_flip`` (exact, unadjusted), ``p_t``, ``p_holm``
+            (primary rows only), ``power`` (the test's power at the design's effect of
+            interest, at these seeds and the observed sd of the per-seed differences, level
+            alpha / family size for a primary row:
+            :func:`~circuitlens.experiments.design.sign_flip_power`), ``verdict``
+            (:func:`~circuitlens.experiments.design.contrast_verdict`), and per seed (sorted):
+            ``per_seed_mcnemar`` (McNemar's exact p within the seed), ``seeds``, ``diffs``;
+            ``condition`` is A's name and ``contrast`` the ``"A - B"`` of names. With one
+            shared seed no seed-level test exists: the row has the seed's difference, NaN
+            intervals, p's and power, and a verdict saying so.
         """
         import pandas as pd
 
@@ -167,56 +177,83 @@ class ExperimentResult:
         }
 
     def _task_comparisons(self, task: str, n_boot: int) -> list[dict[str, Any]]:
-        """The rows of :meth:`comparisons` for one task (its Holm family)."""
-        from circuitlens.experiments.stats import compare_family, compare_seeds, mcnemar
+        """The rows of :meth:`comparisons` for one task: the declared primary contrasts
+        (Holm-adjusted together), then each other trained condition against CE
+        (exploratory)."""
+        from circuitlens.experiments.design import parse_contrast
+        from circuitlens.experiments.stats import compare_seeds, holm, mcnemar
 
-        base = self._scores(task, BASELINE)
-        shared: list[tuple[str, list[int], dict[int, list[int]]]] = []
-        for c in self.config.conditions:
-            if c in ("student", "teacher", BASELINE):
+        cfg = self.config
+        primary = [parse_contrast(c) for c in cfg.primary_contrasts()]
+        others = [c for c in cfg.conditions if c not in ("student", "teacher", BASELINE)]
+        pairs = primary + [(c, BASELINE) for c in others if (c, BASELINE) not in primary]
+        rows = []
+        for a, b in pairs:
+            sa, sb = self._scores(task, a), self._scores(task, b)
+            seeds = sorted(set(sa) & set(sb))
+            if not seeds:
                 continue
-            scores = self._scores(task, c)
-            seeds = sorted(set(scores) & set(base))
-            if seeds:
-                shared.append((c, seeds, scores))
-        tested = compare_family(
-            [
-                compare_seeds(
-                    {s: a[s] for s in seeds},
-                    {s: base[s] for s in seeds},
-                    LABELS[c],
-                    LABELS[BASELINE],
-                    n_boot=n_boot,
-                )
-                for c, seeds, a in shared
-                if len(seeds) > 1
-            ]
-        )
-        rows, done = [], iter(tested)
-        for c, seeds, a in shared:
+            role = "primary" if (a, b) in primary else "exploratory"
             if len(seeds) > 1:
-                comp = next(done)
+                comp = compare_seeds(
+                    {s: sa[s] for s in seeds}, {s: sb[s] for s in seeds}, LABELS[a], LABELS[b],
+                    n_boot=n_boot,
+                )  # fmt: skip
                 d = comp.to_dict()
-                row = {k: v for k, v in d.items() if k not in ("a", "b")}
-                row |= {"A": comp.a, "B": comp.b, "verdict": comp.verdict()}
+                row = {k: v for k, v in d.items() if k not in ("a", "b", "mdd")}
+                row |= {"A": comp.a, "B": comp.b}
             else:
                 (s,) = seeds
-                diff = sum(a[s]) / len(a[s]) - sum(base[s]) / len(base[s])
-                nan = float("nan")
-                row = dict.fromkeys(("ci_low", "ci_high", "p_sign_flip", "p_t", "p_holm"), nan)
+                diff = sum(sa[s]) / len(sa[s]) - sum(sb[s]) / len(sb[s])
+                row = dict.fromkeys(("ci_low", "ci_high", "p_sign_flip", "p_t"), float("nan"))
                 row |= {
-                    "A": LABELS[c],
-                    "B": LABELS[BASELINE],
+                    "A": LABELS[a],
+                    "B": LABELS[b],
                     "n_seeds": 1,
                     "mean_diff": diff,
-                    "mdd": nan,
                     "diffs": [diff],
-                    "per_seed_mcnemar": [mcnemar(a[s], base[s]).p],
-                    "verdict": f"{LABELS[c]} \u2212 {LABELS[BASELINE]} = {signed(diff)} on "
-                    "the one seed both have (1 seed: no seed-level test)",
+                    "per_seed_mcnemar": [mcnemar(sa[s], sb[s]).p],
                 }
-            rows.append(row | {"task": task, "seeds": seeds, "condition": c})
+            rows.append(
+                row
+                | {"task": task, "seeds": seeds, "condition": a, "contrast": f"{a} - {b}"}
+                | {"role": role}
+            )
+        # Holm over the declared family: a contrast not yet tested over seeds counts as p = 1
+        family = [r for r in rows if r["role"] == "primary" and r["n_seeds"] > 1]
+        adjusted = holm([r["p_sign_flip"] for r in family] + [1.0] * (len(primary) - len(family)))
+        for r in rows:
+            r["p_holm"] = adjusted[family.index(r)] if r in family else float("nan")
+            r |= {"power": self._power(r, len(primary)), "verdict": self._verdict(r)}
         return rows
+
+    def _power(self, row: dict[str, Any], family: int) -> float:
+        """The design's power at the effect of interest, at the row's seeds and the observed
+        sd of its per-seed differences (Holm's first step for a primary contrast)."""
+        from circuitlens.experiments.design import sign_flip_power
+
+        if row["n_seeds"] < 2:
+            return float("nan")
+        d = self.config.design
+        m = family if row["role"] == "primary" else 1
+        sd = float(np.std(row["diffs"], ddof=1))
+        return sign_flip_power(d.effect, sd, row["n_seeds"], m, d.alpha)
+
+    def _verdict(self, row: dict[str, Any]) -> str:
+        from circuitlens.experiments.design import contrast_verdict
+
+        a, b = row["A"], row["B"]
+        if row["n_seeds"] < 2:
+            return (f"{'' if row['role'] == 'primary' else '[exploratory] '}{a} \u2212 {b} = "
+                    f"{signed(row['mean_diff'])} on the one seed both have (1 seed: no "
+                    "seed-level test)")  # fmt: skip
+        primary = row["role"] == "primary"
+        d = self.config.design
+        return contrast_verdict(
+            a, b, row["mean_diff"], row["ci_low"], row["ci_high"],
+            row["p_holm"] if primary else row["p_sign_flip"], row["n_seeds"], d.effect, d.alpha,
+            primary,
+        )  # fmt: skip
 
     def markdown(self, table: Any = None) -> str:
         """The tables as Markdown, with what each column means; first the seed-level
@@ -231,7 +268,15 @@ class ExperimentResult:
             mcnemar=self.mcnemar_table(),
             setups=self.setups,
             targets=self._targets(),
+            design_note=self.design_note(),
         )
+
+    def design_note(self) -> str | None:
+        """Why the run is exploratory, as said before it ran
+        (:func:`~circuitlens.experiments.design.design_note`); None: its design can reject."""
+        from circuitlens.experiments.design import design_note
+
+        return design_note(self.config)
 
     def curves(self) -> Any:
         """Long table of the training curves: task, condition, seed, step, val accuracy/CKA

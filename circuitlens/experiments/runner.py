@@ -25,6 +25,7 @@ from circuitlens.distill.setup import Setup
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import UNTRAINED, ExperimentConfig
+from circuitlens.experiments.design import warn_design
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
@@ -321,6 +322,7 @@ def run_experiment(
     """
     check_device(device)  # before any work: a run on a device there is not fails at once
     cfg = config or ExperimentConfig()
+    warn_design(cfg)  # before any work: a design that cannot reject is exploratory
     if jobs != "auto" and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a whole number >= 1 or 'auto' (got {jobs!r})")
     directory = Path(directory)

@@ -275,9 +275,10 @@ def markdown(
     mcnemar: Any,
     setups: dict[str, Setup],
     targets: dict[str, float | None],
+    design_note: str | None = None,
 ) -> str:
     """The tables as Markdown, with what each column means; first the seed-level
-    comparison of each condition with CE (``comparisons``), its verdicts leading.
+    comparisons (``comparisons``), their verdicts leading.
 
     Args:
         table: :func:`main_table`; empty: :data:`NO_CELLS`.
@@ -286,10 +287,13 @@ def markdown(
         mcnemar: :func:`mcnemar_table`.
         setups: per task, its setup (the head maps).
         targets: per task of the run, in order, its convergence target (None: none).
+        design_note: why the run is exploratory
+            (:func:`~circuitlens.experiments.design.design_note`), said first; None: its
+            design can reject.
     """
     if table.empty:
         return NO_CELLS
-    lines = _comparisons_markdown(comparisons)
+    lines = _comparisons_markdown(comparisons, design_note)
     lines += [_main_markdown(table), ""]
     for t, target in targets.items():
         if target is not None:
@@ -300,15 +304,17 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def _comparisons_markdown(comp: Any) -> list[str]:
+def _comparisons_markdown(comp: Any, design_note: str | None = None) -> list[str]:
+    lines = [f"**Exploratory run.** {design_note}", ""] if design_note else []
     if comp.empty:
-        return []
-    lines = [
-        f"Seed-level comparison with {LABELS[BASELINE]} (the seed is the unit: per seed, test "
-        f"accuracy of A minus that of {LABELS[BASELINE]} on the same test prompts; 95% "
-        "interval from a two-way seed x prompt bootstrap; p: exact sign-flip test over "
-        "seeds, Holm-adjusted per task; MDD: the smallest difference a paired t-test over "
-        "these seeds detects at 80% power):",
+        return lines
+    lines += [
+        "Seed-level comparisons (the seed is the unit: per seed, test accuracy of A minus that "
+        "of B on the same test prompts; interval: 95%, from a two-way seed x prompt bootstrap; "
+        "p: exact sign-flip test over seeds, Holm-adjusted over the declared primary contrasts "
+        "of a task (p Holm), unadjusted for the exploratory rows; power: the test's power at "
+        "the design's effect of interest, at these seeds and the observed sd of the per-seed "
+        "differences):",
         "",
     ]
     for t, sub in comp.groupby("task", sort=False):
@@ -321,12 +327,12 @@ def _comparisons_markdown(comp: Any) -> list[str]:
             "p sign-flip": [_p(x) for x in comp.p_sign_flip],
             "p t-test": [_p(x) for x in comp.p_t],
             "p Holm": [_p(x) for x in comp.p_holm],
-            "MDD": [_p(x) for x in comp.mdd],
+            "power": [_p(x) for x in comp.power],
             "per-seed McNemar p": [", ".join(map(_p, p)) for p in comp.per_seed_mcnemar],
         }
     )
-    cols = ["task", "A", "B", "n_seeds", "mean diff", "95% CI", "p sign-flip", "p t-test"]
-    cols += ["p Holm", "MDD", "per-seed McNemar p"]
+    cols = ["task", "A", "B", "role", "n_seeds", "mean diff", "95% CI", "p sign-flip"]
+    cols += ["p t-test", "p Holm", "power", "per-seed McNemar p"]
     return [*lines, "", show[cols].to_markdown(index=False), ""]
 
 

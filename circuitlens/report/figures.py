@@ -17,6 +17,7 @@ from typing import Any
 
 from circuitlens.analysis.ablation import AblationResult
 from circuitlens.core.types import HeadMap
+from circuitlens.distill.conditions import BASELINE, LABELS
 
 
 def _hover(sweep: AblationResult) -> list[list[str]]:
@@ -226,7 +227,7 @@ def _forest_hover(r: Any) -> str:
         f"{r.A} − {r.B}: {num(r.mean_diff, '+.3f')} over {r.n_seeds} seed(s)"
         f"<br>95% CI {num(r.ci_low, '+.3f')} to {num(r.ci_high, '+.3f')}"
         f"<br>sign-flip p = {num(r.p_sign_flip, '.2g')}, Holm p = {num(r.p_holm, '.2g')}"
-        f"<br>smallest detectable difference {num(r.mdd, '.2g')}"
+        f" ({r.role})<br>power at the effect of interest {num(r.power, '.2g')}"
     )
 
 
@@ -301,12 +302,15 @@ def plot_forest(result: Any, task: str, comparisons: Any = None, title: str | No
     if comp.empty:
         raise ValueError(f"no condition of task {task!r} shares a seed with the baseline: "
                          "nothing to compare")  # fmt: skip
-    base = comp.B.iloc[0]
+    base = LABELS[BASELINE]
     fig = go.Figure(_forest_traces(comp))
     fig.add_vline(x=0, line_dash="dash", line_color="#555")
     fig.update_yaxes(
         tickvals=list(range(len(comp))),
-        ticktext=list(comp.A),
+        ticktext=[
+            (a if b == base else f"{a} − {b}") + ("" if role == "primary" else " (exploratory)")
+            for a, b, role in zip(comp.A, comp.B, comp.role, strict=True)
+        ],
         range=[len(comp) - 0.5, -0.6],
         automargin=True,
         showgrid=False,

@@ -44,7 +44,8 @@ COLUMN_NAMES = {
     "p_sign_flip": "p (sign-flip)",
     "p_t": "p (paired t)",
     "p_holm": "p (sign-flip, Holm)",
-    "mdd": "smallest detectable (80% power)",
+    "power": "power at the effect of interest",
+    "role": "primary or exploratory",
     "per_seed_mcnemar": "McNemar p per seed",
 }
 

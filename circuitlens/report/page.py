@@ -3,7 +3,8 @@
 One page, ``report.html``, and plotly.js beside it (``plotly.min.js``, one copy per directory:
 a page stays small, and opens from disk with no network). It leads with the answer: after the
 title, per task a forest plot of each trained condition's paired difference in test accuracy
-to CE (the seed as the unit) and under it each comparison's verdict sentence. Then the run
+to CE (the seed as the unit) and under it each comparison's verdict sentence (a run whose
+design cannot reject is labelled exploratory there, with why). Then the run
 (models, tasks, conditions, seeds, training options, circuitlens version); the paper's table
 with mean ± sd and no empty cells (narrow enough for a 1200 px window); the seed-level
 comparisons, the accuracy per prompt format, the pooled McNemar table (labelled as no test of
@@ -74,6 +75,7 @@ table.grid th { font-weight: 500; color: #555; padding: 0 .3rem; }
        vertical-align: middle; margin-right: .3rem; }
 .legend li { list-style: none; margin: .15rem 0; } .legend { padding-left: 0; }
 .note { color: #666; font-size: .9rem; }
+.exploratory { background: #fff4e0; border-left: 4px solid #E69F00; padding: .4rem .6rem; }
 """
 
 
@@ -216,12 +218,17 @@ def answer_html(result: ExperimentResult, comparisons: Any) -> str:
         comparisons: its :meth:`~circuitlens.experiments.ExperimentResult.comparisons`.
     """
     ce = LABELS[BASELINE]
+    note = result.design_note()
     out = [
         f"<section id='answer'><h2>The answer: each condition against {esc(ce)}</h2>",
-        f"<p class='note'>The seed is the unit: per seed, the test accuracy of a condition "
-        f"minus that of {esc(ce)} on the same test prompts (dots); the diamond is their mean, "
-        "the line its 95% interval from a two-way bootstrap over seeds and prompts; p is the "
-        "exact sign-flip test over seeds, Holm-adjusted over the comparisons of a task.</p>",
+        f"<p class='exploratory'><b>Exploratory run.</b> {esc(note)}</p>" if note else "",
+        "<p class='note'>The seed is the unit: per seed, the test accuracy of A minus that of "
+        f"B ({esc(ce)} unless named) on the same test prompts (dots); the diamond is their "
+        "mean, the line its 95% interval from a two-way bootstrap over seeds and prompts; p is "
+        "the exact sign-flip test over seeds, Holm-adjusted over the declared primary "
+        "contrasts of a task (p_Holm), unadjusted for the rows marked exploratory. Each verdict "
+        "says whether the interval holds 0 and the design's effect of interest "
+        f"({result.config.design.effect:+g}).</p>",
     ]
     for task in result.config.tasks:
         name = task.replace("_", " ")
@@ -298,8 +305,8 @@ def comparisons_display(comparisons: Any) -> Any:
         for lo, hi in zip(show.ci_low, show.ci_high, strict=True)
     ]
     show["per_seed_mcnemar"] = [", ".join(auto_num(p) for p in ps) for ps in show.per_seed_mcnemar]
-    cols = ["task", "A", "B", "n_seeds", "mean_diff", "ci", "p_sign_flip", "p_t", "p_holm"]
-    return show[[*cols, "mdd", "per_seed_mcnemar"]]
+    cols = ["task", "A", "B", "role", "n_seeds", "mean_diff", "ci", "p_sign_flip", "p_t"]
+    return show[[*cols, "p_holm", "power", "per_seed_mcnemar"]]
 
 
 def _extra_tables(result: ExperimentResult, comparisons: Any) -> list[str]:
@@ -314,11 +321,14 @@ def _extra_tables(result: ExperimentResult, comparisons: Any) -> list[str]:
             "seed-comparisons",
             "Each condition against CE, the seed as the unit",
             comparisons_display(comparisons) if not comparisons.empty else comparisons,
-            "Per task, each condition (A) against CE (B) over the seeds both have: the mean of "
-            "the per-seed accuracy differences, its 95% two-way (seeds × prompts) bootstrap "
-            "interval, the exact sign-flip p over seeds (Holm-adjusted within the task), the "
-            "paired t-test p, the smallest difference the t-test detects at 80% power, and "
-            "McNemar's exact p within each seed (valid per seed: one seed's prompts).",
+            "Per task, the declared primary contrasts, then each other condition (A) against CE "
+            "(B, exploratory), over the seeds both have: the mean of the per-seed accuracy "
+            "differences, its 95% two-way (seeds × prompts) bootstrap interval, the exact "
+            "sign-flip p over seeds (unadjusted, and Holm-adjusted over the primary contrasts), "
+            "the paired t-test p, the power of the sign-flip test at the design's effect of "
+            "interest (these seeds, the observed sd of the per-seed differences, Holm's first "
+            "level for a primary contrast), and McNemar's exact p within each seed (valid per "
+            "seed: one seed's prompts).",
         ),
         (
             "formats-table",

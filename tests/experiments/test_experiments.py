@@ -24,6 +24,7 @@ from circuitlens.experiments import (
     run_experiment,
 )
 from circuitlens.experiments.cell import Cell
+from circuitlens.experiments.tables import signed
 from circuitlens.report.page import write_report
 
 TRAINED = ("ce", "ce+align", "ce+rand")
@@ -379,7 +380,7 @@ def test_a_run_saved_before_a_config_field_existed_resumes(
     d = tmp_path / "run"
     shutil.copytree(finished.directory, d)
     saved = json.loads((d / "config.json").read_text())
-    del saved["format_accuracy"]
+    del saved["format_accuracy"], saved["design"]  # the design: a run saved before it existed
     (d / "config.json").write_text(json.dumps(saved))
     kept = {p: p.stat().st_mtime_ns for p in d.rglob("cell.json")}
     again = run_experiment(tiny(), d, progress=False)
@@ -542,7 +543,7 @@ def _seeded_correct(acc: float, key: str, n: int = 10) -> list[int]:
     return out
 
 
-def _comparison_run(directory: Path) -> ExperimentResult:
+def _comparison_run(directory: Path, **overrides: object) -> ExperimentResult:
     """A run written as cell files only: entity tracking with CE, CE + Align CKA and CE + Rand
     CKA on seeds 0-2 (Align also on seed 3, which CE lacks) and KD on seed 0 only; theory of
     mind with CE and CE + Align CKA on seeds 0-1. Ten test prompts per seed."""
@@ -558,6 +559,7 @@ def _comparison_run(directory: Path) -> ExperimentResult:
         tasks=("entity_tracking", "theory_of_mind"),
         conditions=("ce", "ce+align", "ce+rand", "kd"),
         seeds=(0, 1, 2, 3),
+        **overrides,
     )
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
@@ -597,8 +599,12 @@ def test_comparisons_are_seed_level_and_hand_computed(tmp_path: Path) -> None:
     assert align.p_t == pytest.approx(stats.paired_t_test([0.2, 0.1, 0.3]).p)
     rand = rows.loc[("entity_tracking", "ce+rand")]
     assert rand.mean_diff == pytest.approx(0.2 / 3) and rand.p_sign_flip == pytest.approx(6 / 8)
-    # Holm over the task's two tested comparisons: 0.25 * 2 = 0.5, then max(0.5, 0.75 * 1)
-    assert (align.p_holm, rand.p_holm) == pytest.approx((0.5, 0.75))
+    # the default primary family is CE + Align - CE alone: Holm over one is the p itself; the
+    # other rows are exploratory, with no Holm p
+    assert list(comp.role) == ["primary", "exploratory", "exploratory", "primary"]
+    assert align.p_holm == align.p_sign_flip and math.isnan(rand.p_holm)
+    assert rand.verdict.startswith("[exploratory] CE + Rand CKA \u2212 CE: +0.067 [")
+    assert "p (unadjusted) 0.75" in rand.verdict
     tom = rows.loc[("theory_of_mind", "ce+align")]
     assert tom.p_sign_flip == pytest.approx(0.5) and tom.p_holm == tom.p_sign_flip  # own family
     by = {(c.task, c.condition, c.seed): list(c.test_correct) for c in result.cells}
@@ -612,12 +618,38 @@ def test_comparisons_are_seed_level_and_hand_computed(tmp_path: Path) -> None:
         {s: by[("entity_tracking", "ce", s)] for s in (0, 1, 2)},
     )
     assert (align.ci_low, align.ci_high) == pytest.approx((low, high))
-    assert align.mdd == pytest.approx(stats.min_detectable_difference(0.1, 3))
-    assert align.verdict.startswith("CE + Align CKA \u2212 CE = +0.200 (95% CI")
+    # 3 seeds cannot reject at 0.05 (2/8 > 0.05): no power at any effect
+    assert align.power == 0.0
+    assert low <= 0 and 0.05 <= high  # 10 prompts a seed: a wide interval
+    assert align.verdict == (
+        f"CE + Align CKA \u2212 CE: +0.200 [{signed(low)}, {signed(high)}], 3 seeds, p_Holm "
+        "0.25; the interval contains 0 and +0.05: undecided"
+    )
     # the cells alone make the table: loaded again, the same numbers
     again = ExperimentResult.load(tmp_path / "run").comparisons()
     assert again.drop(columns="verdict").equals(comp.drop(columns="verdict"))
     assert list(again.verdict) == list(comp.verdict)
+
+
+def test_holm_runs_over_the_declared_primary_family(tmp_path: Path) -> None:
+    """A declared family of three contrasts, one not against CE and one (KD) with a single
+    shared seed: Holm over the three, the untested one counted as p = 1; CE + Rand CKA - CE,
+    not declared, is exploratory."""
+    from circuitlens.experiments.design import DesignConfig
+
+    primary = ("ce+align - ce", "ce+align - ce+rand", "kd - ce")
+    result = _comparison_run(tmp_path / "run", design=DesignConfig(primary=primary))
+    comp = result.comparisons()
+    et = comp[comp.task == "entity_tracking"]
+    assert list(et.contrast) == [*primary, "ce+rand - ce"]
+    assert list(et.role) == ["primary"] * 3 + ["exploratory"]
+    vs_rand = et.set_index("contrast").loc["ce+align - ce+rand"]
+    # per seed CE + Align - CE + Rand: +0.1, +0.2, +0.1, all positive: p = 2/8
+    assert vs_rand["diffs"] == pytest.approx([0.1, 0.2, 0.1]) and vs_rand.B == "CE + Rand CKA"
+    # Holm over [0.25, 0.25, 1 (KD: one seed)]: 0.25 * 3 = 0.75, then max(0.75, 0.25 * 2)
+    assert list(et.p_holm[:2]) == pytest.approx([0.75, 0.75]) and math.isnan(et.p_holm.iloc[2])
+    tom = comp[comp.task == "theory_of_mind"]  # only CE + Align - CE has cells there
+    assert list(tom.contrast) == ["ce+align - ce"] and tom.p_holm.iloc[0] == pytest.approx(1.0)
 
 
 def test_one_shared_seed_is_reported_not_tested(tmp_path: Path) -> None:
@@ -628,7 +660,7 @@ def test_one_shared_seed_is_reported_not_tested(tmp_path: Path) -> None:
     result = _comparison_run(tmp_path / "run")
     kd = result.comparisons().set_index("condition").loc["kd"]
     assert kd.n_seeds == 1 and kd.seeds == [0] and kd.mean_diff == pytest.approx(0.8 - 0.5)
-    for col in ("ci_low", "ci_high", "p_sign_flip", "p_t", "p_holm", "mdd"):
+    for col in ("ci_low", "ci_high", "p_sign_flip", "p_t", "p_holm", "power"):
         assert math.isnan(kd[col]), col
     assert "1 seed: no seed-level test" in kd.verdict
     by = {
@@ -643,7 +675,7 @@ def test_one_shared_seed_is_reported_not_tested(tmp_path: Path) -> None:
     comp = only_one.comparisons()
     assert len(comp) == 4 and (comp.n_seeds == 1).all() and comp.p_holm.isna().all()
     assert comp.verdict.str.contains("1 seed: no seed-level test").all()
-    assert only_one.markdown().startswith("Seed-level comparison with CE")
+    assert only_one.markdown().startswith("**Exploratory run.** design: 4 seed(s) cannot")
 
 
 def test_markdown_leads_with_the_verdicts(tmp_path: Path) -> None:
@@ -652,18 +684,20 @@ def test_markdown_leads_with_the_verdicts(tmp_path: Path) -> None:
     result = _comparison_run(tmp_path / "run")
     md = result.markdown()
     comp = result.comparisons()
-    assert md.startswith("Seed-level comparison with CE (the seed is the unit")
+    # 4 seeds cannot reject: the run is labelled exploratory first, with why
+    assert md.startswith(f"**Exploratory run.** {result.design_note()}\n\nSeed-level comparisons")
     first_table = md.index("\n|")
     at = [md.index(v) for v in comp.verdict]
     assert at == sorted(at) and at[-1] < first_table  # every verdict, in order, before any table
     assert md.index("| task ") < md.index("| condition")  # the comparisons, then the main table
     header = md[first_table + 1 :].splitlines()[0]  # the comparisons' table comes first
     assert "p sign-flip" in header and "p Holm" in header and "per-seed McNemar p" in header
+    assert "power" in [c.strip() for c in header.split("|")] and "MDD" not in header
     pooled = md[md.index("McNemar (pooled prompts; not seed-level)") :]
     assert "not a valid test of the conditions" in pooled
     assert "p (pooled prompts; not seed-level)" in pooled
     paths = result.write_tables()
-    assert paths["comparisons.csv"].read_text().splitlines()[0].startswith("task,A,B,n_seeds")
+    assert paths["comparisons.csv"].read_text().splitlines()[0].startswith("task,A,B,role,n_seeds")
 
 
 def test_setups_and_cells_are_their_files_and_round_trip(finished: ExperimentResult) -> None:

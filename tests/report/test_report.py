@@ -201,8 +201,13 @@ def test_report_leads_with_the_answer(report: Path) -> None:
     assert list(comp.A) == ["CE + Align CKA", "CE + Rand CKA"] and len(comp.verdict) == 2
     for verdict in comp.verdict:
         assert f"<li>{htmllib.escape(verdict, quote=True)}</li>" in under
-    assert "no difference detectable at this power" in under
-    assert '"ticktext":["CE + Align CKA","CE + Rand CKA"]' in under  # whole labels
+    assert "the interval contains 0 and +0.05: undecided" in under
+    assert "[exploratory] CE + Rand CKA" in under  # not in the declared primary family
+    # whole labels; a row outside the primary family says so
+    assert '"ticktext":["CE + Align CKA","CE + Rand CKA (exploratory)"]' in under
+    # 2 seeds cannot reject: the run is labelled exploratory before the figure, with why
+    lead = answer[: answer.index(f'id="{TASK}-forest-figure"')]
+    assert "<b>Exploratory run.</b> design: 2 seed(s) cannot reject" in lead
 
 
 def test_forest_plot_draws_each_comparison(report: Path) -> None:
@@ -219,7 +224,7 @@ def test_forest_plot_draws_each_comparison(report: Path) -> None:
                           comp.ci_high[1], None]  # fmt: skip
     assert list(seeds.x) == pytest.approx([d for ds in comp.diffs for d in ds])
     assert list(seeds.y) == pytest.approx([0.22, 0.22, 1.22, 1.22])
-    assert list(fig.layout.yaxis.ticktext) == ["CE + Align CKA", "CE + Rand CKA"]
+    assert list(fig.layout.yaxis.ticktext) == ["CE + Align CKA", "CE + Rand CKA (exploratory)"]
     assert fig.layout.yaxis.automargin and fig.layout.width == 800
     assert [(s.x0, s.x1) for s in fig.layout.shapes] == [(0, 0)]
     one = ExperimentResult(
@@ -327,7 +332,8 @@ def test_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None
     labels = {"CE", "CE + Align CKA", "CE + Rand CKA"}
     assert {text for text, _, _ in measured["legend"]} == labels  # every entry, untruncated
     assert all(inside and shown for _, inside, shown in measured["legend"]), measured["legend"]
-    assert [t for t, _, _ in measured["forest"]] == ["CE + Align CKA", "CE + Rand CKA"]
+    forest = ["CE + Align CKA", "CE + Rand CKA (exploratory)"]
+    assert [t for t, _, _ in measured["forest"]] == forest
     assert all(inside and shown for _, inside, shown in measured["forest"]), measured["forest"]
     assert [s for s, _, _ in measured["tables"]][:2] == ["results-table", "seed-comparisons"]
     wide = [(s, w, c) for s, w, c in measured["tables"] if w > c]

@@ -300,6 +300,9 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
         assert len(after.value) == len(cell.pairs) == len(after.null_sd)
         assert bool((after.null_sd > 0).all())
         assert all({"loss", "val_accuracy", "step"} <= set(row) for row in cell.curve)
+        # the defaults (no lr_grid, no patience): the config's lr, the last step kept
+        assert cell.lr == finished.config.distill.train.lr and cell.kept_step == cell.steps
+        assert 0 <= cell.val_auc <= 1
     table = finished.table().set_index("condition")
     assert table.loc["CE", "circuit_accuracy_mean"] >= 0
     assert not math.isnan(table.loc["CE + Align CKA", "cka_null_sd"])
@@ -310,7 +313,7 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
     assert mc.loc["CE", "p"] == pytest.approx(want.p) and mc.loc["CE", "n"] == 2 * n_test
     assert mc.loc["CE", "seeds"] == 2 and "CE + Rand CKA" in mc.index
     md = finished.markdown()
-    for words in ("circuit-only", "McNemar", "(null)", "steps to CE final", "Head maps"):
+    for words in ("circuit-only", "McNemar", "(null)", "steps to CE final", "Head maps", "val AUC"):
         assert words in md, words
     assert (finished.directory / "mcnemar.csv").is_file()
 

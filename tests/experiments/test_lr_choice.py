@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -154,12 +153,3 @@ def test_cells_without_lr_and_kept_step_still_load() -> None:
         assert cell.lr is None and cell.kept_step is None
         assert cell.to_dict() == saved
         assert cell.val_auc is None or 0 <= cell.val_auc <= 1
-
-
-def test_defaults_train_at_the_configs_lr_and_keep_the_last_step(tmp_path: Path) -> None:
-    cfg = grid_cfg(lr_grid=None, patience=None, conditions=("ce",), seeds=(0,))
-    r = run_experiment(cfg, tmp_path / "run", progress=False)
-    (cell,) = r.cells
-    assert cell.lr == cfg.distill.train.lr and cell.kept_step == cell.steps == 6
-    assert not (tmp_path / "run" / "entity_tracking" / LR_FILE).exists()
-    shutil.rmtree(tmp_path / "run")

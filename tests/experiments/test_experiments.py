@@ -669,7 +669,8 @@ def test_setups_and_cells_are_their_files_and_round_trip(finished: ExperimentRes
     for cell in finished.cells:
         f = d / cell.task / cell.condition / f"seed{cell.seed}" / "cell.json"
         saved = json.loads(f.read_text())
-        assert cell.to_dict() == saved and list(saved) == [*CELL_KEYS, "mechanism"]
+        assert cell.to_dict() == saved
+        assert list(saved) == [*CELL_KEYS, "mechanism", "lr", "kept_step"]
         assert Cell.from_dict(cell.to_dict()).to_dict() == saved
     with pytest.raises(SetupError, match=r"lacks \['head_map'\].*delete"):
         Setup.from_dict({k: v for k, v in setup.to_dict().items() if k != "head_map"})

@@ -143,6 +143,9 @@ class ConditionResult:
             partner's (:mod:`circuitlens.analysis.mechanism`), or None when the untrained sweeps
             were
             not passed.
+        lr: the learning rate trained with.
+        kept_step: the step whose weights were kept and measured (the best validation
+            evaluation's with ``patience``, else the last step: ``steps``).
     """
 
     condition: str
@@ -159,6 +162,8 @@ class ConditionResult:
     seconds: float
     masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
     mechanism: MechanismCheck | None = None
+    lr: float | None = None
+    kept_step: int | None = None
 
     @property
     def accuracy(self) -> float:
@@ -246,6 +251,8 @@ def train_condition(
         seconds=round(time.time() - t0, 1),
         masks=trainer.masks,
         mechanism=mechanism,
+        lr=config.lr,
+        kept_step=trainer.kept_step,
     )
 
 

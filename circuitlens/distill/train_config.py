@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -19,6 +20,20 @@ Positions = Literal["last", "circuit", "tokens"]
 POSITIONS: tuple[str, ...] = get_args(Positions)
 Labels = Literal["teacher", "gold"]
 LABEL_SOURCES: tuple[str, ...] = get_args(Labels)
+#: where an experiment's learning rate per condition comes from (:attr:`TrainConfig.lr_from`):
+#: ``"first-seed"`` or the path of a pilot run's directory
+FIRST_SEED = "first-seed"
+
+
+def lr_grid_around(lr: float, factor: float = 2.0, n: int = 3) -> tuple[float, ...]:
+    """A geometric grid of ``n`` learning rates centred on ``lr``, ``factor`` apart:
+    ``lr_grid_around(2e-4)`` is ``(1e-4, 2e-4, 4e-4)``, the grid new experiment designs use
+    (one step either side of the lr chosen before: enough to see which side is better)."""
+    if n < 1 or factor <= 1 or lr <= 0:
+        raise ConfigError(
+            f"lr_grid_around needs lr > 0, factor > 1, n >= 1 (got {lr}, {factor}, {n})"
+        )
+    return tuple(float(lr * factor ** (i - (n - 1) / 2)) for i in range(n))
 
 
 #: numeric ranges of TrainConfig's fields (types and finiteness come from the annotations)
@@ -34,6 +49,7 @@ _TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
     "checkpoint_every": (0, None),
     "cka_eval_n": (1, None),
     "null_perms": (1, None),
+    "patience": (1, None),
 }
 
 
@@ -63,6 +79,21 @@ class TrainConfig:
         cka_eval_n: held-out prompts for a reported CKA (and its null).
         null_perms: permutations of the CKA null (mean and sd over them; at least 20).
         checkpoint_every: save a resumable checkpoint every N steps (needs a checkpoint dir).
+        patience: stop after this many evaluations in a row without a higher validation
+            accuracy than the best so far, and put back the weights of the best evaluation
+            (ties: the earliest), at step ``kept_step``; ``steps`` stays the cap (and at the
+            cap too the best evaluation's weights are kept). None (the default): train all
+            ``steps`` and keep the last weights, as before the option existed. Needs
+            ``eval_every``.
+        lr_grid: learning rates an experiment tries per condition on validation
+            (:func:`circuitlens.experiments.runner.run_experiment`: each condition's best kept
+            validation accuracy chooses its ``lr``; ties: the smaller lr); None (the default):
+            every condition trains at ``lr``. :func:`lr_grid_around` makes the usual grid.
+            Read by the experiment runner, not the trainer.
+        lr_from: where the runner's choice comes from: ``"first-seed"`` (train the first of
+            the experiment's seeds at every grid lr, then every seed uses the choice) or the
+            path of a pilot run's directory whose ``<task>/lr.json`` holds the choices (made on
+            the same grid).
         seed: every random choice (batches, initial state, shuffles) follows from it.
         dtype: the precision of the student's training forward and backward:
             ``"float32"``, or ``"bfloat16"`` (autocast: matrix products in bf16, the weights
@@ -93,9 +124,20 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     dtype: DType = "float32"
+    patience: int | None = None
+    lr_grid: tuple[float, ...] | list[float] | None = None
+    lr_from: str = FIRST_SEED
 
     def __post_init__(self) -> None:
+        if self.lr_grid is not None:  # a list from a file: one tuple of floats, however given
+            grid = self.lr_grid
+            if not isinstance(grid, list | tuple) or any(
+                isinstance(g, bool) or not isinstance(g, int | float) for g in grid
+            ):
+                raise ConfigError(f"TrainConfig.lr_grid must be a list of numbers (got {grid!r})")
+            object.__setattr__(self, "lr_grid", tuple(float(g) for g in grid))
         check_fields(self, _TRAIN_RANGES)
+        self._check_choosing()
         if self.lr <= 0 or self.kd_temperature <= 0:
             raise ConfigError(
                 "TrainConfig.lr and kd_temperature must be > 0 "
@@ -129,6 +171,24 @@ class TrainConfig:
             )
         if self.cka_eval_n < MIN_ROWS["unbiased"]:
             raise ValueError(f"cka_eval_n must be >= 4 held-out prompts (got {self.cka_eval_n})")
+
+    def _check_choosing(self) -> None:
+        """``patience``, ``lr_grid`` and ``lr_from``: what chooses on validation needs it."""
+        if self.lr_grid is not None:
+            if not self.lr_grid or any(not math.isfinite(g) or g <= 0 for g in self.lr_grid):
+                raise ConfigError(
+                    f"TrainConfig.lr_grid must hold learning rates > 0 (got {self.lr_grid!r})"
+                )
+            if len(set(self.lr_grid)) != len(self.lr_grid):
+                raise ConfigError(f"TrainConfig.lr_grid repeats a value: {self.lr_grid!r}")
+        if (self.patience is not None or self.lr_grid is not None) and not self.eval_every:
+            raise ConfigError(
+                "TrainConfig.patience and lr_grid choose on validation accuracy: set eval_every > 0"
+            )
+        if not self.lr_from:
+            raise ConfigError(
+                f"TrainConfig.lr_from must be {FIRST_SEED!r} or a pilot run's directory"
+            )
 
     @property
     def cond(self) -> Condition:

@@ -21,13 +21,21 @@ Conditions:
 - ``align``: the CKA term alone;
 - ``kd``: KL divergence to the teacher's softened logits (temperature T, scaled by T^2);
 - ``full-ce``: CE with the whole student trained.
+
+Stopping (``patience``): every evaluation's validation accuracy is compared with the best so
+far; after ``patience`` evaluations in a row without a strictly higher one the run stops, and
+at the end (early or at the ``steps`` cap) the weights of the best evaluation are put back
+(ties: the earliest), at :attr:`CircuitTrainer.kept_step`. The best weights and the counter are
+in the checkpoint, so a resumed run stops and keeps as an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +122,35 @@ def _check_parallel(cfg: TrainConfig, world: int, fsdp: bool) -> None:
             'fsdp=True cannot use site="result": it reads whole W_O weights outside '
             'a forward pass, and a sharded student holds only a part; use site="z"'
         )
+
+
+@dataclass
+class EarlyStop:
+    """Early stopping on validation accuracy (:attr:`TrainConfig.patience`): the best
+    evaluation so far, and the evaluations since it.
+
+    Attributes:
+        patience: evaluations in a row without a strictly higher accuracy that stop the run.
+        best: the best validation accuracy so far (-inf: none yet).
+        step: the step of the best evaluation (the earliest among ties; 0: none yet).
+        since: evaluations since the best one.
+        stopped: whether the run has stopped early.
+    """
+
+    patience: int
+    best: float = -math.inf
+    step: int = 0
+    since: int = 0
+    stopped: bool = False
+
+    def see(self, step: int, accuracy: float) -> bool:
+        """Record one evaluation; whether it is the new best (then keep its weights)."""
+        if accuracy > self.best:
+            self.best, self.step, self.since = accuracy, step, 0
+            return True
+        self.since += 1
+        self.stopped = self.since >= self.patience
+        return False
 
 
 class CircuitTrainer:
@@ -203,6 +240,16 @@ class CircuitTrainer:
         self.feed = TeacherFeed(teacher, self.schedule, self.teacher_cache, self._request())
         self.loss = CircuitLoss(cfg, self.sites, self.feed, self.translate, self.rank_world)
         self.state = LoopState()
+        self.early = None if cfg.patience is None else EarlyStop(cfg.patience)
+        self.best_params: dict[str, Tensor] | None = None  # the best evaluation's weights
+
+    @property
+    def kept_step(self) -> int:
+        """The step whose weights the student holds after :meth:`train`: the best validation
+        evaluation's with ``patience`` (0: none evaluated yet), else the last step taken."""
+        if self.early is None or self.best_params is None:
+            return self.state.step
+        return self.early.step
 
     # -- one batch ---------------------------------------------------------------------------
     def _request(self) -> dict[str, Any]:
@@ -288,53 +335,88 @@ class CircuitTrainer:
         )
 
     def train(self, progress: bool = True) -> list[dict[str, float]]:
-        """Run (or resume) to ``config.steps``; return the history (one row per step)."""
+        """Run (or resume) to ``config.steps``, or to an early stop (``patience``: then the
+        best evaluation's weights are put back, :attr:`kept_step`); return the history (one
+        row per step taken)."""
         self.load_checkpoint()
-        if self.teacher_cache is not None and self.state.step < self.config.steps:
+        stopped = self.early is not None and self.early.stopped
+        if self.teacher_cache is not None and self.state.step < self.config.steps and not stopped:
             self.teacher_outputs(progress=progress)  # the teacher's one pass, before step 1
         flags = {n: p.requires_grad for n, p in self.student.named_parameters()}
         for n, p in self.student.named_parameters():  # no gradients for wholly frozen weights
             p.requires_grad_(n in self.masks)
         try:
-            with self.sites.capturing():
-                return self.loop().run(self.state, progress).history
+            if not stopped:
+                with self.sites.capturing():
+                    self.loop().run(self.state, progress)
         finally:
             for n, p in self.student.named_parameters():
                 p.requires_grad_(flags[n])
+        if self.early is not None:
+            if self.early.stopped and not stopped and self.checkpoint_dir is not None:
+                self.save_checkpoint()  # the stop itself: a resumed run does not train on
+            self._keep_best()
+        return self.state.history
 
-    def _evaluate(self, row: dict[str, float], bar: Any) -> None:
+    def _keep_best(self) -> None:
+        """Put the best evaluation's weights back (the run's end, with ``patience``)."""
+        if self.best_params is None:
+            return
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.best_params[n])
+        log.info(
+            "kept the weights of step %d (validation accuracy %.4f)",
+            self.early.step if self.early else -1,
+            self.early.best if self.early else math.nan,
+        )
+
+    def _evaluate(self, row: dict[str, float], bar: Any) -> bool:
+        """Validation accuracy (and CKA) into ``row``; with ``patience``, whether to stop."""
         cfg = self.config
         with heartbeat(bar, f"evaluating on {cfg.eval_n} val prompts"):  # a long step
             row["val_accuracy"] = evaluate(self.student, self.task, "val", cfg.eval_n)
         if cfg.eval_cka and len(self.head_map):
             row["val_cka"] = self.mean_cka()
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_accuracy']:.3f}")
+        if self.early is None:
+            return False
+        if self.early.see(int(row["step"]), row["val_accuracy"]):
+            self.best_params = {n: p.detach().clone() for n, p in self.params.items()}
+        return self.early.stopped
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         assert self.checkpoint_dir is not None
+        from circuitlens.distill.fsdp import full
+
         params, opt = self.optimizer.state()  # a collective when sharded
+        best = None  # the best evaluation's weights (patience), whole: a collective too
+        if self.best_params is not None:
+            best = {n: full(t) for n, t in self.best_params.items()}
         if self.rank_world[0] != 0:  # data parallel: every rank holds the same state
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(
-            {
-                "params": params,
-                "opt": opt,
-                "rng": self.rng.getstate(),
-                "state": dataclasses.asdict(self.state),
-                "config": dataclasses.asdict(self.config),
-                "pairs": self.head_map.to_dict()["pairs"],
-            },
-            self.checkpoint_dir / "trainer.pt",
-        )
+        saved = {
+            "params": params,
+            "opt": opt,
+            "rng": self.rng.getstate(),
+            "state": dataclasses.asdict(self.state),
+            "config": dataclasses.asdict(self.config),
+            "pairs": self.head_map.to_dict()["pairs"],
+        }
+        if self.early is not None:
+            saved |= {"early": dataclasses.asdict(self.early), "best": best}
+        atomic_torch_save(saved, self.checkpoint_dir / "trainer.pt")
 
     def load_checkpoint(self) -> bool:
         if self.checkpoint_dir is None or not (self.checkpoint_dir / "trainer.pt").exists():
             return False
         saved = torch.load(self.checkpoint_dir / "trainer.pt", weights_only=False)
+        # a checkpoint saved before a field existed ran as the field's default says
+        config = dataclasses.asdict(TrainConfig()) | saved["config"]
         if (
-            saved["config"] != dataclasses.asdict(self.config)
+            config != dataclasses.asdict(self.config)
             or saved["pairs"] != self.head_map.to_dict()["pairs"]
         ):
             raise ValueError(
@@ -344,5 +426,13 @@ class CircuitTrainer:
         self.optimizer.load(saved["params"], saved["opt"])
         self.rng.setstate(saved["rng"])
         self.state = LoopState(**saved["state"])
+        if self.early is not None:
+            from circuitlens.distill.fsdp import like
+
+            self.early = EarlyStop(**saved["early"])
+            best = saved["best"]
+            self.best_params = None
+            if best is not None:
+                self.best_params = {n: like(best[n], p).clone() for n, p in self.params.items()}
         log.info("resumed training at step %d", self.state.step)
         return True

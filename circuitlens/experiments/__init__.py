@@ -13,9 +13,11 @@ Everything goes to ``results/<run>/``: ``config.json``; per task ``setup.json``;
 ``<task>/<condition>/seed<k>/cell.json``, written atomically once the cell is done (a training
 checkpoint beside it while it runs), so an interrupted run resumes where it stopped without
 redoing finished cells; and the tables: ``table.md``, ``table.csv``, ``cells.csv``,
-``mcnemar.csv``, ``cka.csv``. The HTML page (ablation heatmaps, the circuit, the mapping, the
-curves) is presentation, made from the result by :func:`circuitlens.report.page.write_report`
-(``circuitlens reproduce`` writes it as ``report.html``).
+``mcnemar.csv``, ``cka.csv``. With ``lr_grid``, per task ``lr.json``: each condition's learning
+rate, chosen on validation (:mod:`circuitlens.experiments.lr_choice`). The HTML page (ablation
+heatmaps, the circuit, the mapping, the curves) is presentation, made from the result by
+:func:`circuitlens.report.page.write_report` (``circuitlens reproduce`` writes it as
+``report.html``).
 """
 
 from circuitlens.experiments.config import (

@@ -10,6 +10,7 @@ with :meth:`Cell.from_dict` (also from the committed run exports in ``benchmarks
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from circuitlens.analysis.cka import CKAWithNull
@@ -48,6 +49,10 @@ class Cell:
         resumed: whether training resumed from a checkpoint.
         mechanism: each trained head ablated again after training beside its teacher partner
             (:mod:`circuitlens.analysis.mechanism`; None in cells written before it existed).
+        lr: the learning rate trained with (the condition's choice on the experiment's grid,
+            or the config's ``lr``; None in cells written before it was recorded).
+        kept_step: the step whose weights were measured (the best validation evaluation's
+            with ``patience``, else the last; None in cells written before it was recorded).
     """
 
     task: str
@@ -71,6 +76,8 @@ class Cell:
     seconds: float
     resumed: bool
     mechanism: MechanismCheck | None = None
+    lr: float | None = None
+    kept_step: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -109,12 +116,23 @@ class Cell:
             seconds=seconds,
             resumed=done.resumed,
             mechanism=done.mechanism,
+            lr=done.lr,
+            kept_step=done.kept_step,
         )
 
     @property
     def final_val_accuracy(self) -> float | None:
         """The validation accuracy at the last evaluation (None: never evaluated)."""
         return self.curve[-1]["val_accuracy"] if self.curve else None
+
+    @property
+    def val_auc(self) -> float | None:
+        """The area under the validation-accuracy curve over the steps it spans, divided by
+        them (trapezoids between evaluations): the mean validation accuracy while training, 1
+        for a run at 100% from its first evaluation on. One evaluation: its accuracy; None:
+        never evaluated. A run stopped early averages over its own, shorter span (see
+        :func:`val_auc`'s ``until`` to compare at one budget)."""
+        return val_auc(self.curve)
 
     def steps_to(self, target: float | None) -> int | None:
         """The first evaluated step whose validation accuracy reaches ``target`` (None: never,
@@ -153,6 +171,10 @@ class Cell:
         }
         if self.mechanism is not None:
             d["mechanism"] = self.mechanism.to_dict()
+        if self.lr is not None:
+            d["lr"] = self.lr
+        if self.kept_step is not None:
+            d["kept_step"] = self.kept_step
         return json_ready(d)
 
     @classmethod
@@ -194,11 +216,13 @@ class Cell:
             seconds=d["seconds"],
             resumed=d["resumed"],
             mechanism=None if mechanism is None else MechanismCheck.from_dict(mechanism),
+            lr=d.get("lr"),
+            kept_step=d.get("kept_step"),
         )
 
 
-#: the keys every ``cell.json`` holds (:meth:`Cell.to_dict`; ``mechanism`` besides, since it
-#: was added)
+#: the keys every ``cell.json`` holds (:meth:`Cell.to_dict`; ``mechanism``, ``lr`` and
+#: ``kept_step`` besides, since they were added)
 CELL_KEYS = (
     "task", "condition", "seed", "accuracy", "test_correct", "circuit_accuracy",
     "format_accuracy", "mean_cka_before", "mean_cka_after", "cka_before", "cka_after",
@@ -224,4 +248,27 @@ def curve_points(history: list[dict[str, float]]) -> list[dict[str, float]]:
     return out
 
 
-__all__ = ["CELL_KEYS", "Cell", "CellError", "curve_points"]
+def val_auc(
+    curve: tuple[dict[str, float], ...] | list[dict[str, float]], until: int | None = None
+) -> float | None:
+    """The area under a curve's validation accuracy over steps (trapezoids between its
+    evaluations), divided by the steps it spans: the mean validation accuracy from the first
+    evaluation to the last (one evaluation: its accuracy; none: None).
+
+    ``until``: to this step instead of the last evaluation's, the last accuracy held after it
+    (a run stopped early keeps its best weights, so its curve compares with an uncapped one's
+    at one budget, e.g. the cap ``steps``).
+    """
+    points = [(float(p["step"]), float(p["val_accuracy"])) for p in curve]
+    if not points:
+        return None
+    if until is not None and until > points[-1][0]:
+        points.append((float(until), points[-1][1]))
+    span = points[-1][0] - points[0][0]
+    if span <= 0:
+        return points[-1][1]
+    area = sum((s1 - s0) * (a0 + a1) / 2 for (s0, a0), (s1, a1) in pairwise(points))
+    return area / span
+
+
+__all__ = ["CELL_KEYS", "Cell", "CellError", "curve_points", "val_auc"]

@@ -23,9 +23,19 @@ from circuitlens.distill.conditions import get_condition
 from circuitlens.distill.pipeline import prepare, train_condition, with_map_features
 from circuitlens.distill.setup import Setup
 from circuitlens.distill.teacher_cache import TeacherCache
+from circuitlens.distill.train_config import FIRST_SEED
+from circuitlens.distill.trainer import CircuitTrainer
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import UNTRAINED, ExperimentConfig
 from circuitlens.experiments.design import warn_design
+from circuitlens.experiments.lr_choice import (
+    LR_FILE,
+    LRChoice,
+    lr_key,
+    pilot_choice,
+    read_choices,
+    write_choices,
+)
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
@@ -165,6 +175,89 @@ def _cell_map(setup: Setup, condition: str, seed: int, cfg: ExperimentConfig) ->
     return setup.condition_map(condition, seed, random_from_circuit=cfg.random_from == "circuit")
 
 
+def _cell_train_config(cfg: ExperimentConfig, condition: str, seed: int, lr: float | None) -> Any:
+    """The trainer's options of one cell (or of a grid point: the same, at its lr)."""
+    lrs = {} if lr is None else {"lr": lr}
+    return dataclasses.replace(cfg.distill.train, condition=condition, seed=seed, **lrs)
+
+
+def _lr_trial(
+    trial_dir: Path,
+    task: Task,
+    condition: str,
+    lr: float,
+    seed: int,
+    cfg: ExperimentConfig,
+    setup: Setup,
+    teacher: Any,
+    student: Any,
+    teacher_cache: TeacherCache | None,
+) -> tuple[float, int]:
+    """Train the untrained ``student`` in place as ``condition``'s cell of ``seed`` at ``lr``
+    (resumable from ``trial_dir/checkpoint``); its validation accuracy at its kept step (NaN:
+    no evaluation) and the kept step. Reads the validation split only."""
+    head_map = _cell_map(setup, condition, seed, cfg)
+    trainer = CircuitTrainer(
+        student, teacher, task, head_map, _cell_train_config(cfg, condition, seed, lr),
+        setup.circuit, trial_dir / "checkpoint", teacher_cache,
+    )  # fmt: skip
+    history = trainer.train(progress=False)
+    kept = trainer.kept_step
+    vals = [r["val_accuracy"] for r in history if r["step"] == kept and "val_accuracy" in r]
+    return (vals[0] if vals else float("nan")), kept
+
+
+def _choose_lrs(
+    t: str,
+    cfg: ExperimentConfig,
+    directory: Path,
+    conditions: list[str],
+    trial: Any,
+) -> dict[str, float]:
+    """Each of ``conditions``' learning rate on task ``t``
+    (:mod:`circuitlens.experiments.lr_choice`): none without ``lr_grid`` (the config's
+    ``lr``); else the finished choice in ``<t>/lr.json``, or the grid points still missing
+    trained now (``trial(condition, lr, seed) -> (val accuracy, kept step)``), each written to
+    ``lr.json`` as soon as it is measured, or a pilot run's choice (``lr_from``)."""
+    train = cfg.distill.train
+    if train.lr_grid is None:
+        return {}
+    f = directory / t / LR_FILE
+    choices = read_choices(f)
+    grid = tuple(sorted(train.lr_grid))
+    out: dict[str, float] = {}
+    for c in conditions:
+        choice = choices.get(c)
+        if choice is None or choice.grid != grid:
+            if train.lr_from != FIRST_SEED:
+                choice = pilot_choice(train.lr_from, t, c, grid)
+            else:  # the first seed of the config: a later selection of seeds keeps the choice
+                choice = LRChoice(c, grid, cfg.seeds[0])
+            choices[c] = choice
+            write_choices(f, choices)
+        for g in choice.missing():
+            choice = choice.with_point(g, *trial(c, g, choice.seed))
+            choices[c] = choice
+            write_choices(f, choices)
+        assert choice.lr is not None
+        out[c] = choice.lr
+    return out
+
+
+def _lr_trials_left(t: str, cfg: ExperimentConfig, directory: Path, conditions: list[str]) -> int:
+    """Grid points still to train for ``conditions`` on task ``t`` (for the cost estimate)."""
+    train = cfg.distill.train
+    if train.lr_grid is None or train.lr_from != FIRST_SEED:
+        return 0
+    choices = read_choices(directory / t / LR_FILE)
+    grid = tuple(sorted(train.lr_grid))
+    left = 0
+    for c in conditions:
+        choice = choices.get(c)
+        left += len(grid) if choice is None or choice.grid != grid else len(choice.missing())
+    return left
+
+
 def _run_cell(
     cell_dir: Path,
     task: Task,
@@ -178,19 +271,20 @@ def _run_cell(
     student: Any = None,
     teacher_cache: TeacherCache | None = None,
     befores: dict[tuple[str, ...], Any] | None = None,
+    lr: float | None = None,
 ) -> Cell:
     """Train and measure one cell. ``student``: the untrained student to train in place
     (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells;
     ``befores``: the untrained student's held-out CKA per map, shared by the cells (filled
     here). The cell's ``mechanism``: each trained head ablated again after training, beside its
     teacher partner (:mod:`circuitlens.analysis.mechanism`, against the setup's untrained
-    sweeps)."""
+    sweeps). ``lr``: the condition's learning rate (chosen on the grid; None: the config's)."""
     t0 = time.time()
     d = cfg.distill
     if student is None:
         student = load_model(cfg.models[task.name]["student"])
     head_map = _cell_map(setup, condition, seed, cfg)
-    train_cfg = dataclasses.replace(d.train, condition=condition, seed=seed)
+    train_cfg = _cell_train_config(cfg, condition, seed, lr)
     pairs = tuple(f"{s}>{t}" for s, t in head_map.pairs)
     before = None if befores is None else befores.get(pairs)
     done = train_condition(
@@ -363,8 +457,9 @@ def _preflight(
             [c for c, _ in cells],
             cfg.distill.train.positions,
         )
+        trials = _lr_trials_left(t, cfg, directory, list(dict.fromkeys(c for c, _ in cells)))
         cost = estimate_experiment_cost(
-            teacher, student, task, cfg, len(cells), setup=not setup_file.is_file()
+            teacher, student, task, cfg, len(cells) + trials, setup=not setup_file.is_file()
         )
         costs.append(cost)
         parts[t] = cost.seconds
@@ -563,6 +658,7 @@ def _run_task(
     # what they all read (the random map's layers, kd's logits)
     expected: dict[int, tuple[set[int], bool]] = {}
     befores: dict[tuple[str, ...], Any] = {}  # the untrained student's CKA per map
+    lrs = _task_lrs(t, cfg, directory, cells, task, setup, teacher, student, untrained, cache, bar)
     for c, s in cells:
         if s not in expected:
             pending = [cc for cc, ss in cells if ss == s]
@@ -577,9 +673,57 @@ def _run_task(
         with heartbeat(bar):
             cell = _run_cell(
                 cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache,
-                befores,
+                befores, lrs.get(c),
             )  # fmt: skip
         atomic_write_text(cell_dir / "cell.json", _json_dump(cell.to_dict()))
         shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
         bar.update(1)
     shutil.rmtree(directory / t / "teacher-cache", ignore_errors=True)  # the task is done
+
+
+def _task_lrs(
+    t: str,
+    cfg: ExperimentConfig,
+    directory: Path,
+    cells: list[tuple[str, int]],
+    task: Task,
+    setup: Setup,
+    teacher: Any,
+    student: Any,
+    untrained: dict[str, Any],
+    cache: TeacherCache,
+    bar: Any,
+) -> dict[str, float]:
+    """The learning rate of each condition with ``cells`` to run (:func:`_choose_lrs`; none
+    without ``lr_grid``). Each grid point trains the untrained student as that condition's cell
+    of the choice's seed would, in ``<t>/lr-grid/<condition>/<lr>/`` (resumable); the chosen
+    point's finished checkpoint becomes that seed's cell's, so the cell is not trained twice
+    (it resumes at its end: the same weights, by the checkpoint's guarantee)."""
+    import torch
+
+    conditions = list(dict.fromkeys(c for c, _ in cells))
+    grid_dir = directory / t / "lr-grid"
+
+    def trial(c: str, lr: float, seed: int) -> tuple[float, int]:
+        pending = {cc for cc, ss in cells if ss == seed} | set(conditions)
+        maps = [_cell_map(setup, cc, seed, cfg) for cc in sorted(pending)]
+        logits = any(get_condition(cc).compares_logits for cc in pending)
+        cache.expect({h.layer for m in maps for _, h in m.pairs}, logits)
+        bar.set_description(f"reproduce: {t} {c} seed {seed} lr {lr:g} (choosing the lr)")
+        _restore(student, untrained)
+        torch.manual_seed(seed)
+        with heartbeat(bar):
+            return _lr_trial(
+                grid_dir / c / lr_key(lr), task, c, lr, seed, cfg, setup, teacher, student, cache
+            )
+
+    lrs = _choose_lrs(t, cfg, directory, conditions, trial)
+    choices = read_choices(directory / t / LR_FILE)
+    for c, lr in lrs.items():
+        kept = grid_dir / c / lr_key(lr) / "checkpoint"
+        cell_ckpt = directory / t / c / f"seed{choices[c].seed}" / "checkpoint"
+        if (c, choices[c].seed) in cells and kept.is_dir() and not cell_ckpt.exists():
+            cell_ckpt.parent.mkdir(parents=True, exist_ok=True)
+            kept.rename(cell_ckpt)
+    shutil.rmtree(grid_dir, ignore_errors=True)  # every choice is made and recorded
+    return lrs

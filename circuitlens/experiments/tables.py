@@ -121,6 +121,20 @@ def _trained_columns(sub: Any, has_target: bool) -> dict[str, Any]:
         else float("nan"),
         "steps_to_target": reached.mean() if len(reached) else float("nan"),
         "reached_target": f"{len(reached)}/{len(sub)}" if has_target else "",
+    } | _fair_training_columns(sub)
+
+
+def _fair_training_columns(sub: Any) -> dict[str, Any]:
+    """How a trained condition was trained and learned (``sub``: its cells): its learning
+    rate (one per condition when chosen on a grid: the mean otherwise), the mean kept step,
+    and the area under the validation-accuracy curve (:attr:`Cell.val_auc`), mean and sd over
+    seeds; NaN where the cells do not record them (written before they were)."""
+    auc = _mean_sd(sub["val_auc"]) if "val_auc" in sub else (float("nan"), float("nan"))
+    return {
+        "lr": _mean_sd(sub["lr"])[0] if "lr" in sub else float("nan"),
+        "kept_step": _mean_sd(sub["kept_step"])[0] if "kept_step" in sub else float("nan"),
+        "val_auc_mean": auc[0],
+        "val_auc_std": auc[1],
     }
 
 
@@ -262,6 +276,9 @@ def _cell_row(cell: Cell, target: float | None) -> dict[str, Any]:
             "cka_null_mean": _mean(after.null_mean.tolist()),
             "cka_null_sd": _mean(after.null_sd.tolist()),
             "steps_to_target": cell.steps_to(target),
+            "lr": cell.lr,
+            "kept_step": cell.kept_step,
+            "val_auc": cell.val_auc,
         }
     )
 
@@ -298,6 +315,12 @@ def markdown(
     for t, target in targets.items():
         if target is not None:
             lines.append(f"- {t}: convergence target (CE's final val accuracy) {target:.3f}")
+    if "val_auc_mean" in table and table.val_auc_mean.notna().any():
+        lines.append(
+            "- val AUC: the area under the validation-accuracy curve over the steps trained, "
+            "divided by them (the mean validation accuracy while training); lr: the "
+            "condition's learning rate; kept step: the step whose weights were measured"
+        )
     lines += _formats_markdown(formats)
     lines += _mcnemar_markdown(mcnemar)
     lines += _head_maps_markdown(setups)
@@ -418,7 +441,22 @@ def _main_markdown(df: Any) -> str:
         ]
         cols += ["heads trained", "params trained", "CKA before → after (null)"]
         cols.append("steps to CE final")
+        cols += _fair_training_markdown(df, show)
     return show[cols].fillna("").to_markdown(index=False)
+
+
+def _fair_training_markdown(df: Any, show: Any) -> list[str]:
+    """The main table's learning-curve columns, where any cell records them: ``val AUC``
+    (mean ± sd of :attr:`Cell.val_auc`), ``lr`` and ``kept step``; their names in ``show``."""
+    cols = []
+    if "val_auc_mean" in df and df.val_auc_mean.notna().any():
+        show["val AUC"] = [_pm(m, s) for m, s in zip(df.val_auc_mean, df.val_auc_std, strict=True)]
+        cols.append("val AUC")
+    if "lr" in df and df.lr.notna().any():
+        show["lr"] = ["" if _isna(x) else f"{x:.3g}" for x in df.lr]
+        show["kept step"] = ["" if _isna(x) else f"{x:.0f}" for x in df.kept_step]
+        cols += ["lr", "kept step"]
+    return cols
 
 
 # -- cell formatting -------------------------------------------------------------------------

@@ -9,6 +9,10 @@ page; in Jupyter the figure displays itself.
 ``plot_forest(result, task)``: each trained condition's paired difference in test accuracy to
 CE, the seed as the unit (mean, 95% interval, one dot per seed), from
 ``ExperimentResult.comparisons()``.
+
+``plot_learning_curves(result, task)``: each condition's validation accuracy over steps, one
+panel per condition and one line per seed, the kept step of each seed marked, with the
+condition's learning rate and area under the curve in the panel's title.
 """
 
 from __future__ import annotations
@@ -400,6 +404,97 @@ def plot_training_curves(result: Any, task: str, title: str | None = None) -> An
             "yanchor": "top",
         },
         margin={"b": 40},
+    )
+    return fig
+
+
+def _learning_panel_title(cells: list[Any], label: str) -> str:
+    """A learning-curve panel's title: the condition, its lr(s), mean val AUC and test
+    accuracy over its seeds."""
+    lrs = sorted({c.lr for c in cells if c.lr is not None})
+    aucs = [c.val_auc for c in cells if c.val_auc is not None]
+    parts = [label]
+    if lrs:
+        parts.append("lr " + ", ".join(f"{x:.3g}" for x in lrs))
+    if aucs:
+        parts.append(f"AUC {sum(aucs) / len(aucs):.3f}")
+    parts.append(f"test {sum(c.accuracy for c in cells) / len(cells):.3f}")
+    return " · ".join(parts)
+
+
+def plot_learning_curves(result: Any, task: str, title: str | None = None, cols: int = 3) -> Any:
+    """Validation accuracy over training steps, one panel per trained condition of ``task``
+    and one line per seed (step 0: the untrained student), each seed's kept step (the weights
+    measured: the best validation evaluation's with ``patience``, else the last) marked with a
+    diamond; each panel's title gives the condition's lr, its mean area under the
+    validation curve (:attr:`~circuitlens.experiments.cell.Cell.val_auc`) and its mean test
+    accuracy, so speed and final accuracy read side by side. Cells written before the kept step
+    was recorded mark their last step.
+
+    Returns:
+        A ``plotly.graph_objects.Figure``.
+
+    Raises:
+        ValueError: ``task`` has no trained cell.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from circuitlens.distill.conditions import LABELS
+
+    cells = [c for c in result.cells if c.task == task and c.curve]
+    if not cells:
+        raise ValueError(f"no trained cell of task {task!r} has a validation curve")
+    conditions = list(dict.fromkeys(c.condition for c in cells))
+    by = {
+        c: sorted((x for x in cells if x.condition == c), key=lambda x: x.seed) for c in conditions
+    }
+    cols = max(1, min(cols, len(conditions)))
+    rows = -(-len(conditions) // cols)
+    labels = {c: LABELS.get(c, c) for c in conditions}
+    fig = make_subplots(
+        rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04,
+        vertical_spacing=0.18 / max(1, rows - 1) if rows > 1 else 0.0,
+        subplot_titles=[_learning_panel_title(by[c], labels[c]) for c in conditions],
+    )  # fmt: skip
+    setup = result.setups.get(task)
+    start = None if setup is None else setup.student_val_accuracy
+    for i, c in enumerate(conditions):
+        row, col = i // cols + 1, i % cols + 1
+        for j, cell in enumerate(by[c]):
+            color = _PALETTE[j % len(_PALETTE)]
+            points = [(int(p["step"]), float(p["val_accuracy"])) for p in cell.curve]
+            if start is not None and start == start:  # NaN: no validation split
+                points = [(0, float(start)), *points]
+            xs, ys = zip(*points, strict=True)
+            name = f"seed {cell.seed}"
+            fig.add_trace(
+                go.Scatter(x=xs, y=ys, mode="lines", name=name, legendgroup=name,
+                           showlegend=i == 0, line={"color": color, "width": 1.5},
+                           hovertemplate=f"{labels[c]}, {name}<br>step %{{x}}: %{{y:.3f}}"
+                           "<extra></extra>"),
+                row=row, col=col,
+            )  # fmt: skip
+            kept = cell.kept_step if cell.kept_step is not None else cell.steps
+            at = [a for s, a in points if s == kept]
+            if at:
+                fig.add_trace(
+                    go.Scatter(x=[kept], y=[at[0]], mode="markers", legendgroup=name,
+                               showlegend=False, marker={"symbol": "diamond", "size": 10,
+                                                         "color": color,
+                                                         "line": {"width": 1, "color": "black"}},
+                               hovertemplate=f"{labels[c]}, {name}<br>kept step {kept}: "
+                               f"{at[0]:.3f}<extra></extra>"),
+                    row=row, col=col,
+                )  # fmt: skip
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="validation accuracy", col=1)
+    fig.update_layout(
+        title=title or f"{task}: validation accuracy per condition (◆ the kept step)",
+        height=180 + 300 * rows,
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.12, "yanchor": "top"},
+        margin={"b": 60},
+        plot_bgcolor="white",
     )
     return fig
 

@@ -35,7 +35,12 @@ from circuitlens.core.version import __version__
 from circuitlens.distill.conditions import BASELINE, LABELS, get_condition
 from circuitlens.distill.setup import Setup
 from circuitlens.experiments.result import MCNEMAR_P, MCNEMAR_POOLED, ExperimentResult
-from circuitlens.report.figures import plot_ablation, plot_forest, plot_training_curves
+from circuitlens.report.figures import (
+    plot_ablation,
+    plot_forest,
+    plot_learning_curves,
+    plot_training_curves,
+)
 from circuitlens.report.html import (
     DASH,
     auto_num,
@@ -293,6 +298,26 @@ def results_display(table: Any) -> Any:
             steps(s, r) for s, r in zip(show.steps_to_target, show.reached_target, strict=True)
         ]
         show = show.drop(columns=["reached_target"]).rename(columns={"steps_to_target": "steps"})
+    return _fair_training_display(show)
+
+
+def _fair_training_display(show: Any) -> Any:
+    """The results table's learning-curve columns as the page shows them: ``val_auc`` as
+    mean ± sd, the lr in 3 significant digits; ``lr`` and ``kept_step`` only where a cell
+    records them (runs made before they were recorded have neither)."""
+    if "val_auc_mean" in show:
+        show["val_auc_mean"] = [
+            DASH if is_missing(m) else num(m) + ("" if is_missing(s) else f" ± {float(s):.3f}")
+            for m, s in zip(show.val_auc_mean, show.val_auc_std, strict=True)
+        ]
+        show = show.drop(columns=["val_auc_std"]).rename(columns={"val_auc_mean": "val_auc"})
+    for col in ("lr", "kept_step"):
+        if col in show and show[col].isna().all():
+            show = show.drop(columns=[col])
+    if "lr" in show:
+        show["lr"] = [DASH if is_missing(x) else f"{float(x):.3g}" for x in show.lr]
+    if "kept_step" in show:
+        show["kept_step"] = [DASH if is_missing(x) else f"{float(x):.0f}" for x in show.kept_step]
     return show
 
 
@@ -433,6 +458,20 @@ def _task_section(result: ExperimentResult, task: str, setup: Setup) -> list[str
             _figure(
                 plot_training_curves(result, task, title=f"{name}: training curves"),
                 f"{task}-curves-figure",
+            )
+        )
+        parts.append("</section>")
+    if any(c.task == task and c.curve for c in result.cells):
+        parts.append(f"<section id='{esc(task)}-learning'><h3>Learning curves per condition</h3>")
+        parts.append(
+            "<p class='note'>Validation accuracy of each seed over steps; ◆ the kept step (the "
+            "weights measured on test). Each panel names the condition's learning rate, the "
+            "mean area under its validation curve (AUC, per step) and its test accuracy.</p>"
+        )
+        parts.append(
+            _figure(
+                plot_learning_curves(result, task, title=f"{name}: learning curves"),
+                f"{task}-learning-figure",
             )
         )
         parts.append("</section>")

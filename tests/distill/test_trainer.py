@@ -8,6 +8,8 @@ import torch
 
 from circuitlens import get_task, load_model
 from circuitlens.core.types import HeadMap
+from circuitlens.core.validate import ConfigError
+from circuitlens.distill.train_config import lr_grid_around
 from circuitlens.distill.trainer import CONDITIONS, CircuitTrainer, TrainConfig
 
 
@@ -156,3 +158,122 @@ def test_bf16_trains_only_the_mapped_slices_near_the_float32_run(make_llama_dir,
         TrainConfig(
             dtype="float16"
         )  # the config's own check, as a caller without the hook meets it
+
+
+#: patience on every step's validation: the runs below stop long before the cap, whatever the
+#: curve (16 val prompts give at most 17 distinct accuracies, so at most 17 strict improvements
+#: in 40 evaluations, and two non-improvements in a row must come)
+PATIENT = dataclasses.replace(FAST, steps=40, eval_every=1, patience=2, lr=3e-3)
+
+
+def _reset(model, weights) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(weights[n])
+
+
+def test_patience_stops_and_keeps_the_best_evaluation_bit_for_bit(pair) -> None:
+    teacher, student = pair
+    start = _snapshot(student)
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, PATIENT)
+    history = trainer.train(progress=False)
+    kept = _snapshot(student)
+    vals = [r["val_accuracy"] for r in history]
+    best = max(vals)
+    assert trainer.state.step < PATIENT.steps  # stopped before the cap
+    assert trainer.kept_step == history[vals.index(best)]["step"]  # the earliest best
+    assert trainer.state.step == trainer.kept_step + PATIENT.patience  # 2 evals without gain
+    assert all(v <= best for v in vals[vals.index(best) :])
+    # the kept weights are those of a run of exactly kept_step steps (same seed, no patience)
+    _reset(student, start)
+    short = dataclasses.replace(PATIENT, steps=trainer.kept_step, patience=None)
+    plain = CircuitTrainer(student, teacher, TASK, MAP, short)
+    plain_history = plain.train(progress=False)
+    assert plain.kept_step == trainer.kept_step  # without patience: the last step
+    assert all(torch.equal(p, kept[n]) for n, p in _snapshot(student).items())
+    assert [r["loss"] for r in plain_history] == [r["loss"] for r in history[: len(plain_history)]]
+
+
+def test_patience_at_the_cap_keeps_the_best_and_none_keeps_the_last(pair) -> None:
+    teacher, student = pair
+    start = _snapshot(student)
+    cfg = dataclasses.replace(PATIENT, steps=6, patience=100)  # never stops: the cap ends it
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg)
+    history = trainer.train(progress=False)
+    vals = [r["val_accuracy"] for r in history]
+    assert trainer.state.step == 6 and trainer.kept_step == vals.index(max(vals)) + 1
+    kept = _snapshot(student)
+    _reset(student, start)
+    CircuitTrainer(
+        student,
+        teacher,
+        TASK,
+        MAP,
+        dataclasses.replace(cfg, steps=trainer.kept_step, patience=None),
+    ).train(progress=False)
+    assert all(torch.equal(p, kept[n]) for n, p in _snapshot(student).items())
+
+
+def test_an_interrupted_patient_run_resumes_to_the_same_stop(pair, tmp_path, monkeypatch) -> None:
+    """The best weights and the counter are in the checkpoint: a run interrupted after its best
+    evaluation (and before its stop) stops at the same step with the same weights, and a
+    finished run's checkpoint trains no further."""
+    teacher, student = pair
+    start = _snapshot(student)
+    cfg = dataclasses.replace(PATIENT, checkpoint_every=1)
+    straight = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "a")
+    straight.train(progress=False)
+    want, stop = _snapshot(student), straight.state.step
+    _reset(student, start)
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "b")
+    real_losses = trainer.losses
+
+    def dies_before_the_stop(prompts, step=None):
+        if step == stop:  # after the best evaluation's checkpoint, before the stop
+            raise KeyboardInterrupt
+        return real_losses(prompts, step=step)
+
+    monkeypatch.setattr(trainer, "losses", dies_before_the_stop)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(progress=False)
+    _reset(student, start)  # a new process
+    resumed = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "b")
+    history = resumed.train(progress=False)
+    assert (resumed.state.step, resumed.kept_step) == (stop, straight.kept_step)
+    assert history == straight.state.history
+    assert all(torch.equal(p, want[n]) for n, p in _snapshot(student).items())
+    _reset(student, start)  # the stopped run's checkpoint: no step is taken again
+    again = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "a")
+    monkeypatch.setattr(again, "losses", lambda *a, **k: pytest.fail("trained after the stop"))
+    again.train(progress=False)
+    assert again.kept_step == straight.kept_step
+    assert all(torch.equal(p, want[n]) for n, p in _snapshot(student).items())
+
+
+def test_a_checkpoint_saved_before_the_new_fields_resumes(pair, tmp_path) -> None:
+    teacher, student = pair
+    cfg = dataclasses.replace(FAST, checkpoint_every=2)
+    CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path).train(False)
+    f = tmp_path / "trainer.pt"
+    saved = torch.load(f, weights_only=False)
+    for k in ("patience", "lr_grid", "lr_from"):  # as an older version wrote it
+        del saved["config"][k]
+    torch.save(saved, f)
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path)
+    assert trainer.load_checkpoint() and trainer.state.step == 4
+
+
+def test_choosing_options_are_checked(unchecked) -> None:
+    assert TrainConfig(lr_grid=[1e-4, 2e-4]).lr_grid == (1e-4, 2e-4)  # a file's list: a tuple
+    assert TrainConfig(lr_grid=[1, 2]).lr_grid == (1.0, 2.0)
+    for bad, match in (
+        (dict(patience=0), "patience must be >= 1"),
+        (dict(patience=3, eval_every=0), "eval_every > 0"),
+        (dict(lr_grid=[1e-4, 0.0]), "learning rates > 0"),
+        (dict(lr_grid=[1e-4, 1e-4]), "repeats"),
+        (dict(lr_grid="1e-4"), "list of numbers"),
+        (dict(lr_from=""), "lr_from"),
+    ):
+        with unchecked(), pytest.raises(ConfigError, match=match):
+            TrainConfig(**bad)  # the config's own check, as a caller without the hook meets it
+    assert lr_grid_around(2e-4) == pytest.approx((1e-4, 2e-4, 4e-4))

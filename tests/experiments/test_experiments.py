@@ -301,6 +301,9 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
         assert len(after.value) == len(cell.pairs) == len(after.null_sd)
         assert bool((after.null_sd > 0).all())
         assert all({"loss", "val_accuracy", "step"} <= set(row) for row in cell.curve)
+        # the defaults (no lr_grid, no patience): the config's lr, the last step kept
+        assert cell.lr == finished.config.distill.train.lr and cell.kept_step == cell.steps
+        assert 0 <= cell.val_auc <= 1
     table = finished.table().set_index("condition")
     assert table.loc["CE", "circuit_accuracy_mean"] >= 0
     assert not math.isnan(table.loc["CE + Align CKA", "cka_null_sd"])
@@ -311,7 +314,7 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
     assert mc.loc["CE", "p"] == pytest.approx(want.p) and mc.loc["CE", "n"] == 2 * n_test
     assert mc.loc["CE", "seeds"] == 2 and "CE + Rand CKA" in mc.index
     md = finished.markdown()
-    for words in ("circuit-only", "McNemar", "(null)", "steps to CE final", "Head maps"):
+    for words in ("circuit-only", "McNemar", "(null)", "steps to CE final", "Head maps", "val AUC"):
         assert words in md, words
     assert (finished.directory / "mcnemar.csv").is_file()
 
@@ -714,7 +717,8 @@ def test_setups_and_cells_are_their_files_and_round_trip(finished: ExperimentRes
     for cell in finished.cells:
         f = d / cell.task / cell.condition / f"seed{cell.seed}" / "cell.json"
         saved = json.loads(f.read_text())
-        assert cell.to_dict() == saved and list(saved) == [*CELL_KEYS, "mechanism"]
+        assert cell.to_dict() == saved
+        assert list(saved) == [*CELL_KEYS, "mechanism", "lr", "kept_step"]
         assert Cell.from_dict(cell.to_dict()).to_dict() == saved
     with pytest.raises(SetupError, match=r"lacks \['head_map'\].*delete"):
         Setup.from_dict({k: v for k, v in setup.to_dict().items() if k != "head_map"})

@@ -116,6 +116,8 @@ def _synthetic_run(directory: Path) -> ExperimentResult:
                     "estimator": "unbiased",
                 },
             }
+            if c == "ce+align":  # a cell of this version: its lr and kept step recorded
+                cell |= {"lr": 2e-4, "kept_step": 4}
             d = directory / TASK / c / f"seed{seed}"
             d.mkdir(parents=True)
             (d / "cell.json").write_text(json.dumps(cell))
@@ -187,6 +189,19 @@ def test_report_content(report: Path) -> None:
     assert "L1H2 → L3H1" in _section(html, "cka-table")
     curves = _section(html, f"{TASK}-curves")
     assert '"name":"CE + Align CKA"' in curves and "condition (mean \\u00b1 sd over" in curves
+
+
+def test_report_shows_learning_curves_and_their_area(report: Path) -> None:
+    html = report.read_text()
+    table = _section(html, "results-table")
+    # CE's curves: (0.73, 0.75) and (0.74, 0.76) over steps 2..4: AUC 0.74 and 0.75
+    assert "val AUC (mean ± sd)" in table and "0.745 ± 0.007" in table
+    assert "learning rate" in table and "0.0002" in table and "kept step (mean)" in table
+    learning = _section(html, f"{TASK}-learning")
+    assert "◆ the kept step" in learning
+    assert "kept step 4" in learning  # ce+align records it; the others mark their last step
+    for words in ("lr 0.0002", "AUC 0.755", "test 0.765"):  # ce+align's panel title
+        assert words in learning
 
 
 def test_report_leads_with_the_answer(report: Path) -> None:

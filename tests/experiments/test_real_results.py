@@ -103,8 +103,8 @@ def test_reproduce_real_at_its_smallest_and_export_round_trip(
 
 def test_run_the_ioi_config_at_its_smallest(shipped, tmp_path, capsys) -> None:
     """``circuitlens run configs/ioi-smollm2.toml`` (a JSONL task with the real SmolLM2 base as
-    teacher and a pruned student) at its smallest: one seed, CE + Align, a screened sweep of 4
-    prompts, one step; it ends with its table, the cell keyed by the config's task name."""
+    teacher and a pruned student) at its smallest: one seed, the three trained conditions its
+    design names, a screened sweep of 4 prompts, one step; it ends with its table, the cell keyed by the config's task name."""
     from circuitlens.cli import main
     from circuitlens.experiments.config import CONFIGS_DIR
 
@@ -112,10 +112,11 @@ def test_run_the_ioi_config_at_its_smallest(shipped, tmp_path, capsys) -> None:
     sets = {
         "sweep": json.dumps({"n": 4, "n_boot": 0, "method": "screened"}),
         "budget": 2, "test_n": 8, "steps": 1, "batch_size": 4, "eval_every": 0, "cka_eval_n": 8,
+        "patience": "null", "lr_grid": "null",  # no validation at this size: the file's lr
     }  # fmt: skip
     argv = [
         "run", str(CONFIGS_DIR / "ioi-smollm2.toml"), "--out", str(out), "--seeds", "0",
-        "--conditions", "student", "ce+align", "--no-progress", "--jobs", "1",
+        "--conditions", "student", "ce", "ce+align", "ce+permuted", "--no-progress", "--jobs", "1",
         *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
     ]  # fmt: skip
     assert main(argv) == 0

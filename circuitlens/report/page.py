@@ -302,23 +302,12 @@ def results_display(table: Any) -> Any:
 
 
 def _fair_training_display(show: Any) -> Any:
-    """The results table's learning-curve columns as the page shows them: ``val_auc`` as
-    mean ± sd, the lr in 3 significant digits; ``lr`` and ``kept_step`` only where a cell
-    records them (runs made before they were recorded have neither)."""
-    if "val_auc_mean" in show:
-        show["val_auc_mean"] = [
-            DASH if is_missing(m) else num(m) + ("" if is_missing(s) else f" ± {float(s):.3f}")
-            for m, s in zip(show.val_auc_mean, show.val_auc_std, strict=True)
-        ]
-        show = show.drop(columns=["val_auc_std"]).rename(columns={"val_auc_mean": "val_auc"})
-    for col in ("lr", "kept_step"):
-        if col in show and show[col].isna().all():
-            show = show.drop(columns=[col])
-    if "lr" in show:
-        show["lr"] = [DASH if is_missing(x) else f"{float(x):.3g}" for x in show.lr]
-    if "kept_step" in show:
-        show["kept_step"] = [DASH if is_missing(x) else f"{float(x):.0f}" for x in show.kept_step]
-    return show
+    """The results table without the learning-curve columns (``val_auc``, ``lr``,
+    ``kept_step``): the page's table is already as wide as a page holds; they are in
+    ``table.md``/``table.csv`` and each condition's learning-curve panel names its lr and val
+    AUC (:func:`circuitlens.report.figures.plot_learning_curves`)."""
+    drop = ("val_auc_mean", "val_auc_std", "lr", "kept_step")
+    return show.drop(columns=[c for c in drop if c in show])
 
 
 def comparisons_display(comparisons: Any) -> Any:

@@ -67,7 +67,7 @@ BUDGETS = {"chosen": 0.13, "all": 1.0}
 SPLIT = "train"
 
 
-def atomic_save(rows: list[dict], config: dict) -> None:
+def atomic_save(rows: list[dict], config: dict, out: Path | None = None) -> None:
     from circuitlens.core.io import atomic_write_text
 
     doc = {
@@ -76,7 +76,7 @@ def atomic_save(rows: list[dict], config: dict) -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "rows": rows,
     }
-    atomic_write_text(OUT, json.dumps(doc, indent=1))
+    atomic_write_text(out or Path(config.get("out", OUT)), json.dumps(doc, indent=1))
 
 
 def truth_map(n_layers: int, n_heads: int) -> dict:
@@ -203,9 +203,10 @@ def run_pair(label: str, args: argparse.Namespace, rows: list[dict], config: dic
         atomic_save(rows, config)
         print(f"{label} weights: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    for seed in args.seeds:
-        task = cl.get_task(task_name, model=student, seed=seed)
-        for n in args.n:
+    tasks = {seed: cl.get_task(task_name, model=student, seed=seed) for seed in args.seeds}
+    for n in args.n:  # every seed at the smaller size first
+        for seed in args.seeds:
+            task = tasks[seed]
             unit = f"functional seed {seed} n {n}"
             if (label, unit) in done:
                 continue
@@ -303,7 +304,7 @@ def table(summary: list[dict]) -> str:
                 vals.append("")
                 continue
             v = f"{s['recovery_mean']:.2f}"
-            if s["recovery_min"] != s["recovery_mean"]:
+            if f"{s['recovery_min']:.2f}" != f"{s['recovery_mean']:.2f}":
                 v += f" ({s['recovery_min']:.2f})"
             vals.append(v)
         label = "weights" if n is None else (f"{n} (sweeps: test)" if method in IMPACT else str(n))
@@ -360,13 +361,13 @@ def figure(summary: list[dict]) -> Any:
     return fig
 
 
-def write_outputs(rows: list[dict]) -> None:
+def write_outputs(rows: list[dict], out: Path = OUT) -> None:
     from circuitlens.report.page import PLOTLY_JS, write_plotly_js
 
     summary = summarise(rows)
-    write_plotly_js(OUT.parent)
-    figure(summary).write_html(OUT.with_suffix(".html"), include_plotlyjs=PLOTLY_JS)
-    if DOC.is_file() and OUT.parent == RESULTS:
+    write_plotly_js(out.parent)
+    figure(summary).write_html(out.with_suffix(".html"), include_plotlyjs=PLOTLY_JS)
+    if DOC.is_file() and out == RESULTS / "descent.json":
         text = DOC.read_text()
         block = f"<!-- descent-table -->\n{table(summary)}\n<!-- /descent-table -->"
         if "<!-- descent-table -->" in text:
@@ -386,8 +387,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     p.add_argument("--figure", action="store_true", help="only the figure and table")
+    p.add_argument("--out", type=Path, default=OUT, help="where this run's rows go")
+    p.add_argument("--merge", type=Path, nargs="*", default=[], help="rows to add to --out")
     args = p.parse_args()
-    rows = json.loads(OUT.read_text())["rows"] if OUT.is_file() else []
+    rows = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    if args.merge:
+        have = {(r["pair"], r["unit"]) for r in rows}
+        for f in args.merge:
+            rows += [
+                r for r in json.loads(f.read_text())["rows"] if (r["pair"], r["unit"]) not in have
+            ]
+        first = args.out if args.out.is_file() else args.merge[0]
+        atomic_save(rows, json.loads(first.read_text())["config"], args.out)
     if not args.figure:
         import torch
 
@@ -399,10 +410,11 @@ def main() -> None:
             "budgets": BUDGETS,
             "truth": "student (l, h) -> teacher (STUDENT_LAYERS[l], h)",
             "impact_sweeps": str(SWEEPS.relative_to(RESULTS.parent.parent)),
+            "out": str(args.out),
         }
         for label in args.pairs:
             run_pair(label, args, rows, config)
-    write_outputs(rows)
+    write_outputs(rows, args.out)
 
 
 if __name__ == "__main__":

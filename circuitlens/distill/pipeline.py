@@ -27,6 +27,7 @@ from circuitlens.analysis.correspondence import (
 from circuitlens.analysis.correspondence import get_method as get_correspondence_method
 from circuitlens.analysis.cost import estimate_distill_cost, report_cost
 from circuitlens.analysis.evaluation import circuit_only_scores, format_accuracy
+from circuitlens.analysis.head_features import gather_more
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.analysis.mechanism import MechanismCheck, mechanism_check
 from circuitlens.core.types import Circuit, HeadMap
@@ -223,10 +224,12 @@ def _setup_map(
     if m.method == "impact":
         return map_heads(s_sweep, t_sweep, circuit, m.budget, m.one_to_one)
     zs = zt = None
-    if "z" in get_correspondence_method(m.method).needs:
-        split, n = s_sweep.config.split, s_sweep.config.n
+    needs = get_correspondence_method(m.method).needs
+    split, n = s_sweep.config.split, s_sweep.config.n
+    if "z" in needs:
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    features = CorrespondenceFeatures(s_sweep, t_sweep, zs, zt)
+    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    features = CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
     return correspond_features(features, m.method, m.budget, m.one_to_one, circuit=circuit)
 
 

@@ -116,3 +116,14 @@ def test_models_of_another_d_model_are_refused_by_name(
     for method in METHODS:
         with pytest.raises(BasisMismatchError, match="d_model is 32 and the teacher's 48"):
             correspond_features(features, method, 1.0)
+
+
+def test_correspond_gathers_the_weights_itself() -> None:
+    """End to end: ``correspond`` measures what the method needs (the student's sweep to choose
+    heads, the weights) and maps the zoo teacher onto its relabelled copy."""
+    teacher = cl.load_model("zoo:entity-tracking-teacher")
+    task = cl.get_task("entity_tracking", model=teacher)
+    copy, perm = permuted_copy(teacher, seed=2)
+    hm = cl.correspond(teacher, copy, task, method="weights-ov-qk", budget=0.25, n=8, n_boot=10)
+    assert len(hm) == 8 and hm.config["method"] == "weights-ov-qk"
+    assert recovery(hm, perm) == 1.0

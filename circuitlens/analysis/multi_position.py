@@ -83,6 +83,12 @@ def cka_all_pairs(
 
     Raises:
         TooFewExamplesError: fewer than 4 rows.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(2, 32, 8, generator=g)
+    >>> v = cka_all_pairs(x, x)
+    >>> round(float(v[0, 0]), 3), round(float(v[1, 1]), 3), abs(float(v[0, 1])) < 0.2
+    (1.0, 1.0, True)
     """
     m = x.shape[1]
     if m < MIN_ROWS["unbiased"] or y.shape[1] != m:

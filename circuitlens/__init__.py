@@ -6,6 +6,7 @@ Wallace 2025, "Circuit Distillation").
 """
 
 # the model sources: importing each registers its "<prefix>:" with load_model
+from circuitlens.analysis import multi_position, weight_map  # noqa: F401  (register methods)
 from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.analysis.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.analysis.correspondence import correspond

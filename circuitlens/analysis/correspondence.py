@@ -81,7 +81,12 @@ from circuitlens.analysis.costs import (
     rank_quantiles,
     register_method,
 )
-from circuitlens.analysis.mapping import DEFAULT_BUDGET, assign, map_heads
+from circuitlens.analysis.head_features import gather_more
+from circuitlens.analysis.mapping import (
+    DEFAULT_BUDGET,
+    assign,
+    map_heads,
+)
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.models.registry import model_facts
@@ -189,7 +194,8 @@ def gather_features(
     same ``n`` prompts of ``split``; ``teacher_baseline="student"``: the teacher's impacts
     against the student's P, as :func:`circuitlens.distill.sweeps.sweeps` does, or ``"own"``) and
     the
-    heads' ``z`` at the last position on the same prompts."""
+    heads' ``z`` at the last position on the same prompts; weights, ``z`` at named positions or
+    tokens, and attention patterns (:func:`~circuitlens.analysis.head_features.gather_more`)."""
     if teacher_baseline not in ("student", "own"):
         raise ValueError(f"teacher_baseline must be 'student' or 'own' (got {teacher_baseline!r})")
     bad = [x for x in needs if x not in NEEDS]
@@ -206,7 +212,8 @@ def gather_features(
     zs = zt = None
     if "z" in needs:
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt)
+    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
 
 
 def correspond(

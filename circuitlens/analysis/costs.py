@@ -23,7 +23,9 @@ from circuitlens.analysis.cka import cka, cka_with_null
 from circuitlens.analysis.map_checks import map_warnings
 from circuitlens.core.types import Head
 
-NEEDS = ("teacher_sweep", "prompt_delta", "z")
+#: what a method may read; the last four are measured by :mod:`circuitlens.analysis.head_features`
+#: into ``CorrespondenceFeatures.more`` (weights: none; the others: one forward pass per model)
+NEEDS = ("teacher_sweep", "prompt_delta", "z", "weights", "z_positions", "z_tokens", "pattern")
 
 
 @dataclass
@@ -35,12 +37,15 @@ class CorrespondenceFeatures:
         teacher_sweep: the teacher's sweep, or None when no method asked for it.
         student_z, teacher_z: ``[n, layer, head, d_head]`` each head's ``z`` at the last
             position of the sweep's prompts, or None.
+        more: the other features, keyed by need (``"weights"``, ``"z_positions"``...), each a
+            ``(student, teacher)`` pair (:func:`circuitlens.analysis.head_features.gather_more`).
     """
 
     student_sweep: AblationResult
     teacher_sweep: AblationResult | None = None
     student_z: Float[Tensor, "n s_layer s_head s_d"] | None = None
     teacher_z: Float[Tensor, "n t_layer t_head t_d"] | None = None
+    more: dict[str, Any] = field(default_factory=dict)
 
     def teacher_shape(self) -> tuple[int, int]:
         """The teacher's (layers, heads), from whichever teacher feature is present."""
@@ -49,6 +54,9 @@ class CorrespondenceFeatures:
             return int(n_layers), int(n_heads)
         if self.teacher_z is not None:
             return int(self.teacher_z.shape[1]), int(self.teacher_z.shape[2])
+        for _, teacher in self.more.values():
+            if hasattr(teacher, "head_shape"):
+                return teacher.head_shape
         raise ValueError("no teacher features: pass teacher_sweep or teacher_z")
 
 

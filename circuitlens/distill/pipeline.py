@@ -26,6 +26,7 @@ from circuitlens.analysis.correspondence import CorrespondenceFeatures, head_z
 from circuitlens.analysis.correspondence import get_method as get_correspondence_method
 from circuitlens.analysis.cost import estimate_distill_cost, report_cost
 from circuitlens.analysis.evaluation import circuit_only_scores, format_accuracy
+from circuitlens.analysis.head_features import gather_more
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.analysis.mechanism import MechanismCheck, mechanism_check
 from circuitlens.core.types import Circuit, HeadMap
@@ -278,10 +279,12 @@ def map_features(
     """What map ``method`` reads: the sweeps, and the heads' ``z`` on the sweep's prompts where
     the method reads it."""  # fmt: skip
     zs = zt = None
-    if "z" in get_correspondence_method(method).needs:
-        split, n = s_sweep.config.split, s_sweep.config.n
+    needs = get_correspondence_method(method).needs
+    split, n = s_sweep.config.split, s_sweep.config.n
+    if "z" in needs:
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt)
+    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
 
 
 def with_map_features(setup: Setup, teacher: Any, student: Any, task: Task) -> Setup:
@@ -291,7 +294,7 @@ def with_map_features(setup: Setup, teacher: Any, student: Any, task: Task) -> S
     method = setup.head_map.config.get("method", "impact")
     if setup.features is not None or method not in CORRESPONDENCE_METHODS:
         return setup
-    if "z" not in get_correspondence_method(method).needs:
+    if set(get_correspondence_method(method).needs) <= {"teacher_sweep", "prompt_delta"}:
         return setup
     f = map_features(teacher, student, task, method, setup.student_sweep, setup.teacher_sweep)
     return dataclasses.replace(setup, features=f)

@@ -104,7 +104,8 @@ def test_reproduce_real_at_its_smallest_and_export_round_trip(
 def test_run_the_ioi_config_at_its_smallest(shipped, tmp_path, capsys) -> None:
     """``circuitlens run configs/ioi-smollm2.toml`` (a JSONL task with the real SmolLM2 base as
     teacher and a pruned student) at its smallest: one seed, the three trained conditions its
-    design names, a screened sweep of 4 prompts, one step; it ends with its table, the cell keyed by the config's task name."""
+    design names, a screened sweep of 4 prompts, one step; it ends with its table, the cells
+    keyed by the config's task name."""
     from circuitlens.cli import main
     from circuitlens.experiments.config import CONFIGS_DIR
 

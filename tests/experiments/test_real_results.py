@@ -114,6 +114,7 @@ def test_run_the_ioi_config_at_its_smallest(shipped, tmp_path, capsys) -> None:
         "sweep": json.dumps({"n": 4, "n_boot": 0, "method": "screened"}),
         "budget": 2, "test_n": 8, "steps": 1, "batch_size": 4, "eval_every": 0, "cka_eval_n": 8,
         "patience": "null", "lr_grid": "null",  # no validation at this size: the file's lr
+        "map_method": "impact",  # the weight map's pass over 198 x 270 heads is tested elsewhere
     }  # fmt: skip
     argv = [
         "run", str(CONFIGS_DIR / "ioi-smollm2.toml"), "--out", str(out), "--seeds", "0",

@@ -440,7 +440,14 @@ def _task_section(result: ExperimentResult, task: str, setup: Setup) -> list[str
         )
     )
     parts.append("</section>")
-    # curves
+    parts += _curve_sections(result, task, name)
+    parts.append("</section>")
+    return parts
+
+
+def _curve_sections(result: ExperimentResult, task: str, name: str) -> list[str]:
+    """A task's training curves and per-condition learning curves (none without cells)."""
+    parts: list[str] = []
     if any(c.task == task for c in result.cells):
         parts.append(f"<section id='{esc(task)}-curves'><h3>Training curves</h3>")
         parts.append(
@@ -464,7 +471,6 @@ def _task_section(result: ExperimentResult, task: str, setup: Setup) -> list[str
             )
         )
         parts.append("</section>")
-    parts.append("</section>")
     return parts
 
 

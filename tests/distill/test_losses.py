@@ -120,6 +120,10 @@ def _by_hand(pair, condition: str, head_map: HeadMap, cfg: TrainConfig, prompts,
         "kd": kd,
         "random-heads": ce,
         "random-heads+align": ce + lam * align,
+        # the pairing controls: the same terms; which pairs they align is the map's business
+        "ce+rand-all": ce + lam * align,
+        "random-heads+rand-all": ce + lam * align,
+        "ce+permuted": ce + lam * align,
     }[condition], ckas
 
 

@@ -177,7 +177,7 @@ def test_committed_runs_load_with_the_default_design_and_their_verdicts() -> Non
     Align - CE), whose Holm p is its own p, the paired sds of the pilots (0.019 entity
     tracking, 0.032 theory of mind), and the other conditions exploratory."""
     docs = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
-    runs = {n: d for n, d in docs.items() if isinstance(d, dict) and "config" in d}
+    runs = {n: d for n, d in docs.items() if isinstance(d, dict) and {"config", "cells"} <= set(d)}
     assert "reproduce-real-exact.json" in runs
     for name, doc in runs.items():
         assert "design" not in doc["config"], name

@@ -82,6 +82,8 @@ def run_model(
     ``spec``'s)."""
     import circuitlens as cl
     from circuitlens.analysis.correspondence import METHODS, CorrespondenceFeatures, head_z
+    from circuitlens.analysis.costs import get_method
+    from circuitlens.analysis.head_features import gather_more
     from circuitlens.analysis.known_answer import behaviour_change, recovery
     from circuitlens.analysis.mapping import map_heads
 
@@ -96,7 +98,8 @@ def run_model(
     )
     t0 = time.perf_counter()
     s_sweep = cl.ablation_sweep(model, task, sweep, progress=False).named("student")
-    s_z = head_z(model, task, "test", args.n)
+    s_z = head_z(model, task, "probe", args.n)  # what chooses reads probe, as the sweeps do
+    needs = sorted({x for m in METHODS for x in get_method(m).needs})
     print(f"{label}: student side {time.perf_counter() - t0:.0f} s", flush=True)
     for kind, noise, seed, copy, perm in copies(model, args):
         t1 = time.perf_counter()
@@ -105,7 +108,9 @@ def run_model(
         )
         behaviour = behaviour_change(model, copy, task, "test", args.n)
         print(f"{label} {kind} noise {noise} seed {seed}: swept", flush=True)
-        features = CorrespondenceFeatures(s_sweep, t_sweep, s_z, head_z(copy, task, "test", args.n))
+        t_z = head_z(copy, task, "probe", args.n)
+        more = gather_more(model, copy, task, needs, split="probe", n=args.n)
+        features = CorrespondenceFeatures(s_sweep, t_sweep, s_z, t_z, more)
         for budget in BUDGETS:
             for one_to_one in (False, True):
                 for method in METHODS:

@@ -296,13 +296,15 @@ def profile_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> lis
     return out
 
 
-def cka_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> list[str]:
-    """The permutation null of each chosen pair (into ``extras["cka_null"]``) and the pairs
-    whose CKA does not exceed it by two null sds."""
-    x, y = _z(inputs)
+def null_warnings(
+    inputs: CostInputs, x: Tensor, y: Tensor, chosen: list[int], what: str = ""
+) -> list[str]:
+    """Each chosen pair's CKA with its permutation null (``x``: the student heads' features,
+    ``y``: the candidates'; the null into ``extras["cka_null"]``), and the pairs whose CKA does
+    not exceed the null's mean by two null sds (``what`` says what the CKA is over)."""
     null = cka_with_null(
-        x[:, :, None, :],
-        y[chosen][:, :, None, :],
+        x,
+        y[chosen],
         n_perm=int(inputs.options.get("n_perm", 20)),
         seed=int(inputs.options.get("seed", 0)),
     )
@@ -312,10 +314,17 @@ def cka_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> list[st
         v, m, sd = (float(t[i]) for t in (null.value, null.null_mean, null.null_sd))
         if v <= m + 2 * sd:
             out.append(
-                f"{s} -> {inputs.candidates[j]}: CKA {v:.3f} does not exceed its permutation "
-                f"null ({m:.3f} +- {sd:.3f}, {null.n_perm} permutations) by 2 sd"
+                f"{s} -> {inputs.candidates[j]}: CKA {v:.3f}{what} does not exceed its "
+                f"permutation null ({m:.3f} +- {sd:.3f}, {null.n_perm} permutations) by 2 sd"
             )
     return out
+
+
+def cka_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> list[str]:
+    """The permutation null of each chosen pair (into ``extras["cka_null"]``) and the pairs
+    whose CKA does not exceed it by two null sds."""
+    x, y = _z(inputs)
+    return null_warnings(inputs, x[:, :, None, :], y[:, :, None, :], chosen)
 
 
 def _generic_then(*more: WarnFn) -> WarnFn:

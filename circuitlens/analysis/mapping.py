@@ -336,6 +336,22 @@ def check_map(
     )
 
 
+def impact_distances(
+    student_sweep: AblationResult,
+    teacher_sweep: AblationResult,
+    students: list[Head],
+    partners: list[Head],
+) -> list[float]:
+    """``|dP_s - dP_t|`` of each pair (the distance a control's pairs are reported with)."""
+    return [
+        abs(
+            float(student_sweep.delta[s.layer, s.head])
+            - float(teacher_sweep.delta[t.layer, t.head])
+        )
+        for s, t in zip(students, partners, strict=True)
+    ]
+
+
 def random_map(
     student_sweep: AblationResult,
     teacher_sweep: AblationResult,
@@ -381,13 +397,7 @@ def random_map(
             if not pool:
                 raise ValueError(f"no teacher head other than {partner.get(s)} to draw for {s}")
             picked.append(rng.choice(pool))
-    dist = [
-        abs(
-            float(student_sweep.delta[s.layer, s.head])
-            - float(teacher_sweep.delta[t.layer, t.head])
-        )
-        for s, t in zip(students, picked, strict=True)
-    ]
+    dist = impact_distances(student_sweep, teacher_sweep, students, picked)
     config: dict[str, Any] = {
         "budget": budget,
         "one_to_one": one_to_one,
@@ -448,13 +458,7 @@ def permuted_map(
         for a, i in enumerate(by_head):
             order[i] = by_head[(a + most) % k]
     picked = [partners[order[i]] for i in range(k)]
-    dist = [
-        abs(
-            float(student_sweep.delta[s.layer, s.head])
-            - float(teacher_sweep.delta[t.layer, t.head])
-        )
-        for s, t in zip(students, picked, strict=True)
-    ]
+    dist = impact_distances(student_sweep, teacher_sweep, students, picked)
     config: dict[str, Any] = {
         "budget": aligned.config.get("budget"),
         "one_to_one": aligned.config.get("one_to_one"),

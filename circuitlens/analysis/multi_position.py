@@ -35,11 +35,12 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.cka import MIN_ROWS, TooFewExamplesError, cka_with_null
+from circuitlens.analysis.cka import MIN_ROWS, TooFewExamplesError
 from circuitlens.analysis.costs import (
     CostInputs,
     correlation,
     generic_warnings,
+    null_warnings,
     register_method,
 )
 from circuitlens.analysis.head_features import HeadPatterns, PositionZ, TokenZ
@@ -193,23 +194,10 @@ def positions_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> l
     """The generic warnings, and each chosen pair's permutation null (whole prompts of the
     teacher side shuffled, positions kept; into ``extras["cka_null"]``): pairs whose CKA does
     not exceed the null's mean by 2 null sds."""
-    out = generic_warnings(inputs, cost, chosen)
     x, y = _positions(inputs)
-    null = cka_with_null(
-        x,
-        y[chosen],
-        n_perm=int(inputs.options.get("n_perm", 20)),
-        seed=int(inputs.options.get("seed", 0)),
+    return generic_warnings(inputs, cost, chosen) + null_warnings(
+        inputs, x, y, chosen, " over positions"
     )
-    inputs.extras["cka_null"] = null.to_dict()
-    for i, (s, j) in enumerate(zip(inputs.students, chosen, strict=True)):
-        v, m, sd = (float(t[i]) for t in (null.value, null.null_mean, null.null_sd))
-        if v <= m + 2 * sd:
-            out.append(
-                f"{s} -> {inputs.candidates[j]}: CKA {v:.3f} over positions does not exceed its "
-                f"permutation null ({m:.3f} +- {sd:.3f}, {null.n_perm} permutations) by 2 sd"
-            )
-    return out
 
 
 FORWARD = "one forward pass per model"

@@ -710,32 +710,17 @@ def _plan_inputs(
         sds = [("", args.sd)]
         contrasts = args.contrasts or 1
     else:
-        import numpy as np
-
         from circuitlens.experiments import ExperimentResult
 
         result = ExperimentResult.load(args.run)
         d = result.config.design
-        primary = result.config.primary_contrasts()
-        if not primary:
-            raise ValueError(
-                f"{args.run}: the run declares no primary contrast "
-                "(design.primary); give --effect and --sd"
-            )
-        comp = result.comparisons(n_boot=1)
-        comp = comp[(comp.role == "primary") & (comp.n_seeds > 1)]
-        sds = [
-            (f"{t}: {c} ({n} seeds)", args.sd or float(np.std(diffs, ddof=1)))
-            for t, c, n, diffs in zip(
-                comp.task, comp.contrast, comp.n_seeds, comp.diffs, strict=True
-            )
-        ]
-        if not sds:
-            raise ValueError(
-                f"{args.run}: no primary contrast ({', '.join(primary)}) has two "
-                "seeds of both conditions yet: no paired sd to read; give --sd"
-            )
-        contrasts = args.contrasts or len(primary)
+        try:
+            sds = result.primary_paired_sds()
+        except ValueError as e:
+            raise ValueError(f"{e}; give --effect and --sd") from e
+        if args.sd is not None:
+            sds = [(what, args.sd) for what, _ in sds]
+        contrasts = args.contrasts or len(result.config.primary_contrasts())
     effect = d.effect if args.effect is None else args.effect
     alpha = d.alpha if args.alpha is None else args.alpha
     power = d.power if args.power is None else args.power

@@ -271,6 +271,34 @@ class ExperimentResult:
             design_note=self.design_note(),
         )
 
+    def primary_paired_sds(self) -> list[tuple[str, float]]:
+        """``(what, sd)`` per task and declared primary contrast with two seeds or more: the sd
+        over seeds of the paired accuracy differences, what ``circuitlens plan --from`` plans
+        the next design on.
+
+        Raises:
+            ValueError: the run declares no primary contrast, or none has two seeds yet.
+        """
+        primary = self.config.primary_contrasts()
+        if not primary:
+            raise ValueError(
+                f"{self.directory}: the run declares no primary contrast (design.primary)"
+            )
+        comp = self.comparisons(n_boot=1)
+        comp = comp[(comp.role == "primary") & (comp.n_seeds > 1)]
+        sds = [
+            (f"{t}: {c} ({n} seeds)", float(np.std(diffs, ddof=1)))
+            for t, c, n, diffs in zip(
+                comp.task, comp.contrast, comp.n_seeds, comp.diffs, strict=True
+            )
+        ]
+        if not sds:
+            raise ValueError(
+                f"{self.directory}: no primary contrast ({', '.join(primary)}) has two seeds of "
+                "both conditions yet: no paired sd to read"
+            )
+        return sds
+
     def design_note(self) -> str | None:
         """Why the run is exploratory, as said before it ran
         (:func:`~circuitlens.experiments.design.design_note`); None: its design can reject."""

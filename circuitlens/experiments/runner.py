@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 import warnings
@@ -15,9 +14,9 @@ from circuitlens.analysis.evaluation import format_accuracy, format_tasks
 from circuitlens.analysis.mapping import budget_count, require_one_to_one
 from circuitlens.analysis.patching.circuits import find_circuit
 from circuitlens.core.devices import check_device
-from circuitlens.core.io import atomic_write_text, json_ready
+from circuitlens.core.io import atomic_write_text
 from circuitlens.core.progress import heartbeat
-from circuitlens.core.rundir import die_with_parent, read_json, record_workers, run_directory
+from circuitlens.core.rundir import read_json, run_directory
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.distill.conditions import get_condition
 from circuitlens.distill.pipeline import prepare, train_condition, with_map_features
@@ -37,6 +36,12 @@ from circuitlens.experiments.lr_choice import (
     write_choices,
 )
 from circuitlens.experiments.result import ExperimentResult
+from circuitlens.experiments.run_config import (  # noqa: F401 (_json_dump: read by others)
+    _json_dump,
+    check_directory,
+    same_config,
+)
+from circuitlens.experiments.workers import auto_jobs, run_parallel  # noqa: F401 (auto_jobs)
 from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
 
@@ -317,71 +322,6 @@ def _restore(model: Any, weights: dict[str, Any]) -> None:
             b.copy_(weights[f"b:{n}"])
 
 
-def _json_dump(obj: Any) -> str:
-    """``obj`` as strict JSON (a non-finite float as null), indented."""
-    return json.dumps(json_ready(obj), indent=1)
-
-
-def _saved_config(f: Path) -> dict[str, Any]:
-    """A run's saved ``config.json``, with the fields added since it was written at their
-    defaults (a run made before a field existed ran as its default says)."""
-    saved = read_json(f, "the run's config")
-    try:
-        return json.loads(_json_dump(ExperimentConfig.from_dict(saved).to_dict()))
-    except (ValueError, TypeError):  # not a config this version reads: compared as it is
-        return saved
-
-
-def _same_config(directory: Path, cfg: ExperimentConfig) -> bool:
-    """Whether ``directory`` holds a run of ``cfg`` made before run markers existed."""
-    f = directory / "config.json"
-    try:
-        return _saved_config(f) == json.loads(_json_dump(cfg.to_dict()))
-    except (OSError, ValueError):
-        return False
-
-
-#: what a run selects (which cells), not how a cell is computed: a run directory takes other
-#: selections of the same config, and its table shows every cell selected so far
-SELECTION = ("tasks", "conditions", "seeds")
-
-
-def _merged_selection(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    from circuitlens.experiments.config import TASKS, all_conditions
-
-    order = {"conditions": list(all_conditions())}
-    out = dict(new)
-    for k in SELECTION:
-        union = list(dict.fromkeys([*old[k], *new[k]]))
-        known = order.get(k)
-        if k == "tasks":  # the paper's in their order, then the others as first run
-            out[k] = sorted(union, key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
-        else:
-            out[k] = sorted(union, key=known.index) if known else sorted(union)
-    return out
-
-
-def _check_directory(directory: Path, cfg: ExperimentConfig) -> None:
-    """Refuse a directory holding a run of another config; another selection of cells
-    (tasks, conditions, seeds) of the same config extends it (``config.json`` then records
-    the union, so the table shows every cell computed)."""
-    f = directory / "config.json"
-    text = _json_dump(cfg.to_dict())
-    if f.is_file():
-        old, new = _saved_config(f), json.loads(text)
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if set(diff) <= set(SELECTION):
-                atomic_write_text(f, _json_dump(_merged_selection(old, new)))
-                return
-            raise ValueError(
-                f"{directory} holds a run of another config (differs in: {', '.join(diff)}); "
-                "results of two configs are never mixed. Pass another output directory, or "
-                "--fresh (fresh=True) to delete it and start over."
-            )
-    atomic_write_text(f, text)
-
-
 def run_experiment(
     config: ExperimentConfig | None = None,
     directory: str | Path = "results/reproduce",
@@ -420,9 +360,9 @@ def run_experiment(
     if jobs != "auto" and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a whole number >= 1 or 'auto' (got {jobs!r})")
     directory = Path(directory)
-    adopt = lambda d: _same_config(d, cfg)  # noqa: E731
+    adopt = lambda d: same_config(d, cfg)  # noqa: E731
     with run_directory(directory, fresh=fresh, kind="reproduce", adopt=adopt):
-        _check_directory(directory, cfg)
+        check_directory(directory, cfg)
         return _run(cfg, directory, progress, device, jobs)
 
 
@@ -478,17 +418,6 @@ def _preflight(
         report_cost(total, progress)
 
 
-def auto_jobs(tasks: int, device: str | None = None) -> int:
-    """Worker processes for ``jobs="auto"``: on the CPU one per task, at most one per torch
-    thread (on 2 cores two 1-thread processes train 1.27x faster than one 2-thread process:
-    much of a step is small operations and Python); on an accelerator 1."""
-    import torch
-
-    if device is not None and torch.device(device).type != "cpu":
-        return 1
-    return max(1, min(tasks, torch.get_num_threads()))
-
-
 def _run(
     cfg: ExperimentConfig,
     directory: Path,
@@ -512,7 +441,7 @@ def _run(
     if jobs == "auto":
         jobs = auto_jobs(len(busy), device)
     if jobs > 1 and len(busy) > 1:
-        _run_parallel(cfg, directory, todo, busy, progress, device, jobs)
+        run_parallel(_run_task, cfg, directory, todo, busy, progress, device, jobs)
     else:
         bar = tqdm(
             total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress
@@ -523,90 +452,6 @@ def _run(
     result = ExperimentResult.load(directory)
     result.write_tables()
     return result
-
-
-def _run_parallel(
-    cfg: ExperimentConfig,
-    directory: Path,
-    todo: list[tuple[str, str, int]],
-    busy: list[str],
-    progress: bool,
-    device: str | None,
-    jobs: int,
-) -> None:
-    """The tasks in ``jobs`` worker processes (the tasks are independent: their own models,
-    setup, cells and teacher cache), the CPU threads shared out among them. On a few CPU
-    cores this beats one process using them all: much of a step is small operations and
-    Python that one thread runs as fast as two.
-
-    The workers die with this process (:func:`~circuitlens.core.rundir.die_with_parent`: a
-    ``kill -9`` of the run leaves none writing), are recorded in the directory's lock (a second
-    run is refused while one lives), and are stopped when this process is interrupted (their
-    cells resume from their checkpoints)."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    jobs = min(jobs, len(busy))
-    threads = max(1, torch.get_num_threads() // jobs)
-    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    before = {p.pid for p in multiprocessing.active_children()}
-    pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
-    )
-    workers: list[Any] = []
-    try:
-        futures = [
-            pool.submit(_task_worker, t, cfg, str(directory), todo, progress, device, threads, i)
-            for i, t in enumerate(busy)
-        ]
-        workers = [p for p in multiprocessing.active_children() if p.pid not in before]
-        record_workers(directory, [p.pid for p in workers if p.pid is not None])
-        for f in futures:
-            f.result()  # a worker's exception is raised here
-    except BaseException as e:
-        if isinstance(e, Exception):  # one task failed: the others finish theirs
-            pool.shutdown()
-            raise
-        for p in workers:  # Ctrl-C: no worker goes on writing
-            p.kill()
-        pool.shutdown(cancel_futures=True)  # the pool sees them gone: quick, and tidy
-        raise
-    pool.shutdown()
-
-
-def _worker_init(parent: int) -> None:
-    """A worker's start: it dies with ``parent`` (the run), and its progress bars lock with a
-    thread lock (tqdm's default is a multiprocessing lock, which a spawned worker cannot share
-    anyway and which a stopped worker leaves to the resource tracker as a "leaked semaphore")."""
-    import threading
-
-    from tqdm.auto import tqdm
-
-    die_with_parent(parent)
-    tqdm.set_lock(threading.RLock())
-
-
-def _task_worker(
-    t: str,
-    cfg: ExperimentConfig,
-    directory: str,
-    todo: list[tuple[str, str, int]],
-    progress: bool,
-    device: str | None,
-    threads: int,
-    position: int,
-) -> None:
-    import torch
-    from tqdm.auto import tqdm
-
-    torch.set_num_threads(threads)
-    n = len([1 for tt, _, _ in todo if tt == t])
-    bar = tqdm(total=n, desc=f"reproduce {t}", position=position, disable=not progress)
-    _run_task(t, cfg, Path(directory), todo, bar, device)
-    bar.close()
 
 
 def _run_task(

@@ -325,7 +325,7 @@ def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path, monkeypatch
     run's lock while they run, and none is left after."""
     import torch
 
-    import circuitlens.experiments.runner as runner
+    import circuitlens.experiments.workers as workers
     from circuitlens.core.rundir import _pid_alive
 
     recorded: list[int] = []
@@ -334,8 +334,8 @@ def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path, monkeypatch
         recorded.extend(pids)
         real_record(directory, pids)
 
-    real_record = runner.record_workers
-    monkeypatch.setattr(runner, "record_workers", record)
+    real_record = workers.record_workers
+    monkeypatch.setattr(workers, "record_workers", record)
 
     cfg = tiny(tasks=("entity_tracking", "theory_of_mind"), seeds=(0,), conditions=("ce+align",))
     threads = torch.get_num_threads()

@@ -78,6 +78,13 @@ def _task(name: str, seed: int, tokenizers: list[Any], cfg: ExperimentConfig, **
     return task
 
 
+def experiment_task(cfg: ExperimentConfig, name: str, models: list[Any]) -> Task:
+    """Task ``name`` of experiment ``cfg`` exactly as its run builds it (its type, options,
+    ``task_seed`` and the split sizes the run needs, so the same prompts fall in each split),
+    with words that are single tokens for every one of ``models``."""
+    return _task(name, cfg.task_seed, models, cfg)
+
+
 def _formats(task: Task, cfg: ExperimentConfig, tokenizers: list[Any]) -> dict[str, Task]:
     """The task in every prompt format it offers (the same seed: the same stories); none
     when the config measures the card's format only."""

@@ -1,0 +1,143 @@
+"""The answer's pilot: which budget puts CE in the 0.70-0.85 regime, on validation prompts only.
+
+For one task of an answer config (``configs/answer/<task>.toml``), on the real same-family
+pair: the student's exact mean-ablation sweep on the ``probe`` prompts (the ones that choose
+the heads, as the confirmatory run will choose them), then CE alone at each candidate budget
+(a count of student heads, the sweep's most important), trained to convergence as the config
+trains (``patience``, ``steps``, ``eval_every``, ``eval_n``) at every learning rate of the
+config's grid on the first pilot seed; the budget whose CE ends (best kept validation
+accuracy, at its best lr) in the regime is then run at the other pilot seeds. The test prompts
+are never read: only ``val`` (the trainer's evaluations) and ``probe`` (the sweep).
+
+The task is built exactly as the confirmatory run builds it (the runner's split sizes), so the
+sweep, the heads and the validation prompts are the ones it will use. The pilot seeds (100,
+101, 102) are not the confirmatory seeds. Every finished cell is written at once to the
+results file (``benchmarks/results/answer-pilot-<task>.json``) and skipped on a rerun.
+
+    python benchmarks/answer_pilot.py configs/answer/theory-of-mind.toml --budgets 5 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import circuitlens as cl
+from circuitlens.analysis.ablation import AblationResult, ablation_sweep
+from circuitlens.analysis.mapping import choose_student_heads
+from circuitlens.core.io import atomic_write_text, json_ready
+from circuitlens.core.types import HeadMap
+from circuitlens.distill.trainer import CircuitTrainer
+from circuitlens.experiments.config import ExperimentConfig
+from circuitlens.experiments.lr_choice import choose_lr
+from circuitlens.experiments.runner import experiment_task
+
+RESULTS = Path(__file__).parent / "results"
+REGIME = (0.70, 0.85)
+PILOT_SEEDS = (100, 101, 102)
+
+
+def _save(path: Path, doc: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(json_ready(doc), indent=1))
+
+
+def _cell(teacher: Any, student0: dict, student: Any, task: Any, heads: list, cfg: Any) -> dict:
+    """CE on ``heads`` under ``cfg`` (a TrainConfig), from the untrained student's weights
+    ``student0``; the validation curve, the kept step and its accuracy."""
+    student.load_state_dict(student0)
+    head_map = HeadMap([(h, h) for h in heads], kind="pilot-ce")  # CE reads no partner
+    t0 = time.time()
+    trainer = CircuitTrainer(student, teacher, task, head_map, cfg, teacher_cache=True)
+    history = trainer.train(progress=False)
+    curve = [(int(r["step"]), float(r["val_accuracy"])) for r in history if "val_accuracy" in r]
+    kept = trainer.kept_step
+    best = max((a for s, a in curve if s == kept), default=float("nan"))
+    return {
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "kept_step": kept,
+        "steps": trainer.state.step,
+        "val_kept": best,
+        "val_curve": curve,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", help="the answer config of one task (configs/answer/*.toml)")
+    ap.add_argument("--budgets", type=int, nargs="+", required=True, help="head counts")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = ExperimentConfig.load(args.config)
+    (name,) = cfg.tasks
+    out = RESULTS / f"answer-pilot-{name}.json"
+    doc = json.loads(out.read_text()) if out.is_file() else {}
+    doc.setdefault("config_file", args.config)
+    doc.setdefault("cells", {})
+    doc["regime"] = list(REGIME)
+    doc["machine"] = {"platform": platform.platform(), "threads": args.threads}
+    teacher = cl.load_model(cfg.models[name]["teacher"])
+    student = cl.load_model(cfg.models[name]["student"])
+    task = experiment_task(cfg, name, [teacher, student])
+
+    sweep_cfg = cfg.distill.sweep
+    if "student_sweep" in doc:
+        s_sweep = AblationResult.from_dict(doc["student_sweep"])
+    else:
+        t0 = time.time()
+        s_sweep = ablation_sweep(student, task, sweep_cfg, progress=True)
+        doc["student_sweep"] = s_sweep.to_dict()
+        doc["sweep_seconds"] = round(time.time() - t0, 1)
+        _save(out, doc)
+        print(f"student sweep: {doc['sweep_seconds']} s", flush=True)
+
+    student0 = {k: v.clone() for k, v in student.state_dict().items()}
+    train = cfg.distill.train
+    grid = train.lr_grid or (train.lr,)
+
+    def run(budget: int, lr: float, seed: int) -> dict:
+        key = f"budget={budget}/lr={lr!r}/seed={seed}"
+        if key not in doc["cells"]:
+            heads = choose_student_heads(s_sweep, budget)
+            c = dataclasses.replace(train, condition="ce", lr=lr, seed=seed, lr_grid=None)
+            doc["cells"][key] = _cell(teacher, student0, student, task, heads, c) | {
+                "budget": budget,
+                "heads": [str(h) for h in heads],
+            }
+            _save(out, doc)
+            r = doc["cells"][key]
+            print(f"{key}: val {r['val_kept']:.3f} at step {r['kept_step']} "
+                  f"({r['seconds']} s)", flush=True)
+        return doc["cells"][key]
+
+    first = PILOT_SEEDS[0]
+    chosen: dict[int, float] = {}
+    for budget in args.budgets:
+        vals = {lr: run(budget, lr, first)["val_kept"] for lr in grid}
+        chosen[budget] = choose_lr(vals)
+    doc["lr_choice"] = {str(b): lr for b, lr in chosen.items()}
+    mid = sum(REGIME) / 2
+    best = {b: run(b, chosen[b], first)["val_kept"] for b in args.budgets}
+    inside = [b for b in args.budgets if REGIME[0] <= best[b] <= REGIME[1]]
+    pick = min(inside or args.budgets, key=lambda b: abs(best[b] - mid))
+    doc["budget_choice"] = {"budget": pick, "inside_regime": bool(inside), "lr": chosen[pick]}
+    _save(out, doc)
+    for seed in PILOT_SEEDS[1:]:
+        run(pick, chosen[pick], seed)
+    vals = [run(pick, chosen[pick], s)["val_kept"] for s in PILOT_SEEDS]
+    doc["budget_choice"]["val_kept_mean"] = sum(vals) / len(vals)
+    _save(out, doc)
+    print(json.dumps(doc["budget_choice"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

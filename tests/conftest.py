@@ -1,9 +1,16 @@
-"""Shared fixtures: tiny random models built from a config, saved by the tests themselves.
+"""Shared fixtures: tiny random models built from a config, saved by the tests themselves;
+and the tiers every test belongs to.
 
 The session checks every annotated signature of circuitlens at run time (jaxtyping shapes with
 beartype: ``--jaxtyping-packages`` in pyproject's addopts, installed before this file imports
 circuitlens). :func:`unchecked` turns the checks off inside a ``with`` block, for tests of the
 library's own argument checks: what a caller meets without the hook.
+
+Tiers (one per test, given here and nowhere else but by a mark on a test of a mixed file):
+``unit`` (tiny random models, pure functions), ``integration`` (the embedded zoo models, the
+experiment runner) and ``acceptance`` (real pretrained models, the notebooks, end-to-end CLI
+runs, several processes, the GPU scripts and benchmarks run on the CPU). ``python -m pytest``
+runs the first two (pyproject's ``-m "not acceptance"``); ``bash scripts/test.sh`` runs all three.
 """
 
 from __future__ import annotations
@@ -19,6 +26,80 @@ import torch
 
 from circuitlens import load_model
 from circuitlens.models.zoo import ZooArch, build_model, build_tokenizer
+
+TIERS = ("unit", "integration", "acceptance")
+
+#: Where a test's tier comes from when the test carries no tier mark: its node id's most
+#: specific entry here (a test function, else its file, else the longest folder), else unit.
+TIER_OF_PATH: dict[str, str] = {
+    "tests/experiments/": "integration",  # the runner: a few zoo steps per cell
+    "tests/experiments/test_design.py": "unit",  # power and seeds by hand: no model
+    "tests/experiments/test_stats.py": "unit",
+    "tests/experiments/test_real_results.py": "acceptance",  # the real SmolLM2 pair, end to end
+    "tests/models/test_zoo.py": "integration",  # the shipped zoo models and their cards
+    "tests/analysis/test_correspondence.py": "integration",  # on the zoo teacher and its copy
+    "tests/analysis/test_mechanism.py": "integration",  # a trained zoo student
+    "tests/analysis/test_multi_position.py": "integration",
+    "tests/distill/test_result.py": "integration",  # a zoo student's result, saved and damaged
+    "tests/tasks/test_task_errors.py": "integration",  # the zoo student's tokenizer and scores
+    "tests/distill/test_distributed.py": "acceptance",  # two processes under torchrun
+    "tests/test_bench_all.py": "acceptance",  # benchmarks/ run
+    "tests/test_gpu_script.py": "acceptance",  # the GPU scripts, on the CPU
+    "tests/test_gpu_scale.py": "acceptance",
+    "tests/test_notebooks.py": "acceptance",  # each notebook executed in a kernel
+    # the committed notebooks read as files (test_notebooks.py is not edited for marks)
+    "tests/test_notebooks.py::test_the_four_notebooks_are_there": "unit",
+    "tests/test_notebooks.py::test_notebook_is_committed_executed": "unit",
+}
+
+_TIERS_KEY = pytest.StashKey[dict[str, str]]()
+
+
+def tier_of(nodeid: str, marked: set[str]) -> str:
+    """The tier of the test ``nodeid`` that carries the tier marks ``marked``.
+
+    Raises:
+        pytest.UsageError: more than one tier marked on the test.
+    """
+    if len(marked) > 1:
+        raise pytest.UsageError(f"{nodeid} has the tier marks {sorted(marked)}: give it one")
+    if marked:
+        return next(iter(marked))
+    path, _, rest = nodeid.partition("::")
+    function = f"{path}::{rest.split('[')[0].split('::')[0]}"
+    if function in TIER_OF_PATH:
+        return TIER_OF_PATH[function]
+    if path in TIER_OF_PATH:
+        return TIER_OF_PATH[path]
+    folders = [k for k in TIER_OF_PATH if k.endswith("/") and path.startswith(k)]
+    return TIER_OF_PATH[max(folders, key=len)] if folders else "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tiers = config.stash.setdefault(_TIERS_KEY, {})
+    for item in items:
+        marked = {m.name for m in item.iter_markers() if m.name in TIERS}
+        tier = tier_of(item.nodeid, marked)
+        if not marked:
+            item.add_marker(tier)
+        tiers[item.nodeid] = tier
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    tiers = config.stash.get(_TIERS_KEY, {})
+    counts = {t: sum(v == t for v in tiers.values()) for t in TIERS}
+    line = ", ".join(f"{counts[t]} {t}" for t in TIERS)
+    skipped = config.option.markexpr == "not acceptance" and counts["acceptance"]
+    if skipped:
+        line += " (acceptance not run: `bash scripts/test.sh` runs every tier)"
+    terminalreporter.write_line(f"tiers: {line}")
+
+
+@pytest.fixture
+def collected_tiers(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Node id -> tier of every test this session collected (before ``-m`` chose)."""
+    return request.config.stash[_TIERS_KEY]
 
 
 @contextmanager

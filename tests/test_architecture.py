@@ -26,6 +26,7 @@ WHOLE_PACKAGE_TESTS = {
     "test_bench_all.py",
     "test_gpu_script.py",
     "test_gpu_scale.py",
+    "test_tiers.py",
 }
 
 

@@ -62,6 +62,7 @@ def test_version(capsys) -> None:
     assert capsys.readouterr().out.strip() == f"circuitlens {__version__}"
 
 
+@pytest.mark.acceptance
 def test_distill_reads_models_task_and_options_from_a_json_file(
     make_llama_dir, tmp_path, capsys
 ) -> None:

@@ -111,6 +111,7 @@ def zoo_teacher():
     return load_model("zoo:entity-tracking-teacher")
 
 
+@pytest.mark.acceptance  # the whole search on a trained model, against the issue's bar
 def test_zoo_teacher_circuit_is_faithful(zoo_teacher) -> None:
     """The issue's bar: the circuit alone keeps at least 80% of the full model's accuracy."""
     task = get_task("entity_tracking", seed=0, n_test=100)
@@ -120,6 +121,7 @@ def test_zoo_teacher_circuit_is_faithful(zoo_teacher) -> None:
     assert len(circuit.heads) < 32 // 2  # a circuit, not the model
 
 
+@pytest.mark.integration
 def test_attribution_patching_ranks_heads_like_exact_patching(zoo_teacher) -> None:
     from circuitlens import make_metric
     from circuitlens.analysis.patching import (

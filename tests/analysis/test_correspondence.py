@@ -94,6 +94,7 @@ def test_a_permuted_copy_computes_the_same_function(task: Any) -> None:
         torch.testing.assert_close(again(batch.tokens), out, atol=0, rtol=0)  # seeded
 
 
+@pytest.mark.unit
 def test_recovery_counts_the_pairs_sent_to_their_own_copy() -> None:
     perm = {Head(0, 0): Head(0, 1), Head(0, 1): Head(0, 0)}
     assert recovery(HeadMap([("L0H0", "L0H1"), ("L0H1", "L0H1")]), perm) == 0.5
@@ -134,11 +135,13 @@ def test_impact_is_map_heads(
         assert got.config == want.config | {"method": "impact"}
 
 
+@pytest.mark.unit
 def test_rank_quantiles_by_hand() -> None:
     q = rank_quantiles(torch.tensor([0.3, 0.1, 0.1, 0.5]))
     torch.testing.assert_close(q, torch.tensor([0.625, 0.25, 0.25, 0.875]))
 
 
+@pytest.mark.unit
 def test_impact_rank_does_not_collapse_when_the_scales_differ() -> None:
     """The SmolLM2 case in small: every teacher impact is negative, the student's positive; by
     impact every student head meets the teacher's top head, by rank each meets its rank."""
@@ -153,6 +156,7 @@ def test_impact_rank_does_not_collapse_when_the_scales_differ() -> None:
     assert by_rank.distances == [0.0, 0.0, 0.0] and by_rank.kind == "impact-rank"
 
 
+@pytest.mark.unit
 def test_profile_is_one_minus_pearson_r(caplog: pytest.LogCaptureFixture) -> None:
     g = torch.Generator().manual_seed(0)
     ps, pt = torch.randn(2, 2, 12, generator=g), torch.randn(1, 3, 12, generator=g)

@@ -96,6 +96,7 @@ def test_before_values_are_the_untrained_sweeps_at_the_pairs(trained) -> None:
     assert back == check
 
 
+@pytest.mark.unit
 def test_gaps_gains_and_z_by_hand() -> None:
     def sweep(delta: list[list[float]], p: float) -> AblationResult:
         d = torch.tensor(delta)
@@ -145,6 +146,7 @@ def test_head_impacts_take_another_models_baseline(trained) -> None:
     torch.testing.assert_close(other, own + (0.9 - p_own))
 
 
+@pytest.mark.unit
 def test_distill_circuit_reports_the_gaps(make_llama_dir) -> None:
     task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=TEST_N)
     result = distill_circuit(

@@ -46,6 +46,7 @@ def _heads(model: Any) -> list[Head]:
     return [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
 
 
+@pytest.mark.unit
 def test_all_pairs_cka_equals_the_pairwise_estimator() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 40, 6, generator=g)

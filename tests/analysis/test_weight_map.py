@@ -118,6 +118,7 @@ def test_models_of_another_d_model_are_refused_by_name(
             correspond_features(features, method, 1.0)
 
 
+@pytest.mark.integration
 def test_correspond_gathers_the_weights_itself() -> None:
     """End to end: ``correspond`` measures what the method needs (the student's sweep to choose
     heads, the weights) and maps the zoo teacher onto its relabelled copy."""

@@ -224,6 +224,7 @@ def _gone(pid: int) -> bool:
     return not _pid_alive(pid)
 
 
+@pytest.mark.acceptance
 def test_workers_die_with_their_killed_parent(tmp_path: Path) -> None:
     """kill -9 of a run: its pool worker exits within seconds instead of writing on."""
     import signal

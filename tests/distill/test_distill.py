@@ -164,6 +164,7 @@ def test_a_failed_weight_write_keeps_the_measurements(
     assert (tmp_path / "run.partial" / "metrics.json").is_file()
 
 
+@pytest.mark.acceptance
 def test_cli_distill_rerun_after_a_failed_save_repeats_no_work(
     make_llama_dir, tmp_path, monkeypatch, capsys
 ) -> None:

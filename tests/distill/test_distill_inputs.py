@@ -110,6 +110,7 @@ def small_jsonl(tmp_path, zoo_pair):
     return path
 
 
+@pytest.mark.integration
 def test_a_small_jsonl_task_runs_with_the_default_sizes(zoo_pair, small_jsonl, caplog) -> None:
     """issue 39: the default counts (sweep_n 200, test_n 500, eval_n 200) are lowered to what
     a 60-line file's splits hold (probe 6, test 12, val 6), with a note; what was asked for
@@ -135,6 +136,7 @@ def test_a_small_jsonl_task_runs_with_the_default_sizes(zoo_pair, small_jsonl, c
         distill_circuit(teacher, student, task, eval_n=20, steps=0, progress=False)
 
 
+@pytest.mark.acceptance
 def test_cli_distill_on_a_small_jsonl_task(zoo_pair, small_jsonl, tmp_path, capsys) -> None:
     from circuitlens.cli import main
     from circuitlens.distill.result import DistillResult

@@ -60,7 +60,6 @@ def _assert_same_training(parallel: dict, single: dict, student_dir, teacher_dir
             assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5), condition
 
 
-@pytest.mark.slow
 def test_two_processes_train_as_one(make_llama_dir, tmp_path) -> None:
     sys.path.insert(0, str(WORKER.parent))
     import dp_worker
@@ -72,7 +71,6 @@ def test_two_processes_train_as_one(make_llama_dir, tmp_path) -> None:
     _assert_same_training(parallel, single, student_dir, teacher_dir, CONDITIONS)
 
 
-@pytest.mark.slow
 def test_fsdp_two_processes_train_as_one_and_resume(make_llama_dir, tmp_path) -> None:
     """FSDP (the student's weights sharded over two gloo processes), interrupted after one
     step and resumed by a new trainer from its checkpoint: the same training as one process
@@ -92,6 +90,7 @@ def test_fsdp_two_processes_train_as_one_and_resume(make_llama_dir, tmp_path) ->
     assert all(type(t) is torch.Tensor for t in saved["params"].values())
 
 
+@pytest.mark.unit  # refused before any process starts
 def test_fsdp_refusals_name_the_fix(make_llama_dir) -> None:
     """fsdp=True without a process group, and with site="result" (whole W_O outside a
     forward), are refused by name before any work."""

@@ -19,8 +19,6 @@ from circuitlens.models.real import real_card
 PAIR = "smollm2-theory-of-mind"
 TEACHER, STUDENT = f"real:{PAIR}-teacher", f"real:{PAIR}-student"
 
-pytestmark = [pytest.mark.slow]
-
 #: the smallest settings that still run every step: sweeps of 4 prompts, one training step
 TINY = {
     "sweep_n": 4, "test_n": 8, "n_boot": 0, "budget": 2, "one_to_one": True,

@@ -39,6 +39,7 @@ def _jsonl_from_zoo(path: Path, n: int = 240) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_the_shipped_configs_build_and_the_paper_zoo_file_is_the_default() -> None:
     files = sorted(CONFIGS_DIR.glob("*.toml"))
     names = {f.stem for f in files}
@@ -55,6 +56,7 @@ def test_the_shipped_configs_build_and_the_paper_zoo_file_is_the_default() -> No
         ExperimentConfig.preset("no-such-config")
 
 
+@pytest.mark.unit
 def test_a_task_table_names_the_type_options_and_pair() -> None:
     cfg = ExperimentConfig.from_dict(
         {
@@ -74,6 +76,7 @@ def test_a_task_table_names_the_type_options_and_pair() -> None:
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -89,6 +92,7 @@ def test_bad_task_specs_are_named_with_their_fix(spec: dict, message: str) -> No
         ExperimentConfig.from_dict({"tasks": {"mine": spec}, "conditions": ["ce"]})
 
 
+@pytest.mark.unit
 def test_task_options_for_a_task_not_in_the_experiment_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"task_options names task\(s\) \['ioi'\]"):
         ExperimentConfig(task_options={"ioi": {"task": "jsonl", "path": "x"}})
@@ -117,6 +121,7 @@ def test_a_condition_registered_later_runs_inside_run_experiment(
     assert {c.condition for c in result.cells} == {"ce", registered}
 
 
+@pytest.mark.acceptance
 def test_a_jsonl_task_runs_as_an_experiment_through_the_cli(tmp_path: Path, capsys) -> None:
     data = _jsonl_from_zoo(tmp_path / "mine.jsonl")
     config = tmp_path / "mine.toml"

@@ -178,7 +178,7 @@ def test_damaged_zoo_file_is_refused(tmp_path, monkeypatch, make_llama_dir) -> N
         load_model("zoo:entity-tracking-student")
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 def test_real_gguf_smollm2(smollm2_bridge) -> None:
     bridge = smollm2_bridge
     facts = model_facts(bridge)
@@ -190,6 +190,7 @@ def test_real_gguf_smollm2(smollm2_bridge) -> None:
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.integration
 def test_device_map_split_with_disk_offload_equals_one_device(tmp_path) -> None:
     """A teacher split by ``device_map`` (here CPU and disk, the split a machine without a GPU
     can make) gives the same logits, head outputs and ablation sweep as the model on one

@@ -174,7 +174,7 @@ def test_adapter_training_stops_at_the_target(
     assert acc == summary["history"][0]["val_acc"]
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 @needs_smollm2
 def test_real_smollm2_base_bridge_matches_hf() -> None:
     from circuitlens.models.real import load_base_hf
@@ -207,7 +207,7 @@ def test_real_smollm2_base_bridge_matches_hf() -> None:
     torch.testing.assert_close(z.flatten(-2), outs["in"], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 @needs_smollm2
 @needs_peft
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -247,7 +247,7 @@ def _need_base(base: str) -> None:
         pytest.fail(f"{e} (bash scripts/setup.sh installs the base models)")
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 @needs_smollm2
 @pytest.mark.parametrize("task", ["entity_tracking", "theory_of_mind"])
 def test_cross_family_positions_land_on_the_same_words(task: str) -> None:
@@ -303,7 +303,7 @@ def test_reproduce_real_refuses_an_unshipped_model_before_work(monkeypatch, tmp_
     assert main(["reproduce", "--models", "real", "--config", "x.toml"]) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 @needs_smollm2
 @needs_peft
 def test_one_training_step_on_the_real_pair_moves_only_the_mapped_slices() -> None:

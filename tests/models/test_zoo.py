@@ -12,6 +12,7 @@ from circuitlens import evaluate, get_task, load_model, model_facts
 from circuitlens.core.io import sha256_file
 
 
+@pytest.mark.unit
 def test_vocabulary_covers_both_tasks(zoo_tokenizer) -> None:
     unk = zoo_tokenizer.unk_token_id
     for name in ("entity_tracking", "theory_of_mind"):
@@ -20,6 +21,7 @@ def test_vocabulary_covers_both_tasks(zoo_tokenizer) -> None:
                 assert unk not in zoo_tokenizer(text)["input_ids"], text
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["entity-tracking-teacher", "theory-of-mind-teacher"])
 def test_training_batch_targets(name, zoo_tokenizer) -> None:
     spec = zoo.ZOO[name]
@@ -163,6 +165,7 @@ def test_teachers_beat_their_students(task, fresh_tasks) -> None:
     assert t > s
 
 
+@pytest.mark.unit
 def test_students_are_smaller_than_teachers() -> None:
     for task in ("entity-tracking", "theory-of-mind"):
         t, s = zoo.ZOO[f"{task}-teacher"].arch, zoo.ZOO[f"{task}-student"].arch
@@ -197,6 +200,7 @@ def test_continue_a_shipped_model(tmp_path, monkeypatch) -> None:
 UNSEEN_SEEDS = (12345, 1, 2, 3, 4, 777)
 
 
+@pytest.mark.acceptance  # 3,000 prompts per teacher: the shipped models, not the code
 @pytest.mark.parametrize(
     ("name", "low", "high"),
     [("entity-tracking-teacher", 0.97, 1.0), ("theory-of-mind-teacher", zoo.TEACHER_TARGET, 1.0)],

@@ -25,6 +25,7 @@ def tom_student() -> Any:
     return load_model("zoo:theory-of-mind-student")
 
 
+@pytest.mark.integration
 def test_zoo_card_names_the_format(tom_teacher) -> None:
     card = model_card(tom_teacher)
     assert card is not None and card["name"] == "theory-of-mind-teacher"
@@ -35,6 +36,7 @@ def test_zoo_card_names_the_format(tom_teacher) -> None:
     assert model_card(object()) is None
 
 
+@pytest.mark.integration
 def test_get_task_with_a_model_uses_its_format(tom_teacher, tom_student) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", TaskFormatWarning)
@@ -46,6 +48,7 @@ def test_get_task_with_a_model_uses_its_format(tom_teacher, tom_student) -> None
     assert acc >= 0.9
 
 
+@pytest.mark.integration
 def test_overriding_the_card_warns_and_leaving_it_out_does_not(tom_teacher) -> None:
     with pytest.warns(TaskFormatWarning, match=r"instruction=True overrides .*theory-of-mind"):
         task = get_task("theory_of_mind", model=tom_teacher, instruction=True, n_test=50)
@@ -56,6 +59,7 @@ def test_overriding_the_card_warns_and_leaving_it_out_does_not(tom_teacher) -> N
         assert get_task("theory_of_mind", model=tom_teacher).config.instruction is False
 
 
+@pytest.mark.integration
 def test_a_ready_task_in_another_format_warns_on_evaluate(tom_teacher) -> None:
     plain = get_task("theory_of_mind", n_test=20)  # no model: the instruction format
     with pytest.warns(TaskFormatWarning, match=r"get_task\('theory_of_mind', model=\.\.\.\)"):

@@ -45,7 +45,7 @@ def test_the_task_reads_with_its_plan() -> None:
         assert p.corrupted[slice(*p.corrupted_spans["S2"])] == io
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 def test_every_name_is_one_smollm2_token_where_the_spans_say() -> None:
     """For the SmolLM2 tokenizer every name is one token, and each named position is the
     token of its word (clean and corrupted); clean and corrupted are the same length."""

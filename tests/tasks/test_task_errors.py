@@ -36,6 +36,7 @@ def test_an_empty_split_is_named(model) -> None:
     assert evaluate(model, fixed) in (0.0, 1.0)
 
 
+@pytest.mark.unit
 def test_split_refuses_negative_n() -> None:
     with pytest.raises(TaskError, match="n must be a whole number >= 0"):
         get_task("entity_tracking", n_test=5).split("test", -5)

@@ -122,7 +122,7 @@ def test_cli_distill_names_the_mismatch(make_llama_dir, tmp_path, capsys) -> Non
     assert "tokenize differently" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 def test_smollm2_teacher_with_a_zoo_student(smollm2_bridge) -> None:
     """The reported case crashed with an IndexError after 342 s. Now the pair is a
     cross-tokenizer pair: positions land on the same words in both, labels cross by text,

@@ -31,18 +31,23 @@ TRAINED = ("ce", "ce+align", "ce+rand")
 
 
 def tiny(**overrides) -> ExperimentConfig:
+    """A run of a few zoo steps, its prompt sets as small as the tables and curves allow."""
+    tasks = overrides.pop("tasks", ("entity_tracking",))
     base = ExperimentConfig(
-        tasks=("entity_tracking",),
+        tasks=tasks,
         conditions=("student", "teacher", *TRAINED),
         seeds=(0, 1),
         use_circuit=False,
+        # cells train on fresh samples, never on the train split: 64, not the default 2000
+        task_options={t: {"n_train": 64} for t in tasks},
     ).with_overrides(
-        sweep_n=24,
-        test_n=48,
+        sweep_n=16,
+        test_n=24,
         steps=4,
         batch_size=8,
         eval_every=2,
-        eval_n=24,
+        eval_n=16,
+        cka_eval_n=16,  # the default 128 held-out prompts were most of a run's time
         checkpoint_every=2,
     )
     return base.with_overrides(**overrides) if overrides else base
@@ -153,7 +158,13 @@ def test_resume_redoes_only_missing_cells(finished: ExperimentResult, tmp_path: 
 def test_interrupted_cell_resumes_to_the_same_result(
     finished: ExperimentResult, tmp_path: Path, monkeypatch
 ) -> None:
+    """A cell stopped right after its step-2 checkpoint resumes from it to the uninterrupted
+    run's result, bit for bit, and the cells after it too: the finished run without seed 0's
+    trained cells (its setup read from setup.json, as every resumed run reads it)."""
     d = tmp_path / "run"
+    shutil.copytree(finished.directory, d)
+    for c in TRAINED:
+        shutil.rmtree(d / "entity_tracking" / c / "seed0")
     saves = []
     real_save = CircuitTrainer.save_checkpoint
 
@@ -210,6 +221,7 @@ def test_another_selection_extends_the_run(finished: ExperimentResult, tmp_path:
         run_experiment(tiny(seeds=(2,), steps=6), d, progress=False)
 
 
+@pytest.mark.unit
 def test_bad_names_list_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="unknown condition.*'distil'.*ce\\+align"):
         ExperimentConfig(conditions=("ce", "distil"))
@@ -222,6 +234,7 @@ def test_bad_names_list_the_valid_ones() -> None:
     assert set(ALL_CONDITIONS) >= set(ExperimentConfig().conditions)
 
 
+@pytest.mark.unit
 def test_steps_to_target_hand_computed(tmp_path: Path) -> None:
     cfg = ExperimentConfig(tasks=("entity_tracking",), conditions=("ce", "ce+align"), seeds=(0, 1))
     setup = _hand_setup()
@@ -256,6 +269,7 @@ def test_steps_to_target_hand_computed(tmp_path: Path) -> None:
     assert no_ce.table().reached_target.tolist() == [""] and "never" not in no_ce.markdown()
 
 
+@pytest.mark.acceptance
 def test_cli_reproduce_prints_table_and_report(tmp_path: Path, capsys) -> None:
     cfg = tiny(conditions=("student", "teacher", "ce"), seeds=(0,))
     f = tmp_path / "exp.json"
@@ -319,6 +333,7 @@ def test_cells_carry_the_papers_columns(finished: ExperimentResult) -> None:
     assert (finished.directory / "mcnemar.csv").is_file()
 
 
+@pytest.mark.acceptance
 def test_tasks_in_worker_processes_equal_one_process(tmp_path: Path, monkeypatch) -> None:
     """``jobs=2``: each task in its own process with half the threads; the cells equal a
     one-process run with that many threads, bit for bit. The workers are recorded in the
@@ -393,6 +408,7 @@ def test_a_run_saved_before_a_config_field_existed_resumes(
         run_experiment(tiny(format_accuracy=False), d, progress=False)
 
 
+@pytest.mark.unit
 def test_auto_jobs_is_one_process_per_task_on_the_cpu_only(monkeypatch) -> None:
     import torch
 
@@ -406,6 +422,7 @@ def test_auto_jobs_is_one_process_per_task_on_the_cpu_only(monkeypatch) -> None:
     assert auto_jobs(2) == 1
 
 
+@pytest.mark.unit
 def test_cli_jobs_takes_auto_or_a_whole_number(tmp_path: Path, capsys) -> None:
     for bad in ("0", "two"):
         with pytest.raises(SystemExit):
@@ -468,6 +485,7 @@ def test_given_circuits_that_cannot_be_used_are_refused_by_name(
         run_experiment(few, tmp_path / "few", progress=False)
 
 
+@pytest.mark.unit
 def test_cli_circuit_flag_reads_saved_circuits(tmp_path: Path, monkeypatch, capsys) -> None:
     """``reproduce --circuit TASK=FILE`` maps into a circuit saved with ``Circuit.save``."""
     import circuitlens.experiments as ex
@@ -579,6 +597,7 @@ def _comparison_run(directory: Path, **overrides: object) -> ExperimentResult:
     return ExperimentResult.load(directory)
 
 
+@pytest.mark.unit
 def test_comparisons_are_seed_level_and_hand_computed(tmp_path: Path) -> None:
     """Each condition against CE over the seeds both have: the mean of the per-seed accuracy
     differences, the exact sign-flip p on them, Holm within each task, McNemar per seed."""
@@ -634,6 +653,7 @@ def test_comparisons_are_seed_level_and_hand_computed(tmp_path: Path) -> None:
     assert list(again.verdict) == list(comp.verdict)
 
 
+@pytest.mark.unit
 def test_holm_runs_over_the_declared_primary_family(tmp_path: Path) -> None:
     """A declared family of three contrasts, one not against CE and one (KD) with a single
     shared seed: Holm over the three, the untested one counted as p = 1; CE + Rand CKA - CE,
@@ -655,6 +675,7 @@ def test_holm_runs_over_the_declared_primary_family(tmp_path: Path) -> None:
     assert list(tom.contrast) == ["ce+align - ce"] and tom.p_holm.iloc[0] == pytest.approx(1.0)
 
 
+@pytest.mark.unit
 def test_one_shared_seed_is_reported_not_tested(tmp_path: Path) -> None:
     """KD shares one seed with CE: the row has that seed's difference and its McNemar p, NaN
     intervals and p's, a verdict that says no seed-level test exists, and stays out of Holm."""
@@ -681,6 +702,7 @@ def test_one_shared_seed_is_reported_not_tested(tmp_path: Path) -> None:
     assert only_one.markdown().startswith("**Exploratory run.** design: 4 seed(s) cannot")
 
 
+@pytest.mark.unit
 def test_markdown_leads_with_the_verdicts(tmp_path: Path) -> None:
     """table.md starts with the seed-level comparison's verdicts, then its table, then the
     other tables; the pooled McNemar table says it is no test of the seeds."""
@@ -729,6 +751,7 @@ def test_setups_and_cells_are_their_files_and_round_trip(finished: ExperimentRes
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
+@pytest.mark.unit
 def test_committed_run_exports_load() -> None:
     """Every run kept in ``benchmarks/results/`` (``export_run.py``) reads back: each cell is
     its dict again, each setup keeps every key and value (sweeps saved before per-prompt

@@ -29,8 +29,10 @@ def grid_cfg(**overrides) -> ExperimentConfig:
     base = ExperimentConfig(
         tasks=("entity_tracking",), conditions=("student", "ce", "ce+align"), seeds=(0, 1),
         use_circuit=False, format_accuracy=False,
+        task_options={"entity_tracking": {"n_train": 64}},  # cells train on fresh samples
     ).with_overrides(
-        sweep_n=24, test_n=24, steps=6, batch_size=8, eval_every=2, eval_n=24,
+        sweep_n=16, test_n=24, steps=6, batch_size=8, eval_every=2, eval_n=24,
+        cka_eval_n=16,  # the default 128 held-out prompts were most of a run's time
         checkpoint_every=2, patience=1, lr_grid=GRID,
     )  # fmt: skip
     return base.with_overrides(**overrides) if overrides else base
@@ -124,6 +126,7 @@ def test_a_pilot_directory_gives_the_choice(chosen: ExperimentResult, tmp_path: 
         pilot_choice(pilot, "entity_tracking", "kd", GRID)
 
 
+@pytest.mark.unit
 def test_choose_lr_breaks_ties_to_the_smaller_and_nan_loses() -> None:
     assert choose_lr({1e-3: 0.8, 1e-4: 0.8, 1e-2: 0.7}) == 1e-4
     assert choose_lr({1e-3: math.nan, 1e-2: 0.1}) == 1e-2
@@ -133,6 +136,7 @@ def test_choose_lr_breaks_ties_to_the_smaller_and_nan_loses() -> None:
     assert back == entry
 
 
+@pytest.mark.unit
 def test_val_auc_hand_computed() -> None:
     curve = [{"step": 10, "val_accuracy": 0.5}, {"step": 20, "val_accuracy": 0.7},
              {"step": 40, "val_accuracy": 0.7}]  # fmt: skip
@@ -144,6 +148,7 @@ def test_val_auc_hand_computed() -> None:
     assert val_auc(flat) == 1.0
 
 
+@pytest.mark.unit
 def test_cells_without_lr_and_kept_step_still_load() -> None:
     """Cells written before the fields existed (the committed exports) read back with
     ``lr`` and ``kept_step`` None, unchanged by a round trip, and have a ``val_auc``."""

@@ -15,6 +15,12 @@ sweep, the heads and the validation prompts are the ones it will use. The pilot 
 results file (``benchmarks/results/answer-pilot-<task>.json``) and skipped on a rerun.
 
     python benchmarks/answer_pilot.py configs/answer/theory-of-mind.toml --budgets 5 10
+
+Then, once the design is committed, ``--seed-run DIR`` measures the teacher's exact sweep
+(kept in the same results file, so that it resumes) and seeds the confirmatory run directory
+with the config and both sweeps (``<task>/sweeps.json``, keyed as the runner keys it), so the
+run does not repeat the student's sweep: ``circuitlens run CONFIG --out DIR`` then starts at
+the map.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ import circuitlens as cl
 from circuitlens.analysis.ablation import AblationResult, ablation_sweep
 from circuitlens.analysis.mapping import choose_student_heads
 from circuitlens.core.io import atomic_write_text, json_ready
+from circuitlens.core.rundir import MARKER
 from circuitlens.core.types import HeadMap
+from circuitlens.distill.sweeps import save_sweeps, sweeps_key
 from circuitlens.distill.trainer import CircuitTrainer
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.lr_choice import choose_lr
@@ -70,10 +78,38 @@ def _cell(teacher: Any, student0: dict, student: Any, task: Any, heads: list, cf
     }
 
 
+def seed_run(
+    directory: Path, cfg: ExperimentConfig, doc: dict, out: Path, teacher: Any, student: Any,
+    task: Any, s_sweep: AblationResult,
+) -> None:
+    """The teacher's sweep (as :func:`circuitlens.distill.sweeps.sweeps` runs it) and a new
+    run directory holding the config and both sweeps."""
+    (name,) = cfg.tasks
+    d = cfg.distill
+    if "teacher_sweep" in doc:
+        t_sweep = AblationResult.from_dict(doc["teacher_sweep"])
+    else:
+        t0 = time.time()
+        base = student if d.map.teacher_baseline == "student" else None
+        t_sweep = ablation_sweep(teacher, task, d.sweep, baseline_from=base).named("teacher")
+        doc["teacher_sweep"] = t_sweep.to_dict()
+        doc["teacher_sweep_seconds"] = round(time.time() - t0, 1)
+        _save(out, doc)
+    if directory.exists() and any(directory.iterdir()):
+        raise SystemExit(f"{directory} is not empty: seed a new directory")
+    (directory / name).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / MARKER, json.dumps({"kind": "reproduce", "seeded_from": str(out)}))
+    atomic_write_text(directory / "config.json", json.dumps(json_ready(cfg.to_dict()), indent=1))
+    key = sweeps_key(teacher, student, task, d, None)
+    save_sweeps(directory / name / "sweeps.json", key, t_sweep, s_sweep.named("student"))
+    print(f"seeded {directory}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", help="the answer config of one task (configs/answer/*.toml)")
-    ap.add_argument("--budgets", type=int, nargs="+", required=True, help="head counts")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[], help="head counts")
+    ap.add_argument("--seed-run", type=Path, help="seed this confirmatory run directory")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,6 +136,9 @@ def main() -> None:
         _save(out, doc)
         print(f"student sweep: {doc['sweep_seconds']} s", flush=True)
 
+    if args.seed_run is not None:
+        seed_run(args.seed_run, cfg, doc, out, teacher, student, task, s_sweep)
+        return
     student0 = {k: v.clone() for k, v in student.state_dict().items()}
     train = cfg.distill.train
     grid = train.lr_grid or (train.lr,)

@@ -19,6 +19,7 @@ head). Batching pays on a GPU, not on a CPU (benchmarks/).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -41,6 +42,7 @@ from circuitlens.analysis.screening import (
     top_count,
     verification_order,
 )
+from circuitlens.core.devices import warn_slow_precision
 from circuitlens.core.hooks import resid_pre_name
 from circuitlens.core.types import Head, parse_heads
 from circuitlens.core.validate import check_fields
@@ -54,6 +56,8 @@ METHODS = ("auto", "exact", "screened")
 Metric = Literal["accuracy", "prob", "logit_diff"]
 Split = Literal["train", "val", "test", "probe"]
 SweepMethod = Literal["auto", "exact", "screened"]
+#: a sweep's forward precision (:attr:`AblationConfig.dtype`)
+Precision = Literal["float32", "bfloat16"]
 Screen = Literal["atp*", "atp"]
 Rank = Literal["signed", "abs"]
 
@@ -88,6 +92,11 @@ class AblationConfig:
             or by |impact| (``"abs"``).
         verify: screened: heads measured exactly in any case (e.g. a circuit's heads, the
             map's candidates); an exact sweep measures every head and keeps none.
+        dtype: the precision of the sweep's forwards: ``"float32"``, or ``"bfloat16"``
+            (autocast: matrix products in bf16, the scores and impacts in float32). bf16 pays
+            only where the hardware has it: on a CPU without native bf16 it runs emulated,
+            slower, with a :class:`~circuitlens.core.devices.SlowPrecisionWarning` (measured
+            in ``docs/benchmarks.md``, "bf16 against float32").
     """
 
     metric: Metric = "prob"
@@ -104,9 +113,12 @@ class AblationConfig:
     screen: Screen = "atp*"
     rank: Rank = "signed"
     verify: tuple[str, ...] = ()
+    dtype: Precision = "float32"
 
     def __post_init__(self) -> None:
         check_fields(self, {"n": (1, None)})
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16")
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.n_boot < 0:
@@ -427,12 +439,25 @@ def ablation_sweep(
     batch = task.batch(model, config.split, config.n)
     means = _sweep_means(model, task, batch, means)
     heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
-    own, scores, exact, estimated, per_prompt = _measure(model, task, batch, heads, means, config,
-                                                         progress)  # fmt: skip
-    base = own
-    if baseline_from is not None:
-        base = prompt_scores(baseline_from, task, config.split, config.n, config.metric)
+    with _precision(model, config.dtype):
+        own, scores, exact, estimated, per_prompt = _measure(
+            model, task, batch, heads, means, config, progress
+        )
+        base = own
+        if baseline_from is not None:
+            base = prompt_scores(baseline_from, task, config.split, config.n, config.metric)
+    own, base, scores, per_prompt = own.float(), base.float(), scores.float(), per_prompt.float()
     return _result(model, f.n_heads, config, own, base, scores, exact, estimated, per_prompt)
+
+
+def _precision(model: Any, dtype: str) -> Any:
+    """The forwards' precision: bf16 autocast on the model's device (warning where that CPU
+    has no native bf16), or nothing in float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    device = model_device(model)
+    warn_slow_precision(device, dtype)
+    return torch.autocast(device.type, torch.bfloat16)
 
 
 def _sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:

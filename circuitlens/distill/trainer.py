@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from circuitlens.analysis.cka import CKAWithNull, cka_with_null
-from circuitlens.core.devices import check_device
+from circuitlens.core.devices import check_device, warn_slow_precision
 from circuitlens.core.io import atomic_torch_save
 from circuitlens.core.loop import LoopState, TrainLoop
 from circuitlens.core.progress import heartbeat
@@ -89,7 +89,7 @@ def _check_inputs(
         raise ValueError('positions="circuit" needs the circuit: pass circuit=...')
     fs, ft = model_facts(student), model_facts(teacher)
     if cfg.dtype == "bfloat16":  # a GPU without bf16 is named before any work
-        check_device(model_device(student), torch.bfloat16)
+        warn_slow_precision(check_device(model_device(student), torch.bfloat16), "bfloat16")
     for s, t in head_map.pairs:
         s.check(fs.n_layers, fs.n_heads)
         t.check(ft.n_layers, ft.n_heads)

@@ -4,17 +4,18 @@ For one task of an answer config (``configs/answer/<task>.toml``), on the real s
 pair: the student's exact mean-ablation sweep on the ``probe`` prompts (the ones that choose
 the heads, as the confirmatory run will choose them), then CE alone at each candidate budget
 (a count of student heads, the sweep's most important), trained to convergence as the config
-trains (``patience``, ``steps``, ``eval_every``, ``eval_n``) at every learning rate of the
-config's grid on the first pilot seed; the budget whose CE ends (best kept validation
-accuracy, at its best lr) in the regime is then run at the other pilot seeds. The test prompts
-are never read: only ``val`` (the trainer's evaluations) and ``probe`` (the sweep).
+trains (``patience``, ``steps``, ``eval_every``, ``eval_n``) on the first pilot seed, scanning
+the budgets from the most heads down (:func:`choose_budget`: one run at the grid's smallest lr
+rules a budget out when it ends above the regime; the first that does not gets the whole grid);
+the chosen budget and lr are then run at the other pilot seeds. The test prompts are never
+read: only ``val`` (the trainer's evaluations) and ``probe`` (the sweep).
 
 The task is built exactly as the confirmatory run builds it (the runner's split sizes), so the
 sweep, the heads and the validation prompts are the ones it will use. The pilot seeds (100,
 101, 102) are not the confirmatory seeds. Every finished cell is written at once to the
 results file (``benchmarks/results/answer-pilot-<task>.json``) and skipped on a rerun.
 
-    python benchmarks/answer_pilot.py configs/answer/theory-of-mind.toml --budgets 5 10
+    python benchmarks/answer_pilot.py configs/answer/theory-of-mind.toml --budgets 5 3 2 1
 
 Then, once the design is committed, ``--seed-run DIR`` measures the teacher's exact sweep
 (kept in the same results file, so that it resumes) and seeds the confirmatory run directory
@@ -31,7 +32,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -76,6 +77,31 @@ def _cell(teacher: Any, student0: dict, student: Any, task: Any, heads: list, cf
         "val_curve": curve,
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def choose_budget(
+    budgets: list[int], grid: tuple[float, ...], val: Callable[[int, float], float]
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The regime's budget, scanning ``budgets`` from the most heads down: a budget whose CE
+    at the grid's smallest lr ends above the regime's top is out of it at any lr (a larger
+    lr converges at least as far within the step cap, so one run rules it out); the first
+    budget that is not gets the whole grid, and is chosen if CE at its chosen lr ends at or
+    below the top (the record says whether it also reaches the bottom); else the scan goes on.
+    ``val(budget, lr)``: the first pilot seed's best kept validation accuracy. Returns the
+    choice (None: every budget above the regime) and the scan's record."""
+    lo, hi = REGIME
+    scan: list[dict[str, Any]] = []
+    for budget in budgets:
+        first = val(budget, min(grid))
+        if first > hi:
+            scan.append({"budget": budget, "val_kept": {min(grid): first}, "in_regime": False})
+            continue
+        vals = {lr: val(budget, lr) for lr in grid}
+        lr = choose_lr(vals)
+        scan.append({"budget": budget, "val_kept": vals, "lr": lr})
+        if vals[lr] <= hi:
+            return {"budget": budget, "lr": lr, "in_regime": lo <= vals[lr]}, scan
+    return None, scan
 
 
 def seed_run(
@@ -159,20 +185,18 @@ def main() -> None:
         return doc["cells"][key]
 
     first = PILOT_SEEDS[0]
-    chosen: dict[int, float] = {}
-    for budget in args.budgets:
-        vals = {lr: run(budget, lr, first)["val_kept"] for lr in grid}
-        chosen[budget] = choose_lr(vals)
-    doc["lr_choice"] = {str(b): lr for b, lr in chosen.items()}
-    mid = sum(REGIME) / 2
-    best = {b: run(b, chosen[b], first)["val_kept"] for b in args.budgets}
-    inside = [b for b in args.budgets if REGIME[0] <= best[b] <= REGIME[1]]
-    pick = min(inside or args.budgets, key=lambda b: abs(best[b] - mid))
-    doc["budget_choice"] = {"budget": pick, "inside_regime": bool(inside), "lr": chosen[pick]}
+    pick, scan = choose_budget(args.budgets, grid, lambda b, lr: run(b, lr, first)["val_kept"])
+    doc["budget_scan"] = scan
+    if pick is None:
+        doc["budget_choice"] = None
+        _save(out, doc)
+        print("no budget at or below the regime's top: scan fewer heads", flush=True)
+        return
+    doc["budget_choice"] = pick
     _save(out, doc)
-    for seed in PILOT_SEEDS[1:]:
-        run(pick, chosen[pick], seed)
-    vals = [run(pick, chosen[pick], s)["val_kept"] for s in PILOT_SEEDS]
+    budget, lr = pick["budget"], pick["lr"]
+    vals = [run(budget, lr, seed)["val_kept"] for seed in PILOT_SEEDS]
+    doc["budget_choice"]["val_kept_seeds"] = vals
     doc["budget_choice"]["val_kept_mean"] = sum(vals) / len(vals)
     _save(out, doc)
     print(json.dumps(doc["budget_choice"]), flush=True)

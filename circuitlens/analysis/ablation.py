@@ -31,7 +31,7 @@ from torch import Tensor
 
 import circuitlens.analysis.screening as screening
 from circuitlens.analysis.interventions import Mean, Replacement, sweep
-from circuitlens.analysis.mean_ablation import _check_means, compute_means
+from circuitlens.analysis.mean_ablation import check_means, compute_means
 from circuitlens.analysis.screening import (
     SCREEN_TOP,
     SCREENS,
@@ -317,7 +317,7 @@ def ablated_scores(
     one layer share a pass, each in its own copy of the batch. Batching pays on a GPU; on a
     CPU it does not (see benchmarks/), so the default is 1 there and 8 on a GPU.
     """
-    _check_means(model, means)
+    check_means(model, means)
     device = model_device(model)
     layers = sorted({h.layer for h in heads})
     names = {resid_pre_name(layer) for layer in layers}
@@ -425,7 +425,7 @@ def ablation_sweep(
         verify=config.verify if method == "screened" else (),  # exact: every head measured
     )
     batch = task.batch(model, config.split, config.n)
-    means = _sweep_means(model, task, batch, means)
+    means = sweep_means(model, task, batch, means)
     heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
     own, scores, exact, estimated, per_prompt = _measure(model, task, batch, heads, means, config,
                                                          progress)  # fmt: skip
@@ -435,7 +435,11 @@ def ablation_sweep(
     return _result(model, f.n_heads, config, own, base, scores, exact, estimated, per_prompt)
 
 
-def _sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
+def sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
+    """The means a sweep of ``model`` on ``batch`` ablates to: ``means`` checked against the
+    model, or when None the mean ``z`` over the task's ablation reference prompts
+    (:func:`~circuitlens.analysis.mean_ablation.compute_means`), ``[layer, pos, head_index,
+    d_head]``."""
     if means is None:
         if batch.ablation_tokens is None:
             raise ValueError(
@@ -443,7 +447,7 @@ def _sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | Non
                 "compute_means(model, reference_tokens)"
             )
         means = compute_means(model, batch.ablation_tokens)
-    _check_means(model, means)
+    check_means(model, means)
     return means
 
 

@@ -66,7 +66,9 @@ def compute_means(
     return (total / count).float()
 
 
-def _check_means(model: Any, means: Tensor) -> None:
+def check_means(model: Any, means: Tensor) -> None:
+    """Refuse ``means`` that are not ``[layer, pos, head_index, d_head]`` for ``model`` (its
+    layers, heads and head width), with a ``ValueError`` that says how to compute them."""
     f = model_facts(model)
     if means.ndim != 4 or means.shape[0] != f.n_layers or means.shape[2:] != (f.n_heads, f.d_head):
         raise ValueError(
@@ -94,7 +96,7 @@ def mean_ablated(
     >>> bool(torch.allclose(ablated, model(batch.tokens)))  # the hook is gone after the with
     False
     """
-    _check_means(model, means)
+    check_means(model, means)
     f = model_facts(model)
     chosen = [h.check(f.n_layers, f.n_heads) for h in parse_heads(heads)]
     with replaced(model, [[Replacement(Mean(means), chosen)]]):

@@ -182,9 +182,9 @@ def test_no_function_or_class_over_its_size_limit() -> None:
     assert not over, "split these:\n" + "\n".join(over)
 
 
-#: the code that imports only what other modules make public (issue 40): the library, the
-#: benchmarks (scripts, run as ``python benchmarks/NAME.py``: they import their siblings as
-#: modules of that directory) and the helper scripts
+#: the code that imports only what other modules make public, and leaves the path alone
+#: (issue 40): the library, the benchmarks (scripts, run as ``python benchmarks/NAME.py``: they
+#: import their siblings as modules of that directory) and the helper scripts
 LAB = ("circuitlens", "benchmarks", "scripts")
 
 
@@ -263,3 +263,36 @@ def test_the_private_name_check_sees_both_forms() -> None:
         "runner._lr_trial",
         "bench_models._x",
     ]
+
+
+def path_edits(text: str) -> list[str]:
+    """Where source ``text`` changes the module path: a call on ``sys.path`` (``insert``,
+    ``append``, ...), an assignment to it or to an item of it, or ``from sys import path``."""
+    out = []
+    for node in ast.walk(ast.parse(text)):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            targets = [node.func.value]
+        elif isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            if any(a.name == "path" for a in node.names):
+                out.append(f"{node.lineno}: from sys import path")
+        for t in targets:
+            while isinstance(t, ast.Subscript):
+                t = t.value
+            if ast.unparse(t) == "sys.path":
+                out.append(f"{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_no_code_edits_the_module_path() -> None:
+    edits = [f"{f.relative_to(ROOT)}:{e}" for f in _lab_files() for e in path_edits(f.read_text())]
+    assert not edits, "import siblings without editing sys.path:\n" + "\n".join(edits)
+    seen = path_edits(
+        "import sys\nsys.path.insert(0, 'x')\nsys.path[:0] = ['x']\nsys.path += ['x']\n"
+        "from sys import path\nsys.path.index('x')\n"
+    )
+    assert sorted(e.split(":")[0] for e in seen) == ["2", "3", "4", "5", "6"]

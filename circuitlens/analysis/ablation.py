@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from einops import rearrange
@@ -35,6 +35,7 @@ from circuitlens.analysis.mean_ablation import check_means, compute_means
 from circuitlens.analysis.screening import (
     SCREEN_TOP,
     SCREENS,
+    ScreenKind,
     default_margin,
     screen_heads,
     settled,
@@ -42,20 +43,20 @@ from circuitlens.analysis.screening import (
     verification_order,
 )
 from circuitlens.core.hooks import resid_pre_name
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.core.validate import check_fields
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import PromptBatch, Task, prompt_scores
+from circuitlens.tasks.base import Split
 from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "exact", "screened")
 Metric = Literal["accuracy", "prob", "logit_diff"]
-Split = Literal["train", "val", "test", "probe"]
 SweepMethod = Literal["auto", "exact", "screened"]
-Screen = Literal["atp*", "atp"]
+METHODS: tuple[str, ...] = get_args(SweepMethod)
 Rank = Literal["signed", "abs"]
+RANKS: tuple[str, ...] = get_args(Rank)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class AblationConfig:
     top: float | int | None = SCREEN_TOP
     threshold: float | None = None
     safety: float = 1.5
-    screen: Screen = "atp*"
+    screen: ScreenKind = "atp*"
     rank: Rank = "signed"
     verify: tuple[str, ...] = ()
 
@@ -119,7 +120,7 @@ class AblationConfig:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         if self.screen not in SCREENS:
             raise ValueError(f"unknown screen {self.screen!r}; valid: {', '.join(SCREENS)}")
-        if self.rank not in ("signed", "abs"):
+        if self.rank not in RANKS:
             raise ValueError(f"rank must be 'signed' or 'abs' (got {self.rank!r})")
         if self.safety < 1:
             raise ValueError(f"safety must be >= 1 (got {self.safety})")
@@ -300,7 +301,7 @@ def _per_example(metric: str, logits: Tensor, batch: PromptBatch) -> Tensor:
 
 @torch.no_grad()
 def ablated_scores(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     heads: Sequence[Head],
     means: Tensor,
@@ -332,7 +333,7 @@ def ablated_scores(
 
 @torch.no_grad()
 def scores_from_resid(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     heads: Sequence[Head],
     means: Tensor,
@@ -385,11 +386,11 @@ def bootstrap_delta(
 
 
 def ablation_sweep(
-    model: Any,
+    model: Model,
     task: Task,
     config: AblationConfig | None = None,
     *,
-    baseline_from: Any = None,
+    baseline_from: Model | None = None,
     means: Tensor | None = None,
     progress: bool = True,
 ) -> AblationResult:
@@ -435,7 +436,7 @@ def ablation_sweep(
     return _result(model, f.n_heads, config, own, base, scores, exact, estimated, per_prompt)
 
 
-def sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
+def sweep_means(model: Model, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
     """The means a sweep of ``model`` on ``batch`` ablates to: ``means`` checked against the
     model, or when None the mean ``z`` over the task's ablation reference prompts
     (:func:`~circuitlens.analysis.mean_ablation.compute_means`), ``[layer, pos, head_index,
@@ -452,7 +453,7 @@ def sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | None
 
 
 def _measure(
-    model: Any,
+    model: Model,
     task: Task,
     batch: PromptBatch,
     heads: list[Head],
@@ -484,7 +485,7 @@ def _measure(
 
 
 def _result(
-    model: Any,
+    model: Model,
     n_heads: int,
     config: AblationConfig,
     own: Tensor,
@@ -531,7 +532,7 @@ def _result(
 
 
 def _screened(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     heads: list[Head],
     means: Tensor,

@@ -20,14 +20,14 @@ from torch import Tensor
 
 from circuitlens.analysis.interventions import Mean, Replacement, replaced
 from circuitlens.core.hooks import z_name
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks.metrics import model_device, no_logits
 
 
 @torch.no_grad()
 def compute_means(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     lengths: Int[Tensor, " batch"] | None = None,
     batch_size: int = 64,
@@ -66,7 +66,7 @@ def compute_means(
     return (total / count).float()
 
 
-def check_means(model: Any, means: Tensor) -> None:
+def check_means(model: Model, means: Tensor) -> None:
     """Refuse ``means`` that are not ``[layer, pos, head_index, d_head]`` for ``model`` (its
     layers, heads and head width), with a ``ValueError`` that says how to compute them."""
     f = model_facts(model)
@@ -80,7 +80,7 @@ def check_means(model: Any, means: Tensor) -> None:
 
 @contextmanager
 def mean_ablated(
-    model: Any,
+    model: Model,
     heads: Sequence[Head | str] | Head | str,
     means: Float[Tensor, "layer pos head_index d_head"],
 ) -> Iterator[Any]:

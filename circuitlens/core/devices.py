@@ -41,6 +41,18 @@ class DeviceError(ValueError):
     install instead."""
 
 
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """A precision as the configs write it: ``torch.bfloat16`` is ``"bfloat16"``, a string is
+    itself (the config that takes it checks the name).
+
+    >>> dtype_name(torch.bfloat16), dtype_name("float32")
+    ('bfloat16', 'float32')
+    """
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    return dtype
+
+
 def _pip_version() -> str:
     """The installed torch's version as pip names it (``2.6.0`` of ``2.6.0+cpu``)."""
     return torch.__version__.split("+")[0]

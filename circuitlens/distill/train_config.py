@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import torch
+
 from circuitlens.analysis.cka import ESTIMATORS, KERNELS, MIN_ROWS, Estimator, Kernel
+from circuitlens.core.devices import dtype_name
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.conditions import Condition, get_condition
 from circuitlens.distill.masks import KV_POLICIES, KVPolicy
@@ -100,7 +103,8 @@ class TrainConfig:
             and their AdamW state stay float32 master copies, the losses, CKA included, are
             computed in float32). Evaluation and held-out CKA always run in the model's own
             precision. Load the teacher in bf16 too (``load_model(..., dtype=torch.bfloat16)``)
-            for its memory and speed.
+            for its memory and speed. A ``torch.dtype`` is taken as its name
+            (``dtype=torch.bfloat16`` is ``"bfloat16"``).
     """
 
     condition: str = "ce+align"
@@ -123,12 +127,13 @@ class TrainConfig:
     null_perms: int = 20
     checkpoint_every: int = 50
     seed: int = 0
-    dtype: DType = "float32"
+    dtype: DType | torch.dtype = "float32"
     patience: int | None = None
     lr_grid: tuple[float, ...] | list[float] | None = None
     lr_from: str = FIRST_SEED
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))  # saved and compared as text
         if self.lr_grid is not None:  # a list from a file: one tuple of floats, however given
             grid = self.lr_grid
             if not isinstance(grid, list | tuple) or any(

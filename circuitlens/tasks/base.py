@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from jaxtyping import Int
@@ -290,7 +290,8 @@ def tokenize_prompts(model_or_tokenizer: Any, prompts: Sequence[Prompt]) -> Prom
 
 #: the splits, in the order they are drawn (``probe`` last: the others are as they were
 #: before it existed)
-SPLITS = ("train", "val", "test", "probe")
+Split = Literal["train", "val", "test", "probe"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 class Task:

@@ -161,7 +161,7 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     import json
 
     from circuitlens.analysis.ablation import AblationConfig, AblationResult
-    from circuitlens.experiments.runner import _json_dump
+    from circuitlens.core.io import json_text
 
     delta = torch.tensor([[0.3, 0.1], [0.0, -0.2]])
     ci = torch.stack([delta - 0.05, delta + 0.05])
@@ -169,7 +169,7 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     exact = torch.tensor([[True, True], [False, True]])
     cfg = AblationConfig(method="screened", rank="signed")
     result = AblationResult(0.9, 0.9, 0.9 - delta, delta, "m", cfg, delta_ci=ci, exact=exact)
-    back = AblationResult.from_dict(json.loads(_json_dump(result.to_dict())))
+    back = AblationResult.from_dict(json.loads(json_text(result.to_dict())))
     torch.testing.assert_close(back.delta_ci, ci, equal_nan=True)
     assert back.excludes_zero(Head(1, 0)) is None and back.excludes_zero(Head(0, 0)) is True
     assert back.config.rank == "signed"

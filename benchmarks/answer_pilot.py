@@ -31,8 +31,9 @@ import dataclasses
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -105,8 +106,14 @@ def choose_budget(
 
 
 def seed_run(
-    directory: Path, cfg: ExperimentConfig, doc: dict, out: Path, teacher: Any, student: Any,
-    task: Any, s_sweep: AblationResult,
+    directory: Path,
+    cfg: ExperimentConfig,
+    doc: dict,
+    out: Path,
+    teacher: Any,
+    student: Any,
+    task: Any,
+    s_sweep: AblationResult,
 ) -> None:
     """The teacher's sweep (as :func:`circuitlens.distill.sweeps.sweeps` runs it) and a new
     run directory holding the config and both sweeps."""
@@ -124,7 +131,9 @@ def seed_run(
     if directory.exists() and any(directory.iterdir()):
         raise SystemExit(f"{directory} is not empty: seed a new directory")
     (directory / name).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(directory / MARKER, json.dumps({"kind": "reproduce", "seeded_from": str(out)}))
+    atomic_write_text(
+        directory / MARKER, json.dumps({"kind": "reproduce", "seeded_from": str(out)})
+    )
     atomic_write_text(directory / "config.json", json.dumps(json_ready(cfg.to_dict()), indent=1))
     key = sweeps_key(teacher, student, task, d, None)
     save_sweeps(directory / name / "sweeps.json", key, t_sweep, s_sweep.named("student"))
@@ -180,8 +189,10 @@ def main() -> None:
             }
             _save(out, doc)
             r = doc["cells"][key]
-            print(f"{key}: val {r['val_kept']:.3f} at step {r['kept_step']} "
-                  f"({r['seconds']} s)", flush=True)
+            print(
+                f"{key}: val {r['val_kept']:.3f} at step {r['kept_step']} ({r['seconds']} s)",
+                flush=True,
+            )
         return doc["cells"][key]
 
     first = PILOT_SEEDS[0]

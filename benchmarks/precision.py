@@ -27,19 +27,20 @@ import dataclasses
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.ablation import AblationConfig, ablated_scores, ablation_sweep
+from circuitlens.analysis.ablation import ablated_scores
 from circuitlens.analysis.mean_ablation import compute_means
 from circuitlens.core.devices import cpu_native_bf16
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.types import Head, HeadMap
-from circuitlens.distill.trainer import CircuitTrainer
 from circuitlens.distill.train_config import TrainConfig
+from circuitlens.distill.trainer import CircuitTrainer
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import get_task
 from circuitlens.tasks.metrics import prompt_scores
@@ -169,7 +170,8 @@ def main() -> None:
         "mean_ci_width": float(width.mean()),
         "max_diff_over_width": float((diff / width).max()),
         "order_same": d32.mean(1).argsort().tolist() == d16.mean(1).argsort().tolist(),
-        "bf16_speedup": sweep["float32"]["seconds_per_head"] / sweep["bfloat16"]["seconds_per_head"],
+        "bf16_speedup": sweep["float32"]["seconds_per_head"]
+        / sweep["bfloat16"]["seconds_per_head"],
     }
     doc["sweep_pass"] = sweep
     print("sweep", {k: v for k, v in sweep.items() if not k.startswith("impact")}, flush=True)
@@ -202,7 +204,9 @@ def main() -> None:
         losses[name] = [float(r["loss"]) for r in hist if "loss" in r]
     student.load_state_dict(state)
     step["loss_float32"], step["loss_bfloat16"] = losses["float32"], losses["bfloat16"]
-    step["bf16_speedup"] = step["float32"]["seconds_per_step"] / step["bfloat16"]["seconds_per_step"]
+    step["bf16_speedup"] = (
+        step["float32"]["seconds_per_step"] / step["bfloat16"]["seconds_per_step"]
+    )
     doc["train_step"] = step
     print("train step", step, flush=True)
     atomic_write_text(OUT, json.dumps(json_ready(doc), indent=1))

@@ -194,7 +194,9 @@ def test_a_bf16_sweep_is_the_float32_sweep_within_bf16_rounding(tiny_bridge, tas
     f32 = ablation_sweep(tiny_bridge, task, cfg, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlowPrecisionWarning)  # a CPU without native bf16
-        b16 = ablation_sweep(tiny_bridge, task, cfg.with_overrides(dtype="bfloat16"), progress=False)
+        b16 = ablation_sweep(
+            tiny_bridge, task, cfg.with_overrides(dtype="bfloat16"), progress=False
+        )
     assert b16.delta.dtype == f32.delta.dtype == torch.float32
     assert b16.config.dtype == "bfloat16" and f32.config.dtype == "float32"
     torch.testing.assert_close(b16.delta, f32.delta, atol=0.02, rtol=0)

@@ -23,6 +23,7 @@ WHOLE_PACKAGE_TESTS = {
     "test_architecture.py",
     "test_cli.py",
     "test_notebooks.py",
+    "test_readme.py",
     "test_bench_all.py",
     "test_gpu_script.py",
     "test_gpu_scale.py",

@@ -17,6 +17,12 @@ results file (``benchmarks/results/answer-pilot-<task>.json``) and skipped on a 
 
     python benchmarks/answer_pilot.py configs/answer/theory-of-mind.toml --budgets 5 3 2 1
 
+When no head count puts CE in the regime, the second lever is the number of distinct training
+prompts (``TrainConfig.train_prompts``), scanned the same way at one head count:
+
+    python benchmarks/answer_pilot.py configs/answer/theory-of-mind.toml \
+        --budget 5 --prompts 64 32 16
+
 Then, once the design is committed, ``--seed-run DIR`` measures the teacher's exact sweep
 (kept in the same results file, so that it resumes) and seeds the confirmatory run directory
 with the config and both sweeps (``<task>/sweeps.json``, keyed as the runner keys it), so the
@@ -83,13 +89,14 @@ def _cell(teacher: Any, student0: dict, student: Any, task: Any, heads: list, cf
 def choose_budget(
     budgets: list[int], grid: tuple[float, ...], val: Callable[[int, float], float]
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The regime's budget, scanning ``budgets`` from the most heads down: a budget whose CE
-    at the grid's smallest lr ends above the regime's top is out of it at any lr (a larger
-    lr converges at least as far within the step cap, so one run rules it out); the first
-    budget that is not gets the whole grid, and is chosen if CE at its chosen lr ends at or
-    below the top (the record says whether it also reaches the bottom); else the scan goes on.
-    ``val(budget, lr)``: the first pilot seed's best kept validation accuracy. Returns the
-    choice (None: every budget above the regime) and the scan's record."""
+    """The regime's budget, scanning ``budgets`` from the most heads down (or, the same scan,
+    counts of distinct training prompts from the most down, under the key ``budget``): a
+    budget whose CE at the grid's smallest lr ends above the regime's top is out of it at any
+    lr (a larger lr converges at least as far within the step cap, so one run rules it out);
+    the first budget that is not gets the whole grid, and is chosen if CE at its chosen lr
+    ends at or below the top (the record says whether it also reaches the bottom); else the
+    scan goes on. ``val(budget, lr)``: the first pilot seed's best kept validation accuracy.
+    Returns the choice (None: every budget above the regime) and the scan's record."""
     lo, hi = REGIME
     scan: list[dict[str, Any]] = []
     for budget in budgets:
@@ -144,6 +151,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", help="the answer config of one task (configs/answer/*.toml)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[], help="head counts")
+    ap.add_argument(
+        "--prompts",
+        type=int,
+        nargs="+",
+        default=[],
+        help="distinct training prompt counts (TrainConfig.train_prompts) to scan at --budget",
+    )
+    ap.add_argument("--budget", type=int, help="the head count of the --prompts scan")
     ap.add_argument("--seed-run", type=Path, help="seed this confirmatory run directory")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -178,13 +193,17 @@ def main() -> None:
     train = cfg.distill.train
     grid = train.lr_grid or (train.lr,)
 
-    def run(budget: int, lr: float, seed: int) -> dict:
-        key = f"budget={budget}/lr={lr!r}/seed={seed}"
+    def run(budget: int, lr: float, seed: int, prompts: int | None = None) -> dict:
+        pool = "" if prompts is None else f"/prompts={prompts}"
+        key = f"budget={budget}{pool}/lr={lr!r}/seed={seed}"
         if key not in doc["cells"]:
             heads = choose_student_heads(s_sweep, budget)
-            c = dataclasses.replace(train, condition="ce", lr=lr, seed=seed, lr_grid=None)
+            c = dataclasses.replace(
+                train, condition="ce", lr=lr, seed=seed, lr_grid=None, train_prompts=prompts
+            )
             doc["cells"][key] = _cell(teacher, student0, student, task, heads, c) | {
                 "budget": budget,
+                "train_prompts": prompts,
                 "heads": [str(h) for h in heads],
             }
             _save(out, doc)
@@ -196,6 +215,29 @@ def main() -> None:
         return doc["cells"][key]
 
     first = PILOT_SEEDS[0]
+    if args.prompts:
+        if args.budget is None:
+            raise SystemExit("--prompts scans at one head count: give --budget")
+        budget = args.budget
+        pick, scan = choose_budget(
+            args.prompts, grid, lambda n, lr: run(budget, lr, first, n)["val_kept"]
+        )
+        doc["prompts_scan"] = {"budget": budget, "scan": scan}
+        doc["prompts_choice"] = pick
+        _save(out, doc)
+        if pick is None:
+            print("no training prompt count at or below the regime's top", flush=True)
+            return
+        n, lr = pick["budget"], pick["lr"]
+        vals = [run(budget, lr, seed, n)["val_kept"] for seed in PILOT_SEEDS]
+        doc["prompts_choice"] = {"budget": budget, "train_prompts": n, "lr": lr} | {
+            "in_regime": pick["in_regime"],
+            "val_kept_seeds": vals,
+            "val_kept_mean": sum(vals) / len(vals),
+        }
+        _save(out, doc)
+        print(json.dumps(doc["prompts_choice"]), flush=True)
+        return
     pick, scan = choose_budget(args.budgets, grid, lambda b, lr: run(b, lr, first)["val_kept"])
     doc["budget_scan"] = scan
     if pick is None:

@@ -53,6 +53,7 @@ _TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
     "cka_eval_n": (1, None),
     "null_perms": (1, None),
     "patience": (1, None),
+    "train_prompts": (1, None),
 }
 
 
@@ -98,6 +99,11 @@ class TrainConfig:
             path of a pilot run's directory whose ``<task>/lr.json`` holds the choices (made on
             the same grid).
         seed: every random choice (batches, initial state, shuffles) follows from it.
+        train_prompts: how many distinct training prompts there are: None (the default)
+            draws every batch fresh from the task (none of the val/test/probe prompts), as
+            before the option existed; N draws N distinct prompts once (from ``seed``, so
+            conditions at one seed share them) and every batch is ``batch_size`` distinct
+            prompts of those N: a limited-data regime. At least ``batch_size``.
         dtype: the precision of the student's training forward and backward:
             ``"float32"``, or ``"bfloat16"`` (autocast: matrix products in bf16, the weights
             and their AdamW state stay float32 master copies, the losses, CKA included, are
@@ -131,6 +137,7 @@ class TrainConfig:
     patience: int | None = None
     lr_grid: tuple[float, ...] | list[float] | None = None
     lr_from: str = FIRST_SEED
+    train_prompts: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", dtype_name(self.dtype))  # saved and compared as text
@@ -170,6 +177,12 @@ class TrainConfig:
             )
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("steps must be >= 0 and batch_size >= 1")
+        if self.train_prompts is not None and self.train_prompts < self.batch_size:
+            raise ConfigError(
+                f"TrainConfig.train_prompts ({self.train_prompts}) is below batch_size "
+                f"({self.batch_size}): a batch is distinct prompts of the pool; raise "
+                "train_prompts or lower batch_size"
+            )
         if self.null_perms < 20:
             raise ValueError(
                 f"null_perms must be >= 20 for a usable null sd (got {self.null_perms})"

@@ -230,9 +230,13 @@ class CircuitTrainer:
         # every step's prompts, drawn up front (the same draws, in the same order, as one per
         # step): the teacher's outputs for all of them come from one cached pass
         heldout = task.heldout_texts()
-        self.schedule = [
-            task.sample(self.rng, cfg.batch_size, exclude=heldout) for _ in range(cfg.steps)
-        ]
+        if cfg.train_prompts is None:
+            self.schedule = [
+                task.sample(self.rng, cfg.batch_size, exclude=heldout) for _ in range(cfg.steps)
+            ]
+        else:  # a fixed pool of distinct prompts, each batch distinct prompts of it
+            pool = task.pool(self.rng, cfg.train_prompts, heldout)
+            self.schedule = [self.rng.sample(pool, cfg.batch_size) for _ in range(cfg.steps)]
         if teacher_cache is True or teacher_cache is None:
             teacher_cache = TeacherCache()
         self.teacher_cache: TeacherCache | None = teacher_cache or None

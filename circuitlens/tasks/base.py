@@ -390,6 +390,28 @@ class Task:
                 out.append(p)
         return out
 
+    def pool(self, rng: random.Random, n: int, exclude: set[str] | None = None) -> list[Prompt]:
+        """``n`` distinct training prompts drawn from ``rng`` (by :meth:`sample`, in its
+        order, repeats skipped), none of them in ``exclude`` (default: the held-out splits):
+        a fixed training set (:attr:`TrainConfig.train_prompts`).
+
+        Raises:
+            TaskError: the task has fewer than ``n`` distinct training prompts to give.
+        """
+        exclude = self.heldout_texts() if exclude is None else exclude
+        out: dict[str, Prompt] = {}
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 50 * n + 1000:
+                raise TaskError(
+                    f"{self.name}: could not draw {n} distinct training prompts (found "
+                    f"{len(out)}); lower train_prompts"
+                )
+            (p,) = self.sample(rng, 1, exclude)
+            out.setdefault(p.text, p)
+        return list(out.values())
+
     def batch(
         self, model_or_tokenizer: Any, split: str = "test", n: int | None = None
     ) -> PromptBatch:

@@ -1,4 +1,9 @@
-"""The models the benchmarks time: the zoo entity-tracking teacher and a 12-layer random Llama."""
+"""The models the benchmarks time: the zoo entity-tracking teacher and a 12-layer random Llama.
+
+The benchmarks are scripts, run from the repository root as ``python benchmarks/NAME.py``:
+Python puts the script's directory first on the module path, so they import this module and
+each other as siblings (``from bench_models import results_dir``), without editing the path.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ on real models (hours on 2 cores) must survive the machine it ran on and be resu
         -> the run directory again (config, setups, cells, run marker): ``circuitlens
            reproduce`` with the same config then computes only the cells still missing.
 
+Each task's learning-rate choices (``lr.json``: the grid points measured so far) are kept.
 Checkpoints of unfinished cells and the teacher cache are not kept (they are recomputed).
 """
 
@@ -27,6 +28,7 @@ from circuitlens.core.rundir import MARKER
 from circuitlens.distill.setup import Setup
 from circuitlens.experiments import ExperimentResult
 from circuitlens.experiments.cell import Cell
+from circuitlens.experiments.lr_choice import LR_FILE
 from circuitlens.report.page import write_plotly_js, write_report
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -45,6 +47,12 @@ def export(directory: Path, name: str, html: bool = True) -> Path:
         "benchmark": "reproduce run",
         "config": json.loads((directory / "config.json").read_text()),
         "setups": {t: s.to_dict() for t, s in result.setups.items()},
+        # each condition's learning-rate choice and its grid points (a restore resumes them)
+        "lr_choices": {
+            t: json.loads((directory / t / LR_FILE).read_text())
+            for t in result.setups
+            if (directory / t / LR_FILE).is_file()
+        },
         "cells": [c.to_dict() for c in cells],
         "table_md": result.markdown(),
         "setup_seconds": {t: s.seconds for t, s in result.setups.items()},
@@ -74,6 +82,8 @@ def restore(name: str, directory: Path) -> None:
     for task, setup in doc["setups"].items():  # each read as a setup: a damaged one fails here
         text = json.dumps(Setup.from_dict(setup).to_dict(), indent=1)
         atomic_write_text(directory / task / "setup.json", text)
+    for task, choices in doc.get("lr_choices", {}).items():
+        atomic_write_text(directory / task / LR_FILE, json.dumps(choices, indent=1))
     for c in map(Cell.from_dict, doc["cells"]):
         cell = directory / c.task / c.condition / f"seed{c.seed}" / "cell.json"
         atomic_write_text(cell, json.dumps(c.to_dict(), indent=1))

@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from circuitlens.analysis.ablation import AblationResult, _sweep_means, ablated_scores
-from circuitlens.core.io import atomic_write_text
+from circuitlens.analysis.ablation import AblationResult, ablated_scores, sweep_means
+from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.rundir import read_json
 from circuitlens.core.types import Head
 from circuitlens.experiments.config import ExperimentConfig
-from circuitlens.experiments.runner import _json_dump, _task
+from circuitlens.experiments.runner import experiment_task
 from circuitlens.models.registry import load_model
 from circuitlens.tasks import Task
 from circuitlens.tasks.metrics import prompt_scores
@@ -45,7 +45,7 @@ def fill(sweep: AblationResult, model: Any, task: Task, heads: list[Head]) -> Ab
     """``sweep`` with the per-prompt impacts of ``heads`` measured again (NaN elsewhere)."""
     c = sweep.config
     batch = task.batch(model, c.split, c.n)
-    means = _sweep_means(model, task, batch, None)
+    means = sweep_means(model, task, batch, None)
     own = prompt_scores(model, task, c.split, c.n, c.metric)
     per = ablated_scores(model, batch, heads, means, c.metric, c.heads_per_pass, reduce=False)
     gap = abs(float(own.double().mean()) - sweep.p_own)
@@ -79,7 +79,7 @@ def main() -> None:
         raw = read_json(args.src / t / "setup.json", f"the {t} setup")
         teacher = load_model(cfg.models[t]["teacher"])
         student = load_model(cfg.models[t]["student"])
-        task = _task(t, cfg.task_seed, [teacher, student], cfg)
+        task = experiment_task(cfg, t, [teacher, student])
         for role, model in (("teacher", teacher), ("student", student)):
             sweep = AblationResult.from_dict(raw[f"{role}_sweep"])
             if not bool(sweep.exact.all()):
@@ -93,7 +93,7 @@ def main() -> None:
             "student_heads": args.student,
             "seconds": round(time.time() - start, 1),
         }
-        atomic_write_text(args.dst / t / "setup.json", _json_dump(raw))
+        atomic_write_text(args.dst / t / "setup.json", json_text(raw))
         print(f"{args.dst / t / 'setup.json'}: written ({time.time() - start:.0f} s)")
 
 

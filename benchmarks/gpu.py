@@ -25,15 +25,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))  # screened.py's model builder
-
-from bench_models import results_dir  # noqa: E402
-from screened import build  # noqa: E402
+from bench_models import results_dir
+from screened import build  # screened.py's model builder
 
 
 def _sync(device: str) -> None:

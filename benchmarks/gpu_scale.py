@@ -61,9 +61,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared helpers
-
-from bench_models import results_dir  # noqa: E402
+from bench_models import results_dir
 
 T_START = time.perf_counter()  # --budget-s counts from here (imports included)
 ROOT = Path(__file__).resolve().parents[1]

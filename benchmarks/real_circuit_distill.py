@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -75,8 +74,7 @@ def main() -> None:
     result = run_experiment(config(args.seeds, args.conditions, args.teacher), args.out, jobs=1)
     print(result.markdown())
     print(f"{len(result.cells)} cells; this invocation {time.time() - t0:.0f} s")
-    sys.path.insert(0, str(HERE))
-    from export_run import export
+    from export_run import export  # a sibling script: benchmarks/ is first on the path
 
     print(export(args.out, args.name, html=False))  # the report: results/.../report.html
 

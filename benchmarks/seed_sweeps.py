@@ -28,11 +28,12 @@ import argparse
 import json
 from pathlib import Path
 
-from circuitlens.core.io import atomic_write_text
+from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.rundir import MARKER
+from circuitlens.distill.setup import read_setup
 from circuitlens.distill.sweeps import save_sweeps, sweeps_key
 from circuitlens.experiments.config import ExperimentConfig
-from circuitlens.experiments.runner import _json_dump, _read_setup, _task
+from circuitlens.experiments.runner import experiment_task
 from circuitlens.models.registry import load_model
 
 
@@ -42,9 +43,9 @@ def seed(src: Path, dst: Path, cfg: ExperimentConfig) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     if not (dst / "config.json").is_file():
         atomic_write_text(dst / MARKER, json.dumps({"kind": "reproduce", "seeded_from": str(src)}))
-        atomic_write_text(dst / "config.json", _json_dump(cfg.to_dict()))
+        atomic_write_text(dst / "config.json", json_text(cfg.to_dict()))
     for t in cfg.tasks:
-        setup = _read_setup(src / t / "setup.json", t)
+        setup = read_setup(src / t / "setup.json", t)
         d = cfg.distill
         for role, sweep in (("teacher", setup.teacher_sweep), ("student", setup.student_sweep)):
             sc = sweep.config
@@ -58,7 +59,7 @@ def seed(src: Path, dst: Path, cfg: ExperimentConfig) -> None:
             raise SystemExit(f"{src / t}: a setup with a circuit is not supported here")
         teacher = load_model(cfg.models[t]["teacher"])
         student = load_model(cfg.models[t]["student"])
-        task = _task(t, cfg.task_seed, [teacher, student], cfg)
+        task = experiment_task(cfg, t, [teacher, student])
         key = sweeps_key(teacher, student, task, d, None)
         save_sweeps(dst / t / "sweeps.json", key, setup.teacher_sweep, setup.student_sweep)
         print(f"{dst / t / 'sweeps.json'}: seeded from {src / t / 'setup.json'}")

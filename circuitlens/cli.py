@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from circuitlens.distill.train_config import DTYPES
+
 
 def _demo(args: argparse.Namespace) -> int:
     import pandas as pd
@@ -600,7 +602,7 @@ def _distill_parser(sub: Any) -> None:
     dist.add_argument("--seed", type=int, help="training seed")
     dist.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
+        choices=DTYPES,
         help="training precision: bfloat16 trains the student under bf16 autocast (float32 "
         "master weights, float32 CKA) and loads the teacher in bf16 (default float32)",
     )

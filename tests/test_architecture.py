@@ -23,6 +23,7 @@ WHOLE_PACKAGE_TESTS = {
     "test_architecture.py",
     "test_cli.py",
     "test_notebooks.py",
+    "test_readme.py",
     "test_bench_all.py",
     "test_gpu_script.py",
     "test_gpu_scale.py",
@@ -181,3 +182,119 @@ def test_no_function_or_class_over_its_size_limit() -> None:
     assert any(name == "CircuitTrainer" for _, name, _, _ in sizes)  # the walk sees classes
     over = [f"{f}: {name} is {n} lines (limit {limit})" for f, name, n, limit in sizes if n > limit]
     assert not over, "split these:\n" + "\n".join(over)
+
+
+#: the code that imports only what other modules make public, and leaves the path alone
+#: (issue 40): the library, the benchmarks (scripts, run as ``python benchmarks/NAME.py``: they
+#: import their siblings as modules of that directory) and the helper scripts
+LAB = ("circuitlens", "benchmarks", "scripts")
+
+
+def _lab_files() -> list[Path]:
+    return sorted(f for folder in LAB for f in (ROOT / folder).rglob("*.py"))
+
+
+def _module_name(f: Path) -> str:
+    parts = f.relative_to(ROOT).with_suffix("").parts
+    if parts[0] != "circuitlens":  # a script: its siblings import it by its file's name
+        return parts[-1]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(text: str, name: str, known: set[str], package: str | None = None) -> list[str]:
+    """Where module ``name`` (source ``text``; ``package``: what its relative imports start
+    from, its parent by default) reaches a private name (``_x``, not a dunder) of another
+    module: ``from m import _x``, or ``m._x`` on a module ``m`` of ``known`` it imported."""
+    package = name.rpartition(".")[0] if package is None else package
+    tree = ast.parse(text)
+    out, modules = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in known:
+                    modules[a.asname or a.name.split(".")[0]] = a.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            for a in node.names:
+                if f"{base}.{a.name}" in known:
+                    modules[a.asname or a.name] = f"{base}.{a.name}"
+                if _private(a.name) and base != name:
+                    out.append(f"{node.lineno}: from {base} import {a.name}")
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and _private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and modules.get(node.value.id, name) != name
+        ):
+            out.append(f"{node.lineno}: {node.value.id}.{node.attr}")
+    return out
+
+
+def test_no_module_reaches_a_private_name_of_another() -> None:
+    files = {_module_name(f): f for f in _lab_files()}
+    assert "circuitlens.experiments.runner" in files and "bench_models" in files
+    found = [
+        f"{f.relative_to(ROOT)}:{use}"
+        for name, f in files.items()
+        for use in private_uses(
+            f.read_text(), name, set(files), name if f.name == "__init__.py" else None
+        )
+    ]
+    assert not found, "make these public where they belong:\n" + "\n".join(found)
+
+
+def test_the_private_name_check_sees_both_forms() -> None:
+    text = (
+        "from circuitlens.experiments.runner import _task, run_experiment\n"
+        "from circuitlens.experiments import runner\nimport bench_models\nimport os\n"
+        "from circuitlens import __version__\nfrom .probe import _own\n"
+        "runner._lr_trial\nbench_models._x\nrunner.__name__\nos._exit\n"
+    )
+    known = {"circuitlens.experiments.runner", "circuitlens", "bench_models"}
+    uses = private_uses(text, "circuitlens.experiments.probe", known)  # .probe: itself
+    assert [u.split(": ", 1)[1] for u in uses] == [
+        "from circuitlens.experiments.runner import _task",
+        "runner._lr_trial",
+        "bench_models._x",
+    ]
+
+
+def path_edits(text: str) -> list[str]:
+    """Where source ``text`` changes the module path: a call on ``sys.path`` (``insert``,
+    ``append``, ...), an assignment to it or to an item of it, or ``from sys import path``."""
+    out = []
+    for node in ast.walk(ast.parse(text)):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            targets = [node.func.value]
+        elif isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            if any(a.name == "path" for a in node.names):
+                out.append(f"{node.lineno}: from sys import path")
+        for t in targets:
+            while isinstance(t, ast.Subscript):
+                t = t.value
+            if ast.unparse(t) == "sys.path":
+                out.append(f"{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_no_code_edits_the_module_path() -> None:
+    edits = [f"{f.relative_to(ROOT)}:{e}" for f in _lab_files() for e in path_edits(f.read_text())]
+    assert not edits, "import siblings without editing sys.path:\n" + "\n".join(edits)
+    seen = path_edits(
+        "import sys\nsys.path.insert(0, 'x')\nsys.path[:0] = ['x']\nsys.path += ['x']\n"
+        "from sys import path\nsys.path.index('x')\n"
+    )
+    assert sorted(e.split(":")[0] for e in seen) == ["2", "3", "4", "5", "6"]

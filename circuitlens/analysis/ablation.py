@@ -19,10 +19,11 @@ head). Batching pays on a GPU, not on a CPU (benchmarks/).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from einops import rearrange
@@ -31,31 +32,36 @@ from torch import Tensor
 
 import circuitlens.analysis.screening as screening
 from circuitlens.analysis.interventions import Mean, Replacement, sweep
-from circuitlens.analysis.mean_ablation import _check_means, compute_means
+from circuitlens.analysis.mean_ablation import check_means, compute_means
 from circuitlens.analysis.screening import (
     SCREEN_TOP,
     SCREENS,
+    ScreenKind,
     default_margin,
     screen_heads,
     settled,
     top_count,
     verification_order,
 )
+from circuitlens.core.devices import warn_slow_precision
 from circuitlens.core.hooks import resid_pre_name
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.core.validate import check_fields
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import PromptBatch, Task, prompt_scores
+from circuitlens.tasks.base import Split
 from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "exact", "screened")
 Metric = Literal["accuracy", "prob", "logit_diff"]
-Split = Literal["train", "val", "test", "probe"]
 SweepMethod = Literal["auto", "exact", "screened"]
-Screen = Literal["atp*", "atp"]
+METHODS: tuple[str, ...] = get_args(SweepMethod)
+#: a sweep's forward precision (:attr:`AblationConfig.dtype`)
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 Rank = Literal["signed", "abs"]
+RANKS: tuple[str, ...] = get_args(Rank)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,11 @@ class AblationConfig:
             or by |impact| (``"abs"``).
         verify: screened: heads measured exactly in any case (e.g. a circuit's heads, the
             map's candidates); an exact sweep measures every head and keeps none.
+        dtype: the precision of the sweep's forwards: ``"float32"``, or ``"bfloat16"``
+            (autocast: matrix products in bf16, the scores and impacts in float32). bf16 pays
+            only where the hardware has it: on a CPU without native bf16 it runs emulated,
+            slower, with a :class:`~circuitlens.core.devices.SlowPrecisionWarning` (measured
+            in ``docs/benchmarks.md``, "bf16 against float32").
     """
 
     metric: Metric = "prob"
@@ -101,12 +112,15 @@ class AblationConfig:
     top: float | int | None = SCREEN_TOP
     threshold: float | None = None
     safety: float = 1.5
-    screen: Screen = "atp*"
+    screen: ScreenKind = "atp*"
     rank: Rank = "signed"
     verify: tuple[str, ...] = ()
+    dtype: Precision = "float32"
 
     def __post_init__(self) -> None:
         check_fields(self, {"n": (1, None)})
+        if self.dtype not in PRECISIONS:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(PRECISIONS)}")
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.n_boot < 0:
@@ -119,7 +133,7 @@ class AblationConfig:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         if self.screen not in SCREENS:
             raise ValueError(f"unknown screen {self.screen!r}; valid: {', '.join(SCREENS)}")
-        if self.rank not in ("signed", "abs"):
+        if self.rank not in RANKS:
             raise ValueError(f"rank must be 'signed' or 'abs' (got {self.rank!r})")
         if self.safety < 1:
             raise ValueError(f"safety must be >= 1 (got {self.safety})")
@@ -300,7 +314,7 @@ def _per_example(metric: str, logits: Tensor, batch: PromptBatch) -> Tensor:
 
 @torch.no_grad()
 def ablated_scores(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     heads: Sequence[Head],
     means: Tensor,
@@ -317,7 +331,7 @@ def ablated_scores(
     one layer share a pass, each in its own copy of the batch. Batching pays on a GPU; on a
     CPU it does not (see benchmarks/), so the default is 1 there and 8 on a GPU.
     """
-    _check_means(model, means)
+    check_means(model, means)
     device = model_device(model)
     layers = sorted({h.layer for h in heads})
     names = {resid_pre_name(layer) for layer in layers}
@@ -332,7 +346,7 @@ def ablated_scores(
 
 @torch.no_grad()
 def scores_from_resid(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     heads: Sequence[Head],
     means: Tensor,
@@ -385,11 +399,11 @@ def bootstrap_delta(
 
 
 def ablation_sweep(
-    model: Any,
+    model: Model,
     task: Task,
     config: AblationConfig | None = None,
     *,
-    baseline_from: Any = None,
+    baseline_from: Model | None = None,
     means: Tensor | None = None,
     progress: bool = True,
 ) -> AblationResult:
@@ -425,17 +439,34 @@ def ablation_sweep(
         verify=config.verify if method == "screened" else (),  # exact: every head measured
     )
     batch = task.batch(model, config.split, config.n)
-    means = _sweep_means(model, task, batch, means)
+    means = sweep_means(model, task, batch, means)
     heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
-    own, scores, exact, estimated, per_prompt = _measure(model, task, batch, heads, means, config,
-                                                         progress)  # fmt: skip
-    base = own
-    if baseline_from is not None:
-        base = prompt_scores(baseline_from, task, config.split, config.n, config.metric)
+    with _precision(model, config.dtype):
+        own, scores, exact, estimated, per_prompt = _measure(
+            model, task, batch, heads, means, config, progress
+        )
+        base = own
+        if baseline_from is not None:
+            base = prompt_scores(baseline_from, task, config.split, config.n, config.metric)
+    own, base, scores, per_prompt = own.float(), base.float(), scores.float(), per_prompt.float()
     return _result(model, f.n_heads, config, own, base, scores, exact, estimated, per_prompt)
 
 
-def _sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
+def _precision(model: Any, dtype: str) -> Any:
+    """The forwards' precision: bf16 autocast on the model's device (warning where that CPU
+    has no native bf16), or nothing in float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    device = model_device(model)
+    warn_slow_precision(device, dtype)
+    return torch.autocast(device.type, torch.bfloat16)
+
+
+def sweep_means(model: Model, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
+    """The means a sweep of ``model`` on ``batch`` ablates to: ``means`` checked against the
+    model, or when None the mean ``z`` over the task's ablation reference prompts
+    (:func:`~circuitlens.analysis.mean_ablation.compute_means`), ``[layer, pos, head_index,
+    d_head]``."""
     if means is None:
         if batch.ablation_tokens is None:
             raise ValueError(
@@ -443,12 +474,12 @@ def _sweep_means(model: Any, task: Task, batch: PromptBatch, means: Tensor | Non
                 "compute_means(model, reference_tokens)"
             )
         means = compute_means(model, batch.ablation_tokens)
-    _check_means(model, means)
+    check_means(model, means)
     return means
 
 
 def _measure(
-    model: Any,
+    model: Model,
     task: Task,
     batch: PromptBatch,
     heads: list[Head],
@@ -480,7 +511,7 @@ def _measure(
 
 
 def _result(
-    model: Any,
+    model: Model,
     n_heads: int,
     config: AblationConfig,
     own: Tensor,
@@ -527,7 +558,7 @@ def _result(
 
 
 def _screened(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     heads: list[Head],
     means: Tensor,

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange
@@ -88,20 +88,26 @@ from circuitlens.analysis.mapping import (
     map_heads,
 )
 from circuitlens.core.hooks import z_name
-from circuitlens.core.types import Circuit, Head, HeadMap
+from circuitlens.core.types import Circuit, Head, HeadMap, Model
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import Task
 from circuitlens.tasks.metrics import model_device, no_logits
 
 log = logging.getLogger(__name__)
 
+#: whose unablated P the teacher's impacts are measured against
+TeacherBaseline = Literal["student", "own"]
+TEACHER_BASELINES: tuple[str, ...] = get_args(TeacherBaseline)
+
 #: the public names; the registry's (:mod:`circuitlens.analysis.costs`) are re-exported here
 __all__ = [
     "METHODS",
     "NEEDS",
+    "TEACHER_BASELINES",
     "CorrespondenceFeatures",
     "CorrespondenceMethod",
     "CostInputs",
+    "TeacherBaseline",
     "assign",
     "correspond",
     "correspond_features",
@@ -156,7 +162,7 @@ def correspond_features(
 
 @torch.no_grad()
 def head_z(
-    model: Any, task: Task, split: str = "probe", n: int | None = 200, batch_size: int = 64
+    model: Model, task: Task, split: str = "probe", n: int | None = 200, batch_size: int = 64
 ) -> Float[Tensor, "n layer head d_head"]:
     """Every head's ``z`` (the input of W_O) at each prompt's last position, on CPU (the
     ``probe`` prompts by default: the map reads it to choose partners)."""
@@ -178,8 +184,8 @@ def head_z(
 
 
 def gather_features(
-    student: Any,
-    teacher: Any,
+    student: Model,
+    teacher: Model,
     task: Task,
     needs: Sequence[str] = NEEDS,
     *,
@@ -196,7 +202,7 @@ def gather_features(
     the
     heads' ``z`` at the last position on the same prompts; weights, ``z`` at named positions or
     tokens, and attention patterns (:func:`~circuitlens.analysis.head_features.gather_more`)."""
-    if teacher_baseline not in ("student", "own"):
+    if teacher_baseline not in TEACHER_BASELINES:
         raise ValueError(f"teacher_baseline must be 'student' or 'own' (got {teacher_baseline!r})")
     bad = [x for x in needs if x not in NEEDS]
     if bad:
@@ -217,8 +223,8 @@ def gather_features(
 
 
 def correspond(
-    student: Any,
-    teacher: Any,
+    student: Model,
+    teacher: Model,
     task: Task,
     method: str = "impact",
     budget: float | int = DEFAULT_BUDGET,

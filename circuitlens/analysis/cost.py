@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from circuitlens.core.types import Model
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _n_params(model: Any) -> int:
+def _n_params(model: Model) -> int:
     try:
         return sum(p.numel() for p in model.parameters())
     except AttributeError:
@@ -61,7 +63,7 @@ def _n_params(model: Any) -> int:
 
 
 @torch.no_grad()
-def seconds_per_prompt(model: Any, task: Any, n: int = 16) -> tuple[float, int]:
+def seconds_per_prompt(model: Model, task: Any, n: int = 16) -> tuple[float, int]:
     """Time one forward pass of ``model`` on ``n`` of the task's test prompts; return seconds
     per prompt and tokens per prompt."""
     from circuitlens.tasks.metrics import model_device, model_logits
@@ -102,7 +104,7 @@ def sweep_passes(
     return 3 * n + measured * per_head + means
 
 
-def _ablation_passes(model: Any, n: int, budget: float | int | None = None) -> float:
+def _ablation_passes(model: Model, n: int, budget: float | int | None = None) -> float:
     """A sweep's passes on ``model``; ``budget``: the mapping's (a student's screened sweep
     settles at least the budget's heads)."""
     from circuitlens.analysis.mapping import budget_count
@@ -116,7 +118,7 @@ def _ablation_passes(model: Any, n: int, budget: float | int | None = None) -> f
     return sweep_passes(f.n_total_heads, f.n_layers, n, top)
 
 
-def estimate_distill_cost(teacher: Any, student: Any, task: Any, cfg: Any) -> Cost:
+def estimate_distill_cost(teacher: Model, student: Model, task: Any, cfg: Any) -> Cost:
     """The cost of :func:`circuitlens.distill_circuit` with config ``cfg`` (a DistillConfig)."""
     tcfg = cfg.train
     t_sec, t_tok = seconds_per_prompt(teacher, task)
@@ -160,7 +162,7 @@ def report_cost(cost: Cost, progress: bool = True) -> None:
 
 
 def estimate_experiment_cost(
-    teacher: Any, student: Any, task: Any, cfg: Any, n_cells: int, setup: bool = True
+    teacher: Model, student: Model, task: Any, cfg: Any, n_cells: int, setup: bool = True
 ) -> Cost:
     """The cost of one task of :func:`circuitlens.run_experiment` (an ExperimentConfig ``cfg``):
     its setup (circuit discovery, sweeps) when ``setup``, and ``n_cells`` training cells."""

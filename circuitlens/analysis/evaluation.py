@@ -23,14 +23,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitlens.analysis.mean_ablation import compute_means, mean_ablated
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import Task, TaskFormatWarning, evaluate, prompt_scores
 
 
 @torch.no_grad()
 def ablation_means(
-    model: Any, task: Task, split: str = "test", n: int | None = None
+    model: Model, task: Task, split: str = "test", n: int | None = None
 ) -> Float[Tensor, "layer pos head_index d_head"]:
     """The heads' means over the ablation reference prompts of ``split``'s first ``n`` prompts
     (what circuit-only scores ablate with; compute once to score many head sets)."""
@@ -45,7 +45,7 @@ def ablation_means(
 
 @torch.no_grad()
 def circuit_only_scores(
-    model: Any,
+    model: Model,
     task: Task,
     keep: Sequence[Head | str],
     split: str = "test",
@@ -82,7 +82,7 @@ def format_tasks(task: Task, make: Any) -> dict[str, Task]:
 
 
 def format_accuracy(
-    model: Any, formats: dict[str, Task], n: int, known: tuple[Task, float] | None = None
+    model: Model, formats: dict[str, Task], n: int, known: tuple[Task, float] | None = None
 ) -> dict[str, float]:
     """Test accuracy on the first ``n`` test prompts in each prompt format (``formats``: name
     -> the task in that format, from :func:`format_tasks`); ``known``: a task whose test

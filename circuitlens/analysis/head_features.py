@@ -34,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuitlens.core.hooks import z_name
+from circuitlens.core.types import Model
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import Task
 from circuitlens.tasks.metrics import model_device, no_logits
@@ -147,7 +148,7 @@ def _norm_of(block: Any) -> Any | None:
 
 
 @torch.no_grad()
-def head_weights(model: Any, fold_norm: bool = True) -> HeadWeights:
+def head_weights(model: Model, fold_norm: bool = True) -> HeadWeights:
     """Every query head's ``W_Q``, ``W_K``, ``W_V``, ``W_O`` (K/V repeated per query head) read
     through the bridge's views, with each layer's input-norm scale folded into ``W_Q/W_K/W_V``
     when ``fold_norm`` (the attention reads ``norm(x) = scale * x / rms(x)``, so two heads that
@@ -178,7 +179,7 @@ def head_weights(model: Any, fold_norm: bool = True) -> HeadWeights:
 
 @torch.no_grad()
 def head_activations(
-    model: Any,
+    model: Model,
     task: Task,
     split: str = "train",
     n: int | None = 128,
@@ -240,7 +241,7 @@ def head_activations(
 
 
 def token_rows(
-    student: Any, teacher: Any, task: Task, split: str, n: int | None, max_rows: int, seed: int
+    student: Model, teacher: Model, task: Task, split: str, n: int | None, max_rows: int, seed: int
 ) -> Int[Tensor, "row 2"]:
     """The (prompt, position) of at most ``max_rows`` real (non-pad) tokens, drawn seeded and
     sorted by prompt; refuses models whose tokens differ (rows would not be the same token)."""
@@ -262,8 +263,8 @@ def token_rows(
 
 
 def gather_more(
-    student: Any,
-    teacher: Any,
+    student: Model,
+    teacher: Model,
     task: Task | None,
     needs: Sequence[str],
     *,

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitlens.core.hooks import HookFn, act_name, hook_layer, hooked, run_from_layer
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.tasks.metrics import logits_at, model_logits
 
 # the head axis of each site with heads (pattern: [batch, head_index, dest, src])
@@ -175,7 +175,7 @@ def _hook(copies: Sequence[Copy], site: str, layer: int) -> HookFn:
 
 
 @contextmanager
-def replaced(model: Any, copies: Sequence[Copy]) -> Iterator[Any]:
+def replaced(model: Model, copies: Sequence[Copy]) -> Iterator[Any]:
     """Inside the ``with``, the model applies each copy's replacements to its rows: the batch
     is ``len(copies)`` copies of the prompts, copy ``k`` in rows ``k * n`` to ``(k + 1) * n``
     (one copy: the whole batch). The hooks are removed on exit, also on error."""
@@ -186,7 +186,7 @@ def replaced(model: Any, copies: Sequence[Copy]) -> Iterator[Any]:
 
 @torch.no_grad()
 def run_replaced(
-    model: Any,
+    model: Model,
     input: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
     copies: Sequence[Copy],
     metric: Callable[[Tensor], Tensor],
@@ -227,7 +227,7 @@ def run_replaced(
 
 
 def sweep(
-    model: Any,
+    model: Model,
     resid: Mapping[int, Float[Tensor, "batch pos d_model"]],
     copies: Sequence[Copy],
     metric: Callable[[Tensor], Tensor],

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitlens.core.types import Head, HeadMap
+from circuitlens.core.types import Head, HeadMap, Model
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import Task, tokenize_prompts
 from circuitlens.tasks.metrics import accuracy, logits_at, model_device
@@ -63,7 +63,7 @@ def _permute_rows(p: Tensor, src: list[int], dim: int) -> None:
 
 @torch.no_grad()
 def permuted_copy(
-    model: Any, seed: int = 0, noise: float = 0.0, groups: bool = True
+    model: Model, seed: int = 0, noise: float = 0.0, groups: bool = True
 ) -> tuple[Any, dict[Head, Head]]:
     """A deep copy computing the same function with its query heads relabelled in each layer.
 
@@ -126,7 +126,7 @@ def recovery(head_map: HeadMap, permutation: dict[Head, Head]) -> float:
     return hits / len(head_map)
 
 
-def identity_permutation(model: Any) -> dict[Head, Head]:
+def identity_permutation(model: Model) -> dict[Head, Head]:
     """Every head of ``model`` to itself: the answer when a model is mapped to itself (the
     ``own`` baseline of the known-answer benchmark)."""
     f = model_facts(model)

@@ -20,14 +20,14 @@ from torch import Tensor
 
 from circuitlens.analysis.interventions import Mean, Replacement, replaced
 from circuitlens.core.hooks import z_name
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks.metrics import model_device, no_logits
 
 
 @torch.no_grad()
 def compute_means(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     lengths: Int[Tensor, " batch"] | None = None,
     batch_size: int = 64,
@@ -66,7 +66,9 @@ def compute_means(
     return (total / count).float()
 
 
-def _check_means(model: Any, means: Tensor) -> None:
+def check_means(model: Model, means: Tensor) -> None:
+    """Refuse ``means`` that are not ``[layer, pos, head_index, d_head]`` for ``model`` (its
+    layers, heads and head width), with a ``ValueError`` that says how to compute them."""
     f = model_facts(model)
     if means.ndim != 4 or means.shape[0] != f.n_layers or means.shape[2:] != (f.n_heads, f.d_head):
         raise ValueError(
@@ -78,7 +80,7 @@ def _check_means(model: Any, means: Tensor) -> None:
 
 @contextmanager
 def mean_ablated(
-    model: Any,
+    model: Model,
     heads: Sequence[Head | str] | Head | str,
     means: Float[Tensor, "layer pos head_index d_head"],
 ) -> Iterator[Any]:
@@ -94,7 +96,7 @@ def mean_ablated(
     >>> bool(torch.allclose(ablated, model(batch.tokens)))  # the hook is gone after the with
     False
     """
-    _check_means(model, means)
+    check_means(model, means)
     f = model_facts(model)
     chosen = [h.check(f.n_layers, f.n_heads) for h in parse_heads(heads)]
     with replaced(model, [[Replacement(Mean(means), chosen)]]):

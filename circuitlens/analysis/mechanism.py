@@ -37,7 +37,7 @@ from torch import Tensor
 from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablated_scores
 from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.analysis.mean_ablation import compute_means
-from circuitlens.core.types import Head, HeadMap
+from circuitlens.core.types import Head, HeadMap, Model
 from circuitlens.tasks import Task, prompt_scores
 
 
@@ -192,7 +192,7 @@ class MechanismCheck:
 
 @torch.no_grad()
 def head_impacts(
-    model: Any,
+    model: Model,
     task: Task,
     heads: Sequence[Head],
     config: AblationConfig,
@@ -266,7 +266,7 @@ def compare(
 
 
 def mechanism_check(
-    student: Any,
+    student: Model,
     task: Task,
     head_map: HeadMap,
     student_sweep: AblationResult,

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from jaxtyping import Float
@@ -49,11 +49,14 @@ from torch import Tensor
 
 from circuitlens.analysis.interventions import ZTaps
 from circuitlens.core.hooks import hook_layer, hooked, resid_pre_name
+from circuitlens.core.types import Model
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import PromptBatch
 from circuitlens.tasks.metrics import METRICS, answer_logits, logits_at, model_device
 
-SCREENS = ("atp", "atp*")
+#: the screen's estimators (see the module docstring)
+ScreenKind = Literal["atp", "atp*"]
+SCREENS: tuple[str, ...] = get_args(ScreenKind)
 
 
 def _score(metric: str, screen: str, logits: Tensor, batch: PromptBatch) -> Tensor:
@@ -101,7 +104,7 @@ class Screen:
 
 
 def screen_heads(
-    model: Any, batch: PromptBatch, means: Tensor, metric: str, screen: str = "atp*"
+    model: Model, batch: PromptBatch, means: Tensor, metric: str, screen: str = "atp*"
 ) -> Screen:
     """Estimates of P with each head mean-ablated alone (see the module docstring) from one
     forward and one backward pass; the forward also keeps each layer's clean residual stream."""

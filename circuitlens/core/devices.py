@@ -15,8 +15,11 @@ device(type='cpu')
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +39,18 @@ _STRATEGIES = frozenset({"auto", "balanced", "balanced_low_0", "sequential"})
 class DeviceError(ValueError):
     """A device (or a dtype on it) that cannot be used here; the message says what to pass or
     install instead."""
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """A precision as the configs write it: ``torch.bfloat16`` is ``"bfloat16"``, a string is
+    itself (the config that takes it checks the name).
+
+    >>> dtype_name(torch.bfloat16), dtype_name("float32")
+    ('bfloat16', 'float32')
+    """
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    return dtype
 
 
 def _pip_version() -> str:
@@ -138,6 +153,49 @@ def check_device(
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise _no_mps(name)
     return dev
+
+
+class SlowPrecisionWarning(UserWarning):
+    """bfloat16 asked of a CPU that has no bf16 matrix instructions: it runs, emulated, and
+    slower than float32 (measured: ``benchmarks/results/precision.json``)."""
+
+
+#: the CPU flags (``/proc/cpuinfo``) of native bf16 matrix arithmetic: AVX-512 BF16, AMX
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX, read
+    from ``/proc/cpuinfo``; elsewhere oneDNN's own check): only then is bf16 faster than
+    float32 on it. Without them torch emulates bf16 and a forward runs several times slower
+    (6.4x on the AVX2 CPU of ``benchmarks/results/precision.json``)."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        flags = set(info.read_text(errors="replace").split())
+        return any(f in flags for f in BF16_CPU_FLAGS)
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def warn_slow_precision(device: torch.device, dtype: torch.dtype | str | None) -> bool:
+    """Warn (:class:`SlowPrecisionWarning`) when ``dtype`` is bfloat16 on a CPU without native
+    bf16, where it is slower than float32, not faster; return whether it warned."""
+    if str(dtype).removeprefix("torch.") != "bfloat16" or device.type != "cpu":
+        return False
+    if cpu_native_bf16():
+        return False
+    warnings.warn(
+        "bfloat16 on this CPU runs emulated (no avx512_bf16 or amx_bf16 in /proc/cpuinfo): "
+        "slower than float32, not faster (6.4x per forward on an AVX2 CPU, "
+        "benchmarks/results/precision.json); use float32 here, bfloat16 on a CPU or GPU "
+        "that has it",
+        SlowPrecisionWarning,
+        stacklevel=3,
+    )
+    return True
 
 
 def check_device_map(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -31,6 +32,13 @@ def json_ready(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [json_ready(v) for v in obj]
     return obj
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as strict JSON text (a non-finite float as null, :func:`json_ready`), indented by
+    one space: how run directories write their records (``config.json``, ``setup.json``,
+    ``cell.json``)."""
+    return json.dumps(json_ready(obj), indent=1)
 
 
 def _umask() -> int:

@@ -9,9 +9,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from circuitlens.core.io import atomic_write_text
+
+#: A model the analyses, the trainer and the pipeline run: a TransformerLens 4
+#: ``TransformerBridge`` (what :func:`circuitlens.load_model` returns) or a legacy
+#: ``HookedTransformer``. Both offer what they read: ``cfg`` (``n_layers``, ``n_heads``,
+#: ``d_head``, ...), ``run_with_hooks``, ``run_with_cache`` and the hook names of
+#: :mod:`circuitlens.core.hooks`. An alias of ``Any`` on purpose: the two classes share no base
+#: class, and a structural type would be checked at run time (beartype, in the tests) against
+#: objects that gain their hook points as they run.
+Model: TypeAlias = Any
 
 _HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
 

@@ -36,7 +36,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor
 
@@ -47,9 +47,11 @@ from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.tasks.tokenizers import LOGIT_CONDITIONS
 
 Term = Literal["ce", "align", "kd"]
+TERMS: tuple[str, ...] = get_args(Term)
 HeadChoice = Literal["map", "random", "all"]
+HEAD_CHOICES: tuple[str, ...] = get_args(HeadChoice)
 Partners = Literal["map", "random", "random-all", "permuted"]
-PARTNERS: tuple[str, ...] = ("map", "random", "random-all", "permuted")
+PARTNERS: tuple[str, ...] = get_args(Partners)
 
 #: the condition every other is compared with in the tables
 BASELINE = "ce"
@@ -78,9 +80,9 @@ class Condition:
     default: bool = True
 
     def __post_init__(self) -> None:
-        if not self.terms or any(t not in ("ce", "align", "kd") for t in self.terms):
+        if not self.terms or any(t not in TERMS for t in self.terms):
             raise ValueError(f"condition {self.name!r}: terms must be some of ce, align, kd")
-        if self.heads not in ("map", "random", "all"):
+        if self.heads not in HEAD_CHOICES:
             raise ValueError(f"condition {self.name!r}: heads must be map, random or all")
         if self.partners not in PARTNERS:
             raise ValueError(

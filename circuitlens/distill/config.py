@@ -22,16 +22,14 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from circuitlens.analysis.ablation import AblationConfig
 from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
+from circuitlens.analysis.correspondence import TEACHER_BASELINES, TeacherBaseline
 from circuitlens.analysis.mapping import DEFAULT_BUDGET
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.train_config import TrainConfig
-
-#: whose unablated P the teacher's impacts are measured against
-TeacherBaseline = Literal["student", "own"]
 
 #: keys of a run file (``circuitlens distill --config``) that name what to run, not options
 RUN_KEYS = ("teacher", "student", "task", "task_options")
@@ -133,7 +131,7 @@ class MapConfig:
                 f"unknown map method {self.method!r}; valid: "
                 f"{', '.join(CORRESPONDENCE_METHODS)} (or one added with register_method)"
             )
-        if self.teacher_baseline not in ("student", "own"):
+        if self.teacher_baseline not in TEACHER_BASELINES:
             raise ConfigError(
                 f"teacher_baseline must be 'student' or 'own' (got {self.teacher_baseline!r})"
             )

@@ -29,7 +29,7 @@ from circuitlens.analysis.evaluation import circuit_only_scores, format_accuracy
 from circuitlens.analysis.head_features import gather_more
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.analysis.mechanism import MechanismCheck, mechanism_check
-from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.masks import TrainedFraction
@@ -196,8 +196,8 @@ class ConditionResult:
 
 
 def train_condition(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Task,
     head_map: HeadMap,
     config: TrainConfig,
@@ -257,11 +257,11 @@ def train_condition(
     )
 
 
-def _correct(model: Any, task: Task, n: int) -> list[int]:
+def _correct(model: Model, task: Task, n: int) -> list[int]:
     return [int(x) for x in prompt_scores(model, task, "test", n).tolist()]
 
 
-def _val_accuracy(model: Any, task: Task, n: int) -> float:
+def _val_accuracy(model: Model, task: Task, n: int) -> float:
     """Accuracy on the first ``n`` validation prompts, or on all of them where the split holds
     fewer (a distillation without validation during training needs none); NaN: none."""
     have = len(task.split("val"))
@@ -269,8 +269,8 @@ def _val_accuracy(model: Any, task: Task, n: int) -> float:
 
 
 def map_features(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Task,
     method: str,
     s_sweep: AblationResult,
@@ -287,7 +287,7 @@ def map_features(
     return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
 
 
-def with_map_features(setup: Setup, teacher: Any, student: Any, task: Task) -> Setup:
+def with_map_features(setup: Setup, teacher: Model, student: Model, task: Task) -> Setup:
     """``setup`` with what its map method reads besides the sweeps (the heads' ``z``, which
     ``setup.json`` does not keep), for the random-heads controls' partners; the setup itself
     when the method reads the sweeps only or the features are there."""
@@ -301,8 +301,8 @@ def with_map_features(setup: Setup, teacher: Any, student: Any, task: Task) -> S
 
 
 def _setup_map(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Task,
     config: DistillConfig,
     s_sweep: AblationResult,
@@ -321,8 +321,8 @@ def _setup_map(
 
 
 def prepare(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Task,
     config: DistillConfig,
     circuit: Circuit | None = None,
@@ -397,8 +397,8 @@ def prepare(
 
 
 def distill_circuit(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Task | str,
     config: DistillConfig | None = None,
     circuit: Circuit | None = None,

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from circuitlens.analysis.ablation import AblationResult
 from circuitlens.analysis.costs import CorrespondenceFeatures
 from circuitlens.analysis.mapping import check_map
 from circuitlens.core.io import json_ready
+from circuitlens.core.rundir import read_json
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.core.validate import require_keys
 from circuitlens.distill.conditions import Condition, condition_map
@@ -251,4 +253,10 @@ SETUP_KEYS = (
 )  # fmt: skip
 
 
-__all__ = ["SETUP_KEYS", "Reference", "Role", "Setup", "SetupError", "rechecked"]
+def read_setup(path: Path, task: str) -> Setup:
+    """The setup saved at ``path`` (a run's ``<task>/setup.json``) for task ``task``, read back
+    by :meth:`Setup.from_dict`; a missing or unreadable file is an error naming the task."""
+    return Setup.from_dict(read_json(path, f"the {task} setup"))
+
+
+__all__ = ["SETUP_KEYS", "Reference", "Role", "Setup", "SetupError", "read_setup", "rechecked"]

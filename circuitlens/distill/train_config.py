@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import torch
+
 from circuitlens.analysis.cka import ESTIMATORS, KERNELS, MIN_ROWS, Estimator, Kernel
+from circuitlens.core.devices import dtype_name
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.conditions import Condition, get_condition
 from circuitlens.distill.masks import KV_POLICIES, KVPolicy
@@ -50,6 +53,7 @@ _TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
     "cka_eval_n": (1, None),
     "null_perms": (1, None),
     "patience": (1, None),
+    "train_prompts": (1, None),
 }
 
 
@@ -95,12 +99,18 @@ class TrainConfig:
             path of a pilot run's directory whose ``<task>/lr.json`` holds the choices (made on
             the same grid).
         seed: every random choice (batches, initial state, shuffles) follows from it.
+        train_prompts: how many distinct training prompts there are: None (the default)
+            draws every batch fresh from the task (none of the val/test/probe prompts), as
+            before the option existed; N draws N distinct prompts once (from ``seed``, so
+            conditions at one seed share them) and every batch is ``batch_size`` distinct
+            prompts of those N: a limited-data regime. At least ``batch_size``.
         dtype: the precision of the student's training forward and backward:
             ``"float32"``, or ``"bfloat16"`` (autocast: matrix products in bf16, the weights
             and their AdamW state stay float32 master copies, the losses, CKA included, are
             computed in float32). Evaluation and held-out CKA always run in the model's own
             precision. Load the teacher in bf16 too (``load_model(..., dtype=torch.bfloat16)``)
-            for its memory and speed.
+            for its memory and speed. A ``torch.dtype`` is taken as its name
+            (``dtype=torch.bfloat16`` is ``"bfloat16"``).
     """
 
     condition: str = "ce+align"
@@ -123,12 +133,14 @@ class TrainConfig:
     null_perms: int = 20
     checkpoint_every: int = 50
     seed: int = 0
-    dtype: DType = "float32"
+    dtype: DType | torch.dtype = "float32"
     patience: int | None = None
     lr_grid: tuple[float, ...] | list[float] | None = None
     lr_from: str = FIRST_SEED
+    train_prompts: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))  # saved and compared as text
         if self.lr_grid is not None:  # a list from a file: one tuple of floats, however given
             grid = self.lr_grid
             if not isinstance(grid, list | tuple) or any(
@@ -165,6 +177,12 @@ class TrainConfig:
             )
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("steps must be >= 0 and batch_size >= 1")
+        if self.train_prompts is not None and self.train_prompts < self.batch_size:
+            raise ConfigError(
+                f"TrainConfig.train_prompts ({self.train_prompts}) is below batch_size "
+                f"({self.batch_size}): a batch is distinct prompts of the pool; raise "
+                "train_prompts or lower batch_size"
+            )
         if self.null_perms < 20:
             raise ValueError(
                 f"null_perms must be >= 20 for a usable null sd (got {self.null_perms})"

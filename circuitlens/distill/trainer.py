@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from circuitlens.analysis.cka import CKAWithNull, cka_with_null
-from circuitlens.core.devices import check_device
+from circuitlens.core.devices import check_device, warn_slow_precision
 from circuitlens.core.io import atomic_torch_save
 from circuitlens.core.loop import LoopState, TrainLoop
 from circuitlens.core.progress import heartbeat
@@ -89,7 +89,7 @@ def _check_inputs(
         raise ValueError('positions="circuit" needs the circuit: pass circuit=...')
     fs, ft = model_facts(student), model_facts(teacher)
     if cfg.dtype == "bfloat16":  # a GPU without bf16 is named before any work
-        check_device(model_device(student), torch.bfloat16)
+        warn_slow_precision(check_device(model_device(student), torch.bfloat16), "bfloat16")
     for s, t in head_map.pairs:
         s.check(fs.n_layers, fs.n_heads)
         t.check(ft.n_layers, ft.n_heads)
@@ -230,9 +230,13 @@ class CircuitTrainer:
         # every step's prompts, drawn up front (the same draws, in the same order, as one per
         # step): the teacher's outputs for all of them come from one cached pass
         heldout = task.heldout_texts()
-        self.schedule = [
-            task.sample(self.rng, cfg.batch_size, exclude=heldout) for _ in range(cfg.steps)
-        ]
+        if cfg.train_prompts is None:
+            self.schedule = [
+                task.sample(self.rng, cfg.batch_size, exclude=heldout) for _ in range(cfg.steps)
+            ]
+        else:  # a fixed pool of distinct prompts, each batch distinct prompts of it
+            pool = task.pool(self.rng, cfg.train_prompts, heldout)
+            self.schedule = [self.rng.sample(pool, cfg.batch_size) for _ in range(cfg.steps)]
         if teacher_cache is True or teacher_cache is None:
             teacher_cache = TeacherCache()
         self.teacher_cache: TeacherCache | None = teacher_cache or None

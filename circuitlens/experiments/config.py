@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from circuitlens.analysis.patching.circuits import CircuitConfig
 from circuitlens.core.validate import ConfigError, check_fields, check_sequence
@@ -28,6 +28,9 @@ TASKS = ("entity_tracking", "theory_of_mind")
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: the keys of a task given as a table (``[tasks.NAME]`` in a file) that are not task options
 SPEC_KEYS = ("task", "teacher", "student", "options")
+#: where the random-heads controls draw their heads (:attr:`ExperimentConfig.random_from`)
+RandomFrom = Literal["all", "circuit"]
+RANDOM_FROM: tuple[str, ...] = get_args(RandomFrom)
 
 
 def all_conditions() -> tuple[str, ...]:
@@ -169,7 +172,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=_default_distill)
     use_circuit: bool = True
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
-    random_from: Literal["all", "circuit"] = "all"
+    random_from: RandomFrom = "all"
     target_accuracy: float | None = None
     format_accuracy: bool = True
     circuits: dict[str, dict[str, list[str]]] | None = None
@@ -215,7 +218,7 @@ class ExperimentConfig:
                 f"models needs a {{'teacher': ..., 'student': ...}} entry for task(s) {missing} "
                 "(in a file: teacher = ... and student = ... under [tasks.NAME] or [models.NAME])"
             )
-        if self.random_from not in ("all", "circuit"):
+        if self.random_from not in RANDOM_FROM:
             raise ValueError(f"random_from must be 'all' or 'circuit' (got {self.random_from!r})")
         if self.circuits is not None:
             object.__setattr__(

@@ -8,14 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from circuitlens.core.io import atomic_write_text, json_ready
+from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.rundir import read_json
 from circuitlens.experiments.config import ExperimentConfig
-
-
-def _json_dump(obj: Any) -> str:
-    """``obj`` as strict JSON (a non-finite float as null), indented."""
-    return json.dumps(json_ready(obj), indent=1)
 
 
 def _saved_config(f: Path) -> dict[str, Any]:
@@ -23,7 +18,7 @@ def _saved_config(f: Path) -> dict[str, Any]:
     defaults (a run made before a field existed ran as its default says)."""
     saved = read_json(f, "the run's config")
     try:
-        return json.loads(_json_dump(ExperimentConfig.from_dict(saved).to_dict()))
+        return json.loads(json_text(ExperimentConfig.from_dict(saved).to_dict()))
     except (ValueError, TypeError):  # not a config this version reads: compared as it is
         return saved
 
@@ -32,7 +27,7 @@ def same_config(directory: Path, cfg: ExperimentConfig) -> bool:
     """Whether ``directory`` holds a run of ``cfg`` made before run markers existed."""
     f = directory / "config.json"
     try:
-        return _saved_config(f) == json.loads(_json_dump(cfg.to_dict()))
+        return _saved_config(f) == json.loads(json_text(cfg.to_dict()))
     except (OSError, ValueError):
         return False
 
@@ -62,13 +57,13 @@ def check_directory(directory: Path, cfg: ExperimentConfig) -> None:
     (tasks, conditions, seeds) of the same config extends it (``config.json`` then records
     the union, so the table shows every cell computed)."""
     f = directory / "config.json"
-    text = _json_dump(cfg.to_dict())
+    text = json_text(cfg.to_dict())
     if f.is_file():
         old, new = _saved_config(f), json.loads(text)
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if set(diff) <= set(SELECTION):
-                atomic_write_text(f, _json_dump(_merged_selection(old, new)))
+                atomic_write_text(f, json_text(_merged_selection(old, new)))
                 return
             raise ValueError(
                 f"{directory} holds a run of another config (differs in: {', '.join(diff)}); "

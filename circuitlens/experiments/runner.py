@@ -14,13 +14,13 @@ from circuitlens.analysis.evaluation import format_accuracy, format_tasks
 from circuitlens.analysis.mapping import budget_count, require_one_to_one
 from circuitlens.analysis.patching.circuits import find_circuit
 from circuitlens.core.devices import check_device
-from circuitlens.core.io import atomic_write_text
+from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.progress import heartbeat
-from circuitlens.core.rundir import read_json, run_directory
+from circuitlens.core.rundir import run_directory
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.distill.conditions import get_condition
 from circuitlens.distill.pipeline import prepare, train_condition, with_map_features
-from circuitlens.distill.setup import Setup
+from circuitlens.distill.setup import Setup, read_setup
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.train_config import FIRST_SEED
 from circuitlens.distill.trainer import CircuitTrainer
@@ -36,11 +36,7 @@ from circuitlens.experiments.lr_choice import (
     write_choices,
 )
 from circuitlens.experiments.result import ExperimentResult
-from circuitlens.experiments.run_config import (  # noqa: F401 (_json_dump: read by others)
-    _json_dump,
-    check_directory,
-    same_config,
-)
+from circuitlens.experiments.run_config import check_directory, same_config
 from circuitlens.experiments.workers import auto_jobs, run_parallel  # noqa: F401 (auto_jobs)
 from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
@@ -107,10 +103,6 @@ def _check_models(setup: Setup, cfg: ExperimentConfig, directory: Path) -> None:
             f"computed (other weights under the same name); results of two models are never "
             f"mixed: delete {directory / t} to recompute that task, or use --fresh"
         )
-
-
-def _read_setup(f: Path, task: str) -> Setup:
-    return Setup.from_dict(read_json(f, f"the {task} setup"))
 
 
 def _given_circuit(
@@ -391,7 +383,7 @@ def _preflight(
         setup_file = directory / t / "setup.json"
         cells = [(c, s) for tt, c, s in todo if tt == t]
         if setup_file.is_file():
-            _check_models(_read_setup(setup_file, t), cfg, directory)
+            _check_models(read_setup(setup_file, t), cfg, directory)
         if not cells and setup_file.is_file():
             continue
         teacher = load_model(cfg.models[t]["teacher"], device=device)
@@ -475,7 +467,7 @@ def _run_task(
     setup_file = directory / t / "setup.json"
     cells = [(c, s) for tt, c, s in todo if tt == t]
     if setup_file.is_file():
-        setup = _read_setup(setup_file, t)
+        setup = read_setup(setup_file, t)
         _check_models(setup, cfg, directory)
         if not cells:
             return
@@ -497,9 +489,9 @@ def _run_task(
                 circuit_dir=directory / t / "circuit",
                 sweeps_dir=directory / t,
             )
-        atomic_write_text(setup_file, _json_dump(setup.to_dict()))
+        atomic_write_text(setup_file, json_text(setup.to_dict()))
         # the cells read the setup as a resumed run does: from its file
-        setup = _read_setup(setup_file, t)
+        setup = read_setup(setup_file, t)
     if any(get_condition(c).heads == "random" for c, _ in cells):  # their partners: the method's
         setup = with_map_features(setup, teacher, student, task)
     # one student in memory, put back to its untrained weights before each cell (what a
@@ -527,7 +519,7 @@ def _run_task(
                 cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache,
                 befores, lrs.get(c),
             )  # fmt: skip
-        atomic_write_text(cell_dir / "cell.json", _json_dump(cell.to_dict()))
+        atomic_write_text(cell_dir / "cell.json", json_text(cell.to_dict()))
         shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)
         bar.update(1)
     shutil.rmtree(directory / t / "teacher-cache", ignore_errors=True)  # the task is done

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitlens.core.io import atomic_write_text
+from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.rundir import MARKER
 from circuitlens.distill.conditions import condition_names, get_condition
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.result import ExperimentResult
-from circuitlens.experiments.runner import _json_dump, run_experiment
+from circuitlens.experiments.runner import run_experiment
 
 #: what a sweep can vary, and the ExperimentConfig override it sets
 KNOBS = ("lam", "budget")
@@ -50,7 +50,7 @@ def _seed_point(first: Path, point: Path, cfg: ExperimentConfig, knob: str) -> N
         return
     point.mkdir(parents=True)
     atomic_write_text(point / MARKER, json.dumps({"kind": "reproduce", "seeded_from": first.name}))
-    atomic_write_text(point / "config.json", _json_dump(cfg.to_dict()))
+    atomic_write_text(point / "config.json", json_text(cfg.to_dict()))
     for task in cfg.tasks:
         src, dst = first / task, point / task
         if not src.is_dir():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from jaxtyping import Int
@@ -290,7 +290,8 @@ def tokenize_prompts(model_or_tokenizer: Any, prompts: Sequence[Prompt]) -> Prom
 
 #: the splits, in the order they are drawn (``probe`` last: the others are as they were
 #: before it existed)
-SPLITS = ("train", "val", "test", "probe")
+Split = Literal["train", "val", "test", "probe"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 class Task:
@@ -388,6 +389,28 @@ class Task:
             if p.text not in exclude:
                 out.append(p)
         return out
+
+    def pool(self, rng: random.Random, n: int, exclude: set[str] | None = None) -> list[Prompt]:
+        """``n`` distinct training prompts drawn from ``rng`` (by :meth:`sample`, in its
+        order, repeats skipped), none of them in ``exclude`` (default: the held-out splits):
+        a fixed training set (:attr:`TrainConfig.train_prompts`).
+
+        Raises:
+            TaskError: the task has fewer than ``n`` distinct training prompts to give.
+        """
+        exclude = self.heldout_texts() if exclude is None else exclude
+        out: dict[str, Prompt] = {}
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 50 * n + 1000:
+                raise TaskError(
+                    f"{self.name}: could not draw {n} distinct training prompts (found "
+                    f"{len(out)}); lower train_prompts"
+                )
+            (p,) = self.sample(rng, 1, exclude)
+            out.setdefault(p.text, p)
+        return list(out.values())
 
     def batch(
         self, model_or_tokenizer: Any, split: str = "test", n: int | None = None

@@ -161,7 +161,7 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     import json
 
     from circuitlens.analysis.ablation import AblationConfig, AblationResult
-    from circuitlens.experiments.runner import _json_dump
+    from circuitlens.core.io import json_text
 
     delta = torch.tensor([[0.3, 0.1], [0.0, -0.2]])
     ci = torch.stack([delta - 0.05, delta + 0.05])
@@ -169,7 +169,7 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     exact = torch.tensor([[True, True], [False, True]])
     cfg = AblationConfig(method="screened", rank="signed")
     result = AblationResult(0.9, 0.9, 0.9 - delta, delta, "m", cfg, delta_ci=ci, exact=exact)
-    back = AblationResult.from_dict(json.loads(_json_dump(result.to_dict())))
+    back = AblationResult.from_dict(json.loads(json_text(result.to_dict())))
     torch.testing.assert_close(back.delta_ci, ci, equal_nan=True)
     assert back.excludes_zero(Head(1, 0)) is None and back.excludes_zero(Head(0, 0)) is True
     assert back.config.rank == "signed"
@@ -180,3 +180,27 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     assert back.config.split == "probe"
     del old["config"]
     assert AblationResult.from_dict(old).config.split == "test"
+
+
+def test_a_bf16_sweep_is_the_float32_sweep_within_bf16_rounding(tiny_bridge, task) -> None:
+    """``dtype="bfloat16"``: the same sweep under bf16 autocast, its scores back in float32;
+    the impacts equal the float32 sweep's to bf16's precision (8 bits of mantissa), and the
+    model's own weights are untouched (float32)."""
+    import warnings
+
+    from circuitlens.core.devices import SlowPrecisionWarning
+
+    cfg = AblationConfig(metric="prob", n=24, n_boot=0)
+    f32 = ablation_sweep(tiny_bridge, task, cfg, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPrecisionWarning)  # a CPU without native bf16
+        b16 = ablation_sweep(
+            tiny_bridge, task, cfg.with_overrides(dtype="bfloat16"), progress=False
+        )
+    assert b16.delta.dtype == f32.delta.dtype == torch.float32
+    assert b16.config.dtype == "bfloat16" and f32.config.dtype == "float32"
+    torch.testing.assert_close(b16.delta, f32.delta, atol=0.02, rtol=0)
+    assert not torch.equal(b16.delta, f32.delta)  # the forwards did run in bf16
+    assert all(p.dtype == torch.float32 for p in tiny_bridge.parameters())
+    with pytest.raises((ValueError, TypeError), match="dtype"):  # TypeError: the type checker's
+        AblationConfig(dtype="float16")

@@ -169,8 +169,9 @@ def test_distill_circuit_reports_the_gaps(make_llama_dir) -> None:
 
 
 def test_a_cell_carries_the_mechanism(trained, tmp_path: Path) -> None:
+    from circuitlens.core.io import json_text
     from circuitlens.experiments import ExperimentConfig
-    from circuitlens.experiments.runner import _json_dump, _run_cell
+    from circuitlens.experiments.runner import _run_cell
 
     cfg = ExperimentConfig(
         tasks=("entity_tracking",), conditions=("ce",), seeds=(0,), use_circuit=False,
@@ -192,7 +193,7 @@ def test_a_cell_carries_the_mechanism(trained, tmp_path: Path) -> None:
         tmp_path / "cell", trained["task"], "ce", 0, cfg, setup, trained["teacher"], False,
         student=student,
     )  # fmt: skip
-    saved = json.loads(_json_dump(cell.to_dict()))
+    saved = json.loads(json_text(cell.to_dict()))
     check = MechanismCheck.from_dict(saved["mechanism"])
     assert check.student_heads == [str(s) for s, _ in cell.pairs]
     assert check.dp_student_before == trained["done"].mechanism.dp_student_before

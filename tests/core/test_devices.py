@@ -206,3 +206,36 @@ def test_cli_distill_past_the_gpus_is_one_error_line(
     assert len(err) == 1 and err[0].startswith("circuitlens: error: device 'cuda:3'")
     assert "has 2 CUDA devices" in err[0] and "cuda:0 ... cuda:1" in err[0]
     assert not out.exists()
+
+
+def test_bf16_on_a_cpu_without_it_warns_that_it_is_slower(monkeypatch):
+    """bf16 on a CPU without native bf16 (no avx512_bf16 / amx_bf16) runs emulated and slower:
+    a SlowPrecisionWarning says so and names the fix; with native bf16, on another device or
+    in float32 there is no warning."""
+    import warnings
+
+    from circuitlens.core import devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: False)
+    with pytest.warns(devices.SlowPrecisionWarning, match="use float32 here"):
+        assert devices.warn_slow_precision(cpu, torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not devices.warn_slow_precision(cpu, "float32")
+        assert not devices.warn_slow_precision(torch.device("meta"), "bfloat16")
+        monkeypatch.setattr(devices, "cpu_native_bf16", lambda: True)
+        assert not devices.warn_slow_precision(cpu, "bfloat16")
+
+
+def test_native_bf16_follows_the_cpu_flags():
+    """``cpu_native_bf16`` is True exactly when /proc/cpuinfo lists a bf16 matrix flag."""
+    from pathlib import Path
+
+    from circuitlens.core import devices
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo on this platform")
+    flags = set(info.read_text().split())
+    assert devices.cpu_native_bf16() == bool(flags & set(devices.BF16_CPU_FLAGS))

@@ -63,6 +63,36 @@ def test_the_schedule_is_the_old_per_step_draw(pair) -> None:
     assert trainer.schedule == [TASK.sample(rng, 8, exclude=heldout) for _ in range(CFG.steps)]
 
 
+def test_a_pool_of_train_prompts_is_n_distinct_prompts_in_distinct_batches(pair) -> None:
+    teacher, student = pair
+    cfg = dataclasses.replace(CFG, steps=12, train_prompts=10)
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg)
+    texts = [[p.text for p in batch] for batch in trainer.schedule]
+    used = {t for batch in texts for t in batch}
+    assert len(trainer.schedule) == 12
+    assert all(len(set(batch)) == len(batch) == 8 for batch in texts)
+    assert len(used) <= 10 and len(used) > 8  # 12 batches of 8 out of 10 reach more than 8
+    assert not used & TASK.heldout_texts()
+    # the pool is the first 10 distinct fresh draws of the seed's stream
+    import random
+
+    rng = random.Random(f"train:{cfg.seed}")
+    first = []
+    while len(set(first)) < 10:
+        first.append(TASK.sample(rng, 1, exclude=TASK.heldout_texts())[0].text)
+    assert used <= set(first)
+    # the same seed, another condition: the same pool and batches (paired conditions)
+    other = CircuitTrainer(student, teacher, TASK, MAP, dataclasses.replace(cfg, condition="ce"))
+    assert other.schedule == trainer.schedule
+
+
+def test_a_pool_smaller_than_a_batch_is_refused() -> None:
+    from circuitlens.core.validate import ConfigError
+
+    with pytest.raises(ConfigError, match="train_prompts .* below batch_size"):
+        dataclasses.replace(CFG, train_prompts=4)
+
+
 def test_disk_cache_gives_the_same_training_without_the_teacher(pair, tmp_path) -> None:
     teacher, student = pair
     start = _params(student)

@@ -755,7 +755,8 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 def test_committed_run_exports_load() -> None:
     """Every run kept in ``benchmarks/results/`` (``export_run.py``) reads back: each cell is
     its dict again, each setup keeps every key and value (sweeps saved before per-prompt
-    impacts existed gain ``prompt_delta: null``; maps saved before the degenerate-assignment
+    impacts existed gain ``prompt_delta: null``, before the precision option ``dtype:
+    float32``; maps saved before the degenerate-assignment
     check gain its warning after theirs), and the tables are made from them."""
     docs = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     runs = {n: doc for n, doc in docs.items() if isinstance(doc, dict) and "setups" in doc}
@@ -768,6 +769,8 @@ def test_committed_run_exports_load() -> None:
                 want = saved[k]
                 if k.endswith("_sweep"):
                     want = {"prompt_delta": None} | want
+                    # sweeps saved before the precision option ran in float32
+                    want = want | {"config": {"dtype": "float32"} | want["config"]}
                 if k == "head_map":
                     saved_w, got_w = want["config"].get("warnings", []), v["config"]["warnings"]
                     assert got_w[: len(saved_w)] == saved_w, (name, t)

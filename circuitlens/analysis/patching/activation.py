@@ -28,7 +28,7 @@ from torch import Tensor
 
 from circuitlens.analysis.interventions import Patch, Replacement, sweep
 from circuitlens.core.hooks import act_name, resid_pre_name
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks.metrics import keep_positions, model_device
 
@@ -108,7 +108,7 @@ def _scores(
 
 
 def activation_patch(
-    model: Any,
+    model: Model,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Callable[[Tensor], Tensor],

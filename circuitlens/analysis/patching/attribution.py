@@ -25,13 +25,13 @@ from circuitlens.analysis.patching.activation import (
 )
 from circuitlens.analysis.screening import default_margin, settled, verification_order
 from circuitlens.core.hooks import hooked, z_name
-from circuitlens.core.types import Head
+from circuitlens.core.types import Head, Model
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks.metrics import keep_positions, model_device, model_logits
 
 
 def attribution_patch(
-    model: Any,
+    model: Model,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Callable[[Tensor], Tensor],
@@ -84,7 +84,7 @@ def attribution_patch(
 
 
 def screened_activation_patch(
-    model: Any,
+    model: Model,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Callable[[Tensor], Tensor],

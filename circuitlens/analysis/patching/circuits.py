@@ -59,7 +59,7 @@ from circuitlens.analysis.patching.attribution import screened_activation_patch
 from circuitlens.analysis.patching.path import PathPatchingResult, path_patch
 from circuitlens.analysis.screening import auto_method
 from circuitlens.core.io import atomic_write_text
-from circuitlens.core.types import Circuit, Head, PlanStep, parse_heads
+from circuitlens.core.types import Circuit, Head, Model, PlanStep, parse_heads
 from circuitlens.core.validate import check_fields
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import PromptBatch, Task, make_metric
@@ -112,7 +112,7 @@ class CircuitStageError(ValueError):
 class _Stages:
     """The finished stages of one search, kept in ``find_circuit.json`` (None: kept nowhere)."""
 
-    def __init__(self, directory: str | Path | None, model: Any, batch: Any, cfg: Any) -> None:
+    def __init__(self, directory: str | Path | None, model: Model, batch: Any, cfg: Any) -> None:
         self.path = None if directory is None else Path(directory) / "find_circuit.json"
         self.done: dict[str, Any] = {}
         self.key = ""
@@ -185,7 +185,7 @@ def _recovered_from_dict(d: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor 
     return torch.tensor(d["recovered"], dtype=torch.float32), exact
 
 
-def _all_heads(model: Any) -> list[Head]:
+def _all_heads(model: Model) -> list[Head]:
     f = model_facts(model)
     return [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
 
@@ -197,7 +197,7 @@ def _keep(result: Any, top_k: int, min_effect: float) -> list[Head]:
 
 @torch.no_grad()
 def circuit_accuracy(
-    model: Any,
+    model: Model,
     task: Task,
     heads: list[Head],
     n: int = 100,
@@ -216,7 +216,7 @@ def circuit_accuracy(
         return float(accuracy(logits_at(model, batch.tokens, batch.positions["last"]), batch))
 
 
-def faithfulness(model: Any, task: Task, circuit: Circuit, n: int = 100) -> dict[str, float]:
+def faithfulness(model: Model, task: Task, circuit: Circuit, n: int = 100) -> dict[str, float]:
     """Circuit-only accuracy, full-model accuracy, and their ratio, on the first ``n`` prompts
     of the held-out ``test`` split."""
     batch = task.batch(model, "test", n)
@@ -231,7 +231,7 @@ def faithfulness(model: Any, task: Task, circuit: Circuit, n: int = 100) -> dict
 
 
 def _prune(
-    model: Any, task: Task, groups: dict[str, list[Head]], cfg: CircuitConfig
+    model: Model, task: Task, groups: dict[str, list[Head]], cfg: CircuitConfig
 ) -> dict[str, list[Head]]:
     heads = [h for hs in groups.values() for h in hs]
     means = ablation_means(model, task, "probe", cfg.n)
@@ -248,7 +248,7 @@ def _prune(
 
 
 def _complete(
-    model: Any,
+    model: Model,
     task: Task,
     groups: dict[str, list[Head]],
     cfg: CircuitConfig,
@@ -296,7 +296,7 @@ class _Groups:
 
 
 def _plan_step(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     step: PlanStep,
     groups: dict[str, list[Head]],
@@ -329,7 +329,7 @@ def _plan_step(
 
 
 def _path_patching(
-    model: Any,
+    model: Model,
     task: Task,
     batch: PromptBatch,
     plan: tuple[PlanStep, ...],
@@ -373,7 +373,7 @@ def _path_patching(
 
 
 def _activation_patching(
-    model: Any, batch: PromptBatch, cfg: CircuitConfig, stages: _Stages, progress: bool
+    model: Model, batch: PromptBatch, cfg: CircuitConfig, stages: _Stages, progress: bool
 ) -> _Groups:
     """One group, ``heads``: every head whose ``z`` patched from the clean run into the
     corrupted one recovers more than ``threshold`` of the logit-difference gap (at ``last``)."""
@@ -416,7 +416,7 @@ def _activation_patching(
 
 
 def find_circuit(
-    model: Any,
+    model: Model,
     task: Task,
     config: CircuitConfig | None = None,
     progress: bool = True,

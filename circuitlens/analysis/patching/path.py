@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from circuitlens.analysis.interventions import Patch, Replacement, replaced, run_replaced
 from circuitlens.core.hooks import act_name
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import PromptBatch
 from circuitlens.tasks.metrics import (
@@ -87,7 +87,7 @@ def _receiver_index(h: Head, via: str, group: int) -> int:
 
 
 def _check(
-    model: Any, batch: PromptBatch, senders: list[Head], receivers: list[Head], via: str
+    model: Model, batch: PromptBatch, senders: list[Head], receivers: list[Head], via: str
 ) -> None:
     f = model_facts(model)
     if via not in VIA:
@@ -110,7 +110,7 @@ def _check(
 
 
 def _received_prob(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     copies: list[list[Replacement]],
     receivers: list[Head],
@@ -147,7 +147,7 @@ def _received_prob(
 
 
 def path_patch(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     senders: Sequence[Head | str],
     receivers: Sequence[Head | str] = (),

@@ -48,7 +48,7 @@ TIER_OF_PATH: dict[str, str] = {
     "tests/test_gpu_scale.py": "acceptance",
     "tests/test_notebooks.py": "acceptance",  # each notebook executed in a kernel
     # the committed notebooks read as files (test_notebooks.py is not edited for marks)
-    "tests/test_notebooks.py::test_the_four_notebooks_are_there": "unit",
+    "tests/test_notebooks.py::test_the_five_notebooks_are_there": "unit",
     "tests/test_notebooks.py::test_notebook_is_committed_executed": "unit",
 }
 

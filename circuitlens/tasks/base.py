@@ -19,6 +19,7 @@ always defined.
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
@@ -143,12 +144,40 @@ def get_tokenizer(model_or_tokenizer: Any) -> Any:
     )
 
 
+#: per tokenizer: what it made of each text and word seen (tokenization is deterministic; a
+#: tokenizer whose vocabulary grows starts a new cache), so the same validation and test
+#: prompts are not tokenized again at every evaluation
+_CACHES: weakref.WeakKeyDictionary[Any, tuple[int, dict[Any, Any]]] = weakref.WeakKeyDictionary()
+_CACHE_SIZE = 200_000
+
+
+def _cache(tokenizer: Any) -> dict[Any, Any] | None:
+    """The memo of ``tokenizer`` (None: a tokenizer that cannot be weakly referenced)."""
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = -1
+    try:
+        held = _CACHES.get(tokenizer)
+        if held is None or held[0] != size or len(held[1]) > _CACHE_SIZE:
+            held = (size, {})
+            _CACHES[tokenizer] = held
+    except TypeError:
+        return None
+    return held[1]
+
+
 def single_token_id(tokenizer: Any, word: str) -> int | None:
     """The id of ``word`` (with its leading space) if it is exactly one token, else ``None``."""
+    memo = _cache(tokenizer)
+    key = ("word", word)
+    if memo is not None and key in memo:
+        return memo[key]
     ids = tokenizer.encode(word, add_special_tokens=False)
-    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
-        return None
-    return int(ids[0])
+    found = None if len(ids) != 1 or ids[0] == tokenizer.unk_token_id else int(ids[0])
+    if memo is not None:
+        memo[key] = found
+    return found
 
 
 def require_single_tokens(tokenizer: Any, words: Sequence[str]) -> dict[str, int]:
@@ -167,45 +196,66 @@ def require_single_tokens(tokenizer: Any, words: Sequence[str]) -> dict[str, int
     return {w: i for w, i in ids.items() if i is not None}
 
 
-def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+@dataclass(frozen=True)
+class _Encoding:
+    """One text as a tokenizer reads it: token ids and character offsets (BOS first), the
+    first token covering each character, and the words read as the unknown token."""
+
+    ids: tuple[int, ...]
+    covers: dict[int, int]
+    unknown: tuple[str, ...]
+
+
+def _encode(tokenizer: Any, text: str, memo: dict[Any, Any] | None = None) -> _Encoding:
+    """``text`` tokenized (from ``memo`` when there)."""
+    if memo is not None and text in memo:
+        return memo[text]
     enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids = [int(i) for i in enc["input_ids"]]
+    offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
     bos = tokenizer.bos_token_id
     # TransformerLens prepends BOS to every prompt; follow it where the tokenizer does not.
     if bos is not None and (not ids or ids[0] != bos):
         ids, offsets = [bos, *ids], [(0, 0), *offsets]
-    return ids, offsets
+    covers: dict[int, int] = {}
+    for i, (a, b) in enumerate(offsets):
+        for c in range(a, b):
+            covers.setdefault(c, i)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    unknown = tuple(
+        text[a:b]
+        for i, (a, b) in zip(ids, offsets, strict=True)
+        if unk is not None and i == unk and b > a
+    )
+    out = _Encoding(tuple(ids), covers, unknown)
+    if memo is not None:
+        memo[text] = out
+    return out
 
 
 def _span_to_token(
-    offsets: list[tuple[int, int]],
+    enc: _Encoding,
     span: tuple[int, int],
     text: str,
     name: str = "",
     source: str | None = None,
 ) -> int:
-    start = span[0]
-    for i, (a, b) in enumerate(offsets):
-        if a <= start < b:
-            return i
+    """The first token that covers the span's first character."""
+    found = enc.covers.get(span[0])
+    if found is not None:
+        return found
     raise TaskError(
-        f"{source + ': ' if source else ''}no token covers character {start} of position "
+        f"{source + ': ' if source else ''}no token covers character {span[0]} of position "
         f"{name!r} ({text[span[0] : span[1]]!r} in {text!r}): start the span on a character of "
         "the word, not on the space before it"
     )
 
 
-def _refuse_unknown_words(
-    tokenizer: Any, encoded: list[tuple[list[int], list[tuple[int, int]]]], texts: list[str]
-) -> None:
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None:
-        return
+def _refuse_unknown_words(tokenizer: Any, encoded: list[_Encoding], texts: list[str]) -> None:
     words: dict[str, str] = {}
-    for (ids, offsets), text in zip(encoded, texts, strict=True):
-        for i, (a, b) in zip(ids, offsets, strict=True):
-            if i == unk and b > a:
-                words.setdefault(text[a:b], text)
+    for enc, text in zip(encoded, texts, strict=True):
+        for word in enc.unknown:
+            words.setdefault(word, text)
     if words:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         shown = ", ".join(repr(w) for w in list(words)[:20]) + (" ..." if len(words) > 20 else "")
@@ -225,22 +275,20 @@ def _tokenize(
     pad_id: int,
     sources: list[str | None] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    encoded = [_encode(tokenizer, t) for t in texts]
+    memo = _cache(tokenizer)
+    encoded = [_encode(tokenizer, t, memo) for t in texts]
     _refuse_unknown_words(tokenizer, encoded, texts)
-    width = max(len(ids) for ids, _ in encoded)
-    tokens = torch.full((len(texts), width), pad_id, dtype=torch.long)
-    positions: dict[str, list[int]] = {"last": []}
+    width = max(len(e.ids) for e in encoded)
+    tokens = torch.tensor([[*e.ids] + [pad_id] * (width - len(e.ids)) for e in encoded])
+    positions: dict[str, list[int]] = {"last": [len(e.ids) - 1 for e in encoded]}
     sources = sources or [None] * len(texts)
-    rows = zip(encoded, texts, spans, sources, strict=True)
-    for row, ((ids, offsets), text, sp, source) in enumerate(rows):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-        positions["last"].append(len(ids) - 1)
+    for enc, text, sp, source in zip(encoded, texts, spans, sources, strict=True):
         for name, span in sp.items():
-            positions.setdefault(name, []).append(_span_to_token(offsets, span, text, name, source))
+            positions.setdefault(name, []).append(_span_to_token(enc, span, text, name, source))
     bad = [n for n, v in positions.items() if len(v) != len(texts)]
     if bad:
         raise TaskError(f"positions {bad} are defined for some prompts of the batch but not all")
-    return tokens, {k: torch.tensor(v) for k, v in positions.items()}
+    return tokens.long(), {k: torch.tensor(v) for k, v in positions.items()}
 
 
 def tokenize_prompts(model_or_tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:

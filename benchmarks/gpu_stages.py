@@ -2,8 +2,9 @@
 the real shapes, and the timing and memory of what circuitlens does with them.
 
 Each stage is a function of the models, the task and its settings that returns its facts (a
-JSON-ready dict: its seconds, and on CUDA its peak GPU memory, see :func:`measure`); the script
-wires them into a :class:`staged.StagedRun` and the command line. The stages, in their order
+JSON-ready dict: its seconds, and on CUDA its peak GPU memory, see :func:`measure`), with what
+later stages use (:func:`build` the model, :func:`sweep` its result); ``gpu_scale.py`` wires
+them into a ``staged.StagedRun`` and the command line. The stages, in their order
 (:data:`STAGES`): :func:`build` (each model, booted as a bridge), :func:`sweep` (the exact and
 the screened mean-ablation sweep), :func:`activation_patching` (against TransformerLens' loop),
 :func:`path_patch_group`, :func:`teacher_cache_fill`, :func:`train_step` and

@@ -275,6 +275,7 @@ def training_stages(run: StagedRun, args: argparse.Namespace, task: Any, dtype: 
 
 # -- the command ------------------------------------------------------------------------------
 def _fraction(text: str) -> Fraction:
+    """``--width-scale``: a fraction in (0, 1], e.g. ``1/64``."""
     value = Fraction(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"a width scale in (0, 1], e.g. 1/64 (got {text})")
@@ -282,6 +283,8 @@ def _fraction(text: str) -> Fraction:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``, else ``sys.argv``): every stage's settings, the budget, the
+    stages asked for and where the JSON goes."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -319,6 +322,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the stages asked for, write the JSON (``--out``, ``$OUT/gpu_scale.json``, else
+    ``results_dir()/gpu_scale_<device>.json``) and print each stage's status and figures."""
     args = parse_args(argv)
     if args.out:
         out = Path(args.out)

@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from circuitlens.distill.train_config import DTYPES
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -144,45 +145,48 @@ def _task_options(
     return out
 
 
+@dataclass(frozen=True)
+class DistillRun:
+    """What ``circuitlens distill`` runs where neither its flags (``--teacher``, ``--student``,
+    ``--task``) nor its ``--config`` file (the run keys,
+    :data:`~circuitlens.distill.config.RUN_KEYS`) name it.
+
+    Attributes:
+        teacher: the teacher's model spec (anything :func:`circuitlens.load_model` reads).
+        student: the student's model spec.
+        task: the task's name (:func:`circuitlens.get_task`).
+    """
+
+    teacher: str = "zoo:entity-tracking-teacher"
+    student: str = "zoo:entity-tracking-student"
+    task: str = "entity_tracking"
+
+
 def _run_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    """What ``distill`` runs: the file's run keys under the flags, and the DistillConfig."""
+    """What ``distill`` runs: the flags over the file's run keys and options (a flag left out
+    leaves the file's value, else the default), and the DistillConfig."""
     from circuitlens.core.validate import ConfigError
     from circuitlens.distill.config import RUN_KEYS, DistillConfig, read_config_file
 
+    names = [f.name for f in dataclasses.fields(DistillRun)]
     run: dict[str, Any] = {}
     config = DistillConfig()
     if args.config:
         data = read_config_file(args.config)
         run = {k: data[k] for k in RUN_KEYS if k in data}
-        for k in ("teacher", "student", "task"):
+        for k in names:
             if k in run and not isinstance(run[k], str):
                 raise ConfigError(f"{args.config}: {k} must be a string (got {run[k]!r})")
         if not isinstance(run.get("task_options", {}), dict):
             raise ConfigError(f"{args.config}: task_options must be a table of options")
         config = DistillConfig.from_dict({k: v for k, v in data.items() if k not in RUN_KEYS})
-    overrides = {
-        k: v
-        for k, v in {
-            "steps": args.steps,
-            "sweep_n": args.sweep_n,
-            "test_n": args.test_n,
-            "condition": args.condition,
-            "lam": args.lam,
-            "budget": args.budget,
-            "map_method": args.map_method,
-            "seed": args.seed,
-            "dtype": args.dtype,
-        }.items()
-        if v is not None
-    }
+    overrides = given_fields(args, "distill")
+    from_file = {k: run[k] for k in names if k in run}
+    from_flags = {k: overrides.pop(k) for k in names if k in overrides}
     if overrides:
         config = config.with_overrides(**overrides)
-    spec = {
-        "teacher": args.teacher or run.get("teacher", "zoo:entity-tracking-teacher"),
-        "student": args.student or run.get("student", "zoo:entity-tracking-student"),
-        "task": args.task or run.get("task", "entity_tracking"),
-        "task_options": dict(run.get("task_options", {})) | _task_options(args.task_option),
-    }
+    spec = dataclasses.asdict(DistillRun(**from_file | from_flags))
+    spec["task_options"] = dict(run.get("task_options", {})) | _task_options(args.task_option)
     return spec, config
 
 
@@ -385,34 +389,34 @@ def _run_out(args: argparse.Namespace) -> str:
     return args.out or f"results/{Path(args.config).stem}"
 
 
-def _experiment(args: argparse.Namespace, config: Any, out: str) -> int:
-    """Overrides from the flags, then the run (or a curve of runs), the table and the report."""
-    from circuitlens.experiments import run_experiment
-    from circuitlens.report.page import write_report
-
-    overrides = {
-        k: v
-        for k, v in {
-            "tasks": args.tasks,
-            "conditions": args.conditions,
-            "seeds": args.seeds,
-            "steps": args.steps,
-            "map_method": args.map_method,
-        }.items()
-        if v is not None
-    }
+def _experiment_config(args: argparse.Namespace, config: Any) -> tuple[Any, dict[str, list]]:
+    """``config`` under the flags ``reproduce`` and ``run`` were given (the table's fields,
+    then ``--set``, ``--circuit``, one value of a curve flag), and the curve to sweep: ``{}``,
+    or ``{knob: values}`` for a curve flag given several values."""
+    overrides = given_fields(args, args.command)
+    curves = [f.key for f in flags_of(args.command) if f.curve]
+    knobs = {k: overrides.pop(k) for k in curves if k in overrides}
     overrides |= _task_options(args.set, "--set", "sweep_n=8")
     if args.circuit:
         overrides |= {"use_circuit": True, "circuits": _circuits(args.circuit)}
-    knobs = {k: v for k, v in (("lam", args.lam), ("budget", args.budget)) if v}
     if len(knobs) > 1:
-        raise ValueError("sweep one of --lam and --budget at a time (each is its own curve)")
+        names = " and ".join(f.name for f in flags_of(args.command) if f.curve)
+        raise ValueError(f"sweep one of {names} at a time (each is its own curve)")
     for knob, values in list(knobs.items()):
         if len(values) == 1:  # one value: a plain override, not a curve
             overrides[knob] = values[0]
             del knobs[knob]
     if overrides:
         config = config.with_overrides(**overrides)
+    return config, knobs
+
+
+def _experiment(args: argparse.Namespace, config: Any, out: str) -> int:
+    """Overrides from the flags, then the run (or a curve of runs), the table and the report."""
+    from circuitlens.experiments import run_experiment
+    from circuitlens.report.page import write_report
+
+    config, knobs = _experiment_config(args, config)
     t0 = time.time()
     import torch
 
@@ -436,7 +440,305 @@ def _experiment(args: argparse.Namespace, config: Any, out: str) -> int:
     return 0
 
 
+# -- the options: one table, flag -> config field ----------------------------------------------
+
+#: the models ``reproduce --models`` runs (docs/real_models.md)
+ModelSet = Literal["zoo", "real", "real-gemma3"]
+MODEL_SETS: tuple[str, ...] = get_args(ModelSet)
+#: the commands that run an experiment file, and with ``distill`` every command that trains
+EXPERIMENTS = ("reproduce", "run")
+RUNS = ("distill", *EXPERIMENTS)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option of the command line, declared once for every command that takes it.
+
+    A flag with a ``field`` sets that config field: its type and choices come from the field's
+    annotation (a ``Literal`` gives the choices), the ``{default}`` of its help is the field's
+    default, and it is None in the parsed namespace unless given, so that a flag left out
+    leaves the config as it is (a file's value, else the dataclass default;
+    :func:`given_fields`). A flag without a field is an option of the run itself (where, how,
+    what to print), read by its command.
+
+    Attributes:
+        name: the option, e.g. ``"--sweep-n"``.
+        commands: the commands that take it, a nested one by its path (``"zoo train"``).
+        help: its help; ``{default}`` and ``{choices}`` are filled in (the field's default,
+            else ``default``; the choices, else what ``names`` lists).
+        field: ``"PART.NAME"``, field NAME of the class :func:`config_classes` gives PART
+            (``"train.steps"``: ``TrainConfig.steps``); None: no config field.
+        type, nargs, action, metavar, dest: as :meth:`argparse.ArgumentParser.add_argument`
+            takes them; a field's type, nargs and choices come from its annotation unless the
+            flag gives them.
+        default: the value of a flag without a field when it is not given.
+        choices: the valid values of a flag without a field.
+        names: the valid values of a field whose registry can grow (a condition, a map
+            method): listed as the help's ``{choices}``, checked by the config, not argparse.
+        curve: the flag takes comma-separated values on the experiment commands
+            (:data:`EXPERIMENTS`), several of them a curve of runs; the help's example of them.
+    """
+
+    name: str
+    commands: tuple[str, ...]
+    help: str
+    field: str | None = None
+    type: Callable[[str], Any] | None = None
+    nargs: str | None = None
+    action: str | None = None
+    metavar: str | None = None
+    dest: str | None = None
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    names: Callable[[], tuple[str, ...]] | None = None
+    curve: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.field is not None and (self.default is not None or self.choices is not None):
+            raise ValueError(
+                f"{self.name}: a flag that sets {self.field} takes its default and choices "
+                "from the field's dataclass, not its own"
+            )
+
+    @property
+    def attr(self) -> str:
+        """The flag's attribute in the parsed namespace (``--sweep-n``: ``sweep_n``)."""
+        return self.dest or self.name.lstrip("-").replace("-", "_")
+
+    @property
+    def key(self) -> str:
+        """The name of the flag's field in ``with_overrides``: a DistillConfig part's field by
+        its flat name (:data:`~circuitlens.distill.config.FLAT_KEYS`: ``sweep.n`` is
+        ``sweep_n``), any other by its own (``train.steps`` is ``steps``)."""
+        from circuitlens.distill.config import FLAT_KEYS
+
+        if self.field is None:
+            raise ValueError(f"{self.name} sets no config field")
+        part, _, name = self.field.partition(".")
+        return {where: flat for flat, where in FLAT_KEYS.items()}.get((part, name), name)
+
+
+def _map_methods() -> tuple[str, ...]:
+    from circuitlens.distill.config import CORRESPONDENCE_METHODS
+
+    return tuple(CORRESPONDENCE_METHODS)
+
+
+def _conditions() -> tuple[str, ...]:
+    from circuitlens.distill.conditions import condition_names
+
+    return condition_names()
+
+
+_FRESH_HELP = (
+    "delete the {} directory first (only one a circuitlens run made, and only if it holds "
+    "nothing but what runs write: a file of yours there is named, kept)"
+)
+
+#: every option of every command, each declared once (``--version`` and ``-v`` aside, the
+#: program's own); a name on several entries is several options, of disjoint commands
+FLAGS: tuple[Flag, ...] = (
+    # what runs
+    Flag("--quick", ("reproduce",), "one seed, fewer steps and prompts: a few minutes on the "
+         "zoo, <= 20 on --models real", action="store_true"),
+    Flag("--config", ("reproduce",), "a .toml/.json ExperimentConfig (as `circuitlens run`)"),
+    Flag("--config", ("distill",), "a .toml/.json DistillConfig (may name teacher, student, "
+         "task at the top level)"),
+    Flag("--models", ("reproduce",), "zoo: the embedded tiny models; real: SmolLM2-135M "
+         "teachers and pruned students; real-gemma3: Gemma-3-270M teachers, the same students "
+         "(docs/real_models.md; default {default})", choices=MODEL_SETS, default="zoo"),
+    Flag("--teacher", ("distill",), "model spec (default {default})", field="run.teacher"),
+    Flag("--student", ("distill",), "model spec (default {default})", field="run.student"),
+    Flag("--task", ("distill",), "task name (default {default})", field="run.task"),
+    Flag("--task-option", ("distill",), "a task option (repeatable): --task-option n_boxes=3 "
+         "--task-option seed=1; the prompt format on the models' cards is used unless "
+         "overridden", action="append", metavar="KEY=VALUE"),
+    Flag("--tasks", EXPERIMENTS, "a subset of the tasks", field="experiment.tasks"),
+    Flag("--conditions", EXPERIMENTS, "a subset of the conditions",
+         field="experiment.conditions"),
+    Flag("--seeds", EXPERIMENTS, "training seeds", field="experiment.seeds"),
+    Flag("--circuit", EXPERIMENTS, "map into a teacher circuit found before (a Circuit.save "
+         "file) instead of searching, e.g. entity_tracking=circuit.json", nargs="+",
+         metavar="TASK=FILE"),
+    # the options of a run
+    Flag("--steps", RUNS, "training steps (reproduce, run: of each cell)",
+         field="train.steps"),
+    Flag("--sweep-n", ("distill",), "prompts per ablation sweep (default {default})",
+         field="sweep.n"),
+    Flag("--test-n", ("distill",), "test prompts for the before/after accuracy (default "
+         "{default})", field="distill.test_n"),
+    Flag("--condition", ("distill",), "training condition: {choices} (default {default})",
+         field="train.condition", names=_conditions),
+    Flag("--lam", RUNS, "the weight of the CKA term", field="train.lam", curve="0.1,0.3,1,3"),
+    Flag("--budget", RUNS, "student heads: a fraction or a count", field="map.budget",
+         type=_parse_value, curve="0.05,0.13,0.25"),
+    Flag("--map-method", RUNS, "how student heads find teacher partners (a correspondence "
+         "method: {choices}; default {default}, the paper's)", field="map.method",
+         names=_map_methods),
+    Flag("--seed", ("distill",), "training seed (default {default})", field="train.seed"),
+    Flag("--dtype", ("distill",), "training precision: bfloat16 trains the student under bf16 "
+         "autocast (float32 master weights, float32 CKA) and loads the teacher in bf16 "
+         "(default {default})", field="train.dtype"),
+    Flag("--set", EXPERIMENTS, "override an option of the config (repeat the flag for more): "
+         "a field (task_seed=1), a distill option by its flat name (sweep_n=8, budget=10, "
+         "test_n=50) or a trainer option (lr=1e-4, eval_n=20)", action="append",
+         metavar="KEY=VALUE"),
+    # where and how
+    Flag("--out", ("reproduce",), "results directory (default results/reproduce[-quick])"),
+    Flag("--out", ("run",), "results directory (default results/<config name>)"),
+    Flag("--out", ("distill",), "output directory (default {default})",
+         default="results/distill"),
+    Flag("--device", RUNS, "where the models run: cpu (default), cuda, cuda:N, mps; checked "
+         "before anything loads (a CPU build of torch has no cuda)"),
+    Flag("--threads", (*RUNS, "real build"), "torch CPU threads (default: every core)",
+         type=int),
+    Flag("--jobs", EXPERIMENTS, "worker processes, one task each, sharing the --threads out "
+         "among them (default {default}: on the CPU one per task, at most one per thread; on "
+         "2 CPU cores two train ~1.27x faster than one; results are those of that many threads "
+         "per process, so give --jobs 1 to match a one-process run bit for bit)", type=_jobs,
+         default="auto"),
+    Flag("--fresh", EXPERIMENTS, _FRESH_HELP.format("results"), action="store_true"),
+    Flag("--fresh", ("distill",), _FRESH_HELP.format("output"), action="store_true"),
+    Flag("--no-progress", RUNS, "no progress bars", action="store_true"),
+    Flag("--save-model", ("distill",), "also write the whole trained student (save_pretrained) "
+         "beside the result's delta", action="store_true"),
+    # demo, zoo train, real build
+    Flag("--n", ("demo",), "test prompts per task (default {default})", type=int, default=500),
+    Flag("--seed", ("demo",), "task seed (default {default})", type=int, default=0),
+    Flag("--steps", ("zoo train",), "override the recipe's step budget", type=int),
+    Flag("--out", ("zoo train",), "output directory (default data/zoo/NAME)"),
+    Flag("--out", ("real build",), "output directory (default data/real/NAME)"),
+    Flag("--fresh", ("zoo train",), "ignore checkpoints in runs/zoo/NAME", action="store_true"),
+    Flag("--fresh", ("real build",), "ignore the checkpoint in OUT/build", action="store_true"),
+    Flag("--continue-shipped", ("zoo train",), "start from the shipped weights (train a "
+         "shipped model further; use with --steps beyond its card's steps)",
+         action="store_true"),
+    # plan
+    Flag("--effect", ("plan",), "mean paired difference to detect, in accuracy (e.g. 0.03; "
+         "--from: the run's design.effect)", field="design.effect"),
+    Flag("--sd", ("plan",), "sd of the per-seed paired differences (--from: measured)",
+         type=float),
+    Flag("--contrasts", ("plan",), "primary contrasts, Holm-adjusted together (default 1; "
+         "--from: the run's declared family)", type=int),
+    Flag("--alpha", ("plan",), "familywise level (default {default}; --from: the run's "
+         "design.alpha)", field="design.alpha"),
+    Flag("--power", ("plan",), "wanted power (default {default}; --from: the run's "
+         "design.power)", field="design.power"),
+    Flag("--from", ("plan",), "a finished run directory (cells in "
+         "TASK/CONDITION/seedS/cell.json)", dest="run", metavar="RUN_DIR"),
+    Flag("--max-seeds", ("plan",), "most seeds considered (default {default})", type=int,
+         default=20),
+    Flag("--sims", ("plan",), "simulated samples per n (default {default})", type=int,
+         default=4000),
+)  # fmt: skip
+
+
+def flags_of(command: str) -> tuple[Flag, ...]:
+    """The entries of :data:`FLAGS` that ``command`` takes (``"zoo train"``: a nested one)."""
+    return tuple(f for f in FLAGS if command in f.commands)
+
+
+def config_classes() -> dict[str, type]:
+    """The config classes flags set, by the PART of :attr:`Flag.field`: a DistillConfig's parts
+    (``sweep``, ``map``, ``train``), ``distill`` (DistillConfig), ``run`` (:class:`DistillRun`),
+    ``experiment`` (ExperimentConfig) and ``design`` (DesignConfig)."""
+    from circuitlens.distill.config import PARTS, DistillConfig
+    from circuitlens.experiments import ExperimentConfig
+    from circuitlens.experiments.design import DesignConfig
+
+    return {
+        **PARTS,
+        "distill": DistillConfig,
+        "run": DistillRun,
+        "experiment": ExperimentConfig,
+        "design": DesignConfig,
+    }
+
+
+def config_field(flag: Flag) -> tuple[type, dataclasses.Field]:
+    """The config class of ``flag``'s field, and the field."""
+    part, _, name = (flag.field or "").partition(".")
+    classes = config_classes()
+    if part not in classes:
+        raise ValueError(f"{flag.name}: no config part {part!r}; parts: {', '.join(classes)}")
+    fields = {f.name: f for f in dataclasses.fields(classes[part])}
+    if name not in fields:
+        raise ValueError(f"{flag.name}: {classes[part].__name__} has no field {name!r}")
+    return classes[part], fields[name]
+
+
+def field_default(flag: Flag) -> Any:
+    """The default of ``flag``'s config field, as its dataclass declares it."""
+    _, f = config_field(flag)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _from_annotation(hint: Any) -> dict[str, Any]:
+    """argparse's ``choices``, ``type`` and ``nargs`` for a field annotated ``hint``: a
+    ``Literal``'s values as the choices (``DType | torch.dtype``: the Literal's), ``int``,
+    ``float`` or ``str`` as the type (``int | None``: ``int``), a tuple or list of one of them as
+    one or more values; ``{}`` for any other annotation (the flag gives its type)."""
+    members = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    members = tuple(m for m in members if m is not type(None))
+    for m in members:
+        if get_origin(m) is Literal:
+            return {"choices": get_args(m)}
+    if len(members) == 1 and members[0] in (int, float, str):
+        return {"type": members[0]}
+    if get_origin(members[0]) in (tuple, list) and get_args(members[0])[0] in (int, float, str):
+        return {"type": get_args(members[0])[0], "nargs": "+"}
+    return {}
+
+
+def argparse_options(flag: Flag, command: str) -> dict[str, Any]:
+    """What :meth:`argparse.ArgumentParser.add_argument` takes for ``flag`` on ``command``:
+    the flag's own options over those of its field's annotation, a curve flag's comma-separated
+    values on an experiment command, and the help with its default and choices filled in."""
+    options: dict[str, Any] = {}
+    shown = flag.default
+    if flag.field is not None:
+        cls, f = config_field(flag)
+        options = _from_annotation(get_type_hints(cls)[f.name])
+        shown = field_default(flag)
+    own = {
+        "type": flag.type,
+        "nargs": flag.nargs,
+        "action": flag.action,
+        "metavar": flag.metavar,
+        "dest": flag.dest,
+        "default": flag.default,
+        "choices": flag.choices,
+    }
+    options |= {k: v for k, v in own.items() if v is not None}
+    if flag.field is not None and not {"type", "choices"} & set(options):
+        raise ValueError(f"{flag.name}: {flag.field}'s annotation names no type: give the flag's")
+    text = flag.help
+    if flag.curve and command in EXPERIMENTS:
+        options["type"] = _values
+        text += f"; several ({flag.curve}): a curve, one run per value under --out"
+    listed = options.get("choices") or (flag.names() if flag.names else ())
+    options["help"] = text.format(default=shown, choices=", ".join(listed))
+    return options
+
+
+def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add ``command``'s options (:func:`flags_of`) to its parser."""
+    for flag in flags_of(command):
+        parser.add_argument(flag.name, **argparse_options(flag, command))
+
+
+def given_fields(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The config fields the command line of ``command`` set, by :attr:`Flag.key`, in the
+    table's order: a flag left out is None in ``args`` and sets none."""
+    values = {f: getattr(args, f.attr) for f in flags_of(command) if f.field is not None}
+    return {f.key: v for f, v in values.items() if v is not None}
+
+
+# -- the parser ----------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``circuitlens`` command line; each command's options come from :data:`FLAGS`."""
     from circuitlens import __version__
 
     p = argparse.ArgumentParser(prog="circuitlens", description=__doc__)
@@ -444,14 +746,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    _reproduce_parser(sub)
-    _run_parser(sub)
+    rep = sub.add_parser(
+        "reproduce",
+        help="the paper's comparison: tasks x conditions x seeds, table and HTML report",
+    )
+    add_flags(rep, "reproduce")
+    rep.set_defaults(fn=_reproduce, resumes=_reproduce_out)
+    run = sub.add_parser(
+        "run",
+        help="run an experiment file: tasks (any task, each with its teacher and student) x "
+        "conditions x seeds, table and HTML report (configs/ holds the paper's and examples)",
+    )
+    run.add_argument("config", help="a .toml/.json ExperimentConfig, e.g. configs/paper-zoo.toml")
+    add_flags(run, "run")
+    run.set_defaults(fn=_run, resumes=_run_out)
     demo = sub.add_parser("demo", help="evaluate the zoo teachers and students on both tasks")
-    demo.add_argument("--n", type=int, default=500, help="test prompts per task")
-    demo.add_argument("--seed", type=int, default=0, help="task seed")
+    add_flags(demo, "demo")
     demo.set_defaults(fn=_demo)
-
-    _distill_parser(sub)
+    dist = sub.add_parser("distill", help="distil a teacher's circuit into a student")
+    add_flags(dist, "distill")
+    dist.set_defaults(fn=_distill, resumes=lambda args: args.out)
     sub.add_parser(
         "list", help="every model load_model knows by name, source by source"
     ).set_defaults(fn=_list)
@@ -461,171 +775,12 @@ def build_parser() -> argparse.ArgumentParser:
     zsub.add_parser("list", help="zoo models with their accuracy").set_defaults(fn=_zoo_list)
     tr = zsub.add_parser("train", help="(re)build a zoo model from scratch, reproducibly")
     tr.add_argument("name", help="a zoo model name, or 'all'")
-    tr.add_argument("--steps", type=int, default=None, help="override the recipe's step budget")
-    tr.add_argument("--out", default=None, help="output directory (default data/zoo/NAME)")
-    tr.add_argument("--fresh", action="store_true", help="ignore checkpoints in runs/zoo/NAME")
-    tr.add_argument(
-        "--continue-shipped",
-        action="store_true",
-        help="start from the shipped weights (train a shipped model further; "
-        "use with --steps beyond its card's steps)",
-    )
+    add_flags(tr, "zoo train")
     tr.set_defaults(fn=_zoo_train, resumes=_zoo_train_dir)
 
     _real_parser(sub)
     _plan_parser(sub)
     return p
-
-
-def _reproduce_parser(sub: Any) -> None:
-    rep = sub.add_parser(
-        "reproduce",
-        help="the paper's comparison: tasks x conditions x seeds, table and HTML report",
-    )
-    rep.add_argument(
-        "--quick",
-        action="store_true",
-        help="one seed, fewer steps and prompts: a few minutes on the zoo, <= 20 on --models real",
-    )
-    rep.add_argument("--config", help="a .toml/.json ExperimentConfig (as `circuitlens run`)")
-    rep.add_argument(
-        "--models",
-        choices=("zoo", "real", "real-gemma3"),
-        default="zoo",
-        help="zoo: the embedded tiny models; real: SmolLM2-135M teachers and pruned students; "
-        "real-gemma3: Gemma-3-270M teachers, the same students (docs/real_models.md)",
-    )
-    rep.add_argument("--out", help="results directory (default results/reproduce[-quick])")
-    _experiment_args(rep)
-    rep.set_defaults(fn=_reproduce, resumes=_reproduce_out)
-
-
-def _run_parser(sub: Any) -> None:
-    run = sub.add_parser(
-        "run",
-        help="run an experiment file: tasks (any task, each with its teacher and student) x "
-        "conditions x seeds, table and HTML report (configs/ holds the paper's and examples)",
-    )
-    run.add_argument("config", help="a .toml/.json ExperimentConfig, e.g. configs/paper-zoo.toml")
-    run.add_argument("--out", help="results directory (default results/<config name>)")
-    _experiment_args(run)
-    run.set_defaults(fn=_run, resumes=_run_out)
-
-
-def _experiment_args(p: Any) -> None:
-    """The flags ``reproduce`` and ``run`` share: selections, overrides, where and how."""
-    p.add_argument(
-        "--fresh",
-        action="store_true",
-        help="delete the results directory first (only one a circuitlens run made, and only "
-        "if it holds nothing but what runs write: a file of yours there is named, kept)",
-    )
-    p.add_argument("--tasks", nargs="+", help="a subset of the tasks")
-    p.add_argument("--conditions", nargs="+", help="a subset of the conditions")
-    p.add_argument("--seeds", nargs="+", type=int, help="training seeds")
-    p.add_argument(
-        "--circuit",
-        nargs="+",
-        metavar="TASK=FILE",
-        help="map into a teacher circuit found before (a Circuit.save file) instead of "
-        "searching, e.g. entity_tracking=circuit.json",
-    )
-    p.add_argument("--steps", type=int, help="training steps per cell")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override an option of the config (repeat the flag for more): a field "
-        "(task_seed=1), a distill option by its flat name (sweep_n=8, budget=10, test_n=50) or "
-        "a trainer option (lr=1e-4, eval_n=20)",
-    )
-    p.add_argument(
-        "--map-method",
-        help="how student heads find teacher partners (a correspondence method: impact, "
-        "impact-rank, profile, cka, combined; default impact, the paper's)",
-    )
-    p.add_argument(
-        "--lam",
-        type=_values,
-        help="the CKA weight; several (0.1,0.3,1,3): a curve, one run per value under --out",
-    )
-    p.add_argument(
-        "--budget",
-        type=_values,
-        help="student heads (fractions or counts); several (0.05,0.13,0.25): a curve",
-    )
-    p.add_argument(
-        "--device",
-        help="where the models run: cpu (default), cuda, cuda:N, mps; checked before "
-        "anything loads (a CPU build of torch has no cuda)",
-    )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
-    p.add_argument(
-        "--jobs",
-        type=_jobs,
-        default="auto",
-        help="worker processes, one task each, sharing the --threads out among them (default "
-        "auto: on the CPU one per task, at most one per thread; on 2 CPU cores two train "
-        "~1.27x faster than one; results are those of that many threads per process, so give "
-        "--jobs 1 to match a one-process run bit for bit)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _distill_parser(sub: Any) -> None:
-    dist = sub.add_parser("distill", help="distil a teacher's circuit into a student")
-    dist.add_argument(
-        "--config",
-        help="a .toml/.json DistillConfig (may name teacher, student, task at the top level)",
-    )
-    dist.add_argument("--teacher", help="model spec (default zoo:entity-tracking-teacher)")
-    dist.add_argument("--student", help="model spec (default zoo:entity-tracking-student)")
-    dist.add_argument("--task", help="task name (default entity_tracking)")
-    dist.add_argument(
-        "--task-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a task option (repeatable): --task-option n_boxes=3 --task-option seed=1; "
-        "the prompt format on the models' cards is used unless overridden",
-    )
-    dist.add_argument("--steps", type=int, help="training steps")
-    dist.add_argument("--sweep-n", type=int, help="prompts per ablation sweep")
-    dist.add_argument("--test-n", type=int, help="test prompts for the before/after accuracy")
-    dist.add_argument("--condition", help="training condition (default ce+align)")
-    dist.add_argument("--lam", type=float, help="weight of the CKA term")
-    dist.add_argument("--budget", type=_parse_value, help="student heads: a fraction or a count")
-    dist.add_argument(
-        "--map-method",
-        help="how student heads find teacher partners (a correspondence method: impact, "
-        "impact-rank, profile, cka, combined; default impact, the paper's)",
-    )
-    dist.add_argument("--seed", type=int, help="training seed")
-    dist.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        help="training precision: bfloat16 trains the student under bf16 autocast (float32 "
-        "master weights, float32 CKA) and loads the teacher in bf16 (default float32)",
-    )
-    dist.add_argument("--out", default="results/distill", help="output directory")
-    dist.add_argument(
-        "--device",
-        help="where the models run: cpu (default), cuda, cuda:N, mps; checked before "
-        "anything loads (a CPU build of torch has no cuda)",
-    )
-    dist.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
-    dist.add_argument(
-        "--fresh",
-        action="store_true",
-        help="delete the output directory first (only one a circuitlens run made, and only "
-        "if it holds nothing but what runs write: a file of yours there is named, kept)",
-    )
-    dist.add_argument("--no-progress", action="store_true", help="no progress bars")
-    dist.add_argument(
-        "--save-model",
-        action="store_true",
-        help="also write the whole trained student (save_pretrained) beside the result's delta",
-    )
-    dist.set_defaults(fn=_distill, resumes=lambda args: args.out)
 
 
 def _real_build_dir(args: argparse.Namespace) -> Path:
@@ -648,9 +803,7 @@ def _real_parser(sub: Any) -> None:
         help="fine-tune (teacher) or heal (student) a task adapter from its recipe; resumable",
     )
     rb.add_argument("name", help="a real task model name (circuitlens real list), or 'all'")
-    rb.add_argument("--out", default=None, help="output directory (default data/real/NAME)")
-    rb.add_argument("--fresh", action="store_true", help="ignore the checkpoint in OUT/build")
-    rb.add_argument("--threads", type=int, default=None, help="torch threads")
+    add_flags(rb, "real build")
     rb.set_defaults(fn=_real_build, resumes=_real_build_dir)
 
 
@@ -664,37 +817,7 @@ def _plan_parser(sub: Any) -> None:
         "--sd, or --from a finished run to read the paired sd of its primary contrasts (and "
         "its design's effect, alpha and contrasts unless given).",
     )
-    plan.add_argument(
-        "--effect",
-        type=float,
-        default=None,
-        help="mean paired difference to "
-        "detect, in accuracy (e.g. 0.03; --from: the run's design.effect)",
-    )
-    plan.add_argument(
-        "--sd",
-        type=float,
-        default=None,
-        help="sd of the per-seed paired differences (--from: measured)",
-    )
-    plan.add_argument(
-        "--contrasts",
-        type=int,
-        default=None,
-        help="primary contrasts, Holm-adjusted together (default 1; --from: the "
-        "run's declared family)",
-    )
-    plan.add_argument("--alpha", type=float, default=None, help="familywise level (0.05)")
-    plan.add_argument("--power", type=float, default=None, help="wanted power (0.8)")
-    plan.add_argument(
-        "--from",
-        dest="run",
-        default=None,
-        metavar="RUN_DIR",
-        help="a finished run directory (cells in TASK/CONDITION/seedS/cell.json)",
-    )
-    plan.add_argument("--max-seeds", type=int, default=20, help="most seeds considered (20)")
-    plan.add_argument("--sims", type=int, default=4000, help="simulated samples per n (4000)")
+    add_flags(plan, "plan")
     plan.set_defaults(fn=_plan)
 
 
@@ -723,10 +846,9 @@ def _plan_inputs(
         if args.sd is not None:
             sds = [(what, args.sd) for what, _ in sds]
         contrasts = args.contrasts or len(result.config.primary_contrasts())
-    effect = d.effect if args.effect is None else args.effect
-    alpha = d.alpha if args.alpha is None else args.alpha
-    power = d.power if args.power is None else args.power
-    return sds, effect, alpha, power, contrasts
+    design = {f.key: getattr(d, f.key) for f in flags_of("plan") if f.field}
+    design |= given_fields(args, "plan")
+    return sds, design["effect"], design["alpha"], design["power"], contrasts
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -234,3 +234,250 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys) -> None:
     assert capsys.readouterr().err.strip().endswith("resume from results/reproduce-quick")
     assert main(["demo"]) == 130  # nothing to resume
     assert capsys.readouterr().err.strip() == "circuitlens: interrupted"
+
+
+# -- the flags: one table, flag -> config field ----------------------------------------------
+
+
+def _commands(parser, path=()):
+    """(command path, its parser) of every command the parser runs, nested ones included."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _commands(child, (*path, name))
+
+
+def _literal(hint):
+    """The first Literal in annotation ``hint`` (a union searched), else None."""
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(hint) is Literal:
+        return hint
+    return next((x for x in map(_literal, get_args(hint)) if x is not None), None)
+
+
+def _declared_default(cls, name):
+    import dataclasses
+
+    (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def test_every_option_of_every_command_comes_from_the_table() -> None:
+    """Each command's options are exactly its entries of FLAGS (no hand-written one left, no
+    entry unused), each name once per command."""
+    from circuitlens.cli import FLAGS, build_parser, flags_of
+
+    commands = dict(_commands(build_parser()))
+    assert {"reproduce", "run", "demo", "distill", "zoo train", "real build", "plan"} <= set(
+        commands
+    )
+    assert {c for f in FLAGS for c in f.commands} <= set(commands)
+    for command, parser in commands.items():
+        options = [
+            s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")
+        ]
+        names = [f.name for f in flags_of(command)]
+        assert len(set(names)) == len(names), (command, names)
+        assert sorted(options) == sorted(names), command
+
+
+def test_every_flag_names_a_real_field_of_its_config() -> None:
+    import dataclasses
+
+    from circuitlens.cli import FLAGS, config_classes, config_field
+    from circuitlens.distill.config import FLAT_KEYS, DistillConfig
+
+    classes = config_classes()
+    fielded = [f for f in FLAGS if f.field]
+    assert {f.name for f in fielded} >= {"--steps", "--sweep-n", "--lam", "--dtype", "--tasks"}
+    for flag in fielded:
+        part, _, name = flag.field.partition(".")
+        assert name in {x.name for x in dataclasses.fields(classes[part])}, flag.name
+        assert config_field(flag)[0] is classes[part]
+        if part in ("sweep", "map"):  # a part's field: by its flat name, which must exist
+            assert FLAT_KEYS[flag.key] == (part, name)
+        if part in ("sweep", "map", "train", "distill"):  # a name with_overrides takes
+            DistillConfig().with_overrides(**{flag.key: _declared_default(classes[part], name)})
+    with pytest.raises(ValueError, match="has no field 'nope'"):
+        config_field(dataclasses.replace(fielded[0], field="train.nope"))
+
+
+def test_each_flag_default_is_its_dataclass_default() -> None:
+    """The default a flag's help shows is its field's declared default; the flag itself is
+    None until given (a flag left out leaves a --config file's value), so a bare command line
+    is the dataclasses' defaults."""
+    from circuitlens.cli import (
+        FLAGS,
+        DistillRun,
+        _run_spec,
+        argparse_options,
+        build_parser,
+        config_classes,
+        field_default,
+        given_fields,
+    )
+    from circuitlens.distill.config import DistillConfig
+
+    classes = config_classes()
+    for flag in (f for f in FLAGS if f.field):
+        part, _, name = flag.field.partition(".")
+        assert field_default(flag) == _declared_default(classes[part], name), flag.name
+        for command in flag.commands:
+            options = argparse_options(flag, command)
+            assert options.get("default") is None, (flag.name, command)
+            if "{default}" in flag.help:
+                assert f"default {field_default(flag)}" in options["help"], flag.name
+    assert (
+        "(default 200)"
+        in argparse_options(next(f for f in FLAGS if f.name == "--sweep-n"), "distill")["help"]
+    )
+    args = build_parser().parse_args(["distill"])
+    assert given_fields(args, "distill") == {}
+    spec, config = _run_spec(args)
+    assert config == DistillConfig()
+    assert spec == {**vars(DistillRun()), "task_options": {}}
+
+
+def test_choices_are_the_literals_of_the_fields() -> None:
+    from typing import get_args, get_type_hints
+
+    from circuitlens.cli import FLAGS, MODEL_SETS, build_parser, config_field
+
+    commands = dict(_commands(build_parser()))
+    seen = 0
+    for flag in FLAGS:
+        for command in flag.commands:
+            (action,) = [a for a in commands[command]._actions if flag.name in a.option_strings]
+            literal = None
+            if flag.field:
+                cls, f = config_field(flag)
+                literal = _literal(get_type_hints(cls)[f.name])
+            if literal is not None:
+                seen += 1
+                assert tuple(action.choices) == get_args(literal), flag.name
+            elif flag.choices is None:
+                assert action.choices is None, flag.name
+    assert seen >= 1  # --dtype: TrainConfig.dtype's DType
+    assert tuple(commands["reproduce"]._option_string_actions["--models"].choices) == MODEL_SETS
+
+
+def _other_value(flag, default):
+    """A valid command-line value for ``flag`` that is not ``default``."""
+    from circuitlens.cli import argparse_options
+
+    options = argparse_options(flag, flag.commands[0])
+    listed = options.get("choices") or (flag.names() if flag.names else None)
+    if listed:
+        return [next(str(x) for x in listed if x != default)]
+    if isinstance(default, tuple | list) and len(default) > 1:
+        return [str(default[-1])]  # a subset: the last one
+    if isinstance(default, tuple | list):
+        return [str(default[0] + 1)]  # one seed: another
+    if isinstance(default, bool) or not isinstance(default, int | float | str):
+        raise AssertionError(f"{flag.name}: no value to try for default {default!r}")
+    if isinstance(default, str):
+        return [default.replace("entity-tracking", "theory-of-mind").replace("entity", "ioi")]
+    return [str(default + 1 if isinstance(default, int) else default / 2)]
+
+
+def _leaves(obj, prefix=""):
+    """A dataclass's fields, nested ones by their dotted path."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= _leaves(value, f"{prefix}{f.name}.")
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def _distill_leaves(args):
+    from circuitlens.cli import _run_spec
+
+    spec, config = _run_spec(args)
+    run = {f"run.{k}": v for k, v in spec.items() if k != "task_options"}
+    leaves = _leaves(config)
+    return run | {k if "." in k else f"distill.{k}": v for k, v in leaves.items()}
+
+
+def test_a_distill_command_line_sets_exactly_the_fields_given() -> None:
+    from circuitlens.cli import build_parser, flags_of
+
+    parser = build_parser()
+    bare = _distill_leaves(parser.parse_args(["distill"]))
+    fielded = [f for f in flags_of("distill") if f.field]
+    assert len(fielded) >= 10
+    argv = []
+    for flag in fielded:
+        value = _other_value(flag, bare[flag.field])
+        got = _distill_leaves(parser.parse_args(["distill", flag.name, *value]))
+        assert {k for k in bare if got[k] != bare[k]} == {flag.field}, flag.name
+        argv += [flag.name, *value]
+    got = _distill_leaves(parser.parse_args(["distill", *argv]))  # all at once: all of them
+    assert {k for k in bare if got[k] != bare[k]} == {f.field for f in fielded}
+
+
+def test_an_experiment_command_line_sets_exactly_the_fields_given() -> None:
+    from circuitlens.cli import _experiment_config, build_parser, flags_of
+    from circuitlens.experiments import ExperimentConfig
+
+    parser = build_parser()
+    base = ExperimentConfig.preset("paper-zoo-quick")
+    bare_config, knobs = _experiment_config(parser.parse_args(["run", "x.toml"]), base)
+    assert knobs == {} and bare_config == base
+    bare = _leaves(base)
+    for command in ("reproduce", "run"):
+        first = [command] if command == "reproduce" else [command, "x.toml"]
+        for flag in (f for f in flags_of(command) if f.field):
+            part, _, name = flag.field.partition(".")
+            path = name if part == "experiment" else f"distill.{flag.field}"
+            value = _other_value(flag, bare[path])
+            config, knobs = _experiment_config(parser.parse_args([*first, flag.name, *value]), base)
+            assert knobs == {}, flag.name
+            changed = {k for k, v in _leaves(config).items() if v != bare[k]}
+            assert changed == {path}, (flag.name, changed)
+    config, knobs = _experiment_config(parser.parse_args(["reproduce", "--lam", "0.1,0.3"]), base)
+    assert knobs == {"lam": [0.1, 0.3]} and config == base  # a curve: swept, not set
+
+
+def test_every_command_help_works(capsys) -> None:
+    from circuitlens.cli import build_parser
+
+    for command in dict(_commands(build_parser())):
+        with pytest.raises(SystemExit) as e:
+            main([*command.split(), "--help"])
+        assert e.value.code == 0, command
+        assert "usage: circuitlens " + command in capsys.readouterr().out
+
+
+def test_the_command_line_keeps_its_options() -> None:
+    """The options each command had before the table (the table may add, never drop one)."""
+    from circuitlens.cli import Flag, flags_of
+
+    runs = {"--steps", "--lam", "--budget", "--map-method", "--out", "--device", "--threads"}
+    runs |= {"--fresh", "--no-progress"}
+    experiments = runs | {"--tasks", "--conditions", "--seeds", "--circuit", "--set", "--jobs"}
+    before = {
+        "reproduce": experiments | {"--quick", "--config", "--models"},
+        "run": experiments,
+        "demo": {"--n", "--seed"},
+        "distill": runs
+        | {"--config", "--teacher", "--student", "--task", "--task-option", "--sweep-n"}
+        | {"--test-n", "--condition", "--seed", "--dtype", "--save-model"},
+        "zoo train": {"--steps", "--out", "--fresh", "--continue-shipped"},
+        "real build": {"--out", "--fresh", "--threads"},
+        "plan": {"--effect", "--sd", "--contrasts", "--alpha", "--power", "--from"}
+        | {"--max-seeds", "--sims"},
+    }
+    for command, names in before.items():
+        assert names <= {f.name for f in flags_of(command)}, command
+    with pytest.raises(ValueError, match="takes its default and choices from the field"):
+        Flag("--x", ("distill",), "x", field="train.seed", default=3)

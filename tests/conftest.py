@@ -15,6 +15,7 @@ runs the first two (pyproject's ``-m "not acceptance"``); ``bash scripts/test.sh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,13 @@ import torch
 
 from circuitlens import load_model
 from circuitlens.models.zoo import ZooArch, build_model, build_tokenizer
+
+# under pytest-xdist (``-n N``) each worker takes its share of the cores: N workers with every
+# core's threads each would oversubscribe the machine (spinning OpenMP threads)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
 
 TIERS = ("unit", "integration", "acceptance")
 
@@ -88,6 +96,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     tiers = config.stash.get(_TIERS_KEY, {})
+    if not tiers:  # pytest-xdist's controller: its workers collected, it did not
+        return
     counts = {t: sum(v == t for v in tiers.values()) for t in TIERS}
     line = ", ".join(f"{counts[t]} {t}" for t in TIERS)
     skipped = config.option.markexpr == "not acceptance" and counts["acceptance"]

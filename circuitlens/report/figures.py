@@ -500,7 +500,7 @@ def plot_learning_curves(result: Any, task: str, title: str | None = None, cols:
 
 
 def plot_sweep(result: Any, task: str, title: str | None = None) -> Any:
-    """The curves of a sweep (:class:`~circuitlens.experiments.sweep.SweepResult`) for one
+    """The curves of a sweep (:class:`~circuitlens.experiments.curves.SweepResult`) for one
     task: accuracy over the swept value (lambda on a log axis, or the budget), one line per
     condition with its 95% seed interval; for a lambda sweep also accuracy against the pairs'
     held-out CKA after training (each point one lambda: the accuracy/CKA frontier).

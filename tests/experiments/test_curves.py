@@ -8,7 +8,7 @@ import pytest
 
 import circuitlens.distill.sweeps as distill
 from circuitlens.experiments import ExperimentConfig
-from circuitlens.experiments.sweep import SweepResult, point_name, run_sweep
+from circuitlens.experiments.curves import SweepResult, point_name, run_sweep
 
 
 def tiny() -> ExperimentConfig:

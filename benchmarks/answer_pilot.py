@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.ablation import AblationResult, ablation_sweep
+from circuitlens.ablation.sweep import AblationResult, ablation_sweep
 from circuitlens.analysis.mapping import choose_student_heads
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.rundir import MARKER

@@ -22,7 +22,7 @@ OUT = results_dir() / "train_step.json"
 
 def main() -> None:
     from circuitlens import get_task, load_model
-    from circuitlens.analysis.ablation import AblationConfig, ablation_sweep
+    from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
     from circuitlens.analysis.mapping import map_heads
     from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 

@@ -6,12 +6,12 @@ Wallace 2025, "Circuit Distillation").
 """
 
 # the model sources: importing each registers its "<prefix>:" with load_model
+from circuitlens.ablation.means import mean_ablated
+from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.analysis import multi_position, weight_map  # noqa: F401  (register methods)
-from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.analysis.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.analysis.correspondence import correspond
 from circuitlens.analysis.mapping import map_heads, random_map
-from circuitlens.analysis.mean_ablation import mean_ablated
 from circuitlens.analysis.patching import activation_patch, attribution_patch, path_patch
 from circuitlens.analysis.patching.circuits import (
     CircuitConfig,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.analysis.ablation import AblationConfig, ablation_sweep
+from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
 from circuitlens.core.types import Head
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"

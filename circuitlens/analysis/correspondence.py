@@ -70,7 +70,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationConfig, ablation_sweep
+from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
 from circuitlens.analysis.costs import (
     METHODS,
     NEEDS,

@@ -84,15 +84,15 @@ def sweep_passes(
     :func:`circuitlens.ablation_sweep` takes it).
 
     An exact sweep (what ``"auto"`` is for ``n_heads``:
-    :func:`circuitlens.analysis.screening.auto_method`)
+    :func:`circuitlens.ablation.screening.auto_method`)
     ablates every head. A screened sweep
     costs one forward and one backward pass for the estimates (three passes), then at least
     the ``top`` heads it must settle and their margin exactly (``top``: the heads asked for,
-    by default :data:`~circuitlens.analysis.screening.SCREEN_TOP` of them); it measures more when
+    by default :data:`~circuitlens.ablation.screening.SCREEN_TOP` of them); it measures more when
     the
     estimates leave the top unsettled.
     """
-    from circuitlens.analysis.screening import SCREEN_TOP, auto_method, default_margin, top_count
+    from circuitlens.ablation.screening import SCREEN_TOP, auto_method, default_margin, top_count
 
     # each head's pass starts at its layer: on average (L + 1) / 2L of a full forward
     per_head = n * (n_layers + 1) / (2 * n_layers)
@@ -107,8 +107,8 @@ def sweep_passes(
 def _ablation_passes(model: Model, n: int, budget: float | int | None = None) -> float:
     """A sweep's passes on ``model``; ``budget``: the mapping's (a student's screened sweep
     settles at least the budget's heads)."""
+    from circuitlens.ablation.screening import SCREEN_TOP, top_count
     from circuitlens.analysis.mapping import budget_count
-    from circuitlens.analysis.screening import SCREEN_TOP, top_count
     from circuitlens.models.registry import model_facts
 
     f = model_facts(model)

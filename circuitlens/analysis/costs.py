@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationResult
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.analysis.cka import cka, cka_with_null
 from circuitlens.analysis.map_checks import map_warnings
 from circuitlens.core.types import Head

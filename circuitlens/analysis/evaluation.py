@@ -1,7 +1,7 @@
 """Evaluation beyond full-model accuracy: circuit-only accuracy and accuracy per prompt format.
 
 - **Circuit-only** (the paper's second number): every head *outside* a kept set (the student's
-  mapped heads, or a teacher's circuit) is mean-ablated (:func:`circuitlens.analysis.ablation.
+  mapped heads, or a teacher's circuit) is mean-ablated (:func:`circuitlens.ablation.sweep.
   mean_ablated`, means over the split's ``ablation`` reference prompts, per position), and the
   task is scored with the kept heads alone carrying head-specific information.
 - **Per format**: a task may offer several prompt formats (``Task.formats``; theory of mind:
@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.mean_ablation import compute_means, mean_ablated
+from circuitlens.ablation.means import compute_means, mean_ablated
 from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import Task, TaskFormatWarning, evaluate, prompt_scores

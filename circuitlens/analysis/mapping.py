@@ -43,7 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationResult
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.analysis.costs import (
     METHODS,
     CorrespondenceFeatures,
@@ -257,7 +257,7 @@ def map_heads(
         ``config["method"]`` names the method.
 
     >>> import torch
-    >>> from circuitlens.analysis.ablation import AblationConfig, AblationResult
+    >>> from circuitlens.ablation.sweep import AblationConfig, AblationResult
     >>> def sweep(d):
     ...     d = torch.tensor(d)
     ...     return AblationResult(1.0, 1.0, 1 - d, d, "m", AblationConfig())

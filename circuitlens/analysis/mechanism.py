@@ -3,7 +3,7 @@ teacher relies on their partners?
 
 The map paired each chosen student head with the teacher head of closest mean-ablation impact,
 ``dP = P_baseline - P_ablated`` (positive when ablating the head hurts:
-:mod:`circuitlens.analysis.ablation`). Training moved only the mapped heads. The check mean-ablates
+:mod:`circuitlens.ablation.sweep`). Training moved only the mapped heads. The check mean-ablates
 each
 trained student head alone in the trained student and measures its impact ``dP_s`` after
 training with the untrained student sweep's metric, prompts (split and n) and baseline
@@ -11,7 +11,7 @@ convention (``baseline="own"``: the trained student's own unablated P; another m
 is that model's P, which training does not change, so the sweep's ``p_baseline`` is kept). The
 means are the trained student's, over the task's ablation reference prompts, as a full sweep of
 the trained student would take them: the "after" impact of a head equals a full exact
-:func:`~circuitlens.analysis.ablation.ablation_sweep` of the trained student at that head (tested),
+:func:`~circuitlens.ablation.sweep.ablation_sweep` of the trained student at that head (tested),
 at
 the price of one ablated pass per pair instead of one per head.
 
@@ -34,9 +34,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablated_scores
+from circuitlens.ablation.means import compute_means
+from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablated_scores
 from circuitlens.analysis.cka import CKAWithNull
-from circuitlens.analysis.mean_ablation import compute_means
 from circuitlens.core.types import Head, HeadMap, Model
 from circuitlens.tasks import Task, prompt_scores
 
@@ -199,7 +199,7 @@ def head_impacts(
     p_baseline: float | None = None,
 ) -> tuple[float, Float[Tensor, " n_heads"]]:
     """The impact ``dP = P_baseline - P_ablated`` of each head of ``heads`` ablated alone, as
-    an exact :func:`~circuitlens.analysis.ablation.ablation_sweep` with ``config``'s metric, split
+    an exact :func:`~circuitlens.ablation.sweep.ablation_sweep` with ``config``'s metric, split
     and
     n measures it (the same means, prompts and passes, for these heads only).
 

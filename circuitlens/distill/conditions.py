@@ -40,7 +40,7 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationResult
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.analysis.costs import METHODS, CorrespondenceFeatures
 from circuitlens.analysis.mapping import map_heads, permuted_map, random_map
 from circuitlens.core.types import Circuit, Head, HeadMap

@@ -1,7 +1,7 @@
 """What :func:`~circuitlens.distill.pipeline.distill_circuit` is told: one small config per
 concept, composed.
 
-- the sweeps: :class:`~circuitlens.analysis.ablation.AblationConfig` (metric, prompts,
+- the sweeps: :class:`~circuitlens.ablation.sweep.AblationConfig` (metric, prompts,
   bootstrap intervals, exact or screened), the one config of every mean-ablation sweep;
 - the map: :class:`MapConfig` (budget, one-to-one, the correspondence method, the teacher's
   baseline, the random control's seed);
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuitlens.analysis.ablation import AblationConfig
+from circuitlens.ablation.sweep import AblationConfig
 from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
 from circuitlens.analysis.correspondence import TEACHER_BASELINES, TeacherBaseline
 from circuitlens.analysis.mapping import DEFAULT_BUDGET

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationResult
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
 from circuitlens.analysis.correspondence import CorrespondenceFeatures, head_z

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from circuitlens.analysis.ablation import AblationResult
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.analysis.costs import CorrespondenceFeatures
 from circuitlens.analysis.mapping import check_map
 from circuitlens.core.io import json_ready

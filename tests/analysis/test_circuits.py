@@ -146,7 +146,7 @@ def test_an_interrupted_search_resumes_after_its_finished_stages(
     """find_circuit(checkpoint_dir=...) stopped in its second stage and started again redoes
     only the unfinished stages and finds the circuit an uninterrupted search finds; a file of
     another search (another config) is refused by name."""
-    import circuitlens.analysis.ablation as ablation
+    import circuitlens.ablation.sweep as ablation
     import circuitlens.analysis.patching.circuits as circuits
 
     if task_name == "entity_tracking":

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.ablation import AblationConfig, AblationResult
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.analysis.correspondence import (
     METHODS,
     CorrespondenceFeatures,

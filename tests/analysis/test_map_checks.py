@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlens.analysis.ablation import AblationConfig, AblationResult
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.analysis.correspondence import CorrespondenceFeatures, correspond_features
 from circuitlens.analysis.map_checks import degenerate_warnings, is_separable, separable_residual
 from circuitlens.analysis.mapping import check_map, map_heads, permuted_map

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from circuitlens.analysis.ablation import AblationConfig, AblationResult
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.analysis.mapping import budget_count, choose_student_heads, map_heads, random_map
 from circuitlens.core.types import Circuit, Head, HeadMap
 

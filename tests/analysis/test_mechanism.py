@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from circuitlens import get_task, load_model
-from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.analysis.mechanism import MechanismCheck, compare, head_impacts

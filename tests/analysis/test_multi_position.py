@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.ablation import AblationConfig, AblationResult
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.analysis.cka import cka
 from circuitlens.analysis.correspondence import (
     CorrespondenceFeatures,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.ablation import AblationConfig, AblationResult
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.analysis.correspondence import CorrespondenceFeatures, correspond_features
 from circuitlens.analysis.head_features import gather_more, head_weights, norm_scale
 from circuitlens.analysis.known_answer import permuted_copy, recovery

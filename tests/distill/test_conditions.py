@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import circuitlens.distill.conditions as conditions
-from circuitlens.analysis.ablation import AblationConfig, AblationResult
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.conditions import (

@@ -71,7 +71,7 @@ def test_screened_sweeps_measure_the_circuit_and_the_budget(make_llama_dir, monk
     """With screening forced on ("auto" is exact at every size for now), the teacher's
     sweep measures the circuit's heads and the student's at least the budget's heads, and the
     measured heads carry intervals."""
-    import circuitlens.analysis.screening as screening
+    import circuitlens.ablation.screening as screening
     from circuitlens.core.types import Circuit
     from circuitlens.distill.sweeps import sweeps
 

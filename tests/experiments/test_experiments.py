@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlens.analysis.ablation import AblationResult
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.cli import main
 from circuitlens.core.rundir import RunFileError

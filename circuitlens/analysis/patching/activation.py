@@ -7,7 +7,7 @@ the behaviour. ``component`` picks the activation: ``z`` (head output), ``q``, `
 (``k``/``v`` index K/V heads under grouped-query attention) or ``pattern``. With
 ``per_position=True`` each (head, position) is patched alone (the pattern: each destination).
 
-Speed (the intervention engine, :func:`circuitlens.analysis.interventions.sweep`): each forward pass
+Speed (the intervention engine, :func:`circuitlens.ablation.interventions.sweep`): each forward pass
 starts at the patched layer from the corrupted residual stream (the earlier blocks cannot see
 the patch, so their compute is skipped); on a GPU several patches of one layer also share a pass
 (the corrupted batch repeated once per patch, the metric applied to each copy's logits). On a
@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitlens.analysis.interventions import Patch, Replacement, sweep
+from circuitlens.ablation.interventions import Patch, Replacement, sweep
 from circuitlens.core.hooks import act_name, resid_pre_name
 from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts

@@ -17,13 +17,13 @@ from einops import rearrange
 from jaxtyping import Int
 from torch import Tensor
 
-from circuitlens.analysis.interventions import ZTaps
+from circuitlens.ablation.interventions import ZTaps
+from circuitlens.ablation.screening import default_margin, settled, verification_order
 from circuitlens.analysis.patching.activation import (
     PatchingConfig,
     PatchingResult,
     activation_patch,
 )
-from circuitlens.analysis.screening import default_margin, settled, verification_order
 from circuitlens.core.hooks import hooked, z_name
 from circuitlens.core.types import Head, Model
 from circuitlens.models.registry import model_facts
@@ -98,7 +98,7 @@ def screened_activation_patch(
     """Activation patching of ``z``, screened: AtP estimates for every head, then exact
     patching in descending estimated |effect| (``score - corrupted_score``) until the ``top``
     heads, and every head whose |effect| may reach ``min_recovered`` times the clean-corrupted
-    gap, are settled (the rule of :mod:`circuitlens.analysis.screening`: an unpatched head may be
+    gap, are settled (the rule of :mod:`circuitlens.ablation.screening`: an unpatched head may be
     ``safety`` times its estimate).
 
     Returns:

@@ -52,12 +52,12 @@ from typing import Any
 
 import torch
 
+from circuitlens.ablation.means import mean_ablated
+from circuitlens.ablation.screening import auto_method
 from circuitlens.analysis.evaluation import ablation_means
-from circuitlens.analysis.mean_ablation import mean_ablated
 from circuitlens.analysis.patching.activation import activation_patch
 from circuitlens.analysis.patching.attribution import screened_activation_patch
 from circuitlens.analysis.patching.path import PathPatchingResult, path_patch
-from circuitlens.analysis.screening import auto_method
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.types import Circuit, Head, Model, PlanStep, parse_heads
 from circuitlens.core.validate import check_fields
@@ -85,7 +85,7 @@ class CircuitConfig:
         max_support: the most support heads added.
         method: other tasks' activation patching: ``"exact"``, ``"screened"`` (AtP estimates,
             heads that may pass ``threshold`` patched exactly) or ``"auto"`` (exact for now:
-            :func:`circuitlens.analysis.screening.auto_method`).
+            :func:`circuitlens.ablation.screening.auto_method`).
     """
 
     n: int = 100
@@ -256,7 +256,7 @@ def _complete(
 ) -> list[Head]:
     """Support heads: add heads by mean-ablation impact until the circuit alone keeps
     ``complete_to`` of the full model's accuracy (or ``max_support`` heads are added)."""
-    from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
+    from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
 
     batch = task.batch(model, "probe", cfg.n)
     with torch.no_grad():

@@ -22,7 +22,7 @@ Choices of ours: in runs 2 and 3 MLPs recompute (except for ``via="logits"``); s
 patched at every position, receivers only at ``positions`` (one index per prompt); under
 grouped-query attention a ``k``/``v`` receiver is the K/V head the receiver query head reads,
 so patching it reaches its group siblings too. Runs 2 and 3 are replacements of the
-intervention engine (:mod:`circuitlens.analysis.interventions`), several senders to a pass
+intervention engine (:mod:`circuitlens.ablation.interventions`), several senders to a pass
 (``senders_per_pass``), each in its own copy of the prompts.
 """
 
@@ -37,7 +37,7 @@ from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitlens.analysis.interventions import Patch, Replacement, replaced, run_replaced
+from circuitlens.ablation.interventions import Patch, Replacement, replaced, run_replaced
 from circuitlens.core.hooks import act_name
 from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts

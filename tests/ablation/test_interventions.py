@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.analysis.interventions import (
+from circuitlens.ablation.interventions import (
     Mean,
     Patch,
     Replacement,
@@ -17,7 +17,7 @@ from circuitlens.analysis.interventions import (
     run_replaced,
     sweep,
 )
-from circuitlens.analysis.mean_ablation import compute_means
+from circuitlens.ablation.means import compute_means
 from circuitlens.core.hooks import act_name, resid_pre_name
 from circuitlens.core.types import Head
 

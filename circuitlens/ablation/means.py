@@ -4,8 +4,8 @@ Mean ablation replaces a head's output ``z`` (the input of W_O, hook ``blocks.{l
 by its mean over a reference set, separately at each token position. Prompts of unequal length
 (right-padded) are allowed: the mean at a position is over the reference prompts long enough to
 have it. The replacement is the intervention engine's
-:class:`circuitlens.analysis.interventions.Mean`;
-the sweep that measures every head's impact is :mod:`circuitlens.analysis.ablation`.
+:class:`circuitlens.ablation.interventions.Mean`;
+the sweep that measures every head's impact is :mod:`circuitlens.ablation.sweep`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitlens.analysis.interventions import Mean, Replacement, replaced
+from circuitlens.ablation.interventions import Mean, Replacement, replaced
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts

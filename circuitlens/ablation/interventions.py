@@ -50,7 +50,7 @@ class Patch:
 class Mean:
     """The mean over reference prompts at each position: ``means[layer, pos, ...]`` (for ``z``,
     ``[layer, pos, head_index, d_head]`` from
-    :func:`circuitlens.analysis.mean_ablation.compute_means`)."""
+    :func:`circuitlens.ablation.means.compute_means`)."""
 
     means: Tensor
 

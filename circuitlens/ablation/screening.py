@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.interventions import ZTaps
+from circuitlens.ablation.interventions import ZTaps
 from circuitlens.core.hooks import hook_layer, hooked, resid_pre_name
 from circuitlens.core.types import Model
 from circuitlens.models.registry import model_facts

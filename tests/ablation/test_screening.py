@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.ablation.means import compute_means
+from circuitlens.ablation.screening import screen_heads, settled
+from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.analysis.mapping import choose_student_heads, map_heads
-from circuitlens.analysis.mean_ablation import compute_means
-from circuitlens.analysis.screening import screen_heads, settled
 from circuitlens.core.hooks import hooked, z_name
 from circuitlens.core.types import Head
 from circuitlens.tasks.metrics import METRICS, answer_logits

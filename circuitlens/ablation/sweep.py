@@ -9,7 +9,7 @@ a teacher's impact is measured against the student's unablated performance,
 Positions are counted from the start of the prompt. Prompts of unequal length (right-padded)
 are allowed: the mean at a position is over the reference prompts long enough to have it.
 
-The sweep runs on the intervention engine (:func:`circuitlens.analysis.interventions.sweep`): each
+The sweep runs on the intervention engine (:func:`circuitlens.ablation.interventions.sweep`): each
 forward
 pass starts at the ablated head's layer from the cached clean residual stream (earlier blocks
 cannot see the ablation, so their compute is skipped), and several heads of one layer can share
@@ -30,10 +30,10 @@ from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-import circuitlens.analysis.screening as screening
-from circuitlens.analysis.interventions import Mean, Replacement, sweep
-from circuitlens.analysis.mean_ablation import check_means, compute_means
-from circuitlens.analysis.screening import (
+import circuitlens.ablation.screening as screening
+from circuitlens.ablation.interventions import Mean, Replacement, sweep
+from circuitlens.ablation.means import check_means, compute_means
+from circuitlens.ablation.screening import (
     SCREEN_TOP,
     SCREENS,
     ScreenKind,
@@ -82,14 +82,14 @@ class AblationConfig:
             a screened sweep has intervals for its measured heads only.
         ci_level: the interval's coverage (percentile bootstrap).
         method: ``"exact"`` (every head ablated), ``"screened"`` (estimates for every head, the
-            candidates verified exactly: :mod:`circuitlens.analysis.screening`), or ``"auto"``
-            (:func:`circuitlens.analysis.screening.auto_method`: exact, until a screened sweep's map
+            candidates verified exactly: :mod:`circuitlens.ablation.screening`), or ``"auto"``
+            (:func:`circuitlens.ablation.screening.auto_method`: exact, until a screened sweep's map
             agrees with the exact map).
         top: screened: the heads whose top values must be exact, a fraction of all heads or a
-            count (default :data:`~circuitlens.analysis.screening.SCREEN_TOP`).
+            count (default :data:`~circuitlens.ablation.screening.SCREEN_TOP`).
         threshold: screened: also verify every head whose |impact| may reach this (or None).
         safety: screened: an unverified head may be this many times its estimated |impact|.
-        screen: the estimator, ``"atp*"`` or ``"atp"`` (see :mod:`circuitlens.analysis.screening`).
+        screen: the estimator, ``"atp*"`` or ``"atp"`` (see :mod:`circuitlens.ablation.screening`).
         rank: screened: settle the top heads by impact (``"signed"``, what the mapping takes)
             or by |impact| (``"abs"``).
         verify: screened: heads measured exactly in any case (e.g. a circuit's heads, the
@@ -465,7 +465,7 @@ def _precision(model: Any, dtype: str) -> Any:
 def sweep_means(model: Model, task: Task, batch: PromptBatch, means: Tensor | None) -> Tensor:
     """The means a sweep of ``model`` on ``batch`` ablates to: ``means`` checked against the
     model, or when None the mean ``z`` over the task's ablation reference prompts
-    (:func:`~circuitlens.analysis.mean_ablation.compute_means`), ``[layer, pos, head_index,
+    (:func:`~circuitlens.ablation.means.compute_means`), ``[layer, pos, head_index,
     d_head]``."""
     if means is None:
         if batch.ablation_tokens is None:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.analysis.ablation import AblationConfig, ablation_sweep
-from circuitlens.analysis.mean_ablation import compute_means, mean_ablated
+from circuitlens.ablation.means import compute_means, mean_ablated
+from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Head
 from circuitlens.tasks.metrics import METRICS
@@ -120,7 +120,7 @@ def test_baseline_from_another_model(tiny_bridge, make_llama_dir, task) -> None:
 
 
 def test_bootstrap_interval_equals_a_slow_loop() -> None:
-    from circuitlens.analysis.ablation import bootstrap_delta
+    from circuitlens.ablation.sweep import bootstrap_delta
 
     g = torch.Generator().manual_seed(0)
     base = (torch.rand(40, generator=g) > 0.3).float()
@@ -139,7 +139,7 @@ def test_bootstrap_interval_equals_a_slow_loop() -> None:
 
 
 def test_sweep_carries_intervals_and_round_trips(tiny_bridge, task) -> None:
-    from circuitlens.analysis.ablation import AblationResult
+    from circuitlens.ablation.sweep import AblationResult
 
     result = ablation_sweep(
         tiny_bridge, task, AblationConfig(metric="prob", n=24, n_boot=100), progress=False
@@ -160,7 +160,7 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     heads it only estimated come back as NaN, and a sweep saved before rank= reads as 'abs'."""
     import json
 
-    from circuitlens.analysis.ablation import AblationConfig, AblationResult
+    from circuitlens.ablation.sweep import AblationConfig, AblationResult
     from circuitlens.core.io import json_text
 
     delta = torch.tensor([[0.3, 0.1], [0.0, -0.2]])

@@ -200,7 +200,7 @@ def patching_vs_tl(model: Any, batch: Any, metric: Any, args: argparse.Namespace
     import torch
     import transformer_lens.patching as tlp
 
-    from circuitlens.analysis.patching import activation_patch
+    from circuitlens.circuits import activation_patch
 
     facts: dict[str, Any] = {}
     tokens = batch.tokens.to(args.device)

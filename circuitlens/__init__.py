@@ -12,8 +12,8 @@ from circuitlens.analysis import multi_position, weight_map  # noqa: F401  (regi
 from circuitlens.analysis.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.analysis.correspondence import correspond
 from circuitlens.analysis.mapping import map_heads, random_map
-from circuitlens.analysis.patching import activation_patch, attribution_patch, path_patch
-from circuitlens.analysis.patching.circuits import (
+from circuitlens.circuits import activation_patch, attribution_patch, path_patch
+from circuitlens.circuits.find import (
     CircuitConfig,
     CircuitStageError,
     faithfulness,

@@ -25,10 +25,10 @@ from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHOD
 from circuitlens.analysis.correspondence import CorrespondenceFeatures, head_z
 from circuitlens.analysis.correspondence import get_method as get_correspondence_method
 from circuitlens.analysis.cost import estimate_distill_cost, report_cost
-from circuitlens.analysis.evaluation import circuit_only_scores, format_accuracy
 from circuitlens.analysis.head_features import gather_more
 from circuitlens.analysis.mapping import map_heads
 from circuitlens.analysis.mechanism import MechanismCheck, mechanism_check
+from circuitlens.circuits.evaluation import circuit_only_scores, format_accuracy
 from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig

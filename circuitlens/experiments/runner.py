@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from circuitlens.analysis.cost import Cost, estimate_experiment_cost, report_cost
-from circuitlens.analysis.evaluation import format_accuracy, format_tasks
 from circuitlens.analysis.mapping import budget_count, require_one_to_one
-from circuitlens.analysis.patching.circuits import find_circuit
+from circuitlens.circuits.evaluation import format_accuracy, format_tasks
+from circuitlens.circuits.find import find_circuit
 from circuitlens.core.devices import check_device
 from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.progress import heartbeat

@@ -146,7 +146,7 @@ def plot_patching(result: Any, circuit: Any = None, title: str | None = None) ->
     """Layer x head heatmap of a patching result (``[layer, head]`` scores), diverging colours
     centred at zero, hover with head name and score, circuit heads outlined.
 
-    ``result`` is a :class:`~circuitlens.analysis.patching.PatchingResult` (per-position scores are
+    ``result`` is a :class:`~circuitlens.circuits.PatchingResult` (per-position scores are
     summed over positions) or a path-patching result (scores placed at their senders).
     """
     import plotly.graph_objects as go

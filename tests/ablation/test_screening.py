@@ -171,8 +171,8 @@ def test_to_dict_round_trip_keeps_the_exact_mask(tiny_bridge, task) -> None:
 
 
 def test_screened_activation_patch_equals_exact_where_measured(tiny_bridge, task) -> None:
-    from circuitlens.analysis.patching.activation import activation_patch
-    from circuitlens.analysis.patching.attribution import screened_activation_patch
+    from circuitlens.circuits.activation import activation_patch
+    from circuitlens.circuits.attribution import screened_activation_patch
     from circuitlens.tasks import make_metric
 
     batch = task.batch(tiny_bridge, "test")
@@ -208,7 +208,7 @@ def test_screened_activation_patch_equals_exact_where_measured(tiny_bridge, task
 def test_atp_of_activation_patching_is_the_directional_derivative(tiny_bridge, task) -> None:
     """AtP at a layer-0 head (its effect runs through layer 1 too) equals the central finite
     difference of the metric along clean z - corrupted z."""
-    from circuitlens.analysis.patching.attribution import attribution_patch
+    from circuitlens.circuits.attribution import attribution_patch
     from circuitlens.tasks import make_metric
 
     model = tiny_bridge

@@ -5,7 +5,7 @@ import torch
 import transformer_lens.patching as tlp
 
 from circuitlens import get_task, load_model, make_metric
-from circuitlens.analysis.patching import activation_patch
+from circuitlens.circuits import activation_patch
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_invariants_and_errors(setup, unchecked) -> None:
 
 
 def test_attribution_patching_is_the_first_order_estimate(setup) -> None:
-    from circuitlens.analysis.patching import atp_rank_correlation, attribution_patch
+    from circuitlens.circuits import atp_rank_correlation, attribution_patch
 
     model, batch = setup
     metric = make_metric("logit_diff", batch)

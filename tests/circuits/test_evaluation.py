@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.analysis.evaluation import circuit_only_scores, format_tasks
-from circuitlens.analysis.patching.circuits import circuit_accuracy
+from circuitlens.circuits.evaluation import circuit_only_scores, format_tasks
+from circuitlens.circuits.find import circuit_accuracy
 from circuitlens.core.types import Head
 from circuitlens.tasks import prompt_scores
 
@@ -43,7 +43,7 @@ def test_theory_of_mind_offers_two_formats_of_the_same_stories() -> None:
 def test_format_accuracy_reuses_the_cards_format_and_equals_measuring_it(tiny_bridge) -> None:
     """The runner reuses a cell's test accuracy for the format whose prompts are the cell's
     task; the numbers equal evaluating every format, and only the card's format is reused."""
-    from circuitlens.analysis.evaluation import format_accuracy as _format_accuracy
+    from circuitlens.circuits.evaluation import format_accuracy as _format_accuracy
 
     tom = get_task("theory_of_mind", seed=3, n_test=24, instruction=False)
     formats = format_tasks(tom, lambda **o: get_task("theory_of_mind", seed=3, n_test=24, **o))

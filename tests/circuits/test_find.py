@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from circuitlens import get_task, load_model
-from circuitlens.analysis.patching.circuits import CircuitConfig, circuit_accuracy, find_circuit
+from circuitlens.circuits.find import CircuitConfig, circuit_accuracy, find_circuit
 from circuitlens.core.types import Circuit
 
 
@@ -49,7 +49,7 @@ def test_find_circuit_follows_the_tasks_own_plan(model) -> None:
 
 def test_circuit_accuracy_with_every_head_is_the_model(model) -> None:
     from circuitlens import evaluate
-    from circuitlens.analysis.patching.circuits import _all_heads
+    from circuitlens.circuits.find import _all_heads
 
     task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=12)
     full = evaluate(model, task, "test", 12)
@@ -62,8 +62,8 @@ def test_circuit_accuracy_with_every_head_is_the_model(model) -> None:
 def test_circuit_accuracy_with_means_given_equals_computing_them(model) -> None:
     """The circuit search computes the ablation means once and passes them in: the same
     accuracy as each call taking its own, for several head sets."""
-    from circuitlens.analysis.evaluation import ablation_means
-    from circuitlens.analysis.patching.circuits import _all_heads
+    from circuitlens.circuits.evaluation import ablation_means
+    from circuitlens.circuits.find import _all_heads
 
     task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=12)
     means = ablation_means(model, task, "test", 12)
@@ -84,7 +84,7 @@ def test_other_tasks_use_activation_patching(model) -> None:
 
 def test_patching_plots_render(model, tmp_path) -> None:
     from circuitlens import make_metric
-    from circuitlens.analysis.patching import activation_patch, path_patch
+    from circuitlens.circuits import activation_patch, path_patch
     from circuitlens.report.figures import plot_circuit, plot_patching
 
     task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=6)
@@ -124,7 +124,7 @@ def test_zoo_teacher_circuit_is_faithful(zoo_teacher) -> None:
 @pytest.mark.integration
 def test_attribution_patching_ranks_heads_like_exact_patching(zoo_teacher) -> None:
     from circuitlens import make_metric
-    from circuitlens.analysis.patching import (
+    from circuitlens.circuits import (
         activation_patch,
         atp_rank_correlation,
         attribution_patch,
@@ -147,7 +147,7 @@ def test_an_interrupted_search_resumes_after_its_finished_stages(
     only the unfinished stages and finds the circuit an uninterrupted search finds; a file of
     another search (another config) is refused by name."""
     import circuitlens.ablation.sweep as ablation
-    import circuitlens.analysis.patching.circuits as circuits
+    import circuitlens.circuits.find as circuits
 
     if task_name == "entity_tracking":
         task = get_task("entity_tracking", n_boxes=3, seed=0, n_test=12)

@@ -54,10 +54,10 @@ import torch
 
 from circuitlens.ablation.means import mean_ablated
 from circuitlens.ablation.screening import auto_method
-from circuitlens.analysis.evaluation import ablation_means
-from circuitlens.analysis.patching.activation import activation_patch
-from circuitlens.analysis.patching.attribution import screened_activation_patch
-from circuitlens.analysis.patching.path import PathPatchingResult, path_patch
+from circuitlens.circuits.activation import activation_patch
+from circuitlens.circuits.attribution import screened_activation_patch
+from circuitlens.circuits.evaluation import ablation_means
+from circuitlens.circuits.path import PathPatchingResult, path_patch
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.types import Circuit, Head, Model, PlanStep, parse_heads
 from circuitlens.core.validate import check_fields

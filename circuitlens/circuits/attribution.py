@@ -19,7 +19,7 @@ from torch import Tensor
 
 from circuitlens.ablation.interventions import ZTaps
 from circuitlens.ablation.screening import default_margin, settled, verification_order
-from circuitlens.analysis.patching.activation import (
+from circuitlens.circuits.activation import (
     PatchingConfig,
     PatchingResult,
     activation_patch,

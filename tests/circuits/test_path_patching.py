@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from circuitlens import get_task, load_model
-from circuitlens.analysis.patching.path import path_patch
+from circuitlens.circuits.path import path_patch
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Head
 from circuitlens.tasks.metrics import answer_prob

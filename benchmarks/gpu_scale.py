@@ -912,7 +912,7 @@ def pipeline_stage(run: Run, task: Any, train_dtype: str) -> dict[str, Any]:
         ),
     )
     metrics = {k: v for k, v in res.metrics.items() if isinstance(v, int | float)}
-    from circuitlens.analysis.cost import estimate_distill_cost
+    from circuitlens.measure.runtime_estimate import estimate_distill_cost
 
     estimate = estimate_distill_cost(teacher, student, task, cfg)  # the package's own price
     out = {

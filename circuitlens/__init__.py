@@ -9,7 +9,6 @@ Wallace 2025, "Circuit Distillation").
 from circuitlens.ablation.means import mean_ablated
 from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.analysis import multi_position, weight_map  # noqa: F401  (register methods)
-from circuitlens.analysis.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.analysis.correspondence import correspond
 from circuitlens.analysis.mapping import map_heads, random_map
 from circuitlens.circuits import activation_patch, attribution_patch, path_patch
@@ -36,6 +35,7 @@ from circuitlens.experiments.design import (
     plan_seeds,
     sign_flip_power,
 )
+from circuitlens.measure.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.models import real, zoo  # noqa: F401
 from circuitlens.models.registry import (
     ModelFacts,

@@ -30,7 +30,7 @@ The methods (impacts are ``dP = P_baseline - P_ablated`` of mean-ablating one he
   (``AblationResult.prompt_delta``, against each model's own score on each prompt), matched by
   correlation distance ``1 - r`` (Pearson, in [0, 2]). A head whose impact is the same on every
   prompt (e.g. 0: it never matters) has no defined correlation; it is given ``r = 0``.
-- ``"cka"``: ``1 - CKA``, debiased linear CKA (:func:`circuitlens.analysis.cka`) of the head's
+- ``"cka"``: ``1 - CKA``, debiased linear CKA (:func:`circuitlens.measure.cka`) of the head's
 ``z`` at
   the last position over the prompts, each untrained student head against each teacher head.
   The chosen pairs get their permutation null (:func:`circuitlens.cka_with_null`, prompts of the

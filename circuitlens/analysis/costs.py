@@ -19,9 +19,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitlens.ablation.sweep import AblationResult
-from circuitlens.analysis.cka import cka, cka_with_null
 from circuitlens.analysis.map_checks import map_warnings
 from circuitlens.core.types import Head
+from circuitlens.measure.cka import cka, cka_with_null
 
 #: what a method may read; the last four are measured by :mod:`circuitlens.analysis.head_features`
 #: into ``CorrespondenceFeatures.more`` (weights: none; the others: one forward pass per model)

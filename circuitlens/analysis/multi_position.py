@@ -35,7 +35,6 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.cka import MIN_ROWS, TooFewExamplesError
 from circuitlens.analysis.costs import (
     CostInputs,
     correlation,
@@ -45,6 +44,7 @@ from circuitlens.analysis.costs import (
 )
 from circuitlens.analysis.head_features import HeadPatterns, PositionZ, TokenZ
 from circuitlens.core.types import Head
+from circuitlens.measure.cka import MIN_ROWS, TooFewExamplesError
 
 
 def _hsic_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,7 +62,7 @@ def _unbiased(cross: Tensor, kd: Tensor, ld: Tensor, m: int) -> Tensor:
 
 
 #: a pair whose ``sqrt(HSIC(X, X) HSIC(Y, Y))`` is at most this has no defined CKA (as in
-#: :func:`circuitlens.analysis.cka.cka`)
+#: :func:`circuitlens.measure.cka.cka`)
 DEGENERATE = 1e-12
 
 
@@ -80,7 +80,7 @@ def cka_all_pairs(
     dtype: torch.dtype = torch.float64,
 ) -> Float[Tensor, "s t"]:
     """Debiased linear CKA of every ``x[i]`` with every ``y[j]`` (rows: the same examples),
-    equal to :func:`circuitlens.analysis.cka.cka` pair by pair; 0 where a side is constant.
+    equal to :func:`circuitlens.measure.cka.cka` pair by pair; 0 where a side is constant.
 
     Raises:
         TooFewExamplesError: fewer than 4 rows.

@@ -11,7 +11,6 @@ import torch
 
 import circuitlens as cl
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
-from circuitlens.analysis.cka import cka
 from circuitlens.analysis.correspondence import (
     CorrespondenceFeatures,
     correspond_features,
@@ -22,6 +21,7 @@ from circuitlens.analysis.head_features import gather_more, head_activations
 from circuitlens.analysis.known_answer import permuted_copy, recovery
 from circuitlens.analysis.multi_position import cka_all_pairs, cka_positions_cost
 from circuitlens.core.types import Head
+from circuitlens.measure.cka import cka
 
 ZOO = "zoo:entity-tracking-teacher"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitlens.analysis.cka import gram_cka, linear_cka, linear_gram, minibatch_cka, rbf_cka
+from circuitlens.measure.cka import gram_cka, linear_cka, linear_gram, minibatch_cka, rbf_cka
 
 
 def _slow_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -86,7 +86,7 @@ def test_batched_pairs_equal_one_at_a_time() -> None:
 
 
 def test_unbiased_and_minibatch() -> None:
-    from circuitlens.analysis.cka import unbiased_hsic
+    from circuitlens.measure.cka import unbiased_hsic
 
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(9, 4, generator=g), torch.randn(9, 6, generator=g)
@@ -137,7 +137,7 @@ def test_gradcheck() -> None:
 def test_debiased_cka_of_independent_features_is_zero_and_biased_is_not() -> None:
     """Independent 64-dim Gaussian features over 32 rows: debiased CKA averages ~0, biased
     ~0.67 (docs/cka.md)."""
-    from circuitlens.analysis.cka import cka
+    from circuitlens.measure.cka import cka
 
     g = torch.Generator().manual_seed(5)
     x = torch.randn(200, 32, 64, generator=g, dtype=torch.float64)
@@ -149,7 +149,7 @@ def test_debiased_cka_of_independent_features_is_zero_and_biased_is_not() -> Non
 
 
 def test_feature_form_unbiased_equals_the_gram_form() -> None:
-    from circuitlens.analysis.cka import cka
+    from circuitlens.measure.cka import cka
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(3, 10, 4, generator=g, dtype=torch.float64) + 2.0  # uncentred on purpose
@@ -167,7 +167,7 @@ def test_feature_form_unbiased_equals_the_gram_form() -> None:
 
 
 def test_too_few_rows_and_non_finite_input_are_named_errors() -> None:
-    from circuitlens.analysis.cka import (
+    from circuitlens.measure.cka import (
         CKAError,
         NonFiniteActivationError,
         TooFewExamplesError,
@@ -188,7 +188,7 @@ def test_too_few_rows_and_non_finite_input_are_named_errors() -> None:
 
 
 def test_debiased_constant_activation_gives_zero_not_nan() -> None:
-    from circuitlens.analysis.cka import cka
+    from circuitlens.measure.cka import cka
 
     x = torch.randn(12, 4)
     with pytest.warns(RuntimeWarning, match="constant activation"):
@@ -197,7 +197,7 @@ def test_debiased_constant_activation_gives_zero_not_nan() -> None:
 
 
 def test_null_permutes_whole_examples() -> None:
-    from circuitlens.analysis.cka import cka, cka_with_null, permute_examples
+    from circuitlens.measure.cka import cka, cka_with_null, permute_examples
 
     g = torch.Generator().manual_seed(7)
     x = torch.randn(2, 64, 3, 6, generator=g)  # [pair, example, rows, p]
@@ -214,7 +214,7 @@ def test_null_permutes_whole_examples() -> None:
 
 
 def test_gradcheck_debiased() -> None:
-    from circuitlens.analysis.cka import cka
+    from circuitlens.measure.cka import cka
 
     g = torch.Generator().manual_seed(8)
     x = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)

@@ -1,4 +1,4 @@
-"""The mechanism check (:mod:`circuitlens.analysis.mechanism`): the trained heads ablated again
+"""The mechanism check (:mod:`circuitlens.measure.mechanism`): the trained heads ablated again
 after
 training, beside their teacher partners' impacts."""
 
@@ -14,15 +14,15 @@ import torch
 
 from circuitlens import get_task, load_model
 from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
-from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.analysis.mapping import map_heads
-from circuitlens.analysis.mechanism import MechanismCheck, compare, head_impacts
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.pipeline import distill_circuit, train_condition
 from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import sweeps
 from circuitlens.distill.trainer import TrainConfig
+from circuitlens.measure.cka import CKAWithNull
+from circuitlens.measure.mechanism import MechanismCheck, compare, head_impacts
 
 SWEEP_N, TEST_N = 16, 32
 

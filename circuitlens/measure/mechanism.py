@@ -36,8 +36,8 @@ from torch import Tensor
 
 from circuitlens.ablation.means import compute_means
 from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablated_scores
-from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.core.types import Head, HeadMap, Model
+from circuitlens.measure.cka import CKAWithNull
 from circuitlens.tasks import Task, prompt_scores
 
 

@@ -185,7 +185,7 @@ class AblationResult:
             model's *own* unablated score on that prompt (``own_i - ablated_i``, whatever the
             baseline: with ``baseline="own"`` its mean over prompts is ``delta``), NaN at the
             heads a screened sweep only estimated; None for results saved before it was kept.
-            :mod:`circuitlens.analysis.correspondence` matches heads by these profiles.
+            :mod:`circuitlens.mapping.methods` matches heads by these profiles.
     """
 
     p_own: float

@@ -20,11 +20,6 @@ from typing import Any
 from torch import Tensor
 
 from circuitlens.ablation.sweep import AblationResult
-from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
-from circuitlens.analysis.correspondence import CorrespondenceFeatures, head_z
-from circuitlens.analysis.correspondence import get_method as get_correspondence_method
-from circuitlens.analysis.head_features import gather_more
-from circuitlens.analysis.mapping import map_heads
 from circuitlens.circuits.evaluation import circuit_only_scores, format_accuracy
 from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.core.validate import ConfigError
@@ -35,6 +30,11 @@ from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import kept_sweeps
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+from circuitlens.mapping.features import gather_more, head_z
+from circuitlens.mapping.map import map_heads
+from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
+from circuitlens.mapping.methods import CorrespondenceFeatures
+from circuitlens.mapping.methods import get_method as get_correspondence_method
 from circuitlens.measure.cka import CKAWithNull
 from circuitlens.measure.mechanism import MechanismCheck, mechanism_check
 from circuitlens.measure.runtime_estimate import estimate_distill_cost, report_cost
@@ -309,7 +309,7 @@ def _setup_map(
     t_sweep: AblationResult,
     circuit: Circuit | None,
 ) -> tuple[HeadMap, CorrespondenceFeatures]:
-    """The setup's map (:func:`~circuitlens.analysis.mapping.map_heads` by
+    """The setup's map (:func:`~circuitlens.mapping.map.map_heads` by
     ``config.map.method``: the closest impacts, the paper's, by default) and the features it
     read (the heads' ``z`` on the sweep's prompts measured where the method reads it)."""
     m = config.map

@@ -13,11 +13,11 @@ from typing import Any
 
 from circuitlens.ablation.screening import SCREEN_TOP, auto_method, top_count
 from circuitlens.ablation.sweep import AblationResult, ablation_sweep
-from circuitlens.analysis.mapping import budget_count
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.types import Circuit
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.teacher_cache import model_hash
+from circuitlens.mapping.map import budget_count
 from circuitlens.models.registry import (
     model_facts,
 )

@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from circuitlens.analysis.mapping import budget_count, require_one_to_one
 from circuitlens.circuits.evaluation import format_accuracy, format_tasks
 from circuitlens.circuits.find import find_circuit
 from circuitlens.core.devices import check_device
@@ -37,6 +36,7 @@ from circuitlens.experiments.lr_choice import (
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.experiments.run_config import check_directory, same_config
 from circuitlens.experiments.workers import auto_jobs, run_parallel  # noqa: F401 (auto_jobs)
+from circuitlens.mapping.map import budget_count, require_one_to_one
 from circuitlens.measure.runtime_estimate import Cost, estimate_experiment_cost, report_cost
 from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers

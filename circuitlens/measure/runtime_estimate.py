@@ -108,7 +108,7 @@ def _ablation_passes(model: Model, n: int, budget: float | int | None = None) ->
     """A sweep's passes on ``model``; ``budget``: the mapping's (a student's screened sweep
     settles at least the budget's heads)."""
     from circuitlens.ablation.screening import SCREEN_TOP, top_count
-    from circuitlens.analysis.mapping import budget_count
+    from circuitlens.mapping.map import budget_count
     from circuitlens.models.registry import model_facts
 
     f = model_facts(model)

@@ -10,9 +10,9 @@ from circuitlens import get_task
 from circuitlens.ablation.means import compute_means
 from circuitlens.ablation.screening import screen_heads, settled
 from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
-from circuitlens.analysis.mapping import choose_student_heads, map_heads
 from circuitlens.core.hooks import hooked, z_name
 from circuitlens.core.types import Head
+from circuitlens.mapping.map import choose_student_heads, map_heads
 from circuitlens.tasks.metrics import METRICS, answer_logits
 
 

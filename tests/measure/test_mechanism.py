@@ -14,13 +14,13 @@ import torch
 
 from circuitlens import get_task, load_model
 from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
-from circuitlens.analysis.mapping import map_heads
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.pipeline import distill_circuit, train_condition
 from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import sweeps
 from circuitlens.distill.trainer import TrainConfig
+from circuitlens.mapping.map import map_heads
 from circuitlens.measure.cka import CKAWithNull
 from circuitlens.measure.mechanism import MechanismCheck, compare, head_impacts
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
-from circuitlens.analysis.mapping import budget_count, choose_student_heads, map_heads, random_map
 from circuitlens.core.types import Circuit, Head, HeadMap
+from circuitlens.mapping.map import budget_count, choose_student_heads, map_heads, random_map
 
 
 def _sweep(delta: list[list[float]], name: str = "m") -> AblationResult:

@@ -1,10 +1,69 @@
-"""The correspondence methods' registry and their costs and warnings.
+"""Which teacher head is each student head? The correspondence methods' registry, their costs
+and warnings, and a known answer to test them on.
 
-:mod:`circuitlens.analysis.correspondence` describes the methods and builds the map from a
-method's cost; this module holds what a method is (:class:`CorrespondenceMethod`, its one
-argument :class:`CostInputs`, the features it reads :class:`CorrespondenceFeatures`), the
-registry (:data:`METHODS`, :func:`register_method`) and the five built-in methods' costs and
-warnings.
+Every method is one entry of a registry (:data:`METHODS`) with one signature: a
+:class:`CorrespondenceMethod` holds a ``cost_fn(inputs) -> cost[student_head, teacher_head]``
+(low = alike) over the chosen student heads (rows) and the candidate teacher heads (columns).
+One function builds every map, whatever the method:
+:func:`circuitlens.mapping.map.map_heads` (``method=`` a registered name). The student
+heads are the budget's most important by impact
+(:func:`~circuitlens.mapping.map.choose_student_heads`), and the candidates are the
+circuit's heads (or all measured teacher heads). Each student head then takes its cheapest
+candidate (many-to-one: the first minimum in (layer, head) order) or the assignment of least
+total cost (one-to-one: ``scipy.optimize.linear_sum_assignment``). ``HeadMap.distances`` holds
+each pair's cost and ``HeadMap.config["method"]`` names the method. What the methods read is
+measured by :func:`circuitlens.mapping.features.gather_features`;
+:func:`circuitlens.mapping.map.correspond` measures and maps in one call and
+:func:`~circuitlens.mapping.map.correspond_features` is ``map_heads`` over measured features.
+
+The methods (impacts are ``dP = P_baseline - P_ablated`` of mean-ablating one head,
+:func:`circuitlens.ablation_sweep`):
+
+- ``"impact"``: ``|dP_s - dP_t|``, the paper's map, equal to ``map_heads`` (same pairs, distances
+  and warnings). When the models' impacts live on different scales (the SmolLM2 pair: every
+  teacher impact negative against the student's baseline, the student's from -0.05 to +0.22)
+  every student head's nearest teacher head is the same one.
+- ``"impact-rank"``: ``|q_s - q_t|`` with each model's impacts replaced by their within-model
+  rank quantiles (``(rank - 1/2) / N`` over the model's measured heads, average ranks for ties):
+  the k-th most important student head meets the teacher head of the same quantile whatever the
+  two scales.
+- ``"profile"``: each head's per-prompt impact vector on the same prompts
+  (``AblationResult.prompt_delta``, against each model's own score on each prompt), matched by
+  correlation distance ``1 - r`` (Pearson, in [0, 2]). A head whose impact is the same on every
+  prompt (e.g. 0: it never matters) has no defined correlation; it is given ``r = 0``.
+- ``"cka"``: ``1 - CKA``, debiased linear CKA (:func:`circuitlens.measure.cka`) of the head's
+``z`` at
+  the last position over the prompts, each untrained student head against each teacher head.
+  The chosen pairs get their permutation null (:func:`circuitlens.cka_with_null`, prompts of the
+  teacher side shuffled) in ``config["cka_null"]``.
+- ``"combined"``: ``(1 - r) / 4 + (1 - CKA) / 2``: the mean of the profile and CKA costs, each
+  first put on [0, 1] (``1 - r`` spans [0, 2]). Profile reads what a head does to the answer,
+  CKA what it computes; equal weights because neither is known to be the better witness, and a
+  head the profile cannot tell apart (a constant impact) is then decided by its CKA.
+
+A user method is one :func:`register_method` call; a ready cost matrix over all heads can be
+passed as ``cost=`` instead (``config["method"] == "custom"``).
+
+Warnings, where noise or ties decide a pair, go to the log and ``config["warnings"]``: the
+impact methods give :func:`circuitlens.mapping.map.map_warnings`' (a chosen head's impact
+interval
+contains 0, a tie decides the student heads or a partner); the others give its student-side
+warnings and the ties of their own cost, plus their own: ``profile`` when a student head's
+profile is constant, or when its partner's correlation is within the noise of the runner-up's
+(Fisher z differ by less than ``1.96 sqrt(2 / (n - 3))``); ``cka`` when a pair's CKA does not
+exceed its null's mean by two null sds. Every method also gets the degenerate-assignment check
+(:mod:`circuitlens.mapping.checks`: the cost did not decide the pairs).
+
+The known answer (:mod:`circuitlens.mapping.known_answer`): ``permuted_copy`` relabels a
+model's query heads within each layer (inside their K/V group, and optionally the groups as
+wholes) without changing the function, plus optional seeded weight noise; ``recovery`` is the
+fraction of chosen student heads a map sends to their own relabelled copy.
+
+This module holds what a method is (:class:`CorrespondenceMethod`, its one argument
+:class:`CostInputs`, the features it reads :class:`CorrespondenceFeatures`), the registry
+(:data:`METHODS`, :func:`register_method`) and the five built-in methods' costs and warnings
+(the weight-space methods: :mod:`circuitlens.mapping.weights`; the multi-position ones:
+:mod:`circuitlens.mapping.positions`).
 """
 
 from __future__ import annotations
@@ -19,11 +78,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitlens.ablation.sweep import AblationResult
-from circuitlens.analysis.map_checks import map_warnings
 from circuitlens.core.types import Head
+from circuitlens.mapping.checks import map_warnings
 from circuitlens.measure.cka import cka, cka_with_null
 
-#: what a method may read; the last four are measured by :mod:`circuitlens.analysis.head_features`
+#: what a method may read; the last four are measured by :mod:`circuitlens.mapping.features`
 #: into ``CorrespondenceFeatures.more`` (weights: none; the others: one forward pass per model)
 NEEDS = ("teacher_sweep", "prompt_delta", "z", "weights", "z_positions", "z_tokens", "pattern")
 
@@ -38,7 +97,7 @@ class CorrespondenceFeatures:
         student_z, teacher_z: ``[n, layer, head, d_head]`` each head's ``z`` at the last
             position of the sweep's prompts, or None.
         more: the other features, keyed by need (``"weights"``, ``"z_positions"``...), each a
-            ``(student, teacher)`` pair (:func:`circuitlens.analysis.head_features.gather_more`).
+            ``(student, teacher)`` pair (:func:`circuitlens.mapping.features.gather_more`).
     """
 
     student_sweep: AblationResult
@@ -144,7 +203,7 @@ def _teacher_sweep(inputs: CostInputs) -> AblationResult:
 
 
 def impact_cost(inputs: CostInputs) -> Float[Tensor, "student teacher"]:
-    """``|dP_s - dP_t|``, computed as :func:`circuitlens.analysis.mapping.map_heads` does."""
+    """``|dP_s - dP_t|``, computed as :func:`circuitlens.mapping.map.map_heads` does."""
     s = inputs.features.student_sweep
     ds = torch.tensor([float(s.delta[h.layer, h.head]) for h in inputs.students])
     t = _teacher_sweep(inputs)
@@ -245,7 +304,7 @@ def combined_cost(inputs: CostInputs) -> Float[Tensor, "student teacher"]:
 
 
 def generic_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> list[str]:
-    """The student-side warnings of :func:`~circuitlens.analysis.mapping.map_warnings` (the student
+    """The student-side warnings of :func:`~circuitlens.mapping.map.map_warnings` (the student
     heads are chosen by impact) and the ties of this cost; not the teacher's impact intervals,
     which a method that does not read the teacher's impact does not depend on."""
     s = inputs.features.student_sweep
@@ -255,7 +314,7 @@ def generic_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> lis
 
 
 def impact_warnings(inputs: CostInputs, cost: Tensor, chosen: list[int]) -> list[str]:
-    """:func:`~circuitlens.analysis.mapping.map_warnings`, as ``map_heads`` gives them."""
+    """:func:`~circuitlens.mapping.map.map_warnings`, as ``map_heads`` gives them."""
     cands = inputs.candidates
     return map_warnings(
         inputs.features.student_sweep,

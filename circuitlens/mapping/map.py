@@ -1,8 +1,8 @@
 """Mapping student heads to teacher heads (circuit distillation, step 3): the one map path.
 
 :func:`map_heads` builds every map: its ``method`` is a name in the registry of correspondence
-methods (:mod:`circuitlens.analysis.costs`; the default ``"impact"`` is the paper's, below;
-:mod:`circuitlens.analysis.correspondence` describes the others), all taking the same
+methods (:mod:`circuitlens.mapping.methods`; the default ``"impact"`` is the paper's, below;
+:mod:`circuitlens.mapping.methods` describes the others), all taking the same
 arguments. The rest of this docstring describes the impact method.
 
 Student heads are chosen by a budget (a fraction or a count of all the student's heads), ranked
@@ -24,7 +24,7 @@ interval over prompts, ``AblationResult.delta_ci``, contains 0), when a tie deci
 student heads are chosen (the last chosen and the first left out have the same ``dP_s``), and
 when a tie decides a pair (several candidates at the minimal distance), and when the assignment
 is *degenerate*: the cost did not decide the pairs at all (one-to-one: every pairing of the
-chosen heads costs the same; :mod:`circuitlens.analysis.map_checks`). ``HeadMap.distances``
+chosen heads costs the same; :mod:`circuitlens.mapping.checks`). ``HeadMap.distances``
 holds each chosen pair's distance. :func:`check_map` recomputes the degenerate check of a saved
 map from its saved sweeps.
 
@@ -43,8 +43,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationResult
-from circuitlens.analysis.costs import (
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.core.types import Circuit, Head, HeadMap, Model, parse_heads
+from circuitlens.mapping.checks import TIE, degenerate_warnings, map_warnings
+from circuitlens.mapping.features import gather_features
+from circuitlens.mapping.methods import (
     METHODS,
     CorrespondenceFeatures,
     CorrespondenceMethod,
@@ -52,8 +55,7 @@ from circuitlens.analysis.costs import (
     generic_warnings,
     get_method,
 )
-from circuitlens.analysis.map_checks import TIE, degenerate_warnings, map_warnings
-from circuitlens.core.types import Circuit, Head, HeadMap, parse_heads
+from circuitlens.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +234,10 @@ def map_heads(
 
     The student heads are the budget's most important by impact (or ``student_heads``); the
     candidates are the circuit's heads (or every teacher head the sweep measured); the method
-    (a name in :data:`circuitlens.analysis.costs.METHODS`; ``"impact"``, the paper's closest
+    (a name in :data:`circuitlens.mapping.methods.METHODS`; ``"impact"``, the paper's closest
     ``|dP_s - dP_t|``, by default) gives the ``[student head, candidate]`` cost; then each
     student head takes its cheapest candidate (many-to-one) or the assignment of least total
-    cost (one-to-one). The warnings (:mod:`circuitlens.analysis.map_checks`: noise, ties, and
+    cost (one-to-one). The warnings (:mod:`circuitlens.mapping.checks`: noise, ties, and
     a *degenerate* assignment that the cost did not decide) are logged and kept in
     ``HeadMap.warnings``.
 
@@ -309,7 +311,7 @@ def check_map(
     (``z``: pass ``features``) or a partner that is not a candidate: nothing to check, [].
 
     Returns:
-        The warnings of :func:`~circuitlens.analysis.map_checks.degenerate_warnings` (zero or
+        The warnings of :func:`~circuitlens.mapping.checks.degenerate_warnings` (zero or
         one line).
     """
     method = head_map.config.get("method", "impact")
@@ -485,3 +487,100 @@ __all__ = [
     "random_map",
     "teacher_candidates",
 ]
+
+
+# --- the map from measured features, and from the models in one call -------------------------
+
+
+def correspond_features(
+    features: CorrespondenceFeatures,
+    method: str = "impact",
+    budget: float | int = DEFAULT_BUDGET,
+    one_to_one: bool = False,
+    *,
+    circuit: Circuit | None = None,
+    student_heads: list[Head | str] | None = None,
+    cost: Float[Tensor, "s_all t_all"] | None = None,
+    n_perm: int = 20,
+    seed: int = 0,
+) -> HeadMap:
+    """Map student heads to teacher heads from measured features: a thin wrapper of
+    :func:`circuitlens.mapping.map.map_heads` (the one function that builds maps), which
+    see for the arguments.
+
+    Returns:
+        A :class:`HeadMap` whose ``distances`` are the chosen pairs' costs and whose
+        ``config["method"]`` names the method.
+    """
+    return map_heads(
+        features.student_sweep,
+        features.teacher_sweep,
+        circuit,
+        budget,
+        one_to_one,
+        student_heads,
+        method=method,
+        features=features,
+        cost=cost,
+        n_perm=n_perm,
+        seed=seed,
+    )
+
+
+def correspond(
+    student: Model,
+    teacher: Model,
+    task: Task,
+    method: str = "impact",
+    budget: float | int = DEFAULT_BUDGET,
+    one_to_one: bool = False,
+    *,
+    n: int | None = AblationConfig.n,
+    metric: str = AblationConfig.metric,
+    split: str = AblationConfig.split,
+    teacher_baseline: str = "student",
+    circuit: Circuit | None = None,
+    student_heads: list[Head | str] | None = None,
+    n_boot: int = AblationConfig.n_boot,
+    n_perm: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+) -> HeadMap:
+    """Map each chosen student head to a teacher head by ``method`` (see the module docstring),
+    measuring only what the method reads.
+
+    Args:
+        method: ``"impact"``, ``"impact-rank"``, ``"profile"``, ``"cka"``, ``"combined"`` or a
+            name added with :func:`register_method`.
+        budget, one_to_one, circuit, student_heads: as
+            :func:`circuitlens.mapping.map.map_heads`.
+        n, metric, split, teacher_baseline, n_boot: the sweeps and prompts
+            (:func:`gather_features`).
+        n_perm, seed: the CKA methods' permutation null.
+
+    Returns:
+        The :class:`HeadMap` (``config["method"]`` names the method).
+    """
+    spec = get_method(method)
+    features = gather_features(
+        student,
+        teacher,
+        task,
+        spec.needs,
+        metric=metric,
+        n=n,
+        split=split,
+        teacher_baseline=teacher_baseline,
+        n_boot=n_boot,
+        progress=progress,
+    )
+    return correspond_features(
+        features,
+        method,
+        budget,
+        one_to_one,
+        circuit=circuit,
+        student_heads=student_heads,
+        n_perm=n_perm,
+        seed=seed,
+    )

@@ -1,4 +1,4 @@
-"""Multi-position CKA and attention-pattern correspondence (circuitlens.analysis.multi_position):
+"""Multi-position CKA and attention-pattern correspondence (circuitlens.mapping.positions):
 the all-pairs CKA against the pairwise reference, one position against the last-token ``cka``
 cost, and an exact relabelling recovered by every method."""
 
@@ -11,16 +11,12 @@ import torch
 
 import circuitlens as cl
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
-from circuitlens.analysis.correspondence import (
-    CorrespondenceFeatures,
-    correspond_features,
-    head_z,
-)
-from circuitlens.analysis.costs import CostInputs, cka_cost
-from circuitlens.analysis.head_features import gather_more, head_activations
-from circuitlens.analysis.known_answer import permuted_copy, recovery
-from circuitlens.analysis.multi_position import cka_all_pairs, cka_positions_cost
 from circuitlens.core.types import Head
+from circuitlens.mapping.features import gather_more, head_activations, head_z
+from circuitlens.mapping.known_answer import permuted_copy, recovery
+from circuitlens.mapping.map import correspond_features
+from circuitlens.mapping.methods import CorrespondenceFeatures, CostInputs, cka_cost
+from circuitlens.mapping.positions import cka_all_pairs, cka_positions_cost
 from circuitlens.measure.cka import cka
 
 ZOO = "zoo:entity-tracking-teacher"

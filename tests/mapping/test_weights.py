@@ -1,4 +1,4 @@
-"""Weight-space correspondence (circuitlens.analysis.weight_map) on tiny random Llamas: the
+"""Weight-space correspondence (circuitlens.mapping.weights) on tiny random Llamas: the
 identity on a model against itself, a known permutation on a relabelled copy, the low-rank
 shortcut against the explicit d_model x d_model matrices, the norm fold, the refusal."""
 
@@ -13,16 +13,17 @@ import torch
 
 import circuitlens as cl
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
-from circuitlens.analysis.correspondence import CorrespondenceFeatures, correspond_features
-from circuitlens.analysis.head_features import gather_more, head_weights, norm_scale
-from circuitlens.analysis.known_answer import permuted_copy, recovery
-from circuitlens.analysis.weight_map import (
+from circuitlens.core.types import Head
+from circuitlens.mapping.features import gather_more, head_weights, norm_scale
+from circuitlens.mapping.known_answer import permuted_copy, recovery
+from circuitlens.mapping.map import correspond_features
+from circuitlens.mapping.methods import CorrespondenceFeatures
+from circuitlens.mapping.weights import (
     BasisMismatchError,
     circuit_cosines,
     explicit_cosines,
     lowrank_inner,
 )
-from circuitlens.core.types import Head
 
 METHODS = ("weights-ov-qk", "weights-ov", "weights-qk")
 

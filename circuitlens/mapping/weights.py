@@ -10,7 +10,7 @@ are: the cosine of the flattened matrices, ``<A, B>_F / (|A|_F |B|_F)``.
 Conventions:
 
 - ``W_Q/W_K/W_V/W_O`` are the bridge's views
-  (:func:`~circuitlens.analysis.head_features.head_weights`: grouped K/V heads repeated to
+  (:func:`~circuitlens.mapping.features.head_weights`: grouped K/V heads repeated to
   their query heads; each layer's input-norm scale folded into ``W_Q/W_K/W_V``, since the
   attention reads ``scale * x / rms(x)``: without it two heads that read the same directions of
   the residual through differently scaled norms would differ).
@@ -39,9 +39,9 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.costs import CostInputs, generic_warnings, register_method
-from circuitlens.analysis.head_features import HeadWeights
 from circuitlens.core.types import Head
+from circuitlens.mapping.features import HeadWeights
+from circuitlens.mapping.methods import CostInputs, generic_warnings, register_method
 
 #: embeddings less alike than this (cosine of the flattened ``W_E``) warn of different bases
 BASIS_COSINE = 0.5

@@ -1,11 +1,11 @@
 """Functional correspondence that reads more than the last token: CKA of each head's ``z`` over
 several positions, and the similarity of attention patterns.
 
-The ``cka`` method (:mod:`circuitlens.analysis.costs`) compares heads by debiased linear CKA of
+The ``cka`` method (:mod:`circuitlens.mapping.methods`) compares heads by debiased linear CKA of
 ``z`` at the last position only: one row per prompt, and on the real SmolLM2 pairs it finds the
 true partner of 8 of 26 chosen student heads at 64 prompts. What a head computes at the other
 positions it reads or writes (the box label, the queried character...) is left out. These
-methods read it (each a forward pass per model, :mod:`circuitlens.analysis.head_features`):
+methods read it (each a forward pass per model, :mod:`circuitlens.mapping.features`):
 
 - ``"cka-positions"``: debiased linear CKA with one row per (prompt, named position): the task's
   ``position_names`` (entity tracking: last, query_label, prev_query_label; theory of mind:
@@ -17,7 +17,7 @@ methods read it (each a forward pass per model, :mod:`circuitlens.analysis.head_
   (over the positions where both heads vary: a head constant at a position is judged on the
   others).
 - ``"cka-tokens"``: debiased CKA with one row per token of the prompts (every position, at most
-  ``head_features.MAX_ROWS`` tokens drawn seeded, the same tokens on both sides); only for
+  ``features.MAX_ROWS`` tokens drawn seeded, the same tokens on both sides); only for
   models that tokenize alike (refused by name otherwise).
 - ``"pattern"``: ``1 - r``, Pearson correlation of the heads' attention patterns at the named
   query positions over all keys, on the same prompts; only for models that tokenize alike.
@@ -35,15 +35,15 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.analysis.costs import (
+from circuitlens.core.types import Head
+from circuitlens.mapping.features import HeadPatterns, PositionZ, TokenZ
+from circuitlens.mapping.methods import (
     CostInputs,
     correlation,
     generic_warnings,
     null_warnings,
     register_method,
 )
-from circuitlens.analysis.head_features import HeadPatterns, PositionZ, TokenZ
-from circuitlens.core.types import Head
 from circuitlens.measure.cka import MIN_ROWS, TooFewExamplesError
 
 

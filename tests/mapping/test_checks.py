@@ -1,5 +1,5 @@
 """The one map path (map_heads dispatching to the registry) and its degenerate-assignment check
-(circuitlens.analysis.map_checks): hand-computed costs, the equivalence with "every pairing costs
+(circuitlens.mapping.checks): hand-computed costs, the equivalence with "every pairing costs
 the same", and the committed real setups."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
-from circuitlens.analysis.correspondence import CorrespondenceFeatures, correspond_features
-from circuitlens.analysis.map_checks import degenerate_warnings, is_separable, separable_residual
-from circuitlens.analysis.mapping import check_map, map_heads, permuted_map
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.pipeline import with_map_features
 from circuitlens.distill.setup import Setup
+from circuitlens.mapping.checks import degenerate_warnings, is_separable, separable_residual
+from circuitlens.mapping.map import check_map, correspond_features, map_heads, permuted_map
+from circuitlens.mapping.methods import CorrespondenceFeatures
 from circuitlens.tasks import get_task
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"

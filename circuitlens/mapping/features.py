@@ -1,8 +1,8 @@
-"""What the weight-space and multi-position correspondence methods read, measured once per pair.
+"""What the correspondence methods read, measured once per pair.
 
-Four features beyond the sweeps and the last-token ``z`` of
-:func:`circuitlens.analysis.correspondence.gather_features`, each held in
-``CorrespondenceFeatures.more[need]`` as a ``(student, teacher)`` pair:
+:func:`gather_features` (below) measures the sweeps and the heads' last-token ``z``, and four
+features beyond them, each held in ``CorrespondenceFeatures.more[need]`` as a
+``(student, teacher)`` pair (:func:`gather_more`):
 
 - ``"weights"`` (:class:`HeadWeights`, no forward pass): every query head's ``W_Q``, ``W_K``,
   ``W_V`` (grouped K/V heads repeated to their query heads, as Llama's ``repeat_kv`` does: query
@@ -26,20 +26,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Model
+from circuitlens.mapping.methods import NEEDS, CorrespondenceFeatures
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import Task
 from circuitlens.tasks.metrics import model_device, no_logits
 
-#: the needs measured here (the rest of :data:`circuitlens.analysis.costs.NEEDS` is measured by
+#: whose unablated P the teacher's impacts are measured against
+TeacherBaseline = Literal["student", "own"]
+TEACHER_BASELINES: tuple[str, ...] = get_args(TeacherBaseline)
+#: the needs measured here (the rest of :data:`circuitlens.mapping.methods.NEEDS` is measured by
 #: ``gather_features`` itself)
 MORE_NEEDS = ("weights", "z_positions", "z_tokens", "pattern")
 #: rows of the ``z_tokens`` feature at most: CKA over more rows costs more, tells little more
@@ -296,16 +301,85 @@ def gather_more(
     return out
 
 
+# --- the sweeps and the last-token z -------------------------------------------------------
+
+
+@torch.no_grad()
+def head_z(
+    model: Model, task: Task, split: str = "probe", n: int | None = 200, batch_size: int = 64
+) -> Float[Tensor, "n layer head d_head"]:
+    """Every head's ``z`` (the input of W_O) at each prompt's last position, on CPU (the
+    ``probe`` prompts by default: the map reads it to choose partners)."""
+    f = model_facts(model)
+    batch = task.batch(model, split, n)
+    names = {z_name(layer) for layer in range(f.n_layers)}
+    device = model_device(model)
+    out = []
+    for start in range(0, len(batch), batch_size):
+        tokens = batch.tokens[start : start + batch_size].to(device)
+        last = batch.positions["last"][start : start + batch_size].to(device)
+        _, cache = model.run_with_cache(
+            tokens, names_filter=lambda x: x in names, **no_logits(model)
+        )
+        rows = torch.arange(tokens.shape[0], device=device)
+        z = torch.stack([cache[z_name(layer)][rows, last] for layer in range(f.n_layers)])
+        out.append(rearrange(z, "layer n head d -> n layer head d").float().cpu())
+    return torch.cat(out)
+
+
+def gather_features(
+    student: Model,
+    teacher: Model,
+    task: Task,
+    needs: Sequence[str] = NEEDS,
+    *,
+    metric: str = AblationConfig.metric,
+    n: int | None = AblationConfig.n,
+    split: str = AblationConfig.split,
+    teacher_baseline: str = "student",
+    n_boot: int = AblationConfig.n_boot,
+    progress: bool = False,
+) -> CorrespondenceFeatures:
+    """Measure what ``needs`` asks for (the student's sweep always): the sweeps (exact, on the
+    same ``n`` prompts of ``split``; ``teacher_baseline="student"``: the teacher's impacts
+    against the student's P, as :func:`circuitlens.distill.sweeps.sweeps` does, or ``"own"``) and
+    the
+    heads' ``z`` at the last position on the same prompts; weights, ``z`` at named positions or
+    tokens, and attention patterns (:func:`~circuitlens.mapping.features.gather_more`)."""
+    if teacher_baseline not in TEACHER_BASELINES:
+        raise ValueError(f"teacher_baseline must be 'student' or 'own' (got {teacher_baseline!r})")
+    bad = [x for x in needs if x not in NEEDS]
+    if bad:
+        raise ValueError(f"unknown needs {bad}; valid: {', '.join(NEEDS)}")
+    sweep = AblationConfig(metric=metric, n=n, split=split, n_boot=n_boot, method="exact")
+    s_sweep = ablation_sweep(student, task, sweep, progress=progress).named("student")
+    t_sweep = None
+    if "teacher_sweep" in needs or "prompt_delta" in needs:
+        base = student if teacher_baseline == "student" else None
+        t_sweep = ablation_sweep(teacher, task, sweep, baseline_from=base, progress=progress).named(
+            "teacher"
+        )
+    zs = zt = None
+    if "z" in needs:
+        zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
+    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
+
+
 __all__ = [
     "MAX_ROWS",
     "MORE_NEEDS",
+    "TEACHER_BASELINES",
     "HeadPatterns",
     "HeadWeights",
     "PositionZ",
     "TokenZ",
+    "TeacherBaseline",
     "TokenizationMismatchError",
+    "gather_features",
     "gather_more",
     "head_activations",
     "head_weights",
+    "head_z",
     "norm_scale",
 ]

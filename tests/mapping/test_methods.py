@@ -1,4 +1,4 @@
-"""Correspondence methods (circuitlens.analysis.correspondence): the registry, each cost by hand,
+"""Correspondence methods (circuitlens.mapping.methods): the registry, each cost by hand,
 the
 impact method against map_heads, and the known answer (a permuted copy) on the zoo."""
 
@@ -13,18 +13,16 @@ import torch
 
 import circuitlens as cl
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
-from circuitlens.analysis.correspondence import (
+from circuitlens.core.types import Circuit, Head, HeadMap
+from circuitlens.mapping.features import gather_features
+from circuitlens.mapping.known_answer import permuted_copy, recovery
+from circuitlens.mapping.map import correspond, correspond_features, map_heads
+from circuitlens.mapping.methods import (
     METHODS,
     CorrespondenceFeatures,
-    correspond,
-    correspond_features,
-    gather_features,
     rank_quantiles,
     register_method,
 )
-from circuitlens.analysis.known_answer import permuted_copy, recovery
-from circuitlens.analysis.mapping import map_heads
-from circuitlens.core.types import Circuit, Head, HeadMap
 
 ZOO = "zoo:entity-tracking-teacher"
 
@@ -238,7 +236,7 @@ def test_the_sweep_keeps_each_prompts_impact(exact_copy: Any) -> None:
 def test_the_own_baseline_and_what_noise_does_to_behaviour(teacher: Any, task: Any) -> None:
     """A model mapped to itself: the identity is the answer (CKA finds it); the KL of the model
     from itself is 0, from an exact relabelling ~0 (float rounding), from a noisy copy > 0."""
-    from circuitlens.analysis.known_answer import behaviour_change, identity_permutation
+    from circuitlens.mapping.known_answer import behaviour_change, identity_permutation
 
     ident = identity_permutation(teacher)
     assert len(ident) == 32 and all(h == k for h, k in ident.items())

@@ -23,7 +23,7 @@ def main() -> None:
     import transformer_lens.patching as tlp
 
     from circuitlens import get_task, make_metric
-    from circuitlens.analysis.patching import activation_patch
+    from circuitlens.circuits import activation_patch
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64)

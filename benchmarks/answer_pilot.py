@@ -44,8 +44,7 @@ from typing import Any
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.ablation import AblationResult, ablation_sweep
-from circuitlens.analysis.mapping import choose_student_heads
+from circuitlens.ablation.sweep import AblationResult, ablation_sweep
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.rundir import MARKER
 from circuitlens.core.types import HeadMap
@@ -54,6 +53,7 @@ from circuitlens.distill.trainer import CircuitTrainer
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.lr_choice import choose_lr
 from circuitlens.experiments.runner import experiment_task
+from circuitlens.mapping.map import choose_student_heads
 
 RESULTS = Path(__file__).parent / "results"
 REGIME = (0.70, 0.85)

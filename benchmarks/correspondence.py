@@ -56,7 +56,7 @@ def copies(
 ) -> Iterator[tuple[str, float, int, object, dict]]:
     """``(copy, noise, seed, teacher, answer)``: the ``own`` baseline (the model itself, the
     identity the answer), then each noise level's and seed's relabelled copy."""
-    from circuitlens.analysis.known_answer import identity_permutation, permuted_copy
+    from circuitlens.mapping.known_answer import identity_permutation, permuted_copy
 
     if args.own:
         yield "own", 0.0, 0, model, identity_permutation(model)
@@ -81,11 +81,10 @@ def run_model(
     its next-token distribution from the original's (``model``: a ready model instead of
     ``spec``'s)."""
     import circuitlens as cl
-    from circuitlens.analysis.correspondence import METHODS, CorrespondenceFeatures, head_z
-    from circuitlens.analysis.costs import get_method
-    from circuitlens.analysis.head_features import gather_more
-    from circuitlens.analysis.known_answer import behaviour_change, recovery
-    from circuitlens.analysis.mapping import map_heads
+    from circuitlens.mapping.features import gather_more, head_z
+    from circuitlens.mapping.known_answer import behaviour_change, recovery
+    from circuitlens.mapping.map import map_heads
+    from circuitlens.mapping.methods import METHODS, CorrespondenceFeatures, get_method
 
     model = cl.load_model(spec) if model is None else model
     task = cl.get_task(task_name, model=model)
@@ -327,7 +326,7 @@ def main() -> None:
     ap.add_argument("--figure", action="store_true", help="only the figure, from the saved rows")
     args = ap.parse_args()
     if args.figure:
-        from circuitlens.analysis.correspondence import METHODS
+        from circuitlens.mapping.methods import METHODS
 
         print(write_figure(json.loads(OUT.read_text())["summary"], list(METHODS)))
         return
@@ -352,7 +351,7 @@ def main() -> None:
 
 def save(rows: list[dict], t0: float) -> str:
     """Write the results and the doc's table from ``rows``; returns the table."""
-    from circuitlens.analysis.correspondence import METHODS
+    from circuitlens.mapping.methods import METHODS
 
     summary = summarise(rows)
     md = table(summary, list(METHODS))

@@ -91,7 +91,7 @@ def truth_map(n_layers: int, n_heads: int) -> dict:
 
 
 def score(hm: Any, truth: dict) -> dict[str, Any]:
-    from circuitlens.analysis.known_answer import recovery
+    from circuitlens.mapping.known_answer import recovery
 
     same = sum(truth[s].layer == t.layer for s, t in hm.pairs) / len(hm)
     return {
@@ -103,7 +103,7 @@ def score(hm: Any, truth: dict) -> dict[str, Any]:
 
 
 def saved_sweeps(task_name: str) -> tuple[Any, Any, dict]:
-    from circuitlens.analysis.ablation import AblationResult
+    from circuitlens.ablation.sweep import AblationResult
 
     setup = json.loads(SWEEPS.read_text())["setups"][task_name]
     s = AblationResult.from_dict(setup["student_sweep"])
@@ -122,13 +122,12 @@ def maps(
 
     Each method's cost is computed once, over all student heads and all teacher heads, by its
     registered ``cost_fn``; the chosen heads' rows are sliced from it and assigned as
-    ``correspond_features`` assigns (:func:`~circuitlens.analysis.correspondence.assign`), which
+    ``correspond_features`` assigns (:func:`~circuitlens.mapping.map.assign`), which
     is the same map without recomputing the cost four times (the warnings are not produced).
     Methods of one kind share one ``CostInputs`` (the weight cosines are computed once)."""
-    from circuitlens.analysis.correspondence import assign, get_method
-    from circuitlens.analysis.costs import CostInputs
-    from circuitlens.analysis.mapping import choose_student_heads
     from circuitlens.core.types import HeadMap
+    from circuitlens.mapping.map import assign, choose_student_heads
+    from circuitlens.mapping.methods import CostInputs, get_method
 
     s_sweep = features.student_sweep
     everyone = list(truth)
@@ -172,8 +171,8 @@ def run_pair(label: str, args: argparse.Namespace, rows: list[dict], config: dic
     import torch
 
     import circuitlens as cl
-    from circuitlens.analysis.correspondence import CorrespondenceFeatures, head_z
-    from circuitlens.analysis.head_features import gather_more
+    from circuitlens.mapping.features import gather_more, head_z
+    from circuitlens.mapping.methods import CorrespondenceFeatures
     from circuitlens.models.real import real_fingerprint
 
     s_spec, t_spec, task_name = PAIRS[label]

@@ -176,7 +176,7 @@ def naive_sweep(model: Any, batch: Any) -> Any:
     with that head mean-ablated; the answer's mean probability."""
     import torch
 
-    from circuitlens.analysis.mean_ablation import compute_means, mean_ablated
+    from circuitlens.ablation.means import compute_means, mean_ablated
     from circuitlens.core.types import Head
     from circuitlens.models.registry import model_facts
     from circuitlens.tasks.metrics import answer_prob, model_device
@@ -200,7 +200,7 @@ def patching_vs_tl(model: Any, batch: Any, metric: Any, args: argparse.Namespace
     import torch
     import transformer_lens.patching as tlp
 
-    from circuitlens.analysis.patching import activation_patch
+    from circuitlens.circuits import activation_patch
 
     facts: dict[str, Any] = {}
     tokens = batch.tokens.to(args.device)

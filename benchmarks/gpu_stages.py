@@ -685,7 +685,7 @@ def quick_pipeline(
     ``ExperimentConfig.quick``'s settings (``overrides``, e.g. ``{"steps": 2}``, replace
     them; circuit discovery is not part of it), with the package's own cost estimate."""
     import circuitlens as cl
-    from circuitlens.analysis.cost import estimate_distill_cost
+    from circuitlens.measure.runtime_estimate import estimate_distill_cost
 
     cfg = cl.ExperimentConfig.quick().distill.with_overrides(
         condition="ce+align", dtype=dtype, **overrides

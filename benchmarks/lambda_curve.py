@@ -21,9 +21,9 @@ from typing import Any
 
 from map_methods import save
 
+from circuitlens.experiments.curves import point_name
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.experiments.stats import compare_family, compare_seeds
-from circuitlens.experiments.sweep import point_name
 
 OUT = Path(__file__).resolve().parent / "results"
 

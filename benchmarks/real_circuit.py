@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.patching.circuits import circuit_accuracy
+from circuitlens.circuits.find import circuit_accuracy
 from circuitlens.core.io import atomic_write_text
 
 OUT = Path(__file__).resolve().parent / "results" / "real-circuit.json"

@@ -22,9 +22,9 @@ OUT = results_dir() / "train_step.json"
 
 def main() -> None:
     from circuitlens import get_task, load_model
-    from circuitlens.analysis.ablation import AblationConfig, ablation_sweep
-    from circuitlens.analysis.mapping import map_heads
+    from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
     from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+    from circuitlens.mapping.map import map_heads
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)

@@ -6,14 +6,10 @@ Wallace 2025, "Circuit Distillation").
 """
 
 # the model sources: importing each registers its "<prefix>:" with load_model
-from circuitlens.analysis import multi_position, weight_map  # noqa: F401  (register methods)
-from circuitlens.analysis.ablation import AblationConfig, AblationResult, ablation_sweep
-from circuitlens.analysis.cka import cka, cka_with_null, linear_cka, rbf_cka
-from circuitlens.analysis.correspondence import correspond
-from circuitlens.analysis.mapping import map_heads, random_map
-from circuitlens.analysis.mean_ablation import mean_ablated
-from circuitlens.analysis.patching import activation_patch, attribution_patch, path_patch
-from circuitlens.analysis.patching.circuits import (
+from circuitlens.ablation.means import mean_ablated
+from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.circuits import activation_patch, attribution_patch, path_patch
+from circuitlens.circuits.find import (
     CircuitConfig,
     CircuitStageError,
     faithfulness,
@@ -36,6 +32,9 @@ from circuitlens.experiments.design import (
     plan_seeds,
     sign_flip_power,
 )
+from circuitlens.mapping import positions, weights  # noqa: F401  (register methods)
+from circuitlens.mapping.map import correspond, map_heads, random_map
+from circuitlens.measure.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.models import real, zoo  # noqa: F401
 from circuitlens.models.registry import (
     ModelFacts,

@@ -327,7 +327,7 @@ def _sweep(
     from pathlib import Path
 
     from circuitlens.core.io import atomic_write_text
-    from circuitlens.experiments.sweep import run_sweep
+    from circuitlens.experiments.curves import run_sweep
     from circuitlens.report.page import write_report, write_sweep_page
 
     result = run_sweep(

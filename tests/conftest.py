@@ -45,9 +45,9 @@ TIER_OF_PATH: dict[str, str] = {
     "tests/experiments/test_stats.py": "unit",
     "tests/experiments/test_real_results.py": "acceptance",  # the real SmolLM2 pair, end to end
     "tests/models/test_zoo.py": "integration",  # the shipped zoo models and their cards
-    "tests/analysis/test_correspondence.py": "integration",  # on the zoo teacher and its copy
-    "tests/analysis/test_mechanism.py": "integration",  # a trained zoo student
-    "tests/analysis/test_multi_position.py": "integration",
+    "tests/mapping/test_methods.py": "integration",  # on the zoo teacher and its copy
+    "tests/measure/test_mechanism.py": "integration",  # a trained zoo student
+    "tests/mapping/test_positions.py": "integration",
     "tests/distill/test_result.py": "integration",  # a zoo student's result, saved and damaged
     "tests/tasks/test_task_errors.py": "integration",  # the zoo student's tokenizer and scores
     "tests/distill/test_distributed.py": "acceptance",  # two processes under torchrun

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.analysis.ablation import AblationConfig, ablation_sweep
+from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
 from circuitlens.core.types import Head
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -175,7 +175,7 @@ def test_correspondence_benchmark_records_own_and_behaviour() -> None:
     mod.run_model("zoo", "", "entity_tracking", args, rows, lambda: None, model=model)
     own = [r for r in rows if r["copy"] == "own"]
     noisy = [r for r in rows if r["copy"] == "permuted"]
-    from circuitlens.analysis.costs import METHODS
+    from circuitlens.mapping.methods import METHODS
 
     assert len(own) == len(noisy) == 2 * len(mod.BUDGETS) * len(METHODS)
     assert all(r["copy_kl"] == 0.0 and r["copy_accuracy"] == r["original_accuracy"] for r in own)

@@ -40,10 +40,10 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationResult
-from circuitlens.analysis.costs import METHODS, CorrespondenceFeatures
-from circuitlens.analysis.mapping import map_heads, permuted_map, random_map
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap
+from circuitlens.mapping.map import map_heads, permuted_map, random_map
+from circuitlens.mapping.methods import METHODS, CorrespondenceFeatures
 from circuitlens.tasks.tokenizers import LOGIT_CONDITIONS
 
 Term = Literal["ce", "align", "kd"]
@@ -305,12 +305,12 @@ def condition_map(
     Heads: ``"map"``: the map's student heads; ``"random"``: as many student heads drawn at
     random (``seed``), matched in trained parameters (:func:`random_heads`, with
     ``n_kv_heads``). Partners: ``"map"``: for the map's heads the map itself, for random heads
-    the partners :func:`~circuitlens.analysis.mapping.map_heads` gives them by the map's
+    the partners :func:`~circuitlens.mapping.map.map_heads` gives them by the map's
     method (``features``: what else the method reads, e.g. the heads' ``z``); ``"random"``:
     teacher heads drawn from ``random_circuit``'s heads (None: every teacher head), never the
     aligned partner (one to one: none of the map's partners); ``"random-all"``: drawn from the
     same pool with nothing left out; ``"permuted"``: the map's partners, the pairing permuted
-    so that no head keeps its own (:func:`~circuitlens.analysis.mapping.permuted_map`)."""
+    so that no head keeps its own (:func:`~circuitlens.mapping.map.permuted_map`)."""
     cond = get_condition(condition) if isinstance(condition, str) else condition
     budget, one_to_one = aligned.config.get("budget", 0.13), bool(aligned.config.get("one_to_one"))
     students = aligned.student_heads

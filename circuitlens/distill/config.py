@@ -1,7 +1,7 @@
 """What :func:`~circuitlens.distill.pipeline.distill_circuit` is told: one small config per
 concept, composed.
 
-- the sweeps: :class:`~circuitlens.analysis.ablation.AblationConfig` (metric, prompts,
+- the sweeps: :class:`~circuitlens.ablation.sweep.AblationConfig` (metric, prompts,
   bootstrap intervals, exact or screened), the one config of every mean-ablation sweep;
 - the map: :class:`MapConfig` (budget, one-to-one, the correspondence method, the teacher's
   baseline, the random control's seed);
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuitlens.analysis.ablation import AblationConfig
-from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
-from circuitlens.analysis.correspondence import TEACHER_BASELINES, TeacherBaseline
-from circuitlens.analysis.mapping import DEFAULT_BUDGET
+from circuitlens.ablation.sweep import AblationConfig
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.train_config import TrainConfig
+from circuitlens.mapping.features import TEACHER_BASELINES, TeacherBaseline
+from circuitlens.mapping.map import DEFAULT_BUDGET
+from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
 
 #: keys of a run file (``circuitlens distill --config``) that name what to run, not options
 RUN_KEYS = ("teacher", "student", "task", "task_options")
@@ -99,7 +99,7 @@ class MapConfig:
         budget: student heads to train, a fraction (default 0.13) or a count.
         one_to_one: an assignment (distinct teacher heads) instead of each student head's
             nearest teacher head.
-        method: a correspondence method of :func:`circuitlens.analysis.correspondence.correspond`
+        method: a correspondence method of :func:`circuitlens.mapping.map.correspond`
             (``"impact"``: the paper's closest ``|dP_s - dP_t|``, the default; ``"impact-rank"``,
             ``"profile"``, ``"cka"``, ``"combined"``, or one added with ``register_method``). The
             student heads are the budget's top impacts whatever the method; the method chooses

@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitlens.analysis.cka import cka, permute_examples
 from circuitlens.distill.conditions import LABELS, condition_names, get_condition
+from circuitlens.measure.cka import cka, permute_examples
 
 #: the conditions registered at import, those with the CKA term (a snapshot for reading; what
 #: is valid is the live registry, :func:`~circuitlens.distill.conditions.condition_names`)

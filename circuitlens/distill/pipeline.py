@@ -19,16 +19,8 @@ from typing import Any
 
 from torch import Tensor
 
-from circuitlens.analysis.ablation import AblationResult
-from circuitlens.analysis.cka import CKAWithNull
-from circuitlens.analysis.correspondence import METHODS as CORRESPONDENCE_METHODS
-from circuitlens.analysis.correspondence import CorrespondenceFeatures, head_z
-from circuitlens.analysis.correspondence import get_method as get_correspondence_method
-from circuitlens.analysis.cost import estimate_distill_cost, report_cost
-from circuitlens.analysis.evaluation import circuit_only_scores, format_accuracy
-from circuitlens.analysis.head_features import gather_more
-from circuitlens.analysis.mapping import map_heads
-from circuitlens.analysis.mechanism import MechanismCheck, mechanism_check
+from circuitlens.ablation.sweep import AblationResult
+from circuitlens.circuits.evaluation import circuit_only_scores, format_accuracy
 from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig
@@ -38,6 +30,14 @@ from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import kept_sweeps
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+from circuitlens.mapping.features import gather_more, head_z
+from circuitlens.mapping.map import map_heads
+from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
+from circuitlens.mapping.methods import CorrespondenceFeatures
+from circuitlens.mapping.methods import get_method as get_correspondence_method
+from circuitlens.measure.cka import CKAWithNull
+from circuitlens.measure.mechanism import MechanismCheck, mechanism_check
+from circuitlens.measure.runtime_estimate import estimate_distill_cost, report_cost
 from circuitlens.models.registry import (
     copy_model,
     load_model,
@@ -141,7 +141,7 @@ class ConditionResult:
         seconds: wall time.
         masks: the trained entries (parameter name -> bool mask; the trainer's).
         mechanism: each trained head's impact before and after training beside its teacher
-            partner's (:mod:`circuitlens.analysis.mechanism`), or None when the untrained sweeps
+            partner's (:mod:`circuitlens.measure.mechanism`), or None when the untrained sweeps
             were
             not passed.
         lr: the learning rate trained with.
@@ -216,7 +216,7 @@ def train_condition(
     ``cka_before``: the held-out CKA of this map on this untrained student, when measured
     already (it depends on neither the condition nor the seed). ``student_sweep``,
     ``teacher_sweep``: the untrained sweeps the map came from; given, the trained heads are
-    ablated again after training (:func:`circuitlens.analysis.mechanism.mechanism_check`, one pass
+    ablated again after training (:func:`circuitlens.measure.mechanism.mechanism_check`, one pass
     of
     the sweep's prompts per pair: ``ConditionResult.mechanism``); None: no check."""
     if (student_sweep is None) != (teacher_sweep is None):
@@ -309,7 +309,7 @@ def _setup_map(
     t_sweep: AblationResult,
     circuit: Circuit | None,
 ) -> tuple[HeadMap, CorrespondenceFeatures]:
-    """The setup's map (:func:`~circuitlens.analysis.mapping.map_heads` by
+    """The setup's map (:func:`~circuitlens.mapping.map.map_heads` by
     ``config.map.method``: the closest impacts, the paper's, by default) and the features it
     read (the heads' ``z`` on the sweep's prompts measured where the method reads it)."""
     m = config.map
@@ -492,7 +492,7 @@ def _metrics(
         "mean_cka_after": done.mean_cka_after,
         "cka_null_mean": float(done.cka_after.null_mean.mean()),
         "cka_null_sd": float(done.cka_after.null_sd.mean()),
-        # mean |dP_s - dP_t| of the pairs before and after training (circuitlens.analysis.mechanism)
+        # mean |dP_s - dP_t| of the pairs before and after training (circuitlens.measure.mechanism)
         "mechanism_gap_before": done.mechanism.mean_gap_before,
         "mechanism_gap_after": done.mechanism.mean_gap_after,
         "heads_trained": done.fraction.heads,

@@ -10,7 +10,7 @@ Each condition's pairs come from it (:meth:`Setup.condition_map`, through the re
 A reproduce run keeps it as ``<task>/setup.json``: :meth:`Setup.to_dict` writes the keys that
 file has always had, and :meth:`Setup.from_dict` reads them back (also from the committed run
 exports in ``benchmarks/results/``), checking the saved map again from the saved sweeps
-(:func:`circuitlens.analysis.mapping.check_map`): a map saved before the degenerate-assignment
+(:func:`circuitlens.mapping.map.check_map`): a map saved before the degenerate-assignment
 check gains its warning.
 """
 
@@ -21,14 +21,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from circuitlens.analysis.ablation import AblationResult
-from circuitlens.analysis.costs import CorrespondenceFeatures
-from circuitlens.analysis.mapping import check_map
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.core.io import json_ready
 from circuitlens.core.rundir import read_json
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.core.validate import require_keys
 from circuitlens.distill.conditions import Condition, condition_map
+from circuitlens.mapping.map import check_map
+from circuitlens.mapping.methods import CorrespondenceFeatures
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class Setup:
 def rechecked(
     head_map: HeadMap, student_sweep: AblationResult, teacher_sweep: AblationResult
 ) -> HeadMap:
-    """``head_map`` with the warnings :func:`~circuitlens.analysis.mapping.check_map` finds
+    """``head_map`` with the warnings :func:`~circuitlens.mapping.map.check_map` finds
     from the saved sweeps added where the saved map lacks them (logged); the map itself when
     it has them all."""
     have = head_map.warnings

@@ -11,13 +11,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from circuitlens.analysis.ablation import AblationResult, ablation_sweep
-from circuitlens.analysis.mapping import budget_count
-from circuitlens.analysis.screening import SCREEN_TOP, auto_method, top_count
+from circuitlens.ablation.screening import SCREEN_TOP, auto_method, top_count
+from circuitlens.ablation.sweep import AblationResult, ablation_sweep
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.types import Circuit
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.teacher_cache import model_hash
+from circuitlens.mapping.map import budget_count
 from circuitlens.models.registry import (
     model_facts,
 )
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _student_top(student: Any, budget: float | int) -> float | int:
     """A screened student sweep's ``top``: the default
-    (:data:`~circuitlens.analysis.screening.SCREEN_TOP` of the heads), or the budget's count where
+    (:data:`~circuitlens.ablation.screening.SCREEN_TOP` of the heads), or the budget's count where
     the
     budget asks for more heads (the map chooses among measured heads only)."""
     n = model_facts(student).n_total_heads
@@ -46,7 +46,7 @@ def sweeps(
 ) -> tuple[AblationResult, AblationResult]:
     """The teacher's and the student's mean-ablation sweeps as ``cfg.sweep`` asks (metric,
     prompts, bootstrap intervals; ``method="auto"`` by default: exact at every size for now,
-    :func:`circuitlens.analysis.screening.auto_method`), the teacher's against the baseline
+    :func:`circuitlens.ablation.screening.auto_method`), the teacher's against the baseline
     ``cfg.map.teacher_baseline`` names. Where screening is on, the teacher's sweep measures
     ``circuit``'s heads in any case (the map's candidates), the student's at least the
     budget's heads."""

@@ -8,11 +8,11 @@ from typing import Literal, get_args
 
 import torch
 
-from circuitlens.analysis.cka import ESTIMATORS, KERNELS, MIN_ROWS, Estimator, Kernel
 from circuitlens.core.devices import dtype_name
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.conditions import Condition, get_condition
 from circuitlens.distill.masks import KV_POLICIES, KVPolicy
+from circuitlens.measure.cka import ESTIMATORS, KERNELS, MIN_ROWS, Estimator, Kernel
 
 Site = Literal["z", "result"]
 SITES: tuple[str, ...] = get_args(Site)

@@ -42,7 +42,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitlens.analysis.cka import CKAWithNull, cka_with_null
 from circuitlens.core.devices import check_device, warn_slow_precision
 from circuitlens.core.io import atomic_torch_save
 from circuitlens.core.loop import LoopState, TrainLoop
@@ -56,6 +55,7 @@ from circuitlens.distill.masked_optim import MaskedOptimizer
 from circuitlens.distill.masks import TrainedFraction, head_parameter_masks, trained_fraction
 from circuitlens.distill.teacher_cache import TeacherBatch, TeacherCache, TeacherFeed
 from circuitlens.distill.train_config import POSITIONS, SITES, TrainConfig  # noqa: F401 (re-exported)
+from circuitlens.measure.cka import CKAWithNull, cka_with_null
 from circuitlens.tasks import (
     LabelTranslator,
     Task,

@@ -1,7 +1,7 @@
 """The paper's comparison, conditions x seeds, behind ``circuitlens reproduce``.
 
 For each task: the teacher's circuit
-(:func:`~circuitlens.analysis.patching.circuits.find_circuit`), the
+(:func:`~circuitlens.circuits.find.find_circuit`), the
 mean-ablation sweeps of teacher and student, and the head map are computed once (the *setup*);
 then every trained condition (:data:`circuitlens.distill.trainer.CONDITIONS`) is run for every seed
 from a fresh copy of the student (a *cell*). The untrained ``student`` and the ``teacher`` are

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from circuitlens.analysis.cka import CKAWithNull
-from circuitlens.analysis.mechanism import MechanismCheck
 from circuitlens.core.io import json_ready
 from circuitlens.core.types import Head
 from circuitlens.core.validate import require_keys
 from circuitlens.distill.pipeline import ConditionResult
+from circuitlens.measure.cka import CKAWithNull
+from circuitlens.measure.mechanism import MechanismCheck
 
 
 class CellError(ValueError):
@@ -48,7 +48,7 @@ class Cell:
         seconds: wall time of the cell.
         resumed: whether training resumed from a checkpoint.
         mechanism: each trained head ablated again after training beside its teacher partner
-            (:mod:`circuitlens.analysis.mechanism`; None in cells written before it existed).
+            (:mod:`circuitlens.measure.mechanism`; None in cells written before it existed).
         lr: the learning rate trained with (the condition's choice on the experiment's grid,
             or the config's ``lr``; None in cells written before it was recorded).
         kept_step: the step whose weights were measured (the best validation evaluation's

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from circuitlens.analysis.patching.circuits import CircuitConfig
+from circuitlens.circuits.find import CircuitConfig
 from circuitlens.core.validate import ConfigError, check_fields, check_sequence
 from circuitlens.distill.conditions import LABELS, condition_names, get_condition  # noqa: F401 (LABELS re-exported)
 from circuitlens.distill.config import DistillConfig, build, read_config_file, refuse_unknown_keys

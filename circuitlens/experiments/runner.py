@@ -9,10 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from circuitlens.analysis.cost import Cost, estimate_experiment_cost, report_cost
-from circuitlens.analysis.evaluation import format_accuracy, format_tasks
-from circuitlens.analysis.mapping import budget_count, require_one_to_one
-from circuitlens.analysis.patching.circuits import find_circuit
+from circuitlens.circuits.evaluation import format_accuracy, format_tasks
+from circuitlens.circuits.find import find_circuit
 from circuitlens.core.devices import check_device
 from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.progress import heartbeat
@@ -38,6 +36,8 @@ from circuitlens.experiments.lr_choice import (
 from circuitlens.experiments.result import ExperimentResult
 from circuitlens.experiments.run_config import check_directory, same_config
 from circuitlens.experiments.workers import auto_jobs, run_parallel  # noqa: F401 (auto_jobs)
+from circuitlens.mapping.map import budget_count, require_one_to_one
+from circuitlens.measure.runtime_estimate import Cost, estimate_experiment_cost, report_cost
 from circuitlens.models.registry import load_model, model_facts, model_fingerprint
 from circuitlens.tasks import Task, TaskFormatWarning, get_task, require_compatible_tokenizers
 
@@ -281,7 +281,7 @@ def _run_cell(
     (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells;
     ``befores``: the untrained student's held-out CKA per map, shared by the cells (filled
     here). The cell's ``mechanism``: each trained head ablated again after training, beside its
-    teacher partner (:mod:`circuitlens.analysis.mechanism`, against the setup's untrained
+    teacher partner (:mod:`circuitlens.measure.mechanism`, against the setup's untrained
     sweeps). ``lr``: the condition's learning rate (chosen on the grid; None: the config's)."""
     t0 = time.time()
     d = cfg.distill

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuitlens.analysis.ablation import AblationResult
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.core.types import HeadMap
 from circuitlens.distill.conditions import BASELINE, LABELS
 
@@ -146,7 +146,7 @@ def plot_patching(result: Any, circuit: Any = None, title: str | None = None) ->
     """Layer x head heatmap of a patching result (``[layer, head]`` scores), diverging colours
     centred at zero, hover with head name and score, circuit heads outlined.
 
-    ``result`` is a :class:`~circuitlens.analysis.patching.PatchingResult` (per-position scores are
+    ``result`` is a :class:`~circuitlens.circuits.PatchingResult` (per-position scores are
     summed over positions) or a path-patching result (scores placed at their senders).
     """
     import plotly.graph_objects as go
@@ -500,7 +500,7 @@ def plot_learning_curves(result: Any, task: str, title: str | None = None, cols:
 
 
 def plot_sweep(result: Any, task: str, title: str | None = None) -> Any:
-    """The curves of a sweep (:class:`~circuitlens.experiments.sweep.SweepResult`) for one
+    """The curves of a sweep (:class:`~circuitlens.experiments.curves.SweepResult`) for one
     task: accuracy over the swept value (lambda on a log axis, or the budget), one line per
     condition with its 95% seed interval; for a lambda sweep also accuracy against the pairs'
     held-out CKA after training (each point one lambda: the accuracy/CKA frontier).

@@ -475,14 +475,14 @@ def _curve_sections(result: ExperimentResult, task: str, name: str) -> list[str]
 
 
 def write_sweep_page(result: Any, path: Path | str | None = None) -> Path:
-    """The page of a sweep (:class:`~circuitlens.experiments.sweep.SweepResult`): per task
+    """The page of a sweep (:class:`~circuitlens.experiments.curves.SweepResult`): per task
     the curves (:func:`circuitlens.report.figures.plot_sweep`) and the table of points, with a link
     to each point's own report. Default: ``sweep.html`` in the sweep's directory.
 
     Returns:
         The path written (atomically).
     """
-    from circuitlens.experiments.sweep import point_name
+    from circuitlens.experiments.curves import point_name
     from circuitlens.report.figures import plot_sweep
 
     out = Path(path) if path is not None else result.directory / "sweep.html"

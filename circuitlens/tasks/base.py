@@ -351,7 +351,7 @@ class Task:
 
     name: str = "task"
     position_names: tuple[str, ...] = ("last",)
-    #: how :func:`~circuitlens.analysis.patching.find_circuit` traces the task's circuit by path
+    #: how :func:`~circuitlens.circuits.find.find_circuit` traces the task's circuit by path
     #: patching, as :class:`~circuitlens.core.types.PlanStep` ``(group, into, via, position)`` steps
     #: (or tuples of those fields): the first step's group sends into the logits (``into``
     #: None, ``via`` "logits"), each later group into an earlier group's ``via`` input ("q",

@@ -23,7 +23,7 @@ a circuit plan's positions, the circuit positions of training.
 Circuit plan: a JSON file of path-patching steps (format and rules:
 :mod:`circuitlens.tasks.plan`), ``get_task("jsonl", path="ioi.jsonl", plan="my.plan.json")``, or
 by default ``<name>.plan.json`` beside ``<name>.jsonl`` when there is one. With a plan,
-:func:`~circuitlens.analysis.patching.find_circuit` runs path patching on the task instead of
+:func:`~circuitlens.circuits.find.find_circuit` runs path patching on the task instead of
 activation patching; every line then needs a ``corrupted`` prompt.
 
 Every word of a prompt must be known to the tokenizer of each model it is scored with: a word

@@ -1,4 +1,4 @@
-"""Circuit plans: the path-patching steps that :func:`~circuitlens.analysis.patching.find_circuit`
+"""Circuit plans: the path-patching steps that :func:`~circuitlens.circuits.find.find_circuit`
 takes.
 
 A plan is a sequence of :class:`~circuitlens.core.types.PlanStep` ``(group, into, via, position)``,

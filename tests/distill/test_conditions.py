@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import circuitlens.distill.conditions as conditions
-from circuitlens.analysis.ablation import AblationConfig, AblationResult
-from circuitlens.analysis.mapping import map_heads
+from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.conditions import (
     LABELS,
@@ -23,6 +22,7 @@ from circuitlens.distill.conditions import (
     register_condition,
 )
 from circuitlens.distill.train_config import TrainConfig
+from circuitlens.mapping.map import map_heads
 from circuitlens.tasks.tokenizers import LOGIT_CONDITIONS
 
 

@@ -71,7 +71,7 @@ def test_screened_sweeps_measure_the_circuit_and_the_budget(make_llama_dir, monk
     """With screening forced on ("auto" is exact at every size for now), the teacher's
     sweep measures the circuit's heads and the student's at least the budget's heads, and the
     measured heads carry intervals."""
-    import circuitlens.analysis.screening as screening
+    import circuitlens.ablation.screening as screening
     from circuitlens.core.types import Circuit
     from circuitlens.distill.sweeps import sweeps
 
@@ -256,13 +256,10 @@ def test_map_method_chooses_the_partners_of_the_same_student_heads(make_llama_di
     heads of the student, other partners possibly), and equals what ``correspond_features``
     gives on the setup's own sweeps; the default is the paper's impact map; an unknown name
     is refused with the valid ones."""
-    from circuitlens.analysis.correspondence import (
-        CorrespondenceFeatures,
-        correspond_features,
-        head_z,
-    )
-    from circuitlens.analysis.mapping import map_heads
     from circuitlens.distill.pipeline import prepare
+    from circuitlens.mapping.features import head_z
+    from circuitlens.mapping.map import correspond_features, map_heads
+    from circuitlens.mapping.methods import CorrespondenceFeatures
 
     teacher = load_model(make_llama_dir(seed=1, n_layers=3))
     student = load_model(make_llama_dir(seed=2))

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from circuitlens import distill_circuit, get_task, load_model
-from circuitlens.analysis.cost import estimate_distill_cost
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig
+from circuitlens.measure.runtime_estimate import estimate_distill_cost
 
 FAST = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0)
 
@@ -32,7 +32,7 @@ def test_the_callers_student_is_not_trained_unless_inplace(setup, make_llama_dir
     teacher, task = setup
     student = load_model(make_llama_dir(seed=2))
     before = _params(student)
-    with caplog.at_level(logging.INFO, logger="circuitlens.analysis.cost"):
+    with caplog.at_level(logging.INFO, logger="circuitlens.measure.runtime_estimate"):
         result = distill_circuit(teacher, student, task, steps=2, progress=False, **FAST)
     assert "expected about" in caplog.text  # the cost, said before the work
     assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
@@ -75,7 +75,7 @@ def test_cost_estimate_is_positive_and_grows_with_steps(setup, make_llama_dir) -
 
 
 def test_cost_of_a_screened_sweep_is_its_screen_and_top_heads() -> None:
-    from circuitlens.analysis.cost import sweep_passes
+    from circuitlens.measure.runtime_estimate import sweep_passes
 
     # an exact sweep ablates every head ("auto" is exact at every size for now); a screened
     # one (576 heads, SmolLM2-sized) about 0.15 of them + a margin

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import circuitlens as cl
-from circuitlens.analysis.cka import CKAWithNull
 from circuitlens.cli import main
 from circuitlens.core.types import Head
 from circuitlens.core.validate import ConfigError
@@ -33,6 +32,7 @@ from circuitlens.experiments.design import (
     sign_flip_power,
 )
 from circuitlens.experiments.stats import sign_flip_test
+from circuitlens.measure.cka import CKAWithNull
 
 FIVE = ("ce+align - ce", "ce+rand - ce", "ce+shuffled - ce", "align - ce", "kd - ce")
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlens.analysis.ablation import AblationResult
-from circuitlens.analysis.cka import CKAWithNull
+from circuitlens.ablation.sweep import AblationResult
 from circuitlens.cli import main
 from circuitlens.core.rundir import RunFileError
 from circuitlens.core.types import Head, HeadMap
@@ -25,6 +24,7 @@ from circuitlens.experiments import (
 )
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.tables import signed
+from circuitlens.measure.cka import CKAWithNull
 from circuitlens.report.page import write_report
 
 TRAINED = ("ce", "ce+align", "ce+rand")

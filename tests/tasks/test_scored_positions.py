@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.analysis.patching.activation import activation_patch
+from circuitlens.circuits.activation import activation_patch
 from circuitlens.core.hooks import resid_pre_name, run_from_layer
 from circuitlens.tasks import evaluate, make_metric
 from circuitlens.tasks.metrics import METRICS, accepts_logits_to_keep, logits_at, tokenize_prompts

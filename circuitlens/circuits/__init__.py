@@ -1,0 +1,15 @@
+"""Floor 4, circuits: circuit discovery at head level (activation, attribution and path
+patching), ``find_circuit`` (``find``) and circuit-only accuracy (``evaluation``)."""
+
+from circuitlens.circuits.activation import PatchingResult, activation_patch
+from circuitlens.circuits.attribution import atp_rank_correlation, attribution_patch
+from circuitlens.circuits.path import PathPatchingResult, path_patch
+
+__all__ = [
+    "PatchingResult",
+    "PathPatchingResult",
+    "activation_patch",
+    "atp_rank_correlation",
+    "attribution_patch",
+    "path_patch",
+]

@@ -12,12 +12,13 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_notebooks_are_there() -> None:
+def test_the_five_notebooks_are_there() -> None:
     assert [p.stem for p in NOTEBOOKS] == [
         "01_quickstart",
         "02_circuit_discovery",
         "03_ablation_and_mapping",
         "04_circuit_distillation",
+        "05_your_own_model_and_task",
     ]
 
 

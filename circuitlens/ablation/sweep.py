@@ -339,13 +339,13 @@ def ablated_scores(
         batch.tokens.to(device), names_filter=lambda x: x in names, **no_logits(model)
     )
     resid = {layer: cache[resid_pre_name(layer)] for layer in layers}
-    return scores_from_resid(
+    return _scores_from_resid(
         model, batch, heads, means, metric, resid, heads_per_pass, progress, reduce=reduce
     )
 
 
 @torch.no_grad()
-def scores_from_resid(
+def _scores_from_resid(
     model: Model,
     batch: PromptBatch,
     heads: Sequence[Head],
@@ -593,7 +593,7 @@ def _screened(
             cfg.rank,
         ):
             break
-        got = scores_from_resid(
+        got = _scores_from_resid(
             model,
             batch,
             [heads[i] for i in chosen],

@@ -440,7 +440,7 @@ def _run(
     if jobs == "auto":
         jobs = auto_jobs(len(busy), device)
     if jobs > 1 and len(busy) > 1:
-        run_parallel(_run_task, cfg, directory, todo, busy, progress, device, jobs)
+        run_parallel(_run_task, cfg, directory, todo, progress, device, jobs)
     else:
         bar = tqdm(
             total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress

@@ -367,7 +367,9 @@ def _scores_from_resid(
 
     copies = [[Replacement(Mean(means), [h])] for h in heads]
     last = batch.positions["last"].to(device)
-    out = sweep(model, resid, copies, scores, heads_per_pass, last, progress, "ablation sweep")
+    out = sweep(
+        model, resid, copies, scores, heads_per_pass, last, "ablation sweep" if progress else None
+    )
     per_prompt = torch.stack(out) if out else torch.empty(0, len(batch))
     return per_prompt.mean(1) if reduce else per_prompt
 

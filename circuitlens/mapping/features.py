@@ -182,24 +182,34 @@ def head_weights(model: Model, fold_norm: bool = True) -> HeadWeights:
 # --- activations ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ActivationReads:
+    """What :func:`head_activations` reads: ``want`` among ``"z_positions"``,
+    ``"z_tokens"`` and ``"pattern"``; ``positions``, the named positions (None: the task's
+    ``position_names``); ``rows``, the ``[row, 2]`` (prompt, position) of the tokens that
+    ``"z_tokens"`` reads."""
+
+    want: Sequence[str] = ("z_positions",)
+    positions: Sequence[str] | None = None
+    rows: Tensor | None = None
+
+
 @torch.no_grad()
 def head_activations(
     model: Model,
     task: Task,
     split: str = "train",
     n: int | None = 128,
-    *,
-    positions: Sequence[str] | None = None,
-    want: Sequence[str] = ("z_positions",),
-    rows: Tensor | None = None,
+    reads: ActivationReads = ActivationReads(),
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """One forward pass over ``n`` prompts of ``split``: what ``want`` asks for among
-    ``"z_positions"`` (:class:`PositionZ`), ``"z_tokens"`` (:class:`TokenZ`, at ``rows``:
-    ``[row, 2]`` (prompt, position)) and ``"pattern"`` (:class:`HeadPatterns`), on CPU.
-
-    ``positions``: the named positions (default: the task's ``position_names``).
+    """One forward pass over ``n`` prompts of ``split``: what ``reads.want`` asks for among
+    ``"z_positions"`` (:class:`PositionZ`), ``"z_tokens"`` (:class:`TokenZ`, at
+    ``reads.rows``: ``[row, 2]`` (prompt, position)) and ``"pattern"`` (:class:`HeadPatterns`),
+    on CPU, at the named positions ``reads.positions`` (default: the task's
+    ``position_names``) (:class:`ActivationReads`).
     """
+    positions, want, rows = reads.positions, reads.want, reads.rows
     f = model_facts(model)
     batch = task.batch(model, split, n)
     names = tuple(positions) if positions is not None else tuple(task.position_names)
@@ -293,9 +303,9 @@ def gather_more(
     rows = None
     if "z_tokens" in want or "pattern" in want:
         rows = token_rows(student, teacher, task, split, n, max_rows, seed)
-    kw = {"want": want, "rows": rows}
-    s = head_activations(student, task, split, n, **kw)
-    t = head_activations(teacher, task, split, n, **kw)
+    reads = ActivationReads(want=want, rows=rows)
+    s = head_activations(student, task, split, n, reads)
+    t = head_activations(teacher, task, split, n, reads)
     for need in want:
         out[need] = (s[need], t[need])
     return out
@@ -370,6 +380,7 @@ __all__ = [
     "MAX_ROWS",
     "MORE_NEEDS",
     "TEACHER_BASELINES",
+    "ActivationReads",
     "HeadPatterns",
     "HeadWeights",
     "PositionZ",

@@ -12,7 +12,7 @@ import torch
 import circuitlens as cl
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.core.types import Head
-from circuitlens.mapping.features import gather_more, head_activations, head_z
+from circuitlens.mapping.features import ActivationReads, gather_more, head_activations, head_z
 from circuitlens.mapping.known_answer import permuted_copy, recovery
 from circuitlens.mapping.map import correspond_features
 from circuitlens.mapping.methods import CorrespondenceFeatures, CostInputs, cka_cost
@@ -58,8 +58,12 @@ def test_all_pairs_cka_equals_the_pairwise_estimator() -> None:
 
 def test_one_position_is_the_last_token_cka_cost(teacher: Any, task: Any) -> None:
     student = cl.load_model("zoo:entity-tracking-student")
-    s = head_activations(student, task, "train", 24, positions=("last",))["z_positions"]
-    t = head_activations(teacher, task, "train", 24, positions=("last",))["z_positions"]
+    s = head_activations(student, task, "train", 24, ActivationReads(positions=("last",)))[
+        "z_positions"
+    ]
+    t = head_activations(teacher, task, "train", 24, ActivationReads(positions=("last",)))[
+        "z_positions"
+    ]
     zs, zt = head_z(student, task, "train", 24), head_z(teacher, task, "train", 24)
     torch.testing.assert_close(s.z[:, 0], zs)
     f = cl.model_facts(student)

@@ -30,7 +30,7 @@ from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import kept_sweeps
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
-from circuitlens.mapping.features import gather_more, head_z
+from circuitlens.mapping.features import MoreSettings, gather_more, head_z
 from circuitlens.mapping.map import map_heads
 from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
 from circuitlens.mapping.methods import CorrespondenceFeatures
@@ -283,7 +283,7 @@ def map_features(
     split, n = s_sweep.config.split, s_sweep.config.n
     if "z" in needs:
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    more = gather_more(student, teacher, task, needs, MoreSettings(split=split, n=n))
     return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
 
 

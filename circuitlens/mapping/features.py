@@ -277,21 +277,33 @@ def token_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class MoreSettings:
+    """How :func:`gather_more` reads: the activations on ``n`` prompts of ``split``, the
+    token-level ones (``z_tokens``, ``pattern``) at most ``max_rows`` tokens drawn by ``seed``
+    (:func:`token_rows`), and the weights with the norm's scale folded in when ``fold_norm``
+    (:func:`head_weights`)."""
+
+    split: str = "train"
+    n: int | None = 128
+    max_rows: int = MAX_ROWS
+    seed: int = 0
+    fold_norm: bool = True
+
+
 def gather_more(
     student: Model,
     teacher: Model,
     task: Task | None,
     needs: Sequence[str],
-    *,
-    split: str = "train",
-    n: int | None = 128,
-    max_rows: int = MAX_ROWS,
-    seed: int = 0,
-    fold_norm: bool = True,
+    settings: MoreSettings = MoreSettings(),
 ) -> dict[str, tuple[Any, Any]]:
     """``CorrespondenceFeatures.more``: each need of :data:`MORE_NEEDS` in ``needs`` as a
     ``(student, teacher)`` pair; the activations of each model in one forward pass (``task``
-    may be None when only ``"weights"`` is asked for)."""
+    may be None when only ``"weights"`` is asked for); read as ``settings`` says
+    (:class:`MoreSettings`)."""
+    split, n, fold_norm = settings.split, settings.n, settings.fold_norm
+    max_rows, seed = settings.max_rows, settings.seed
     out: dict[str, tuple[Any, Any]] = {}
     if "weights" in needs:
         out["weights"] = (head_weights(student, fold_norm), head_weights(teacher, fold_norm))
@@ -372,7 +384,7 @@ def gather_features(
     zs = zt = None
     if "z" in needs:
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    more = gather_more(student, teacher, task, needs, MoreSettings(split=split, n=n))
     return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
 
 
@@ -383,6 +395,7 @@ __all__ = [
     "ActivationReads",
     "HeadPatterns",
     "HeadWeights",
+    "MoreSettings",
     "PositionZ",
     "TokenZ",
     "TeacherBaseline",

@@ -318,13 +318,13 @@ def ablated_scores(
     batch: PromptBatch,
     heads: Sequence[Head],
     means: Tensor,
-    metric: str,
-    heads_per_pass: int | None = None,
+    config: AblationConfig,
     progress: bool = True,
     reduce: bool = True,
 ) -> Float[Tensor, " n_heads"] | Float[Tensor, "n_heads n"]:
-    """Mean metric with each head of ``heads`` ablated alone (``reduce=False``: the metric of
-    each prompt, ``[n_heads, n]``, for bootstrap intervals).
+    """Mean ``config.metric`` with each head of ``heads`` ablated alone (``reduce=False``: the
+    metric of each prompt, ``[n_heads, n]``, for bootstrap intervals); the batch and the means
+    are the caller's, so only ``config.metric`` and ``config.heads_per_pass`` are read.
 
     Each forward pass starts at the ablated head's layer from the clean residual stream (the
     earlier blocks are skipped: they cannot see the ablation), and ``heads_per_pass`` heads of
@@ -340,7 +340,15 @@ def ablated_scores(
     )
     resid = {layer: cache[resid_pre_name(layer)] for layer in layers}
     return _scores_from_resid(
-        model, batch, heads, means, metric, resid, heads_per_pass, progress, reduce=reduce
+        model,
+        batch,
+        heads,
+        means,
+        config.metric,
+        resid,
+        config.heads_per_pass,
+        progress,
+        reduce=reduce,
     )
 
 
@@ -493,10 +501,7 @@ def _measure(
     measured, a screen's estimates (or None) and the measured heads' per-prompt scores."""
     if config.method == "exact":
         own = prompt_scores(model, task, config.split, config.n, config.metric)
-        per_prompt = ablated_scores(
-            model, batch, heads, means, config.metric, config.heads_per_pass, progress,
-            reduce=False,
-        )  # fmt: skip
+        per_prompt = ablated_scores(model, batch, heads, means, config, progress, reduce=False)
         return own, per_prompt.mean(1), torch.ones(len(heads), dtype=torch.bool), None, per_prompt
     f = model_facts(model)
     verify = [h.check(f.n_layers, f.n_heads) for h in parse_heads(list(config.verify))]

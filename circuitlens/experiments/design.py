@@ -301,25 +301,33 @@ def is_exploratory(cfg: Any) -> bool:
     return design_note(cfg) is not None
 
 
+@dataclass(frozen=True)
+class ContrastEstimate:
+    """A contrast's estimate over seeds: the mean paired difference, its interval
+    [``low``, ``high``], its ``p`` and the number of seeds."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    n_seeds: int
+
+
 def contrast_verdict(
-    a: str,
-    b: str,
-    mean: float,
-    low: float,
-    high: float,
-    p: float,
-    n_seeds: int,
-    effect: float,
-    alpha: float,
-    primary: bool,
+    a: str, b: str, estimate: ContrastEstimate, design: DesignConfig, primary: bool
 ) -> str:
     """A contrast's verdict line: the mean difference, its interval, its p, and whether 0 and
-    the effect of interest lie inside the interval.
+    the effect of interest (``design.effect``) lie inside the interval; p is read against
+    ``design.alpha``.
 
     ``"CE + Align CKA − CE: +0.028 [+0.000, +0.060], 6 seeds, p_Holm 0.06; the interval
     contains 0 and +0.05: undecided"``. ``primary``: p is Holm-adjusted over the primary
     family (``p_Holm``); else it is unadjusted and the line starts ``[exploratory]``.
     """
+    mean, low, high, p, n_seeds = (
+        estimate.mean, estimate.low, estimate.high, estimate.p, estimate.n_seeds
+    )  # fmt: skip
+    effect, alpha = design.effect, design.alpha
 
     def s(x: float) -> str:
         return f"{x:+.3f}".replace("-", "\u2212")
@@ -375,7 +383,8 @@ def power_rows(
 
 
 __all__ = [
-    "CONTRAST_SEP", "DEFAULT_PRIMARY", "DesignConfig", "contrast_verdict", "design_can_reject",
-    "design_note", "is_exploratory", "min_seeds_to_reject", "parse_contrast", "plan_seeds",
-    "power_rows", "SeedSearch", "sign_flip_p", "sign_flip_power", "warn_design",
+    "CONTRAST_SEP", "ContrastEstimate", "DEFAULT_PRIMARY", "DesignConfig", "contrast_verdict",
+    "design_can_reject", "design_note", "is_exploratory", "min_seeds_to_reject",
+    "parse_contrast", "plan_seeds", "power_rows", "SeedSearch", "sign_flip_p",
+    "sign_flip_power", "warn_design",
 ]  # fmt: skip

@@ -20,6 +20,7 @@ from circuitlens.distill.setup import Setup
 from circuitlens.experiments import ExperimentConfig, ExperimentResult
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.design import (
+    ContrastEstimate,
     DesignConfig,
     SeedSearch,
     _standard_samples,
@@ -229,7 +230,8 @@ def test_six_seeds_five_contrasts_is_exploratory_before_work(monkeypatch, caplog
 # -- the verdict line ------------------------------------------------------------------------
 def test_verdict_lines_say_where_0_and_the_effect_lie() -> None:
     def v(low: float, high: float, p: float = 0.06, primary: bool = True) -> str:
-        return contrast_verdict("A", "CE", (low + high) / 2, low, high, p, 6, 0.05, 0.05, primary)
+        estimate = ContrastEstimate((low + high) / 2, low, high, p, 6)
+        return contrast_verdict("A", "CE", estimate, DesignConfig(alpha=0.05, effect=0.05), primary)
 
     assert v(0.0, 0.06) == (
         "A \u2212 CE: +0.030 [+0.000, +0.060], 6 seeds, p_Holm 0.06; the interval contains 0 "

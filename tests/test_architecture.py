@@ -316,9 +316,6 @@ OVER_PARAMETERS: dict[str, str] = {
     "circuitlens/mapping/map.py::map_heads": (
         "not yet converted: map options loose (budget, one_to_one, method, seed); documented"
     ),
-    "circuitlens/mapping/features.py::gather_features": (
-        "not yet converted: AblationConfig fields passed loose (metric, n, split, n_boot)"
-    ),
     "circuitlens/distill/pipeline.py::prepare": (
         "not yet converted: its DistillConfig parts passed loose"
     ),

@@ -354,16 +354,15 @@ def gather_features(
     teacher: Model,
     task: Task,
     needs: Sequence[str] = NEEDS,
+    sweep: AblationConfig | None = None,
     *,
-    metric: str = AblationConfig.metric,
-    n: int | None = AblationConfig.n,
-    split: str = AblationConfig.split,
     teacher_baseline: str = "student",
-    n_boot: int = AblationConfig.n_boot,
     progress: bool = False,
 ) -> CorrespondenceFeatures:
     """Measure what ``needs`` asks for (the student's sweep always): the sweeps (exact, on the
-    same ``n`` prompts of ``split``; ``teacher_baseline="student"``: the teacher's impacts
+    same ``sweep.n`` prompts of ``sweep.split``, scored by ``sweep.metric`` with
+    ``sweep.n_boot`` bootstrap resamples (None: the defaults); its other fields are not read;
+    ``teacher_baseline="student"``: the teacher's impacts
     against the student's P, as :func:`circuitlens.distill.sweeps.sweeps` does, or ``"own"``) and
     the
     heads' ``z`` at the last position on the same prompts; weights, ``z`` at named positions or
@@ -373,6 +372,8 @@ def gather_features(
     bad = [x for x in needs if x not in NEEDS]
     if bad:
         raise ValueError(f"unknown needs {bad}; valid: {', '.join(NEEDS)}")
+    given = sweep if sweep is not None else AblationConfig()
+    metric, n, split, n_boot = given.metric, given.n, given.split, given.n_boot
     sweep = AblationConfig(metric=metric, n=n, split=split, n_boot=n_boot, method="exact")
     s_sweep = ablation_sweep(student, task, sweep, progress=progress).named("student")
     t_sweep = None

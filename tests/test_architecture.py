@@ -319,9 +319,6 @@ OVER_PARAMETERS: dict[str, str] = {
     "circuitlens/distill/pipeline.py::prepare": (
         "not yet converted: its DistillConfig parts passed loose"
     ),
-    "circuitlens/circuits/attribution.py::screened_activation_patch": (
-        "not yet converted: screen options loose; no dataclass yet"
-    ),
     "circuitlens/circuits/activation.py::activation_patch": (
         "not yet converted: PatchingConfig fields loose; cl.activation_patch documented"
     ),

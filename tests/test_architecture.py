@@ -316,9 +316,6 @@ OVER_PARAMETERS: dict[str, str] = {
     "circuitlens/mapping/map.py::map_heads": (
         "not yet converted: map options loose (budget, one_to_one, method, seed); documented"
     ),
-    "circuitlens/distill/pipeline.py::prepare": (
-        "not yet converted: its DistillConfig parts passed loose"
-    ),
     "circuitlens/circuits/activation.py::activation_patch": (
         "not yet converted: PatchingConfig fields loose; cl.activation_patch documented"
     ),

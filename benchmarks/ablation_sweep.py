@@ -28,7 +28,7 @@ def _run(which: str, mode: str, n: int, hpp: int, q: mp.Queue) -> None:
 
     from circuitlens import get_task
     from circuitlens.ablation.means import compute_means, mean_ablated
-    from circuitlens.ablation.sweep import ablated_scores
+    from circuitlens.ablation.sweep import AblationConfig, ablated_scores
     from circuitlens.core.types import Head
     from circuitlens.models.registry import model_facts
     from circuitlens.tasks.metrics import accuracy
@@ -39,6 +39,7 @@ def _run(which: str, mode: str, n: int, hpp: int, q: mp.Queue) -> None:
     means = compute_means(model, batch.ablation_tokens)
     f = model_facts(model)
     heads = [Head(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
+    config = AblationConfig(metric="accuracy", heads_per_pass=hpp)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -48,7 +49,7 @@ def _run(which: str, mode: str, n: int, hpp: int, q: mp.Queue) -> None:
                 with mean_ablated(model, [head], means):
                     scores.append(float(accuracy(model(batch.tokens), batch)))
         else:
-            scores = ablated_scores(model, batch, heads, means, "accuracy", hpp, progress=False)
+            scores = ablated_scores(model, batch, heads, means, config, progress=False)
             scores = scores.tolist()
     dt = time.perf_counter() - t0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

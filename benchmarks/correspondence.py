@@ -81,7 +81,7 @@ def run_model(
     its next-token distribution from the original's (``model``: a ready model instead of
     ``spec``'s)."""
     import circuitlens as cl
-    from circuitlens.mapping.features import gather_more, head_z
+    from circuitlens.mapping.features import MoreSettings, gather_more, head_z
     from circuitlens.mapping.known_answer import behaviour_change, recovery
     from circuitlens.mapping.map import map_heads
     from circuitlens.mapping.methods import METHODS, CorrespondenceFeatures, get_method
@@ -108,7 +108,7 @@ def run_model(
         behaviour = behaviour_change(model, copy, task, "test", args.n)
         print(f"{label} {kind} noise {noise} seed {seed}: swept", flush=True)
         t_z = head_z(copy, task, "probe", args.n)
-        more = gather_more(model, copy, task, needs, split="probe", n=args.n)
+        more = gather_more(model, copy, task, needs, MoreSettings(split="probe", n=args.n))
         features = CorrespondenceFeatures(s_sweep, t_sweep, s_z, t_z, more)
         for budget in BUDGETS:
             for one_to_one in (False, True):

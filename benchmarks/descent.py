@@ -171,7 +171,7 @@ def run_pair(label: str, args: argparse.Namespace, rows: list[dict], config: dic
     import torch
 
     import circuitlens as cl
-    from circuitlens.mapping.features import gather_more, head_z
+    from circuitlens.mapping.features import MoreSettings, gather_more, head_z
     from circuitlens.mapping.methods import CorrespondenceFeatures
     from circuitlens.models.real import real_fingerprint
 
@@ -217,9 +217,7 @@ def run_pair(label: str, args: argparse.Namespace, rows: list[dict], config: dic
                     teacher,
                     task,
                     ("z_positions", "z_tokens", "pattern"),
-                    split=SPLIT,
-                    n=n,
-                    seed=seed,
+                    MoreSettings(split=SPLIT, n=n, seed=seed),
                 )
             feature_s = round(time.perf_counter() - t0, 1)
             feats = CorrespondenceFeatures(s_sweep, None, zs, zt, more)

@@ -47,7 +47,7 @@ def fill(sweep: AblationResult, model: Any, task: Task, heads: list[Head]) -> Ab
     batch = task.batch(model, c.split, c.n)
     means = sweep_means(model, task, batch, None)
     own = prompt_scores(model, task, c.split, c.n, c.metric)
-    per = ablated_scores(model, batch, heads, means, c.metric, c.heads_per_pass, reduce=False)
+    per = ablated_scores(model, batch, heads, means, c, reduce=False)
     gap = abs(float(own.double().mean()) - sweep.p_own)
     stored = torch.stack([sweep.p_ablated[h.layer, h.head] for h in heads])
     gap = max(gap, float((per.mean(1) - stored).abs().max()))

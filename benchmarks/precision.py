@@ -35,7 +35,7 @@ import torch
 
 import circuitlens as cl
 from circuitlens.ablation.means import compute_means
-from circuitlens.ablation.sweep import ablated_scores
+from circuitlens.ablation.sweep import AblationConfig, ablated_scores
 from circuitlens.core.devices import cpu_native_bf16
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.types import Head, HeadMap
@@ -149,10 +149,11 @@ def main() -> None:
     sweep: dict[str, Any] = {"layer": args.layer, "heads": len(heads), "prompts": 32}
     own = prompt_scores(student, task, "probe", 32, "prob")
     per: dict[str, torch.Tensor] = {}
+    one_per_pass = AblationConfig(metric="prob", heads_per_pass=1)
     for name, bf16 in (("float32", False), ("bfloat16", True)):
         with torch.no_grad(), _autocast(bf16):
             t0 = time.perf_counter()
-            per[name] = ablated_scores(student, batch, heads, means, "prob", 1, False, False)
+            per[name] = ablated_scores(student, batch, heads, means, one_per_pass, False, False)
             sweep[name] = {"seconds_per_head": (time.perf_counter() - t0) / len(heads)}
     d32 = own[None, :] - per["float32"].float()
     d16 = own[None, :] - per["bfloat16"].float()

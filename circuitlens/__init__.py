@@ -27,6 +27,7 @@ from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
 from circuitlens.experiments.design import (
     DesignConfig,
+    SeedSearch,
     design_can_reject,
     min_seeds_to_reject,
     plan_seeds,
@@ -84,6 +85,7 @@ __all__ = [
     "PlanStep",
     "Prompt",
     "PromptBatch",
+    "SeedSearch",
     "Task",
     "TaskError",
     "TrainConfig",

@@ -853,6 +853,7 @@ def _plan_inputs(
 
 def _plan(args: argparse.Namespace) -> int:
     from circuitlens.experiments.design import (
+        SeedSearch,
         min_seeds_to_reject,
         plan_seeds,
         power_rows,
@@ -870,7 +871,7 @@ def _plan(args: argparse.Namespace) -> int:
     )
     for what, sd in sds:
         try:
-            n = plan_seeds(effect, sd, m, alpha, power, args.max_seeds, args.sims)
+            n = plan_seeds(effect, sd, m, alpha, power, SeedSearch(args.max_seeds, args.sims))
             needed = str(n)
         except ValueError:
             n = args.max_seeds

@@ -298,3 +298,87 @@ def test_no_code_edits_the_module_path() -> None:
         "from sys import path\nsys.path.index('x')\n"
     )
     assert sorted(e.split(":")[0] for e in seen) == ["2", "3", "4", "5", "6"]
+
+
+#: the most parameters a public function takes (the issue "functions take their config instead
+#: of its fields"): options that belong to a config arrive as that config, loose ones as a
+#: small frozen dataclass of their own
+MAX_PARAMETERS = 7
+#: the public functions not yet converted, each with why it still takes more: a fixed one must
+#: leave this list (the test asserts the list is exactly the current violations)
+OVER_PARAMETERS: dict[str, str] = {
+    "circuitlens/mapping/map.py::correspond": (
+        "not yet converted: sweep options (AblationConfig) and map options loose; documented"
+    ),
+    "circuitlens/distill/pipeline.py::train_condition": (
+        "not yet converted: its DistillConfig parts passed loose; documented"
+    ),
+    "circuitlens/mapping/map.py::map_heads": (
+        "not yet converted: map options loose (budget, one_to_one, method, seed); documented"
+    ),
+    "circuitlens/circuits/activation.py::activation_patch": (
+        "not yet converted: PatchingConfig fields loose; cl.activation_patch documented"
+    ),
+    "circuitlens/mapping/map.py::correspond_features": (
+        "not yet converted: map options loose; called positionally in docs and tests"
+    ),
+    "circuitlens/distill/trainer.py::CircuitTrainer.__init__": (
+        "not yet converted: circuit, checkpoint_dir, teacher_cache, fsdp loose; documented"
+    ),
+    "circuitlens/distill/conditions.py::condition_map": (
+        "not yet converted: the Setup's fields passed loose (Setup.condition_map wraps it)"
+    ),
+    "circuitlens/mapping/map.py::random_map": (
+        "not yet converted: map options loose (budget, one_to_one, seed); documented"
+    ),
+    "circuitlens/distill/pipeline.py::distill_circuit": (
+        "not yet converted: circuit, checkpoint_dir beside the config; documented call"
+    ),
+    "circuitlens/circuits/path.py::path_patch": (
+        "not yet converted: via, position, senders_per_pass loose; cl.path_patch documented"
+    ),
+}
+
+
+def _parameter_counts(tree: ast.AST, prefix: str = "", in_class: bool = False):
+    """``(qualified name, parameters)`` of each public function and method under ``tree``:
+    positional-only, positional and keyword-only, less ``self``/``cls``, ``*args`` and
+    ``**kwargs``; a class whose name starts with ``_`` is skipped, ``__init__`` counted."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.ClassDef):
+            if not node.name.startswith("_"):
+                yield from _parameter_counts(node, f"{prefix}{node.name}.", True)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if node.name.startswith("_") and not (in_class and node.name == "__init__"):
+                continue
+            a = node.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+            if in_class and names[:1] in (["self"], ["cls"]):
+                names = names[1:]
+            yield f"{prefix}{node.name}", len(names)
+
+
+def test_no_public_function_over_seven_parameters() -> None:
+    counts = {
+        f"{f.relative_to(ROOT).as_posix()}::{name}": n
+        for f in sorted(PACKAGE.rglob("*.py"))
+        for name, n in _parameter_counts(ast.parse(f.read_text()))
+    }
+    assert "circuitlens/distill/trainer.py::CircuitTrainer.__init__" in counts  # sees methods
+    over = {name: n for name, n in counts.items() if n > MAX_PARAMETERS}
+    new = sorted(set(over) - set(OVER_PARAMETERS))
+    assert not new, "take a config or a small dataclass instead:\n" + "\n".join(
+        f"{name}: {over[name]} parameters" for name in new
+    )
+    fixed = sorted(set(OVER_PARAMETERS) - set(over))
+    assert not fixed, "now within the limit, remove from OVER_PARAMETERS:\n" + "\n".join(fixed)
+
+
+def test_the_parameter_count_skips_self_varargs_and_private_names() -> None:
+    tree = ast.parse(
+        "def f(a, /, b, *args, c, **kw): ...\n"
+        "def _g(a, b, c, d, e, f, g, h): ...\n"
+        "class C:\n    def __init__(self, a, b): ...\n    def _h(self): ...\n"
+        "class _D:\n    def m(self, a): ...\n"
+    )
+    assert dict(_parameter_counts(tree)) == {"f": 3, "C.__init__": 2}

@@ -233,12 +233,12 @@ def sweep(
     metric: Callable[[Tensor], Tensor],
     per_pass: int = 1,
     positions: Int[Tensor, " batch"] | None = None,
-    progress: bool = True,
-    desc: str = "sweep",
+    progress: str | None = "sweep",
 ) -> list[Tensor]:
     """The metric of each copy run alone, from the residual stream entering the first layer it
     touches (``resid[layer]``); up to ``per_pass`` copies of one layer share a pass
-    (:func:`run_replaced`). Returns the metric of each copy, in order."""
+    (:func:`run_replaced`). Returns the metric of each copy, in order. ``progress``: the
+    progress bar's label, or None for no bar."""
     start: list[int] = []
     by_layer: dict[int, list[int]] = {}
     for i, copy in enumerate(copies):
@@ -254,7 +254,7 @@ def sweep(
         for j in range(0, len(ids), per_pass)
     ]
     out: list[Tensor] = [torch.empty(0)] * len(copies)
-    for chunk in tqdm(chunks, desc=desc, disable=not progress):
+    for chunk in tqdm(chunks, desc=progress or "", disable=progress is None):
         layer = start[chunk[0]]
         scores = run_replaced(
             model, resid[layer], [copies[i] for i in chunk], metric, positions, layer

@@ -318,13 +318,13 @@ def ablated_scores(
     batch: PromptBatch,
     heads: Sequence[Head],
     means: Tensor,
-    metric: str,
-    heads_per_pass: int | None = None,
+    config: AblationConfig,
     progress: bool = True,
     reduce: bool = True,
 ) -> Float[Tensor, " n_heads"] | Float[Tensor, "n_heads n"]:
-    """Mean metric with each head of ``heads`` ablated alone (``reduce=False``: the metric of
-    each prompt, ``[n_heads, n]``, for bootstrap intervals).
+    """Mean ``config.metric`` with each head of ``heads`` ablated alone (``reduce=False``: the
+    metric of each prompt, ``[n_heads, n]``, for bootstrap intervals); the batch and the means
+    are the caller's, so only ``config.metric`` and ``config.heads_per_pass`` are read.
 
     Each forward pass starts at the ablated head's layer from the clean residual stream (the
     earlier blocks are skipped: they cannot see the ablation), and ``heads_per_pass`` heads of
@@ -339,13 +339,21 @@ def ablated_scores(
         batch.tokens.to(device), names_filter=lambda x: x in names, **no_logits(model)
     )
     resid = {layer: cache[resid_pre_name(layer)] for layer in layers}
-    return scores_from_resid(
-        model, batch, heads, means, metric, resid, heads_per_pass, progress, reduce=reduce
+    return _scores_from_resid(
+        model,
+        batch,
+        heads,
+        means,
+        config.metric,
+        resid,
+        config.heads_per_pass,
+        progress,
+        reduce=reduce,
     )
 
 
 @torch.no_grad()
-def scores_from_resid(
+def _scores_from_resid(
     model: Model,
     batch: PromptBatch,
     heads: Sequence[Head],
@@ -367,7 +375,9 @@ def scores_from_resid(
 
     copies = [[Replacement(Mean(means), [h])] for h in heads]
     last = batch.positions["last"].to(device)
-    out = sweep(model, resid, copies, scores, heads_per_pass, last, progress, "ablation sweep")
+    out = sweep(
+        model, resid, copies, scores, heads_per_pass, last, "ablation sweep" if progress else None
+    )
     per_prompt = torch.stack(out) if out else torch.empty(0, len(batch))
     return per_prompt.mean(1) if reduce else per_prompt
 
@@ -491,10 +501,7 @@ def _measure(
     measured, a screen's estimates (or None) and the measured heads' per-prompt scores."""
     if config.method == "exact":
         own = prompt_scores(model, task, config.split, config.n, config.metric)
-        per_prompt = ablated_scores(
-            model, batch, heads, means, config.metric, config.heads_per_pass, progress,
-            reduce=False,
-        )  # fmt: skip
+        per_prompt = ablated_scores(model, batch, heads, means, config, progress, reduce=False)
         return own, per_prompt.mean(1), torch.ones(len(heads), dtype=torch.bool), None, per_prompt
     f = model_facts(model)
     verify = [h.check(f.n_layers, f.n_heads) for h in parse_heads(list(config.verify))]
@@ -593,7 +600,7 @@ def _screened(
             cfg.rank,
         ):
             break
-        got = scores_from_resid(
+        got = _scores_from_resid(
             model,
             batch,
             [heads[i] for i in chosen],

@@ -166,9 +166,8 @@ def activation_patch(
     ]
     copies = [[Replacement(Patch(cache), [h], site=component, position=p)] for h, p in patches]
     resid = {layer: corr[resid_pre_name(layer)] for layer in range(f.n_layers)}
-    values = sweep(
-        model, resid, copies, metric, patches_per_pass, positions, progress, f"patch {component}"
-    )
+    bar = f"patch {component}" if progress else None
+    values = sweep(model, resid, copies, metric, patches_per_pass, positions, bar)
     shape = (f.n_layers, n_heads, width) if per_position else (f.n_layers, n_heads)
     axes = ("layer", "head", "pos") if per_position else ("layer", "head")
     return PatchingResult(

@@ -10,6 +10,7 @@ models; :func:`atp_rank_correlation` says how well it ranks heads against exact 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,16 +84,26 @@ def attribution_patch(
     )
 
 
+@dataclass(frozen=True)
+class ScreenedPatch:
+    """What :func:`screened_activation_patch` settles and how it patches: the ``top`` heads
+    and/or every head whose |effect| may reach ``min_recovered`` times the clean-corrupted gap
+    (one of them is needed), an unpatched head may be ``safety`` times its estimate, and
+    ``patches_per_pass`` heads share a forward pass (:func:`activation_patch`)."""
+
+    top: int | None = None
+    min_recovered: float | None = None
+    safety: float = 1.5
+    patches_per_pass: int | None = None
+
+
 def screened_activation_patch(
     model: Model,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Callable[[Tensor], Tensor],
-    top: int | None = None,
-    min_recovered: float | None = None,
-    safety: float = 1.5,
+    screen: ScreenedPatch,
     positions: Int[Tensor, " batch"] | None = None,
-    patches_per_pass: int | None = None,
     progress: bool = True,
 ) -> PatchingResult:
     """Activation patching of ``z``, screened: AtP estimates for every head, then exact
@@ -105,6 +116,8 @@ def screened_activation_patch(
         :class:`PatchingResult` with exact scores where ``exact`` is True, AtP estimates
         elsewhere.
     """
+    top, min_recovered, safety = screen.top, screen.min_recovered, screen.safety
+    patches_per_pass = screen.patches_per_pass
     if top is None and min_recovered is None:
         raise ValueError("a screened patch needs top= (a count of heads) or min_recovered=")
     f = model_facts(model)

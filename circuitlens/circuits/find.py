@@ -55,7 +55,7 @@ import torch
 from circuitlens.ablation.means import mean_ablated
 from circuitlens.ablation.screening import auto_method
 from circuitlens.circuits.activation import activation_patch
-from circuitlens.circuits.attribution import screened_activation_patch
+from circuitlens.circuits.attribution import ScreenedPatch, screened_activation_patch
 from circuitlens.circuits.evaluation import ablation_means
 from circuitlens.circuits.path import PathPatchingResult, path_patch
 from circuitlens.core.io import atomic_write_text
@@ -389,7 +389,7 @@ def _activation_patching(
                 batch.tokens,
                 batch.corrupted_tokens,
                 metric,
-                min_recovered=cfg.threshold,
+                ScreenedPatch(min_recovered=cfg.threshold),
                 positions=batch.positions["last"],
                 progress=progress,
             )

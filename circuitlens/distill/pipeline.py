@@ -30,7 +30,7 @@ from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import kept_sweeps
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
-from circuitlens.mapping.features import gather_more, head_z
+from circuitlens.mapping.features import MoreSettings, gather_more, head_z
 from circuitlens.mapping.map import map_heads
 from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
 from circuitlens.mapping.methods import CorrespondenceFeatures
@@ -283,7 +283,7 @@ def map_features(
     split, n = s_sweep.config.split, s_sweep.config.n
     if "z" in needs:
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    more = gather_more(student, teacher, task, needs, MoreSettings(split=split, n=n))
     return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
 
 
@@ -320,6 +320,19 @@ def _setup_map(
     return head_map, features
 
 
+@dataclass(frozen=True)
+class SetupRecord:
+    """What a run adds to :func:`prepare`'s setup: where the sweeps are kept (``sweeps_dir``),
+    the task in other prompt formats (``formats``: format -> the task in it), the models'
+    weight fingerprints (role -> fingerprint, for a run directory to check) and why the
+    circuit is as it is (``circuit_note``)."""
+
+    sweeps_dir: str | Path | None = None
+    formats: dict[str, Task] | None = None
+    fingerprints: dict[str, str] | None = None
+    circuit_note: str = ""
+
+
 def prepare(
     teacher: Model,
     student: Model,
@@ -327,10 +340,7 @@ def prepare(
     config: DistillConfig,
     circuit: Circuit | None = None,
     progress: bool = True,
-    sweeps_dir: str | Path | None = None,
-    formats: dict[str, Task] | None = None,
-    fingerprints: dict[str, str] | None = None,
-    circuit_note: str = "",
+    record: SetupRecord = SetupRecord(),
 ) -> Setup:
     """What every condition of ``task`` shares, before any training: the one setup path of
     :func:`distill_circuit` and of the reproduce runner (once per task).
@@ -345,14 +355,16 @@ def prepare(
 
     Args:
         teacher, student: ready models (bridges), the student untrained.
-        fingerprints: role -> weight fingerprint, recorded for a run directory to check.
-        circuit_note: recorded with the circuit (why it is as it is).
+        record: the sweeps' directory, the prompt formats, the fingerprints and the circuit's
+            note (:class:`SetupRecord`).
 
     Returns:
         :class:`~circuitlens.distill.setup.Setup`; ``setup.condition_map(condition, seed)``
         gives each condition's pairs.
     """
     t0 = time.time()
+    sweeps_dir, formats = record.sweeps_dir, record.formats
+    fingerprints, circuit_note = record.fingerprints, record.circuit_note
     n = config.test_n
     map_circuit = circuit if circuit is not None and circuit.heads else None
     t_sweep, s_sweep = kept_sweeps(
@@ -451,7 +463,7 @@ def distill_circuit(
     )
     cfg = fit_split_sizes(task, cfg)  # a default count larger than its split: the split
     report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
-    setup = prepare(teacher, student, task, cfg, circuit, progress, checkpoint_dir)
+    setup = prepare(teacher, student, task, cfg, circuit, progress, SetupRecord(checkpoint_dir))
     # the condition's pairs: the map's, random partners (ce+rand) or random heads
     head_map = setup.condition_map(cfg.train.condition, cfg.map.seed)
     circuit_before = setup.student_circuit_accuracy  # the map's student heads, untrained

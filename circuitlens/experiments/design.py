@@ -205,15 +205,23 @@ def sign_flip_power(
     return float(np.mean([_reaches(sign_flip_p(row), level) for row in x]))
 
 
+@dataclass(frozen=True)
+class SeedSearch:
+    """How :func:`plan_seeds` searches: the most seeds it considers (``max_seeds``), and the
+    simulation of each number's power (``n_sim`` samples, seeded by ``seed``)."""
+
+    max_seeds: int = MAX_SEEDS
+    n_sim: int = 4000
+    seed: int = 0
+
+
 def plan_seeds(
     effect: float,
     sd: float,
     n_contrasts: int = 1,
     alpha: float = 0.05,
     power: float = 0.8,
-    max_seeds: int = MAX_SEEDS,
-    n_sim: int = 4000,
-    seed: int = 0,
+    search: SeedSearch = SeedSearch(),
 ) -> int:
     """The fewest seeds whose exact sign-flip test, at Holm's first step over
     ``n_contrasts`` (level alpha / n_contrasts), has power >= ``power`` against per-seed
@@ -226,9 +234,8 @@ def plan_seeds(
         n_contrasts: the primary family's size (Holm).
         alpha: the familywise level.
         power: the wanted power.
-        max_seeds: the most seeds considered.
-        n_sim: simulated samples per number of seeds.
-        seed: the simulation's seed.
+        search: the most seeds considered (``max_seeds``), the simulated samples per number
+            of seeds (``n_sim``) and the simulation's seed (:class:`SeedSearch`).
 
     Raises:
         ValueError: no number of seeds up to ``max_seeds`` reaches ``power`` (the message gives
@@ -237,6 +244,7 @@ def plan_seeds(
     >>> plan_seeds(0.05, 0.0)  # no spread: the fewest seeds that can reject at all
     6
     """
+    max_seeds, n_sim, seed = search.max_seeds, search.n_sim, search.seed
     _check(n_contrasts=n_contrasts, alpha=alpha)
     if not alpha < power < 1 or effect == 0:
         raise ValueError(f"need alpha < power < 1 and a non-zero effect (got alpha={alpha}, "
@@ -293,25 +301,33 @@ def is_exploratory(cfg: Any) -> bool:
     return design_note(cfg) is not None
 
 
+@dataclass(frozen=True)
+class ContrastEstimate:
+    """A contrast's estimate over seeds: the mean paired difference, its interval
+    [``low``, ``high``], its ``p`` and the number of seeds."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    n_seeds: int
+
+
 def contrast_verdict(
-    a: str,
-    b: str,
-    mean: float,
-    low: float,
-    high: float,
-    p: float,
-    n_seeds: int,
-    effect: float,
-    alpha: float,
-    primary: bool,
+    a: str, b: str, estimate: ContrastEstimate, design: DesignConfig, primary: bool
 ) -> str:
     """A contrast's verdict line: the mean difference, its interval, its p, and whether 0 and
-    the effect of interest lie inside the interval.
+    the effect of interest (``design.effect``) lie inside the interval; p is read against
+    ``design.alpha``.
 
     ``"CE + Align CKA − CE: +0.028 [+0.000, +0.060], 6 seeds, p_Holm 0.06; the interval
     contains 0 and +0.05: undecided"``. ``primary``: p is Holm-adjusted over the primary
     family (``p_Holm``); else it is unadjusted and the line starts ``[exploratory]``.
     """
+    mean, low, high, p, n_seeds = (
+        estimate.mean, estimate.low, estimate.high, estimate.p, estimate.n_seeds
+    )  # fmt: skip
+    effect, alpha = design.effect, design.alpha
 
     def s(x: float) -> str:
         return f"{x:+.3f}".replace("-", "\u2212")
@@ -367,7 +383,8 @@ def power_rows(
 
 
 __all__ = [
-    "CONTRAST_SEP", "DEFAULT_PRIMARY", "DesignConfig", "contrast_verdict", "design_can_reject",
-    "design_note", "is_exploratory", "min_seeds_to_reject", "parse_contrast", "plan_seeds",
-    "power_rows", "sign_flip_p", "sign_flip_power", "warn_design",
+    "CONTRAST_SEP", "ContrastEstimate", "DEFAULT_PRIMARY", "DesignConfig", "contrast_verdict",
+    "design_can_reject", "design_note", "is_exploratory", "min_seeds_to_reject",
+    "parse_contrast", "plan_seeds", "power_rows", "SeedSearch", "sign_flip_p",
+    "sign_flip_power", "warn_design",
 ]  # fmt: skip

@@ -240,7 +240,7 @@ class ExperimentResult:
         return sign_flip_power(d.effect, sd, row["n_seeds"], m, d.alpha)
 
     def _verdict(self, row: dict[str, Any]) -> str:
-        from circuitlens.experiments.design import contrast_verdict
+        from circuitlens.experiments.design import ContrastEstimate, contrast_verdict
 
         a, b = row["A"], row["B"]
         if row["n_seeds"] < 2:
@@ -248,12 +248,11 @@ class ExperimentResult:
                     f"{signed(row['mean_diff'])} on the one seed both have (1 seed: no "
                     "seed-level test)")  # fmt: skip
         primary = row["role"] == "primary"
-        d = self.config.design
-        return contrast_verdict(
-            a, b, row["mean_diff"], row["ci_low"], row["ci_high"],
-            row["p_holm"] if primary else row["p_sign_flip"], row["n_seeds"], d.effect, d.alpha,
-            primary,
+        estimate = ContrastEstimate(
+            row["mean_diff"], row["ci_low"], row["ci_high"],
+            row["p_holm"] if primary else row["p_sign_flip"], row["n_seeds"],
         )  # fmt: skip
+        return contrast_verdict(a, b, estimate, self.config.design, primary)
 
     def markdown(self, table: Any = None) -> str:
         """The tables as Markdown, with what each column means; first the seed-level

@@ -17,7 +17,12 @@ from circuitlens.core.progress import heartbeat
 from circuitlens.core.rundir import run_directory
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.distill.conditions import get_condition
-from circuitlens.distill.pipeline import prepare, train_condition, with_map_features
+from circuitlens.distill.pipeline import (
+    SetupRecord,
+    prepare,
+    train_condition,
+    with_map_features,
+)
 from circuitlens.distill.setup import Setup, read_setup
 from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.distill.train_config import FIRST_SEED
@@ -166,10 +171,8 @@ def _setup_task(
     a budget sweep's points, reuses them)."""
     t0 = time.time()
     circuit, note = _circuit(task, cfg, teacher, student, progress, circuit_dir)
-    setup = prepare(
-        teacher, student, task, cfg.distill, circuit, progress, sweeps_dir, formats,
-        _fingerprints(cfg, task.name), note,
-    )  # fmt: skip
+    record = SetupRecord(sweeps_dir, formats, _fingerprints(cfg, task.name), note)
+    setup = prepare(teacher, student, task, cfg.distill, circuit, progress, record)
     return dataclasses.replace(setup, seconds=round(time.time() - t0, 1))
 
 
@@ -440,7 +443,7 @@ def _run(
     if jobs == "auto":
         jobs = auto_jobs(len(busy), device)
     if jobs > 1 and len(busy) > 1:
-        run_parallel(_run_task, cfg, directory, todo, busy, progress, device, jobs)
+        run_parallel(_run_task, cfg, directory, todo, progress, device, jobs)
     else:
         bar = tqdm(
             total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress

@@ -27,16 +27,15 @@ def run_parallel(
     cfg: ExperimentConfig,
     directory: Path,
     todo: list[tuple[str, str, int]],
-    busy: list[str],
     progress: bool,
     device: str | None,
     jobs: int,
 ) -> None:
-    """The tasks in ``jobs`` worker processes, each running ``run_task`` (the runner's: one
-    task's setup and cells) (the tasks are independent: their own models,
-    setup, cells and teacher cache), the CPU threads shared out among them. On a few CPU
-    cores this beats one process using them all: much of a step is small operations and
-    Python that one thread runs as fast as two.
+    """The tasks of ``cfg`` with cells in ``todo`` in ``jobs`` worker processes, each running
+    ``run_task`` (the runner's: one task's setup and cells) (the tasks are independent: their
+    own models, setup, cells and teacher cache), the CPU threads shared out among them. On a
+    few CPU cores this beats one process using them all: much of a step is small operations
+    and Python that one thread runs as fast as two.
 
     The workers die with this process (:func:`~circuitlens.core.rundir.die_with_parent`: a
     ``kill -9`` of the run leaves none writing), are recorded in the directory's lock (a second
@@ -48,6 +47,7 @@ def run_parallel(
 
     import torch
 
+    busy = [t for t in cfg.tasks if any(tt == t for tt, _, _ in todo)]
     jobs = min(jobs, len(busy))
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools

@@ -182,24 +182,34 @@ def head_weights(model: Model, fold_norm: bool = True) -> HeadWeights:
 # --- activations ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ActivationReads:
+    """What :func:`head_activations` reads: ``want`` among ``"z_positions"``,
+    ``"z_tokens"`` and ``"pattern"``; ``positions``, the named positions (None: the task's
+    ``position_names``); ``rows``, the ``[row, 2]`` (prompt, position) of the tokens that
+    ``"z_tokens"`` reads."""
+
+    want: Sequence[str] = ("z_positions",)
+    positions: Sequence[str] | None = None
+    rows: Tensor | None = None
+
+
 @torch.no_grad()
 def head_activations(
     model: Model,
     task: Task,
     split: str = "train",
     n: int | None = 128,
-    *,
-    positions: Sequence[str] | None = None,
-    want: Sequence[str] = ("z_positions",),
-    rows: Tensor | None = None,
+    reads: ActivationReads = ActivationReads(),
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """One forward pass over ``n`` prompts of ``split``: what ``want`` asks for among
-    ``"z_positions"`` (:class:`PositionZ`), ``"z_tokens"`` (:class:`TokenZ`, at ``rows``:
-    ``[row, 2]`` (prompt, position)) and ``"pattern"`` (:class:`HeadPatterns`), on CPU.
-
-    ``positions``: the named positions (default: the task's ``position_names``).
+    """One forward pass over ``n`` prompts of ``split``: what ``reads.want`` asks for among
+    ``"z_positions"`` (:class:`PositionZ`), ``"z_tokens"`` (:class:`TokenZ`, at
+    ``reads.rows``: ``[row, 2]`` (prompt, position)) and ``"pattern"`` (:class:`HeadPatterns`),
+    on CPU, at the named positions ``reads.positions`` (default: the task's
+    ``position_names``) (:class:`ActivationReads`).
     """
+    positions, want, rows = reads.positions, reads.want, reads.rows
     f = model_facts(model)
     batch = task.batch(model, split, n)
     names = tuple(positions) if positions is not None else tuple(task.position_names)
@@ -267,21 +277,33 @@ def token_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class MoreSettings:
+    """How :func:`gather_more` reads: the activations on ``n`` prompts of ``split``, the
+    token-level ones (``z_tokens``, ``pattern``) at most ``max_rows`` tokens drawn by ``seed``
+    (:func:`token_rows`), and the weights with the norm's scale folded in when ``fold_norm``
+    (:func:`head_weights`)."""
+
+    split: str = "train"
+    n: int | None = 128
+    max_rows: int = MAX_ROWS
+    seed: int = 0
+    fold_norm: bool = True
+
+
 def gather_more(
     student: Model,
     teacher: Model,
     task: Task | None,
     needs: Sequence[str],
-    *,
-    split: str = "train",
-    n: int | None = 128,
-    max_rows: int = MAX_ROWS,
-    seed: int = 0,
-    fold_norm: bool = True,
+    settings: MoreSettings = MoreSettings(),
 ) -> dict[str, tuple[Any, Any]]:
     """``CorrespondenceFeatures.more``: each need of :data:`MORE_NEEDS` in ``needs`` as a
     ``(student, teacher)`` pair; the activations of each model in one forward pass (``task``
-    may be None when only ``"weights"`` is asked for)."""
+    may be None when only ``"weights"`` is asked for); read as ``settings`` says
+    (:class:`MoreSettings`)."""
+    split, n, fold_norm = settings.split, settings.n, settings.fold_norm
+    max_rows, seed = settings.max_rows, settings.seed
     out: dict[str, tuple[Any, Any]] = {}
     if "weights" in needs:
         out["weights"] = (head_weights(student, fold_norm), head_weights(teacher, fold_norm))
@@ -293,9 +315,9 @@ def gather_more(
     rows = None
     if "z_tokens" in want or "pattern" in want:
         rows = token_rows(student, teacher, task, split, n, max_rows, seed)
-    kw = {"want": want, "rows": rows}
-    s = head_activations(student, task, split, n, **kw)
-    t = head_activations(teacher, task, split, n, **kw)
+    reads = ActivationReads(want=want, rows=rows)
+    s = head_activations(student, task, split, n, reads)
+    t = head_activations(teacher, task, split, n, reads)
     for need in want:
         out[need] = (s[need], t[need])
     return out
@@ -332,16 +354,15 @@ def gather_features(
     teacher: Model,
     task: Task,
     needs: Sequence[str] = NEEDS,
+    sweep: AblationConfig | None = None,
     *,
-    metric: str = AblationConfig.metric,
-    n: int | None = AblationConfig.n,
-    split: str = AblationConfig.split,
     teacher_baseline: str = "student",
-    n_boot: int = AblationConfig.n_boot,
     progress: bool = False,
 ) -> CorrespondenceFeatures:
     """Measure what ``needs`` asks for (the student's sweep always): the sweeps (exact, on the
-    same ``n`` prompts of ``split``; ``teacher_baseline="student"``: the teacher's impacts
+    same ``sweep.n`` prompts of ``sweep.split``, scored by ``sweep.metric`` with
+    ``sweep.n_boot`` bootstrap resamples (None: the defaults); its other fields are not read;
+    ``teacher_baseline="student"``: the teacher's impacts
     against the student's P, as :func:`circuitlens.distill.sweeps.sweeps` does, or ``"own"``) and
     the
     heads' ``z`` at the last position on the same prompts; weights, ``z`` at named positions or
@@ -351,6 +372,8 @@ def gather_features(
     bad = [x for x in needs if x not in NEEDS]
     if bad:
         raise ValueError(f"unknown needs {bad}; valid: {', '.join(NEEDS)}")
+    given = sweep if sweep is not None else AblationConfig()
+    metric, n, split, n_boot = given.metric, given.n, given.split, given.n_boot
     sweep = AblationConfig(metric=metric, n=n, split=split, n_boot=n_boot, method="exact")
     s_sweep = ablation_sweep(student, task, sweep, progress=progress).named("student")
     t_sweep = None
@@ -362,7 +385,7 @@ def gather_features(
     zs = zt = None
     if "z" in needs:
         zs, zt = head_z(student, task, split, n), head_z(teacher, task, split, n)
-    more = gather_more(student, teacher, task, needs, split=split, n=n)
+    more = gather_more(student, teacher, task, needs, MoreSettings(split=split, n=n))
     return CorrespondenceFeatures(s_sweep, t_sweep, zs, zt, more)
 
 
@@ -370,8 +393,10 @@ __all__ = [
     "MAX_ROWS",
     "MORE_NEEDS",
     "TEACHER_BASELINES",
+    "ActivationReads",
     "HeadPatterns",
     "HeadWeights",
+    "MoreSettings",
     "PositionZ",
     "TokenZ",
     "TeacherBaseline",

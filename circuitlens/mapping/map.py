@@ -567,11 +567,8 @@ def correspond(
         teacher,
         task,
         spec.needs,
-        metric=metric,
-        n=n,
-        split=split,
+        AblationConfig(metric=metric, n=n, split=split, n_boot=n_boot),
         teacher_baseline=teacher_baseline,
-        n_boot=n_boot,
         progress=progress,
     )
     return correspond_features(

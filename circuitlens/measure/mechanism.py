@@ -216,9 +216,7 @@ def head_impacts(
     if p_baseline is None:
         own = prompt_scores(model, task, config.split, config.n, config.metric)
         p_baseline = float(own.double().mean())
-    scores = ablated_scores(
-        model, batch, list(heads), means, config.metric, config.heads_per_pass, progress=False
-    )
+    scores = ablated_scores(model, batch, list(heads), means, config, progress=False)
     return p_baseline, p_baseline - scores
 
 

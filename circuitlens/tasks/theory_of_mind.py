@@ -88,16 +88,29 @@ class TheoryOfMindConfig:
                 )
 
 
-def believed(
-    c1: str, c2: str, o1: str, o2: str, s1: str, s2: str, visible: bool, cq: str, oq: str
-) -> str:
-    """What ``cq`` believes ``oq`` contains (the task's ground truth)."""
-    if (cq, oq) == (c1, o1):
-        return s1
-    if (cq, oq) == (c2, o2):
-        return s2
-    if (cq, oq) == (c1, o2) and visible:
-        return s2
+@dataclass(frozen=True)
+class Story:
+    """One story of the task: ``c1`` fills ``o1`` with ``s1``, then ``c2`` fills ``o2`` with
+    ``s2``; ``visible``: ``c1`` can observe ``c2``'s actions."""
+
+    c1: str
+    c2: str
+    o1: str
+    o2: str
+    s1: str
+    s2: str
+    visible: bool
+
+
+def believed(story: Story, cq: str, oq: str) -> str:
+    """What ``cq`` believes ``oq`` contains in ``story`` (the task's ground truth)."""
+    st = story
+    if (cq, oq) == (st.c1, st.o1):
+        return st.s1
+    if (cq, oq) == (st.c2, st.o2):
+        return st.s2
+    if (cq, oq) == (st.c1, st.o2) and st.visible:
+        return st.s2
     return UNKNOWN
 
 
@@ -136,11 +149,11 @@ class TheoryOfMind(Task):
         visible = rng.random() < cfg.p_visible
         cq, oq = rng.choice([c1, c2]), rng.choice([o1, o2])
         text, spans = self._render(c1, c2, o1, o2, s1, s2, visible, cq, oq)
-        answer = believed(c1, c2, o1, o2, s1, s2, visible, cq, oq)
+        answer = believed(Story(c1, c2, o1, o2, s1, s2, visible), cq, oq)
         # counterfactual: the characters trade containers and get fresh drinks, so the answer
         # always changes (own container <-> the other's)
         c_text, c_spans = self._render(c1, c2, o2, o1, t1, t2, visible, cq, oq)
-        c_answer = believed(c1, c2, o2, o1, t1, t2, visible, cq, oq)
+        c_answer = believed(Story(c1, c2, o2, o1, t1, t2, visible), cq, oq)
         a_text, _ = self._render(c1, c2, o1, o2, s1, s2, visible, c_free, o_free)
         return Prompt(
             text=text,

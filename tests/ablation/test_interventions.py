@@ -146,8 +146,8 @@ def test_copies_in_one_pass_equal_one_at_a_time(setup, kind) -> None:
     def metric(logits):
         return logits.log_softmax(-1)
 
-    one = sweep(model, resid, copies, metric, per_pass=1, positions=last, progress=False)
-    batched = sweep(model, resid, copies, metric, per_pass=4, positions=last, progress=False)
+    one = sweep(model, resid, copies, metric, per_pass=1, positions=last, progress=None)
+    batched = sweep(model, resid, copies, metric, per_pass=4, positions=last, progress=None)
     torch.testing.assert_close(torch.stack(batched), torch.stack(one), atol=1e-6, rtol=0)
     differ = [not torch.allclose(one[0], x, atol=1e-4) for x in one[1:]]
     assert all(differ), "copies must differ from each other: each ablates its own head"
@@ -189,7 +189,7 @@ def test_errors_and_cleanup(setup) -> None:
             model, clean[resid_pre_name(1)], [[Replacement(Zero(), ["L0H0"])]], len, layer=1
         )
     with pytest.raises(ValueError, match="replaces nothing"):
-        sweep(model, {}, [[]], len, progress=False)
+        sweep(model, {}, [[]], len, progress=None)
     with pytest.raises(ValueError, match="cannot hold 2 equal copies"):
         with replaced(model, [[Replacement(Zero(), ["L0H0"])]] * 2):
             model(batch.tokens[:5])

@@ -172,7 +172,7 @@ def test_to_dict_round_trip_keeps_the_exact_mask(tiny_bridge, task) -> None:
 
 def test_screened_activation_patch_equals_exact_where_measured(tiny_bridge, task) -> None:
     from circuitlens.circuits.activation import activation_patch
-    from circuitlens.circuits.attribution import screened_activation_patch
+    from circuitlens.circuits.attribution import ScreenedPatch, screened_activation_patch
     from circuitlens.tasks import make_metric
 
     batch = task.batch(tiny_bridge, "test")
@@ -185,7 +185,7 @@ def test_screened_activation_patch_equals_exact_where_measured(tiny_bridge, task
         batch.tokens,
         batch.corrupted_tokens,
         metric,
-        top=2,
+        ScreenedPatch(top=2),
         positions=batch.positions["last"],
         progress=False,
     )

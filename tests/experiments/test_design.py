@@ -20,7 +20,9 @@ from circuitlens.distill.setup import Setup
 from circuitlens.experiments import ExperimentConfig, ExperimentResult
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.design import (
+    ContrastEstimate,
     DesignConfig,
+    SeedSearch,
     _standard_samples,
     contrast_verdict,
     design_can_reject,
@@ -115,16 +117,20 @@ def test_power_never_falls_as_the_effect_grows_or_the_sd_shrinks() -> None:
 
 def test_plan_seeds_is_the_first_n_with_the_power_and_monotone() -> None:
     assert plan_seeds(0.05, 0.0) == 6 and plan_seeds(0.05, 0.0, n_contrasts=5) == 8
-    n = plan_seeds(0.03, 0.032, 2, n_sim=1000)
+    n = plan_seeds(0.03, 0.032, 2, search=SeedSearch(n_sim=1000))
     assert sign_flip_power(0.03, 0.032, n, 2, n_sim=1000) >= 0.8
     assert sign_flip_power(0.03, 0.032, n - 1, 2, n_sim=1000) < 0.8
-    by_effect = [plan_seeds(e, 0.03, 1, n_sim=600) for e in (0.025, 0.03, 0.04, 0.06)]
+    by_effect = [
+        plan_seeds(e, 0.03, 1, search=SeedSearch(n_sim=600)) for e in (0.025, 0.03, 0.04, 0.06)
+    ]
     assert all(a >= b for a, b in zip(by_effect, by_effect[1:], strict=False)), by_effect
-    by_sd = [plan_seeds(0.04, s, 1, n_sim=600) for s in (0.01, 0.02, 0.03, 0.04)]
+    by_sd = [plan_seeds(0.04, s, 1, search=SeedSearch(n_sim=600)) for s in (0.01, 0.02, 0.03, 0.04)]
     assert all(a <= b for a, b in zip(by_sd, by_sd[1:], strict=False)), by_sd
-    assert plan_seeds(0.03, 0.02, 2, n_sim=600) >= plan_seeds(0.03, 0.02, 1, n_sim=600)
+    assert plan_seeds(0.03, 0.02, 2, search=SeedSearch(n_sim=600)) >= plan_seeds(
+        0.03, 0.02, 1, search=SeedSearch(n_sim=600)
+    )
     with pytest.raises(ValueError, match="no design of at most 8 seeds .* 8 seeds give"):
-        plan_seeds(0.01, 0.05, max_seeds=8, n_sim=200)
+        plan_seeds(0.01, 0.05, search=SeedSearch(max_seeds=8, n_sim=200))
     with pytest.raises(ValueError, match="non-zero effect"):
         plan_seeds(0.0, 0.05)
 
@@ -224,7 +230,8 @@ def test_six_seeds_five_contrasts_is_exploratory_before_work(monkeypatch, caplog
 # -- the verdict line ------------------------------------------------------------------------
 def test_verdict_lines_say_where_0_and_the_effect_lie() -> None:
     def v(low: float, high: float, p: float = 0.06, primary: bool = True) -> str:
-        return contrast_verdict("A", "CE", (low + high) / 2, low, high, p, 6, 0.05, 0.05, primary)
+        estimate = ContrastEstimate((low + high) / 2, low, high, p, 6)
+        return contrast_verdict("A", "CE", estimate, DesignConfig(alpha=0.05, effect=0.05), primary)
 
     assert v(0.0, 0.06) == (
         "A \u2212 CE: +0.030 [+0.000, +0.060], 6 seeds, p_Holm 0.06; the interval contains 0 "
@@ -291,6 +298,6 @@ def test_cli_plan_from_a_run_reads_the_paired_sd_of_the_primary_contrast(
     out = capsys.readouterr().out
     assert "alpha/1 = 0.05" in out and "effect +0.05" in out  # the run's declared design
     (line,) = [x for x in out.splitlines() if "paired sd" in x]
-    n = plan_seeds(0.05, sd, 1, n_sim=500)
+    n = plan_seeds(0.05, sd, 1, search=SeedSearch(n_sim=500))
     assert line == f"entity_tracking: ce+align - ce (6 seeds): paired sd {sd:.4g}: seeds needed {n}"
     assert ExperimentResult.load(run).comparisons().role.tolist() == ["primary", "exploratory"]

@@ -46,14 +46,16 @@ def task(teacher: Any) -> Any:
 def exact_copy(teacher: Any, task: Any) -> tuple[CorrespondenceFeatures, dict[Head, Head]]:
     """The zoo teacher as the student, its relabelled copy (no noise) as the teacher."""
     copy, perm = permuted_copy(teacher, seed=0)
-    return gather_features(teacher, copy, task, n=32, n_boot=100), perm
+    return gather_features(teacher, copy, task, sweep=AblationConfig(n=32, n_boot=100)), perm
 
 
 @pytest.fixture(scope="module")
 def zoo_pair(teacher: Any, task: Any) -> CorrespondenceFeatures:
     """The zoo's real student-teacher pair (different models): sweeps only."""
     student = cl.load_model("zoo:entity-tracking-student")
-    return gather_features(student, teacher, task, ("teacher_sweep",), n=32, n_boot=100)
+    return gather_features(
+        student, teacher, task, ("teacher_sweep",), AblationConfig(n=32, n_boot=100)
+    )
 
 
 # --- the known answer ------------------------------------------------------------------------
@@ -249,6 +251,6 @@ def test_the_own_baseline_and_what_noise_does_to_behaviour(teacher: Any, task: A
     changed = behaviour_change(teacher, noisy, task, n=16)
     assert changed.kl > 1e-4 and changed.original_accuracy == same.accuracy
     assert set(changed.to_dict()) == {"accuracy", "original_accuracy", "kl", "n"}
-    features = gather_features(teacher, teacher, task, ("z",), n=16, n_boot=0)
+    features = gather_features(teacher, teacher, task, ("z",), AblationConfig(n=16, n_boot=0))
     own = map_heads(features.student_sweep, None, None, 1.0, True, method="cka", features=features)
     assert recovery(own, ident) == 1.0

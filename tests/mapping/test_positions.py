@@ -12,7 +12,13 @@ import torch
 import circuitlens as cl
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.core.types import Head
-from circuitlens.mapping.features import gather_more, head_activations, head_z
+from circuitlens.mapping.features import (
+    ActivationReads,
+    MoreSettings,
+    gather_more,
+    head_activations,
+    head_z,
+)
 from circuitlens.mapping.known_answer import permuted_copy, recovery
 from circuitlens.mapping.map import correspond_features
 from circuitlens.mapping.methods import CorrespondenceFeatures, CostInputs, cka_cost
@@ -58,8 +64,12 @@ def test_all_pairs_cka_equals_the_pairwise_estimator() -> None:
 
 def test_one_position_is_the_last_token_cka_cost(teacher: Any, task: Any) -> None:
     student = cl.load_model("zoo:entity-tracking-student")
-    s = head_activations(student, task, "train", 24, positions=("last",))["z_positions"]
-    t = head_activations(teacher, task, "train", 24, positions=("last",))["z_positions"]
+    s = head_activations(student, task, "train", 24, ActivationReads(positions=("last",)))[
+        "z_positions"
+    ]
+    t = head_activations(teacher, task, "train", 24, ActivationReads(positions=("last",)))[
+        "z_positions"
+    ]
     zs, zt = head_z(student, task, "train", 24), head_z(teacher, task, "train", 24)
     torch.testing.assert_close(s.z[:, 0], zs)
     f = cl.model_facts(student)
@@ -75,7 +85,7 @@ def test_one_position_is_the_last_token_cka_cost(teacher: Any, task: Any) -> Non
 def test_every_method_recovers_an_exact_relabelling(teacher: Any, task: Any) -> None:
     copy, perm = permuted_copy(teacher, seed=0)
     needs = ("z_positions", "z_tokens", "pattern")
-    more = gather_more(teacher, copy, task, needs, split="train", n=16, max_rows=200)
+    more = gather_more(teacher, copy, task, needs, MoreSettings(split="train", n=16, max_rows=200))
     assert more["z_tokens"][0].z.shape[0] == 200  # capped, the same tokens on both sides
     assert more["z_positions"][0].positions == task.position_names
     f = cl.model_facts(teacher)

@@ -10,7 +10,7 @@ import torch
 from circuitlens import get_task, tokenize_prompts
 from circuitlens.tasks import TaskError
 from circuitlens.tasks.entity_tracking import OBJECTS, single_token_words
-from circuitlens.tasks.theory_of_mind import believed
+from circuitlens.tasks.theory_of_mind import Story, believed
 
 
 @pytest.mark.parametrize("name", ["entity_tracking", "theory_of_mind"])
@@ -97,7 +97,7 @@ def test_theory_of_mind_positions_and_answers(zoo_tokenizer) -> None:
         c1, c2, o1, s1, o2, s2, vis = m.groups()
         assert toks[batch.positions["state_1"][row]] == s1
         assert toks[batch.positions["state_2"][row]] == s2
-        assert p.answer.strip() == believed(c1, c2, o1, o2, s1, s2, vis == "can", cq, oq)
+        assert p.answer.strip() == believed(Story(c1, c2, o1, o2, s1, s2, vis == "can"), cq, oq)
         n_unknown += p.answer == " unknown"
         assert p.corrupted_answer != p.answer  # the counterfactual always changes the answer
     assert 0 < n_unknown < len(batch)
@@ -106,11 +106,12 @@ def test_theory_of_mind_positions_and_answers(zoo_tokenizer) -> None:
 
 def test_believed_hand_cases() -> None:
     args = ("Bob", "Carla", "jar", "cup", "tea", "gin")
-    assert believed(*args, False, "Bob", "jar") == "tea"
-    assert believed(*args, False, "Carla", "cup") == "gin"
-    assert believed(*args, False, "Bob", "cup") == "unknown"
-    assert believed(*args, True, "Bob", "cup") == "gin"
-    assert believed(*args, True, "Carla", "jar") == "unknown"
+    hidden, seen = Story(*args, False), Story(*args, True)
+    assert believed(hidden, "Bob", "jar") == "tea"
+    assert believed(hidden, "Carla", "cup") == "gin"
+    assert believed(hidden, "Bob", "cup") == "unknown"
+    assert believed(seen, "Bob", "cup") == "gin"
+    assert believed(seen, "Carla", "jar") == "unknown"
 
 
 class _SplitTokenizer:

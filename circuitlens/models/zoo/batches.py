@@ -75,7 +75,7 @@ def _tom_example(
     probe_knows: bool = False,
     probe_cq: bool = False,
 ) -> _Example:
-    from circuitlens.tasks.theory_of_mind import UNKNOWN, believed
+    from circuitlens.tasks.theory_of_mind import UNKNOWN, Story, believed
 
     p = task.make_prompt(rng)
     m = re.search(
@@ -86,6 +86,7 @@ def _tom_example(
     assert m is not None
     c1, o1, s1, c2, o2, s2, vis = m.groups()
     visible = vis == "can"
+    story = Story(c1, c2, o1, o2, s1, s2, visible)
     text = p.text
     aux: list[tuple[tuple[int, int], str]] = []
     if probe_filler:  # each container's mention in the story learns who grabbed it
@@ -109,7 +110,7 @@ def _tom_example(
         colon = len(text) - 1
         aux.append(((colon, len(text)), oq))  # the queried container, moved to the answer slot
         if probe_knows:  # deeper at the answer slot: can the character know? ("can"/"cannot")
-            knows = believed(c1, c2, o1, o2, s1, s2, visible, cq, oq) != UNKNOWN
+            knows = believed(story, cq, oq) != UNKNOWN
             aux2.append(((colon, len(text)), "can" if knows else "cannot"))
         if probe_cq:  # the questioned character, moved to the answer slot
             aux2.append(((colon, len(text)), cq))
@@ -123,7 +124,7 @@ def _tom_example(
             attn.append((colon, m.start(1) if first else m.start(4), 1))
         else:
             attn.append((colon, m.start(2) if first else m.start(5), 1))
-        ans = believed(c1, c2, o1, o2, s1, s2, visible, cq, oq)
+        ans = believed(story, cq, oq)
         answers.append((len(text) + 1, len(text) + 1 + len(ans)))
         text += " " + ans
     return _Example(text, answers, aux, attn, aux2, bind)

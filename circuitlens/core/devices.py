@@ -165,12 +165,11 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @functools.cache
-def cpu_native_bf16() -> bool:
+def cpu_native_bf16(info: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX, read
-    from ``/proc/cpuinfo``; elsewhere oneDNN's own check): only then is bf16 faster than
-    float32 on it. Without them torch emulates bf16 and a forward runs several times slower
-    (6.4x on the AVX2 CPU of ``benchmarks/results/precision.json``)."""
-    info = Path("/proc/cpuinfo")
+    from ``info``, ``/proc/cpuinfo``; where there is none, oneDNN's own check): only then is
+    bf16 faster than float32 on it. Without them torch emulates bf16 and a forward runs
+    several times slower (6.4x on the AVX2 CPU of ``benchmarks/results/precision.json``)."""
     if info.is_file():
         flags = set(info.read_text(errors="replace").split())
         return any(f in flags for f in BF16_CPU_FLAGS)

@@ -167,9 +167,10 @@ def _cache(tokenizer: Any) -> dict[Any, Any] | None:
     return held[1]
 
 
-def single_token_id(tokenizer: Any, word: str) -> int | None:
-    """The id of ``word`` (with its leading space) if it is exactly one token, else ``None``."""
-    memo = _cache(tokenizer)
+def single_token_id(tokenizer: Any, word: str, memo: dict[Any, Any] | None = None) -> int | None:
+    """The id of ``word`` (with its leading space) if it is exactly one token, else ``None``
+    (``memo``: the tokenizer's, when the caller holds it already)."""
+    memo = _cache(tokenizer) if memo is None else memo
     key = ("word", word)
     if memo is not None and key in memo:
         return memo[key]
@@ -182,7 +183,8 @@ def single_token_id(tokenizer: Any, word: str) -> int | None:
 
 def require_single_tokens(tokenizer: Any, words: Sequence[str]) -> dict[str, int]:
     """Map each word to its token id; raise naming every word that is not one token."""
-    ids = {w: single_token_id(tokenizer, w) for w in dict.fromkeys(words)}
+    memo = _cache(tokenizer)
+    ids = {w: single_token_id(tokenizer, w, memo) for w in dict.fromkeys(words)}
     bad = [w for w, i in ids.items() if i is None]
     if bad:
         name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)

@@ -114,7 +114,7 @@ def run_model(
             for one_to_one in (False, True):
                 for method in METHODS:
                     hm = map_heads(
-                        s_sweep, t_sweep, None, budget, one_to_one, method=method,
+                        s_sweep, t_sweep, budget=budget, one_to_one=one_to_one, method=method,
                         features=features,
                     )  # fmt: skip
                     rows.append(

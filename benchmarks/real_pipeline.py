@@ -73,7 +73,7 @@ def main() -> None:
         eval_every=0,
     )
     t_sweep, s_sweep = timed("sweeps", lambda: sweeps(teacher, student, task, cfg))
-    head_map = cl.map_heads(s_sweep, t_sweep, None, cfg.map.budget)
+    head_map = cl.map_heads(s_sweep, t_sweep, budget=cfg.map.budget)
     out["map"] = [
         [str(s), str(t), d] for (s, t), d in zip(head_map.pairs, head_map.distances, strict=True)
     ]

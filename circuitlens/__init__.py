@@ -19,7 +19,7 @@ from circuitlens.core.devices import DeviceError, check_device
 from circuitlens.core.types import Circuit, Head, HeadMap, PlanStep
 from circuitlens.core.version import __version__ as __version__
 from circuitlens.distill.conditions import Condition, get_condition, register_condition
-from circuitlens.distill.config import DistillConfig, MapConfig
+from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.pipeline import ConditionResult, distill_circuit, train_condition
 from circuitlens.distill.result import DistillResult
 from circuitlens.distill.teacher_cache import TeacherCache
@@ -34,6 +34,7 @@ from circuitlens.experiments.design import (
     sign_flip_power,
 )
 from circuitlens.mapping import positions, weights  # noqa: F401  (register methods)
+from circuitlens.mapping.config import MapConfig
 from circuitlens.mapping.map import correspond, map_heads, random_map
 from circuitlens.measure.cka import cka, cka_with_null, linear_cka, rbf_cka
 from circuitlens.models import real, zoo  # noqa: F401

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from circuitlens.ablation.sweep import AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap
+from circuitlens.mapping.config import DEFAULT_BUDGET, MapConfig
 from circuitlens.mapping.map import map_heads, permuted_map, random_map
 from circuitlens.mapping.methods import METHODS, CorrespondenceFeatures
 from circuitlens.tasks.tokenizers import LOGIT_CONDITIONS
@@ -287,20 +288,37 @@ def kv_groups(heads: Sequence[Head], n_heads: int, n_kv_heads: int) -> int:
     return len({(h.layer, h.head // size) for h in heads})
 
 
-def condition_map(
-    condition: Condition | str,
-    aligned: HeadMap,
-    student_sweep: AblationResult,
-    teacher_sweep: AblationResult,
-    circuit: Circuit | None,
-    seed: int,
-    random_circuit: Circuit | None = None,
-    *,
-    n_kv_heads: int | None = None,
-    features: CorrespondenceFeatures | None = None,
-) -> HeadMap:
-    """The pairs a condition trains, from the setup's map ``aligned`` (made with ``circuit``'s
-    heads as candidates; its budget, one-to-one setting and map method are read from it).
+@dataclass(frozen=True)
+class PairSources:
+    """What :func:`condition_map` draws a condition's pairs from: a setup's map and sweeps
+    (:meth:`circuitlens.distill.setup.Setup.condition_map` builds it from the setup).
+
+    Attributes:
+        aligned: the setup's map, made with ``circuit``'s heads as candidates (its budget,
+            one-to-one setting and map method are read from it).
+        student_sweep, teacher_sweep: both models' sweeps.
+        circuit: the teacher heads the map drew from (None: every teacher head).
+        random_circuit: the teacher heads random partners are drawn from (None: every
+            teacher head).
+        n_kv_heads: the student's K/V heads per layer, to match random heads in trained
+            parameters (:func:`random_heads`; None: one per query head).
+        features: what else the map's method reads (e.g. the heads' ``z``), for random heads'
+            partners.
+    """
+
+    aligned: HeadMap
+    student_sweep: AblationResult
+    teacher_sweep: AblationResult
+    circuit: Circuit | None = None
+    random_circuit: Circuit | None = None
+    n_kv_heads: int | None = None
+    features: CorrespondenceFeatures | None = None
+
+
+def condition_map(condition: Condition | str, sources: PairSources, seed: int) -> HeadMap:
+    """The pairs a condition trains, from the setup's map ``sources.aligned`` (made with
+    ``sources.circuit``'s heads as candidates; its budget, one-to-one setting and map method
+    are read from it): ``condition_map("ce+rand", PairSources(aligned, s_sweep, t_sweep), 3)``.
 
     Heads: ``"map"``: the map's student heads; ``"random"``: as many student heads drawn at
     random (``seed``), matched in trained parameters (:func:`random_heads`, with
@@ -311,33 +329,35 @@ def condition_map(
     aligned partner (one to one: none of the map's partners); ``"random-all"``: drawn from the
     same pool with nothing left out; ``"permuted"``: the map's partners, the pairing permuted
     so that no head keeps its own (:func:`~circuitlens.mapping.map.permuted_map`)."""
+    aligned, features = sources.aligned, sources.features
+    student_sweep, teacher_sweep = sources.student_sweep, sources.teacher_sweep
     cond = get_condition(condition) if isinstance(condition, str) else condition
-    budget, one_to_one = aligned.config.get("budget", 0.13), bool(aligned.config.get("one_to_one"))
+    budget = aligned.config.get("budget", DEFAULT_BUDGET)
+    one_to_one = bool(aligned.config.get("one_to_one"))
     students = aligned.student_heads
     if cond.heads == "random":
-        students = random_heads(student_sweep, aligned.student_heads, seed, n_kv_heads)
+        students = random_heads(student_sweep, aligned.student_heads, seed, sources.n_kv_heads)
         if cond.partners == "map":
             method = aligned.config.get("method", "impact")
             needs_z = method in METHODS and "z" in METHODS[method].needs
             if needs_z and (features is None or features.student_z is None):
                 raise ValueError(
                     f"condition {cond.name!r}: the map method {method!r} reads the heads' z, "
-                    "which setup.json does not keep: pass features= (a setup read from disk: "
-                    "circuitlens.distill.pipeline.with_map_features(setup, teacher, student, "
-                    "task) measures them)"
+                    "which setup.json does not keep: give PairSources features= (a setup read "
+                    "from disk: circuitlens.distill.pipeline.with_map_features(setup, teacher, "
+                    "student, task) measures them)"
                 )
             return map_heads(
-                student_sweep, teacher_sweep, circuit, budget, one_to_one,
-                student_heads=students, method=method, features=features,
+                student_sweep, teacher_sweep, sources.circuit,
+                MapConfig(budget=budget, one_to_one=one_to_one, method=method),
+                student_heads=students, features=features,
             )  # fmt: skip
     if cond.partners in ("random", "random-all"):
         return random_map(
             student_sweep,
             teacher_sweep,
-            random_circuit,
-            budget,
-            one_to_one,
-            seed,
+            sources.random_circuit,
+            MapConfig(budget=budget, one_to_one=one_to_one, seed=seed),
             student_heads=students,
             avoid=aligned if cond.partners == "random" else None,
         )
@@ -357,6 +377,7 @@ __all__ = [
     "condition_map",
     "condition_names",
     "LABELS",
+    "PairSources",
     "get_condition",
     "kv_groups",
     "PARTNERS",

@@ -3,8 +3,10 @@ concept, composed.
 
 - the sweeps: :class:`~circuitlens.ablation.sweep.AblationConfig` (metric, prompts,
   bootstrap intervals, exact or screened), the one config of every mean-ablation sweep;
-- the map: :class:`MapConfig` (budget, one-to-one, the correspondence method, the teacher's
-  baseline, the random control's seed);
+- the map: :class:`~circuitlens.mapping.config.MapConfig` (budget, one-to-one, the
+  correspondence method, the teacher's baseline, the random control's seed, the CKA null's
+  permutations), defined with the map functions that take it (``circuitlens.mapping.config``)
+  and imported here;
 - the training: :class:`~circuitlens.distill.train_config.TrainConfig` (the condition, the
   optimiser, the CKA term, evaluation);
 
@@ -27,9 +29,9 @@ from typing import Any
 from circuitlens.ablation.sweep import AblationConfig
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.train_config import TrainConfig
-from circuitlens.mapping.features import TEACHER_BASELINES, TeacherBaseline
-from circuitlens.mapping.map import DEFAULT_BUDGET
-from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
+from circuitlens.mapping.config import MapConfig
+from circuitlens.mapping.features import TeacherBaseline
+from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS  # noqa: F401 (cli)
 
 #: keys of a run file (``circuitlens distill --config``) that name what to run, not options
 RUN_KEYS = ("teacher", "student", "task", "task_options")
@@ -89,52 +91,6 @@ def build(cls: type, d: Any, what: str) -> Any:
         return cls(**d)
     except (ConfigError, TypeError, ValueError) as e:  # a table where a number belongs, ...
         raise ConfigError(f"{what}: {e}") from e
-
-
-@dataclass(frozen=True)
-class MapConfig:
-    """How student heads are chosen and find their teacher partners.
-
-    Attributes:
-        budget: student heads to train, a fraction (default 0.13) or a count.
-        one_to_one: an assignment (distinct teacher heads) instead of each student head's
-            nearest teacher head.
-        method: a correspondence method of :func:`circuitlens.mapping.map.correspond`
-            (``"impact"``: the paper's closest ``|dP_s - dP_t|``, the default; ``"impact-rank"``,
-            ``"profile"``, ``"cka"``, ``"combined"``, or one added with ``register_method``). The
-            student heads are the budget's top impacts whatever the method; the method chooses
-            their partners.
-        teacher_baseline: ``"student"`` (dP_t = P_s - P_t^abl, the paper's apparent choice) or
-            ``"own"`` (each model against its own P); the teacher's sweep measures it.
-        seed: seed of the random control map.
-    """
-
-    budget: float | int = DEFAULT_BUDGET
-    one_to_one: bool = False
-    method: str = "impact"
-    teacher_baseline: TeacherBaseline = "student"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_fields(self, {"budget": (0, None)}, what="MapConfig")
-        if self.budget <= 0:
-            raise ConfigError(
-                f"budget must be a fraction in (0, 1] or a count >= 1 (got {self.budget!r})"
-            )
-        if isinstance(self.budget, float) and self.budget > 1:
-            raise ConfigError(
-                f"budget {self.budget!r} is a fraction above 1: write a count of heads as an "
-                f"integer ({int(self.budget)}), or a fraction in (0, 1]"
-            )
-        if self.method not in CORRESPONDENCE_METHODS:
-            raise ConfigError(
-                f"unknown map method {self.method!r}; valid: "
-                f"{', '.join(CORRESPONDENCE_METHODS)} (or one added with register_method)"
-            )
-        if self.teacher_baseline not in TEACHER_BASELINES:
-            raise ConfigError(
-                f"teacher_baseline must be 'student' or 'own' (got {self.teacher_baseline!r})"
-            )
 
 
 def _default_sweep() -> AblationConfig:

@@ -314,9 +314,8 @@ def _setup_map(
     read (the heads' ``z`` on the sweep's prompts measured where the method reads it)."""
     m = config.map
     features = map_features(teacher, student, task, m.method, s_sweep, t_sweep)
-    head_map = map_heads(
-        s_sweep, t_sweep, circuit, m.budget, m.one_to_one, method=m.method, features=features
-    )
+    # seed=0: the map's CKA null keeps the seed it always had; m.seed seeds the random control
+    head_map = map_heads(s_sweep, t_sweep, circuit, m, features=features, seed=0)
     return head_map, features
 
 

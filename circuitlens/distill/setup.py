@@ -26,7 +26,7 @@ from circuitlens.core.io import json_ready
 from circuitlens.core.rundir import read_json
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.core.validate import require_keys
-from circuitlens.distill.conditions import Condition, condition_map
+from circuitlens.distill.conditions import Condition, PairSources, condition_map
 from circuitlens.mapping.map import check_map
 from circuitlens.mapping.methods import CorrespondenceFeatures
 
@@ -149,17 +149,16 @@ class Setup:
         parameters (the student's K/V heads: ``student_shape``) and get their partners from
         the map's method (``features``)."""
         circuit = self.map_circuit
-        return condition_map(
-            condition,
+        sources = PairSources(
             self.head_map,
             self.student_sweep,
             self.teacher_sweep,
             circuit,
-            seed,
             circuit if random_from_circuit else None,
             n_kv_heads=self.student_shape[2],
             features=self.features,
         )
+        return condition_map(condition, sources, seed)
 
     def to_dict(self) -> dict[str, Any]:
         """The keys of ``setup.json``, in its order, as strict JSON holds them (NaN as None)."""

@@ -46,6 +46,7 @@ from torch import Tensor
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap, Model, parse_heads
 from circuitlens.mapping.checks import TIE, degenerate_warnings, map_warnings
+from circuitlens.mapping.config import DEFAULT_BUDGET, MapConfig, map_config
 from circuitlens.mapping.features import gather_features
 from circuitlens.mapping.methods import (
     METHODS,
@@ -58,9 +59,6 @@ from circuitlens.mapping.methods import (
 from circuitlens.tasks import Task
 
 log = logging.getLogger(__name__)
-
-#: student heads to train by default: 13% of them (the paper trains 11-15% of a student's heads)
-DEFAULT_BUDGET = 0.13
 
 
 def budget_count(budget: float | int, n_heads: int) -> int:
@@ -219,15 +217,12 @@ def map_heads(
     student_sweep: AblationResult,
     teacher_sweep: AblationResult | None = None,
     circuit: Circuit | None = None,
-    budget: float | int = DEFAULT_BUDGET,
-    one_to_one: bool = False,
-    student_heads: list[Head | str] | None = None,
+    config: MapConfig | None = None,
     *,
-    method: str = "impact",
+    student_heads: list[Head | str] | None = None,
     features: CorrespondenceFeatures | None = None,
     cost: Float[Tensor, "s_all t_all"] | None = None,
-    n_perm: int = 20,
-    seed: int = 0,
+    **overrides: Any,
 ) -> HeadMap:
     """Pair each chosen student head with a teacher head by a correspondence method: the one
     function that builds a head map.
@@ -245,13 +240,15 @@ def map_heads(
         student_sweep, teacher_sweep: the sweeps (the teacher's None for a method that does
             not read it, e.g. ``"cka"``).
         circuit: the teacher heads to map to (None: every measured teacher head).
-        budget, one_to_one: student heads to map (a fraction or a count); an assignment.
+        config, **overrides: a :class:`~circuitlens.mapping.config.MapConfig` (None: the
+            defaults) and its fields by name (``budget=5``; another name: a TypeError):
+            ``budget``, ``one_to_one`` (an assignment), ``method``, and ``n_perm``, ``seed``
+            (the CKA methods' permutation null); ``teacher_baseline`` is not read.
         student_heads: pair these heads instead of the budget's (the random-heads controls).
         features: what else the method reads (the heads' ``z``: ``gather_features``); the
             sweeps given here replace its own (a teacher sweep of None keeps its).
         cost: a ready ``[student head, teacher head]`` cost over all heads in (layer, head)
             order; the method is then ``"custom"``.
-        n_perm, seed: the permutation null of the CKA methods.
 
     Returns:
         A :class:`HeadMap` whose ``distances`` are the chosen pairs' costs, ``kind`` is
@@ -267,14 +264,16 @@ def map_heads(
     >>> [(str(s), str(t)) for s, t in hm.pairs]
     [('L0H0', 'L0H1'), ('L1H0', 'L0H2')]
     """
+    cfg = map_config(config, overrides, "map_heads")
+    budget, one_to_one = cfg.budget, cfg.one_to_one
     features = _with_sweeps(features, student_sweep, teacher_sweep)
-    spec = get_method(method) if cost is None else _custom(cost, features)
+    spec = get_method(cfg.method) if cost is None else _custom(cost, features)
     if student_heads is None:
         students = choose_student_heads(student_sweep, budget)
     else:
         students = parse_heads(list(student_heads))
     cands = _teacher_candidates(features, circuit)
-    inputs = CostInputs(features, students, cands, {"n_perm": n_perm, "seed": seed})
+    inputs = CostInputs(features, students, cands, {"n_perm": cfg.n_perm, "seed": cfg.seed})
     dist = spec.cost_fn(inputs).float()  # [student, candidate]
     if not bool(torch.isfinite(dist).all()):
         raise ValueError(f"method {spec.name!r} gave a cost that is not finite")
@@ -283,16 +282,16 @@ def map_heads(
     warnings += degenerate_warnings(dist, chosen, one_to_one, students, cands)
     for w in warnings:
         log.warning("map_heads (%s): %s", spec.name, w)
-    config = _map_config(features, budget, one_to_one, circuit, warnings)
+    record = _map_config(features, budget, one_to_one, circuit, warnings)
     if student_heads is not None:
-        config["student_heads"] = [str(h) for h in students]
-    config["method"] = spec.name
-    config |= {k: v for k, v in inputs.extras.items() if k == "cka_null"}
+        record["student_heads"] = [str(h) for h in students]
+    record["method"] = spec.name
+    record |= {k: v for k, v in inputs.extras.items() if k == "cka_null"}
     return HeadMap(
         pairs=[(s, cands[j]) for s, j in zip(students, chosen, strict=True)],
         distances=[float(dist[i, j]) for i, j in enumerate(chosen)],
         kind="ablation" if spec.name == "impact" else spec.name,
-        config=config,
+        config=record,
     )
 
 
@@ -358,17 +357,22 @@ def random_map(
     student_sweep: AblationResult,
     teacher_sweep: AblationResult,
     circuit: Circuit | None = None,
-    budget: float | int = DEFAULT_BUDGET,
-    one_to_one: bool = False,
-    seed: int = 0,
+    config: MapConfig | None = None,
+    *,
     student_heads: list[Head | str] | None = None,
     avoid: HeadMap | None = None,
+    **overrides: Any,
 ) -> HeadMap:
     """The control: the same student heads, teacher heads drawn at random from the candidates.
 
+    ``config`` (:class:`~circuitlens.mapping.config.MapConfig`, or its fields by name in
+    ``**overrides``: ``budget=3, seed=1``) gives the ``budget``, ``one_to_one`` and the draw's
+    ``seed``; its other fields are not read. ``student_heads`` replace the budget's.
     ``avoid`` (the ablation map) keeps each student head off its aligned partner, so the
     control is never the treatment by chance (1 in 32 on the zoo teacher otherwise).
     """
+    cfg = map_config(config, overrides, "random_map")
+    budget, one_to_one, seed = cfg.budget, cfg.one_to_one, cfg.seed
     students = (
         parse_heads(student_heads)
         if student_heads is not None
@@ -400,7 +404,7 @@ def random_map(
                 raise ValueError(f"no teacher head other than {partner.get(s)} to draw for {s}")
             picked.append(rng.choice(pool))
     dist = impact_distances(student_sweep, teacher_sweep, students, picked)
-    config: dict[str, Any] = {
+    record: dict[str, Any] = {
         "budget": budget,
         "one_to_one": one_to_one,
         "seed": seed,
@@ -408,7 +412,7 @@ def random_map(
         "avoid": None if avoid is None else [[str(a), str(b)] for a, b in avoid.pairs],
     }
     return HeadMap(
-        pairs=list(zip(students, picked, strict=True)), distances=dist, kind="random", config=config
+        pairs=list(zip(students, picked, strict=True)), distances=dist, kind="random", config=record
     )
 
 
@@ -475,6 +479,7 @@ def permuted_map(
 
 
 __all__ = [
+    "DEFAULT_BUDGET",
     "TIE",
     "assign",
     "budget_count",
@@ -494,19 +499,16 @@ __all__ = [
 
 def correspond_features(
     features: CorrespondenceFeatures,
-    method: str = "impact",
-    budget: float | int = DEFAULT_BUDGET,
-    one_to_one: bool = False,
+    config: MapConfig | None = None,
     *,
     circuit: Circuit | None = None,
     student_heads: list[Head | str] | None = None,
     cost: Float[Tensor, "s_all t_all"] | None = None,
-    n_perm: int = 20,
-    seed: int = 0,
+    **overrides: Any,
 ) -> HeadMap:
     """Map student heads to teacher heads from measured features: a thin wrapper of
     :func:`circuitlens.mapping.map.map_heads` (the one function that builds maps), which
-    see for the arguments.
+    see for the arguments (``correspond_features(features, method="cka", budget=3)``).
 
     Returns:
         A :class:`HeadMap` whose ``distances`` are the chosen pairs' costs and whose
@@ -516,68 +518,58 @@ def correspond_features(
         features.student_sweep,
         features.teacher_sweep,
         circuit,
-        budget,
-        one_to_one,
-        student_heads,
-        method=method,
+        map_config(config, overrides, "correspond_features"),
+        student_heads=student_heads,
         features=features,
         cost=cost,
-        n_perm=n_perm,
-        seed=seed,
     )
+
+
+#: the sweep options :func:`correspond` takes by name beside the MapConfig fields (fields of
+#: :class:`~circuitlens.ablation.sweep.AblationConfig`, at its defaults when not given)
+SWEEP_OPTIONS: tuple[str, ...] = ("n", "metric", "split", "n_boot")
 
 
 def correspond(
     student: Model,
     teacher: Model,
     task: Task,
-    method: str = "impact",
-    budget: float | int = DEFAULT_BUDGET,
-    one_to_one: bool = False,
+    config: MapConfig | None = None,
     *,
-    n: int | None = AblationConfig.n,
-    metric: str = AblationConfig.metric,
-    split: str = AblationConfig.split,
-    teacher_baseline: str = "student",
     circuit: Circuit | None = None,
     student_heads: list[Head | str] | None = None,
-    n_boot: int = AblationConfig.n_boot,
-    n_perm: int = 20,
-    seed: int = 0,
     progress: bool = False,
+    **overrides: Any,
 ) -> HeadMap:
-    """Map each chosen student head to a teacher head by ``method`` (see the module docstring),
-    measuring only what the method reads.
+    """Map each chosen student head to a teacher head by ``config.method`` (see the module
+    docstring), measuring only what the method reads:
+    ``correspond(s, t, task, method="cka", budget=5, n=64)``.
 
     Args:
-        method: ``"impact"``, ``"impact-rank"``, ``"profile"``, ``"cka"``, ``"combined"`` or a
-            name added with :func:`register_method`.
-        budget, one_to_one, circuit, student_heads: as
-            :func:`circuitlens.mapping.map.map_heads`.
-        n, metric, split, teacher_baseline, n_boot: the sweeps and prompts
-            (:func:`gather_features`).
-        n_perm, seed: the CKA methods' permutation null.
+        config: the map's options (:class:`~circuitlens.mapping.config.MapConfig`; None: the
+            defaults): ``method`` (``"impact"``, ``"impact-rank"``, ``"profile"``, ``"cka"``,
+            ``"combined"`` or a name added with :func:`register_method`), ``budget``,
+            ``one_to_one``, ``teacher_baseline`` (the teacher sweep's baseline,
+            :func:`gather_features`), and ``n_perm``, ``seed`` (the CKA methods' permutation
+            null).
+        circuit, student_heads: as :func:`circuitlens.mapping.map.map_heads`.
+        **overrides: MapConfig fields by name, replacing ``config``'s; and the sweeps'
+            options (:data:`SWEEP_OPTIONS`: ``n``, ``metric``, ``split``, ``n_boot``, as in
+            :class:`~circuitlens.ablation.sweep.AblationConfig`, whose defaults hold for those
+            not given). Another name is a TypeError that lists the valid ones.
 
     Returns:
         The :class:`HeadMap` (``config["method"]`` names the method).
     """
-    spec = get_method(method)
+    sweep = {k: overrides.pop(k) for k in SWEEP_OPTIONS if k in overrides}
+    cfg = map_config(config, overrides, "correspond", also=SWEEP_OPTIONS)
     features = gather_features(
         student,
         teacher,
         task,
-        spec.needs,
-        AblationConfig(metric=metric, n=n, split=split, n_boot=n_boot),
-        teacher_baseline=teacher_baseline,
+        get_method(cfg.method).needs,
+        AblationConfig(**sweep),
+        teacher_baseline=cfg.teacher_baseline,
         progress=progress,
     )
-    return correspond_features(
-        features,
-        method,
-        budget,
-        one_to_one,
-        circuit=circuit,
-        student_heads=student_heads,
-        n_perm=n_perm,
-        seed=seed,
-    )
+    return correspond_features(features, cfg, circuit=circuit, student_heads=student_heads)

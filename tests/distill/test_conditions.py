@@ -14,6 +14,7 @@ from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.conditions import (
     LABELS,
     Condition,
+    PairSources,
     condition_map,
     condition_names,
     get_condition,
@@ -78,13 +79,13 @@ def test_loss_is_the_sum_of_the_terms() -> None:
 
 def test_cell_maps() -> None:
     aligned = map_heads(STUDENT, TEACHER, budget=5, one_to_one=True)
-    assert condition_map("ce+align", aligned, STUDENT, TEACHER, None, 0) is aligned
-    rand = condition_map("ce+rand", aligned, STUDENT, TEACHER, None, 3)
+    assert condition_map("ce+align", PairSources(aligned, STUDENT, TEACHER), 0) is aligned
+    rand = condition_map("ce+rand", PairSources(aligned, STUDENT, TEACHER), 3)
     assert rand.student_heads == aligned.student_heads and rand.kind == "random"
     partner = dict(aligned.pairs)
     assert all(t != partner[s] for s, t in rand.pairs)
-    heads = condition_map("random-heads", aligned, STUDENT, TEACHER, None, 3)
-    again = condition_map("random-heads+align", aligned, STUDENT, TEACHER, None, 3)
+    heads = condition_map("random-heads", PairSources(aligned, STUDENT, TEACHER), 3)
+    again = condition_map("random-heads+align", PairSources(aligned, STUDENT, TEACHER), 3)
     assert heads.pairs == again.pairs  # the two random-heads controls train the same heads
     assert len(heads) == len(aligned) and len(set(heads.teacher_heads)) == len(heads)
     # each random head's partner is the one the map would give it (one to one: assignment)
@@ -95,8 +96,8 @@ def test_cell_maps() -> None:
     # a method that reads z, with no z at hand (a setup read from disk): a named error
     cka = HeadMap(aligned.pairs, config=aligned.config | {"method": "cka"})
     with pytest.raises(ValueError, match="reads the heads' z.*with_map_features"):
-        condition_map("random-heads+align", cka, STUDENT, TEACHER, None, 3)
-    other = condition_map("random-heads", aligned, STUDENT, TEACHER, None, 4)
+        condition_map("random-heads+align", PairSources(cka, STUDENT, TEACHER), 3)
+    other = condition_map("random-heads", PairSources(aligned, STUDENT, TEACHER), 4)
     assert other.student_heads != heads.student_heads  # another seed, another draw
     assert random_heads(STUDENT, 5, 3) == heads.student_heads  # seeded
     with pytest.raises(ValueError, match="cannot draw"):
@@ -111,7 +112,7 @@ def test_a_new_condition_is_one_entry(monkeypatch) -> None:
     cfg = TrainConfig(condition="placeholder")
     assert cfg.uses_cka and cfg.cond.shuffle
     aligned = map_heads(STUDENT, TEACHER, budget=3)
-    assert condition_map("placeholder", aligned, STUDENT, TEACHER, None, 0).kind == "random"
+    assert condition_map("placeholder", PairSources(aligned, STUDENT, TEACHER), 0).kind == "random"
     with pytest.raises(ValueError, match="shuffle needs the align term"):
         Condition("bad", "bad", ("ce",), shuffle=True)
 
@@ -156,34 +157,41 @@ def test_the_factorial_controls() -> None:
     partner = dict(aligned.pairs)
     hit_own = hit_set = False
     for seed in range(40):
-        rand_all = condition_map("ce+rand-all", aligned, STUDENT, TEACHER, None, seed)
+        rand_all = condition_map("ce+rand-all", PairSources(aligned, STUDENT, TEACHER), seed)
         assert rand_all.student_heads == aligned.student_heads and rand_all.kind == "random"
         assert rand_all.config["avoid"] is None and len(set(rand_all.teacher_heads)) == 5
         hit_own |= any(t == partner[s] for s, t in rand_all.pairs)
         hit_set |= bool(set(rand_all.teacher_heads) & set(aligned.teacher_heads))
-        rr = condition_map("random-heads+rand-all", aligned, STUDENT, TEACHER, None, seed)
-        heads = condition_map("random-heads+align", aligned, STUDENT, TEACHER, None, seed)
+        rr = condition_map("random-heads+rand-all", PairSources(aligned, STUDENT, TEACHER), seed)
+        heads = condition_map("random-heads+align", PairSources(aligned, STUDENT, TEACHER), seed)
         assert rr.student_heads == heads.student_heads  # the same random heads
-        perm = condition_map("ce+permuted", aligned, STUDENT, TEACHER, None, seed)
+        perm = condition_map("ce+permuted", PairSources(aligned, STUDENT, TEACHER), seed)
         assert perm.kind == "permuted" and perm.student_heads == aligned.student_heads
         assert sorted(perm.teacher_heads) == sorted(aligned.teacher_heads)
         assert all(t != partner[s] for s, t in perm.pairs)
     # drawn from all 30 teacher heads, nothing left out: the map's partners come up
     assert hit_set and hit_own
     # ce+rand, kept as it was: never the map's partners (one to one)
-    rand = condition_map("ce+rand", aligned, STUDENT, TEACHER, None, 0)
+    rand = condition_map("ce+rand", PairSources(aligned, STUDENT, TEACHER), 0)
     assert not set(rand.teacher_heads) & set(aligned.teacher_heads)
     one = map_heads(STUDENT, TEACHER, budget=1)
     with pytest.raises(ValueError, match="at least 2 pairs"):
-        condition_map("ce+permuted", one, STUDENT, TEACHER, None, 0)
+        condition_map("ce+permuted", PairSources(one, STUDENT, TEACHER), 0)
 
 
 def test_random_heads_partners_come_from_the_map_method() -> None:
     """A map made by another method gives the random heads their partners by that method."""
     aligned = map_heads(STUDENT, TEACHER, budget=5, one_to_one=True, method="impact-rank")
-    heads = condition_map("random-heads+align", aligned, STUDENT, TEACHER, None, 3)
+    heads = condition_map("random-heads+align", PairSources(aligned, STUDENT, TEACHER), 3)
     assert heads.config["method"] == "impact-rank" and heads.kind == "impact-rank"
-    by_hand = map_heads(STUDENT, TEACHER, None, 5, True, heads.student_heads, method="impact-rank")
+    by_hand = map_heads(
+        STUDENT,
+        TEACHER,
+        budget=5,
+        one_to_one=True,
+        student_heads=heads.student_heads,
+        method="impact-rank",
+    )
     assert heads.pairs == by_hand.pairs
 
 

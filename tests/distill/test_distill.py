@@ -270,7 +270,7 @@ def test_map_method_chooses_the_partners_of_the_same_student_heads(make_llama_di
     )
     impact = prepare(teacher, student, task, cfg, progress=False)
     s, t = impact.student_sweep, impact.teacher_sweep
-    assert impact.head_map.pairs == map_heads(s, t, None, 3, True).pairs
+    assert impact.head_map.pairs == map_heads(s, t, budget=3, one_to_one=True).pairs
     for method in ("profile", "cka"):
         setup = prepare(
             teacher, student, task, cfg.with_overrides(map_method=method), progress=False
@@ -280,7 +280,9 @@ def test_map_method_chooses_the_partners_of_the_same_student_heads(make_llama_di
         assert len(set(setup.head_map.teacher_heads)) == 3  # one to one
         zs = head_z(student, task, "probe", 16) if method == "cka" else None  # what chooses
         zt = head_z(teacher, task, "probe", 16) if method == "cka" else None
-        again = correspond_features(CorrespondenceFeatures(s, t, zs, zt), method, 3, True)
+        again = correspond_features(
+            CorrespondenceFeatures(s, t, zs, zt), method=method, budget=3, one_to_one=True
+        )
         assert setup.head_map.pairs == again.pairs
     with pytest.raises(
         ConfigError, match=r"\(given as map_method\): unknown map method 'closest'.*profile"

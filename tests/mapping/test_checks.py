@@ -116,11 +116,11 @@ def test_map_heads_dispatches_to_every_method() -> None:
     features = CorrespondenceFeatures(s, t, zs, zt)
     for method in ("impact", "impact-rank", "profile", "cka", "combined"):
         for one_to_one in (False, True):
-            got = map_heads(s, t, None, 3, one_to_one, method=method, features=features)
-            want = correspond_features(features, method, 3, one_to_one)
+            got = map_heads(s, t, budget=3, one_to_one=one_to_one, method=method, features=features)
+            want = correspond_features(features, method=method, budget=3, one_to_one=one_to_one)
             assert got.pairs == want.pairs and got.distances == want.distances
             assert got.config == want.config and got.config["method"] == method
-    with pytest.raises(ValueError, match="unknown correspondence method 'nearest'"):
+    with pytest.raises(ValueError, match="unknown map method 'nearest'"):
         map_heads(s, t, method="nearest")
 
 

@@ -7,7 +7,16 @@ import torch
 
 from circuitlens.ablation.sweep import AblationConfig, AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap
-from circuitlens.mapping.map import budget_count, choose_student_heads, map_heads, random_map
+from circuitlens.core.validate import ConfigError
+from circuitlens.mapping.config import MapConfig
+from circuitlens.mapping.map import (
+    budget_count,
+    choose_student_heads,
+    correspond_features,
+    map_heads,
+    random_map,
+)
+from circuitlens.mapping.methods import CorrespondenceFeatures
 
 
 def _sweep(delta: list[list[float]], name: str = "m") -> AblationResult:
@@ -180,3 +189,62 @@ def test_random_control_draws_from_every_teacher_head_of_a_screened_sweep() -> N
         assert not set(m.teacher_heads) & set(aligned.teacher_heads)  # never a partner
         draws |= set(m.teacher_heads)
     assert draws == {Head(0, 0), Head(0, 2), Head(1, 0), Head(1, 1)}
+
+
+def test_overrides_are_the_config_form() -> None:
+    """The map functions take a MapConfig or its fields by name: the same map either way."""
+    cfg = MapConfig(budget=3, one_to_one=True, seed=2)
+    for fn in (map_heads, random_map):
+        by_config = fn(STUDENT, TEACHER, None, cfg)
+        by_name = fn(STUDENT, TEACHER, budget=3, one_to_one=True, seed=2)
+        assert by_config == by_name
+        assert by_config.pairs == by_name.pairs and by_config.config == by_name.config
+        # an override replaces the config's field, the others kept
+        assert fn(STUDENT, TEACHER, config=MapConfig(budget=1, seed=2), budget=3,
+                  one_to_one=True) == by_config  # fmt: skip
+    assert map_heads(STUDENT, TEACHER) == map_heads(STUDENT, TEACHER, config=MapConfig())
+    features = CorrespondenceFeatures(STUDENT, TEACHER)
+    assert correspond_features(features, cfg) == map_heads(STUDENT, TEACHER, budget=3,
+                                                           one_to_one=True)  # fmt: skip
+    assert correspond_features(features, method="impact-rank", budget=2) == map_heads(
+        STUDENT, TEACHER, config=MapConfig(method="impact-rank", budget=2)
+    )
+
+
+def test_an_unknown_override_is_refused_by_name(unchecked) -> None:
+    fields = "budget, one_to_one, method, teacher_baseline, seed, n_perm"
+    with pytest.raises(TypeError, match=rf"map_heads\(\) got unknown option\(s\) \['bugdet'\]; "
+                       rf"valid: the MapConfig fields {fields}$"):  # fmt: skip
+        map_heads(STUDENT, TEACHER, bugdet=3)
+    with pytest.raises(TypeError, match=r"random_map\(\) got unknown option\(s\) \['avoid_'\]"):
+        random_map(STUDENT, TEACHER, avoid_=None)
+    with pytest.raises(TypeError, match=rf"\['n_perms'\]; valid: .*{fields}"):
+        correspond_features(CorrespondenceFeatures(STUDENT, TEACHER), n_perms=4)
+    with pytest.raises(TypeError, match=r"unknown MapConfig option\(s\) \['x'\]; valid: budget"):
+        MapConfig().with_overrides(x=1)
+    # a value is checked as the config checks it
+    with pytest.raises(ConfigError, match="budget 1.5 is a fraction above 1"):
+        map_heads(STUDENT, TEACHER, budget=1.5)
+    # the positional form before the config (budget 4th) is named, not read as a config
+    with unchecked(), pytest.raises(TypeError, match="config must be a MapConfig or None"):
+        map_heads(STUDENT, TEACHER, None, 3)
+
+
+def test_map_config_lives_in_mapping_and_distill_reads_it() -> None:
+    """MapConfig moved to mapping (below distill): the same class from every import path,
+    its new field n_perm saved and read back, and a config saved without it read at 20."""
+    import json
+
+    import circuitlens as cl
+    from circuitlens.distill import config as distill_config
+    from circuitlens.mapping import map as map_module
+
+    assert cl.MapConfig is distill_config.MapConfig is MapConfig
+    assert map_module.DEFAULT_BUDGET == MapConfig().budget == 0.13
+    cfg = cl.DistillConfig(map=MapConfig(n_perm=50, seed=3))
+    back = cl.DistillConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.map.n_perm == 50
+    old = cl.DistillConfig().to_dict()
+    del old["map"]["n_perm"]  # a config saved before n_perm was a field
+    assert cl.DistillConfig.from_dict(old) == cl.DistillConfig()
+    assert "n_perm" not in cl.DistillConfig().flat()  # the sweeps' keys are as they were

@@ -109,11 +109,12 @@ def test_profile_and_cka_recover_an_exact_relabelling(exact_copy: Any, one_to_on
     to its own relabelled copy by profile, cka and combined."""
     features, perm = exact_copy
     for method in ("profile", "cka", "combined"):
-        hm = correspond_features(features, method, 1.0, one_to_one)
+        hm = correspond_features(features, method=method, budget=1.0, one_to_one=one_to_one)
         assert len(hm) == 32 and hm.config["method"] == method
         assert recovery(hm, perm) == 1.0, method
         assert max(hm.distances) < 1e-4  # r = 1, CKA = 1 up to float32
-    null = correspond_features(features, "cka", 1.0, one_to_one).config["cka_null"]
+    cka_map = correspond_features(features, method="cka", budget=1.0, one_to_one=one_to_one)
+    null = cka_map.config["cka_null"]
     assert len(null["value"]) == 32 and null["n_perm"] == 20
     assert min(null["value"]) > 0.999 and max(null["null_mean"]) < 0.5
 
@@ -128,8 +129,10 @@ def test_impact_is_map_heads(
 ) -> None:
     s, t = zoo_pair.student_sweep, zoo_pair.teacher_sweep
     for circuit in (None, Circuit({"A": ["L0H6", "L0H7", "L1H0", "L3H3", "L2H2", "L3H6"]})):
-        want = map_heads(s, t, circuit, budget, one_to_one)
-        got = correspond_features(zoo_pair, "impact", budget, one_to_one, circuit=circuit)
+        want = map_heads(s, t, circuit, budget=budget, one_to_one=one_to_one)
+        got = correspond_features(
+            zoo_pair, method="impact", budget=budget, one_to_one=one_to_one, circuit=circuit
+        )
         assert got.pairs == want.pairs and got.distances == want.distances
         assert got.kind == want.kind == "ablation"
         assert got.config == want.config | {"method": "impact"}
@@ -148,9 +151,9 @@ def test_impact_rank_does_not_collapse_when_the_scales_differ() -> None:
     student = _sweep([[0.20, 0.10], [0.05, 0.01]])
     teacher = _sweep([[-0.30, -0.20], [-0.50, -0.40]])
     features = CorrespondenceFeatures(student, teacher)
-    by_impact = correspond_features(features, "impact", 3)
+    by_impact = correspond_features(features, method="impact", budget=3)
     assert by_impact.teacher_heads == [Head(0, 1)] * 3
-    by_rank = correspond_features(features, "impact-rank", 3)
+    by_rank = correspond_features(features, method="impact-rank", budget=3)
     # student ranks 4, 3, 2 of 4 -> the teacher heads of ranks 4 (-0.20), 3 (-0.30), 2 (-0.40)
     assert by_rank.teacher_heads == [Head(0, 1), Head(0, 0), Head(1, 1)]
     assert by_rank.distances == [0.0, 0.0, 0.0] and by_rank.kind == "impact-rank"
@@ -166,7 +169,7 @@ def test_profile_is_one_minus_pearson_r(caplog: pytest.LogCaptureFixture) -> Non
     teacher = _sweep([[0.0, 0.0, 0.0]], pt)
     features = CorrespondenceFeatures(student, teacher)
     with caplog.at_level(logging.WARNING):
-        hm = correspond_features(features, "profile", 4)
+        hm = correspond_features(features, method="profile", budget=4)
     rows = [ps[0, 0], ps[0, 1], ps[1, 0], ps[1, 1]]
     for (s, t), d, row in zip(hm.pairs, hm.distances, rows, strict=True):
         if s == Head(1, 1):
@@ -191,7 +194,7 @@ def test_a_user_method_and_a_given_cost(zoo_pair: CorrespondenceFeatures) -> Non
         ),
     )
     try:
-        hm = correspond_features(zoo_pair, "last-head", 3)
+        hm = correspond_features(zoo_pair, method="last-head", budget=3)
         assert hm.teacher_heads == [Head(3, 7)] * 3 and hm.config["method"] == "last-head"
     finally:
         del METHODS["last-head"]
@@ -203,17 +206,17 @@ def test_a_user_method_and_a_given_cost(zoo_pair: CorrespondenceFeatures) -> Non
     with pytest.raises(ValueError, match=r"\[8, 32\]"):
         correspond_features(zoo_pair, cost=torch.ones(8, 31))
     with pytest.raises(ValueError, match="valid: impact, impact-rank, profile, cka, combined"):
-        correspond_features(zoo_pair, "nearest")
+        correspond_features(zoo_pair, method="nearest")
     with pytest.raises(ValueError, match="needs teacher_sweep"):
         correspond_features(
             CorrespondenceFeatures(zoo_pair.student_sweep, None, None, torch.zeros(4, 2, 2, 3)),
-            "impact",
+            method="impact",
         )
 
 
 def test_correspond_runs_only_what_the_method_reads(teacher: Any, task: Any) -> None:
     copy, perm = permuted_copy(teacher, seed=1)
-    hm = correspond(teacher, copy, task, "cka", 0.25, True, n=16, n_boot=0)
+    hm = correspond(teacher, copy, task, method="cka", budget=0.25, one_to_one=True, n=16, n_boot=0)
     assert recovery(hm, perm) == 1.0
     assert hm.config["teacher_baseline"] is None  # no teacher sweep was run
     assert hm.kind == "cka" and len(hm) == 8
@@ -231,7 +234,8 @@ def test_the_sweep_keeps_each_prompts_impact(exact_copy: Any) -> None:
     assert AblationResult.from_dict(old).prompt_delta is None
     with pytest.raises(ValueError, match="no per-prompt impacts"):
         correspond_features(
-            CorrespondenceFeatures(AblationResult.from_dict(old), features.teacher_sweep), "profile"
+            CorrespondenceFeatures(AblationResult.from_dict(old), features.teacher_sweep),
+            method="profile",
         )
 
 
@@ -252,5 +256,7 @@ def test_the_own_baseline_and_what_noise_does_to_behaviour(teacher: Any, task: A
     assert changed.kl > 1e-4 and changed.original_accuracy == same.accuracy
     assert set(changed.to_dict()) == {"accuracy", "original_accuracy", "kl", "n"}
     features = gather_features(teacher, teacher, task, ("z",), AblationConfig(n=16, n_boot=0))
-    own = map_heads(features.student_sweep, None, None, 1.0, True, method="cka", features=features)
+    own = map_heads(
+        features.student_sweep, budget=1.0, one_to_one=True, method="cka", features=features
+    )
     assert recovery(own, ident) == 1.0

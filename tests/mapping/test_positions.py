@@ -92,8 +92,10 @@ def test_every_method_recovers_an_exact_relabelling(teacher: Any, task: Any) -> 
     features = CorrespondenceFeatures(_sweep(f.n_layers, f.n_heads), more=more)
     for method in ("cka-positions", "cka-positions-mean", "cka-tokens", "pattern"):
         for one_to_one in (False, True):
-            hm = correspond_features(features, method, 1.0, one_to_one, n_perm=4)
+            hm = correspond_features(
+                features, method=method, budget=1.0, one_to_one=one_to_one, n_perm=4
+            )
             assert recovery(hm, perm) == 1.0, (method, one_to_one)
             assert max(hm.distances) < 1e-4, method
-    hm = correspond_features(features, "cka-positions", 0.25, n_perm=4)
+    hm = correspond_features(features, method="cka-positions", budget=0.25, n_perm=4)
     assert len(hm.config["cka_null"]["value"]) == len(hm) == 8

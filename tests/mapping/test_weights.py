@@ -52,7 +52,7 @@ def test_a_model_against_itself_maps_every_head_to_itself(
     features = _features(tiny_bridge, tiny_bridge)
     identity = {h: h for h in _heads(tiny_bridge)}
     for method in METHODS:
-        hm = correspond_features(features, method, 1.0, one_to_one)
+        hm = correspond_features(features, method=method, budget=1.0, one_to_one=one_to_one)
         assert hm.config["method"] == method and len(hm) == len(identity)
         assert recovery(hm, identity) == 1.0, method
         assert max(hm.distances) < 1e-5  # cosine 1
@@ -65,7 +65,7 @@ def test_a_permuted_copy_is_mapped_by_its_permutation(tiny_bridge: Any, groups: 
     features = _features(tiny_bridge, copy)
     for method in METHODS:
         for one_to_one in (False, True):
-            hm = correspond_features(features, method, 1.0, one_to_one)
+            hm = correspond_features(features, method=method, budget=1.0, one_to_one=one_to_one)
             assert recovery(hm, perm) == 1.0, (method, one_to_one)
 
 
@@ -116,7 +116,7 @@ def test_models_of_another_d_model_are_refused_by_name(
     features = _features(tiny_bridge, wide)
     for method in METHODS:
         with pytest.raises(BasisMismatchError, match="d_model is 32 and the teacher's 48"):
-            correspond_features(features, method, 1.0)
+            correspond_features(features, method=method, budget=1.0)
 
 
 @pytest.mark.integration

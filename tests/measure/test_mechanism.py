@@ -36,7 +36,7 @@ def trained() -> dict[str, Any]:
     task = get_task("entity_tracking", n_val=16, n_test=TEST_N, tokenizers=[teacher, student])
     cfg = DistillConfig().with_overrides(sweep_n=SWEEP_N, n_boot=0, budget=2, test_n=TEST_N)
     t_sweep, s_sweep = sweeps(teacher, student, task, cfg, progress=False)
-    head_map = map_heads(s_sweep, t_sweep, None, cfg.map.budget)
+    head_map = map_heads(s_sweep, t_sweep, budget=cfg.map.budget)
     train = TrainConfig(condition="ce+align", steps=3, batch_size=8, eval_every=0, lr=1e-2)
     done = train_condition(
         teacher, student, task, head_map, train, TEST_N, progress=False,

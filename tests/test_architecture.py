@@ -316,9 +316,6 @@ OVER_PARAMETERS: dict[str, str] = {
     "circuitlens/mapping/map.py::map_heads": (
         "not yet converted: map options loose (budget, one_to_one, method, seed); documented"
     ),
-    "circuitlens/circuits/activation.py::activation_patch": (
-        "not yet converted: PatchingConfig fields loose; cl.activation_patch documented"
-    ),
     "circuitlens/mapping/map.py::correspond_features": (
         "not yet converted: map options loose; called positionally in docs and tests"
     ),
@@ -333,9 +330,6 @@ OVER_PARAMETERS: dict[str, str] = {
     ),
     "circuitlens/distill/pipeline.py::distill_circuit": (
         "not yet converted: circuit, checkpoint_dir beside the config; documented call"
-    ),
-    "circuitlens/circuits/path.py::path_patch": (
-        "not yet converted: via, position, senders_per_pass loose; cl.path_patch documented"
     ),
 }
 

@@ -3,7 +3,8 @@
 :func:`check_fields` reads each field's annotation (``int``, ``float``, ``bool``, ``str``,
 unions of them, ``X | None``, ``tuple[int, ...]``) and checks the value's type, that numbers are
 finite, and the field's range when one is given. A wrong value raises :class:`ConfigError`
-naming the field, the value and what is allowed.
+naming the field, the value and what is allowed. :func:`config_with_overrides` gives the config
+a function runs with from its ``config`` argument and its ``**overrides`` (fields by name).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import math
 import sys
 import types
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 _SIMPLE = (bool, int, float, str)
+_C = TypeVar("_C")
 
 
 class ConfigError(ValueError):
@@ -137,3 +139,28 @@ def require_keys(
     missing = [k for k in keys if k not in d]
     if missing:
         raise error(f"{name} lacks {missing}: written by another version of circuitlens; {fix}")
+
+
+def config_with_overrides(cls: type[_C], config: _C | None, overrides: dict[str, Any]) -> _C:
+    """The config a function runs with: ``config`` (``cls()`` when None) with the fields named in
+    ``overrides`` (the function's ``**overrides``) replaced.
+
+    Raises:
+        TypeError: ``config`` is not a ``cls`` (e.g. an option passed by position where the
+            config now stands).
+        ConfigError: an override names no field of ``cls``; the message names the valid ones.
+    """
+    valid = [f.name for f in dataclasses.fields(cls)]
+    if config is None:
+        config = cls()
+    elif not isinstance(config, cls):
+        raise TypeError(
+            f"config must be a {cls.__name__} (got {type(config).__name__} {config!r}); "
+            f"pass its options by name: {', '.join(f'{k}=...' for k in valid)}"
+        )
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} option(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+        )
+    return dataclasses.replace(config, **overrides) if overrides else config

@@ -8,7 +8,13 @@ Wallace 2025, "Circuit Distillation").
 # the model sources: importing each registers its "<prefix>:" with load_model
 from circuitlens.ablation.means import mean_ablated
 from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
-from circuitlens.circuits import activation_patch, attribution_patch, path_patch
+from circuitlens.circuits import (
+    PatchingConfig,
+    PathPatchingConfig,
+    activation_patch,
+    attribution_patch,
+    path_patch,
+)
 from circuitlens.circuits.find import (
     CircuitConfig,
     CircuitStageError,
@@ -83,6 +89,8 @@ __all__ = [
     "HeadMap",
     "ModelFacts",
     "ModelLoadError",
+    "PatchingConfig",
+    "PathPatchingConfig",
     "PlanStep",
     "Prompt",
     "PromptBatch",

@@ -310,17 +310,11 @@ OVER_PARAMETERS: dict[str, str] = {
     "circuitlens/distill/pipeline.py::train_condition": (
         "not yet converted: its DistillConfig parts passed loose; documented"
     ),
-    "circuitlens/circuits/activation.py::activation_patch": (
-        "not yet converted: PatchingConfig fields loose; cl.activation_patch documented"
-    ),
     "circuitlens/distill/trainer.py::CircuitTrainer.__init__": (
         "not yet converted: circuit, checkpoint_dir, teacher_cache, fsdp loose; documented"
     ),
     "circuitlens/distill/pipeline.py::distill_circuit": (
         "not yet converted: circuit, checkpoint_dir beside the config; documented call"
-    ),
-    "circuitlens/circuits/path.py::path_patch": (
-        "not yet converted: via, position, senders_per_pass loose; cl.path_patch documented"
     ),
 }
 

@@ -19,7 +19,7 @@ friends), which the tests use as the reference.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor
 from circuitlens.ablation.interventions import Patch, Replacement, sweep
 from circuitlens.core.hooks import act_name, resid_pre_name
 from circuitlens.core.types import Head, Model, parse_heads
+from circuitlens.core.validate import config_with_overrides
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks.metrics import keep_positions, model_device
 
@@ -37,9 +38,32 @@ COMPONENTS = ("z", "q", "k", "v", "pattern")
 
 @dataclass(frozen=True)
 class PatchingConfig:
+    """Options of :func:`activation_patch` (carried by its result).
+
+    Attributes:
+        component: the activation patched: ``"z"``, ``"q"``, ``"k"``, ``"v"`` or ``"pattern"``.
+        per_position: patch each (head, position) alone.
+        patches_per_pass: patches sharing one forward pass (each in its own copy of the
+            corrupted batch); None: 1 on a CPU, 8 on a GPU (a result records the number used).
+        heads: patch only these heads (``k``/``v``: K/V heads; kept as ``"L3H5"`` strings);
+            the others score NaN. None: every head.
+    """
+
     component: str = "z"
     per_position: bool = False
     patches_per_pass: int | None = None
+    heads: Sequence[Head | str] | None = None
+
+    def __post_init__(self) -> None:
+        # patches_per_pass is checked by activation_patch: attribution patching's results
+        # record 0 (no patching pass)
+        if self.component not in COMPONENTS:
+            raise ValueError(
+                f"unknown component {self.component!r}; valid: {', '.join(COMPONENTS)}"
+            )
+        if self.heads is not None:  # "L3H5" strings: a config that serialises as it reads
+            heads = tuple(str(h) for h in parse_heads(list(self.heads)))
+            object.__setattr__(self, "heads", heads)
 
 
 @dataclass
@@ -82,11 +106,7 @@ class PatchingResult:
         }
 
 
-def _check_patch_inputs(
-    component: str, clean: Tensor, corrupted: Tensor, patches_per_pass: int | None
-) -> None:
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; valid: {', '.join(COMPONENTS)}")
+def _check_patch_inputs(clean: Tensor, corrupted: Tensor, patches_per_pass: int | None) -> None:
     if clean.shape != corrupted.shape:
         raise ValueError(
             f"clean and corrupted batches must have the same shape: "
@@ -112,28 +132,32 @@ def activation_patch(
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
     metric: Callable[[Tensor], Tensor],
-    component: str = "z",
-    per_position: bool = False,
-    patches_per_pass: int | None = None,
-    progress: bool = True,
+    config: PatchingConfig | None = None,
+    *,
     positions: Int[Tensor, " batch"] | None = None,
-    heads: Sequence[Head | str] | None = None,
+    progress: bool = True,
+    **overrides: Any,
 ) -> PatchingResult:
     """Patch each head's ``component`` from the clean run into the corrupted run.
 
     Args:
         clean, corrupted: token batches of the same shape.
         metric: ``logits [batch, pos, d_vocab] -> scalar`` (TransformerLens' signature).
+        config: a :class:`PatchingConfig`; ``**overrides`` replace its fields by name
+            (``component="q"``, ``per_position=True``, ``patches_per_pass=8``,
+            ``heads=["L1H2"]``); an unknown name is a :class:`ConfigError`.
         positions: the one position per prompt the metric reads (e.g. the task's ``last``):
             logits are then computed there only and ``metric`` gets ``[batch, d_vocab]``
             (the metrics of :func:`circuitlens.tasks.make_metric` accept both).
-        heads: patch only these heads (``k``/``v``: K/V heads); the others score NaN and
-            ``exact`` marks the patched ones.
 
     Returns:
-        :class:`PatchingResult` with ``scores[layer, head]`` (or ``[layer, head, pos]``).
+        :class:`PatchingResult` with ``scores[layer, head]`` (or ``[layer, head, pos]``);
+        with ``heads`` set, ``exact`` marks the patched heads.
     """
-    _check_patch_inputs(component, clean, corrupted, patches_per_pass)
+    cfg = config_with_overrides(PatchingConfig, config, overrides)
+    component, per_position = cfg.component, cfg.per_position
+    patches_per_pass = cfg.patches_per_pass
+    _check_patch_inputs(clean, corrupted, patches_per_pass)
     f = model_facts(model)
     n_heads = f.n_kv_heads if component in ("k", "v") else f.n_heads
     device = model_device(model)
@@ -156,7 +180,7 @@ def activation_patch(
         clean_logits, corrupted_logits = gather(clean_logits), gather(corrupted_logits)
     # every patch: (head, position or None), each in its own copy of the corrupted batch, run
     # from its layer (earlier blocks are unaffected)
-    wanted = None if heads is None else {(h.layer, h.head) for h in parse_heads(list(heads))}
+    wanted = None if cfg.heads is None else {(h.layer, h.head) for h in parse_heads(cfg.heads)}
     patches = [
         (Head(layer, h), p)
         for layer in range(f.n_layers)
@@ -175,7 +199,7 @@ def activation_patch(
         clean_score=float(metric(clean_logits)),
         corrupted_score=float(metric(corrupted_logits)),
         axis_names=axes,
-        config=PatchingConfig(component, per_position, patches_per_pass),
+        config=replace(cfg, patches_per_pass=patches_per_pass),
         exact=None
         if wanted is None
         else torch.tensor(

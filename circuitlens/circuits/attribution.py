@@ -142,10 +142,9 @@ def screened_activation_patch(
             clean,
             corrupted,
             metric,
-            patches_per_pass=patches_per_pass,
-            progress=progress,
+            PatchingConfig(patches_per_pass=patches_per_pass, heads=[heads[i] for i in chosen]),
             positions=positions,
-            heads=[heads[i] for i in chosen],
+            progress=progress,
         )
         for i in chosen:
             scores[i] = res.scores.flatten()[i]

@@ -57,7 +57,7 @@ from circuitlens.ablation.screening import auto_method
 from circuitlens.circuits.activation import activation_patch
 from circuitlens.circuits.attribution import ScreenedPatch, screened_activation_patch
 from circuitlens.circuits.evaluation import ablation_means
-from circuitlens.circuits.path import PathPatchingResult, path_patch
+from circuitlens.circuits.path import PathPatchingConfig, PathPatchingResult, path_patch
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.types import Circuit, Head, Model, PlanStep, parse_heads
 from circuitlens.core.validate import check_fields
@@ -319,8 +319,7 @@ def _plan_step(
             batch,
             senders,
             receivers,
-            via=step.via,
-            position=step.position,
+            PathPatchingConfig(via=step.via, position=step.position),
             progress=progress,
         ),
         _path_to_dict,
@@ -347,8 +346,7 @@ def _path_patching(
             model,
             batch,
             _all_heads(model),
-            via="logits",
-            position=first.position,
+            config=PathPatchingConfig(via="logits", position=first.position),
             progress=progress,
         ),
         _path_to_dict,

@@ -23,7 +23,7 @@ patched at every position, receivers only at ``positions`` (one index per prompt
 grouped-query attention a ``k``/``v`` receiver is the K/V head the receiver query head reads,
 so patching it reaches its group siblings too. Runs 2 and 3 are replacements of the
 intervention engine (:mod:`circuitlens.ablation.interventions`), several senders to a pass
-(``senders_per_pass``), each in its own copy of the prompts.
+(:class:`PathPatchingConfig`'s ``senders_per_pass``), each in its own copy of the prompts.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from circuitlens.ablation.interventions import Patch, Replacement, replaced, run_replaced
 from circuitlens.core.hooks import act_name
 from circuitlens.core.types import Head, Model, parse_heads
+from circuitlens.core.validate import check_fields, config_with_overrides
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import PromptBatch
 from circuitlens.tasks.metrics import (
@@ -52,6 +53,28 @@ from circuitlens.tasks.metrics import (
 )
 
 VIA = ("q", "k", "v", "logits")
+
+
+@dataclass(frozen=True)
+class PathPatchingConfig:
+    """Options of :func:`path_patch`.
+
+    Attributes:
+        via: the receivers' input the senders reach: ``"q"``, ``"k"``, ``"v"``, or
+            ``"logits"`` (the direct effect; receivers ignored).
+        position: the named task position where the receivers are patched.
+        senders_per_pass: senders patched in one forward pass (each in its own copy of the
+            prompts).
+    """
+
+    via: str = "q"
+    position: str = "last"
+    senders_per_pass: int = 8
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"senders_per_pass": (1, None)})
+        if self.via not in VIA:
+            raise ValueError(f"unknown via {self.via!r}; valid: {', '.join(VIA)}")
 
 
 @dataclass
@@ -90,8 +113,6 @@ def _check(
     model: Model, batch: PromptBatch, senders: list[Head], receivers: list[Head], via: str
 ) -> None:
     f = model_facts(model)
-    if via not in VIA:
-        raise ValueError(f"unknown via {via!r}; valid: {', '.join(VIA)}")
     if not senders:
         raise ValueError("no sender heads: name at least one")
     if via != "logits" and not receivers:
@@ -151,10 +172,10 @@ def path_patch(
     batch: PromptBatch,
     senders: Sequence[Head | str],
     receivers: Sequence[Head | str] = (),
-    via: str = "q",
-    position: str = "last",
-    senders_per_pass: int = 8,
+    config: PathPatchingConfig | None = None,
+    *,
     progress: bool = True,
+    **overrides: Any,
 ) -> PathPatchingResult:
     """Path-patching score of each sender through the receivers' ``via`` input.
 
@@ -162,12 +183,15 @@ def path_patch(
         batch: clean prompts with their ``corrupted_tokens`` (see :class:`PromptBatch`).
         senders: heads whose corrupted output is sent; receivers: heads whose input receives
             it (ignored for ``via="logits"``).
-        via: ``"q"``, ``"k"``, ``"v"``, or ``"logits"`` (direct effect).
-        position: the named task position where receivers are patched.
+        config: a :class:`PathPatchingConfig`; ``**overrides`` replace its fields by name
+            (``via="logits"``, ``position="last"``, ``senders_per_pass=4``); an unknown name is
+            a :class:`ConfigError`.
 
     Returns:
         :class:`PathPatchingResult` with one score per sender.
     """
+    cfg = config_with_overrides(PathPatchingConfig, config, overrides)
+    via, position, senders_per_pass = cfg.via, cfg.position, cfg.senders_per_pass
     senders, receivers = parse_heads(list(senders)), parse_heads(list(receivers))
     _check(model, batch, senders, receivers, via)
     if position not in batch.positions:

@@ -3,7 +3,8 @@
 :func:`check_fields` reads each field's annotation (``int``, ``float``, ``bool``, ``str``,
 unions of them, ``X | None``, ``tuple[int, ...]``) and checks the value's type, that numbers are
 finite, and the field's range when one is given. A wrong value raises :class:`ConfigError`
-naming the field, the value and what is allowed.
+naming the field, the value and what is allowed. :func:`config_with_overrides` gives the config
+a function runs with from its ``config`` argument and its ``**overrides`` (fields by name).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import math
 import sys
 import types
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 _SIMPLE = (bool, int, float, str)
+_C = TypeVar("_C")
 
 
 class ConfigError(ValueError):
@@ -137,3 +139,42 @@ def require_keys(
     missing = [k for k in keys if k not in d]
     if missing:
         raise error(f"{name} lacks {missing}: written by another version of circuitlens; {fix}")
+
+
+def config_with_overrides(
+    cls: type[_C],
+    config: _C | None,
+    overrides: dict[str, Any],
+    caller: str = "",
+    also: tuple[str, ...] = (),
+) -> _C:
+    """The config a function runs with: ``config`` (``cls()`` when None) with the fields named in
+    ``overrides`` (the function's ``**overrides``) replaced.
+
+    Args:
+        caller: the function's name, for the messages.
+        also: other names the caller takes by keyword (listed in the message as valid).
+
+    Raises:
+        TypeError: ``config`` is not a ``cls`` (e.g. an option passed by position where the
+            config now stands), or an override names no field of ``cls`` (as Python refuses an
+            unknown keyword; the message names the valid ones).
+        ConfigError: a field's value is refused (as ``cls`` refuses it).
+    """
+    valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    who = f"{caller}: " if caller else ""
+    if config is None:
+        config = cls()
+    elif not isinstance(config, cls):
+        raise TypeError(
+            f"{who}config must be a {cls.__name__} or None (got {type(config).__name__} "
+            f"{config!r}); pass its options by name: {', '.join(f'{k}=...' for k in valid)}"
+        )
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        extra = f", and {', '.join(also)}" if also else ""
+        raise TypeError(
+            f"{who}unknown {cls.__name__} option(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(valid)}{extra}"
+        )
+    return dataclasses.replace(config, **overrides) if overrides else config

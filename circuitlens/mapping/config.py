@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from circuitlens.core.validate import ConfigError, check_fields
+from circuitlens.core.validate import ConfigError, check_fields, config_with_overrides
 from circuitlens.mapping.features import TEACHER_BASELINES, TeacherBaseline
 from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
 
@@ -76,12 +76,7 @@ class MapConfig:
     def with_overrides(self, **overrides: Any) -> MapConfig:
         """A copy with fields replaced by name; an unknown name is a :class:`TypeError`
         that lists the fields."""
-        unknown = sorted(set(overrides) - set(MAP_FIELDS))
-        if unknown:
-            raise TypeError(
-                f"unknown MapConfig option(s) {unknown}; valid: {', '.join(MAP_FIELDS)}"
-            )
-        return dataclasses.replace(self, **overrides) if overrides else self
+        return config_with_overrides(MapConfig, self, overrides)
 
 
 #: the fields of :class:`MapConfig`, in order: the keyword overrides the map functions take
@@ -106,20 +101,7 @@ def map_config(
             lists the valid names).
         ConfigError: a field's value is refused (as :class:`MapConfig` refuses it).
     """
-    if config is None:
-        config = MapConfig()
-    elif not isinstance(config, MapConfig):
-        raise TypeError(
-            f"{caller}: config must be a MapConfig or None (got {type(config).__name__} "
-            f"{config!r}); the map's options are keywords: budget=, one_to_one=, method=, ..."
-        )
-    unknown = sorted(set(overrides) - set(MAP_FIELDS))
-    if unknown:
-        raise TypeError(
-            f"{caller}() got unknown option(s) {unknown}; valid: the MapConfig fields "
-            f"{', '.join(MAP_FIELDS)}" + (f", and {', '.join(also)}" if also else "")
-        )
-    return config.with_overrides(**overrides)
+    return config_with_overrides(MapConfig, config, overrides, caller, also)
 
 
 __all__ = ["DEFAULT_BUDGET", "MAP_FIELDS", "MapConfig", "map_config"]

@@ -5,7 +5,8 @@ import torch
 import transformer_lens.patching as tlp
 
 from circuitlens import get_task, load_model, make_metric
-from circuitlens.circuits import activation_patch
+from circuitlens.circuits import PatchingConfig, activation_patch
+from circuitlens.core.types import Head
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,39 @@ def test_attribution_patching_is_the_first_order_estimate(setup) -> None:
     )
     assert float(atp.scores[1, 2]) == pytest.approx(want, abs=1e-4)
     assert -1 <= atp_rank_correlation(atp, exact) <= 1
+
+
+def test_options_by_name_equal_the_config(setup) -> None:
+    """The config's fields passed by name (alone or over a config) give the config's result,
+    bit for bit; an unknown name, or an option where the config stands, is refused."""
+    model, batch = setup
+    args = (model, batch.tokens, batch.corrupted_tokens, make_metric("logit_diff", batch))
+    config = PatchingConfig(
+        component="q", per_position=True, patches_per_pass=3, heads=["L0H1", "L1H2"]
+    )
+    want = activation_patch(*args, config, progress=False)
+    by_name = activation_patch(
+        *args,
+        component="q",
+        per_position=True,
+        patches_per_pass=3,
+        heads=[Head(0, 1), "L1H2"],
+        progress=False,
+    )
+    over = activation_patch(
+        *args,
+        PatchingConfig(component="q", patches_per_pass=5),
+        patches_per_pass=3,
+        per_position=True,
+        heads=("L0H1", "L1H2"),
+        progress=False,
+    )
+    for got in (by_name, over):
+        torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got.exact, want.exact) and got.config == want.config
+    assert want.config == config and int(want.exact.sum()) == 2
+    valid = "valid: component, per_position, patches_per_pass, heads"
+    with pytest.raises(TypeError, match=rf"unknown PatchingConfig option\(s\) per_pass; {valid}"):
+        activation_patch(*args, per_pass=3)
+    with pytest.raises(TypeError, match="PatchingConfig"):  # ours, or the type checker's
+        activation_patch(*args, "q")  # the component where the config now stands

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from circuitlens import get_task, load_model
-from circuitlens.circuits.path import path_patch
+from circuitlens.circuits.path import PathPatchingConfig, path_patch
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Head
+from circuitlens.core.validate import ConfigError
 from circuitlens.tasks.metrics import answer_prob
 
 
@@ -130,3 +131,41 @@ def test_bad_input(setup) -> None:
         path_patch(model, batch, ["L0H0"], ["L2H0"], position="query_character")
     with pytest.raises(ValueError, match="valid: q, k, v, logits"):
         path_patch(model, batch, ["L0H0"], ["L2H0"], via="o")
+
+
+def test_options_by_name_equal_the_config(setup) -> None:
+    """The config's fields passed by name (alone or over a config) give the config's scores,
+    bit for bit; an unknown name, or an option where the config stands, is refused."""
+    model, batch = setup
+    senders, receivers = ["L0H0", "L0H3", "L1H1"], ["L2H1"]
+    config = PathPatchingConfig(via="k", position="query_label", senders_per_pass=2)
+    want = path_patch(model, batch, senders, receivers, config, progress=False)
+    by_name = path_patch(
+        model,
+        batch,
+        senders,
+        receivers,
+        via="k",
+        position="query_label",
+        senders_per_pass=2,
+        progress=False,
+    )
+    over = path_patch(
+        model,
+        batch,
+        senders,
+        receivers,
+        PathPatchingConfig(via="k", senders_per_pass=2),
+        position="query_label",
+        progress=False,
+    )
+    for got in (by_name, over):
+        assert torch.equal(got.scores, want.scores)
+        assert (got.via, got.position) == (want.via, want.position) == ("k", "query_label")
+    valid = "valid: via, position, senders_per_pass"
+    with pytest.raises(TypeError, match=rf"unknown PathPatchingConfig option\(s\) layer; {valid}"):
+        path_patch(model, batch, senders, receivers, layer=2)
+    with pytest.raises(TypeError, match="PathPatchingConfig"):  # ours, or the type checker's
+        path_patch(model, batch, senders, receivers, "k")  # via where the config now stands
+    with pytest.raises(ConfigError, match="senders_per_pass must be >= 1"):
+        PathPatchingConfig(senders_per_pass=0)

@@ -213,14 +213,14 @@ def test_overrides_are_the_config_form() -> None:
 
 def test_an_unknown_override_is_refused_by_name(unchecked) -> None:
     fields = "budget, one_to_one, method, teacher_baseline, seed, n_perm"
-    with pytest.raises(TypeError, match=rf"map_heads\(\) got unknown option\(s\) \['bugdet'\]; "
-                       rf"valid: the MapConfig fields {fields}$"):  # fmt: skip
+    with pytest.raises(TypeError, match=rf"^map_heads: unknown MapConfig option\(s\) bugdet; "
+                       rf"valid: {fields}$"):  # fmt: skip
         map_heads(STUDENT, TEACHER, bugdet=3)
-    with pytest.raises(TypeError, match=r"random_map\(\) got unknown option\(s\) \['avoid_'\]"):
+    with pytest.raises(TypeError, match=r"random_map: unknown MapConfig option\(s\) avoid_"):
         random_map(STUDENT, TEACHER, avoid_=None)
-    with pytest.raises(TypeError, match=rf"\['n_perms'\]; valid: .*{fields}"):
+    with pytest.raises(TypeError, match=rf"option\(s\) n_perms; valid: {fields}"):
         correspond_features(CorrespondenceFeatures(STUDENT, TEACHER), n_perms=4)
-    with pytest.raises(TypeError, match=r"unknown MapConfig option\(s\) \['x'\]; valid: budget"):
+    with pytest.raises(TypeError, match=r"^unknown MapConfig option\(s\) x; valid: budget"):
         MapConfig().with_overrides(x=1)
     # a value is checked as the config checks it
     with pytest.raises(ConfigError, match="budget 1.5 is a fraction above 1"):

@@ -310,9 +310,6 @@ OVER_PARAMETERS: dict[str, str] = {
     "circuitlens/mapping/map.py::correspond": (
         "not yet converted: sweep options (AblationConfig) and map options loose; documented"
     ),
-    "circuitlens/distill/pipeline.py::train_condition": (
-        "not yet converted: its DistillConfig parts passed loose; documented"
-    ),
     "circuitlens/mapping/map.py::map_heads": (
         "not yet converted: map options loose (budget, one_to_one, method, seed); documented"
     ),
@@ -322,17 +319,11 @@ OVER_PARAMETERS: dict[str, str] = {
     "circuitlens/mapping/map.py::correspond_features": (
         "not yet converted: map options loose; called positionally in docs and tests"
     ),
-    "circuitlens/distill/trainer.py::CircuitTrainer.__init__": (
-        "not yet converted: circuit, checkpoint_dir, teacher_cache, fsdp loose; documented"
-    ),
     "circuitlens/distill/conditions.py::condition_map": (
         "not yet converted: the Setup's fields passed loose (Setup.condition_map wraps it)"
     ),
     "circuitlens/mapping/map.py::random_map": (
         "not yet converted: map options loose (budget, one_to_one, seed); documented"
-    ),
-    "circuitlens/distill/pipeline.py::distill_circuit": (
-        "not yet converted: circuit, checkpoint_dir beside the config; documented call"
     ),
     "circuitlens/circuits/path.py::path_patch": (
         "not yet converted: via, position, senders_per_pass loose; cl.path_patch documented"

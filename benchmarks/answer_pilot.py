@@ -49,7 +49,7 @@ from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.rundir import MARKER
 from circuitlens.core.types import HeadMap
 from circuitlens.distill.sweeps import save_sweeps, sweeps_key
-from circuitlens.distill.trainer import CircuitTrainer
+from circuitlens.distill.trainer import CircuitTrainer, TrainRun
 from circuitlens.experiments.config import ExperimentConfig
 from circuitlens.experiments.lr_choice import choose_lr
 from circuitlens.experiments.runner import experiment_task
@@ -70,7 +70,9 @@ def _cell(teacher: Any, student0: dict, student: Any, task: Any, heads: list, cf
     student.load_state_dict(student0)
     head_map = HeadMap([(h, h) for h in heads], kind="pilot-ce")  # CE reads no partner
     t0 = time.time()
-    trainer = CircuitTrainer(student, teacher, task, head_map, cfg, teacher_cache=True)
+    trainer = CircuitTrainer(
+        student, teacher, task, head_map, cfg, run=TrainRun(teacher_cache=True)
+    )
     history = trainer.train(progress=False)
     curve = [(int(r["step"]), float(r["val_accuracy"])) for r in history if "val_accuracy" in r]
     kept = trainer.kept_step

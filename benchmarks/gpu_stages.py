@@ -586,7 +586,9 @@ def teacher_cache_fill(
     cfg = cl.TrainConfig(condition="ce+align", batch_size=8, steps=steps, dtype=dtype, eval_every=0)
     trainer, m_init = measure(
         device,
-        lambda: cl.CircuitTrainer(student, teacher, task, head_map, cfg, teacher_cache=cache),
+        lambda: cl.CircuitTrainer(
+            student, teacher, task, head_map, cfg, run=cl.TrainRun(teacher_cache=cache)
+        ),
     )
     out, m_fill = measure(device, lambda: trainer.teacher_outputs())
     layers = sorted({t.layer for t in head_map.teacher_heads})
@@ -652,7 +654,9 @@ def train_step(
     )
     trainer, m_init = measure(
         device,
-        lambda: cl.CircuitTrainer(student, teacher, task, head_map, cfg, teacher_cache=cache),
+        lambda: cl.CircuitTrainer(
+            student, teacher, task, head_map, cfg, run=cl.TrainRun(teacher_cache=cache)
+        ),
     )
     _, m_fill = measure(device, lambda: trainer.teacher_outputs())
     times = timed_steps(trainer, device)
@@ -693,7 +697,7 @@ def quick_pipeline(
     res, m = measure(
         device,
         lambda: cl.distill_circuit(
-            teacher, student, task, config=cfg, progress=False, inplace=True
+            teacher, student, task, config=cfg, run=cl.TrainRun(progress=False), inplace=True
         ),
     )
     metrics = {k: v for k, v in res.metrics.items() if isinstance(v, int | float)}

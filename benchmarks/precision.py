@@ -40,7 +40,7 @@ from circuitlens.core.devices import cpu_native_bf16
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.train_config import TrainConfig
-from circuitlens.distill.trainer import CircuitTrainer
+from circuitlens.distill.trainer import CircuitTrainer, TrainRun
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import get_task
 from circuitlens.tasks.metrics import prompt_scores
@@ -197,7 +197,7 @@ def main() -> None:
         student.load_state_dict(state)
         cfg = dataclasses.replace(base, dtype=name)
         trainer = CircuitTrainer(student, teacher, task, HeadMap(pairs, kind="bench"), cfg,
-                                 teacher_cache=True)  # fmt: skip
+                                 run=TrainRun(teacher_cache=True))  # fmt: skip
         trainer.feed.all() if hasattr(trainer, "feed") else None  # the teacher outside the timing
         t0 = time.perf_counter()
         hist = trainer.train(progress=False)

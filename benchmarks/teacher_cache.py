@@ -24,7 +24,7 @@ from bench_models import results_dir
 import circuitlens as cl
 from circuitlens.core.types import HeadMap
 from circuitlens.distill.teacher_cache import TeacherCache
-from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+from circuitlens.distill.trainer import CircuitTrainer, TrainConfig, TrainRun
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -66,7 +66,9 @@ def main() -> None:
                     for n, p in student.named_parameters():
                         p.copy_(start[n])
                 cache = TeacherCache() if mode == "cached" else False
-                trainer = CircuitTrainer(student, teacher, task, head_map, cfg, teacher_cache=cache)
+                trainer = CircuitTrainer(
+                    student, teacher, task, head_map, cfg, run=TrainRun(teacher_cache=cache)
+                )
                 if mode == "cached":
                     t = time.perf_counter()
                     trainer.teacher_outputs()

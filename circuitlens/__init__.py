@@ -26,10 +26,15 @@ from circuitlens.core.types import Circuit, Head, HeadMap, PlanStep
 from circuitlens.core.version import __version__ as __version__
 from circuitlens.distill.conditions import Condition, get_condition, register_condition
 from circuitlens.distill.config import DistillConfig
-from circuitlens.distill.pipeline import ConditionResult, distill_circuit, train_condition
+from circuitlens.distill.pipeline import (
+    BeforeTraining,
+    ConditionResult,
+    distill_circuit,
+    train_condition,
+)
 from circuitlens.distill.result import DistillResult
 from circuitlens.distill.teacher_cache import TeacherCache
-from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+from circuitlens.distill.trainer import CircuitTrainer, TrainConfig, TrainRun
 from circuitlens.experiments import ExperimentConfig, ExperimentResult, run_experiment
 from circuitlens.experiments.design import (
     DesignConfig,
@@ -98,6 +103,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TrainConfig",
+    "TrainRun",
     "ablation_sweep",
     "activation_patch",
     "attribution_patch",
@@ -108,6 +114,7 @@ __all__ = [
     "correspond",
     "distill_circuit",
     "train_condition",
+    "BeforeTraining",
     "ConditionResult",
     "TeacherCache",
     "evaluate",

@@ -241,6 +241,7 @@ def _distill(args: argparse.Namespace) -> int:
     from circuitlens.core.rundir import run_directory
     from circuitlens.distill.pipeline import distill_circuit
     from circuitlens.distill.result import ResultSaveError
+    from circuitlens.distill.train_config import TrainRun
 
     spec, config = _run_spec(args)  # every option checked before anything is loaded
     bf16 = config.train.dtype == "bfloat16"
@@ -264,8 +265,7 @@ def _distill(args: argparse.Namespace) -> int:
             student,
             task,
             config=config,
-            checkpoint_dir=out / "checkpoints",
-            progress=not args.no_progress,
+            run=TrainRun(out / "checkpoints", progress=not args.no_progress),
             inplace=True,  # loaded here: nobody else holds this student
         )
         print(result.head_map)  # what was measured, before anything is written

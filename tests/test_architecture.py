@@ -306,17 +306,7 @@ def test_no_code_edits_the_module_path() -> None:
 MAX_PARAMETERS = 7
 #: the public functions not yet converted, each with why it still takes more: a fixed one must
 #: leave this list (the test asserts the list is exactly the current violations)
-OVER_PARAMETERS: dict[str, str] = {
-    "circuitlens/distill/pipeline.py::train_condition": (
-        "not yet converted: its DistillConfig parts passed loose; documented"
-    ),
-    "circuitlens/distill/trainer.py::CircuitTrainer.__init__": (
-        "not yet converted: circuit, checkpoint_dir, teacher_cache, fsdp loose; documented"
-    ),
-    "circuitlens/distill/pipeline.py::distill_circuit": (
-        "not yet converted: circuit, checkpoint_dir beside the config; documented call"
-    ),
-}
+OVER_PARAMETERS: dict[str, str] = {}
 
 
 def _parameter_counts(tree: ast.AST, prefix: str = "", in_class: bool = False):

@@ -1,14 +1,14 @@
 """Fully sharded training of a student too large for one device (FSDP2, ``fully_shard``).
 
-Under ``torch.distributed`` (``torchrun``), ``CircuitTrainer(..., fsdp=True)`` shards the
-student's weights over the processes before training: each decoder layer is one FSDP unit, the
-embeddings, final norm and unembedding the root's. Each process then holds 1/world of every
-weight, and of its gradients and optimizer state; a layer's weights are gathered only while
-that layer runs. The data-parallel arithmetic is that of the unsharded trainer (each process
-runs its contiguous share of every global batch and its loss parts sum to the global batch's),
-so the gradients are summed, not averaged, across processes (divide factor 1, plain sums),
-and the trained slices equal a one-process run's within float rounding (tested with two gloo
-processes on the CPU). The head masks are derived on the whole model, before sharding, and
+Under ``torch.distributed`` (``torchrun``), ``CircuitTrainer(..., run=TrainRun(fsdp=True))``
+shards the student's weights over the processes before training: each decoder layer is one FSDP
+unit, the embeddings, final norm and unembedding the root's. Each process then holds 1/world of
+every weight, and of its gradients and optimizer state; a layer's weights are gathered only
+while that layer runs. The data-parallel arithmetic is that of the unsharded trainer (each
+process runs its contiguous share of every global batch and its loss parts sum to the global
+batch's), so the gradients are summed, not averaged, across processes (divide factor 1, plain
+sums), and the trained slices equal a one-process run's within float rounding (tested with two
+gloo processes on the CPU). The head masks are derived on the whole model, before sharding, and
 sharded like the weights they mask.
 
 What needs a whole weight outside a forward pass is refused by name: ``site="result"`` (reads

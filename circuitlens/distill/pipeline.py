@@ -28,8 +28,7 @@ from circuitlens.distill.masks import TrainedFraction
 from circuitlens.distill.result import DistillResult
 from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import kept_sweeps
-from circuitlens.distill.teacher_cache import TeacherCache
-from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+from circuitlens.distill.trainer import CircuitTrainer, TrainRun
 from circuitlens.mapping.features import MoreSettings, gather_more, head_z
 from circuitlens.mapping.map import map_heads
 from circuitlens.mapping.methods import METHODS as CORRESPONDENCE_METHODS
@@ -195,40 +194,65 @@ class ConditionResult:
         )
 
 
+@dataclass(frozen=True)
+class BeforeTraining:
+    """What :func:`train_condition` is given that was known before the condition trains,
+    besides its pairs: the teacher's circuit, the map's held-out CKA on the untrained student
+    and the untrained sweeps the map came from (the task's
+    :class:`~circuitlens.distill.setup.Setup` holds all but the CKA). Each may be left out.
+
+    Attributes:
+        circuit: the teacher's circuit (the trainer's ``positions="circuit"`` reads it; None:
+            none).
+        cka_before: the held-out CKA of this map on this untrained student, when measured
+            already (it depends on neither the condition nor the seed); None: measured before
+            training.
+        student_sweep, teacher_sweep: the untrained sweeps the map came from, both or
+            neither; given, the trained heads are ablated again after training
+            (:func:`circuitlens.measure.mechanism.mechanism_check`, one pass of the sweep's
+            prompts per pair: ``ConditionResult.mechanism``); None: no check.
+    """
+
+    circuit: Circuit | None = None
+    cka_before: CKAWithNull | None = None
+    student_sweep: AblationResult | None = None
+    teacher_sweep: AblationResult | None = None
+
+
 def train_condition(
     teacher: Model,
     student: Model,
     task: Task,
     head_map: HeadMap,
-    config: TrainConfig,
-    test_n: int,
-    circuit: Circuit | None = None,
-    checkpoint_dir: str | Path | None = None,
-    teacher_cache: TeacherCache | None | bool = None,
-    progress: bool = True,
-    cka_before: CKAWithNull | None = None,
-    student_sweep: AblationResult | None = None,
-    teacher_sweep: AblationResult | None = None,
+    config: DistillConfig,
+    run: TrainRun | None = None,
+    before: BeforeTraining = BeforeTraining(),
 ) -> ConditionResult:
     """Train ``student`` in place in one condition and measure it: the one path that
     :func:`distill_circuit` and the reproduce runner share. The mapped pairs' held-out CKA
     before and after, then per-prompt test accuracy and circuit-only accuracy after.
-    ``cka_before``: the held-out CKA of this map on this untrained student, when measured
-    already (it depends on neither the condition nor the seed). ``student_sweep``,
-    ``teacher_sweep``: the untrained sweeps the map came from; given, the trained heads are
-    ablated again after training (:func:`circuitlens.measure.mechanism.mechanism_check`, one pass
-    of
-    the sweep's prompts per pair: ``ConditionResult.mechanism``); None: no check."""
+
+    Args:
+        config: ``config.train`` trains (:class:`TrainConfig`: the condition, the seed, ...);
+            the accuracies are measured on the first ``config.test_n`` test prompts (its sweep
+            and map options are not read).
+        run: where and how the training runs (:class:`TrainRun`: the checkpoint directory,
+            a shared teacher cache, progress bars); None: ``TrainRun()``.
+        before: the circuit, the CKA before training and the untrained sweeps
+            (:class:`BeforeTraining`).
+    """
+    run = run or TrainRun()
+    circuit, cka_before = before.circuit, before.cka_before
+    student_sweep, teacher_sweep = before.student_sweep, before.teacher_sweep
     if (student_sweep is None) != (teacher_sweep is None):
         raise ValueError("the mechanism check needs both sweeps: student_sweep and teacher_sweep")
+    checkpoint_dir, test_n, train = run.checkpoint_dir, config.test_n, config.train
     t0 = time.time()
-    trainer = CircuitTrainer(
-        student, teacher, task, head_map, config, circuit, checkpoint_dir, teacher_cache
-    )
+    trainer = CircuitTrainer(student, teacher, task, head_map, train, circuit, run)
     resumed = checkpoint_dir is not None and (Path(checkpoint_dir) / "trainer.pt").exists()
     if cka_before is None:  # a checkpoint loads in train(): the student is fresh here
         cka_before = trainer.heldout_cka()
-    history = trainer.train(progress=progress)
+    history = trainer.train(progress=run.progress)
     cka_after = trainer.heldout_cka()
     correct = [int(x) for x in prompt_scores(student, task, "test", test_n).tolist()]
     keep = head_map.student_heads
@@ -238,8 +262,8 @@ def train_condition(
             student, task, head_map, student_sweep, teacher_sweep, cka_before, cka_after
         )
     return ConditionResult(
-        condition=config.condition,
-        seed=config.seed,
+        condition=train.condition,
+        seed=train.seed,
         head_map=head_map,
         history=history,
         test_correct=correct,
@@ -252,7 +276,7 @@ def train_condition(
         seconds=round(time.time() - t0, 1),
         masks=trainer.masks,
         mechanism=mechanism,
-        lr=config.lr,
+        lr=train.lr,
         kept_step=trainer.kept_step,
     )
 
@@ -407,14 +431,28 @@ def prepare(
     )
 
 
+def _run_with(run: TrainRun | None, overrides: dict[str, Any]) -> TrainRun:
+    """The run's options: ``run`` with the :class:`TrainRun` fields given among ``overrides``
+    (``progress=False``, ``checkpoint_dir=...``) taken out of them and applied; sharding is
+    refused."""
+    names = {f.name for f in dataclasses.fields(TrainRun)}
+    of_run = {k: overrides.pop(k) for k in sorted(set(overrides) & names)}
+    run = dataclasses.replace(run or TrainRun(), **of_run)
+    if run.fsdp:
+        raise ConfigError(
+            "distill_circuit does not shard the student (TrainRun.fsdp): shard a student too "
+            "large for one device with CircuitTrainer(..., run=TrainRun(fsdp=True))"
+        )
+    return run
+
+
 def distill_circuit(
     teacher: Model,
     student: Model,
     task: Task | str,
     config: DistillConfig | None = None,
     circuit: Circuit | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
+    run: TrainRun | None = None,
     inplace: bool = False,
     **overrides: Any,
 ) -> DistillResult:
@@ -424,10 +462,12 @@ def distill_circuit(
         teacher, student: anything :func:`circuitlens.load_model` accepts.
         task: a :class:`Task` or a task name.
         config: a :class:`DistillConfig`; ``**overrides`` replace its fields (also the
-            trainer's: ``condition="ce"``, ``steps=100``, ``lam=0.5``).
+            trainer's: ``condition="ce"``, ``steps=100``, ``lam=0.5``) and the run's
+            (:class:`TrainRun`: ``progress=False``, ``checkpoint_dir=...``).
         circuit: the teacher's circuit; None (or a circuit without heads) maps to any
             teacher head.
-        checkpoint_dir: makes training resumable (and keeps the sweeps for a rerun).
+        run: :class:`TrainRun`: ``run=TrainRun(progress=False)`` hides the progress bars, a
+            ``checkpoint_dir`` makes training resumable (and keeps the sweeps for a rerun).
         inplace: train the ``student`` object passed in; by default a ready model is copied
             first, so the caller's student is left as it was (``result.student`` is trained).
 
@@ -445,6 +485,7 @@ def distill_circuit(
         TokenizerMismatchError: teacher and student tokenize the task differently.
     """
     cfg = config or DistillConfig()
+    run = _run_with(run, overrides)
     if overrides:
         cfg = cfg.with_overrides(**overrides)
     t0 = time.time()
@@ -461,18 +502,17 @@ def distill_circuit(
         teacher, student, task, [cfg.train.condition], cfg.train.positions
     )
     cfg = fit_split_sizes(task, cfg)  # a default count larger than its split: the split
-    report_cost(estimate_distill_cost(teacher, student, task, cfg), progress)
-    setup = prepare(teacher, student, task, cfg, circuit, progress, SetupRecord(checkpoint_dir))
+    report_cost(estimate_distill_cost(teacher, student, task, cfg), run.progress)
+    record = SetupRecord(run.checkpoint_dir)  # the sweeps are kept beside the checkpoints
+    setup = prepare(teacher, student, task, cfg, circuit, run.progress, record)
     # the condition's pairs: the map's, random partners (ce+rand) or random heads
     head_map = setup.condition_map(cfg.train.condition, cfg.map.seed)
     circuit_before = setup.student_circuit_accuracy  # the map's student heads, untrained
     if set(head_map.student_heads) != set(setup.head_map.student_heads):  # random heads
         keep = head_map.student_heads
         circuit_before = float(circuit_only_scores(student, task, keep, "test", cfg.test_n).mean())
-    done = train_condition(
-        teacher, student, task, head_map, cfg.train, cfg.test_n, circuit, checkpoint_dir,
-        progress=progress, student_sweep=setup.student_sweep, teacher_sweep=setup.teacher_sweep,
-    )  # fmt: skip
+    before = BeforeTraining(circuit, None, setup.student_sweep, setup.teacher_sweep)
+    done = train_condition(teacher, student, task, head_map, cfg, run, before)
     return DistillResult(
         student=student,
         head_map=head_map,

@@ -1,9 +1,11 @@
-"""Options of the circuit trainer (:class:`TrainConfig`), validated on construction."""
+"""Options of the circuit trainer (:class:`TrainConfig`), validated on construction, and
+where and how one run of it goes (:class:`TrainRun`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
@@ -12,6 +14,7 @@ from circuitlens.core.devices import dtype_name
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.conditions import Condition, get_condition
 from circuitlens.distill.masks import KV_POLICIES, KVPolicy
+from circuitlens.distill.teacher_cache import TeacherCache
 from circuitlens.measure.cka import ESTIMATORS, KERNELS, MIN_ROWS, Estimator, Kernel
 
 Site = Literal["z", "result"]
@@ -216,3 +219,38 @@ class TrainConfig:
     @property
     def uses_cka(self) -> bool:
         return self.cond.uses_cka
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Where and how one training run goes, beside what it trains (:class:`TrainConfig`):
+    taken by :class:`~circuitlens.distill.trainer.CircuitTrainer`,
+    :func:`~circuitlens.distill.pipeline.train_condition` and
+    :func:`~circuitlens.distill.pipeline.distill_circuit`. The defaults are a plain run: no
+    checkpoints, the trainer's own teacher cache, one process, progress bars.
+
+    Attributes:
+        checkpoint_dir: where resumable checkpoints go (None: no checkpoints;
+            :func:`~circuitlens.distill.pipeline.distill_circuit` also keeps the sweeps there,
+            for a rerun).
+        teacher_cache: a :class:`~circuitlens.distill.teacher_cache.TeacherCache` to share the
+            teacher's outputs with other trainers (other conditions of the same seed draw the
+            same batches); None (or True): the trainer keeps its own, in memory. The teacher
+            runs once over every batch of the run before the first step, never during
+            training. ``False``: no cache, the teacher runs at every step (less memory: the
+            ``kd`` condition caches ``d_vocab`` logits per prompt).
+        fsdp: under ``torch.distributed``, shard the student's weights, gradients and
+            optimizer state over the processes (FSDP2; :mod:`circuitlens.distill.fsdp`), for a
+            student too large for one device. The student is sharded in place: load a fresh
+            one per trainer. :func:`~circuitlens.distill.pipeline.distill_circuit` refuses it
+            (its student fits one device).
+        progress: show progress bars (in training, unless
+            :meth:`~circuitlens.distill.trainer.CircuitTrainer.train` is told otherwise; in
+            the sweeps and the cost estimate of
+            :func:`~circuitlens.distill.pipeline.distill_circuit`).
+    """
+
+    checkpoint_dir: str | Path | None = None
+    teacher_cache: TeacherCache | None | bool = None
+    fsdp: bool = False
+    progress: bool = True

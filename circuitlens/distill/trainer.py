@@ -54,7 +54,12 @@ from circuitlens.distill.losses import CONDITIONS  # noqa: F401 (re-exported)
 from circuitlens.distill.masked_optim import MaskedOptimizer
 from circuitlens.distill.masks import TrainedFraction, head_parameter_masks, trained_fraction
 from circuitlens.distill.teacher_cache import TeacherBatch, TeacherCache, TeacherFeed
-from circuitlens.distill.train_config import POSITIONS, SITES, TrainConfig  # noqa: F401 (re-exported)
+from circuitlens.distill.train_config import (  # noqa: F401 (re-exported)
+    POSITIONS,
+    SITES,
+    TrainConfig,
+    TrainRun,
+)
 from circuitlens.measure.cka import CKAWithNull, cka_with_null
 from circuitlens.tasks import (
     LabelTranslator,
@@ -171,18 +176,9 @@ class CircuitTrainer:
         head_map: student head -> teacher head pairs (the heads trained, and the CKA pairs).
         config: :class:`TrainConfig`.
         circuit: the teacher's circuit (used for ``positions="circuit"``).
-        checkpoint_dir: where resumable checkpoints go (None: no checkpoints).
-        teacher_cache: a :class:`~circuitlens.distill.teacher_cache.TeacherCache` to share the
-            teacher's outputs with other trainers (other conditions of the same seed draw the
-            same batches); by default the trainer keeps its own, in memory. The teacher runs
-            once over every batch of the run before the first step, never during training.
-            ``False``: no cache, the teacher runs at every step (less memory: the ``kd``
-            condition caches ``d_vocab`` logits per prompt).
-        fsdp: under ``torch.distributed``, shard the student's weights, gradients and
-            optimizer state over the processes (FSDP2; :mod:`circuitlens.distill.fsdp`), for a
-            student
-            too large for one device. The student is sharded in place: load a fresh one per
-            trainer.
+        run: where and how the run goes (:class:`TrainRun`: the checkpoint directory, a
+            shared teacher cache, FSDP sharding, progress bars); None: ``TrainRun()``, no
+            checkpoints, the trainer's own cache, one process.
     """
 
     def __init__(
@@ -193,12 +189,12 @@ class CircuitTrainer:
         head_map: HeadMap,
         config: TrainConfig | None = None,
         circuit: Circuit | None = None,
-        checkpoint_dir: str | Path | None = None,
-        teacher_cache: TeacherCache | None | bool = None,
-        fsdp: bool = False,
+        run: TrainRun | None = None,
     ) -> None:
         self.student, self.teacher, self.task = student, teacher, task
         self.head_map, self.config, self.circuit = head_map, config or TrainConfig(), circuit
+        self.run = run = run or TrainRun()
+        checkpoint_dir, teacher_cache, fsdp = run.checkpoint_dir, run.teacher_cache, run.fsdp
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.fsdp = fsdp
         cfg = self.config
@@ -338,10 +334,11 @@ class CircuitTrainer:
             desc=f"train {cfg.condition}",
         )
 
-    def train(self, progress: bool = True) -> list[dict[str, float]]:
+    def train(self, progress: bool | None = None) -> list[dict[str, float]]:
         """Run (or resume) to ``config.steps``, or to an early stop (``patience``: then the
         best evaluation's weights are put back, :attr:`kept_step`); return the history (one
-        row per step taken)."""
+        row per step taken). ``progress``: progress bars (None: the run's, ``run.progress``)."""
+        progress = self.run.progress if progress is None else progress
         self.load_checkpoint()
         stopped = self.early is not None and self.early.stopped
         if self.teacher_cache is not None and self.state.step < self.config.steps and not stopped:

@@ -18,6 +18,7 @@ from circuitlens.core.rundir import run_directory
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.distill.conditions import get_condition
 from circuitlens.distill.pipeline import (
+    BeforeTraining,
     SetupRecord,
     prepare,
     train_condition,
@@ -25,7 +26,7 @@ from circuitlens.distill.pipeline import (
 )
 from circuitlens.distill.setup import Setup, read_setup
 from circuitlens.distill.teacher_cache import TeacherCache
-from circuitlens.distill.train_config import FIRST_SEED
+from circuitlens.distill.train_config import FIRST_SEED, TrainRun
 from circuitlens.distill.trainer import CircuitTrainer
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.config import UNTRAINED, ExperimentConfig
@@ -206,7 +207,7 @@ def _lr_trial(
     head_map = _cell_map(setup, condition, seed, cfg)
     trainer = CircuitTrainer(
         student, teacher, task, head_map, _cell_train_config(cfg, condition, seed, lr),
-        setup.circuit, trial_dir / "checkpoint", teacher_cache,
+        setup.circuit, TrainRun(trial_dir / "checkpoint", teacher_cache),
     )  # fmt: skip
     history = trainer.train(progress=False)
     kept = trainer.kept_step
@@ -295,9 +296,9 @@ def _run_cell(
     pairs = tuple(f"{s}>{t}" for s, t in head_map.pairs)
     before = None if befores is None else befores.get(pairs)
     done = train_condition(
-        teacher, student, task, head_map, train_cfg, d.test_n, setup.circuit,
-        cell_dir / "checkpoint", teacher_cache, progress=progress, cka_before=before,
-        student_sweep=setup.student_sweep, teacher_sweep=setup.teacher_sweep,
+        teacher, student, task, head_map, dataclasses.replace(d, train=train_cfg),
+        TrainRun(cell_dir / "checkpoint", teacher_cache, progress=progress),
+        BeforeTraining(setup.circuit, before, setup.student_sweep, setup.teacher_sweep),
     )  # fmt: skip
     assert done.mechanism is not None  # the sweeps were passed
     if befores is not None:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from circuitlens import get_task, load_model
 from circuitlens.core.types import HeadMap
-from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+from circuitlens.distill.trainer import CircuitTrainer, TrainConfig, TrainRun
 
 TASK = dict(n_boxes=3, seed=0, n_val=16, n_test=16)
 MAP = HeadMap(pairs=[("L1H3", "L2H0"), ("L0H0", "L1H1")])
@@ -54,7 +54,7 @@ def run(
                 p.copy_(start[n])
         cfg = config(condition)
         where = None if resume_dir is None else f"{resume_dir}/{condition}"
-        trainer = CircuitTrainer(student, teacher, task, MAP, cfg, checkpoint_dir=where, fsdp=fsdp)
+        trainer = CircuitTrainer(student, teacher, task, MAP, cfg, run=TrainRun(where, fsdp=fsdp))
         if where is not None:  # one step, a checkpoint, then a new trainer resumes from it
             trainer.teacher_outputs()
             for n, p in student.named_parameters():
@@ -65,7 +65,7 @@ def run(
             trainer.save_checkpoint()
             student = load_model(student_dir)
             trainer = CircuitTrainer(
-                student, teacher, task, MAP, cfg, checkpoint_dir=where, fsdp=fsdp
+                student, teacher, task, MAP, cfg, run=TrainRun(where, fsdp=fsdp)
             )
         history = trainer.train(False)
         out[condition] = {

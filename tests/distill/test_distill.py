@@ -10,16 +10,16 @@ from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.pipeline import distill_circuit
 from circuitlens.distill.result import DistillResult
-from circuitlens.distill.trainer import TrainConfig
+from circuitlens.distill.trainer import TrainConfig, TrainRun
+
+QUIET = TrainRun(progress=False)
 
 
 def test_distill_end_to_end_and_round_trip(make_llama_dir, tmp_path) -> None:
     teacher = make_llama_dir(seed=1, n_layers=3)
     student = load_model(make_llama_dir(seed=2))
     task = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=32)
-    fast = dict(
-        sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0, progress=False
-    )
+    fast = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0, run=QUIET)
     result = distill_circuit(teacher, student, task, steps=3, **fast)
     m = result.metrics
     assert m["heads_trained"] == 2 and m["head_fraction"] == pytest.approx(2 / 8)
@@ -90,7 +90,7 @@ def test_screened_sweeps_measure_the_circuit_and_the_budget(make_llama_dir, monk
         assert bool(sw.delta_ci[:, ~sw.exact].isnan().all())
 
 
-FAST = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0, progress=False)
+FAST = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0, run=QUIET)
 
 
 def test_a_tied_student_saves_as_a_small_delta_and_loads_bit_for_bit(
@@ -242,7 +242,7 @@ def test_prepare_is_the_setup_distill_circuit_measures(make_llama_dir) -> None:
     assert setup.student_shape == (2, 4, 2) and setup.teacher_shape[0] == 3
     assert setup.student_accuracy == sum(setup.student_test_correct) / 32
     assert setup.student_format_accuracy == {} and setup.fingerprints == {}
-    result = distill_circuit(teacher, student, task, cfg, progress=False)
+    result = distill_circuit(teacher, student, task, cfg, run=QUIET)
     m = result.metrics
     assert result.head_map.pairs == setup.head_map.pairs
     assert m["student_accuracy_before"] == setup.student_accuracy

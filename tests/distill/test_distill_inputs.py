@@ -12,9 +12,11 @@ import torch
 from circuitlens import distill_circuit, get_task, load_model
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig
+from circuitlens.distill.trainer import TrainRun
 from circuitlens.measure.runtime_estimate import estimate_distill_cost
 
 FAST = dict(sweep_n=16, test_n=32, eval_n=16, budget=2, batch_size=8, eval_every=0)
+QUIET = TrainRun(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def test_the_callers_student_is_not_trained_unless_inplace(setup, make_llama_dir
     student = load_model(make_llama_dir(seed=2))
     before = _params(student)
     with caplog.at_level(logging.INFO, logger="circuitlens.measure.runtime_estimate"):
-        result = distill_circuit(teacher, student, task, steps=2, progress=False, **FAST)
+        result = distill_circuit(teacher, student, task, steps=2, run=QUIET, **FAST)
     assert "expected about" in caplog.text  # the cost, said before the work
     assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
     assert result.student is not student
@@ -55,12 +57,17 @@ def test_nan_and_oversized_requests_fail_before_work(setup, make_llama_dir) -> N
     teacher, task = setup
     with pytest.raises(ConfigError, match=r"TrainConfig\.lam must be a finite number"):
         distill_circuit(teacher, make_llama_dir(seed=2), task, lam=math.nan, **FAST)
+    # sharding is refused, given in the run or by name as an option of the run
+    with pytest.raises(ConfigError, match=r"does not shard.*CircuitTrainer"):
+        distill_circuit(teacher, make_llama_dir(seed=2), task, run=TrainRun(fsdp=True), **FAST)
+    with pytest.raises(ConfigError, match=r"does not shard.*CircuitTrainer"):
+        distill_circuit(teacher, make_llama_dir(seed=2), task, fsdp=True, **FAST)
     with pytest.raises(ConfigError, match=r"asks for 64 test prompts .* n_test=64"):
         distill_circuit(teacher, make_llama_dir(seed=2), task, **(FAST | {"test_n": 64}))
     # the advice: a task with more test prompts
     bigger = get_task("entity_tracking", n_boxes=3, n_val=16, n_test=64)
     cfg = DistillConfig().with_overrides(**(FAST | {"test_n": 64, "steps": 0}))
-    distill_circuit(teacher, make_llama_dir(seed=2), bigger, cfg, progress=False)
+    distill_circuit(teacher, make_llama_dir(seed=2), bigger, cfg, run=QUIET)
 
 
 def test_cost_estimate_is_positive_and_grows_with_steps(setup, make_llama_dir) -> None:
@@ -125,15 +132,15 @@ def test_a_small_jsonl_task_runs_with_the_default_sizes(zoo_pair, small_jsonl, c
     assert (fitted.sweep.n, fitted.test_n, fitted.train.eval_n) == (6, 12, 6)
     assert fit_split_sizes(task, fitted) == fitted  # fitted: nothing more to lower
     with caplog.at_level(logging.INFO, logger="circuitlens.distill.pipeline"):
-        result = distill_circuit(teacher, student, task, steps=2, progress=False)
+        result = distill_circuit(teacher, student, task, steps=2, run=QUIET)
     assert "probe split holds 6 prompts, fewer than the default 200" in caplog.text
     assert result.config.sweep.n == 6 and result.config.test_n == 12
     assert result.teacher_sweep.config.split == "probe"
     assert result.metrics["steps"] == 2 and 0 <= result.metrics["student_accuracy_after"] <= 1
     with pytest.raises(ConfigError, match=r"asks for 50 probe prompts .* raise probe_fraction"):
-        distill_circuit(teacher, student, task, sweep_n=50, steps=0, progress=False)
+        distill_circuit(teacher, student, task, sweep_n=50, steps=0, run=QUIET)
     with pytest.raises(ConfigError, match=r"asks for 20 val prompts .* raise val_fraction"):
-        distill_circuit(teacher, student, task, eval_n=20, steps=0, progress=False)
+        distill_circuit(teacher, student, task, eval_n=20, steps=0, run=QUIET)
 
 
 @pytest.mark.acceptance

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlens.distill.trainer import CircuitTrainer
+from circuitlens.distill.trainer import CircuitTrainer, TrainRun
 
 WORKER = Path(__file__).parent / "dp_worker.py"
 CONDITIONS = ["ce+align", "kd", "ce+shuffled"]
@@ -106,7 +106,9 @@ def test_fsdp_refusals_name_the_fix(make_llama_dir) -> None:
     task = get_task("entity_tracking", **dp_worker.TASK)
     pairs = HeadMap(pairs=dp_worker.MAP.pairs)
     with pytest.raises(ConfigError, match="torchrun"):
-        CircuitTrainer(student, teacher, task, pairs, dp_worker.config("ce"), fsdp=True)
+        CircuitTrainer(
+            student, teacher, task, pairs, dp_worker.config("ce"), run=TrainRun(fsdp=True)
+        )
     cfg = dataclasses.replace(dp_worker.config("ce+align"), site="result")
     with pytest.raises(ConfigError, match='site="z"'):
-        CircuitTrainer(student, teacher, task, pairs, cfg, fsdp=True)
+        CircuitTrainer(student, teacher, task, pairs, cfg, run=TrainRun(fsdp=True))

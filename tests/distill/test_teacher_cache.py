@@ -13,7 +13,7 @@ from circuitlens import get_task, load_model
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.distill.teacher_cache import TeacherCache, model_hash
-from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
+from circuitlens.distill.trainer import CircuitTrainer, TrainConfig, TrainRun
 from circuitlens.tasks import tokenize_prompts
 
 TASK = get_task("entity_tracking", n_boxes=3, seed=0, n_val=16, n_test=16)
@@ -97,7 +97,7 @@ def test_disk_cache_gives_the_same_training_without_the_teacher(pair, tmp_path) 
     teacher, student = pair
     start = _params(student)
     first = TeacherCache(tmp_path)
-    CircuitTrainer(student, teacher, TASK, MAP, CFG, teacher_cache=first).train(False)
+    CircuitTrainer(student, teacher, TASK, MAP, CFG, run=TrainRun(teacher_cache=first)).train(False)
     trained = _params(student)
     assert first.computed == CFG.steps and len(list(tmp_path.glob("*.safetensors"))) == 1
 
@@ -109,7 +109,9 @@ def test_disk_cache_gives_the_same_training_without_the_teacher(pair, tmp_path) 
     real = teacher.run_with_cache
     teacher.run_with_cache = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
-        CircuitTrainer(student, teacher, TASK, MAP, CFG, teacher_cache=second).train(False)
+        CircuitTrainer(student, teacher, TASK, MAP, CFG, run=TrainRun(teacher_cache=second)).train(
+            False
+        )
     finally:
         del teacher.run_with_cache
     assert second.computed == 0 and calls == []  # the teacher never ran
@@ -128,7 +130,9 @@ def test_no_cache_runs_the_teacher_each_step_with_the_same_result(pair) -> None:
     real = teacher.run_with_cache
     teacher.run_with_cache = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
-        trainer = CircuitTrainer(student, teacher, TASK, MAP, CFG, teacher_cache=False)
+        trainer = CircuitTrainer(
+            student, teacher, TASK, MAP, CFG, run=TrainRun(teacher_cache=False)
+        )
         trainer.train(False)
     finally:
         del teacher.run_with_cache
@@ -143,10 +147,14 @@ def test_conditions_of_one_seed_share_one_teacher_pass(pair) -> None:
     cache = TeacherCache()
     for condition in ("ce+align", "ce+shuffled", "ce", "align"):
         cfg = dataclasses.replace(CFG, condition=condition)
-        CircuitTrainer(student, teacher, TASK, MAP, cfg, teacher_cache=cache).teacher_outputs()
+        CircuitTrainer(
+            student, teacher, TASK, MAP, cfg, run=TrainRun(teacher_cache=cache)
+        ).teacher_outputs()
     assert cache.computed == CFG.steps
     other_seed = dataclasses.replace(CFG, seed=1)
-    CircuitTrainer(student, teacher, TASK, MAP, other_seed, teacher_cache=cache).teacher_outputs()
+    CircuitTrainer(
+        student, teacher, TASK, MAP, other_seed, run=TrainRun(teacher_cache=cache)
+    ).teacher_outputs()
     assert cache.computed == 2 * CFG.steps  # other batches: another pass
 
 

@@ -10,7 +10,7 @@ from circuitlens import get_task, load_model
 from circuitlens.core.types import HeadMap
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.train_config import lr_grid_around
-from circuitlens.distill.trainer import CONDITIONS, CircuitTrainer, TrainConfig
+from circuitlens.distill.trainer import CONDITIONS, CircuitTrainer, TrainConfig, TrainRun
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_resume_matches_uninterrupted(pair, tmp_path, monkeypatch) -> None:
     teacher, student = pair
     start = _snapshot(student)
     cfg = dataclasses.replace(FAST, checkpoint_every=2)
-    CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "a").train(False)
+    CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path / "a")).train(False)
     straight = _snapshot(student)
 
     def restart() -> None:  # a new process: the weights in memory are the initial ones
@@ -64,7 +64,7 @@ def test_resume_matches_uninterrupted(pair, tmp_path, monkeypatch) -> None:
                 p.copy_(start[n])
 
     restart()
-    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "b")
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path / "b"))
     real_losses, calls = trainer.losses, {"n": 0}
 
     def dies_at_step_3(prompts, step=None):
@@ -77,12 +77,12 @@ def test_resume_matches_uninterrupted(pair, tmp_path, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         trainer.train(progress=False)
     restart()
-    CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "b").train(False)
+    CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path / "b")).train(False)
     resumed = _snapshot(student)
     assert all(torch.equal(resumed[n], straight[n]) for n in straight)
     other = dataclasses.replace(cfg, lam=2.0)
     with pytest.raises(ValueError, match="another config"):
-        CircuitTrainer(student, teacher, TASK, MAP, other, checkpoint_dir=tmp_path / "b").train(
+        CircuitTrainer(student, teacher, TASK, MAP, other, run=TrainRun(tmp_path / "b")).train(
             False
         )
 
@@ -137,7 +137,9 @@ def test_bf16_trains_only_the_mapped_slices_near_the_float32_run(make_llama_dir,
         student = load_model(make_llama_dir(seed=2))
         before = _snapshot(student)
         cfg = dataclasses.replace(FAST, dtype=dtype, condition="ce+align")
-        trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, teacher_cache=False)
+        trainer = CircuitTrainer(
+            student, teacher, TASK, MAP, cfg, run=TrainRun(teacher_cache=False)
+        )
         history = trainer.train(progress=False)
         assert all(math.isfinite(r["loss"]) and math.isfinite(r["mean_cka"]) for r in history)
         after = _snapshot(student)
@@ -221,11 +223,11 @@ def test_an_interrupted_patient_run_resumes_to_the_same_stop(pair, tmp_path, mon
     teacher, student = pair
     start = _snapshot(student)
     cfg = dataclasses.replace(PATIENT, checkpoint_every=1)
-    straight = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "a")
+    straight = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path / "a"))
     straight.train(progress=False)
     want, stop = _snapshot(student), straight.state.step
     _reset(student, start)
-    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "b")
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path / "b"))
     real_losses = trainer.losses
 
     def dies_before_the_stop(prompts, step=None):
@@ -237,13 +239,13 @@ def test_an_interrupted_patient_run_resumes_to_the_same_stop(pair, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         trainer.train(progress=False)
     _reset(student, start)  # a new process
-    resumed = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "b")
+    resumed = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path / "b"))
     history = resumed.train(progress=False)
     assert (resumed.state.step, resumed.kept_step) == (stop, straight.kept_step)
     assert history == straight.state.history
     assert all(torch.equal(p, want[n]) for n, p in _snapshot(student).items())
     _reset(student, start)  # the stopped run's checkpoint: no step is taken again
-    again = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path / "a")
+    again = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path / "a"))
     monkeypatch.setattr(again, "losses", lambda *a, **k: pytest.fail("trained after the stop"))
     again.train(progress=False)
     assert again.kept_step == straight.kept_step
@@ -253,13 +255,13 @@ def test_an_interrupted_patient_run_resumes_to_the_same_stop(pair, tmp_path, mon
 def test_a_checkpoint_saved_before_the_new_fields_resumes(pair, tmp_path) -> None:
     teacher, student = pair
     cfg = dataclasses.replace(FAST, checkpoint_every=2)
-    CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path).train(False)
+    CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path)).train(False)
     f = tmp_path / "trainer.pt"
     saved = torch.load(f, weights_only=False)
     for k in ("patience", "lr_grid", "lr_from"):  # as an older version wrote it
         del saved["config"][k]
     torch.save(saved, f)
-    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, checkpoint_dir=tmp_path)
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(tmp_path))
     assert trainer.load_checkpoint() and trainer.state.step == 4
 
 

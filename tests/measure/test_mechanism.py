@@ -4,6 +4,7 @@ training, beside their teacher partners' impacts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,10 +17,10 @@ from circuitlens import get_task, load_model
 from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.config import DistillConfig
-from circuitlens.distill.pipeline import distill_circuit, train_condition
+from circuitlens.distill.pipeline import BeforeTraining, distill_circuit, train_condition
 from circuitlens.distill.setup import Setup
 from circuitlens.distill.sweeps import sweeps
-from circuitlens.distill.trainer import TrainConfig
+from circuitlens.distill.trainer import TrainConfig, TrainRun
 from circuitlens.mapping.map import map_heads
 from circuitlens.measure.cka import CKAWithNull
 from circuitlens.measure.mechanism import MechanismCheck, compare, head_impacts
@@ -39,8 +40,8 @@ def trained() -> dict[str, Any]:
     head_map = map_heads(s_sweep, t_sweep, budget=cfg.map.budget)
     train = TrainConfig(condition="ce+align", steps=3, batch_size=8, eval_every=0, lr=1e-2)
     done = train_condition(
-        teacher, student, task, head_map, train, TEST_N, progress=False,
-        student_sweep=s_sweep, teacher_sweep=t_sweep,
+        teacher, student, task, head_map, dataclasses.replace(cfg, train=train),
+        TrainRun(progress=False), BeforeTraining(student_sweep=s_sweep, teacher_sweep=t_sweep),
     )  # fmt: skip
     return {
         "teacher": teacher,
@@ -152,7 +153,7 @@ def test_distill_circuit_reports_the_gaps(make_llama_dir) -> None:
     result = distill_circuit(
         make_llama_dir(seed=1, n_layers=3), make_llama_dir(seed=2), task, steps=1,
         sweep_n=SWEEP_N, test_n=TEST_N, eval_n=16, budget=2, batch_size=8, eval_every=0,
-        n_boot=0, progress=False,
+        n_boot=0, run=TrainRun(progress=False),
     )  # fmt: skip
     m = result.metrics
     assert m["mechanism_gap_before"] == pytest.approx(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from circuitlens import distill_circuit, get_task, load_model
+from circuitlens import TrainRun, distill_circuit, get_task, load_model
 from circuitlens.cli import main
 from circuitlens.models.zoo import ZooArch, build_model, build_tokenizer
 from circuitlens.tasks import (
@@ -142,5 +142,7 @@ def test_smollm2_teacher_with_a_zoo_student(smollm2_bridge) -> None:
     assert torch.equal(translate(tb.answer_ids), sb.answer_ids)
     t0 = time.time()
     with pytest.raises(TokenizerMismatchError, match="vocabularies differ.*kd"):
-        distill_circuit(teacher, student, task, steps=1, progress=False, condition="kd")
+        distill_circuit(
+            teacher, student, task, steps=1, run=TrainRun(progress=False), condition="kd"
+        )
     assert time.time() - t0 < 10

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.types import Head
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"

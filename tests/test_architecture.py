@@ -279,12 +279,15 @@ def test_the_private_name_check_sees_both_forms() -> None:
 
 def path_edits(text: str) -> list[str]:
     """Where source ``text`` changes the module path: a call on ``sys.path`` (``insert``,
-    ``append``, ...), an assignment to it or to an item of it, or ``from sys import path``."""
+    ``append``, ...), an assignment to it or to an item of it, ``from sys import path``, or
+    pytest's ``monkeypatch.syspath_prepend``."""
     out = []
     for node in ast.walk(ast.parse(text)):
         targets: list[ast.expr] = []
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             targets = [node.func.value]
+            if node.func.attr == "syspath_prepend":
+                out.append(f"{node.lineno}: {ast.unparse(node)}")
         elif isinstance(node, ast.Assign):
             targets = node.targets
         elif isinstance(node, ast.AugAssign | ast.AnnAssign):
@@ -301,13 +304,17 @@ def path_edits(text: str) -> list[str]:
 
 
 def test_no_code_edits_the_module_path() -> None:
-    edits = [f"{f.relative_to(ROOT)}:{e}" for f in _lab_files() for e in path_edits(f.read_text())]
+    """The library, the benchmarks, the scripts and the tests: a test loads a benchmark script
+    by name (pyproject's pytest ``pythonpath`` holds ``benchmarks``) or a file by its path."""
+    files = _lab_files() + sorted((ROOT / "tests").rglob("*.py"))
+    assert ROOT / "tests" / "test_bench_all.py" in files
+    edits = [f"{f.relative_to(ROOT)}:{e}" for f in files for e in path_edits(f.read_text())]
     assert not edits, "import siblings without editing sys.path:\n" + "\n".join(edits)
     seen = path_edits(
         "import sys\nsys.path.insert(0, 'x')\nsys.path[:0] = ['x']\nsys.path += ['x']\n"
-        "from sys import path\nsys.path.index('x')\n"
+        "from sys import path\nsys.path.index('x')\nmonkeypatch.syspath_prepend('x')\n"
     )
-    assert sorted(e.split(":")[0] for e in seen) == ["2", "3", "4", "5", "6"]
+    assert sorted(e.split(":")[0] for e in seen) == ["2", "3", "4", "5", "6", "7"]
 
 
 #: the most parameters a public function takes (the issue "functions take their config instead

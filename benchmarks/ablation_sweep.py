@@ -27,8 +27,9 @@ def _run(which: str, mode: str, n: int, hpp: int, q: mp.Queue) -> None:
     import torch
 
     from circuitlens import get_task
+    from circuitlens.ablation.config import AblationConfig
     from circuitlens.ablation.means import compute_means, mean_ablated
-    from circuitlens.ablation.sweep import AblationConfig, ablated_scores
+    from circuitlens.ablation.sweep import ablated_scores
     from circuitlens.core.types import Head
     from circuitlens.models.registry import model_facts
     from circuitlens.tasks.metrics import accuracy

@@ -44,7 +44,8 @@ from typing import Any
 import torch
 
 import circuitlens as cl
-from circuitlens.ablation.sweep import AblationResult, ablation_sweep
+from circuitlens.ablation.result import AblationResult
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.rundir import MARKER
 from circuitlens.core.types import HeadMap

@@ -103,7 +103,7 @@ def score(hm: Any, truth: dict) -> dict[str, Any]:
 
 
 def saved_sweeps(task_name: str) -> tuple[Any, Any, dict]:
-    from circuitlens.ablation.sweep import AblationResult
+    from circuitlens.ablation.result import AblationResult
 
     setup = json.loads(SWEEPS.read_text())["setups"][task_name]
     s = AblationResult.from_dict(setup["student_sweep"])

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from circuitlens.ablation.sweep import AblationResult, ablated_scores, sweep_means
+from circuitlens.ablation.result import AblationResult
+from circuitlens.ablation.sweep import ablated_scores, sweep_means
 from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.rundir import read_json
 from circuitlens.core.types import Head

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.distill.setup import Setup
 
 OUT = Path(__file__).resolve().parent / "results"

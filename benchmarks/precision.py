@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 import circuitlens as cl
+from circuitlens.ablation.config import AblationConfig
 from circuitlens.ablation.means import compute_means
-from circuitlens.ablation.sweep import AblationConfig, ablated_scores
+from circuitlens.ablation.sweep import ablated_scores
 from circuitlens.core.devices import cpu_native_bf16
 from circuitlens.core.io import atomic_write_text, json_ready
 from circuitlens.core.types import Head, HeadMap

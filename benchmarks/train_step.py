@@ -22,7 +22,8 @@ OUT = results_dir() / "train_step.json"
 
 def main() -> None:
     from circuitlens import get_task, load_model
-    from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
+    from circuitlens.ablation.config import AblationConfig
+    from circuitlens.ablation.sweep import ablation_sweep
     from circuitlens.distill.trainer import CircuitTrainer, TrainConfig
     from circuitlens.mapping.map import map_heads
 

@@ -6,8 +6,10 @@ Wallace 2025, "Circuit Distillation").
 """
 
 # the model sources: importing each registers its "<prefix>:" with load_model
+from circuitlens.ablation.config import AblationConfig
 from circuitlens.ablation.means import mean_ablated
-from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.ablation.result import AblationResult
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.circuits import (
     PatchingConfig,
     PathPatchingConfig,

@@ -14,8 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "circuitlens"
-#: above every floor: the public API, the command line
+#: above every floor: the public API, the command line (the package ``cli/``, every module in it)
 TOP = {"circuitlens", "circuitlens.__main__", "circuitlens.cli"}
+CLI = "circuitlens.cli"
 #: upward arrows the document names and keeps (hooks reads the scored positions of metrics)
 KEPT_UPWARD = {("circuitlens.core.hooks", "circuitlens.tasks.metrics")}
 #: the tests of the package as a whole, not of one floor: they stay flat in ``tests/``
@@ -78,9 +79,14 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     return out
 
 
+def on_top(name: str) -> bool:
+    """``name`` sits above every floor: the public API, ``__main__`` or a module of ``cli/``."""
+    return name in TOP or name.startswith(CLI + ".")
+
+
 def floor_of(name: str, floors: dict[str, int]) -> int:
     """The floor of the longest entry of the table that is ``name`` or a package above it."""
-    if name in TOP:
+    if on_top(name):
         return max(floors.values()) + 1
     for prefix in sorted(floors, key=len, reverse=True):
         if name == prefix or name.startswith(prefix + "."):
@@ -104,15 +110,19 @@ def test_the_table_names_the_floors() -> None:
     # a module named by its own path takes its floor over its folder's
     assert floor_of("circuitlens.distill.pipeline", floors) == 6
     assert floor_of("circuitlens.distill.trainer", floors) == 5
+    # the command line is on top, its package's modules with it
+    assert floor_of("circuitlens.cli.commands", floors) == floor_of("circuitlens", floors) > 8
 
 
 def test_every_module_sits_in_a_floor_folder_and_tests_mirror_them() -> None:
-    """No module flat in ``circuitlens/`` but the top, and a test folder for each floor folder,
-    with no test file flat in ``tests/`` but those about the whole (the CLI, this file, ...)."""
+    """No module flat in ``circuitlens/`` but the top, no package but the floor folders and the
+    command line's ``cli/``, and a test folder for each floor folder, with no test file flat in
+    ``tests/`` but those about the whole (the CLI, this file, ...)."""
     folders = {name.split(".")[1] for name in floor_table()}
-    flat = {f.stem for f in PACKAGE.glob("*.py")} - {"__init__", "__main__", "cli"}
+    flat = {f.stem for f in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
     assert not flat, f"modules on no floor folder: {sorted(flat)}"
-    assert {d.name for d in PACKAGE.iterdir() if (d / "__init__.py").exists()} == folders
+    packages = {d.name for d in PACKAGE.iterdir() if (d / "__init__.py").exists()}
+    assert packages - {CLI.rpartition(".")[2]} == folders
     tests = ROOT / "tests"
     assert folders <= {d.name for d in tests.iterdir() if d.is_dir()}, folders
     assert {f.name for f in tests.glob("test_*.py")} <= WHOLE_PACKAGE_TESTS
@@ -132,8 +142,8 @@ def test_every_arrow_points_down_or_level(graph: dict[str, set[str]]) -> None:
 def test_presentation_is_imported_by_the_top_only(graph: dict[str, set[str]]) -> None:
     plotting = {a for a, targets in graph.items() if "circuitlens.report.figures" in targets}
     report = {a for a, targets in graph.items() if "circuitlens.report.page" in targets}
-    assert plotting <= {"circuitlens.report.page", *TOP}, plotting
-    assert report <= TOP, report
+    assert {a for a in plotting if not on_top(a)} <= {"circuitlens.report.page"}, plotting
+    assert all(on_top(a) for a in report), report
 
 
 SOURCES = ("circuitlens.models.real", "circuitlens.models.zoo")
@@ -269,12 +279,15 @@ def test_the_private_name_check_sees_both_forms() -> None:
 
 def path_edits(text: str) -> list[str]:
     """Where source ``text`` changes the module path: a call on ``sys.path`` (``insert``,
-    ``append``, ...), an assignment to it or to an item of it, or ``from sys import path``."""
+    ``append``, ...), an assignment to it or to an item of it, ``from sys import path``, or
+    pytest's ``monkeypatch.syspath_prepend``."""
     out = []
     for node in ast.walk(ast.parse(text)):
         targets: list[ast.expr] = []
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             targets = [node.func.value]
+            if node.func.attr == "syspath_prepend":
+                out.append(f"{node.lineno}: {ast.unparse(node)}")
         elif isinstance(node, ast.Assign):
             targets = node.targets
         elif isinstance(node, ast.AugAssign | ast.AnnAssign):
@@ -291,13 +304,17 @@ def path_edits(text: str) -> list[str]:
 
 
 def test_no_code_edits_the_module_path() -> None:
-    edits = [f"{f.relative_to(ROOT)}:{e}" for f in _lab_files() for e in path_edits(f.read_text())]
+    """The library, the benchmarks, the scripts and the tests: a test loads a benchmark script
+    by name (pyproject's pytest ``pythonpath`` holds ``benchmarks``) or a file by its path."""
+    files = _lab_files() + sorted((ROOT / "tests").rglob("*.py"))
+    assert ROOT / "tests" / "test_bench_all.py" in files
+    edits = [f"{f.relative_to(ROOT)}:{e}" for f in files for e in path_edits(f.read_text())]
     assert not edits, "import siblings without editing sys.path:\n" + "\n".join(edits)
     seen = path_edits(
         "import sys\nsys.path.insert(0, 'x')\nsys.path[:0] = ['x']\nsys.path += ['x']\n"
-        "from sys import path\nsys.path.index('x')\n"
+        "from sys import path\nsys.path.index('x')\nmonkeypatch.syspath_prepend('x')\n"
     )
-    assert sorted(e.split(":")[0] for e in seen) == ["2", "3", "4", "5", "6"]
+    assert sorted(e.split(":")[0] for e in seen) == ["2", "3", "4", "5", "6", "7"]
 
 
 #: the most parameters a public function takes (the issue "functions take their config instead

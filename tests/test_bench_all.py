@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,20 +12,26 @@ import pytest
 import torch
 
 from circuitlens import get_task
-from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.types import Head
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def allpy():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_all", BENCH / "all.py")
+def _bench(name: str, file: str):
+    """The benchmark script ``file`` as a fresh module named ``name`` (the siblings it imports
+    by name, ``bench_models``, ...: pyproject's pytest ``pythonpath`` puts benchmarks/ on the
+    path)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / file)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    yield mod
-    sys.path.remove(str(BENCH))
+    return mod
+
+
+@pytest.fixture(scope="module")
+def allpy():
+    return _bench("bench_all", "all.py")
 
 
 def _check(rows: list[dict]) -> None:
@@ -122,14 +127,7 @@ def test_the_circuit_runs_map_one_to_one_into_the_committed_circuits(allpy, teac
 
 @pytest.fixture(scope="module")
 def fillpy():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(
-        "fill_prompt_delta", BENCH / "fill_prompt_delta.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.path.remove(str(BENCH))
+    return _bench("fill_prompt_delta", "fill_prompt_delta.py")
 
 
 def test_fill_gives_the_sweeps_own_prompt_delta(fillpy, tiny_bridge) -> None:
@@ -161,13 +159,7 @@ def test_correspondence_benchmark_records_own_and_behaviour() -> None:
 
     import circuitlens as cl
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_corr", BENCH / "correspondence.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCH))
+    mod = _bench("bench_corr", "correspondence.py")
     model = cl.load_model("zoo:entity-tracking-teacher")
     args = argparse.Namespace(n=8, n_boot=0, seeds=[0], noise=[0.1], own=True, heads_per_pass=None)
     mod.BUDGETS = (0.13,)  # one budget: the rows' shape, not the figures

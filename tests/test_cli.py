@@ -140,18 +140,18 @@ def _one_error_line(capsys) -> str:
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys) -> None:
     """A full disk while a command writes its checkpoint: one line, the final path, exit 1."""
-    import circuitlens.cli as cli
+    from circuitlens.cli import commands
     from circuitlens.core import io
 
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    def distill(args) -> int:  # noqa: ANN001 (what _distill does when it checkpoints)
+    def distill(args) -> int:  # noqa: ANN001 (what commands.distill does when it checkpoints)
         monkeypatch.setattr(io.os, "fsync", full)
         io.atomic_torch_save({"step": 1}, Path(args.out) / "checkpoints" / "trainer.pt")
         return 0
 
-    monkeypatch.setattr(cli, "_distill", distill)
+    monkeypatch.setattr(commands, "distill", distill)
     assert main(["distill", "--out", str(tmp_path / "out")]) == 1
     err = _one_error_line(capsys)
     assert f"writing {tmp_path / 'out' / 'checkpoints' / 'trainer.pt'} failed" in err
@@ -218,13 +218,13 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys) -> None:
-    import circuitlens.cli as cli
+    from circuitlens.cli import commands
 
     def interrupted(args) -> int:  # noqa: ANN001
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_reproduce", interrupted)
-    monkeypatch.setattr(cli, "_demo", interrupted)
+    monkeypatch.setattr(commands, "reproduce", interrupted)
+    monkeypatch.setattr(commands, "demo", interrupted)
     assert main(["reproduce", "--quick", "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err.strip()
     assert err == (
@@ -270,7 +270,8 @@ def _declared_default(cls, name):
 def test_every_option_of_every_command_comes_from_the_table() -> None:
     """Each command's options are exactly its entries of FLAGS (no hand-written one left, no
     entry unused), each name once per command."""
-    from circuitlens.cli import FLAGS, build_parser, flags_of
+    from circuitlens.cli import build_parser
+    from circuitlens.cli.flags import FLAGS, flags_of
 
     commands = dict(_commands(build_parser()))
     assert {"reproduce", "run", "demo", "distill", "zoo train", "real build", "plan"} <= set(
@@ -289,7 +290,7 @@ def test_every_option_of_every_command_comes_from_the_table() -> None:
 def test_every_flag_names_a_real_field_of_its_config() -> None:
     import dataclasses
 
-    from circuitlens.cli import FLAGS, config_classes, config_field
+    from circuitlens.cli.flags import FLAGS, config_classes, config_field
     from circuitlens.distill.config import FLAT_KEYS, DistillConfig
 
     classes = config_classes()
@@ -311,12 +312,12 @@ def test_each_flag_default_is_its_dataclass_default() -> None:
     """The default a flag's help shows is its field's declared default; the flag itself is
     None until given (a flag left out leaves a --config file's value), so a bare command line
     is the dataclasses' defaults."""
-    from circuitlens.cli import (
+    from circuitlens.cli import build_parser
+    from circuitlens.cli.commands import _run_spec
+    from circuitlens.cli.flags import (
         FLAGS,
         DistillRun,
-        _run_spec,
         argparse_options,
-        build_parser,
         config_classes,
         field_default,
         given_fields,
@@ -346,7 +347,8 @@ def test_each_flag_default_is_its_dataclass_default() -> None:
 def test_choices_are_the_literals_of_the_fields() -> None:
     from typing import get_args, get_type_hints
 
-    from circuitlens.cli import FLAGS, MODEL_SETS, build_parser, config_field
+    from circuitlens.cli import build_parser
+    from circuitlens.cli.flags import FLAGS, MODEL_SETS, config_field
 
     commands = dict(_commands(build_parser()))
     seen = 0
@@ -368,7 +370,7 @@ def test_choices_are_the_literals_of_the_fields() -> None:
 
 def _other_value(flag, default):
     """A valid command-line value for ``flag`` that is not ``default``."""
-    from circuitlens.cli import argparse_options
+    from circuitlens.cli.flags import argparse_options
 
     options = argparse_options(flag, flag.commands[0])
     listed = options.get("choices") or (flag.names() if flag.names else None)
@@ -400,7 +402,7 @@ def _leaves(obj, prefix=""):
 
 
 def _distill_leaves(args):
-    from circuitlens.cli import _run_spec
+    from circuitlens.cli.commands import _run_spec
 
     spec, config = _run_spec(args)
     run = {f"run.{k}": v for k, v in spec.items() if k != "task_options"}
@@ -409,7 +411,8 @@ def _distill_leaves(args):
 
 
 def test_a_distill_command_line_sets_exactly_the_fields_given() -> None:
-    from circuitlens.cli import build_parser, flags_of
+    from circuitlens.cli import build_parser
+    from circuitlens.cli.flags import flags_of
 
     parser = build_parser()
     bare = _distill_leaves(parser.parse_args(["distill"]))
@@ -426,7 +429,9 @@ def test_a_distill_command_line_sets_exactly_the_fields_given() -> None:
 
 
 def test_an_experiment_command_line_sets_exactly_the_fields_given() -> None:
-    from circuitlens.cli import _experiment_config, build_parser, flags_of
+    from circuitlens.cli import build_parser
+    from circuitlens.cli.commands import _experiment_config
+    from circuitlens.cli.flags import flags_of
     from circuitlens.experiments import ExperimentConfig
 
     parser = build_parser()
@@ -460,7 +465,7 @@ def test_every_command_help_works(capsys) -> None:
 
 def test_the_command_line_keeps_its_options() -> None:
     """The options each command had before the table (the table may add, never drop one)."""
-    from circuitlens.cli import Flag, flags_of
+    from circuitlens.cli.flags import Flag, flags_of
 
     runs = {"--steps", "--lam", "--budget", "--map-method", "--out", "--device", "--threads"}
     runs |= {"--fresh", "--no-progress"}

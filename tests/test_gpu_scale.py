@@ -54,10 +54,9 @@ def _times(node: Any, key: str = "") -> list[tuple[str, Any]]:
 
 
 @pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch) -> dict[str, ModuleType]:
+def bench() -> dict[str, ModuleType]:
     """The script and the modules it imports, as ``python benchmarks/gpu_scale.py`` finds them
-    (its directory first on the path, for this test only)."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    (benchmarks/ is on the path: pyproject's pytest ``pythonpath``)."""
     import bench_machine
     import gpu_scale
     import gpu_stages

@@ -15,6 +15,9 @@ pass starts at the ablated head's layer from the cached clean residual stream (e
 cannot see the ablation, so their compute is skipped), and several heads of one layer can share
 a pass (``heads_per_pass``: the batch is repeated once per head, each copy ablating its own
 head). Batching pays on a GPU, not on a CPU (benchmarks/).
+
+A sweep takes its options as an :class:`~circuitlens.ablation.config.AblationConfig` and
+returns an :class:`~circuitlens.ablation.result.AblationResult`.
 """
 
 from __future__ import annotations
@@ -22,21 +25,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, get_args
+from dataclasses import replace
+from typing import Any
 
 import torch
 from einops import rearrange
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 import circuitlens.ablation.screening as screening
+from circuitlens.ablation.config import AblationConfig
 from circuitlens.ablation.interventions import Mean, Replacement, sweep
 from circuitlens.ablation.means import check_means, compute_means
+from circuitlens.ablation.result import AblationResult
 from circuitlens.ablation.screening import (
-    SCREEN_TOP,
-    SCREENS,
-    ScreenKind,
     default_margin,
     screen_heads,
     settled,
@@ -46,266 +48,11 @@ from circuitlens.ablation.screening import (
 from circuitlens.core.devices import warn_slow_precision
 from circuitlens.core.hooks import resid_pre_name
 from circuitlens.core.types import Head, Model, parse_heads
-from circuitlens.core.validate import check_fields
 from circuitlens.models.registry import model_facts
 from circuitlens.tasks import PromptBatch, Task, prompt_scores
-from circuitlens.tasks.base import Split
 from circuitlens.tasks.metrics import METRICS, model_device, no_logits
 
 log = logging.getLogger(__name__)
-
-Metric = Literal["accuracy", "prob", "logit_diff"]
-SweepMethod = Literal["auto", "exact", "screened"]
-METHODS: tuple[str, ...] = get_args(SweepMethod)
-#: a sweep's forward precision (:attr:`AblationConfig.dtype`)
-Precision = Literal["float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-Rank = Literal["signed", "abs"]
-RANKS: tuple[str, ...] = get_args(Rank)
-
-
-@dataclass(frozen=True)
-class AblationConfig:
-    """Options of :func:`ablation_sweep` (carried by its result).
-
-    Attributes:
-        metric: ``"prob"`` (the answer's probability, the default: a continuous P separates
-            heads that accuracy ties), ``"accuracy"`` or ``"logit_diff"``, read at the last
-            position.
-        split, n: the prompts scored (the task's ``ablation`` prompts give the means);
-            ``"probe"`` by default: a sweep chooses heads, and what chooses never reads the
-            ``test`` prompts that results are reported on.
-        heads_per_pass: heads ablated in one forward pass (each in its own copy of the batch);
-            None: 1 on a CPU, 8 on a GPU.
-        baseline: ``"own"``, or the name of the model whose unablated P is the baseline.
-        n_boot: bootstrap resamples of the prompts for each dP's confidence interval (0: none);
-            a screened sweep has intervals for its measured heads only.
-        ci_level: the interval's coverage (percentile bootstrap).
-        method: ``"exact"`` (every head ablated), ``"screened"`` (estimates for every head, the
-            candidates verified exactly: :mod:`circuitlens.ablation.screening`), or ``"auto"``
-            (:func:`circuitlens.ablation.screening.auto_method`: exact, until a screened sweep's map
-            agrees with the exact map).
-        top: screened: the heads whose top values must be exact, a fraction of all heads or a
-            count (default :data:`~circuitlens.ablation.screening.SCREEN_TOP`).
-        threshold: screened: also verify every head whose |impact| may reach this (or None).
-        safety: screened: an unverified head may be this many times its estimated |impact|.
-        screen: the estimator, ``"atp*"`` or ``"atp"`` (see :mod:`circuitlens.ablation.screening`).
-        rank: screened: settle the top heads by impact (``"signed"``, what the mapping takes)
-            or by |impact| (``"abs"``).
-        verify: screened: heads measured exactly in any case (e.g. a circuit's heads, the
-            map's candidates); an exact sweep measures every head and keeps none.
-        dtype: the precision of the sweep's forwards: ``"float32"``, or ``"bfloat16"``
-            (autocast: matrix products in bf16, the scores and impacts in float32). bf16 pays
-            only where the hardware has it: on a CPU without native bf16 it runs emulated,
-            slower, with a :class:`~circuitlens.core.devices.SlowPrecisionWarning` (measured
-            in ``docs/benchmarks.md``, "bf16 against float32").
-    """
-
-    metric: Metric = "prob"
-    split: Split = "probe"
-    n: int | None = 200
-    heads_per_pass: int | None = None
-    baseline: str = "own"
-    n_boot: int = 1000
-    ci_level: float = 0.95
-    method: SweepMethod = "auto"
-    top: float | int | None = SCREEN_TOP
-    threshold: float | None = None
-    safety: float = 1.5
-    screen: ScreenKind = "atp*"
-    rank: Rank = "signed"
-    verify: tuple[str, ...] = ()
-    dtype: Precision = "float32"
-
-    def __post_init__(self) -> None:
-        check_fields(self, {"n": (1, None)})
-        if self.dtype not in PRECISIONS:
-            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(PRECISIONS)}")
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
-        if self.n_boot < 0:
-            raise ValueError(f"n_boot must be >= 0 (0: no confidence intervals), got {self.n_boot}")
-        if not 0 < self.ci_level < 1:
-            raise ValueError(f"ci_level must lie in (0, 1), e.g. 0.95 (got {self.ci_level})")
-        if self.heads_per_pass is not None and self.heads_per_pass < 1:
-            raise ValueError(f"heads_per_pass must be >= 1 (got {self.heads_per_pass})")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.screen not in SCREENS:
-            raise ValueError(f"unknown screen {self.screen!r}; valid: {', '.join(SCREENS)}")
-        if self.rank not in RANKS:
-            raise ValueError(f"rank must be 'signed' or 'abs' (got {self.rank!r})")
-        if self.safety < 1:
-            raise ValueError(f"safety must be >= 1 (got {self.safety})")
-        if self.method == "screened" and self.top is None and self.threshold is None:
-            raise ValueError("a screened sweep needs top= (a count or fraction) or threshold=")
-        # heads as "L3H5" strings: a config that serialises as it reads
-        object.__setattr__(self, "verify", tuple(str(h) for h in parse_heads(list(self.verify))))
-
-    def with_overrides(self, **overrides: Any) -> AblationConfig:
-        """A copy with ``overrides`` replacing fields (an unknown name is an error)."""
-        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
-        if unknown:
-            raise TypeError(
-                f"unknown sweep option(s) {', '.join(unknown)}; valid: "
-                f"{', '.join(f.name for f in fields(self))}"
-            )
-        return replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as saved with a result (``verify`` only where a screened sweep kept
-        heads to measure: the files of exact sweeps read as before)."""
-        d = asdict(self)
-        if not d["verify"]:
-            del d["verify"]
-        else:
-            d["verify"] = list(d["verify"])
-        return d
-
-
-@dataclass
-class AblationResult:
-    """Per-head mean-ablation impact.
-
-    Attributes:
-        p_own: the model's unablated P.
-        p_baseline: the P that impacts are measured against (``p_own`` unless ``baseline_from``).
-        p_ablated: ``[layer, head]`` P with that one head mean-ablated.
-        delta: ``[layer, head]`` impact ``p_baseline - p_ablated``.
-        model_name: a label for plots.
-        config: the sweep's options (``config.method`` is the method that ran).
-        delta_ci: ``[2, layer, head]`` percentile-bootstrap interval of ``delta`` over prompts
-            (lower, upper), or None (``n_boot=0``, or a result saved before intervals); NaN at
-            the heads a screened sweep only estimated (no per-prompt scores, no interval).
-        exact: ``[layer, head]`` True where ``p_ablated`` was measured, False where it is a
-            screen's estimate (a screened sweep); None means all exact.
-        estimated: ``[layer, head]`` the screen's estimates of ``p_ablated`` for every head
-            (screened sweeps), else None.
-        prompt_delta: ``[layer, head, n]`` each head's impact on each scored prompt against the
-            model's *own* unablated score on that prompt (``own_i - ablated_i``, whatever the
-            baseline: with ``baseline="own"`` its mean over prompts is ``delta``), NaN at the
-            heads a screened sweep only estimated; None for results saved before it was kept.
-            :mod:`circuitlens.mapping.methods` matches heads by these profiles.
-    """
-
-    p_own: float
-    p_baseline: float
-    p_ablated: Float[Tensor, "layer head"]
-    delta: Float[Tensor, "layer head"]
-    model_name: str = "model"
-    config: AblationConfig = field(default_factory=AblationConfig)
-    axis_names: tuple[str, str] = ("layer", "head")
-    delta_ci: Float[Tensor, "2 layer head"] | None = None
-    exact: Bool[Tensor, "layer head"] | None = None
-    estimated: Float[Tensor, "layer head"] | None = None
-    prompt_delta: Float[Tensor, "layer head n"] | None = None
-
-    def __post_init__(self) -> None:
-        if self.exact is None:
-            self.exact = torch.ones(self.delta.shape, dtype=torch.bool)
-
-    def excludes_zero(self, head: Head) -> bool | None:
-        """Whether ``head``'s impact interval excludes 0 (None: no interval, e.g. a head that
-        a screened sweep only estimated)."""
-        if self.delta_ci is None or not bool(self.exact[head.layer, head.head]):
-            return None
-        lo, hi = (
-            float(self.delta_ci[0, head.layer, head.head]),
-            float(self.delta_ci[1, head.layer, head.head]),
-        )
-        if lo != lo or hi != hi:  # NaN: not measured
-            return None
-        return lo > 0 or hi < 0
-
-    def __repr__(self) -> str:
-        n_layers, n_heads = self.delta.shape
-        top = self.delta.flatten().topk(min(3, self.delta.numel())).indices.tolist()
-        largest = ", ".join(
-            f"L{i // n_heads}H{i % n_heads} {float(self.delta.flatten()[i]):+.3f}" for i in top
-        )
-        base = "" if self.p_baseline == self.p_own else f", baseline {self.p_baseline:.3f}"
-        return (
-            f"AblationResult({self.model_name}: {self.config.metric} on {self.config.n} "
-            f"{self.config.split} prompts, P = {self.p_own:.3f}{base}; {n_layers}x{n_heads} "
-            f"heads; largest dP {largest})"
-        )
-
-    @property
-    def heads(self) -> list[Head]:
-        n_layers, n_heads = self.delta.shape
-        return [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-
-    @property
-    def exact_heads(self) -> list[Head]:
-        """The heads whose values were measured (all of them unless the sweep was screened)."""
-        return [h for h in self.heads if bool(self.exact[h.layer, h.head])]
-
-    def to_frame(self) -> Any:
-        import pandas as pd
-
-        cols = {
-            "head": [str(h) for h in self.heads],
-            "layer": [h.layer for h in self.heads],
-            "head_index": [h.head for h in self.heads],
-            "p_ablated": self.p_ablated.flatten().tolist(),
-            "delta": self.delta.flatten().tolist(),
-        }
-        if self.delta_ci is not None:  # NaN where a screened sweep only estimated
-            cols["delta_lo"] = self.delta_ci[0].flatten().tolist()
-            cols["delta_hi"] = self.delta_ci[1].flatten().tolist()
-        cols["exact"] = self.exact.flatten().tolist()  # False: p_ablated, delta are estimates
-        return pd.DataFrame(cols)
-
-    def named(self, name: str) -> AblationResult:
-        """The same result labelled ``name`` (e.g. ``"teacher"``: plots and tables show it)."""
-        return replace(self, model_name=name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "p_own": self.p_own,
-            "p_baseline": self.p_baseline,
-            "p_ablated": self.p_ablated.tolist(),
-            "delta": self.delta.tolist(),
-            "model_name": self.model_name,
-            "config": self.config.to_dict(),
-            "delta_ci": None if self.delta_ci is None else self.delta_ci.tolist(),
-            "exact": self.exact.tolist(),
-            "estimated": None if self.estimated is None else self.estimated.tolist(),
-            "prompt_delta": None if self.prompt_delta is None else self.prompt_delta.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AblationResult:
-        def floats(x: Any) -> Tensor | None:
-            # strict JSON (the experiment runner's files) stores NaN, e.g. the interval of a
-            # head that a screened sweep only estimated, as null
-            return None if x is None else torch.tensor(_nan_for_none(x))
-
-        return cls(
-            p_own=d["p_own"],
-            p_baseline=d["p_baseline"],
-            p_ablated=floats(d["p_ablated"]),
-            delta=floats(d["delta"]),
-            model_name=d.get("model_name", "model"),
-            # results saved before screening existed were exact sweeps; screened sweeps saved
-            # before rank= settled the top heads by |impact|; before the probe split, sweeps
-            # read the test prompts
-            config=AblationConfig(
-                **{"method": "exact", "rank": "abs", "split": "test", **d.get("config", {})}
-            ),
-            delta_ci=floats(d.get("delta_ci")),
-            exact=None if d.get("exact") is None else torch.tensor(d["exact"], dtype=torch.bool),
-            estimated=floats(d.get("estimated")),
-            prompt_delta=floats(d.get("prompt_delta")),
-        )
-
-
-def _nan_for_none(x: Any) -> Any:
-    if x is None:
-        return float("nan")
-    if isinstance(x, list | tuple):
-        return [_nan_for_none(v) for v in x]
-    return x
 
 
 def _per_example(metric: str, logits: Tensor, batch: PromptBatch) -> Tensor:

@@ -256,7 +256,9 @@ def _complete(
 ) -> list[Head]:
     """Support heads: add heads by mean-ablation impact until the circuit alone keeps
     ``complete_to`` of the full model's accuracy (or ``max_support`` heads are added)."""
-    from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
+    from circuitlens.ablation.config import AblationConfig
+    from circuitlens.ablation.result import AblationResult
+    from circuitlens.ablation.sweep import ablation_sweep
 
     batch = task.batch(model, "probe", cfg.n)
     with torch.no_grad():

@@ -40,7 +40,7 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.mapping.config import DEFAULT_BUDGET, MapConfig
 from circuitlens.mapping.map import map_heads, permuted_map, random_map

@@ -1,7 +1,7 @@
 """What :func:`~circuitlens.distill.pipeline.distill_circuit` is told: one small config per
 concept, composed.
 
-- the sweeps: :class:`~circuitlens.ablation.sweep.AblationConfig` (metric, prompts,
+- the sweeps: :class:`~circuitlens.ablation.config.AblationConfig` (metric, prompts,
   bootstrap intervals, exact or screened), the one config of every mean-ablation sweep;
 - the map: :class:`~circuitlens.mapping.config.MapConfig` (budget, one-to-one, the
   correspondence method, the teacher's baseline, the random control's seed, the CKA null's
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuitlens.ablation.sweep import AblationConfig
+from circuitlens.ablation.config import AblationConfig
 from circuitlens.core.validate import ConfigError, check_fields
 from circuitlens.distill.train_config import TrainConfig
 from circuitlens.mapping.config import MapConfig

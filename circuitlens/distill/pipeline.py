@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.circuits.evaluation import circuit_only_scores, format_accuracy
 from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.core.validate import ConfigError

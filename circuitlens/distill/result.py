@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.deltas import (
     DeltaError,
     DeltaIntegrityError,

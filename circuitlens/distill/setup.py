@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.io import json_ready
 from circuitlens.core.rundir import read_json
 from circuitlens.core.types import Circuit, HeadMap

@@ -11,8 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from circuitlens.ablation.result import AblationResult
 from circuitlens.ablation.screening import SCREEN_TOP, auto_method, top_count
-from circuitlens.ablation.sweep import AblationResult, ablation_sweep
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.types import Circuit
 from circuitlens.distill.config import DistillConfig

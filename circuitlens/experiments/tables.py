@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.io import json_ready
 from circuitlens.core.types import Head
 from circuitlens.distill.conditions import BASELINE

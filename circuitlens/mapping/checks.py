@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Head
 
 TIE = 1e-6  # impacts are float32: closer than this is a tie decided by rounding

@@ -33,7 +33,8 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Model
 from circuitlens.mapping.methods import NEEDS, CorrespondenceFeatures

@@ -43,7 +43,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap, Model, parse_heads
 from circuitlens.mapping.checks import TIE, degenerate_warnings, map_warnings
 from circuitlens.mapping.config import DEFAULT_BUDGET, MapConfig, map_config
@@ -256,7 +257,7 @@ def map_heads(
         ``config["method"]`` names the method.
 
     >>> import torch
-    >>> from circuitlens.ablation.sweep import AblationConfig, AblationResult
+    >>> from circuitlens import AblationConfig, AblationResult
     >>> def sweep(d):
     ...     d = torch.tensor(d)
     ...     return AblationResult(1.0, 1.0, 1 - d, d, "m", AblationConfig())

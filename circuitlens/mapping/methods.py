@@ -77,7 +77,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Head
 from circuitlens.mapping.checks import map_warnings
 from circuitlens.measure.cka import cka, cka_with_null

@@ -34,8 +34,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuitlens.ablation.config import AblationConfig
 from circuitlens.ablation.means import compute_means
-from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablated_scores
+from circuitlens.ablation.result import AblationResult
+from circuitlens.ablation.sweep import ablated_scores
 from circuitlens.core.types import Head, HeadMap, Model
 from circuitlens.measure.cka import CKAWithNull
 from circuitlens.tasks import Task, prompt_scores

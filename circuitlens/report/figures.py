@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import HeadMap
 from circuitlens.distill.conditions import BASELINE, LABELS
 

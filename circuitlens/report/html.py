@@ -9,7 +9,7 @@ import html
 import math
 from typing import Any
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.distill.conditions import LABELS
 

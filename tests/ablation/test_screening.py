@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from circuitlens import get_task
+from circuitlens.ablation.config import AblationConfig
 from circuitlens.ablation.means import compute_means
+from circuitlens.ablation.result import AblationResult
 from circuitlens.ablation.screening import screen_heads, settled
-from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.hooks import hooked, z_name
 from circuitlens.core.types import Head
 from circuitlens.mapping.map import choose_student_heads, map_heads

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from circuitlens import get_task
+from circuitlens.ablation.config import AblationConfig
 from circuitlens.ablation.means import compute_means, mean_ablated
-from circuitlens.ablation.sweep import AblationConfig, ablation_sweep
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Head
 from circuitlens.tasks.metrics import METRICS
@@ -139,7 +140,7 @@ def test_bootstrap_interval_equals_a_slow_loop() -> None:
 
 
 def test_sweep_carries_intervals_and_round_trips(tiny_bridge, task) -> None:
-    from circuitlens.ablation.sweep import AblationResult
+    from circuitlens.ablation.result import AblationResult
 
     result = ablation_sweep(
         tiny_bridge, task, AblationConfig(metric="prob", n=24, n_boot=100), progress=False
@@ -160,7 +161,8 @@ def test_a_screened_sweep_round_trips_through_strict_json() -> None:
     heads it only estimated come back as NaN, and a sweep saved before rank= reads as 'abs'."""
     import json
 
-    from circuitlens.ablation.sweep import AblationConfig, AblationResult
+    from circuitlens.ablation.config import AblationConfig
+    from circuitlens.ablation.result import AblationResult
     from circuitlens.core.io import json_text
 
     delta = torch.tensor([[0.3, 0.1], [0.0, -0.2]])

@@ -129,7 +129,7 @@ def test_experiment_toml_with_a_wrong_type(tmp_path: Path) -> None:
 
 def test_circuit_and_ablation_configs_are_checked() -> None:
     from circuitlens import CircuitConfig
-    from circuitlens.ablation.sweep import AblationConfig
+    from circuitlens.ablation.config import AblationConfig
 
     with pytest.raises(ConfigError, match=r"CircuitConfig\.n must be >= 1"):
         CircuitConfig(n=0)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import circuitlens.distill.conditions as conditions
-from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.conditions import (
     LABELS,

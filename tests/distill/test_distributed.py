@@ -4,6 +4,7 @@ as one process with the same global batch, frozen slices bit for bit."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,15 @@ from circuitlens.distill.trainer import CircuitTrainer, TrainRun
 
 WORKER = Path(__file__).parent / "dp_worker.py"
 CONDITIONS = ["ce+align", "kd", "ce+shuffled"]
+
+
+def _worker():
+    """The script torchrun runs (``dp_worker.py``, beside this file) as a module: its ``run``
+    is the one-process reference."""
+    spec = importlib.util.spec_from_file_location("dp_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _launch(teacher_dir, student_dir, out, conditions, *flags) -> dict:
@@ -30,11 +40,10 @@ def _launch(teacher_dir, student_dir, out, conditions, *flags) -> dict:
 def _assert_same_training(parallel: dict, single: dict, student_dir, teacher_dir, conditions):
     """The trained slices equal the one-process run's within 1e-5, the frozen entries bit for
     bit, and the losses of every step agree."""
-    import dp_worker
-
     from circuitlens import load_model
     from circuitlens.core.types import HeadMap
 
+    dp_worker = _worker()
     student = load_model(student_dir)
     start = {n: p.detach().clone() for n, p in student.named_parameters()}
     masks = CircuitTrainer(
@@ -61,8 +70,7 @@ def _assert_same_training(parallel: dict, single: dict, student_dir, teacher_dir
 
 
 def test_two_processes_train_as_one(make_llama_dir, tmp_path) -> None:
-    sys.path.insert(0, str(WORKER.parent))
-    import dp_worker
+    dp_worker = _worker()
 
     teacher_dir = make_llama_dir(seed=1, n_layers=3, n_heads=4, n_kv_heads=2, d_model=32)
     student_dir = make_llama_dir(seed=2)
@@ -75,8 +83,7 @@ def test_fsdp_two_processes_train_as_one_and_resume(make_llama_dir, tmp_path) ->
     """FSDP (the student's weights sharded over two gloo processes), interrupted after one
     step and resumed by a new trainer from its checkpoint: the same training as one process
     run straight through."""
-    sys.path.insert(0, str(WORKER.parent))
-    import dp_worker
+    dp_worker = _worker()
 
     teacher_dir = make_llama_dir(seed=1, n_layers=3, n_heads=4, n_kv_heads=2, d_model=32)
     student_dir = make_llama_dir(seed=2)
@@ -98,8 +105,7 @@ def test_fsdp_refusals_name_the_fix(make_llama_dir) -> None:
     from circuitlens.core.types import HeadMap
     from circuitlens.core.validate import ConfigError
 
-    sys.path.insert(0, str(WORKER.parent))
-    import dp_worker
+    dp_worker = _worker()
 
     teacher = load_model(make_llama_dir(seed=1, n_layers=3, n_heads=4, n_kv_heads=2, d_model=32))
     student = load_model(make_llama_dir(seed=2))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from circuitlens import load_model
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import HeadMap
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.masks import head_parameter_masks

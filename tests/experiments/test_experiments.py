@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlens.ablation.sweep import AblationResult
+from circuitlens.ablation.result import AblationResult
 from circuitlens.cli import main
 from circuitlens.core.rundir import RunFileError
 from circuitlens.core.types import Head, HeadMap

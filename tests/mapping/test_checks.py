@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.pipeline import with_map_features
 from circuitlens.distill.setup import Setup

@@ -5,7 +5,8 @@ import logging
 import pytest
 import torch
 
-from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.core.validate import ConfigError
 from circuitlens.mapping.config import MapConfig

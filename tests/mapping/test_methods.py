@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import circuitlens as cl
-from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Circuit, Head, HeadMap
 from circuitlens.mapping.features import gather_features
 from circuitlens.mapping.known_answer import permuted_copy, recovery

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import circuitlens as cl
-from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Head
 from circuitlens.mapping.features import (
     ActivationReads,

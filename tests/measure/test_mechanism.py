@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from circuitlens import get_task, load_model
-from circuitlens.ablation.sweep import AblationConfig, AblationResult, ablation_sweep
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
+from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.types import Head, HeadMap
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.pipeline import BeforeTraining, distill_circuit, train_condition

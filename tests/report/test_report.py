@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from circuitlens import __version__
-from circuitlens.ablation.sweep import AblationConfig, AblationResult
+from circuitlens.ablation.config import AblationConfig
+from circuitlens.ablation.result import AblationResult
 from circuitlens.core.types import Circuit, HeadMap
 from circuitlens.experiments import ExperimentConfig, ExperimentResult
 from circuitlens.report.page import PLOTLY_JS, write_plotly_js, write_report

@@ -209,7 +209,7 @@ def ablation_sweep(
     return _result(model, f.n_heads, config, own, base, scores, exact, estimated, per_prompt)
 
 
-def _precision(model: Any, dtype: str) -> Any:
+def _precision(model: Model, dtype: str) -> Any:
     """The forwards' precision: bf16 autocast on the model's device (warning where that CPU
     has no native bf16), or nothing in float32."""
     if dtype == "float32":

@@ -30,12 +30,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from circuitlens.core.io import atomic_write_bytes
+from circuitlens.core.types import Model
 
 #: the format tag written into every delta's metadata
 FORMAT = "circuitlens-delta/1"
@@ -81,7 +81,7 @@ def hf_name(name: str) -> str:
     return name.replace(_SEGMENT, "")
 
 
-def named_parameters(model: Any) -> dict[str, Tensor]:
+def named_parameters(model: Model) -> dict[str, Tensor]:
     """The model's parameters by Hugging Face name (tied ones once, as ``named_parameters``)."""
     return {hf_name(n): p for n, p in model.named_parameters()}
 
@@ -105,7 +105,7 @@ def _grid(idx: list[Tensor], ndim: int) -> tuple[Tensor, ...]:
     return tuple(i.view([-1 if k == d else 1 for k in range(ndim)]) for d, i in enumerate(idx))
 
 
-def frozen_hash(model: Any, masks: dict[str, Tensor]) -> str:
+def frozen_hash(model: Model, masks: dict[str, Tensor]) -> str:
     """A hash of every parameter entry outside ``masks`` and every buffer, by name.
 
     ``masks`` maps Hugging Face parameter names (:func:`hf_name`) to bool masks of the trained
@@ -147,7 +147,9 @@ class Delta:
         return sum(v.numel() for _, v in self.entries.values())
 
 
-def model_delta(model: Any, masks: dict[str, Tensor], meta: dict[str, str] | None = None) -> Delta:
+def model_delta(
+    model: Model, masks: dict[str, Tensor], meta: dict[str, str] | None = None
+) -> Delta:
     """The entries of ``model`` that ``masks`` marks (Hugging Face names or the bridge's own
     parameter names), with the frozen entries' hash in the metadata."""
     params = named_parameters(model)
@@ -269,7 +271,7 @@ def load_delta(path: str | Path) -> Delta:
     return Delta(entries, meta)
 
 
-def apply_delta(model: Any, delta: Delta, check: bool = True) -> None:
+def apply_delta(model: Model, delta: Delta, check: bool = True) -> None:
     """Write ``delta``'s trained entries into ``model`` in place.
 
     Raises:

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
+from circuitlens.core.types import Model
 from circuitlens.tasks.metrics import logits_at
 
 HookFn = Callable[..., Any]
@@ -51,14 +52,14 @@ def resid_pre_name(layer: int) -> str:
 
 
 @contextmanager
-def hooked(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[Any]:
+def hooked(model: Model, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[Any]:
     """Add forward hooks for the body of a ``with``; they are removed on exit, also on error."""
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         yield model
 
 
 @contextmanager
-def _blocks_skipped(model: Any, below: int) -> Iterator[None]:
+def _blocks_skipped(model: Model, below: int) -> Iterator[None]:
     """Blocks ``0..below-1`` pass their input through unchanged (their work is discarded
     anyway when the forward restarts at block ``below``); restored on exit."""
     saved = []
@@ -79,7 +80,7 @@ def _blocks_skipped(model: Any, below: int) -> Iterator[None]:
 
 
 def run_from_layer(
-    model: Any, resid: Tensor, layer: int, positions: Tensor | None = None
+    model: Model, resid: Tensor, layer: int, positions: Tensor | None = None
 ) -> Tensor:
     """Logits of a forward pass that starts at block ``layer`` from the residual stream
     ``resid`` (``blocks.{layer}.hook_resid_pre`` of an earlier run), skipping the compute of

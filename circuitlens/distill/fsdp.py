@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitlens.core.types import Model
 from circuitlens.core.validate import ConfigError
 from circuitlens.tasks.metrics import model_device
 
@@ -43,14 +44,14 @@ def _decoder_layers(hf: Any) -> list[Any]:
     )
 
 
-def is_sharded(model: Any) -> bool:
+def is_sharded(model: Model) -> bool:
     """Whether ``model``'s weights are sharded (DTensors)."""
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def shard_student(student: Any, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+def shard_student(student: Model, masks: dict[str, Tensor]) -> dict[str, Tensor]:
     """Shard the bridge ``student``'s weights over the processes (in place) and return the
     ``masks`` (by parameter name, whole-weight shapes) sharded like their weights."""
     import torch.distributed as dist

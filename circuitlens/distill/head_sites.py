@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from circuitlens.core.hooks import hook_layer, hooked, z_name
-from circuitlens.core.types import Circuit, Head, HeadMap
+from circuitlens.core.types import Circuit, Head, HeadMap, Model
 from circuitlens.distill.teacher_cache import TeacherBatch, token_rows
 from circuitlens.distill.train_config import TrainConfig
 from circuitlens.tasks import PromptBatch, Task, tokenize_prompts
@@ -45,8 +45,8 @@ class HeadSites:
 
     def __init__(
         self,
-        student: Any,
-        teacher: Any,
+        student: Model,
+        teacher: Model,
         task: Task,
         head_map: HeadMap,
         config: TrainConfig,
@@ -121,19 +121,19 @@ class HeadSites:
                 f"{self.task.name!r} does not define ({sorted(batch.positions)})"
             )
 
-    def rows(self, batch: PromptBatch, model: Any) -> list[Tensor]:
+    def rows(self, batch: PromptBatch, model: Model) -> list[Tensor]:
         """Per pair, the token index of each row: ``[n_examples, rows]``."""
         self._check_rows(batch)
         return [token_rows(batch, model, name) for name in self.position_names()]
 
-    def _site(self, model: Any, z: Tensor, rows: Tensor, layer: int, head: int) -> Tensor:
+    def _site(self, model: Model, z: Tensor, rows: Tensor, layer: int, head: int) -> Tensor:
         """``z [batch, pos, head_index, d_head]`` of one head at ``rows [batch, r]``:
         ``[batch, r, d_head]`` (site z) or ``[batch, r, d_model]`` (site result)."""
         rows = rows.to(z.device)
         picked = z[torch.arange(z.shape[0], device=z.device)[:, None], rows, head]
         return self._site_rows(model, picked, Head(layer, head))
 
-    def _site_rows(self, model: Any, picked: Tensor, head: Head) -> Tensor:
+    def _site_rows(self, model: Model, picked: Tensor, head: Head) -> Tensor:
         """One head's ``z`` rows ``[batch, r, d_head]`` at the config's site."""
         if self.config.site == "result":
             w = model.W_O[head.layer, head.head]  # [d_head, d_model]

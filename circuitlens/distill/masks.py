@@ -18,19 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from circuitlens.core.types import Head, parse_heads
+from circuitlens.core.types import Head, Model, parse_heads
 from circuitlens.models.registry import model_facts
 
 KVPolicy = Literal["shared", "frozen"]
 KV_POLICIES: tuple[str, ...] = get_args(KVPolicy)
 
 
-def _view(model: Any, name: str) -> Tensor | None:
+def _view(model: Model, name: str) -> Tensor | None:
     try:
         return getattr(model, name)
     except (AttributeError, NotImplementedError):
@@ -38,7 +38,7 @@ def _view(model: Any, name: str) -> Tensor | None:
 
 
 def head_parameter_masks(
-    model: Any, heads: Sequence[Head | str], kv: str = "shared", include_bias: bool = True
+    model: Model, heads: Sequence[Head | str], kv: str = "shared", include_bias: bool = True
 ) -> dict[str, Tensor]:
     """Boolean masks, by parameter name, of the entries the given heads own.
 
@@ -73,7 +73,7 @@ def head_parameter_masks(
 
 
 def _masks_by_backprop(
-    model: Any, heads: list[Head], names: list[str], params: dict[str, Tensor], group_size: int
+    model: Model, heads: list[Head], names: list[str], params: dict[str, Tensor], group_size: int
 ) -> dict[str, Tensor]:
     with torch.enable_grad():
         total = torch.zeros(())
@@ -119,7 +119,7 @@ class TrainedFraction:
 
 
 def trained_fraction(
-    model: Any, heads: Sequence[Head | str], masks: dict[str, Tensor], kv: str = "shared"
+    model: Model, heads: Sequence[Head | str], masks: dict[str, Tensor], kv: str = "shared"
 ) -> TrainedFraction:
     """Fractions of heads and parameter entries that ``masks`` trains."""
     f = model_facts(model)

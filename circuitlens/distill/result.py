@@ -33,7 +33,7 @@ from circuitlens.core.deltas import (
     save_delta,
 )
 from circuitlens.core.io import atomic_write_text, sha256_file
-from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.config import DistillConfig
 from circuitlens.models.registry import (
@@ -64,7 +64,7 @@ class DistillResult:
         masks: the trained entries (parameter name -> bool mask), what ``save`` writes.
     """
 
-    student: Any
+    student: Model
     head_map: HeadMap
     circuit: Circuit | None
     teacher_sweep: AblationResult
@@ -187,7 +187,7 @@ class DistillResult:
             save_pretrained(self.student, directory / "student")
 
     @classmethod
-    def load(cls, directory: str | Path, student: Any = None) -> DistillResult:
+    def load(cls, directory: str | Path, student: Model = None) -> DistillResult:
         """Read a saved result; the trained weights go onto ``student``, the student the run
         started from (default: loaded from the spec the result names), bit for bit.
 

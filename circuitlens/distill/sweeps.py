@@ -9,13 +9,12 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from circuitlens.ablation.result import AblationResult
 from circuitlens.ablation.screening import SCREEN_TOP, auto_method, top_count
 from circuitlens.ablation.sweep import ablation_sweep
 from circuitlens.core.io import atomic_write_text
-from circuitlens.core.types import Circuit
+from circuitlens.core.types import Circuit, Model
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.teacher_cache import model_hash
 from circuitlens.mapping.map import budget_count
@@ -27,7 +26,7 @@ from circuitlens.tasks import Task
 log = logging.getLogger(__name__)
 
 
-def _student_top(student: Any, budget: float | int) -> float | int:
+def _student_top(student: Model, budget: float | int) -> float | int:
     """A screened student sweep's ``top``: the default
     (:data:`~circuitlens.ablation.screening.SCREEN_TOP` of the heads), or the budget's count where
     the
@@ -38,8 +37,8 @@ def _student_top(student: Any, budget: float | int) -> float | int:
 
 
 def sweeps(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Task,
     cfg: DistillConfig,
     progress: bool = True,
@@ -70,8 +69,8 @@ def sweeps(
 
 
 def kept_sweeps(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Task,
     cfg: DistillConfig,
     progress: bool,
@@ -102,7 +101,7 @@ def kept_sweeps(
 
 
 def sweeps_key(
-    teacher: Any, student: Any, task: Task, cfg: DistillConfig, circuit: Circuit | None
+    teacher: Model, student: Model, task: Task, cfg: DistillConfig, circuit: Circuit | None
 ) -> str:
     """What ``sweeps.json`` is valid for: a digest of both models' weights, the task, its
     sweep prompts (the first ``cfg.sweep.n`` of ``cfg.sweep.split``: ``probe`` by default),

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from circuitlens.core.hooks import z_name
 from circuitlens.core.io import atomic_write_bytes
+from circuitlens.core.types import Model
 from circuitlens.tasks import Prompt, PromptBatch, tokenize_prompts
 from circuitlens.tasks.metrics import keep_positions, model_device
 
@@ -62,7 +63,7 @@ class TeacherBatch:
     z: dict[tuple[int, str], Tensor]
 
 
-def token_rows(batch: PromptBatch, model: Any, position: str) -> Tensor:
+def token_rows(batch: PromptBatch, model: Model, position: str) -> Tensor:
     """The token index of each CKA row of ``position``, ``[batch, rows]``: a named position of
     the task (one row), or ``"tokens"``: every non-BOS token (prompts of equal length)."""
     n = len(batch)
@@ -76,7 +77,7 @@ def token_rows(batch: PromptBatch, model: Any, position: str) -> Tensor:
 
 @torch.no_grad()
 def teacher_batch(
-    teacher: Any,
+    teacher: Model,
     batch: PromptBatch,
     layers: Sequence[int],
     positions: Sequence[str],
@@ -98,7 +99,7 @@ def teacher_batch(
     return TeacherBatch(last.argmax(-1), last if logits else None, z)
 
 
-def model_hash(model: Any) -> str:
+def model_hash(model: Model) -> str:
     """A hash of a model's weights (every tensor of its state dict, by name)."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(model.state_dict().items()):
@@ -142,7 +143,7 @@ class TeacherCache:
             f"sets={len(self._memory)}, computed={self.computed})"
         )
 
-    def _teacher_hash(self, teacher: Any) -> str:
+    def _teacher_hash(self, teacher: Model) -> str:
         held = self._hashes.get(id(teacher))
         if held is None or held[0] is not teacher:
             held = (teacher, model_hash(teacher))
@@ -151,7 +152,7 @@ class TeacherCache:
 
     def key(
         self,
-        teacher: Any,
+        teacher: Model,
         batches: Sequence[Sequence[Prompt]],
         layers: Sequence[int],
         positions: Sequence[str],
@@ -183,7 +184,7 @@ class TeacherCache:
 
     def get(
         self,
-        teacher: Any,
+        teacher: Model,
         batches: Sequence[Sequence[Prompt]],
         layers: Sequence[int],
         positions: Sequence[str],
@@ -299,7 +300,7 @@ class TeacherFeed:
 
     def __init__(
         self,
-        teacher: Any,
+        teacher: Model,
         schedule: list[list[Prompt]],
         cache: TeacherCache | None,
         request: dict[str, Any],

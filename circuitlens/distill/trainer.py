@@ -46,7 +46,7 @@ from circuitlens.core.devices import check_device, warn_slow_precision
 from circuitlens.core.io import atomic_torch_save
 from circuitlens.core.loop import LoopState, TrainLoop
 from circuitlens.core.progress import heartbeat
-from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.core.validate import ConfigError
 from circuitlens.distill.circuit_loss import CircuitLoss
 from circuitlens.distill.head_sites import CKASiteError, HeadSites  # noqa: F401 (re-exported)
@@ -83,7 +83,7 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _check_inputs(
-    student: Any, teacher: Any, head_map: HeadMap, cfg: TrainConfig, circuit: Circuit | None
+    student: Model, teacher: Model, head_map: HeadMap, cfg: TrainConfig, circuit: Circuit | None
 ) -> None:
     """Refuse a trainer that cannot run, before any work."""
     from circuitlens.models.registry import model_facts
@@ -101,7 +101,7 @@ def _check_inputs(
 
 
 def _masks(
-    student: Any, head_map: HeadMap, cfg: TrainConfig
+    student: Model, head_map: HeadMap, cfg: TrainConfig
 ) -> tuple[dict[str, Tensor], TrainedFraction]:
     """The trainable entries (the mapped heads' slices, or every entry for a condition that
     trains the whole student) and what fraction of the student they are."""
@@ -183,8 +183,8 @@ class CircuitTrainer:
 
     def __init__(
         self,
-        student: Any,
-        teacher: Any,
+        student: Model,
+        teacher: Model,
         task: Task,
         head_map: HeadMap,
         config: TrainConfig | None = None,

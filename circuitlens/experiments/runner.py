@@ -15,7 +15,7 @@ from circuitlens.core.devices import check_device
 from circuitlens.core.io import atomic_write_text, json_text
 from circuitlens.core.progress import heartbeat
 from circuitlens.core.rundir import run_directory
-from circuitlens.core.types import Circuit, HeadMap
+from circuitlens.core.types import Circuit, HeadMap, Model
 from circuitlens.distill.conditions import get_condition
 from circuitlens.distill.pipeline import (
     BeforeTraining,
@@ -112,7 +112,7 @@ def _check_models(setup: Setup, cfg: ExperimentConfig, directory: Path) -> None:
 
 
 def _given_circuit(
-    cfg: ExperimentConfig, task: str, groups: dict[str, list[str]], teacher: Any, student: Any
+    cfg: ExperimentConfig, task: str, groups: dict[str, list[str]], teacher: Model, student: Model
 ) -> Circuit:
     """A circuit found before (the config carries it), checked against the models before any
     work: every head in the teacher, and enough heads for a one-to-one map of the budget."""
@@ -135,8 +135,8 @@ def _given_circuit(
 def _circuit(
     task: Task,
     cfg: ExperimentConfig,
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     progress: bool,
     circuit_dir: Path | None,
 ) -> tuple[Circuit | None, str]:
@@ -158,8 +158,8 @@ def _circuit(
 def _setup_task(
     task: Task,
     cfg: ExperimentConfig,
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     progress: bool,
     formats: dict[str, Task],
     circuit_dir: Path | None = None,
@@ -197,8 +197,8 @@ def _lr_trial(
     seed: int,
     cfg: ExperimentConfig,
     setup: Setup,
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     teacher_cache: TeacherCache | None,
 ) -> tuple[float, int]:
     """Train the untrained ``student`` in place as ``condition``'s cell of ``seed`` at ``lr``
@@ -273,10 +273,10 @@ def _run_cell(
     seed: int,
     cfg: ExperimentConfig,
     setup: Setup,
-    teacher: Any,
+    teacher: Model,
     progress: bool,
     formats: dict[str, Task] | None = None,
-    student: Any = None,
+    student: Model = None,
     teacher_cache: TeacherCache | None = None,
     befores: dict[tuple[str, ...], Any] | None = None,
     lr: float | None = None,
@@ -308,14 +308,14 @@ def _run_cell(
     return Cell.from_condition(task.name, done, measured, round(time.time() - t0, 1))
 
 
-def _weights(model: Any) -> dict[str, Any]:
+def _weights(model: Model) -> dict[str, Any]:
     """A copy of every parameter and buffer of ``model``."""
     out = {f"p:{n}": p.detach().clone() for n, p in model.named_parameters()}
     out |= {f"b:{n}": b.detach().clone() for n, b in model.named_buffers()}
     return out
 
 
-def _restore(model: Any, weights: dict[str, Any]) -> None:
+def _restore(model: Model, weights: dict[str, Any]) -> None:
     import torch
 
     with torch.no_grad():
@@ -536,8 +536,8 @@ def _task_lrs(
     cells: list[tuple[str, int]],
     task: Task,
     setup: Setup,
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     untrained: dict[str, Any],
     cache: TeacherCache,
     bar: Any,

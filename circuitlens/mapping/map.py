@@ -527,7 +527,7 @@ def correspond_features(
 
 
 #: the sweep options :func:`correspond` takes by name beside the MapConfig fields (fields of
-#: :class:`~circuitlens.ablation.sweep.AblationConfig`, at its defaults when not given)
+#: :class:`~circuitlens.ablation.config.AblationConfig`, at its defaults when not given)
 SWEEP_OPTIONS: tuple[str, ...] = ("n", "metric", "split", "n_boot")
 
 
@@ -556,7 +556,7 @@ def correspond(
         circuit, student_heads: as :func:`circuitlens.mapping.map.map_heads`.
         **overrides: MapConfig fields by name, replacing ``config``'s; and the sweeps'
             options (:data:`SWEEP_OPTIONS`: ``n``, ``metric``, ``split``, ``n_boot``, as in
-            :class:`~circuitlens.ablation.sweep.AblationConfig`, whose defaults hold for those
+            :class:`~circuitlens.ablation.config.AblationConfig`, whose defaults hold for those
             not given). Another name is a TypeError that lists the valid ones.
 
     Returns:

@@ -21,6 +21,7 @@ import torch
 
 from circuitlens.core.io import atomic_torch_save, sha256_file
 from circuitlens.core.loop import LoopState, TrainLoop
+from circuitlens.core.types import Model
 from circuitlens.models.real import (
     BASES,
     HELDOUT_SEED,
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def _resume_adapter(
-    ckpt: Path, model: Any, opt: Any, rng: random.Random
+    ckpt: Path, model: Model, opt: Any, rng: random.Random
 ) -> tuple[int, list[dict[str, float]]]:
     """Put an adapter build's checkpoint back (adapter, optimizer, sampler and torch RNG);
     return its step and history."""
@@ -53,7 +54,7 @@ def _resume_adapter(
     return state["step"], state["history"]
 
 
-def _save_adapter(model: Any, out: Path) -> None:
+def _save_adapter(model: Model, out: Path) -> None:
     """Save the peft adapter into ``out`` (written beside, then moved in), shrunk to the
     shipped dtype."""
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
@@ -71,7 +72,7 @@ class _AdapterSteps:
     """What :func:`train_adapter`'s loop does at each step: the loss, the update, the
     evaluation (stopping at the target) and the checkpoint."""
 
-    def __init__(self, recipe: RealRecipe, model: Any, tok: Any, val: list, ckpt: Path) -> None:
+    def __init__(self, recipe: RealRecipe, model: Model, tok: Any, val: list, ckpt: Path) -> None:
         self.recipe, self.model, self.tok, self.val, self.ckpt = recipe, model, tok, val, ckpt
         self.opt = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=recipe.lr

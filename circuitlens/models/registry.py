@@ -51,6 +51,7 @@ import torch
 
 from circuitlens.core.devices import check_device, check_device_map
 from circuitlens.core.io import sha256_file
+from circuitlens.core.types import Model
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class ModelFacts:
         return self.n_heads // self.n_kv_heads
 
 
-def model_facts(model: Any) -> ModelFacts:
+def model_facts(model: Model) -> ModelFacts:
     """The :class:`ModelFacts` of a bridge or HookedTransformer (read from ``model.cfg``)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
@@ -216,14 +217,14 @@ def normalize_card(card: dict[str, Any]) -> dict[str, Any]:
     return card
 
 
-def attach_card(model: Any, card: dict[str, Any] | None) -> Any:
+def attach_card(model: Model, card: dict[str, Any] | None) -> Any:
     """Attach ``card`` (normalized, see :func:`normalize_card`) as ``model.circuitlens_card``."""
     if card is not None:
         object.__setattr__(model, CARD_ATTR, normalize_card(card))
     return model
 
 
-def model_card(model: Any) -> dict[str, Any] | None:
+def model_card(model: Model) -> dict[str, Any] | None:
     """The card :func:`load_model` attached to ``model`` (None: it has none).
 
     ``card["task_options"][task]`` holds the prompt-format options of ``task`` for this model.
@@ -232,12 +233,12 @@ def model_card(model: Any) -> dict[str, Any] | None:
     return card if isinstance(card, dict) else None
 
 
-def copy_model(model: Any) -> Any:
+def copy_model(model: Model) -> Any:
     """A deep copy of a loaded model (its weights, hooks-free state and card)."""
     return copy.deepcopy(model)
 
 
-def save_pretrained(model: Any, directory: str | Path) -> Path:
+def save_pretrained(model: Model, directory: str | Path) -> Path:
     """Write a loaded model (a bridge over a Hugging Face model) as a ``save_pretrained``
     directory: weights (tied ones once), config and tokenizer; ``load_model(directory)`` reads
     it back. Written into a temporary sibling and renamed into place.
@@ -500,7 +501,7 @@ def load_model(
 SPEC_ATTR = "circuitlens_spec"
 
 
-def model_spec(model: Any) -> str | None:
+def model_spec(model: Model) -> str | None:
     """The spec a model was loaded from (``"real:..."``, a directory, a ``.gguf`` path), or
     None for a model built in memory: what loads the same weights again."""
     spec = getattr(model, SPEC_ATTR, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from circuitlens.core.types import Model
 from circuitlens.tasks.base import (
     Prompt,
     PromptBatch,
@@ -39,7 +40,7 @@ TASKS = {
 }
 
 
-def get_task(name: str, model: Any = None, **options: Any) -> Task:
+def get_task(name: str, model: Model = None, **options: Any) -> Task:
     """Build a task by name, in the prompt format the models' cards name.
 
     Args:

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from circuitlens.core.types import Model
 from circuitlens.tasks.base import TaskError
 
 #: the attribute :func:`circuitlens.load_model` attaches the card as
@@ -34,12 +35,12 @@ class TaskFormatWarning(UserWarning):
     """A task is built in another prompt format than a model's card names."""
 
 
-def _card(model: Any) -> dict[str, Any] | None:
+def _card(model: Model) -> dict[str, Any] | None:
     card = getattr(model, CARD_ATTR, None)
     return card if isinstance(card, dict) else None
 
 
-def model_label(model: Any) -> str:
+def model_label(model: Model) -> str:
     """A short name for messages: the card's name or source, else the model's own name."""
     card = _card(model) or {}
     for key in ("name", "source"):

@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuitlens.core.types import Model
 from circuitlens.tasks.base import PromptBatch, Task, TaskError, tokenize_prompts
 from circuitlens.tasks.formats import check_task_format
 
@@ -82,19 +83,19 @@ def make_metric(name: str, batch: PromptBatch, reduce: bool = True) -> Callable[
     return lambda logits: fn(logits, batch, reduce=reduce)
 
 
-def model_logits(model: Any, tokens: Tensor, **kwargs: Any) -> Tensor:
+def model_logits(model: Model, tokens: Tensor, **kwargs: Any) -> Tensor:
     """Logits ``[batch, pos, d_vocab]`` of a bridge, HookedTransformer or Hugging Face model."""
     out = model(tokens, **kwargs)
     return out if isinstance(out, Tensor) else out.logits
 
 
-def _hf_model(model: Any) -> Any:
+def _hf_model(model: Model) -> Any:
     driver = getattr(model, "_driver", None)
     inner = getattr(driver, "underlying_model", None) or getattr(model, "original_model", None)
     return inner if inner is not None else model
 
 
-def accepts_logits_to_keep(model: Any) -> bool:
+def accepts_logits_to_keep(model: Model) -> bool:
     """Whether ``model(tokens, logits_to_keep=...)`` computes logits at chosen positions only
     (a bridge over a Hugging Face causal LM, or such a model itself; not a HookedTransformer)."""
     forward = getattr(_hf_model(model), "forward", None)
@@ -106,14 +107,14 @@ def accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def no_logits(model: Any) -> dict[str, Any]:
+def no_logits(model: Model) -> dict[str, Any]:
     """Forward keyword arguments for a pass whose logits are not read (a caching run): the
     final norm and unembedding then run at one position instead of all."""
     return {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
 
 
 def keep_positions(
-    model: Any, positions: Int[Tensor, " batch"]
+    model: Model, positions: Int[Tensor, " batch"]
 ) -> tuple[dict[str, Any], Callable[[Tensor], Tensor]]:
     """Forward keyword arguments that compute logits only at ``positions`` (one per prompt)
     where the model allows it, and the function that takes that forward's logits to
@@ -128,7 +129,7 @@ def keep_positions(
 
 
 def logits_at(
-    model: Any, input: Tensor, positions: Int[Tensor, " batch"], **kwargs: Any
+    model: Model, input: Tensor, positions: Int[Tensor, " batch"], **kwargs: Any
 ) -> Float[Tensor, "batch d_vocab"]:
     """Logits at one position per prompt, ``logits[i, positions[i]]``, computing the final norm
     and unembedding only at the positions asked for where the model allows it (Hugging Face's
@@ -141,7 +142,7 @@ def logits_at(
     return gather(model_logits(model, input, **keep, **kwargs))
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: Model) -> torch.device:
     cfg_device = getattr(getattr(model, "cfg", None), "device", None)
     if cfg_device is not None:
         return torch.device(cfg_device)
@@ -153,7 +154,7 @@ def model_device(model: Any) -> torch.device:
 
 @torch.no_grad()
 def prompt_scores(
-    model: Any,
+    model: Model,
     task: Task,
     split: str = "test",
     n: int | None = None,
@@ -176,7 +177,7 @@ def prompt_scores(
 
 @torch.no_grad()
 def evaluate(
-    model: Any,
+    model: Model,
     task: Task,
     split: str = "test",
     n: int | None = None,

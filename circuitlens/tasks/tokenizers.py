@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from circuitlens.core.types import Model
 from circuitlens.tasks.base import SPLITS, TaskError, get_tokenizer, single_token_id
 
 #: texts every comparison encodes, besides the task's own
@@ -58,7 +59,7 @@ def _first_difference(a: Any, b: Any, texts: Iterable[str]) -> tuple[str, list, 
     return None
 
 
-def _difference(teacher: Any, student: Any, task: Any = None) -> str | None:
+def _difference(teacher: Model, student: Model, task: Any = None) -> str | None:
     """Why the two tokenize differently (None: they are identical for these texts)."""
     a, b = get_tokenizer(teacher), get_tokenizer(student)
     if a is not b:
@@ -82,7 +83,7 @@ def _difference(teacher: Any, student: Any, task: Any = None) -> str | None:
     return None
 
 
-def check_tokenizers(teacher: Any, student: Any, task: Any = None) -> bool:
+def check_tokenizers(teacher: Model, student: Model, task: Any = None) -> bool:
     """Whether teacher and student tokenize identically: same vocabulary ids and special
     tokens, the same tokens for a fixed probe set and the task's prompts and answers (when
     ``task`` is given), and the same output width (``d_vocab``).
@@ -97,7 +98,7 @@ def check_tokenizers(teacher: Any, student: Any, task: Any = None) -> bool:
     return _difference(teacher, student, task) is None
 
 
-def require_same_tokenizers(teacher: Any, student: Any, task: Any = None) -> None:
+def require_same_tokenizers(teacher: Model, student: Model, task: Any = None) -> None:
     """Raise :class:`TokenizerMismatchError` unless :func:`check_tokenizers` holds."""
     why = _difference(teacher, student, task)
     if why is None:
@@ -131,8 +132,8 @@ LOGIT_CONDITIONS: set[str] = set()
 
 
 def require_compatible_tokenizers(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     task: Any = None,
     conditions: Iterable[str] = (),
     positions: str = "last",
@@ -195,7 +196,7 @@ class LabelTranslator:
     """Teacher token ids -> the student's ids of the same text (a cross-tokenizer pair's
     labels): ``-1`` where the text is not a single student token."""
 
-    def __init__(self, teacher: Any, student: Any) -> None:
+    def __init__(self, teacher: Model, student: Model) -> None:
         self.teacher, self.student = get_tokenizer(teacher), get_tokenizer(student)
         self._memo: dict[int, int] = {}
 

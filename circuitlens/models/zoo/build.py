@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from circuitlens.core.io import atomic_torch_save, atomic_write_text, sha256_file
+from circuitlens.core.types import Model
 from circuitlens.models.zoo.batches import training_batch
 from circuitlens.models.zoo.spec import CARD_SEED, ZOO, ZOO_DIR, ZooArch, ZooError, ZooSpec
 from circuitlens.models.zoo.tokenizer import SPECIALS, build_tokenizer
@@ -62,7 +63,7 @@ def build_model(arch: ZooArch, vocab_size: int, seed: int) -> Any:
     return LlamaForCausalLM(cfg)
 
 
-def heldout_accuracy(model: Any, tokenizer: Any, task: Task, split: str, n: int | None) -> float:
+def heldout_accuracy(model: Model, tokenizer: Any, task: Task, split: str, n: int | None) -> float:
     """First-token accuracy of a Hugging Face model on single-query held-out prompts."""
     from circuitlens.tasks.metrics import evaluate
 
@@ -88,7 +89,7 @@ class _ZooRun:
 
     name: str
     spec: ZooSpec
-    model: Any
+    model: Model
     probe: nn.Linear
     probe2: nn.Linear
     params: list[nn.Parameter]
@@ -307,7 +308,7 @@ def train(
 
 
 def save_zoo_model(
-    spec: ZooSpec, model: Any, tokenizer: Any, out: Path, state: dict[str, Any]
+    spec: ZooSpec, model: Model, tokenizer: Any, out: Path, state: dict[str, Any]
 ) -> dict[str, Any]:
     """Save weights, tokenizer and a model card (accuracy measured on a fresh task seed)."""
     out.mkdir(parents=True, exist_ok=True)

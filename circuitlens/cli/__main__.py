@@ -1,0 +1,3 @@
+from circuitlens.cli import main
+
+raise SystemExit(main())

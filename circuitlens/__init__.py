@@ -29,7 +29,6 @@ from circuitlens.core.version import __version__ as __version__
 from circuitlens.distill.conditions import Condition, get_condition, register_condition
 from circuitlens.distill.config import DistillConfig
 from circuitlens.distill.pipeline import (
-    BeforeTraining,
     ConditionResult,
     distill_circuit,
     train_condition,
@@ -116,7 +115,6 @@ __all__ = [
     "correspond",
     "distill_circuit",
     "train_condition",
-    "BeforeTraining",
     "ConditionResult",
     "TeacherCache",
     "evaluate",

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The answer's confirmatory runs (configs/answer/*.toml), carried over sessions.
+#
+#   bash benchmarks/answer_runs.sh start    # each task's run in the background, one core each
+#   bash benchmarks/answer_runs.sh status   # the last line of each log, the cells finished
+#   bash benchmarks/answer_runs.sh export   # benchmarks/results/answer-<task>.json (commit it)
+#
+# `start` puts a run directory back from its export when it is missing (a new machine), then
+# resumes it: `circuitlens run` computes only the cells not yet finished. The runs are started
+# from a detached worktree of the current commit (runs/answer-code), so that editing the
+# package while they run changes nothing they import mid-run. Logs: runs/answer-<task>.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY="$ROOT/.venv/bin/python"
+TASKS=(entity-tracking theory-of-mind)
+
+case "${1:-status}" in
+start)
+    CODE="$ROOT/runs/answer-code"
+    git worktree remove --force "$CODE" 2>/dev/null || rm -rf "$CODE"
+    git worktree prune
+    git worktree add --detach "$CODE" HEAD >/dev/null
+    for t in "${TASKS[@]}"; do
+        dir="$ROOT/runs/answer-$t"
+        if pgrep -f -- "--out $dir\$" >/dev/null; then
+            echo "answer-$t: already running"
+            continue
+        fi
+        if [ ! -d "$dir" ]; then
+            "$PY" benchmarks/export_run.py --restore "answer-$t" "$dir"
+        fi
+        (cd "$CODE" && OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens run \
+            "configs/answer/$t.toml" --out "$dir" >"$ROOT/runs/answer-$t.log" 2>&1 &)
+        echo "answer-$t: started (log runs/answer-$t.log)"
+    done
+    ;;
+status)
+    for t in "${TASKS[@]}"; do
+        dir="runs/answer-$t"
+        n=$(find "$dir" -name cell.json 2>/dev/null | wc -l)
+        echo "answer-$t: $n cells finished"
+        [ -f "runs/answer-$t.log" ] && tail -c 200 "runs/answer-$t.log" | tr '\r' '\n' | tail -1
+    done
+    ;;
+export)
+    for t in "${TASKS[@]}"; do
+        "$PY" benchmarks/export_run.py "runs/answer-$t" "answer-$t"
+    done
+    ;;
+*)
+    echo "usage: $0 start|status|export" >&2
+    exit 2
+    ;;
+esac

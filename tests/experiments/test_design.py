@@ -178,16 +178,22 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def test_committed_runs_load_with_the_default_design_and_their_verdicts() -> None:
-    """Every run kept in ``benchmarks/results/`` was saved before the design existed: it reads
-    as the default design. The 6-seed exact run on the real pair: one primary contrast (CE +
-    Align - CE), whose Holm p is its own p, the paired sds of the pilots (0.019 entity
+    """Every run kept in ``benchmarks/results/`` saved before the design existed reads as the
+    default design; the answer's runs (``answer-*.json``) carry the design committed before
+    them, which loads as written. The 6-seed exact run on the real pair: one primary contrast
+    (CE + Align - CE), whose Holm p is its own p, the paired sds of the pilots (0.019 entity
     tracking, 0.032 theory of mind), and the other conditions exploratory."""
     docs = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     runs = {n: d for n, d in docs.items() if isinstance(d, dict) and {"config", "cells"} <= set(d)}
     assert "reproduce-real-exact.json" in runs
     for name, doc in runs.items():
-        assert "design" not in doc["config"], name
-        assert ExperimentConfig.from_dict(doc["config"]).design == DesignConfig(), name
+        design = ExperimentConfig.from_dict(doc["config"]).design
+        if name.startswith("answer-"):
+            assert design.primary == ("ce+align - ce", "ce+align - ce+permuted"), name
+            assert (design.alpha, design.effect) == (0.05, 0.03), name
+        else:
+            assert "design" not in doc["config"], name
+            assert design == DesignConfig(), name
     doc = runs["reproduce-real-exact.json"]
     result = ExperimentResult(
         RESULTS, ExperimentConfig.from_dict(doc["config"]),

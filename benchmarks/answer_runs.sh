@@ -7,20 +7,25 @@
 #
 # `start` puts a run directory back from its export when it is missing (a new machine), then
 # resumes it: `circuitlens run` computes only the cells not yet finished. The runs are started
-# from a detached worktree of the current commit (runs/answer-code), so that editing the
-# package while they run changes nothing they import mid-run. Logs: runs/answer-<task>.log.
+# from a detached worktree (runs/answer-code) of one pinned commit, CODE below: every
+# confirmatory cell is computed by the same code, whatever the package becomes meanwhile
+# (pinned at 8d755ef, from before the first seed cell; the earlier lr grid points ran on the
+# library refactor's commits, each checked bit-identical in training. Override with
+# ANSWER_CODE=<commit> only to fix a run that cannot go on, and say so with the result).
+# Logs: runs/answer-<task>.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY="$ROOT/.venv/bin/python"
 TASKS=(entity-tracking theory-of-mind)
+CODE_COMMIT=${ANSWER_CODE:-8d755ef}
 
 case "${1:-status}" in
 start)
     CODE="$ROOT/runs/answer-code"
     git worktree remove --force "$CODE" 2>/dev/null || rm -rf "$CODE"
     git worktree prune
-    git worktree add --detach "$CODE" HEAD >/dev/null
+    git worktree add --detach "$CODE" "$CODE_COMMIT" >/dev/null
     for t in "${TASKS[@]}"; do
         dir="$ROOT/runs/answer-$t"
         if pgrep -f -- "--out $dir\$" >/dev/null; then

@@ -7,7 +7,7 @@
 #
 # `start` puts a run directory back from its export when it is missing (a new machine), then
 # resumes it: `circuitlens run` computes only the cells not yet finished. The runs are started
-# from a detached worktree (runs/answer-code) of one pinned commit, CODE below: every
+# from a detached worktree (runs/answer-code) of one pinned commit (CODE_COMMIT below): every
 # confirmatory cell is computed by the same code, whatever the package becomes meanwhile
 # (pinned at 8d755ef, from before the first seed cell; the earlier lr grid points ran on the
 # library refactor's commits, each checked bit-identical in training. Override with

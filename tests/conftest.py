@@ -43,6 +43,7 @@ TIER_OF_PATH: dict[str, str] = {
     "tests/experiments/": "integration",  # the runner: a few zoo steps per cell
     "tests/experiments/test_design.py": "unit",  # power and seeds by hand: no model
     "tests/experiments/test_stats.py": "unit",
+    "tests/experiments/test_answer_report.py": "unit",  # the exported cells read: no model
     "tests/experiments/test_real_results.py": "acceptance",  # the real SmolLM2 pair, end to end
     "tests/models/test_zoo.py": "integration",  # the shipped zoo models and their cards
     "tests/mapping/test_methods.py": "integration",  # on the zoo teacher and its copy

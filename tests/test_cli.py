@@ -486,3 +486,25 @@ def test_the_command_line_keeps_its_options() -> None:
         assert names <= {f.name for f in flags_of(command)}, command
     with pytest.raises(ValueError, match="takes its default and choices from the field"):
         Flag("--x", ("distill",), "x", field="train.seed", default=3)
+
+
+def test_no_circuit_only_is_for_one_run(tmp_path, capsys, monkeypatch) -> None:
+    """``--no-circuit-only`` reaches the run (``circuit_only=False``); with a curve it is
+    refused before any work, named."""
+    import circuitlens.experiments as experiments
+
+    seen: dict = {}
+
+    def fake_run(config, out, **kwargs):  # noqa: ANN001, ANN202
+        seen.update(kwargs)
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr(experiments, "run_experiment", fake_run)
+    out = str(tmp_path / "r")
+    assert main(["reproduce", "--quick", "--no-circuit-only", "--out", out]) == 2
+    assert seen["circuit_only"] is False
+    assert (
+        main(["reproduce", "--quick", "--no-circuit-only", "--lam", "0.1,0.3", "--out", out]) == 2
+    )
+    assert "--no-circuit-only is for one run" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

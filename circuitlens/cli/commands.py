@@ -383,6 +383,8 @@ def _experiment(args: argparse.Namespace, config: Any, out: str) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if knobs:
+        if args.no_circuit_only:
+            raise ValueError("--no-circuit-only is for one run, not a curve: drop one of them")
         return _sweep(args, config, out, *next(iter(knobs.items())), t0)
     result = run_experiment(
         config,
@@ -391,6 +393,7 @@ def _experiment(args: argparse.Namespace, config: Any, out: str) -> int:
         progress=not args.no_progress,
         device=args.device,
         jobs=args.jobs,
+        circuit_only=not args.no_circuit_only,
     )
     report = write_report(result)
     print()

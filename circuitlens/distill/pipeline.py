@@ -133,7 +133,7 @@ class ConditionResult:
         history: the trainer's rows, one per step.
         test_correct: 1/0 per test prompt after training (the first ``test_n``).
         circuit_accuracy: accuracy after training with every student head outside the
-            map's mean-ablated.
+            map's mean-ablated (None: not measured, ``TrainRun(circuit_only=False)``).
         cka_before, cka_after: the mapped pairs' held-out CKA with its permutation null.
         fraction: heads and parameters trained.
         steps: steps taken; resumed: whether a checkpoint was resumed.
@@ -153,7 +153,7 @@ class ConditionResult:
     head_map: HeadMap
     history: list[dict[str, float]]
     test_correct: list[int]
-    circuit_accuracy: float
+    circuit_accuracy: float | None
     cka_before: CKAWithNull
     cka_after: CKAWithNull
     fraction: TrainedFraction
@@ -188,10 +188,14 @@ class ConditionResult:
     def __repr__(self) -> str:
         return (
             f"ConditionResult({self.condition!r}, seed={self.seed}, steps={self.steps}, "
-            f"accuracy={self.accuracy:.3f}, circuit_accuracy={self.circuit_accuracy:.3f}, "
+            f"accuracy={self.accuracy:.3f}, circuit_accuracy={_fmt(self.circuit_accuracy)}, "
             f"heads={self.fraction.heads}, cka {self.mean_cka_before:.3f} -> "
             f"{self.mean_cka_after:.3f})"
         )
+
+
+def _fmt(x: float | None) -> str:
+    return "None" if x is None else f"{x:.3f}"
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,11 @@ def train_condition(
         head_map=head_map,
         history=history,
         test_correct=correct,
-        circuit_accuracy=float(circuit_only_scores(student, task, keep, "test", test_n).mean()),
+        circuit_accuracy=(
+            float(circuit_only_scores(student, task, keep, "test", test_n).mean())
+            if run.circuit_only
+            else None
+        ),
         cka_before=cka_before,
         cka_after=cka_after,
         fraction=trainer.fraction,

@@ -248,9 +248,15 @@ class TrainRun:
             :meth:`~circuitlens.distill.trainer.CircuitTrainer.train` is told otherwise; in
             the sweeps and the cost estimate of
             :func:`~circuitlens.distill.pipeline.distill_circuit`).
+        circuit_only: after training, also measure the circuit-only accuracy (every student
+            head outside the map mean-ablated: the reference means and the test prompts, two
+            passes as long as the test accuracy's); False skips it (``circuit_accuracy`` is
+            None), which changes no other measure. On the real pairs it was a third of a cell's
+            time.
     """
 
     checkpoint_dir: str | Path | None = None
     teacher_cache: TeacherCache | None | bool = None
     fsdp: bool = False
     progress: bool = True
+    circuit_only: bool = True

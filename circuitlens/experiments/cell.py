@@ -34,7 +34,7 @@ class Cell:
         accuracy: test accuracy after training (the mean of ``test_correct``).
         test_correct: 1/0 per test prompt after training.
         circuit_accuracy: accuracy after training with every student head outside the
-            map's mean-ablated.
+            map's mean-ablated (None: not measured, ``circuitlens run --no-circuit-only``).
         format_accuracy: prompt format -> test accuracy after training.
         mean_cka_before, mean_cka_after: the mapped pairs' mean held-out CKA (None where it
             was not finite: strict JSON holds no NaN).
@@ -60,7 +60,7 @@ class Cell:
     seed: int
     accuracy: float
     test_correct: tuple[int, ...]
-    circuit_accuracy: float
+    circuit_accuracy: float | None
     format_accuracy: dict[str, float]
     mean_cka_before: float | None
     mean_cka_after: float | None

@@ -280,13 +280,15 @@ def _run_cell(
     teacher_cache: TeacherCache | None = None,
     befores: dict[tuple[str, ...], Any] | None = None,
     lr: float | None = None,
+    circuit_only: bool = True,
 ) -> Cell:
     """Train and measure one cell. ``student``: the untrained student to train in place
     (default: loaded afresh); ``teacher_cache``: the teacher's outputs shared by the cells;
     ``befores``: the untrained student's held-out CKA per map, shared by the cells (filled
     here). The cell's ``mechanism``: each trained head ablated again after training, beside its
     teacher partner (:mod:`circuitlens.measure.mechanism`, against the setup's untrained
-    sweeps). ``lr``: the condition's learning rate (chosen on the grid; None: the config's)."""
+    sweeps). ``lr``: the condition's learning rate (chosen on the grid; None: the config's).
+    ``circuit_only``: also measure the circuit-only accuracy (:class:`TrainRun`)."""
     t0 = time.time()
     d = cfg.distill
     if student is None:
@@ -295,9 +297,10 @@ def _run_cell(
     train_cfg = _cell_train_config(cfg, condition, seed, lr)
     pairs = tuple(f"{s}>{t}" for s, t in head_map.pairs)
     before = None if befores is None else befores.get(pairs)
+    run = TrainRun(cell_dir / "checkpoint", teacher_cache, progress=progress)
     done = train_condition(
         teacher, student, task, head_map, dataclasses.replace(d, train=train_cfg),
-        TrainRun(cell_dir / "checkpoint", teacher_cache, progress=progress),
+        dataclasses.replace(run, circuit_only=circuit_only),
         BeforeTraining(setup.circuit, before, setup.student_sweep, setup.teacher_sweep),
     )  # fmt: skip
     assert done.mechanism is not None  # the sweeps were passed
@@ -332,6 +335,7 @@ def run_experiment(
     progress: bool = True,
     device: str | None = None,
     jobs: int | str = 1,
+    circuit_only: bool = True,
 ) -> ExperimentResult:
     """Run (or resume) every task x condition x seed of ``config`` into ``directory``.
 
@@ -342,7 +346,9 @@ def run_experiment(
     left, at most one per torch thread; elsewhere 1.
 
     Finished cells are kept and skipped; a cell interrupted mid-training resumes from its
-    checkpoint. A directory holding another config is refused (``fresh=True`` deletes it, and
+    checkpoint. ``circuit_only=False`` skips each cell's circuit-only accuracy (its
+    ``circuit_accuracy`` is None; no other measure changes: a third of a cell's time on the
+    real pairs). A directory holding another config is refused (``fresh=True`` deletes it, and
     only a directory that carries the run marker: see :mod:`circuitlens.core.rundir`). While the run
     writes, it holds the directory's lock: a second run on it is refused.
 
@@ -366,7 +372,7 @@ def run_experiment(
     adopt = lambda d: same_config(d, cfg)  # noqa: E731
     with run_directory(directory, fresh=fresh, kind="reproduce", adopt=adopt):
         check_directory(directory, cfg)
-        return _run(cfg, directory, progress, device, jobs)
+        return _run(cfg, directory, progress, device, jobs, circuit_only)
 
 
 def _preflight(
@@ -427,7 +433,10 @@ def _run(
     progress: bool,
     device: str | None = None,
     jobs: int | str = 1,
+    circuit_only: bool = True,
 ) -> ExperimentResult:
+    import functools
+
     from tqdm.auto import tqdm
 
     trained = [c for c in cfg.conditions if c not in UNTRAINED]  # the live registry's
@@ -443,14 +452,15 @@ def _run(
     busy = [t for t in cfg.tasks if any(tt == t for tt, _, _ in todo)]
     if jobs == "auto":
         jobs = auto_jobs(len(busy), device)
+    run_task = functools.partial(_run_task, circuit_only=circuit_only)  # picklable: workers
     if jobs > 1 and len(busy) > 1:
-        run_parallel(_run_task, cfg, directory, todo, progress, device, jobs)
+        run_parallel(run_task, cfg, directory, todo, progress, device, jobs)
     else:
         bar = tqdm(
             total=n_cells, initial=n_cells - len(todo), desc="reproduce", disable=not progress
         )
         for t in cfg.tasks:
-            _run_task(t, cfg, directory, todo, bar, device)
+            run_task(t, cfg, directory, todo, bar, device)
         bar.close()
     result = ExperimentResult.load(directory)
     result.write_tables()
@@ -464,6 +474,7 @@ def _run_task(
     todo: list[tuple[str, str, int]],
     bar: Any,
     device: str | None,
+    circuit_only: bool = True,
 ) -> None:
     """One task's setup (unless saved) and its cells still to run."""
     import torch
@@ -521,7 +532,7 @@ def _run_task(
         with heartbeat(bar):
             cell = _run_cell(
                 cell_dir, task, c, s, cfg, setup, teacher, False, formats, student, cache,
-                befores, lrs.get(c),
+                befores, lrs.get(c), circuit_only,
             )  # fmt: skip
         atomic_write_text(cell_dir / "cell.json", json_text(cell.to_dict()))
         shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)

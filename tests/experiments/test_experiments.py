@@ -23,6 +23,7 @@ from circuitlens.experiments import (
     run_experiment,
 )
 from circuitlens.experiments.cell import Cell
+from circuitlens.experiments.config import LABELS
 from circuitlens.experiments.tables import signed
 from circuitlens.measure.cka import CKAWithNull
 from circuitlens.report.page import write_report
@@ -388,6 +389,26 @@ def test_card_format_only_measures_the_same_cells_without_the_other_format(
     assert "Accuracy by prompt format" not in card.markdown()
     with pytest.raises(ValueError, match="format_accuracy"):  # named (the type check)
         cfg.with_overrides(format_accuracy="no")
+
+
+def test_no_circuit_only_skips_that_measure_and_changes_no_other(tmp_path: Path) -> None:
+    """``circuit_only=False`` (``--no-circuit-only``): each cell's ``circuit_accuracy`` is None
+    and every other field is the one of a run that measures it, bit for bit; the tables show
+    the column empty. A run may resume with or without it: it is a run option, not the
+    config's."""
+    cfg = tiny(tasks=("entity_tracking",), seeds=(0,), conditions=("student", "ce"), steps=2)
+    both = run_experiment(cfg, tmp_path / "both", progress=False)
+    skip = run_experiment(cfg, tmp_path / "skip", progress=False, circuit_only=False)
+    assert isinstance(both.cells[0].circuit_accuracy, float)
+    assert skip.cells[0].circuit_accuracy is None
+    drop = lambda c: {k: v for k, v in _strip(c).items() if k != "circuit_accuracy"}  # noqa: E731
+    assert drop(skip.cells[0]) == drop(both.cells[0])
+    again = ExperimentResult.load(tmp_path / "skip")  # None is written and read back
+    assert again.cells[0].circuit_accuracy is None
+    row = again.table()
+    ce = row[row.condition == LABELS["ce"]].iloc[0]
+    assert math.isnan(ce.circuit_accuracy_mean)
+    assert "nan" not in again.markdown().lower().split("head maps")[0]
 
 
 def test_a_run_saved_before_a_config_field_existed_resumes(

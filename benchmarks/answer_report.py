@@ -193,6 +193,12 @@ def task_section(name: str, doc: dict[str, Any], result: ExperimentResult) -> li
         f"Cells in: {n_in} of {n_cells}.",
         "",
         *_progress_lines(result),
+        "A cell's minutes are its wall time on one core of a 2-core machine running both tasks: "
+        "a seed's first cell includes the teacher's pass over that seed's step batches; a "
+        "resumed cell counts its last part only (the first seed's cells resume from the lr "
+        "grid's trial at the chosen lr, so theirs is the measurement alone); a cell that ran "
+        "while the runs were paused counts the pause.",
+        "",
     ]
     if missing:
         lines += [

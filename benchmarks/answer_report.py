@@ -12,36 +12,27 @@ before the runs, and the verdict is read once, on all of them.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
+from export_run import load  # benchmarks/ (this script's folder, or pytest's pythonpath)
+
 from circuitlens.core.io import atomic_write_text
-from circuitlens.distill.setup import Setup
 from circuitlens.experiments import ExperimentConfig, ExperimentResult
-from circuitlens.experiments.cell import Cell
+from circuitlens.experiments.config import UNTRAINED
+from circuitlens.experiments.lr_choice import LRChoice
+from circuitlens.experiments.tables import curves
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "answer.md"
 TASKS = ("entity-tracking", "theory-of-mind")
 REGIME = (0.70, 0.85)  # the pilot's rule for CE's accuracy (benchmarks/answer_pilot.py)
-UNTRAINED = ("student", "teacher")
 ROLE_NOTES = {
     "primary": "the declared contrasts: p Holm-adjusted over them",
     "exploratory": "against CE, p unadjusted: not a test of the claim",
 }
-
-
-def load(name: str, directory: Path = RESULTS) -> tuple[dict[str, Any], ExperimentResult]:
-    """An exported run (``export_run.py``) and its result, with its committed design."""
-    doc = json.loads((directory / f"{name}.json").read_text())
-    result = ExperimentResult(
-        directory, ExperimentConfig.from_dict(doc["config"]),
-        {t: Setup.from_dict(s) for t, s in doc["setups"].items()},
-        [Cell.from_dict(c) for c in doc["cells"]],
-    )  # fmt: skip
-    return doc, result
 
 
 def _trained(cfg: ExperimentConfig) -> list[str]:
@@ -67,23 +58,24 @@ def _minutes(xs: list[float]) -> str:
 
 
 def _lr_lines(doc: dict[str, Any], task: str) -> list[str]:
-    choices = doc.get("lr_choices", {}).get(task, {})
+    """Each condition's grid (``lr.json``, kept in the export): validation accuracy and kept
+    step at each point, and the lr chosen (… where a point is still to train)."""
+    choices = [LRChoice.from_dict(c, d) for c, d in doc.get("lr_choices", {}).get(task, {}).items()]
     if not choices:
         return []
+    grid = " / ".join(f"{g:g}" for g in choices[0].grid)
     lines = [
-        "| condition | val acc at 1e-4 / 2e-4 / 4e-4 (seed 0) | chosen lr | kept step at each |",
+        f"| condition | val acc at {grid} (seed {choices[0].seed}) | chosen lr "
+        "| kept step at each |",
         "|---|---|---|---|",
     ]
-    for c, ch in choices.items():
-        grid = ch["grid"]
+    for ch in choices:
         vals = " / ".join(
-            f"{ch['val_accuracy'].get(repr(g), ch['val_accuracy'].get(str(g), '…'))}" for g in grid
+            f"{ch.val_accuracy[g]:.2f}" if g in ch.val_accuracy else "…" for g in ch.grid
         )
-        kept = " / ".join(
-            str(ch["kept_step"].get(repr(g), ch["kept_step"].get(str(g), "…"))) for g in grid
-        )
-        lr = "…" if ch["lr"] is None else f"{ch['lr']:g}"
-        lines.append(f"| {c} | {vals} | {lr} | {kept} |")
+        kept = " / ".join(str(ch.kept_step.get(g, "…")) for g in ch.grid)
+        lr = "…" if ch.lr is None else f"{ch.lr:g}"
+        lines.append(f"| {ch.condition} | {vals} | {lr} | {kept} |")
     return [*lines, ""]
 
 
@@ -97,66 +89,45 @@ def _progress_lines(result: ExperimentResult) -> list[str]:
 
 
 def _curve_lines(result: ExperimentResult) -> list[str]:
-    """Mean validation accuracy over seeds at each evaluation step, per condition (a cell
-    that stopped earlier stops counting)."""
-    cfg = result.config
-    steps = sorted({int(p["step"]) for c in result.cells for p in c.curve})
-    head = "| condition | " + " | ".join(str(s) for s in steps) + " |"
-    lines = [head, "|---|" + "---|" * len(steps)]
-    for c in _trained(cfg):
-        cells = [x for x in result.cells if x.condition == c]
-        row = []
-        for s in steps:
-            v = [p["val_accuracy"] for x in cells for p in x.curve if int(p["step"]) == s]
-            row.append(f"{statistics.mean(v):.3f} ({len(v)})" if v else "")
+    """Mean validation accuracy over seeds at each evaluation step, per condition (the run's
+    curves, :func:`~circuitlens.experiments.tables.curves`; step 0 is the untrained student;
+    cells counted in brackets: a cell that stopped earlier stops counting)."""
+    df = curves(result.cells, result.setups)
+    at = df.groupby(["condition", "step"]).val_accuracy.agg(["mean", "count"])
+    steps = sorted(df.step.unique())
+    lines = ["| condition | " + " | ".join(str(s) for s in steps) + " |"]
+    lines.append("|---|" + "---|" * len(steps))
+    for c in _trained(result.config):
+        row = [
+            f"{at.loc[(c, s), 'mean']:.3f} ({at.loc[(c, s), 'count']})"
+            if (c, s) in at.index
+            else ""
+            for s in steps
+        ]
         lines.append(f"| {c} | " + " | ".join(row) + " |")
     return [*lines, ""]
 
 
-def _kept_lines(result: ExperimentResult) -> list[str]:
-    cfg = result.config
-    lines = [
-        "| condition | lr | test accuracy: mean ± sd | kept step: mean (min–max) "
-        "| steps trained: mean |",
-        "|---|---|---|---|---|",
-    ]
-    for c in _trained(cfg):
-        cells = [x for x in result.cells if x.condition == c]
-        acc = [x.accuracy for x in cells]
-        kept = [x.kept_step for x in cells if x.kept_step is not None]
-        lrs = sorted({x.lr for x in cells if x.lr is not None})
-        sd = statistics.stdev(acc) if len(acc) > 1 else float("nan")
-        lines.append(
-            f"| {c} | {', '.join(f'{x:g}' for x in lrs)} | {statistics.mean(acc):.3f} ± {sd:.3f} | "
-            + (f"{statistics.mean(kept):.0f} ({min(kept)}–{max(kept)})" if kept else "–")
-            + " | "
-            f"{statistics.mean(x.steps for x in cells):.0f} |"
-        )
-    return [*lines, ""]
-
-
-def _verdict_lines(result: ExperimentResult) -> list[str]:
-    comp = result.comparisons()
+def _verdict_lines(comp: Any, design: Any) -> list[str]:
+    """The seed-level comparisons (``ExperimentResult.comparisons``) as one table per role,
+    with whether 0 and the paper's +0.05 lie inside each interval (their verdict sentences
+    lead the run's tables below)."""
     lines = []
     for role in ("primary", "exploratory"):
         sub = comp[comp.role == role]
         if sub.empty:
             continue
-        how = ROLE_NOTES[role]
-        lines.append(f"**{role.capitalize()}** ({how}):")
-        lines.append("")
-        lines += [f"- {v}" for v in sub.verdict]
-        lines.append("")
+        lines += [f"**{role.capitalize()}** ({ROLE_NOTES[role]}):", ""]
         lines.append(
             "| contrast | seeds | mean diff | 95% CI | p sign-flip | p Holm | 0 inside | "
-            f"+0.05 inside | power at +{result.config.design.effect:g} |"
+            f"+0.05 inside | power at +{design.effect:g} |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in sub.itertuples():
             lines.append(
                 f"| {r.contrast} | {r.n_seeds} | {r.mean_diff:+.3f} | "
                 f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] | "
-                f"{r.p_sign_flip:.3g} | {'' if r.p_holm != r.p_holm else f'{r.p_holm:.3g}'} | "
+                f"{r.p_sign_flip:.3g} | {'' if math.isnan(r.p_holm) else f'{r.p_holm:.3g}'} | "
                 f"{'yes' if r.ci_low <= 0 <= r.ci_high else 'no'} | "
                 f"{'yes' if r.ci_low <= 0.05 <= r.ci_high else 'no'} | {r.power:.2f} |"
             )
@@ -208,21 +179,22 @@ def task_section(name: str, doc: dict[str, Any], result: ExperimentResult) -> li
             "",
         ]
         return lines
-    ce = [c.accuracy for c in result.cells if c.condition == "ce"]
-    ce_mean = statistics.mean(ce)
+    ce_mean = statistics.mean(c.accuracy for c in result.cells if c.condition == "ce")
     inside = REGIME[0] <= ce_mean <= REGIME[1]
+    comp = result.comparisons()  # the bootstrap, once for both tables
     lines += [
-        *_verdict_lines(result),
+        *_verdict_lines(comp, design),
         f"CE's mean test accuracy {ce_mean:.3f}: {'inside' if inside else 'outside'} the "
         f"regime the pilot chose ({REGIME[0]:.2f}–{REGIME[1]:.2f}).",
         "",
-        "Per condition (test accuracy at the kept step, the best validation evaluation):",
-        "",
-        *_kept_lines(result),
         "Learning curves: mean validation accuracy over seeds at each evaluation (cells "
         "counted in brackets; a cell stops after 3 evaluations without a gain):",
         "",
         *_curve_lines(result),
+        "The run's tables, as `circuitlens run` writes them (per condition: test accuracy, lr, "
+        "kept step, CKA; the verdicts):",
+        "",
+        result.markdown(comparisons=comp),
     ]
     return lines
 

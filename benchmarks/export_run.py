@@ -26,7 +26,7 @@ from pathlib import Path
 from circuitlens.core.io import atomic_write_text
 from circuitlens.core.rundir import MARKER
 from circuitlens.distill.setup import Setup
-from circuitlens.experiments import ExperimentResult
+from circuitlens.experiments import ExperimentConfig, ExperimentResult
 from circuitlens.experiments.cell import Cell
 from circuitlens.experiments.lr_choice import LR_FILE
 from circuitlens.report.page import write_plotly_js, write_report
@@ -70,6 +70,18 @@ def export(directory: Path, name: str, html: bool = True) -> Path:
         write_plotly_js(OUT)  # the page loads it by its relative name
         shutil.copyfile(report, OUT / f"{name}-report.html")
     return path
+
+
+def load(name: str, directory: Path = OUT) -> tuple[dict, ExperimentResult]:
+    """An exported run ``directory/NAME.json`` and its result (its config, design included,
+    its setups and cells), read without a run directory."""
+    doc = json.loads((directory / f"{name}.json").read_text())
+    result = ExperimentResult(
+        directory, ExperimentConfig.from_dict(doc["config"]),
+        {t: Setup.from_dict(s) for t, s in doc["setups"].items()},
+        [Cell.from_dict(c) for c in doc["cells"]],
+    )  # fmt: skip
+    return doc, result
 
 
 def restore(name: str, directory: Path) -> None:

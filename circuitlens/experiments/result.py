@@ -254,15 +254,16 @@ class ExperimentResult:
         )  # fmt: skip
         return contrast_verdict(a, b, estimate, self.config.design, primary)
 
-    def markdown(self, table: Any = None) -> str:
+    def markdown(self, table: Any = None, comparisons: Any = None) -> str:
         """The tables as Markdown, with what each column means; first the seed-level
-        comparison of each condition with CE (:meth:`comparisons`), its verdicts leading."""
+        comparison of each condition with CE (:meth:`comparisons`, or ``comparisons`` where
+        the caller has computed them: their bootstrap is the slow part), its verdicts leading."""
         df = self.table() if table is None else table
         if df.empty:
             return tables.NO_CELLS
         return tables.markdown(
             df,
-            comparisons=self.comparisons(),
+            comparisons=self.comparisons() if comparisons is None else comparisons,
             formats=self.format_table(),
             mcnemar=self.mcnemar_table(),
             setups=self.setups,

@@ -297,10 +297,11 @@ def _run_cell(
     train_cfg = _cell_train_config(cfg, condition, seed, lr)
     pairs = tuple(f"{s}>{t}" for s, t in head_map.pairs)
     before = None if befores is None else befores.get(pairs)
-    run = TrainRun(cell_dir / "checkpoint", teacher_cache, progress=progress)
+    run = TrainRun(
+        cell_dir / "checkpoint", teacher_cache, progress=progress, circuit_only=circuit_only
+    )
     done = train_condition(
-        teacher, student, task, head_map, dataclasses.replace(d, train=train_cfg),
-        dataclasses.replace(run, circuit_only=circuit_only),
+        teacher, student, task, head_map, dataclasses.replace(d, train=train_cfg), run,
         BeforeTraining(setup.circuit, before, setup.student_sweep, setup.teacher_sweep),
     )  # fmt: skip
     assert done.mechanism is not None  # the sweeps were passed

@@ -6,9 +6,9 @@ only) and the output ``z`` of the mapped heads at the CKA rows. The training bat
 from the trainer's seed, batch size and task alone, so every condition of one seed draws the
 same batches, and the held-out CKA prompts are the same for every cell: a :class:`TeacherCache`
 runs the teacher once per set of batches and serves every later request from memory or from
-its directory (one safetensors file per set, named by a hash of what determines it: the
-teacher's weights, the prompts, the layers, the positions). Training steps never run the
-teacher then.
+its directory (one safetensors file per set, named by a hash of the teacher's weights, the
+prompts and the positions, listing the layers it holds). Training steps never run the teacher
+then, but on the first step of a chunk (:class:`TeacherFeed`) not yet cached.
 
 The cached values are the live computation's bit for bit: the same batches through the same
 forward (:func:`teacher_batch`, which the trainer also uses without a cache); tests check it.
@@ -17,7 +17,10 @@ Conditions of one seed ask for different parts of the same batches: the random m
 teacher layers, ``kd`` the logits. :meth:`TeacherCache.expect` announces them, so that the first
 pass over a set of batches computes everything the coming requests need at once, and a request
 for a part of what is held is served from it (a hook that reads a layer changes no value, so
-the parts equal separate passes bit for bit; tested).
+the parts equal separate passes bit for bit; tested). A file holding more than a process
+expects is read all the same (a run resumed in the middle of a seed expects only what its
+pending conditions ask); a request for a layer a file lacks recomputes the set with the file's
+layers and that one.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from circuitlens.tasks.metrics import keep_positions, model_device
 log = logging.getLogger(__name__)
 
 #: bump when what a cache file holds changes meaning (old files are then never read)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -209,20 +212,27 @@ class TeacherCache:
                 part = [_part(b, layers, positions, logits) for b in held]
                 self._memory[k] = part
                 return part
-        extra_layers, extra_logits = self._expected
-        all_layers = sorted(set(layers) | extra_layers) if "tokens" not in positions else layers
-        all_logits = logits or extra_logits
-        wide = self.key(teacher, batches, all_layers, positions, all_logits)
-        found = self._read(wide, batches, all_layers, positions, all_logits)
-        if found is None:
+        # the file of these batches at these positions, whatever layers it holds: a process
+        # expecting fewer parts (a run resumed in the middle of a seed) reads it all the same
+        file_key = self.key(teacher, batches, [], positions, False)
+        read = self._read(file_key, batches, positions)
+        if read is not None and set(layers) <= read[0] and (read[1] or not logits):
+            have_layers, have_logits, found = read
+        else:
+            extra_layers, extra_logits = self._expected
+            want = set(layers) | (extra_layers if "tokens" not in positions else set())
+            have_layers = want | (read[0] if read is not None else set())
+            have_logits = logits or extra_logits or (read is not None and read[1])
             device = model_device(teacher)
             found = []
             for prompts in tqdm(batches, desc="teacher cache", disable=not progress):
                 tb = tokenize_prompts(teacher, list(prompts)).to(device)
-                found.append(teacher_batch(teacher, tb, all_layers, positions, all_logits))
+                found.append(
+                    teacher_batch(teacher, tb, sorted(have_layers), positions, have_logits)
+                )
                 self.computed += 1
-            self._write(wide, found, all_layers, positions, all_logits)
-        self._held.setdefault(sig, []).append((set(all_layers), set(positions), all_logits, found))
+            self._write(file_key, found, sorted(have_layers), positions, have_logits)
+        self._held.setdefault(sig, []).append((have_layers, set(positions), have_logits, found))
         part = [_part(b, layers, positions, logits) for b in found]
         self._memory[k] = part
         return part
@@ -254,17 +264,18 @@ class TeacherCache:
         for layer in layers:
             for p in positions:
                 tensors[f"z.{layer}.{p}"] = torch.cat([b.z[layer, p] for b in found]).cpu()
-        meta = {"sizes": json.dumps([len(b.labels) for b in found]), "version": str(CACHE_VERSION)}
+        meta = {
+            "sizes": json.dumps([len(b.labels) for b in found]),
+            "layers": json.dumps(layers),
+            "version": str(CACHE_VERSION),
+        }
         atomic_write_bytes(path, save({n: t.contiguous() for n, t in tensors.items()}, meta))
 
     def _read(
-        self,
-        k: str,
-        batches: Sequence[Sequence[Prompt]],
-        layers: list[int],
-        positions: list[str],
-        logits: bool,
-    ) -> list[TeacherBatch] | None:
+        self, k: str, batches: Sequence[Sequence[Prompt]], positions: list[str]
+    ) -> tuple[set[int], bool, list[TeacherBatch]] | None:
+        """The file ``k``'s outputs (``None``: no such file, or not these batches), with the
+        layers it holds and whether it holds the logits."""
         path = self._path(k)
         if path is None or not path.is_file():
             return None
@@ -272,13 +283,16 @@ class TeacherCache:
 
         try:
             with safe_open(str(path), "pt") as f:
-                sizes = json.loads(f.metadata()["sizes"])
+                meta = f.metadata()
+                sizes = json.loads(meta["sizes"])
+                layers = json.loads(meta["layers"])
                 t = {n: f.get_tensor(n) for n in f.keys()}  # noqa: SIM118 (safe_open API)
         except Exception as e:  # a damaged file is recomputed, never trusted
             log.warning("teacher cache file %s unreadable (%s): recomputing", path, e)
             return None
         if sizes != [len(b) for b in batches]:
             return None
+        logits = "logits" in t
         out, start = [], 0
         for n in sizes:
             s = slice(start, start + n)
@@ -286,14 +300,20 @@ class TeacherCache:
             out.append(TeacherBatch(t["labels"][s], t["logits"][s] if logits else None, z))
             start += n
         log.info("teacher cache: %d batches read from %s", len(out), path)
-        return out
+        return set(layers), logits, out
+
+
+#: the step batches a :class:`TeacherFeed` computes at once, when a step of them is first read
+CHUNK = 25
 
 
 class TeacherFeed:
     """What one trainer reads from the teacher: the outputs for every step's batch of
-    ``schedule`` (one cached pass before step 1, :meth:`all`) and for any other prompts (the
-    held-out CKA prompts: cached as one batch too), or, with ``cache=None``, the teacher run
-    live on each request (less memory).
+    ``schedule`` (cached, in chunks of ``chunk`` steps computed when a step of the chunk is
+    first read: a run that stops early never runs the teacher on the steps it does not take)
+    and for any other prompts (the held-out CKA prompts: cached as one batch too), or, with
+    ``cache=None``, the teacher run live on each request (less memory). Each batch is computed
+    alone, so the outputs are the same bit for bit whatever the chunks.
 
     ``request``: the parts asked for (``layers``, ``positions``, ``logits``: see
     :meth:`TeacherCache.get`)."""
@@ -304,33 +324,41 @@ class TeacherFeed:
         schedule: list[list[Prompt]],
         cache: TeacherCache | None,
         request: dict[str, Any],
+        chunk: int = CHUNK,
     ) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 step, got {chunk}")
         self.teacher, self.schedule, self.cache, self.request = teacher, schedule, cache, request
-        self._batches: list[TeacherBatch] | None = None
+        self.chunk = chunk
+        self._chunks: dict[int, list[TeacherBatch]] = {}
+
+    def _chunk(self, c: int, progress: bool = False) -> list[TeacherBatch]:
+        """The outputs of chunk ``c``: steps ``c * chunk + 1`` to ``(c + 1) * chunk``."""
+        if c not in self._chunks:
+            assert self.cache is not None
+            part = self.schedule[c * self.chunk : (c + 1) * self.chunk]
+            self._chunks[c] = self.cache.get(self.teacher, part, progress=progress, **self.request)
+        return self._chunks[c]
 
     def all(self, progress: bool = False) -> list[TeacherBatch]:
-        """The teacher's outputs for every step's batch (from the cache, or one pass)."""
+        """The teacher's outputs for every step's batch (from the cache, or computed now)."""
         if self.cache is None:
             raise ValueError("this trainer runs without a teacher cache (teacher_cache=False)")
-        if self._batches is None:
-            self._batches = self.cache.get(
-                self.teacher, self.schedule, progress=progress, **self.request
-            )
-        return self._batches
+        n = -(-len(self.schedule) // self.chunk)
+        return [b for c in range(n) for b in self._chunk(c, progress)]
 
     def get(self, prompts: list[Prompt], step: int | None) -> tuple[PromptBatch, TeacherBatch]:
-        """The teacher's batch (tokenized) and outputs: step ``step``'s from the cache, or
+        """The teacher's batch (tokenized) and outputs: step ``step``'s from its chunk, or
         ``prompts``' (cached as one batch, or live without a cache)."""
         tb = tokenize_prompts(self.teacher, prompts)
-        if (
-            self._batches is not None
-            and step is not None
+        if self.cache is None:
+            out = teacher_batch(self.teacher, tb.to(model_device(self.teacher)), **self.request)
+        elif (
+            step is not None
             and 1 <= step <= len(self.schedule)
             and self.schedule[step - 1] == prompts
         ):
-            out = self._batches[step - 1]
-        elif self.cache is None:
-            out = teacher_batch(self.teacher, tb.to(model_device(self.teacher)), **self.request)
+            out = self._chunk((step - 1) // self.chunk)[(step - 1) % self.chunk]
         else:
             (out,) = self.cache.get(self.teacher, [prompts], **self.request)
         return tb, out

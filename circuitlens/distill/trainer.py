@@ -263,7 +263,8 @@ class CircuitTrainer:
         }
 
     def teacher_outputs(self, progress: bool = False) -> list[TeacherBatch]:
-        """The teacher's outputs for every step's batch (from the cache, or one pass)."""
+        """The teacher's outputs for every step's batch (from the cache, or computed now;
+        training computes them a chunk of steps at a time, as it reaches them)."""
         return self.feed.all(progress)
 
     def losses(self, prompts: list, step: int | None = None) -> dict[str, Tensor]:
@@ -341,8 +342,6 @@ class CircuitTrainer:
         progress = self.run.progress if progress is None else progress
         self.load_checkpoint()
         stopped = self.early is not None and self.early.stopped
-        if self.teacher_cache is not None and self.state.step < self.config.steps and not stopped:
-            self.teacher_outputs(progress=progress)  # the teacher's one pass, before step 1
         flags = {n: p.requires_grad for n, p in self.student.named_parameters()}
         for n, p in self.student.named_parameters():  # no gradients for wholly frozen weights
             p.requires_grad_(n in self.masks)

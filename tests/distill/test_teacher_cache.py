@@ -12,7 +12,7 @@ import torch
 from circuitlens import get_task, load_model
 from circuitlens.core.hooks import z_name
 from circuitlens.core.types import Circuit, HeadMap
-from circuitlens.distill.teacher_cache import TeacherCache, model_hash
+from circuitlens.distill.teacher_cache import TeacherCache, TeacherFeed, model_hash
 from circuitlens.distill.trainer import CircuitTrainer, TrainConfig, TrainRun
 from circuitlens.tasks import tokenize_prompts
 
@@ -228,3 +228,69 @@ def test_expected_parts_come_from_one_pass_and_equal_separate_passes(pair, tmp_p
     # a part that was not announced (a position not held) is computed
     cache.get(teacher, batches, [1], ["query_label"])
     assert cache.computed == 4
+
+
+def test_training_runs_the_teacher_a_chunk_of_steps_at_a_time(pair) -> None:
+    """A step's loss computes the teacher's outputs of its chunk only (a run that stops early
+    never runs the teacher on the steps after), and training on chunks of any size equals
+    training on one pass computed before step 1, bit for bit."""
+    teacher, student = pair
+    cfg = dataclasses.replace(CFG, steps=5)
+    start = _params(student)
+    whole = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(teacher_cache=True))
+    whole.teacher_outputs()  # every step's outputs, before step 1
+    whole.train(False)
+    trained = _params(student)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            p.copy_(start[n])
+
+    cache = TeacherCache()
+    trainer = CircuitTrainer(student, teacher, TASK, MAP, cfg, run=TrainRun(teacher_cache=cache))
+    trainer.feed.chunk = 2
+    with trainer.sites.capturing():
+        trainer.losses(trainer.schedule[0], step=1)
+        assert cache.computed == 2  # steps 1-2
+        trainer.losses(trainer.schedule[1], step=2)
+        assert cache.computed == 2
+        trainer.losses(trainer.schedule[2], step=3)
+        assert cache.computed == 4  # steps 3-4, not step 5
+    student.zero_grad(set_to_none=True)
+    trainer.train(False)
+    assert cache.computed == 5
+    assert all(torch.equal(p, trained[n]) for n, p in _params(student).items())
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        TeacherFeed(teacher, trainer.schedule, cache, {}, chunk=0)
+
+
+def test_a_file_is_read_by_a_process_expecting_less_and_widened_when_asked_for_more(
+    pair, tmp_path
+) -> None:
+    """A run resumed in the middle of a seed expects fewer parts than the process that wrote
+    the seed's file: it reads the file all the same. A request for a layer the file lacks
+    recomputes the batches with the file's layers and the new one, and rewrites it."""
+    teacher, _ = pair
+    batches = [TASK.split("test")[:8], TASK.split("test")[8:16]]
+    first = TeacherCache(tmp_path)
+    first.expect(layers=[0, 2], logits=True)
+    wide = first.get(teacher, batches, [1], ["last"])
+    assert first.computed == 2 and len(list(tmp_path.glob("*.safetensors"))) == 1
+    resumed = TeacherCache(tmp_path)  # expects nothing
+    got = resumed.get(teacher, batches, [2], ["last"], logits=True)
+    assert resumed.computed == 0
+    want = TeacherCache().get(teacher, batches, [2], ["last"], logits=True)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g.z[2, "last"], w.z[2, "last"]) and torch.equal(g.logits, w.logits)
+    assert torch.equal(
+        resumed.get(teacher, batches, [1], ["last"])[0].z[1, "last"], wide[0].z[1, "last"]
+    )
+
+    narrow = tmp_path / "narrow"
+    TeacherCache(narrow).get(teacher, batches, [1], ["last"])
+    more = TeacherCache(narrow)
+    more.get(teacher, batches, [0], ["last"])
+    assert more.computed == 2  # layer 0 was not in the file
+    again = TeacherCache(narrow)
+    again.get(teacher, batches, [0], ["last"])
+    again.get(teacher, batches, [0, 1], ["last"])
+    assert again.computed == 0 and len(list(narrow.glob("*.safetensors"))) == 1

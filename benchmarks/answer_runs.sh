@@ -16,7 +16,10 @@
 # accuracy (34% of a cell's time; no measure of the design) and changes no other field of a
 # cell bit for bit (entity tracking's CE seed 0 cell recomputed at d1f0eca: every field equal
 # but circuit_accuracy, seconds, resumed). A cell's circuit_accuracy says which code ran it
-# (a number: 8d755ef; null: d1f0eca). Override with ANSWER_CODE=<commit> only to fix a run
+# (a number: 8d755ef; null: d1f0eca or later). Then at d01725b from 2026-12-07 16:40 UTC: the
+# teacher's outputs computed 25 steps at a time as training reaches them, and a cache file
+# read by a run resumed in the middle of a seed (entity tracking's CE seed 1 cell recomputed
+# at d01725b: every field equal but circuit_accuracy and seconds). Override with ANSWER_CODE=<commit> only to fix a run
 # that cannot go on, and say so with the result.
 # Logs: runs/answer-<task>.log.
 set -euo pipefail
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY="$ROOT/.venv/bin/python"
 TASKS=(entity-tracking theory-of-mind)
-CODE_COMMIT=${ANSWER_CODE:-d1f0eca}
+CODE_COMMIT=${ANSWER_CODE:-d01725b}
 
 case "${1:-status}" in
 start)

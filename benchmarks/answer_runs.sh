@@ -4,6 +4,12 @@
 #   bash benchmarks/answer_runs.sh start    # each task's run in the background, one core each
 #   bash benchmarks/answer_runs.sh status   # the last line of each log, the cells finished
 #   bash benchmarks/answer_runs.sh export   # benchmarks/results/answer-<task>.json (commit it)
+#
+# When one task's cells are all finished, `start` puts the other's pending seeds on both cores:
+# the upper half in runs/answer-<task>-b (a copy of the run's config, setup and lr choices: a
+# cell there is the cell the task's directory would compute, as the verification runs of a
+# copied directory found), chosen once (runs/answer-<task>-b.seeds); `start` and `export` copy
+# its finished cells into the task's directory first.
 #   bash benchmarks/answer_runs.sh stop     # interrupt both (a cell resumes from its checkpoint)
 #
 # `start` puts a run directory back from its export when it is missing (a new machine), then
@@ -29,6 +35,60 @@ PY="$ROOT/.venv/bin/python"
 TASKS=(entity-tracking theory-of-mind)
 CODE_COMMIT=${ANSWER_CODE:-d01725b}
 
+launch() {  # launch TASK DIR LOGNAME [SEED...]: resume the run in DIR (only SEEDs, if given)
+    local t=$1 dir=$2 log=$3
+    shift 3
+    local seeds=()
+    [ $# -gt 0 ] && seeds=(--seeds "$@")
+    (cd "$ROOT/runs/answer-code" && OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens run \
+        "configs/answer/$t.toml" --out "$dir" --no-circuit-only "${seeds[@]}" \
+        >"$ROOT/runs/$log.log" 2>&1 </dev/null &)
+    echo "$log: started${seeds[*]:+ (${seeds[*]})} (log runs/$log.log)"
+}
+
+pending_seeds() {  # the seeds of the run in DIR with a trained condition's cell not finished
+    "$PY" - "$1" <<'PYEOF'
+import json
+import sys
+from pathlib import Path
+
+from circuitlens.experiments.config import UNTRAINED
+
+d = Path(sys.argv[1])
+cfg = json.loads((d / "config.json").read_text())
+(task,) = cfg["tasks"]
+trained = [c for c in cfg["conditions"] if c not in UNTRAINED]
+done = lambda c, s: (d / task / c / f"seed{s}" / "cell.json").is_file()  # noqa: E731
+print(" ".join(str(s) for s in cfg["seeds"] if not all(done(c, s) for c in trained)))
+PYEOF
+}
+
+split_seeds() {  # split_seeds TASK "PENDING": the second directory's seeds, chosen once
+    local t=$1 b="$ROOT/runs/answer-$1-b" task
+    [ -f "$b.seeds" ] && return
+    read -ra p <<<"$2"
+    local half=$(((${#p[@]} + 1) / 2))
+    task=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['tasks'][0])" \
+        "$ROOT/runs/answer-$t/config.json")
+    mkdir -p "$b/$task"
+    cp "$ROOT/runs/answer-$t/config.json" "$ROOT/runs/answer-$t/.circuitlens-run" "$b/"
+    for f in setup.json lr.json sweeps.json; do
+        [ -f "$ROOT/runs/answer-$t/$task/$f" ] && cp "$ROOT/runs/answer-$t/$task/$f" "$b/$task/"
+    done
+    echo "${p[*]:$half}" >"$b.seeds.tmp" && mv "$b.seeds.tmp" "$b.seeds"
+}
+
+merge() {  # copy the second directory's finished cells into the task's directory
+    local b="$ROOT/runs/answer-$1-b" f rel
+    [ -d "$b" ] || return 0
+    while IFS= read -r f; do
+        rel=${f#"$b/"}
+        [ -f "$ROOT/runs/answer-$1/$rel" ] && continue
+        mkdir -p "$(dirname "$ROOT/runs/answer-$1/$rel")"
+        cp "$f" "$ROOT/runs/answer-$1/$rel.tmp" && mv "$ROOT/runs/answer-$1/$rel.tmp" "$ROOT/runs/answer-$1/$rel"
+    done < <(find "$b" -name cell.json)
+}
+
 case "${1:-status}" in
 start)
     # a running run imports from the worktree: never replace it under one
@@ -40,15 +100,35 @@ start)
     git worktree remove --force "$CODE" 2>/dev/null || rm -rf "$CODE"
     git worktree prune
     git worktree add --detach "$CODE" "$CODE_COMMIT" >/dev/null
+    declare -A PENDING
     for t in "${TASKS[@]}"; do
         dir="$ROOT/runs/answer-$t"
         if [ ! -d "$dir" ]; then
             "$PY" benchmarks/export_run.py --restore "answer-$t" "$dir"
         fi
-        (cd "$CODE" && OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens run \
-            "configs/answer/$t.toml" --out "$dir" --no-circuit-only >"$ROOT/runs/answer-$t.log" 2>&1 &)
-        echo "answer-$t: started (log runs/answer-$t.log)"
+        merge "$t"
+        PENDING[$t]=$(pending_seeds "$dir")
     done
+    open=()
+    for t in "${TASKS[@]}"; do [ -n "${PENDING[$t]}" ] && open+=("$t"); done
+    for t in "${open[@]}"; do
+        dir="$ROOT/runs/answer-$t"
+        if [ ${#open[@]} -eq 1 ]; then
+            # one task left: its pending seeds on both cores, the upper half in a second
+            # directory (answer-<task>-b, the same config, setup and lr choices; its cells
+            # are copied into the task's directory by `export` and `start`). The split is
+            # written once (runs/answer-<task>-b.seeds), so a seed is never begun in both.
+            split_seeds "$t" "${PENDING[$t]}"
+            hi=$(cat "$ROOT/runs/answer-$t-b.seeds")
+            lo=$(comm -23 <(tr ' ' '\n' <<<"${PENDING[$t]}" | sort) <(tr ' ' '\n' <<<"$hi" | sort) | sort -n | tr '\n' ' ')
+            hi_pending=$(comm -12 <(tr ' ' '\n' <<<"${PENDING[$t]}" | sort) <(tr ' ' '\n' <<<"$hi" | sort) | sort -n | tr '\n' ' ')
+            [ -n "${lo// /}" ] && launch "$t" "$dir" "answer-$t" $lo
+            [ -n "${hi_pending// /}" ] && launch "$t" "$dir-b" "answer-$t-b" $hi_pending
+        else
+            launch "$t" "$dir" "answer-$t"
+        fi
+    done
+    [ ${#open[@]} -eq 0 ] && echo "every cell of both tasks is finished"
     ;;
 stop)
     pkill -INT -f -- "circuitlens run configs/answer/" || true
@@ -57,14 +137,17 @@ stop)
     ;;
 status)
     for t in "${TASKS[@]}"; do
-        dir="runs/answer-$t"
-        n=$(find "$dir" -name cell.json 2>/dev/null | wc -l)
-        echo "answer-$t: $n cells finished"
-        [ -f "runs/answer-$t.log" ] && tail -c 200 "runs/answer-$t.log" | tr '\r' '\n' | tail -1
+        for d in "answer-$t" "answer-$t-b"; do
+            [ -d "runs/$d" ] || continue
+            n=$(find "runs/$d" -name cell.json 2>/dev/null | wc -l)
+            echo "$d: $n cells finished"
+            [ -f "runs/$d.log" ] && tail -c 200 "runs/$d.log" | tr '\r' '\n' | tail -1
+        done
     done
     ;;
 export)
     for t in "${TASKS[@]}"; do
+        merge "$t"
         "$PY" benchmarks/export_run.py "runs/answer-$t" "answer-$t"
     done
     ;;

@@ -27,11 +27,14 @@
 # read by a run resumed in the middle of a seed (entity tracking's CE seed 1 cell recomputed
 # at d01725b: every field equal but circuit_accuracy and seconds). Override with ANSWER_CODE=<commit> only to fix a run
 # that cannot go on, and say so with the result.
-# Logs: runs/answer-<task>.log.
+# Logs: runs/answer-<task>.log. ANSWER_DRY=1 starts no process (it prints what `start` would
+# start, and splits and merges as `start` does: tests/experiments/test_answer_runs.py);
+# ANSWER_PY= names the Python (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PY="$ROOT/.venv/bin/python"
+PY=${ANSWER_PY:-$ROOT/.venv/bin/python}
+DRY=${ANSWER_DRY:-}
 TASKS=(entity-tracking theory-of-mind)
 CODE_COMMIT=${ANSWER_CODE:-d01725b}
 
@@ -40,6 +43,10 @@ launch() {  # launch TASK DIR LOGNAME [SEED...]: resume the run in DIR (only SEE
     shift 3
     local seeds=()
     [ $# -gt 0 ] && seeds=(--seeds "$@")
+    if [ -n "$DRY" ]; then
+        echo "$log: would start${seeds[*]:+ (${seeds[*]})}"
+        return
+    fi
     (cd "$ROOT/runs/answer-code" && OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens run \
         "configs/answer/$t.toml" --out "$dir" --no-circuit-only "${seeds[@]}" \
         >"$ROOT/runs/$log.log" 2>&1 </dev/null &)
@@ -92,14 +99,16 @@ merge() {  # copy the second directory's finished cells into the task's director
 case "${1:-status}" in
 start)
     # a running run imports from the worktree: never replace it under one
-    if pgrep -f -- "circuitlens run configs/answer/" >/dev/null; then
-        echo "a run is going (stop it first: $0 stop)" >&2
-        exit 1
+    if [ -z "$DRY" ]; then
+        if pgrep -f -- "circuitlens run configs/answer/" >/dev/null; then
+            echo "a run is going (stop it first: $0 stop)" >&2
+            exit 1
+        fi
+        CODE="$ROOT/runs/answer-code"
+        git worktree remove --force "$CODE" 2>/dev/null || rm -rf "$CODE"
+        git worktree prune
+        git worktree add --detach "$CODE" "$CODE_COMMIT" >/dev/null
     fi
-    CODE="$ROOT/runs/answer-code"
-    git worktree remove --force "$CODE" 2>/dev/null || rm -rf "$CODE"
-    git worktree prune
-    git worktree add --detach "$CODE" "$CODE_COMMIT" >/dev/null
     declare -A PENDING
     for t in "${TASKS[@]}"; do
         dir="$ROOT/runs/answer-$t"
@@ -110,7 +119,9 @@ start)
         PENDING[$t]=$(pending_seeds "$dir")
     done
     open=()
-    for t in "${TASKS[@]}"; do [ -n "${PENDING[$t]}" ] && open+=("$t"); done
+    for t in "${TASKS[@]}"; do
+        if [ -n "${PENDING[$t]}" ]; then open+=("$t"); fi
+    done
     for t in "${open[@]}"; do
         dir="$ROOT/runs/answer-$t"
         if [ ${#open[@]} -eq 1 ]; then
@@ -122,13 +133,15 @@ start)
             hi=$(cat "$ROOT/runs/answer-$t-b.seeds")
             lo=$(comm -23 <(tr ' ' '\n' <<<"${PENDING[$t]}" | sort) <(tr ' ' '\n' <<<"$hi" | sort) | sort -n | tr '\n' ' ')
             hi_pending=$(comm -12 <(tr ' ' '\n' <<<"${PENDING[$t]}" | sort) <(tr ' ' '\n' <<<"$hi" | sort) | sort -n | tr '\n' ' ')
-            [ -n "${lo// /}" ] && launch "$t" "$dir" "answer-$t" $lo
-            [ -n "${hi_pending// /}" ] && launch "$t" "$dir-b" "answer-$t-b" $hi_pending
+            if [ -n "${lo// /}" ]; then launch "$t" "$dir" "answer-$t" $lo; fi
+            if [ -n "${hi_pending// /}" ]; then
+                launch "$t" "$dir-b" "answer-$t-b" $hi_pending
+            fi
         else
             launch "$t" "$dir" "answer-$t"
         fi
     done
-    [ ${#open[@]} -eq 0 ] && echo "every cell of both tasks is finished"
+    if [ ${#open[@]} -eq 0 ]; then echo "every cell of both tasks is finished"; fi
     ;;
 stop)
     pkill -INT -f -- "circuitlens run configs/answer/" || true

@@ -22,7 +22,7 @@
 # accuracy (34% of a cell's time; no measure of the design) and changes no other field of a
 # cell bit for bit (entity tracking's CE seed 0 cell recomputed at d1f0eca: every field equal
 # but circuit_accuracy, seconds, resumed). A cell's circuit_accuracy says which code ran it
-# (a number: 8d755ef; null: d1f0eca or later). Then at d01725b from 2026-12-07 16:40 UTC: the
+# (a number: 8d755ef; null: d1f0eca or later). Then at d01725b from 2026-12-07 16:48 UTC: the
 # teacher's outputs computed 25 steps at a time as training reaches them, and a cache file
 # read by a run resumed in the middle of a seed (entity tracking's CE seed 1 cell recomputed
 # at d01725b: every field equal but circuit_accuracy and seconds). Override with ANSWER_CODE=<commit> only to fix a run

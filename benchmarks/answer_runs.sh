@@ -53,34 +53,35 @@ launch() {  # launch TASK DIR LOGNAME [SEED...]: resume the run in DIR (only SEE
     echo "$log: started${seeds[*]:+ (${seeds[*]})} (log runs/$log.log)"
 }
 
-pending_seeds() {  # the seeds of the run in DIR with a trained condition's cell not finished
-    "$PY" - "$1" <<'PYEOF'
+pending_seeds() {  # pending_seeds TASK...: "TASK SEED..." a line each, the seeds of the
+    # task's run with a trained condition's cell not finished (one Python for every task)
+    "$PY" - "$ROOT/runs" "$@" <<'PYEOF'
 import json
 import sys
 from pathlib import Path
 
 from circuitlens.experiments.config import UNTRAINED
 
-d = Path(sys.argv[1])
-cfg = json.loads((d / "config.json").read_text())
-(task,) = cfg["tasks"]
-trained = [c for c in cfg["conditions"] if c not in UNTRAINED]
-done = lambda c, s: (d / task / c / f"seed{s}" / "cell.json").is_file()  # noqa: E731
-print(" ".join(str(s) for s in cfg["seeds"] if not all(done(c, s) for c in trained)))
+runs, *tasks = sys.argv[1:]
+for t in tasks:
+    d = Path(runs) / f"answer-{t}"
+    cfg = json.loads((d / "config.json").read_text())
+    (task,) = cfg["tasks"]
+    trained = [c for c in cfg["conditions"] if c not in UNTRAINED]
+    done = lambda c, s: (d / task / c / f"seed{s}" / "cell.json").is_file()  # noqa: E731
+    print(t, *(s for s in cfg["seeds"] if not all(done(c, s) for c in trained)))
 PYEOF
 }
 
-split_seeds() {  # split_seeds TASK "PENDING": the second directory's seeds, chosen once
-    local t=$1 b="$ROOT/runs/answer-$1-b" task
+split_seeds() {  # split_seeds TASK SEED...: the second directory's seeds, chosen once
+    local t=$1 src="$ROOT/runs/answer-$1" b="$ROOT/runs/answer-$1-b" task=${1//-/_}
+    shift
     [ -f "$b.seeds" ] && return
-    read -ra p <<<"$2"
-    local half=$(((${#p[@]} + 1) / 2))
-    task=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['tasks'][0])" \
-        "$ROOT/runs/answer-$t/config.json")
+    local p=("$@") half=$((($# + 1) / 2))
     mkdir -p "$b/$task"
-    cp "$ROOT/runs/answer-$t/config.json" "$ROOT/runs/answer-$t/.circuitlens-run" "$b/"
+    cp "$src/config.json" "$src/.circuitlens-run" "$b/"
     for f in setup.json lr.json sweeps.json; do
-        [ -f "$ROOT/runs/answer-$t/$task/$f" ] && cp "$ROOT/runs/answer-$t/$task/$f" "$b/$task/"
+        if [ -f "$src/$task/$f" ]; then cp "$src/$task/$f" "$b/$task/"; fi
     done
     echo "${p[*]:$half}" >"$b.seeds.tmp" && mv "$b.seeds.tmp" "$b.seeds"
 }
@@ -109,19 +110,18 @@ start)
         git worktree prune
         git worktree add --detach "$CODE" "$CODE_COMMIT" >/dev/null
     fi
-    declare -A PENDING
     for t in "${TASKS[@]}"; do
         dir="$ROOT/runs/answer-$t"
         if [ ! -d "$dir" ]; then
             "$PY" benchmarks/export_run.py --restore "answer-$t" "$dir"
         fi
         merge "$t"
-        PENDING[$t]=$(pending_seeds "$dir")
     done
-    open=()
-    for t in "${TASKS[@]}"; do
-        if [ -n "${PENDING[$t]}" ]; then open+=("$t"); fi
-    done
+    declare -A PENDING
+    open=()  # the tasks with cells pending, in TASKS' order
+    while read -r t seeds; do
+        if [ -n "$seeds" ]; then PENDING[$t]=$seeds open+=("$t"); fi
+    done < <(pending_seeds "${TASKS[@]}")
     for t in "${open[@]}"; do
         dir="$ROOT/runs/answer-$t"
         if [ ${#open[@]} -eq 1 ]; then
@@ -129,13 +129,16 @@ start)
             # directory (answer-<task>-b, the same config, setup and lr choices; its cells
             # are copied into the task's directory by `export` and `start`). The split is
             # written once (runs/answer-<task>-b.seeds), so a seed is never begun in both.
-            split_seeds "$t" "${PENDING[$t]}"
-            hi=$(cat "$ROOT/runs/answer-$t-b.seeds")
-            lo=$(comm -23 <(tr ' ' '\n' <<<"${PENDING[$t]}" | sort) <(tr ' ' '\n' <<<"$hi" | sort) | sort -n | tr '\n' ' ')
-            hi_pending=$(comm -12 <(tr ' ' '\n' <<<"${PENDING[$t]}" | sort) <(tr ' ' '\n' <<<"$hi" | sort) | sort -n | tr '\n' ' ')
-            if [ -n "${lo// /}" ]; then launch "$t" "$dir" "answer-$t" $lo; fi
-            if [ -n "${hi_pending// /}" ]; then
-                launch "$t" "$dir-b" "answer-$t-b" $hi_pending
+            # shellcheck disable=SC2086  # the seeds, one word each
+            split_seeds "$t" ${PENDING[$t]}
+            hi=" $(cat "$dir-b.seeds") "
+            lo=() upper=()
+            for s in ${PENDING[$t]}; do
+                if [[ $hi == *" $s "* ]]; then upper+=("$s"); else lo+=("$s"); fi
+            done
+            if [ ${#lo[@]} -gt 0 ]; then launch "$t" "$dir" "answer-$t" "${lo[@]}"; fi
+            if [ ${#upper[@]} -gt 0 ]; then
+                launch "$t" "$dir-b" "answer-$t-b" "${upper[@]}"
             fi
         else
             launch "$t" "$dir" "answer-$t"

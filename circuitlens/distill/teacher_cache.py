@@ -203,12 +203,12 @@ class TeacherCache:
         if k in self._memory:
             return self._memory[k]
         sig = self.key(teacher, batches, [], [], False)
+
+        def covers(have_layers: set[int], have_logits: bool) -> bool:
+            return set(layers) <= have_layers and (have_logits or not logits)
+
         for have_layers, have_positions, have_logits, held in self._held.get(sig, []):
-            if (
-                set(layers) <= have_layers
-                and set(positions) <= have_positions
-                and (have_logits or not logits)
-            ):
+            if covers(have_layers, have_logits) and set(positions) <= have_positions:
                 part = [_part(b, layers, positions, logits) for b in held]
                 self._memory[k] = part
                 return part
@@ -216,22 +216,22 @@ class TeacherCache:
         # expecting fewer parts (a run resumed in the middle of a seed) reads it all the same
         file_key = self.key(teacher, batches, [], positions, False)
         read = self._read(file_key, batches, positions)
-        if read is not None and set(layers) <= read[0] and (read[1] or not logits):
+        if read is not None and covers(read[0], read[1]):
             have_layers, have_logits, found = read
-        else:
+        else:  # what is asked, what is expected, and what the file held
             extra_layers, extra_logits = self._expected
-            want = set(layers) | (extra_layers if "tokens" not in positions else set())
-            have_layers = want | (read[0] if read is not None else set())
-            have_logits = logits or extra_logits or (read is not None and read[1])
+            have_layers = set(layers) | (extra_layers if "tokens" not in positions else set())
+            have_logits = logits or extra_logits
+            if read is not None:
+                have_layers, have_logits = have_layers | read[0], have_logits or read[1]
+            all_layers = sorted(have_layers)
             device = model_device(teacher)
             found = []
             for prompts in tqdm(batches, desc="teacher cache", disable=not progress):
                 tb = tokenize_prompts(teacher, list(prompts)).to(device)
-                found.append(
-                    teacher_batch(teacher, tb, sorted(have_layers), positions, have_logits)
-                )
+                found.append(teacher_batch(teacher, tb, all_layers, positions, have_logits))
                 self.computed += 1
-            self._write(file_key, found, sorted(have_layers), positions, have_logits)
+            self._write(file_key, found, all_layers, positions, have_logits)
         self._held.setdefault(sig, []).append((have_layers, set(positions), have_logits, found))
         part = [_part(b, layers, positions, logits) for b in found]
         self._memory[k] = part

@@ -47,8 +47,10 @@ launch() {  # launch TASK DIR LOGNAME [SEED...]: resume the run in DIR (only SEE
         echo "$log: would start${seeds[*]:+ (${seeds[*]})}"
         return
     fi
-    (cd "$ROOT/runs/answer-code" && OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens run \
-        "configs/answer/$t.toml" --out "$dir" --no-circuit-only "${seeds[@]}" \
+    # `&` on the command alone: backgrounding `cd && ...` forks a shell that keeps the
+    # caller's stdout open until the run ends (`answer_runs.sh start | tail` then hangs)
+    (cd "$ROOT/runs/answer-code" || exit; OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens \
+        run "configs/answer/$t.toml" --out "$dir" --no-circuit-only "${seeds[@]}" \
         >"$ROOT/runs/$log.log" 2>&1 </dev/null &)
     echo "$log: started${seeds[*]:+ (${seeds[*]})} (log runs/$log.log)"
 }

@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/answer_runs.sh start    # each task's run in the background, one core each
 #   bash benchmarks/answer_runs.sh status   # the last line of each log, the cells finished
-#   bash benchmarks/answer_runs.sh export   # benchmarks/results/answer-<task>.json (commit it)
+#   bash benchmarks/answer_runs.sh export   # benchmarks/results/answer-<task>.json (commit it;
+#                                           # its report page too once its last cell is in)
 #
 # When one task's cells are all finished, `start` puts the other's pending seeds on both cores:
 # the upper half in runs/answer-<task>-b (a copy of the run's config, setup and lr choices: a
@@ -164,10 +165,13 @@ status)
     done
     ;;
 export)
-    for t in "${TASKS[@]}"; do
-        merge "$t"
-        "$PY" benchmarks/export_run.py "runs/answer-$t" "answer-$t"
-    done
+    # a task with cells pending is exported as its cells alone: its table and report page
+    # (test accuracies, the contrasts) are written at its last cell, as the answer's page is
+    for t in "${TASKS[@]}"; do merge "$t"; done
+    while read -r t seeds; do
+        "$PY" benchmarks/export_run.py --report "$([ -n "$seeds" ] && echo none || echo html)" \
+            "runs/answer-$t" "answer-$t"
+    done < <(pending_seeds "${TASKS[@]}")
     ;;
 *)
     echo "usage: $0 start|stop|status|export" >&2

@@ -4,7 +4,9 @@ on real models (hours on 2 cores) must survive the machine it ran on and be resu
     python benchmarks/export_run.py results/reproduce-real reproduce-real
         -> benchmarks/results/reproduce-real.json (config, setups, finished cells, the table,
            timings, machine facts) and benchmarks/results/reproduce-real-report.html, with the
-           plotly.js it loads (benchmarks/results/plotly.min.js, one copy for every report)
+           plotly.js it loads (benchmarks/results/plotly.min.js, one copy for every report);
+           ``--report table``: no page, ``--report none``: the cells alone (a design still
+           running: no test-set summary before its last cell)
     python benchmarks/export_run.py --restore reproduce-real results/reproduce-real
         -> the run directory again (config, setups, cells, run marker): ``circuitlens
            reproduce`` with the same config then computes only the cells still missing.
@@ -34,14 +36,20 @@ from circuitlens.report.page import write_plotly_js, write_report
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def export(directory: Path, name: str, html: bool = True) -> Path:
-    """The run as ``benchmarks/results/NAME.json``; ``html``: also its report
-    (``NAME-report.html``, ~50 kB, loading ``plotly.min.js`` beside it, which every exported
-    report shares: written only when absent or another plotly's). The report is rebuilt
-    from the JSON: ``--restore``, then ``circuitlens.write_report``."""
+REPORTS = ("html", "table", "none")
+
+
+def export(directory: Path, name: str, report: str = "html") -> Path:
+    """The run as ``benchmarks/results/NAME.json``. ``report``: ``"html"``, with its table
+    (``table_md``) and a copy of its report page (``NAME-report.html``, ~50 kB, loading
+    ``plotly.min.js`` beside it, which every exported report shares: written only when absent
+    or another plotly's); ``"table"``, with the table (the page stays in the run directory);
+    ``"none"``, the cells alone, no table nor page written anywhere: for a design still
+    running, whose test numbers are shown at its last cell (a stale ``NAME-report.html`` is
+    removed). Both are rebuilt from the JSON: ``--restore``, then ``circuitlens.write_report``."""
+    if report not in REPORTS:
+        raise ValueError(f"report={report!r}: use one of {', '.join(REPORTS)}")
     result = ExperimentResult.load(directory)
-    result.write_tables()
-    report = write_report(result)
     cells = sorted(result.cells, key=lambda c: (c.task, c.condition, c.seed))
     doc = {
         "benchmark": "reproduce run",
@@ -54,7 +62,6 @@ def export(directory: Path, name: str, html: bool = True) -> Path:
             if (directory / t / LR_FILE).is_file()
         },
         "cells": [c.to_dict() for c in cells],
-        "table_md": result.markdown(),
         "setup_seconds": {t: s.seconds for t, s in result.setups.items()},
         "cell_seconds": {f"{c.task}/{c.condition}/seed{c.seed}": c.seconds for c in cells},
         "machine": {
@@ -64,11 +71,19 @@ def export(directory: Path, name: str, html: bool = True) -> Path:
         },
         "exported": time.strftime("%Y-%m-%d %H:%M"),
     }
+    if report != "none":
+        doc["table_md"] = result.markdown()
     path = OUT / f"{name}.json"
     atomic_write_text(path, json.dumps(doc, indent=1))
-    if html:
+    page = OUT / f"{name}-report.html"
+    if report == "none":
+        page.unlink(missing_ok=True)
+        return path
+    result.write_tables()  # the run directory's tables and report page, as a finished run's
+    written = write_report(result)
+    if report == "html":
         write_plotly_js(OUT)  # the page loads it by its relative name
-        shutil.copyfile(report, OUT / f"{name}-report.html")
+        shutil.copyfile(written, page)
     return path
 
 
@@ -104,6 +119,10 @@ def restore(name: str, directory: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--restore", action="store_true", help="NAME DIR: rebuild the run directory")
+    ap.add_argument(
+        "--report", choices=REPORTS, default="html",
+        help="what is kept beside the cells: the table and report page (html), the table, none",
+    )  # fmt: skip
     ap.add_argument("a")
     ap.add_argument("b")
     args = ap.parse_args()
@@ -111,7 +130,7 @@ def main() -> None:
         restore(args.a, Path(args.b))
         print(f"restored {args.a} into {args.b}")
     else:
-        print(export(Path(args.a), args.b))
+        print(export(Path(args.a), args.b, args.report))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def main() -> None:
     print(f"{len(result.cells)} cells; this invocation {time.time() - t0:.0f} s")
     from export_run import export  # a sibling script: benchmarks/ is first on the path
 
-    print(export(args.out, args.name, html=False))  # the report: results/.../report.html
+    print(export(args.out, args.name, report="table"))  # the report: results/.../report.html
 
 
 if __name__ == "__main__":

@@ -45,10 +45,10 @@ def _finish(run: Path, task: str, seeds, conditions=TRAINED) -> None:
             cell.write_text(json.dumps({"condition": c, "seed": s, "in": run.name}))
 
 
-def _start(root: Path) -> list[str]:
-    env = {"ANSWER_DRY": "1", "ANSWER_PY": sys.executable, "PATH": "/usr/bin:/bin"}
+def _start(root: Path, command: str = "start", py: str = sys.executable) -> list[str]:
+    env = {"ANSWER_DRY": "1", "ANSWER_PY": py, "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        ["bash", str(root / "benchmarks" / SCRIPT.name), "start"],
+        ["bash", str(root / "benchmarks" / SCRIPT.name), command],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return out.stdout.splitlines()
@@ -100,3 +100,24 @@ def test_one_task_left_runs_on_two_directories_and_merges_back(root: Path) -> No
     assert _start(root) == ["every cell of both tasks is finished"]
     cells = list((runs / "answer-theory-of-mind").glob("theory_of_mind/*/seed*/cell.json"))
     assert len(cells) == 6 * len(TRAINED)
+
+
+def test_export_keeps_a_running_task_to_its_cells(root: Path) -> None:
+    """``export``: a task with a cell pending is exported with ``--report none`` (no table or
+    report page, no test-set summary before its last cell), a finished one with its page;
+    the second directory's cells are merged first, so they count."""
+    runs = root / "runs"
+    _finish(runs / "answer-entity-tracking", "entity_tracking", range(5))
+    _finish(runs / "answer-entity-tracking-b", "entity_tracking", [5])
+    _finish(runs / "answer-theory-of-mind", "theory_of_mind", range(6), ["ce", "ce+align"])
+    # a Python that runs the script's own snippets but prints what it would export
+    py = root / "py"
+    py.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in benchmarks/export_run.py) echo "$@";; *) exec {sys.executable} "$@";; esac\n'
+    )
+    py.chmod(0o755)
+    assert _start(root, "export", str(py)) == [
+        "benchmarks/export_run.py --report html runs/answer-entity-tracking answer-entity-tracking",
+        "benchmarks/export_run.py --report none runs/answer-theory-of-mind answer-theory-of-mind",
+    ]

@@ -89,11 +89,19 @@ def test_reproduce_real_at_its_smallest_and_export_round_trip(
 
     monkeypatch.setattr(export_run, "OUT", tmp_path / "kept")
     (tmp_path / "kept").mkdir()
-    path = export_run.export(tmp_path / "run", "tiny", html=False)
+    path = export_run.export(tmp_path / "run", "tiny", report="table")
     assert json.loads(path.read_text())["table_md"] == result.markdown()
     export_run.restore("tiny", tmp_path / "restored")
     again = ExperimentResult.load(tmp_path / "restored")
     assert again.markdown() == result.markdown()
+    # the cells alone (a design still running): no table, a stale report page removed, and
+    # the same cells restored
+    (tmp_path / "kept" / "cells-report.html").write_text("stale")
+    doc = json.loads(export_run.export(tmp_path / "run", "cells", report="none").read_text())
+    assert "table_md" not in doc and doc["cells"] == json.loads(path.read_text())["cells"]
+    assert not (tmp_path / "kept" / "cells-report.html").exists()
+    export_run.restore("cells", tmp_path / "restored-cells")
+    assert ExperimentResult.load(tmp_path / "restored-cells").markdown() == result.markdown()
 
 
 def test_run_the_ioi_config_at_its_smallest(shipped, tmp_path, capsys) -> None:

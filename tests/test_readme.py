@@ -48,3 +48,35 @@ def test_readme_task_and_plan_build_a_task(tmp_path: Path) -> None:
         assert p.corrupted is not None and p.corrupted_spans is not None
         start, end = p.corrupted_spans["S2"]
         assert " " + p.corrupted[start:end] == p.answer
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lowercased, punctuation dropped, spaces to hyphens; a repeated
+    heading gets -1, -2, ... (headings inside fenced code are not headings)."""
+    seen: dict[str, int] = {}
+    out = set()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", prose, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_docs_links_and_their_anchors_resolve() -> None:
+    """Every relative link in the README and docs/ names a file that exists and, where it has
+    one, an anchor that is a heading of that file (a renamed heading breaks its links)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target, anchor in re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]+))?\)", text):
+            if target.startswith(("http:", "https:", "mailto:")):
+                continue
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path.read_text()):
+                broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor} (no such heading)")
+    assert not broken, "broken links:\n" + "\n".join(broken)

@@ -78,3 +78,12 @@ def test_the_committed_answer_runs_read(name: str) -> None:
     n = len(ar._trained(result.config)) * len(result.config.seeds)
     missing = sum(len(s) for s in ar.missing_cells(result).values())
     assert f"Cells in: {n - missing} of {n}." in "\n".join(ar.task_section(name, doc, result))
+
+
+def test_the_committed_page_is_what_the_committed_cells_give() -> None:
+    """``docs/results/answer.md`` is the page the committed exports give today: no export is
+    committed without its page, and no number on the page is edited by hand."""
+    assert ar.PAGE.read_text() == ar.page(), (
+        "docs/results/answer.md is stale: run `python benchmarks/answer_report.py` after "
+        "`bash benchmarks/answer_runs.sh export`"
+    )

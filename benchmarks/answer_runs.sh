@@ -28,6 +28,9 @@
 # read by a run resumed in the middle of a seed (entity tracking's CE seed 1 cell recomputed
 # at d01725b: every field equal but circuit_accuracy and seconds). Override with ANSWER_CODE=<commit> only to fix a run
 # that cannot go on, and say so with the result.
+# ANSWER_ONLY=<task> bash benchmarks/answer_runs.sh start: that task alone, its pending seeds
+# on both cores as above (the other task waits; its checkpoints stay), to bring one task's
+# result in sooner at the same total pace (from 2026-12-08 02:00 UTC for entity tracking).
 # Logs: runs/answer-<task>.log. ANSWER_DRY=1 starts no process (it prints what `start` would
 # start, and splits and merges as `start` does: tests/experiments/test_answer_runs.py);
 # ANSWER_PY= names the Python (default .venv/bin/python).
@@ -125,6 +128,17 @@ start)
     while read -r t seeds; do
         if [ -n "$seeds" ]; then PENDING[$t]=$seeds open+=("$t"); fi
     done < <(pending_seeds "${TASKS[@]}")
+    if [ -n "${ANSWER_ONLY:-}" ]; then  # one task alone, on both cores
+        if [[ " ${TASKS[*]} " != *" $ANSWER_ONLY "* ]]; then
+            echo "ANSWER_ONLY=$ANSWER_ONLY: no such task (one of: ${TASKS[*]})" >&2
+            exit 2
+        fi
+        if [ -z "${PENDING[$ANSWER_ONLY]:-}" ]; then
+            echo "answer-$ANSWER_ONLY: every cell is finished (start without ANSWER_ONLY)" >&2
+            exit 1
+        fi
+        open=("$ANSWER_ONLY")
+    fi
     for t in "${open[@]}"; do
         dir="$ROOT/runs/answer-$t"
         if [ ${#open[@]} -eq 1 ]; then

@@ -45,13 +45,15 @@ def _finish(run: Path, task: str, seeds, conditions=TRAINED) -> None:
             cell.write_text(json.dumps({"condition": c, "seed": s, "in": run.name}))
 
 
-def _start(root: Path, command: str = "start", py: str = sys.executable) -> list[str]:
-    env = {"ANSWER_DRY": "1", "ANSWER_PY": py, "PATH": "/usr/bin:/bin"}
+def _start(
+    root: Path, command: str = "start", py: str = sys.executable, only: str = "", check=True
+) -> list[str]:
+    env = {"ANSWER_DRY": "1", "ANSWER_PY": py, "PATH": "/usr/bin:/bin", "ANSWER_ONLY": only}
     out = subprocess.run(
         ["bash", str(root / "benchmarks" / SCRIPT.name), command],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, capture_output=True, text=True, check=check,
     )  # fmt: skip
-    return out.stdout.splitlines()
+    return out.stdout.splitlines() if check else [out.stderr.strip()]
 
 
 def test_both_tasks_pending_each_gets_one_run(root: Path) -> None:
@@ -121,3 +123,26 @@ def test_export_keeps_a_running_task_to_its_cells(root: Path) -> None:
         "benchmarks/export_run.py --report html runs/answer-entity-tracking answer-entity-tracking",
         "benchmarks/export_run.py --report none runs/answer-theory-of-mind answer-theory-of-mind",
     ]
+
+
+def test_one_task_alone_takes_both_cores_and_the_other_follows(root: Path) -> None:
+    """``ANSWER_ONLY=<task>``: that task's pending seeds split over both directories while the
+    other waits; once it is finished, a plain ``start`` splits the other's."""
+    runs = root / "runs"
+    _finish(runs / "answer-entity-tracking", "entity_tracking", [0, 1])
+    _finish(runs / "answer-theory-of-mind", "theory_of_mind", [0])
+    assert _start(root, only="entity-tracking") == [
+        "answer-entity-tracking: would start (--seeds 2 3)",
+        "answer-entity-tracking-b: would start (--seeds 4 5)",
+    ]
+    assert not (runs / "answer-theory-of-mind-b").exists()
+    assert "no such task" in _start(root, only="entity_tracking", check=False)[0]
+
+    _finish(runs / "answer-entity-tracking", "entity_tracking", [2, 3])
+    _finish(runs / "answer-entity-tracking-b", "entity_tracking", [4, 5])
+    assert "every cell is finished" in _start(root, only="entity-tracking", check=False)[0]
+    assert _start(root) == [
+        "answer-theory-of-mind: would start (--seeds 1 2 3)",
+        "answer-theory-of-mind-b: would start (--seeds 4 5)",
+    ]
+    assert len(list(runs.glob("answer-entity-tracking/entity_tracking/*/seed*/cell.json"))) == 18

@@ -11,7 +11,7 @@
 # cell there is the cell the task's directory would compute, as the verification runs of a
 # copied directory found), chosen once (runs/answer-<task>-b.seeds); `start` and `export` copy
 # its finished cells into the task's directory first.
-#   bash benchmarks/answer_runs.sh stop     # interrupt both (a cell resumes from its checkpoint)
+#   bash benchmarks/answer_runs.sh stop     # stop both (a cell resumes from its last checkpoint)
 #
 # `start` puts a run directory back from its export when it is missing (a new machine), then
 # resumes it: `circuitlens run` computes only the cells not yet finished. The runs are started
@@ -164,7 +164,10 @@ start)
     if [ ${#open[@]} -eq 0 ]; then echo "every cell of both tasks is finished"; fi
     ;;
 stop)
-    pkill -INT -f -- "circuitlens run configs/answer/" || true
+    # SIGTERM: a run started in the background by a non-interactive shell ignores SIGINT
+    # (as `launch` starts it), so the SIGINT this sent before 2026-12-08 never stopped one;
+    # either loses the same, the steps since the cell's last checkpoint (every 50 steps)
+    pkill -TERM -f -- "circuitlens run configs/answer/" || true
     while pgrep -f -- "circuitlens run configs/answer/" >/dev/null; do sleep 1; done
     echo "stopped"
     ;;

@@ -30,7 +30,7 @@
 # that cannot go on, and say so with the result.
 # ANSWER_ONLY=<task> bash benchmarks/answer_runs.sh start: that task alone, its pending seeds
 # on both cores as above (the other task waits; its checkpoints stay), to bring one task's
-# result in sooner at the same total pace (from 2026-12-08 02:00 UTC for entity tracking).
+# result in sooner at the same total pace (from 2026-12-08 02:05 UTC for entity tracking).
 # Logs: runs/answer-<task>.log. ANSWER_DRY=1 starts no process (it prints what `start` would
 # start, and splits and merges as `start` does: tests/experiments/test_answer_runs.py);
 # ANSWER_PY= names the Python (default .venv/bin/python).
@@ -52,8 +52,10 @@ launch() {  # launch TASK DIR LOGNAME [SEED...]: resume the run in DIR (only SEE
         return
     fi
     # `&` on the command alone: backgrounding `cd && ...` forks a shell that keeps the
-    # caller's stdout open until the run ends (`answer_runs.sh start | tail` then hangs)
-    (cd "$ROOT/runs/answer-code" || exit; OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens \
+    # caller's stdout open until the run ends (`answer_runs.sh start | tail` then hangs).
+    # `set -m`: without job control bash starts a background command with SIGINT ignored,
+    # and `stop`'s Ctrl-C (the CLI's interrupt: its message, exit 130) would never reach it
+    (set -m; cd "$ROOT/runs/answer-code" || exit; OMP_NUM_THREADS=1 nohup setsid "$PY" -m circuitlens \
         run "configs/answer/$t.toml" --out "$dir" --no-circuit-only "${seeds[@]}" \
         >"$ROOT/runs/$log.log" 2>&1 </dev/null &)
     echo "$log: started${seeds[*]:+ (${seeds[*]})} (log runs/$log.log)"
@@ -164,9 +166,14 @@ start)
     if [ ${#open[@]} -eq 0 ]; then echo "every cell of both tasks is finished"; fi
     ;;
 stop)
-    # SIGTERM: a run started in the background by a non-interactive shell ignores SIGINT
-    # (as `launch` starts it), so the SIGINT this sent before 2026-12-08 never stopped one;
-    # either loses the same, the steps since the cell's last checkpoint (every 50 steps)
+    # Ctrl-C, as `launch` lets it through; SIGTERM after a minute for a run that ignores it
+    # (one started before 2026-12-08, when `launch` left SIGINT ignored). Either loses the
+    # same: the steps since the cell's last checkpoint (every 50 steps)
+    pkill -INT -f -- "circuitlens run configs/answer/" || true
+    for _ in $(seq 60); do
+        pgrep -f -- "circuitlens run configs/answer/" >/dev/null || break
+        sleep 1
+    done
     pkill -TERM -f -- "circuitlens run configs/answer/" || true
     while pgrep -f -- "circuitlens run configs/answer/" >/dev/null; do sleep 1; done
     echo "stopped"

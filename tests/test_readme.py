@@ -3,6 +3,7 @@ three-line JSONL task with its plan file, which build a task as written."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -27,13 +28,6 @@ def test_readme_is_short_and_names_the_two_set_up_commands() -> None:
     assert all((ROOT / c).is_file() for c in commands)
 
 
-def test_readme_links_resolve() -> None:
-    links = re.findall(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)", README)
-    assert links
-    missing = [link for link in links if not link.startswith("http") and not (ROOT / link).exists()]
-    assert not missing, f"README.md links to missing files: {missing}"
-
-
 def test_readme_task_and_plan_build_a_task(tmp_path: Path) -> None:
     (tmp_path / "my_task.jsonl").write_text(_block_after("`my_task.jsonl`", "json"))
     (tmp_path / "my_task.plan.json").write_text(_block_after("`my_task.plan.json`", "json"))
@@ -50,13 +44,18 @@ def test_readme_task_and_plan_build_a_task(tmp_path: Path) -> None:
         assert " " + p.corrupted[start:end] == p.answer
 
 
-def _anchors(text: str) -> set[str]:
-    """GitHub's heading anchors: lowercased, punctuation dropped, spaces to hyphens; a repeated
-    heading gets -1, -2, ... (headings inside fenced code are not headings)."""
+def _prose(path: Path) -> str:
+    """A markdown file without its fenced code (no links or headings in there)."""
+    return re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+
+
+@functools.cache
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a markdown file: lowercased, punctuation dropped, spaces to
+    hyphens; a repeated heading gets -1, -2, ..."""
     seen: dict[str, int] = {}
     out = set()
-    prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", prose, re.M):
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", _prose(path), re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         n = seen.get(slug, 0)
         seen[slug] = n + 1
@@ -68,15 +67,16 @@ def test_docs_links_and_their_anchors_resolve() -> None:
     """Every relative link in the README and docs/ names a file that exists and, where it has
     one, an anchor that is a heading of that file (a renamed heading breaks its links)."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    links = {page: re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]+))?\)", _prose(page)) for page in pages}
+    assert links[ROOT / "README.md"]
     broken = []
     for page in pages:
-        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
-        for target, anchor in re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]+))?\)", text):
+        for target, anchor in links[page]:
             if target.startswith(("http:", "https:", "mailto:")):
                 continue
             path = (page.parent / target).resolve() if target else page
             if not path.exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
-            elif anchor and path.suffix == ".md" and anchor not in _anchors(path.read_text()):
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
                 broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor} (no such heading)")
     assert not broken, "broken links:\n" + "\n".join(broken)

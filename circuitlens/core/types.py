@@ -191,7 +191,8 @@ class HeadMap:
     Attributes:
         pairs: ``(student_head, teacher_head)`` in the order the student heads were chosen
             (given as :data:`HeadLike`, held as :class:`Head`).
-        distances: ``|dP_s - dP_t|`` of each pair.
+        distances: the cost that chose each pair: ``|dP_s - dP_t|`` for the impact map and
+            the controls, the method's own cost for another method (``distance_label``).
         kind: ``"ablation"`` (closest impact), another correspondence method's name,
             ``"random"`` or ``"permuted"`` (the controls).
         config: the options that made the map.
@@ -201,6 +202,17 @@ class HeadMap:
     distances: list[float] = field(default_factory=list)
     kind: str = "ablation"
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def distance_label(self) -> str:
+        """What ``distances`` hold, for a table's header: ``|ΔP_s − ΔP_t|`` (the impact map,
+        ``"random"``, ``"permuted"``), else ``"<kind> cost"``.
+
+        >>> HeadMap([("L0H0", "L1H0")], [0.1], kind="weights-ov-qk").distance_label
+        'weights-ov-qk cost'
+        """
+        impact = self.kind in ("ablation", "random", "permuted")
+        return "|ΔP_s − ΔP_t|" if impact else f"{self.kind} cost"
 
     def __post_init__(self) -> None:
         self.pairs = [(Head.parse(s), Head.parse(t)) for s, t in self.pairs]

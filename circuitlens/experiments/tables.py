@@ -408,7 +408,7 @@ def _head_maps_markdown(setups: dict[str, Setup]) -> list[str]:
         for (s_, t_), d in zip(hm.pairs, hm.distances, strict=True):
             maps.append(
                 f"  - {s_} → {t_}: {_impact(s_sweep, 's', s_)}, "
-                f"{_impact(t_sweep, 't', t_)}, |ΔP_s − ΔP_t| = {d:.4f}"
+                f"{_impact(t_sweep, 't', t_)}, {hm.distance_label} = {d:.4f}"
             )
         for w in hm.config.get("warnings", []):
             maps.append(f"  - warning: {w}")

@@ -236,14 +236,14 @@ def _impact(sweep: AblationResult, head: Head) -> str:
 
 def pairs_table_html(head_map: HeadMap, student: AblationResult, teacher: AblationResult) -> str:
     """Each mapped pair with both heads' impact ΔP and its bootstrap interval over prompts,
-    and the impact distance that chose the pair."""
+    and the cost that chose the pair (``HeadMap.distance_label``)."""
     level = f"{100 * student.config.ci_level:g}%"
     header = [
         "student head",
         f"ΔP student [{level} interval]",
         "teacher head",
         f"ΔP teacher [{level} interval]",
-        "|ΔP_s − ΔP_t|",
+        head_map.distance_label,
     ]
     distances = head_map.distances or [math.nan] * len(head_map)
     out = ["<div class='scroll'><table class='data pairs'><thead><tr>"]
@@ -304,7 +304,8 @@ def mapping_svg(head_map: HeadMap, controls: dict[int, list[tuple[str, str]]]) -
     for (s, t), d in zip(head_map.pairs, distances, strict=True):
         out.append(
             f"<line x1='{xs + 34}' y1='{ys[s]}' x2='{xt - 34}' y2='{yt[t]}' stroke='#0072B2' "
-            f"stroke-width='2.5'><title>{s} → {t}, |ΔP_s − ΔP_t| = {num(d)}</title></line>"
+            f"stroke-width='2.5'><title>{s} → {t}, {esc(head_map.distance_label)} = "
+            f"{num(d)}</title></line>"
         )
         if not is_missing(d):
             mx, my = (xs + xt) / 2, (ys[s] + yt[t]) / 2 - 5

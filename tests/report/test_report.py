@@ -378,3 +378,25 @@ def test_a_degenerate_map_is_shown_first() -> None:
     bold = mapping.index("<b>⚠ degenerate assignment")
     assert bold < mapping.index("⚠ student head(s)")
     assert "closest ablation impact" in mapping
+
+
+@pytest.mark.parametrize(
+    ("export", "label"),
+    [("reproduce-real-exact", "|ΔP_s − ΔP_t|"), ("answer-entity-tracking", "weights-ov-qk cost")],
+)
+def test_a_map_names_the_cost_that_chose_its_pairs(export: str, label: str) -> None:
+    """The impact map's distances are |ΔP_s − ΔP_t|; a weight-space map's are its own cost, and
+    the page and the tables say which (not an impact difference it is not)."""
+    from circuitlens.distill.setup import Setup
+    from circuitlens.experiments.tables import _head_maps_markdown
+    from circuitlens.report.html import pairs_table_html
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    setup = Setup.from_dict(
+        json.loads((results / f"{export}.json").read_text())["setups"]["entity_tracking"]
+    )
+    page = pairs_table_html(setup.head_map, setup.student_sweep, setup.teacher_sweep)
+    lines = _head_maps_markdown({"entity_tracking": setup})
+    (other,) = {"|ΔP_s − ΔP_t|", "weights-ov-qk cost"} - {label}
+    for text in (htmllib.unescape(page), "\n".join(lines)):
+        assert label in text and other not in text
